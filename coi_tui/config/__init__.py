@@ -1,0 +1,5 @@
+"""Configuration: defaults, files, environment."""
+
+from coi_tui.config.settings import Settings, load_settings
+
+__all__ = ["Settings", "load_settings"]

@@ -1,0 +1,252 @@
+"""`coi build`: the coi-default image.
+
+Two ways to get a base: an offline bootstrap with mmdebstrap from the distribution mirror (our
+machines, and the automatic fallback), or a remote image server when one is reachable and the
+coi bridge can reach the internet (the normal case for users). Both run the same recipe
+(`recipe/`), whose hash is stored on the image: an unchanged recipe is not rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from coi_tui.errors import CoiError
+from coi_tui.incus.client import Incus
+
+BUILDER_VERSION = "1"
+RECIPE_PROPERTY = "coi.recipe"
+DEBIAN_SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+REMOTE_SERVER = "https://images.linuxcontainers.org"
+REMOTE_BASE = "debian/12"
+
+Progress = Callable[[str], None]
+
+
+def recipe_dir() -> Path:
+    return Path(str(resources.files("coi_tui.images") / "recipe"))
+
+
+def recipe_packages() -> list[str]:
+    text = (recipe_dir() / "packages.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def recipe_hash() -> str:
+    """Hash of everything that decides the image's contents."""
+    digest = hashlib.sha256(f"builder={BUILDER_VERSION};suite={DEBIAN_SUITE}\n".encode())
+    for path in sorted(recipe_dir().rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(recipe_dir()).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    alias: str
+    fingerprint: str
+    rebuilt: bool
+    seconds: float
+    size_bytes: int
+    method: str
+
+
+def incus_arch() -> str:
+    machine = platform.machine()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def remote_server_reachable(timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{REMOTE_SERVER}/streams/v1/index.json", timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class ImageBuilder:
+    def __init__(self, incus: Incus, progress: Progress = print) -> None:
+        self.incus = incus
+        self.progress = progress
+        self.started = time.monotonic()
+
+    def say(self, message: str) -> None:
+        self.progress(f"[{time.monotonic() - self.started:6.1f}s] {message}")
+
+    def up_to_date(self, alias: str) -> bool:
+        if not self.incus.image_exists(alias):
+            return False
+        return self.incus.get_image(alias).properties.get(RECIPE_PROPERTY) == recipe_hash()
+
+    def build(self, alias: str, *, force: bool = False, method: str = "auto", bridge: str = "coibr0",
+              pool: str = "") -> BuildResult:
+        self.started = time.monotonic()
+        recipe = recipe_hash()
+        if not force and self.up_to_date(alias):
+            image = self.incus.get_image(alias)
+            self.say(f"image '{alias}' is up to date (recipe {recipe}); use --force to rebuild")
+            return BuildResult(alias, image.fingerprint, False, time.monotonic() - self.started,
+                               image.size, "cached")
+        if method == "auto":
+            method = "remote" if self._remote_usable(bridge) else "bootstrap"
+            if method == "bootstrap":
+                self.say("no image server reachable through the coi bridge: offline bootstrap")
+        if method == "remote":
+            fingerprint = self._build_remote(alias, recipe, bridge, pool)
+        else:
+            fingerprint = self._build_bootstrap(alias, recipe)
+        image = self.incus.get_image(alias)
+        seconds = time.monotonic() - self.started
+        self.say(f"built '{alias}' ({fingerprint[:12]}) in {seconds:.1f}s, "
+                 f"{image.size / 1e6:.0f} MB ({method})")
+        return BuildResult(alias, fingerprint, True, seconds, image.size, method)
+
+    def _remote_usable(self, bridge: str) -> bool:
+        network = self.incus.get_network(bridge) or {}
+        nat = (network.get("config") or {}).get("ipv4.nat") == "true"
+        return nat and remote_server_reachable()
+
+    # ------------------------------------------------------------------ offline bootstrap
+    def _build_bootstrap(self, alias: str, recipe: str) -> str:
+        if os.geteuid() != 0:
+            raise CoiError("the offline image bootstrap needs root: run 'sudo coi build'")
+        if not shutil.which("mmdebstrap"):
+            raise CoiError("mmdebstrap is not installed: 'sudo apt-get install mmdebstrap'")
+        mirror = os.environ.get("COI_APT_MIRROR", DEFAULT_MIRROR)
+        workdir = Path(tempfile.mkdtemp(prefix="coi-build-", dir=_scratch_dir()))
+        try:
+            rootfs = workdir / "rootfs"
+            customize = recipe_dir() / "customize.sh"
+            cmd = [
+                "mmdebstrap", "--variant=apt", "--mode=root",
+                "--include=" + ",".join(recipe_packages()),
+                "--customize-hook=sh " + _shell_quote(str(customize)) + ' "$1"',
+                DEBIAN_SUITE, str(rootfs), mirror,
+            ]
+            self.say(f"bootstrapping Debian {DEBIAN_SUITE} from {mirror}")
+            self._run_logged(cmd)
+            self._write_metadata(workdir, alias, recipe)
+            tarball = workdir / "image.tar"
+            self.say("packing the image")
+            subprocess.run(["tar", "-C", str(workdir), "--numeric-owner", "--xattrs", "-cf",
+                            str(tarball), "metadata.yaml", "templates", "rootfs"], check=True)
+            self.say(f"importing into Incus ({tarball.stat().st_size / 1e6:.0f} MB)")
+            old = self.incus.get_image(alias).fingerprint if self.incus.image_exists(alias) else ""
+            fingerprint = self.incus.import_image(
+                tarball, alias, {RECIPE_PROPERTY: recipe, "description": _description(recipe)})
+            if old and old != fingerprint:
+                self._delete_fingerprint(old)
+            return fingerprint
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _delete_fingerprint(self, fingerprint: str) -> None:
+        try:
+            self.incus.request("DELETE", f"/1.0/images/{fingerprint}")
+        except CoiError:
+            pass
+
+    def _run_logged(self, cmd: list[str]) -> None:
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        tail: list[str] = []
+        for line in process.stdout:
+            line = line.rstrip()
+            tail = [*tail[-19:], line]
+            if line.startswith("I: "):
+                self.say(line[3:])
+        if process.wait() != 0:
+            detail = "\n".join(tail[-5:])
+            raise CoiError(f"mmdebstrap failed (exit {process.returncode}); last lines:\n{detail}")
+
+    @staticmethod
+    def _write_metadata(workdir: Path, alias: str, recipe: str) -> None:
+        (workdir / "templates").mkdir(exist_ok=True)
+        (workdir / "templates" / "hostname.tpl").write_text("{{ instance.name }}\n")
+        (workdir / "templates" / "hosts.tpl").write_text(
+            "127.0.0.1 localhost\n127.0.1.1 {{ instance.name }}\n")
+        (workdir / "metadata.yaml").write_text(
+            f"architecture: {incus_arch()}\n"
+            f"creation_date: {int(time.time())}\n"
+            "properties:\n"
+            f"  description: \"{_description(recipe)}\"\n"
+            "  os: debian\n"
+            f"  release: {DEBIAN_SUITE}\n"
+            f"  {RECIPE_PROPERTY}: \"{recipe}\"\n"
+            f"  coi.alias: \"{alias}\"\n"
+            "templates:\n"
+            "  /etc/hostname:\n"
+            "    when: [create, copy]\n"
+            "    template: hostname.tpl\n"
+            "  /etc/hosts:\n"
+            "    when: [create, copy]\n"
+            "    template: hosts.tpl\n"
+        )
+
+    # ------------------------------------------------------------------ remote base
+    def _build_remote(self, alias: str, recipe: str, bridge: str, pool: str) -> str:
+        name = f"coi-build-{os.getpid()}"
+        devices = {"eth0": {"type": "nic", "network": bridge, "name": "eth0"}}
+        if pool:
+            devices["root"] = {"type": "disk", "path": "/", "pool": pool}
+        self.say(f"launching a build container from {REMOTE_SERVER} {REMOTE_BASE}")
+        body = {
+            "name": name, "type": "container", "profiles": ["default"], "devices": devices,
+            "source": {"type": "image", "mode": "pull", "server": REMOTE_SERVER,
+                       "protocol": "simplestreams", "alias": REMOTE_BASE},
+            "start": True,
+        }
+        self.incus.request("POST", "/1.0/instances", body=body)
+        try:
+            for path in sorted(recipe_dir().iterdir()):
+                if path.is_file():
+                    self.incus.push_file(name, f"/tmp/coi-recipe/{path.name}", path.read_bytes(),
+                                         mode=0o755)
+            self.say("waiting for the network")
+            self._exec_checked(name, ["sh", "-c", "for i in $(seq 60); do getent hosts deb.debian.org && exit 0; sleep 1; done; exit 1"])
+            self.say("installing packages")
+            packages = " ".join(recipe_packages())
+            self._exec_checked(name, ["sh", "-c", "apt-get update -q && DEBIAN_FRONTEND=noninteractive "
+                                      f"apt-get install -y -q --no-install-recommends {packages}"])
+            self._exec_checked(name, ["sh", "/tmp/coi-recipe/customize.sh", "/"])
+            self._exec_checked(name, ["rm", "-rf", "/tmp/coi-recipe"])
+            self.incus.stop(name, timeout=30)
+            self.say("publishing")
+            return self.incus.publish(name, alias, {RECIPE_PROPERTY: recipe,
+                                                    "description": _description(recipe)})
+        finally:
+            if self.incus.instance_exists(name):
+                self.incus.delete_instance(name, force=True)
+
+    def _exec_checked(self, name: str, argv: list[str]) -> None:
+        result = self.incus.exec_capture(name, argv)
+        if not result.ok:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+            raise CoiError(f"build step {argv[0]} failed (exit {result.exit_code}): {' / '.join(tail)}")
+
+
+def _description(recipe: str) -> str:
+    return f"coi-default: Debian {DEBIAN_SUITE} workbench for AI agents (recipe {recipe})"
+
+
+def _scratch_dir() -> str:
+    for candidate in ("/var/tmp", tempfile.gettempdir()):
+        if os.access(candidate, os.W_OK):
+            return candidate
+    return tempfile.gettempdir()
+
+
+def _shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"

@@ -1,0 +1,733 @@
+"""A small typed layer over pylxd and the Incus REST API (no UI here).
+
+pylxd gives us the transport (unix socket or HTTPS session) and the events websocket; the calls
+themselves go straight to the documented REST endpoints so every error can be turned into one
+clear line. Interactive and streaming exec go through the `incus` client binary, which already
+does terminals, signals and stdin properly (see `exec_stream`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from coi_tui.incus.errors import (
+    Conflict,
+    DaemonUnavailable,
+    ImageNotFound,
+    IncusError,
+    InstanceNotFound,
+    NotFound,
+    SocketPermissionDenied,
+)
+
+DEFAULT_SOCKET = "/var/lib/incus/unix.socket"
+API = "/1.0"
+
+
+def default_socket_path() -> str:
+    """The socket coi talks to: $INCUS_SOCKET, then $INCUS_DIR/unix.socket, then the default."""
+    if os.environ.get("INCUS_SOCKET"):
+        return os.environ["INCUS_SOCKET"]
+    if os.environ.get("INCUS_DIR"):
+        return os.path.join(os.environ["INCUS_DIR"], "unix.socket")
+    return DEFAULT_SOCKET
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass
+class Instance:
+    """What coi needs to know about one instance (from `GET /1.0/instances?recursion=1|2`)."""
+
+    name: str
+    status: str
+    created_at: str = ""
+    config: dict[str, str] = field(default_factory=dict)
+    devices: dict[str, dict[str, str]] = field(default_factory=dict)
+    expanded_devices: dict[str, dict[str, str]] = field(default_factory=dict)
+    expanded_config: dict[str, str] = field(default_factory=dict)
+    profiles: list[str] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    ephemeral: bool = False
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Instance:
+        return cls(
+            name=data["name"],
+            status=data.get("status", ""),
+            created_at=data.get("created_at", ""),
+            config=dict(data.get("config") or {}),
+            devices=dict(data.get("devices") or {}),
+            expanded_devices=dict(data.get("expanded_devices") or {}),
+            expanded_config=dict(data.get("expanded_config") or {}),
+            profiles=list(data.get("profiles") or []),
+            state=dict(data.get("state") or {}),
+            ephemeral=bool(data.get("ephemeral", False)),
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.status == "Running"
+
+    @property
+    def frozen(self) -> bool:
+        return self.status == "Frozen"
+
+    @property
+    def ipv4(self) -> str:
+        for nic, info in (self.state.get("network") or {}).items():
+            if nic == "lo":
+                continue
+            for addr in info.get("addresses") or []:
+                if addr.get("family") == "inet" and addr.get("scope") == "global":
+                    return str(addr.get("address", ""))
+        return ""
+
+    @property
+    def pid(self) -> int:
+        return int(self.state.get("pid") or 0)
+
+
+@dataclass(frozen=True)
+class Image:
+    fingerprint: str
+    aliases: list[str]
+    properties: dict[str, str]
+    size: int
+    created_at: str
+    uploaded_at: str
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Image:
+        return cls(
+            fingerprint=data.get("fingerprint", ""),
+            aliases=[a["name"] for a in data.get("aliases") or []],
+            properties=dict(data.get("properties") or {}),
+            size=int(data.get("size") or 0),
+            created_at=data.get("created_at", ""),
+            uploaded_at=data.get("uploaded_at", ""),
+        )
+
+
+class Incus:
+    """One connection to one Incus daemon (local socket by default)."""
+
+    def __init__(self, socket_path: str | None = None, project: str = "default") -> None:
+        self.socket_path = socket_path or default_socket_path()
+        self.project = project
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ transport
+    def _connect(self) -> Any:
+        with self._lock:
+            if self._client is not None:
+                return self._client
+            if not os.path.exists(self.socket_path):
+                raise DaemonUnavailable(self.socket_path, "socket missing")
+            if not os.access(self.socket_path, os.R_OK | os.W_OK):
+                raise SocketPermissionDenied(self.socket_path)
+            import pylxd  # deferred: the CLI must start fast for commands that never talk to Incus
+            from pylxd import exceptions as pylxd_exceptions
+
+            try:
+                self._client = pylxd.Client(endpoint=self.socket_path, project=self.project)
+            except pylxd_exceptions.ClientConnectionFailed as exc:
+                raise self._connection_error(exc) from None
+            return self._client
+
+    def _connection_error(self, exc: BaseException) -> IncusError:
+        text = str(exc)
+        if "Permission denied" in text or "[Errno 13]" in text:
+            return SocketPermissionDenied(self.socket_path)
+        detail = "connection refused" if "refused" in text.lower() else text.splitlines()[0][:120]
+        return DaemonUnavailable(self.socket_path, detail)
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        return dict(self._connect().host_info)
+
+    def ping(self) -> str:
+        """Connect and return the server version (raises a clear error if it cannot)."""
+        return str(self.server_info.get("environment", {}).get("server_version", "?"))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        raw: bool = False,
+    ) -> Any:
+        """Call the REST API; wait for background operations; map failures to IncusError."""
+        import requests
+
+        client = self._connect()
+        url = client.api._api_endpoint[: -len(API)] + path
+        query = dict(params or {})
+        if self.project and self.project != "default":
+            query.setdefault("project", self.project)
+        try:
+            response = client.api.session.request(
+                method,
+                url,
+                params=query,
+                json=body if data is None else None,
+                data=data,
+                headers=dict(headers or {}),
+                timeout=timeout,
+            )
+        except requests.exceptions.ConnectionError as exc:
+            self._client = None
+            raise self._connection_error(exc) from None
+        if raw:
+            if response.status_code >= 400:
+                raise self._api_error(response, path)
+            return response
+        try:
+            payload = response.json()
+        except ValueError:
+            raise IncusError(f"Incus answered {path} with something that is not JSON") from None
+        if response.status_code >= 400 or payload.get("type") == "error":
+            raise self._api_error(response, path, payload)
+        if payload.get("type") == "async":
+            operation = payload.get("operation", "")
+            if not wait:
+                return payload.get("metadata") or {}
+            return self.wait_operation(operation, timeout=timeout)
+        return payload.get("metadata")
+
+    def wait_operation(self, operation: str, timeout: float | None = None) -> dict[str, Any]:
+        params = {"timeout": int(timeout)} if timeout else {"timeout": -1}
+        result = self.request("GET", f"{operation}/wait", params=params)
+        if result.get("status") != "Success":
+            err = result.get("err") or result.get("status") or "operation failed"
+            raise IncusError(f"Incus operation failed: {err}")
+        return result
+
+    @staticmethod
+    def _api_error(response: Any, path: str, payload: Mapping[str, Any] | None = None) -> IncusError:
+        if payload is None:
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = {}
+        message = str(payload.get("error") or response.reason or "unknown error")
+        code = int(payload.get("error_code") or response.status_code)
+        if code == 404:
+            return NotFound(f"{path.rsplit('/', 1)[-1] or path}: {message}")
+        if code == 409:
+            return Conflict(message)
+        if code == 403:
+            return IncusError(f"Incus refused {path}: {message}")
+        return IncusError(message)
+
+    # ------------------------------------------------------------------ instances
+    def list_instances(self, prefix: str = "", with_state: bool = False) -> list[Instance]:
+        recursion = 2 if with_state else 1
+        items = self.request("GET", f"{API}/instances", params={"recursion": recursion}) or []
+        return [Instance.from_api(i) for i in items if i["name"].startswith(prefix)]
+
+    def get_instance(self, name: str, with_state: bool = False) -> Instance:
+        try:
+            data = self.request("GET", f"{API}/instances/{quote(name)}")
+        except NotFound:
+            raise InstanceNotFound(name) from None
+        instance = Instance.from_api(data)
+        if with_state:
+            instance.state = self.instance_state(name)
+        return instance
+
+    def instance_exists(self, name: str) -> bool:
+        try:
+            self.request("GET", f"{API}/instances/{quote(name)}")
+        except NotFound:
+            return False
+        return True
+
+    def instance_state(self, name: str) -> dict[str, Any]:
+        try:
+            return dict(self.request("GET", f"{API}/instances/{quote(name)}/state") or {})
+        except NotFound:
+            raise InstanceNotFound(name) from None
+
+    def status(self, name: str) -> str:
+        return str(self.instance_state(name).get("status", ""))
+
+    def create_instance(
+        self,
+        name: str,
+        image_alias: str,
+        *,
+        config: Mapping[str, str] | None = None,
+        devices: Mapping[str, Mapping[str, str]] | None = None,
+        profiles: Sequence[str] = ("default",),
+        ephemeral: bool = False,
+        start: bool = False,
+    ) -> None:
+        self.require_image(image_alias)
+        body = {
+            "name": name,
+            "type": "container",
+            "source": {"type": "image", "alias": image_alias},
+            "config": dict(config or {}),
+            "devices": {k: dict(v) for k, v in (devices or {}).items()},
+            "profiles": list(profiles),
+            "ephemeral": ephemeral,
+            "start": start,
+        }
+        try:
+            self.request("POST", f"{API}/instances", body=body)
+        except Conflict as exc:
+            raise Conflict(f"container '{name}' already exists ({exc})") from None
+
+    def _set_state(self, name: str, action: str, *, force: bool = False, timeout: int = -1) -> None:
+        body = {"action": action, "force": force, "timeout": timeout}
+        try:
+            self.request("PUT", f"{API}/instances/{quote(name)}/state", body=body)
+        except NotFound:
+            raise InstanceNotFound(name) from None
+
+    def start(self, name: str) -> None:
+        self._set_state(name, "start")
+
+    def stop(self, name: str, *, timeout: int = 30, force: bool = False) -> None:
+        """Graceful stop within `timeout` seconds, then a forced one."""
+        if force:
+            self._set_state(name, "stop", force=True)
+            return
+        try:
+            self._set_state(name, "stop", timeout=timeout)
+        except InstanceNotFound:
+            raise
+        except IncusError:
+            if self.status(name) != "Stopped":
+                self._set_state(name, "stop", force=True)
+
+    def freeze(self, name: str) -> None:
+        self._set_state(name, "freeze")
+
+    def unfreeze(self, name: str) -> None:
+        self._set_state(name, "unfreeze")
+
+    def delete_instance(self, name: str, *, force: bool = False) -> None:
+        """Delete; with force, a running instance is stopped first. Missing is an error."""
+        if force:
+            status = self.status(name)
+            if status in ("Running", "Frozen"):
+                self._set_state(name, "stop", force=True)
+        try:
+            self.request("DELETE", f"{API}/instances/{quote(name)}")
+        except NotFound:
+            raise InstanceNotFound(name) from None
+
+    def update_instance(
+        self,
+        name: str,
+        *,
+        config: Mapping[str, str | None] | None = None,
+        devices: Mapping[str, Mapping[str, str] | None] | None = None,
+    ) -> None:
+        """Set (value) or unset (None) config keys and devices in one PUT."""
+        current = self.request("GET", f"{API}/instances/{quote(name)}")
+        new_config = dict(current.get("config") or {})
+        for key, value in (config or {}).items():
+            if value is None:
+                new_config.pop(key, None)
+            else:
+                new_config[key] = value
+        new_devices = dict(current.get("devices") or {})
+        for dev, spec in (devices or {}).items():
+            if spec is None:
+                new_devices.pop(dev, None)
+            else:
+                new_devices[dev] = dict(spec)
+        body = {
+            "config": new_config,
+            "devices": new_devices,
+            "profiles": current.get("profiles") or [],
+            "ephemeral": current.get("ephemeral", False),
+            "description": current.get("description", ""),
+            "architecture": current.get("architecture"),
+        }
+        self.request("PUT", f"{API}/instances/{quote(name)}", body=body)
+
+    def set_config(self, name: str, key: str, value: str | None) -> None:
+        self.update_instance(name, config={key: value})
+
+    def add_device(self, name: str, device: str, spec: Mapping[str, str]) -> None:
+        self.update_instance(name, devices={device: spec})
+
+    def remove_device(self, name: str, device: str) -> None:
+        self.update_instance(name, devices={device: None})
+
+    # ------------------------------------------------------------------ exec
+    def exec_capture(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        user: int = 0,
+        group: int | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run a command to completion and return its exit code and output."""
+        body: dict[str, Any] = {
+            "command": list(argv),
+            "environment": dict(env or {}),
+            "wait-for-websocket": False,
+            "interactive": False,
+            "record-output": True,
+            "user": user,
+            "group": user if group is None else group,
+        }
+        if cwd:
+            body["cwd"] = cwd
+        try:
+            op = self.request("POST", f"{API}/instances/{quote(name)}/exec", body=body, wait=False)
+        except NotFound:
+            raise InstanceNotFound(name) from None
+        op_id = op.get("id", "")
+        result = self.request("GET", f"{API}/operations/{op_id}/wait", params={"timeout": -1 if timeout is None else int(timeout)})
+        if result.get("status") != "Success":
+            raise IncusError(f"exec in '{name}' failed: {result.get('err') or result.get('status')}")
+        meta = result.get("metadata") or {}
+        outputs = meta.get("output") or {}
+        streams: dict[str, str] = {}
+        for fd, log_path in outputs.items():
+            response = self.request("GET", log_path, raw=True)
+            streams[str(fd)] = response.content.decode("utf-8", errors="replace")
+            try:
+                self.request("DELETE", log_path, raw=True)
+            except IncusError:
+                pass
+        return ExecResult(int(meta.get("return", -1)), streams.get("1", ""), streams.get("2", ""))
+
+    def incus_cli(self) -> str:
+        binary = shutil.which("incus")
+        if not binary:
+            raise IncusError("the 'incus' client is not installed: install the incus package")
+        return binary
+
+    def cli_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["INCUS_SOCKET"] = self.socket_path
+        return env
+
+    def exec_argv(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        user: int = 0,
+        group: int | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        tty: bool | None = None,
+    ) -> list[str]:
+        """The `incus exec` command line that runs argv in the instance."""
+        cmd = [self.incus_cli(), "exec", name, "--user", str(user), "--group",
+               str(user if group is None else group)]
+        if self.project != "default":
+            cmd += ["--project", self.project]
+        if cwd:
+            cmd += ["--cwd", cwd]
+        for key, value in (env or {}).items():
+            cmd += ["--env", f"{key}={value}"]
+        if tty is True:
+            cmd.append("-t")
+        elif tty is False:
+            cmd.append("-T")
+        return [*cmd, "--", *argv]
+
+    def exec_stream(self, name: str, argv: Sequence[str], **kwargs: Any) -> int:
+        """Run argv with our stdin/stdout/stderr attached; return its exit code."""
+        cmd = self.exec_argv(name, argv, **kwargs)
+        return subprocess.call(cmd, env=self.cli_env())
+
+    # ------------------------------------------------------------------ files
+    def push_file(
+        self, name: str, path: str, content: bytes, *, uid: int = 0, gid: int = 0, mode: int = 0o644
+    ) -> None:
+        headers = {
+            "X-Incus-uid": str(uid),
+            "X-Incus-gid": str(gid),
+            "X-Incus-mode": f"{mode:04o}",
+            "X-Incus-type": "file",
+            "X-Incus-write": "overwrite",
+            "Content-Type": "application/octet-stream",
+        }
+        self._files("POST", name, path, data=content, headers=headers)
+
+    def make_dir(self, name: str, path: str, *, uid: int = 0, gid: int = 0, mode: int = 0o755) -> None:
+        headers = {
+            "X-Incus-uid": str(uid),
+            "X-Incus-gid": str(gid),
+            "X-Incus-mode": f"{mode:04o}",
+            "X-Incus-type": "directory",
+        }
+        try:
+            self._files("POST", name, path, data=b"", headers=headers)
+        except Conflict:
+            pass
+
+    def _files(self, method: str, name: str, path: str, **kwargs: Any) -> Any:
+        try:
+            return self.request(
+                method, f"{API}/instances/{quote(name)}/files", params={"path": path}, raw=True, **kwargs
+            )
+        except NotFound:
+            if not self.instance_exists(name):
+                raise InstanceNotFound(name) from None
+            raise NotFound(f"{path}: no such file or directory in '{name}'") from None
+
+    def pull_entry(self, name: str, path: str) -> tuple[str, bytes | list[str], int]:
+        """(type, content-or-listing, mode) of one path: file, directory or symlink."""
+        response = self._files("GET", name, path)
+        kind = response.headers.get("X-Incus-type") or response.headers.get("X-LXD-type") or "file"
+        mode = int(response.headers.get("X-Incus-mode") or response.headers.get("X-LXD-mode") or "644", 8)
+        if kind == "directory":
+            listing = response.json().get("metadata") or []
+            return kind, [str(entry) for entry in listing], mode
+        return kind, response.content, mode
+
+    def pull_file(self, name: str, path: str) -> bytes:
+        kind, content, _ = self.pull_entry(name, path)
+        if kind == "directory":
+            raise IncusError(f"{path} in '{name}' is a directory: use recursive pull (-r)")
+        assert isinstance(content, bytes)
+        return content
+
+    def push_tree(self, local: Path, name: str, remote: str, *, uid: int = 0, gid: int = 0) -> int:
+        """Copy a host directory into the instance; returns the number of files pushed."""
+        count = 0
+        self.make_dir(name, remote, uid=uid, gid=gid, mode=local.stat().st_mode & 0o7777)
+        for entry in sorted(local.iterdir()):
+            target = f"{remote.rstrip('/')}/{entry.name}"
+            if entry.is_symlink():
+                continue
+            if entry.is_dir():
+                count += self.push_tree(entry, name, target, uid=uid, gid=gid)
+            elif entry.is_file():
+                self.push_file(name, target, entry.read_bytes(), uid=uid, gid=gid,
+                               mode=entry.stat().st_mode & 0o777)
+                count += 1
+        return count
+
+    def pull_tree(self, name: str, remote: str, local: Path) -> int:
+        """Copy an instance directory to the host. Symlinks and special files are dropped."""
+        kind, content, mode = self.pull_entry(name, remote)
+        if kind == "directory":
+            local.mkdir(parents=True, exist_ok=True)
+            os.chmod(local, (mode & 0o777) | 0o700)
+            count = 0
+            assert isinstance(content, list)
+            for child in content:
+                count += self.pull_tree(name, f"{remote.rstrip('/')}/{child}", local / child)
+            return count
+        if kind != "file":
+            return 0
+        assert isinstance(content, bytes)
+        local.write_bytes(content)
+        os.chmod(local, mode & 0o777)
+        return 1
+
+    # ------------------------------------------------------------------ snapshots
+    def create_snapshot(self, name: str, snapshot: str, *, stateful: bool = False) -> None:
+        self.request("POST", f"{API}/instances/{quote(name)}/snapshots",
+                     body={"name": snapshot, "stateful": stateful})
+
+    def list_snapshots(self, name: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"{API}/instances/{quote(name)}/snapshots",
+                                 params={"recursion": 1}) or [])
+
+    def restore_snapshot(self, name: str, snapshot: str) -> None:
+        current = self.request("GET", f"{API}/instances/{quote(name)}")
+        current["restore"] = snapshot
+        self.request("PUT", f"{API}/instances/{quote(name)}", body=current)
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self.request("DELETE", f"{API}/instances/{quote(name)}/snapshots/{quote(snapshot)}")
+
+    # ------------------------------------------------------------------ images
+    def list_images(self) -> list[Image]:
+        return [Image.from_api(i) for i in self.request("GET", f"{API}/images", params={"recursion": 1}) or []]
+
+    def get_image(self, alias: str) -> Image:
+        try:
+            target = self.request("GET", f"{API}/images/aliases/{quote(alias)}")
+        except NotFound:
+            raise ImageNotFound(alias) from None
+        return Image.from_api(self.request("GET", f"{API}/images/{target['target']}"))
+
+    def image_exists(self, alias: str) -> bool:
+        try:
+            self.request("GET", f"{API}/images/aliases/{quote(alias)}")
+        except NotFound:
+            return False
+        return True
+
+    def require_image(self, alias: str) -> None:
+        if not self.image_exists(alias):
+            raise ImageNotFound(alias)
+
+    def delete_image(self, alias: str) -> None:
+        image = self.get_image(alias)
+        self.request("DELETE", f"{API}/images/{image.fingerprint}")
+
+    def set_alias(self, alias: str, fingerprint: str, description: str = "") -> None:
+        if self.image_exists(alias):
+            self.request("PUT", f"{API}/images/aliases/{quote(alias)}",
+                         body={"target": fingerprint, "description": description})
+        else:
+            self.request("POST", f"{API}/images/aliases",
+                         body={"name": alias, "target": fingerprint, "description": description})
+
+    def import_image(self, tarball: Path, alias: str, properties: Mapping[str, str]) -> str:
+        """Import a unified image tarball and point `alias` at it; returns the fingerprint."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Incus-properties": "&".join(f"{quote(k)}={quote(v)}" for k, v in properties.items()),
+            "X-Incus-public": "false",
+        }
+        with open(tarball, "rb") as stream:
+            op = self.request("POST", f"{API}/images", data=stream, headers=headers)
+        fingerprint = str((op.get("metadata") or {}).get("fingerprint", ""))
+        if not fingerprint:
+            raise IncusError("image import finished without a fingerprint")
+        self.set_alias(alias, fingerprint)
+        return fingerprint
+
+    def publish(self, name: str, alias: str, properties: Mapping[str, str] | None = None,
+                compression: str | None = None) -> str:
+        body: dict[str, Any] = {
+            "source": {"type": "instance", "name": name},
+            "properties": dict(properties or {}),
+        }
+        if compression:
+            body["compression_algorithm"] = compression
+        op = self.request("POST", f"{API}/images", body=body)
+        fingerprint = str((op.get("metadata") or {}).get("fingerprint", ""))
+        self.set_alias(alias, fingerprint)
+        return fingerprint
+
+    # ------------------------------------------------------------------ networks, pools, profiles
+    def list_networks(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"{API}/networks", params={"recursion": 1}) or [])
+
+    def get_network(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.request("GET", f"{API}/networks/{quote(name)}"))
+        except NotFound:
+            return None
+
+    def create_network(self, name: str, config: Mapping[str, str], description: str = "") -> None:
+        self.request("POST", f"{API}/networks",
+                     body={"name": name, "type": "bridge", "config": dict(config),
+                           "description": description})
+
+    def update_network(self, name: str, config: Mapping[str, str]) -> None:
+        self.request("PATCH", f"{API}/networks/{quote(name)}", body={"config": dict(config)})
+
+    def delete_network(self, name: str) -> None:
+        self.request("DELETE", f"{API}/networks/{quote(name)}")
+
+    def list_storage_pools(self) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"{API}/storage-pools", params={"recursion": 1}) or [])
+
+    def create_storage_pool(self, name: str, driver: str, config: Mapping[str, str]) -> None:
+        self.request("POST", f"{API}/storage-pools",
+                     body={"name": name, "driver": driver, "config": dict(config)})
+
+    def get_profile(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"{API}/profiles/{quote(name)}"))
+
+    def update_profile(self, name: str, profile: Mapping[str, Any]) -> None:
+        body = {k: profile[k] for k in ("config", "devices", "description") if k in profile}
+        self.request("PUT", f"{API}/profiles/{quote(name)}", body=body)
+
+    # ------------------------------------------------------------------ events
+    def watch_events(
+        self,
+        on_event: Callable[[dict[str, Any]], bool],
+        types: Sequence[str] = ("lifecycle",),
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Call on_event for each event until it returns False or `stop` is set (blocking)."""
+        client = self._connect()
+        from pylxd.client import EventType, _WebsocketClient
+
+        done = stop or threading.Event()
+
+        class _Events(_WebsocketClient):  # type: ignore[misc]
+            def received_message(self, message: Any) -> None:
+                if done.is_set():
+                    return
+                if on_event(json.loads(message.data.decode("utf-8"))) is False:
+                    done.set()
+                    self.close()
+
+        ws = client.events(websocket_client=_Events, event_types={EventType(t) for t in types})
+        ws.connect()
+        runner = threading.Thread(target=ws.run_forever, daemon=True)
+        runner.start()
+        while not done.wait(0.2):
+            if not runner.is_alive():
+                break
+        ws.close()
+
+    def events(self, types: Sequence[str] = ("lifecycle",)) -> Iterator[dict[str, Any]]:
+        """Iterate over events in a background thread (stops when the consumer stops)."""
+        import queue
+
+        box: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=1024)
+        stop = threading.Event()
+
+        def put(event: dict[str, Any]) -> bool:
+            box.put(event)
+            return not stop.is_set()
+
+        threading.Thread(target=self.watch_events, args=(put, types, stop), daemon=True).start()
+        try:
+            while True:
+                yield box.get()
+        finally:
+            stop.set()
+
+    def wait_for_status(self, name: str, wanted: Sequence[str], timeout: float) -> str:
+        """Poll until the instance reaches one of `wanted` (or is gone: 'Gone')."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status = self.status(name)
+            except InstanceNotFound:
+                status = "Gone"
+            if status in wanted or time.monotonic() >= deadline:
+                return status
+            time.sleep(0.1)

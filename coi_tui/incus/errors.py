@@ -1,0 +1,45 @@
+"""Incus failures, turned into one-line messages that say what to do."""
+
+from coi_tui.errors import CoiError
+
+
+class IncusError(CoiError):
+    """Any failure reported by, or on the way to, the Incus daemon."""
+
+
+class DaemonUnavailable(IncusError):
+    def __init__(self, socket_path: str, detail: str = "") -> None:
+        why = f" ({detail})" if detail else ""
+        super().__init__(
+            f"Incus is not running: nothing answers on {socket_path}{why}. Start it with "
+            "'sudo systemctl start incus' (or 'sudo scripts/start-incus.sh' where there is no "
+            "systemd), then try again"
+        )
+
+
+class SocketPermissionDenied(IncusError):
+    def __init__(self, socket_path: str) -> None:
+        super().__init__(
+            f"permission denied on the Incus socket {socket_path}: add your user to the "
+            "incus-admin group ('sudo usermod -aG incus-admin $USER'), then log in again"
+        )
+
+
+class NotFound(IncusError):
+    """An instance, image, snapshot, network or pool does not exist."""
+
+
+class InstanceNotFound(NotFound):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"container '{name}' not found (see 'coi list')")
+        self.name = name
+
+
+class ImageNotFound(NotFound):
+    def __init__(self, alias: str) -> None:
+        super().__init__(f"image '{alias}' not found - run 'coi build' first")
+        self.alias = alias
+
+
+class Conflict(IncusError):
+    """The object already exists, or is in a state that forbids the operation."""

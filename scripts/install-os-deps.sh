@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install the OS packages coi needs (Debian 12). Idempotent: does nothing when all are present.
+set -euo pipefail
+
+# incus-base is the daemon and client without the VM stack (qemu) that the incus package pulls in.
+PACKAGES=(incus-base incus-client dnsmasq-base mmdebstrap btrfs-progs nftables tmux uidmap ca-certificates)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "os-deps: all packages present (${PACKAGES[*]})"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+
+echo "os-deps: installing ${missing[*]}"
+. /etc/os-release
+if [ "${VERSION_CODENAME:-}" = "bookworm" ] && [ ! -f /etc/apt/sources.list.d/bookworm-backports.sources ]; then
+    $SUDO tee /etc/apt/sources.list.d/bookworm-backports.sources >/dev/null <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+if [ "${VERSION_CODENAME:-}" = "bookworm" ]; then
+    $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports incus-base incus-client
+fi
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
