@@ -1,0 +1,247 @@
+"""The `coi` argument parser. Only argparse here: building it must stay cheap, because
+`coi --version` and `coi help` must not import pylxd or the UI."""
+
+from __future__ import annotations
+
+import argparse
+
+from coi_tui import __version__
+
+MAX_SLOT = 10
+
+
+def slot_type(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid slot '{text}': must be a number") from None
+    if not 0 <= value <= MAX_SLOT:
+        raise argparse.ArgumentTypeError(
+            f"invalid slot {value}: must be 0 (auto) or 1-{MAX_SLOT}")
+    return value
+
+
+def format_type(*allowed: str):  # type: ignore[no-untyped-def]
+    def check(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(
+                f"invalid format '{text}': must be one of {', '.join(allowed)}")
+        return text
+
+    return check
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+class CoiParser(argparse.ArgumentParser):
+    """argparse with COI's conventions: usage errors exit 2 with one line and a hint."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"coi: error: {message} (see '{self.prog} --help')\n")
+
+
+def add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("text", "json")) -> None:
+    parser.add_argument("--format", type=format_type(*choices), default="text",
+                        help=f"output format: {' or '.join(choices)} (default text)")
+    parser.add_argument("--json", action="store_true", help="same as --format json")
+
+
+def session_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-w", "--workspace", default=".",
+                        help="workspace directory to mount at /workspace (default: current)")
+    parent.add_argument("--slot", type=slot_type, default=0,
+                        help="slot 1-10 for parallel sessions of one workspace (0 = lowest free)")
+    parent.add_argument("--tool", help="agent to run: claude, opencode, aider, dummy")
+    persistence = parent.add_mutually_exclusive_group()
+    persistence.add_argument("--persistent", action="store_true", default=None,
+                             help="keep the container (and installed packages) between sessions")
+    persistence.add_argument("--ephemeral", dest="persistent", action="store_false",
+                             help="delete the container when the session ends (default)")
+    parent.add_argument("--resume", metavar="ID", nargs="?", const="auto", default=None,
+                        help="resume the latest saved session of this workspace, or session ID "
+                             "(--resume=ID)")
+    parent.add_argument("--continue", dest="continue_", metavar="ID", nargs="?", const="auto",
+                        default=None, help="alias of --resume")
+    parent.add_argument("--profile", default="", help="apply a profile")
+    parent.add_argument("--image", help="image to launch (default coi-default)")
+    return parent
+
+
+def build_parser() -> CoiParser:
+    parser = CoiParser(
+        prog="coi",
+        description="Run AI coding agents in isolated Incus containers. "
+                    "With no command, 'coi' runs 'coi shell'.",
+        epilog="Run 'coi COMMAND --help' for a command's options. The dashboard is 'coi-tui'.",
+    )
+    parser.add_argument("--version", action="version", version=f"coi-tui (coi) v{__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CoiParser)
+    common = session_parent()
+
+    p = sub.add_parser("shell", parents=[common], help="start an interactive agent session",
+                       description="Start the agent in tmux in a container for the workspace "
+                                   "and attach to it.")
+    p.add_argument("--background", action="store_true",
+                   help="start detached; attach later with 'coi attach'")
+    p.add_argument("--debug", action="store_true", help="start bash instead of the agent")
+
+    p = sub.add_parser("run", parents=[common], help="run one command in a fresh container",
+                       description="Run COMMAND as the code user in /workspace; its exit code is "
+                                   "coi's exit code. Without a command, runs ./coi-run.")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+
+    p = sub.add_parser("attach", help="attach to a running session",
+                       description="Attach to the tmux session of a running container.")
+    p.add_argument("name", nargs="?", help="container name (default: the only running session)")
+    p.add_argument("--slot", type=slot_type, default=0, help="slot of this workspace")
+    p.add_argument("-w", "--workspace", default=".", help="workspace (with --slot)")
+    p.add_argument("--bash", action="store_true", help="open bash instead of attaching to tmux")
+
+    p = sub.add_parser("list", help="list sessions", description="List coi containers.")
+    p.add_argument("-a", "--all", action="store_true", help="also list saved sessions")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--running", action="store_true", help="only running containers")
+    state.add_argument("--stopped", action="store_true", help="only stopped containers")
+    state.add_argument("--status", help="only containers in this state (running, frozen, ...)")
+    add_format(p)
+
+    p = sub.add_parser("info", help="describe a saved session")
+    p.add_argument("session_id", nargs="?", help="session id (default: latest for the workspace)")
+    p.add_argument("-w", "--workspace", default=".", help="workspace")
+    add_format(p)
+
+    p = sub.add_parser("persist", help="make running sessions persistent")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--all", action="store_true", help="every coi container")
+    p.add_argument("--force", action="store_true", help="do not ask")
+
+    for name, helptext in (("shutdown", "stop gracefully, save the session and delete"),
+                           ("kill", "force stop and delete (idempotent)")):
+        p = sub.add_parser(name, help=helptext, aliases=["close"] if name == "shutdown" else [])
+        p.add_argument("names", nargs="*", metavar="NAME")
+        p.add_argument("--all", action="store_true", help="every coi container")
+        p.add_argument("--force", action="store_true", help="do not ask for confirmation")
+        if name == "shutdown":
+            p.add_argument("--timeout", type=positive_int, default=None,
+                           help="seconds to wait for a graceful stop before forcing "
+                                "(default [container] shutdown_timeout = 60)")
+
+    p = sub.add_parser("clean", help="remove stopped containers and saved sessions")
+    p.add_argument("--all", action="store_true",
+                   help="also remove stopped persistent containers")
+    p.add_argument("--sessions", action="store_true", help="delete saved sessions too")
+    p.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+
+    container = sub.add_parser("container", help="low-level container operations")
+    csub = container.add_subparsers(dest="action", metavar="ACTION", parser_class=CoiParser,
+                                    required=True)
+    p = csub.add_parser("launch", help="create and start a container from an image")
+    p.add_argument("image")
+    p.add_argument("name")
+    p.add_argument("--ephemeral", action="store_true")
+    for action in ("start", "stop", "delete"):
+        p = csub.add_parser(action, help=f"{action} a container")
+        p.add_argument("name")
+        if action != "start":
+            p.add_argument("--force", action="store_true")
+    p = csub.add_parser("exec", help="run a command in a container")
+    p.add_argument("name")
+    p.add_argument("--user", type=int, default=0)
+    p.add_argument("--group", type=int, default=None)
+    p.add_argument("--env", action="append", default=[], metavar="K=V")
+    p.add_argument("--cwd", default="/workspace")
+    p.add_argument("--capture", action="store_true", help="print JSON with stdout/stderr/exit_code")
+    p.add_argument("--format", type=format_type("json", "raw"), default=None)
+    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    for action in ("exists", "running"):
+        p = csub.add_parser(action, help=f"exit 0 if the container {action.replace('exists', 'exists').replace('running', 'is running')}")
+        p.add_argument("name")
+    p = csub.add_parser("mount", help="add a disk device")
+    p.add_argument("name")
+    p.add_argument("device")
+    p.add_argument("source")
+    p.add_argument("path")
+    p.add_argument("--shift", action=argparse.BooleanOptionalAction, default=True)
+    p = csub.add_parser("list", help="raw container data")
+    add_format(p)
+
+    file_cmd = sub.add_parser("file", help="copy files in and out of containers")
+    fsub = file_cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=CoiParser,
+                                   required=True)
+    p = fsub.add_parser("push", help="coi file push LOCAL CONTAINER:PATH")
+    p.add_argument("source")
+    p.add_argument("dest")
+    p.add_argument("-r", "--recursive", action="store_true")
+    p = fsub.add_parser("pull", help="coi file pull CONTAINER:PATH LOCAL")
+    p.add_argument("source")
+    p.add_argument("dest")
+    p.add_argument("-r", "--recursive", action="store_true")
+
+    tmux = sub.add_parser("tmux", help="talk to the agent's tmux session")
+    tsub = tmux.add_subparsers(dest="action", metavar="ACTION", parser_class=CoiParser,
+                               required=True)
+    p = tsub.add_parser("send", help="type TEXT + Enter into the session")
+    p.add_argument("name")
+    p.add_argument("text")
+    p = tsub.add_parser("capture", help="print the visible pane")
+    p.add_argument("name")
+    p = tsub.add_parser("list", help="sessions with a tmux session")
+    add_format(p)
+
+    p = sub.add_parser("setup", help="prepare Incus for coi (pool, root disk, bridge)")
+    nat = p.add_mutually_exclusive_group()
+    nat.add_argument("--nat", dest="nat", action="store_true", default=None,
+                     help="let containers reach the internet through the host (off by default)")
+    nat.add_argument("--no-nat", dest="nat", action="store_false", help="turn NAT off")
+    p.add_argument("--pool", default="coi", help="storage pool name (default coi)")
+    p.add_argument("--bridge", default=None, help="bridge name (default coibr0)")
+    p.add_argument("--subnet", default=None, help="bridge address, e.g. 10.199.0.1/24")
+
+    p = sub.add_parser("build", help="build the coi-default image")
+    p.add_argument("--force", action="store_true", help="rebuild even if the recipe is unchanged")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--bootstrap", action="store_true",
+                     help="offline: bootstrap Debian with mmdebstrap from the mirror")
+    how.add_argument("--remote", action="store_true",
+                     help="start from a remote image server (needs coi setup --nat)")
+    p.add_argument("--alias", default=None, help="image alias (default coi-default)")
+    p.add_argument("--profile", default="", help="(reserved) build a profile's image")
+
+    image = sub.add_parser("image", help="manage images")
+    isub = image.add_subparsers(dest="action", metavar="ACTION", parser_class=CoiParser,
+                                required=True)
+    p = isub.add_parser("list", help="list images")
+    p.add_argument("-a", "--all", action="store_true", help="all local images, not only coi's")
+    add_format(p)
+    p = isub.add_parser("exists", help="exit 0 if the image alias exists")
+    p.add_argument("alias")
+    p = isub.add_parser("delete", help="delete an image")
+    p.add_argument("alias")
+    p.add_argument("--force", action="store_true")
+    p = isub.add_parser("publish", help="publish a stopped container as an image")
+    p.add_argument("container")
+    p.add_argument("alias")
+    p.add_argument("--description", default="")
+
+    p = sub.add_parser("version", help="print the version")
+    add_format(p)
+    p = sub.add_parser("completion", help="print a shell completion script")
+    p.add_argument("shell", choices=["bash", "zsh", "fish"])
+    p = sub.add_parser("help", help="show help for a command")
+    p.add_argument("topic", nargs="*")
+    return parser
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False)) or getattr(args, "format", "text") == "json"

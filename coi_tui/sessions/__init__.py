@@ -1,0 +1,1 @@
+"""Sessions: naming, slots, lifecycle, saved state."""

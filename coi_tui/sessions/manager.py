@@ -1,0 +1,396 @@
+"""Session lifecycle: pick a slot, create or reuse the container, start the agent in tmux, and
+save/clean up on every way a session ends. Plain Python over the Incus adapter (no UI)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coi_tui.config import Settings
+from coi_tui.errors import CoiError
+from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
+from coi_tui.paths import logs_dir
+from coi_tui.sessions.naming import (
+    container_name,
+    parse_container_name,
+    tmux_session,
+    workspace_hash,
+)
+from coi_tui.sessions.slots import choose_slot, file_lock, occupied_slots, slot_lock
+from coi_tui.sessions.store import SessionMeta, SessionStore, now_rfc3339
+from coi_tui.tools import Tool, get_tool
+
+CODE_HOME = "/home/code"
+WORKSPACE = "/workspace"
+SAFE_TERMS = ("xterm-256color", "xterm", "screen-256color", "screen", "tmux-256color", "tmux",
+              "linux", "vt100", "vt220", "dumb")
+
+Say = Callable[[str], None]
+
+
+def stderr_say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def sanitize_term(term: str | None) -> str:
+    """A TERM the image has terminfo for (kitty, foot, ... are not)."""
+    if term in SAFE_TERMS:
+        return str(term)
+    return "xterm-256color"
+
+
+def resolve_workspace(path: str) -> str:
+    workspace = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(workspace):
+        raise CoiError(f"workspace '{workspace}' does not exist: create it or pass -w PATH")
+    if not os.path.isdir(workspace):
+        raise CoiError(f"workspace '{workspace}' is not a directory")
+    return workspace
+
+
+@dataclass
+class LaunchRequest:
+    workspace: str
+    tool: Tool
+    slot: int = 0
+    persistent: bool = False
+    image: str = "coi-default"
+    resume: str | None = None  # None, "auto" or a session id
+    profile: str = ""
+    debug: bool = False
+
+
+@dataclass
+class Session:
+    container: str
+    session_id: str
+    slot: int
+    workspace: str
+    persistent: bool
+    tool: Tool
+    reused: bool = False
+    resume_meta: SessionMeta | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tmux(self) -> str:
+        return tmux_session(self.container)
+
+
+class SessionManager:
+    def __init__(self, incus: Incus, settings: Settings, say: Say = stderr_say) -> None:
+        self.incus = incus
+        self.settings = settings
+        self.say = say
+
+    # ------------------------------------------------------------------ container shape
+    def idmap(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(instance config, workspace device extras) so files written by `code` belong to the
+        host user: idmapped mount (shift) when the uids match, raw.idmap otherwise."""
+        mode = os.environ.get("COI_IDMAP", "auto")
+        uid, gid, code = os.getuid(), os.getgid(), self.settings.code_uid
+        if mode == "shift" or (mode == "auto" and uid == code and gid == code):
+            return {}, {"shift": "true"}
+        return {"raw.idmap": f"uid {uid} {code}\ngid {gid} {code}"}, {}
+
+    def storage_pool(self) -> str:
+        if self.settings.storage_pool:
+            return self.settings.storage_pool
+        pools = {p["name"] for p in self.incus.list_storage_pools()}
+        return "coi" if "coi" in pools else ""
+
+    def instance_spec(self, req: LaunchRequest, slot: int, session_id: str
+                      ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        idmap_config, ws_extra = self.idmap()
+        config = {
+            "user.coi.managed": "true",
+            "user.coi.workspace": req.workspace,
+            "user.coi.slot": str(slot),
+            "user.coi.persistent": "true" if req.persistent else "false",
+            "user.coi.tool": req.tool.name,
+            "user.coi.session_id": session_id,
+            "user.coi.image": req.image,
+            "security.guestapi": "false",
+            "security.idmap.isolated": "true",
+            **idmap_config,
+        }
+        if req.profile:
+            config["user.coi.profile"] = req.profile
+        devices: dict[str, dict[str, str]] = {
+            "workspace": {"type": "disk", "source": req.workspace, "path": WORKSPACE, **ws_extra},
+        }
+        if self.incus.get_network(self.settings.bridge) is not None:
+            devices["eth0"] = {"type": "nic", "network": self.settings.bridge, "name": "eth0"}
+        pool = self.storage_pool()
+        if pool:
+            devices["root"] = {"type": "disk", "path": "/", "pool": pool}
+        return config, devices
+
+    def guard_privileged(self, instance: Instance | None = None) -> None:
+        profile = self.incus.get_profile("default")
+        if str((profile.get("config") or {}).get("security.privileged", "")).lower() == "true":
+            raise CoiError("refusing to start: the Incus 'default' profile sets "
+                           "security.privileged=true; fix with "
+                           "'incus profile unset default security.privileged'")
+        if instance and instance.expanded_config.get("security.privileged", "").lower() == "true":
+            raise CoiError(f"refusing to start: container '{instance.name}' is privileged; fix with "
+                           f"'incus config unset {instance.name} security.privileged'")
+
+    # ------------------------------------------------------------------ launch
+    def coi_instances(self, with_state: bool = False) -> list[Instance]:
+        prefix = self.settings.container_prefix
+        return [i for i in self.incus.list_instances(prefix, with_state=with_state)
+                if parse_container_name(prefix, i.name)]
+
+    def launch(self, req: LaunchRequest) -> Session:
+        """Create (or reuse) and start the container for one session; no agent started yet."""
+        self.incus.ping()
+        self.incus.require_image(req.image)
+        self.guard_privileged()
+        store = SessionStore(req.tool)
+        resume_meta = None
+        if req.resume:
+            resume_meta = store.resolve_resume(req.resume, req.workspace,
+                                               self.settings.container_prefix)
+        session_id = resume_meta.session_id if resume_meta else str(uuid.uuid4())
+        ws_hash = workspace_hash(req.workspace)
+        with slot_lock(ws_hash):
+            occupied = occupied_slots(self.coi_instances(), self.settings.container_prefix, ws_hash)
+            slot, note = choose_slot(occupied, req.slot, req.persistent)
+            if note:
+                self.say(note)
+            name = container_name(self.settings.container_prefix, req.workspace, slot)
+            existing = occupied.get(slot)
+            session = Session(name, session_id, slot, req.workspace, req.persistent, req.tool,
+                              resume_meta=resume_meta)
+            if existing is not None and existing.status != "Stopped":
+                raise CoiError(f"container '{name}' is already running: attach with "
+                               f"'coi attach {name}'")
+            if existing is not None and existing.config.get("user.coi.persistent") == "true" \
+                    and req.persistent:
+                self.guard_privileged(existing)
+                self.say(f"Reusing persistent container {name}...")
+                self.incus.update_instance(name, config={"user.coi.session_id": session_id,
+                                                         "user.coi.tool": req.tool.name})
+                session.reused = True
+            else:
+                if existing is not None:
+                    self.say(f"Removing stopped leftover container {name}...")
+                    self.incus.delete_instance(name, force=True)
+                config, devices = self.instance_spec(req, slot, session_id)
+                self.incus.create_instance(name, req.image, config=config, devices=devices)
+            self._write_meta(session, req)
+            self.incus.start(name)
+        return session
+
+    def _write_meta(self, session: Session, req: LaunchRequest) -> None:
+        store = SessionStore(session.tool)
+        meta = store.read_meta(session.session_id) or SessionMeta(
+            session_id=session.session_id, container_name=session.container,
+            persistent=session.persistent, workspace=session.workspace,
+            created_at=now_rfc3339())
+        meta.container_name = session.container
+        meta.persistent = session.persistent
+        meta.workspace = session.workspace
+        meta.tool = session.tool.name
+        meta.slot = session.slot
+        meta.profile = req.profile
+        store.write_meta(meta)
+
+    def wait_ready(self, name: str) -> None:
+        """Wait until systemd has finished booting (tmux must not race /tmp's boot cleanup)."""
+        deadline = time.monotonic() + self.settings.ready_timeout
+        while time.monotonic() < deadline:
+            result = self.incus.exec_capture(name, ["systemctl", "is-system-running", "--wait"])
+            state = result.stdout.strip()
+            if state in ("running", "degraded"):
+                return
+            if state in ("offline", "unknown", "") or not result.ok:
+                time.sleep(0.1)
+                continue
+            return
+        raise CoiError(f"container '{name}' did not finish booting within "
+                       f"{self.settings.ready_timeout}s ([container] ready_timeout)")
+
+    def restore_saved_state(self, session: Session) -> None:
+        meta = session.resume_meta
+        if meta is None or session.reused or not session.tool.config_dir:
+            return
+        store = SessionStore(session.tool)
+        saved = store.config_copy(meta.session_id)
+        if not saved.is_dir():
+            return
+        self.say(f"Restoring session data from {saved}")
+        self.incus.push_tree(saved, session.container,
+                             f"{CODE_HOME}/{session.tool.config_dir}",
+                             uid=self.settings.code_uid, gid=self.settings.code_uid)
+
+    def agent_env(self, session: Session) -> dict[str, str]:
+        return {
+            "HOME": CODE_HOME,
+            "USER": self.settings.code_user,
+            "LANG": "C.UTF-8",
+            "TERM": sanitize_term(os.environ.get("TERM")),
+            "IS_SANDBOX": "1",
+            "COI_CONTAINER": session.container,
+            "COI_SESSION_ID": session.session_id,
+            **session.tool.env,
+        }
+
+    def agent_command(self, session: Session, debug: bool) -> list[str]:
+        if debug:
+            return ["bash"]
+        resume_id = None
+        if session.resume_meta is not None:
+            saved = SessionStore(session.tool).config_copy(session.resume_meta.session_id)
+            resume_id = session.tool.discover_resume_id(saved)
+        permission = self.settings.permission_mode
+        return session.tool.command(session.session_id, resume=session.resume_meta is not None,
+                                    resume_id=resume_id, permission_mode=permission)
+
+    def start_agent(self, session: Session, debug: bool = False) -> None:
+        """tmux session coi-<container> running `<tool argv>; exec bash` as the code user."""
+        if self.tmux_exists(session.container):
+            return
+        argv = self.agent_command(session, debug)
+        inner = f"trap : INT; {shlex.join(argv)}; exec bash"
+        env = self.agent_env(session)
+        cmd = ["tmux", "new-session", "-d", "-s", session.tmux, "-x", "200", "-y", "50",
+               "-c", WORKSPACE]
+        for key, value in env.items():
+            cmd += ["-e", f"{key}={value}"]
+        cmd += ["bash", "-c", inner]
+        result = self.exec_as_code(session.container, cmd)
+        if not result.ok:
+            raise CoiError(f"could not start the agent in tmux: {result.stderr.strip()}")
+
+    def exec_as_code(self, name: str, argv: list[str]) -> object:
+        uid = self.settings.code_uid
+        return self.incus.exec_capture(name, argv, user=uid, group=uid, cwd=WORKSPACE,
+                                       env={"HOME": CODE_HOME, "USER": self.settings.code_user,
+                                            "LANG": "C.UTF-8"})
+
+    def tmux_exists(self, name: str) -> bool:
+        result = self.exec_as_code(name, ["tmux", "has-session", "-t", tmux_session(name)])
+        return bool(getattr(result, "ok", False))
+
+    def attach(self, name: str, bash: bool = False) -> int:
+        uid = self.settings.code_uid
+        env = {"HOME": CODE_HOME, "USER": self.settings.code_user, "LANG": "C.UTF-8",
+               "TERM": sanitize_term(os.environ.get("TERM"))}
+        argv = ["bash", "-l"] if bash else ["tmux", "attach", "-t", tmux_session(name)]
+        return self.incus.exec_stream(name, argv, user=uid, group=uid, cwd=WORKSPACE, env=env,
+                                      tty=True)
+
+    def spawn_supervisor(self, name: str) -> None:
+        """A detached process that saves and cleans up when the container stops later."""
+        log = open(logs_dir() / f"{name}.supervisor.log", "ab")  # noqa: SIM115
+        subprocess.Popen(
+            [sys.executable, "-m", "coi_tui.sessions.supervisor", name],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            env=dict(os.environ), close_fds=True,
+        )
+        log.close()
+
+    # ------------------------------------------------------------------ ending sessions
+    def session_of(self, instance: Instance) -> tuple[Tool, SessionMeta] | None:
+        tool_name = instance.config.get("user.coi.tool", "")
+        session_id = instance.config.get("user.coi.session_id", "")
+        if not tool_name or not session_id:
+            return None
+        try:
+            tool = get_tool(tool_name)
+        except CoiError:
+            return None
+        store = SessionStore(tool)
+        meta = store.read_meta(session_id) or SessionMeta(
+            session_id=session_id, container_name=instance.name,
+            persistent=instance.config.get("user.coi.persistent") == "true",
+            workspace=instance.config.get("user.coi.workspace", ""),
+            tool=tool_name)
+        return tool, meta
+
+    def save_session(self, instance: Instance) -> bool:
+        found = self.session_of(instance)
+        if found is None:
+            return False
+        tool, meta = found
+        store = SessionStore(tool)
+        self.say(f"Saving session data to {store.path(meta.session_id)}")
+        ok = store.save_from(lambda remote, local: self.incus.pull_tree(instance.name, remote, local),
+                             instance.name, meta)
+        self.say("Session data saved successfully" if ok else "No session data to save")
+        return ok
+
+    def finalize_if_stopped(self, name: str) -> str:
+        """After the container stopped on its own: save, then delete (ephemeral) or keep.
+        Returns 'gone', 'running', 'kept' or 'removed'. Safe to call from several processes."""
+        with file_lock(f"session-{name}"):
+            try:
+                instance = self.incus.get_instance(name)
+            except InstanceNotFound:
+                return "gone"
+            if instance.status != "Stopped":
+                return "running"
+            self.save_session(instance)
+            if instance.config.get("user.coi.persistent") == "true":
+                self.say(f"Container {name} stopped and kept for reuse (persistent): "
+                         "'coi shell --persistent' restarts it")
+                return "kept"
+            self.say("Container was stopped, removing...")
+            self.incus.delete_instance(name, force=True)
+            self.say("Container removed (session data saved for --resume)")
+            return "removed"
+
+    def shutdown(self, name: str, timeout: int, force: bool = False) -> None:
+        """Graceful stop within timeout (then forced), save, delete."""
+        with file_lock(f"session-{name}"):
+            instance = self.incus.get_instance(name)
+            if instance.frozen:
+                self.incus.unfreeze(name)
+            if instance.status in ("Running", "Frozen"):
+                self.incus.stop(name, timeout=timeout, force=force)
+            self.save_session(instance)
+            self.incus.delete_instance(name, force=True)
+
+    def kill(self, name: str) -> bool:
+        """Force stop, save what can be saved, delete. False when it was already gone."""
+        with file_lock(f"session-{name}"):
+            try:
+                instance = self.incus.get_instance(name)
+            except InstanceNotFound:
+                return False
+            if instance.status in ("Running", "Frozen"):
+                self.incus.stop(name, force=True)
+            try:
+                self.save_session(instance)
+            except IncusError as exc:
+                self.say(f"warning: could not save session data: {exc}")
+            self.incus.delete_instance(name, force=True)
+            return True
+
+    def save_running(self, name: str) -> None:
+        """Save the session of a container that keeps running (signals to `coi shell`)."""
+        try:
+            self.save_session(self.incus.get_instance(name))
+        except (IncusError, OSError) as exc:
+            self.say(f"warning: could not save session data: {exc}")
+
+
+def workspace_of(instance: Instance) -> str:
+    return instance.config.get("user.coi.workspace", "")
+
+
+def is_persistent(instance: Instance) -> bool:
+    return instance.config.get("user.coi.persistent") == "true"
+
+
+def local_path_for_pull(path: str) -> Path:
+    return Path(path).expanduser().absolute()

@@ -1,0 +1,89 @@
+"""Slot allocation, serialised per workspace so parallel launches never pick the same slot."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from coi_tui.errors import CoiError
+from coi_tui.incus import Instance
+from coi_tui.paths import locks_dir
+from coi_tui.sessions.naming import MAX_SLOTS, parse_container_name
+
+
+@contextmanager
+def file_lock(name: str, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive lock under ~/.coi/locks, held for the `with` block (released on crash too)."""
+    path = locks_dir() / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                waiting()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def slot_lock(workspace_hash: str) -> Iterator[None]:
+    def waiting() -> None:
+        print("Waiting for another coi launch of this workspace to pick its slot...",
+              file=sys.stderr)
+
+    return file_lock(f"slots-{workspace_hash}", waiting)
+
+
+def occupied_slots(instances: list[Instance], prefix: str, ws_hash: str) -> dict[int, Instance]:
+    slots: dict[int, Instance] = {}
+    for instance in instances:
+        parsed = parse_container_name(prefix, instance.name)
+        if parsed and parsed[0] == ws_hash:
+            slots[parsed[1]] = instance
+    return slots
+
+
+def choose_slot(occupied: dict[int, Instance], requested: int, persistent: bool) -> tuple[int, str]:
+    """Pick a slot: (slot, note). `requested` 0 means the lowest free one."""
+    if persistent and requested == 0:
+        # Reuse the lowest stopped persistent container of this workspace first.
+        for slot in sorted(occupied):
+            inst = occupied[slot]
+            if inst.status == "Stopped" and inst.config.get("user.coi.persistent") == "true":
+                return slot, ""
+    if requested:
+        current = occupied.get(requested)
+        if current is None or _reusable(current, persistent):
+            return requested, ""
+        for slot in range(requested + 1, MAX_SLOTS + 1):
+            if slot not in occupied:
+                return slot, f"Slot {requested} is occupied, using slot {slot} instead"
+        raise CoiError(f"slot {requested} is occupied and no higher slot is free "
+                       "(see 'coi list'; free one with 'coi kill')")
+    for slot in range(1, MAX_SLOTS + 1):
+        if slot not in occupied:
+            return slot, ""
+    raise CoiError(f"all {MAX_SLOTS} slots are in use for this workspace: "
+                   "free one with 'coi kill <name>' or 'coi clean'")
+
+
+def _reusable(instance: Instance, persistent: bool) -> bool:
+    """A stopped container in the requested slot can be reused (persistent) or replaced."""
+    return instance.status == "Stopped"
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)

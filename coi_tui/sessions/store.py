@@ -1,0 +1,161 @@
+"""Saved sessions on the host: ~/.coi/sessions-<tool>/<session-id>/{metadata.json,<config dir>}.
+
+metadata.json is written atomically (temp file + rename). A saved config directory replaces the
+old copy only once the new pull is complete, so a crash mid-save never loses the last good state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from coi_tui.errors import CoiError
+from coi_tui.paths import coi_home, sessions_dir
+from coi_tui.sessions.naming import parse_container_name, workspace_hash
+from coi_tui.tools import TOOLS, Tool
+
+
+@dataclass
+class SessionMeta:
+    session_id: str
+    container_name: str
+    persistent: bool
+    workspace: str
+    saved_at: str = ""
+    tool: str = ""
+    slot: int = 0
+    created_at: str = ""
+    profile: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SessionMeta:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class SessionStore:
+    def __init__(self, tool: Tool) -> None:
+        self.tool = tool
+        self.root = sessions_dir(tool.sessions_dir_name)
+
+    def path(self, session_id: str) -> Path:
+        return self.root / session_id
+
+    def write_meta(self, meta: SessionMeta) -> None:
+        atomic_write(self.path(meta.session_id) / "metadata.json",
+                     json.dumps(asdict(meta), indent=2) + "\n")
+
+    def read_meta(self, session_id: str) -> SessionMeta | None:
+        try:
+            data = json.loads((self.path(session_id) / "metadata.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return SessionMeta.from_json(data)
+
+    def config_copy(self, session_id: str) -> Path:
+        return self.path(session_id) / Path(self.tool.config_dir).name
+
+    def has_saved_state(self, session_id: str) -> bool:
+        return bool(self.tool.config_dir) and self.config_copy(session_id).is_dir()
+
+    def all(self) -> list[SessionMeta]:
+        if not self.root.is_dir():
+            return []
+        found = [self.read_meta(p.name) for p in self.root.iterdir() if p.is_dir()]
+        return [m for m in found if m is not None]
+
+    def latest_for_workspace(self, workspace: str, prefix: str) -> SessionMeta | None:
+        """Newest saved session whose container belongs to this workspace."""
+        wanted = workspace_hash(workspace)
+        candidates = []
+        for meta in self.all():
+            parsed = parse_container_name(prefix, meta.container_name)
+            same = (parsed and parsed[0] == wanted) or meta.workspace == workspace
+            if same and meta.saved_at and self.has_saved_state(meta.session_id):
+                candidates.append(meta)
+        candidates.sort(key=lambda m: m.saved_at, reverse=True)
+        return candidates[0] if candidates else None
+
+    def resolve_resume(self, resume: str, workspace: str, prefix: str) -> SessionMeta:
+        if resume == "auto":
+            meta = self.latest_for_workspace(workspace, prefix)
+            if meta is None:
+                raise CoiError(f"no previous session to resume for this workspace: {workspace} "
+                               "(see 'coi list --all')")
+            return meta
+        meta = self.read_meta(resume)
+        if meta is None:
+            raise CoiError(f"session '{resume}' not found - check available sessions with: "
+                           "coi list --all")
+        return meta
+
+    def save_from(self, pull: Any, container: str, meta: SessionMeta) -> bool:
+        """Pull <home>/<config dir> out of the container into the session folder, atomically.
+
+        `pull(remote_dir, local_dir)` does the copy (the Incus adapter's pull_tree)."""
+        if not self.tool.config_dir:
+            meta.saved_at = now_rfc3339()
+            self.write_meta(meta)
+            return True
+        target = self.config_copy(meta.session_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target.parent))
+        try:
+            pull(f"/home/code/{self.tool.config_dir}", staging / "copy")
+        except CoiError:
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        old = target.with_name(target.name + ".old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(staging / "copy", target)
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        meta.saved_at = now_rfc3339()
+        self.write_meta(meta)
+        return True
+
+
+def all_saved_sessions() -> list[tuple[Tool, SessionMeta]]:
+    found: list[tuple[Tool, SessionMeta]] = []
+    home = coi_home()
+    for tool in TOOLS.values():
+        if not (home / f"sessions-{tool.sessions_dir_name}").is_dir():
+            continue
+        store = SessionStore(tool)
+        found += [(tool, m) for m in store.all() if m.saved_at]
+    found.sort(key=lambda pair: pair[1].saved_at, reverse=True)
+    return found
+
+
+def find_session(session_id: str) -> tuple[Tool, SessionMeta] | None:
+    for tool, meta in all_saved_sessions():
+        if meta.session_id == session_id:
+            return tool, meta
+    return None

@@ -1,0 +1,80 @@
+"""Per-session supervisor: a detached process that waits for the container to stop (poweroff
+from inside, or the monitor's kill) and then saves the session and removes an ephemeral
+container. `coi shell` starts one for every session; a second one for the same container exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import threading
+from typing import Any
+
+from coi_tui.config import load_settings
+from coi_tui.errors import CoiError
+from coi_tui.incus import Incus, InstanceNotFound
+from coi_tui.paths import locks_dir
+from coi_tui.sessions.manager import SessionManager
+
+STOP_ACTIONS = {"instance-stopped", "instance-shutdown", "instance-deleted", "instance-restarted"}
+
+
+def say(message: str) -> None:
+    print(f"[supervisor] {message}", flush=True)
+
+
+def wait_for_stop(incus: Incus, name: str) -> None:
+    """Block until the container is stopped or gone: lifecycle events, with a slow poll as a
+    safety net in case the events stream drops."""
+    stopped = threading.Event()
+
+    def on_event(event: dict[str, Any]) -> bool:
+        meta = event.get("metadata") or {}
+        source = str(meta.get("source", ""))
+        if source.endswith(f"/instances/{name}") and meta.get("action") in STOP_ACTIONS:
+            stopped.set()
+            return False
+        return not stopped.is_set()
+
+    def watch() -> None:
+        try:
+            incus.watch_events(on_event, ("lifecycle",), stop=stopped)
+        except Exception as exc:  # events are best effort; the poll below still works
+            say(f"events stream unavailable: {exc}")
+
+    threading.Thread(target=watch, daemon=True).start()
+    while not stopped.is_set():
+        try:
+            if incus.status(name) == "Stopped":
+                return
+        except InstanceNotFound:
+            return
+        stopped.wait(2.0)
+
+
+def main(argv: list[str]) -> int:
+    name = argv[0]
+    lock_fd = os.open(locks_dir() / f"supervisor-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another supervisor already watches this container
+    settings = load_settings()
+    incus = Incus(settings.socket or None, settings.project)
+    manager = SessionManager(incus, settings, say)
+    say(f"watching {name}")
+    try:
+        wait_for_stop(incus, name)
+        # Give a stop that is still in progress a moment to settle into Stopped.
+        incus.wait_for_status(name, ("Stopped", "Gone"), timeout=30)
+        result = manager.finalize_if_stopped(name)
+        say(f"{name}: {result}")
+    except CoiError as exc:
+        say(f"error: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

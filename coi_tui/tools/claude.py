@@ -1,0 +1,31 @@
+"""Claude Code (the default agent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coi_tui.tools.base import Tool, newest_jsonl_stem
+
+
+class ClaudeTool(Tool):
+    def command(self, session_id: str, *, resume: bool, resume_id: str | None,
+                permission_mode: str) -> list[str]:
+        argv = [self.binary]
+        if permission_mode != "interactive":
+            argv.append("--dangerously-skip-permissions")
+        if resume:
+            argv += ["--resume", resume_id] if resume_id else ["--resume"]
+        else:
+            argv += ["--session-id", session_id]
+        return argv
+
+    def discover_resume_id(self, saved_config: Path) -> str | None:
+        return newest_jsonl_stem(saved_config / "projects" / "-workspace")
+
+
+CLAUDE = ClaudeTool(
+    name="claude",
+    binary="claude",
+    description="Claude Code (Anthropic)",
+    config_dir=".claude",
+)
