@@ -44,6 +44,12 @@ def positive_int(text: str) -> int:
 class CoiParser(argparse.ArgumentParser):
     """argparse with COI's conventions: usage errors exit 2 with one line and a hint."""
 
+    def format_help(self) -> str:
+        return super().format_help().replace("usage: ", "Usage: ", 1)
+
+    def format_usage(self) -> str:
+        return super().format_usage().replace("usage: ", "Usage: ", 1)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"coi: error: {message} (see '{self.prog} --help')\n")
 
@@ -84,7 +90,8 @@ def build_parser() -> CoiParser:
         epilog="Run 'coi COMMAND --help' for a command's options. The dashboard is 'coi-tui'.",
     )
     parser.add_argument("--version", action="version", version=f"coi-tui (coi) v{__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CoiParser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CoiParser,
+                                title="Available Commands")
     common = session_parent()
 
     p = sub.add_parser("shell", parents=[common], help="start an interactive agent session",
@@ -163,7 +170,7 @@ def build_parser() -> CoiParser:
     p.add_argument("--capture", action="store_true", help="print JSON with stdout/stderr/exit_code")
     p.add_argument("--format", type=format_type("json", "raw"), default=None)
     p.add_argument("-t", "--tty", action="store_true")
-    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.add_argument("cmd", nargs="*", metavar="-- COMMAND")
     for action in ("exists", "running"):
         p = csub.add_parser(action, help=f"exit 0 if the container {action.replace('exists', 'exists').replace('running', 'is running')}")
         p.add_argument("name")

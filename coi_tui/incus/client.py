@@ -695,7 +695,7 @@ class Incus:
 
         ws = client.events(websocket_client=_Events, event_types={EventType(t) for t in types})
         ws.connect()
-        runner = threading.Thread(target=ws.run_forever, daemon=True)
+        runner = threading.Thread(target=ws.run, daemon=True)
         runner.start()
         while not done.wait(0.2):
             if not runner.is_alive():

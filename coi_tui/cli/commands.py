@@ -1,0 +1,699 @@
+"""Command handlers. Each takes the parsed args and returns an exit code; failures raise
+CoiError (exit 1) or UsageError (exit 2) with one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from coi_tui import __version__
+from coi_tui.cli.parser import wants_json
+from coi_tui.config import Settings, load_settings
+from coi_tui.errors import CoiError, UsageError
+from coi_tui.incus import Incus, Instance, InstanceNotFound
+from coi_tui.sessions.manager import (
+    LaunchRequest,
+    SessionManager,
+    is_persistent,
+    resolve_workspace,
+    workspace_of,
+)
+from coi_tui.sessions.naming import container_name, parse_container_name, tmux_session
+from coi_tui.sessions.store import SessionStore, all_saved_sessions, find_session
+from coi_tui.tools import get_tool
+
+Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+
+
+def err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def context(args: argparse.Namespace | None = None) -> tuple[Settings, Incus, SessionManager]:
+    settings = load_settings()
+    incus = Incus(settings.socket or None, settings.project)
+    return settings, incus, SessionManager(incus, settings)
+
+
+def confirm(question: str, force: bool) -> bool:
+    if force:
+        return True
+    if not sys.stdin.isatty():
+        raise CoiError(f"{question.rstrip('?')}: refusing without confirmation "
+                       "(stdin is not a terminal); pass --force")
+    answer = input(f"{question} [y/N]: ").strip().lower()
+    return answer in ("y", "yes")
+
+
+class Terminated(Exception):
+    """SIGTERM/SIGHUP turned into an exception so cleanup code runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def raise_terminated(signum: int, _frame: FrameType | None) -> None:
+    raise Terminated(signum)
+
+
+def install_signal_handlers() -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, raise_terminated)
+
+
+def launch_request(args: argparse.Namespace, settings: Settings) -> LaunchRequest:
+    workspace = resolve_workspace(args.workspace)
+    tool = get_tool(args.tool or settings.tool)
+    persistent = settings.persistent if args.persistent is None else args.persistent
+    resume = args.continue_ or args.resume
+    return LaunchRequest(workspace=workspace, tool=tool, slot=args.slot, persistent=persistent,
+                         image=args.image or settings.image, resume=resume, profile=args.profile)
+
+
+# ---------------------------------------------------------------------- shell / run / attach
+def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    settings, incus, manager = context(args)
+    req = launch_request(args, settings)
+    req.debug = args.debug
+    if not args.background and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CoiError("coi shell needs a terminal; use 'coi shell --background' and "
+                       "'coi attach' from a terminal")
+    install_signal_handlers()
+    err(f"Setting up session for {req.workspace}...")
+    session = manager.launch(req)
+    try:
+        manager.wait_ready(session.container)
+        manager.restore_saved_state(session)
+        manager.start_agent(session, debug=args.debug)
+    except BaseException:
+        if not session.persistent:
+            manager.kill(session.container)
+        raise
+    manager.spawn_supervisor(session.container)
+    mode = "Background (tmux)" if args.background else "Interactive (tmux)"
+    err("Starting session...")
+    err(f"Session ID: {session.session_id}")
+    err(f"Container: {session.container}")
+    err(f"Workspace: {session.workspace}")
+    err(f"Tool: {session.tool.name}")
+    err(f"Persistent: {'yes' if session.persistent else 'no'}")
+    err(f"Mode: {mode}")
+    if session.resume_meta is not None:
+        err(f"Resumed session {session.resume_meta.session_id}")
+    if args.background:
+        err(f"Attach with: coi attach {session.container}")
+        return 0
+    try:
+        manager.attach(session.container)
+    except Terminated:
+        manager.save_running(session.container)
+        err(f"Container kept running - use 'coi attach {session.container}' to reconnect")
+        return 143
+    except KeyboardInterrupt:
+        manager.save_running(session.container)
+        raise
+    return after_attach(manager, session.container)
+
+
+def after_attach(manager: SessionManager, name: str) -> int:
+    """The attach ended: detached, the agent's shell exited, or the container powered off."""
+    try:
+        status = manager.incus.status(name)
+    except InstanceNotFound:
+        return 0
+    if status == "Running" and manager.tmux_exists(name):
+        keep_running_note(name)
+        return 0
+    # No tmux session left: a poweroff is probably in progress; let it finish.
+    status = manager.incus.wait_for_status(name, ("Stopped", "Gone"), timeout=15)
+    if status in ("Stopped", "Gone"):
+        manager.finalize_if_stopped(name)
+        return 0
+    keep_running_note(name)
+    return 0
+
+
+def keep_running_note(name: str) -> None:
+    err(f"Container kept running - use 'coi attach {name}' to reconnect, 'coi shutdown {name}' "
+        f"to stop, or 'coi kill {name}' to force stop")
+
+
+def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    settings, incus, manager = context(args)
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    req = launch_request(args, settings)
+    if not command:
+        script = Path(req.workspace) / "coi-run"
+        if not (script.is_file() and os.access(script, os.X_OK)):
+            raise UsageError("coi run needs a command ('coi run -- CMD ...') or an executable "
+                             "./coi-run in the workspace")
+        command = ["./coi-run"]
+    install_signal_handlers()
+    session = manager.launch(req)
+    code = 1
+    try:
+        uid = settings.code_uid
+        env = manager.agent_env(session)
+        code = incus.exec_stream(session.container, command, user=uid, group=uid,
+                                 cwd="/workspace", env=env)
+    except Terminated as exc:
+        code = 128 + exc.signum
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        if session.persistent:
+            incus.stop(session.container, timeout=settings.shutdown_timeout)
+        else:
+            incus.delete_instance(session.container, force=True)
+    return code
+
+
+def running_sessions(manager: SessionManager) -> list[Instance]:
+    return [i for i in manager.coi_instances() if i.running]
+
+
+def resolve_target(manager: SessionManager, name: str | None, slot: int, workspace: str) -> str:
+    settings = manager.settings
+    if name:
+        if not manager.incus.instance_exists(name):
+            raise CoiError(f"container '{name}' not found (see 'coi list')")
+        return name
+    if slot:
+        target = container_name(settings.container_prefix, resolve_workspace(workspace), slot)
+        if not manager.incus.instance_exists(target):
+            raise CoiError(f"no container in slot {slot} for this workspace ({target})")
+        return target
+    running = running_sessions(manager)
+    if not running:
+        raise CoiError("No active sessions (start one with 'coi shell')")
+    if len(running) > 1:
+        lines = "\n".join(f"  {n}. {i.name} ({workspace_of(i)})" for n, i in enumerate(running, 1))
+        raise CoiError(f"several sessions are running:\nActive sessions:\n{lines}\n"
+                       "Use: coi attach <container-name>")
+    return running[0].name
+
+
+def cmd_attach(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _, incus, manager = context(args)
+    name = resolve_target(manager, args.name, args.slot, args.workspace)
+    if incus.status(name) != "Running":
+        raise CoiError(f"container '{name}' is not running (status: {incus.status(name)})")
+    if not args.bash and not manager.tmux_exists(name):
+        raise CoiError(f"No tmux session found in container {name}; open a shell with "
+                       f"'coi attach {name} --bash'")
+    err(f"Attaching to {name}...")
+    code = manager.attach(name, bash=args.bash)
+    if args.bash:
+        return code
+    return after_attach(manager, name)
+
+
+# ---------------------------------------------------------------------- list / info
+def instance_record(instance: Instance, prefix: str) -> dict[str, Any]:
+    parsed = parse_container_name(prefix, instance.name)
+    return {
+        "name": instance.name,
+        "status": instance.status,
+        "created_at": instance.created_at,
+        "image": instance.config.get("user.coi.image")
+        or instance.config.get("image.description", ""),
+        "persistent": is_persistent(instance),
+        "mode": "persistent" if is_persistent(instance) else "ephemeral",
+        "ipv4": instance.ipv4,
+        "pool": (instance.expanded_devices.get("root") or {}).get("pool", ""),
+        "alias": instance.config.get("user.coi.alias", ""),
+        "published_ports": [],
+        "workspace": workspace_of(instance),
+        "slot": parsed[1] if parsed else 0,
+        "tool": instance.config.get("user.coi.tool", ""),
+        "session_id": instance.config.get("user.coi.session_id", ""),
+    }
+
+
+def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    settings, _, manager = context(args)
+    instances = manager.coi_instances(with_state=True)
+    title = "Active Containers:"
+    if args.running:
+        instances, title = [i for i in instances if i.running], "Running Containers:"
+    elif args.stopped:
+        instances, title = [i for i in instances if i.status == "Stopped"], "Stopped Containers:"
+    elif args.status:
+        wanted = args.status.lower()
+        valid = {"running", "stopped", "frozen", "error", "starting", "stopping", "freezing",
+                 "thawed", "aborting", "ready"}
+        if wanted not in valid:
+            raise UsageError(f"invalid status '{args.status}': one of {', '.join(sorted(valid))}")
+        instances = [i for i in instances if i.status.lower() == wanted]
+        title = f"{args.status.capitalize()} Containers:"
+    records = [instance_record(i, settings.container_prefix) for i in instances]
+    saved = [{"ID": m.session_id, "SavedAt": m.saved_at, "Workspace": m.workspace,
+              "Tool": tool.name} for tool, m in all_saved_sessions()] if args.all else []
+    if wants_json(args):
+        payload: dict[str, Any] = {"active_containers": records}
+        if saved:
+            payload["saved_sessions"] = saved
+        print(json.dumps(payload, indent=2))
+        return 0
+    print(title)
+    print("-" * len(title))
+    if not records:
+        print("  (none)")
+    for rec in records:
+        alias = f" ({rec['alias']})" if rec["alias"] else ""
+        print(f"  {rec['name']}{alias} ({rec['mode']})")
+        print(f"    Status: {rec['status']}")
+        print(f"    IPv4: {rec['ipv4'] or '-'}")
+        print(f"    Created: {rec['created_at'][:19].replace('T', ' ')}")
+        print(f"    Image: {rec['image']}")
+        print(f"    Pool: {rec['pool'] or '-'}")
+        print(f"    Tool: {rec['tool'] or '-'}")
+        print(f"    Workspace: {rec['workspace'] or '-'}")
+    if args.all:
+        print()
+        print("Saved Sessions:")
+        print("---------------")
+        if not saved:
+            print("  (none)")
+        for item in saved:
+            print(f"  {item['ID']}")
+            print(f"    Saved: {item['SavedAt']}")
+            print(f"    Workspace: {item['Workspace']}")
+            print(f"    Tool: {item['Tool']}")
+    return 0
+
+
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    settings = load_settings()
+    if args.session_id:
+        found = find_session(args.session_id)
+        if found is None:
+            raise CoiError(f"session not found: {args.session_id} (see 'coi list --all')")
+    else:
+        workspace = resolve_workspace(args.workspace)
+        candidates = [(t, m) for t, m in all_saved_sessions()
+                      if SessionStore(t).latest_for_workspace(workspace, settings.container_prefix)
+                      is not None and m.workspace == workspace]
+        if not candidates:
+            raise CoiError(f"no sessions found (for workspace {workspace}; see 'coi list --all')")
+        found = candidates[0]
+    tool, meta = found
+    store = SessionStore(tool)
+    data_dir = store.config_copy(meta.session_id)
+    present = data_dir.is_dir()
+    info = {
+        "session_id": meta.session_id, "container": meta.container_name, "saved_at": meta.saved_at,
+        "workspace": meta.workspace, "tool": tool.name, "persistent": meta.persistent,
+        "session_data": present, "data_size": tree_size(data_dir) if present else 0,
+        "session_path": str(store.path(meta.session_id)),
+    }
+    if wants_json(args):
+        print(json.dumps(info, indent=2))
+        return 0
+    print("Session Information")
+    print("===================")
+    print(f"Session ID: {meta.session_id}")
+    print(f"Container: {meta.container_name}")
+    print(f"Tool: {tool.name}")
+    print(f"Workspace: {meta.workspace}")
+    print(f"Saved At: {meta.saved_at}")
+    mark = f"✓ Present ({tool.config_dir} directory)" if present else "✗ Missing"
+    print(f"Session Data: {mark}")
+    print(f"Data Size: {info['data_size']} bytes")
+    print(f"Session Path: {info['session_path']}")
+    print(f"Resume: coi shell --resume={meta.session_id}")
+    return 0
+
+
+# ---------------------------------------------------------------------- persist / shutdown / kill / clean
+def targets(manager: SessionManager, names: list[str], all_: bool, verb: str) -> list[str]:
+    if all_:
+        return [i.name for i in manager.coi_instances()]
+    if not names:
+        raise UsageError(f"no container names provided - use 'coi list' to see active containers "
+                         f"(or 'coi {verb} --all')")
+    return names
+
+
+def cmd_persist(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _, incus, manager = context(args)
+    names = targets(manager, args.names, args.all, "persist")
+    done = 0
+    for name in names:
+        print(f"Persisting container {name}...")
+        instance = incus.get_instance(name)
+        incus.set_config(name, "user.coi.persistent", "true")
+        found = manager.session_of(instance)
+        if found:
+            tool, meta = found
+            meta.persistent = True
+            SessionStore(tool).write_meta(meta)
+        print(f"  ✓ Persisted {name}")
+        done += 1
+    print(f"Persisted {done} container(s)")
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    settings, incus, manager = context(args)
+    names = targets(manager, args.names, args.all, "shutdown")
+    if not names:
+        print("No coi containers to shut down")
+        return 0
+    for name in names:
+        if not incus.instance_exists(name):
+            raise CoiError(f"container '{name}' not found (see 'coi list')")
+    if args.all and not confirm(f"Shut down and delete {len(names)} container(s)?", args.force):
+        print("Aborted")
+        return 1
+    timeout = settings.shutdown_timeout if args.timeout is None else args.timeout
+    for name in names:
+        print(f"Shutting down {name}...")
+        manager.shutdown(name, timeout=timeout)
+        print(f"  ✓ {name} stopped and removed (session saved)")
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _, _, manager = context(args)
+    names = targets(manager, args.names, args.all, "kill")
+    if not names:
+        print("No coi containers to kill")
+        return 0
+    question = f"Force stop and delete {', '.join(names)}?"
+    if not confirm(question, args.force):
+        print("Aborted")
+        return 1
+    for name in names:
+        if manager.kill(name):
+            print(f"Killed {name}")
+        else:
+            print(f"{name}: already gone")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _, incus, manager = context(args)
+    stopped = [i for i in manager.coi_instances()
+               if i.status == "Stopped" and (args.all or not is_persistent(i))]
+    sessions = [(t, m) for t, m in all_saved_sessions()] if args.sessions else []
+    if not stopped and not sessions:
+        print("nothing to clean")
+        return 0
+    for inst in stopped:
+        print(f"  container {inst.name} ({'persistent' if is_persistent(inst) else 'ephemeral'})")
+    for tool, meta in sessions:
+        print(f"  saved session {meta.session_id} ({tool.name}, {meta.workspace})")
+    if args.dry_run:
+        print("(dry run: nothing removed)")
+        return 0
+    if not confirm(f"Remove {len(stopped)} container(s) and {len(sessions)} saved session(s)?",
+                   args.force):
+        print("Aborted")
+        return 1
+    for inst in stopped:
+        incus.delete_instance(inst.name, force=True)
+    for tool, meta in sessions:
+        shutil.rmtree(SessionStore(tool).path(meta.session_id), ignore_errors=True)
+    print("Cleanup complete")
+    return 0
+
+
+# ---------------------------------------------------------------------- container / file / tmux
+def cmd_container(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _, incus, manager = context(args)
+    action = args.action
+    if action == "launch":
+        incus.create_instance(args.name, args.image, ephemeral=args.ephemeral)
+        incus.start(args.name)
+        print(f"Launched {args.name}")
+    elif action == "start":
+        incus.start(args.name)
+    elif action == "stop":
+        incus.stop(args.name, force=args.force)
+    elif action == "delete":
+        if incus.status(args.name) in ("Running", "Frozen") and not args.force:
+            raise CoiError(f"container '{args.name}' is running: stop it first or pass --force")
+        incus.delete_instance(args.name, force=args.force)
+    elif action == "exists":
+        return 0 if incus.instance_exists(args.name) else 1
+    elif action == "running":
+        try:
+            return 0 if incus.status(args.name) == "Running" else 1
+        except InstanceNotFound:
+            return 1
+    elif action == "mount":
+        spec = {"type": "disk", "source": os.path.abspath(args.source), "path": args.path}
+        if args.shift:
+            spec["shift"] = "true"
+        incus.add_device(args.name, args.device, spec)
+    elif action == "list":
+        data = [{"name": i.name, "status": i.status, "created_at": i.created_at,
+                 "config": i.config, "state": i.state}
+                for i in incus.list_instances(with_state=True)]
+        if wants_json(args):
+            print(json.dumps(data, indent=2))
+        else:
+            for item in data:
+                print(f"{item['name']:<32} {item['status']}")
+    elif action == "exec":
+        return container_exec(args, incus)
+    return 0
+
+
+def container_exec(args: argparse.Namespace, incus: Incus) -> int:
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("coi container exec NAME -- COMMAND ...")
+    if args.format and not args.capture:
+        raise UsageError("--format needs --capture")
+    if args.tty and args.capture:
+        raise UsageError("--tty and --capture exclude each other")
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--env expects K=V, got '{item}'")
+        env[key] = value
+    if args.capture:
+        result = incus.exec_capture(args.name, command, user=args.user, group=args.group,
+                                    cwd=args.cwd, env=env)
+        if args.format == "raw":
+            sys.stdout.write(result.stdout)
+            return result.exit_code
+        print(json.dumps({"stdout": result.stdout, "stderr": result.stderr,
+                          "exit_code": result.exit_code}))
+        return 0
+    return incus.exec_stream(args.name, command, user=args.user, group=args.group, cwd=args.cwd,
+                             env=env, tty=True if args.tty else None)
+
+
+def split_remote(spec: str) -> tuple[str, str]:
+    name, sep, path = spec.partition(":")
+    if not sep or not name or not path.startswith("/"):
+        raise UsageError(f"'{spec}' is not container:path (an absolute path inside the container)")
+    return name, path
+
+
+def cmd_file(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    settings, incus, _ = context(args)
+    uid = settings.code_uid
+    if args.action == "push":
+        name, remote = split_remote(args.dest)
+        local = Path(args.source)
+        if not local.exists():
+            raise CoiError(f"{local}: no such file or directory")
+        if local.is_dir():
+            if not args.recursive:
+                raise UsageError(f"{local} is a directory: use -r")
+            count = incus.push_tree(local, name, remote, uid=uid, gid=uid)
+        else:
+            incus.push_file(name, remote, local.read_bytes(), uid=uid, gid=uid,
+                            mode=local.stat().st_mode & 0o777)
+            count = 1
+        print(f"Pushed {count} file(s) to {name}:{remote}")
+        return 0
+    name, remote = split_remote(args.source)
+    local = Path(args.dest)
+    if args.recursive:
+        count = incus.pull_tree(name, remote, local)
+    else:
+        if local.is_dir():
+            local = local / Path(remote).name
+        local.write_bytes(incus.pull_file(name, remote))
+        count = 1
+    print(f"Pulled {count} file(s) to {local}")
+    return 0
+
+
+def cmd_tmux(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _, incus, manager = context(args)
+    if args.action == "list":
+        sessions = [i.name for i in running_sessions(manager) if manager.tmux_exists(i.name)]
+        if wants_json(args):
+            print(json.dumps([{"container": n, "tmux_session": tmux_session(n)} for n in sessions]))
+        elif not sessions:
+            print("No active sessions")
+        else:
+            print("Active sessions:")
+            for name in sessions:
+                print(f"  - {name} (tmux session: {tmux_session(name)})")
+        return 0
+    name = args.name
+    status = incus.status(name)
+    if status != "Running":
+        raise CoiError(f"container {name} is not running (status: {status})")
+    session = tmux_session(name)
+    if args.action == "send":
+        result = manager.exec_as_code(name, ["tmux", "send-keys", "-t", session, "-l", args.text,
+                                             ";", "send-keys", "-t", session, "Enter"])
+        if not getattr(result, "ok", False):
+            raise CoiError(f"no tmux session {session} in {name}: "
+                           f"{getattr(result, 'stderr', '').strip()}")
+        print(f"Sent command to session {session}")
+        return 0
+    result = manager.exec_as_code(name, ["tmux", "capture-pane", "-t", session, "-p"])
+    if not getattr(result, "ok", False):
+        raise CoiError(f"no tmux session {session} in {name}")
+    sys.stdout.write(getattr(result, "stdout", ""))
+    return 0
+
+
+# ---------------------------------------------------------------------- setup / build / image
+def cmd_setup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from coi_tui.incus.provision import Provisioner
+
+    settings = load_settings()
+    incus = Incus(settings.socket or None, settings.project)
+    print("Setting up Incus for coi:")
+    provisioner = Provisioner(incus, lambda step: print(step.line(), flush=True))
+    provisioner.run(args.pool, args.bridge or settings.bridge, args.nat, args.subnet)
+    changed = sum(1 for s in provisioner.steps if s.changed)
+    print(f"Done: {changed} change(s), {len(provisioner.steps) - changed} left as they were.")
+    network = incus.get_network(args.bridge or settings.bridge) or {}
+    if (network.get("config") or {}).get("ipv4.nat") != "true":
+        print("Note: NAT is off, so agents cannot reach the internet. "
+              "Run 'coi setup --nat' to allow it.")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from coi_tui.images.build import ImageBuilder
+
+    settings = load_settings()
+    incus = Incus(settings.socket or None, settings.project)
+    incus.ping()
+    method = "bootstrap" if args.bootstrap else "remote" if args.remote else "auto"
+    builder = ImageBuilder(incus, progress=lambda line: print(line, flush=True))
+    result = builder.build(args.alias or settings.image, force=args.force, method=method,
+                           bridge=settings.bridge, pool=settings.storage_pool)
+    if result.rebuilt:
+        print(f"Image {result.alias} ready: {result.seconds:.1f}s, "
+              f"{result.size_bytes / 1e6:.0f} MB")
+    return 0
+
+
+def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    settings = load_settings()
+    incus = Incus(settings.socket or None, settings.project)
+    if args.action == "exists":
+        return 0 if incus.image_exists(args.alias) else 1
+    if args.action == "delete":
+        incus.get_image(args.alias)
+        if not confirm(f"Delete image {args.alias}?", args.force):
+            print("Aborted")
+            return 1
+        incus.delete_image(args.alias)
+        print(f"Deleted image {args.alias}")
+        return 0
+    if args.action == "publish":
+        if incus.status(args.container) != "Stopped":
+            raise CoiError(f"container '{args.container}' must be stopped before publishing "
+                           f"('coi container stop {args.container}')")
+        props = {"description": args.description} if args.description else {}
+        fingerprint = incus.publish(args.container, args.alias, props)
+        print(f"Published {args.container} as {args.alias} ({fingerprint[:12]})")
+        return 0
+    images = incus.list_images()
+    if not args.all:
+        images = [i for i in images if any(a.startswith("coi") for a in i.aliases)
+                  or "coi.recipe" in i.properties]
+    records = [{"aliases": i.aliases, "fingerprint": i.fingerprint[:12], "size": i.size,
+                "created_at": i.created_at, "description": i.properties.get("description", ""),
+                "recipe": i.properties.get("coi.recipe", "")} for i in images]
+    if wants_json(args):
+        print(json.dumps(records, indent=2))
+        return 0
+    print("All Local Images:" if args.all else "COI Images:")
+    if not records:
+        print("  (none) - build one with 'coi build'")
+    for rec in records:
+        alias = ", ".join(rec["aliases"]) or "(no alias)"
+        print(f"  {alias:<24} {rec['fingerprint']}  {rec['size'] / 1e6:7.0f} MB  "
+              f"{rec['created_at'][:19].replace('T', ' ')}")
+    return 0
+
+
+# ---------------------------------------------------------------------- version / help / completion
+def cmd_version(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if wants_json(args):
+        print(json.dumps({"version": __version__, "name": "coi-tui"}))
+    else:
+        print(f"coi-tui (coi) v{__version__}")
+    return 0
+
+
+def cmd_help(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.topic:
+        parser.print_help()
+        return 0
+    from coi_tui.cli.main import main
+
+    return main([*args.topic, "--help"])
+
+
+def cmd_completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from coi_tui.cli.completion import render
+
+    sys.stdout.write(render(parser, args.shell))
+    return 0
+
+
+HANDLERS: dict[str, Handler] = {
+    "shell": cmd_shell,
+    "run": cmd_run,
+    "attach": cmd_attach,
+    "list": cmd_list,
+    "info": cmd_info,
+    "persist": cmd_persist,
+    "shutdown": cmd_shutdown,
+    "close": cmd_shutdown,
+    "kill": cmd_kill,
+    "clean": cmd_clean,
+    "container": cmd_container,
+    "file": cmd_file,
+    "tmux": cmd_tmux,
+    "setup": cmd_setup,
+    "build": cmd_build,
+    "image": cmd_image,
+    "version": cmd_version,
+    "help": cmd_help,
+    "completion": cmd_completion,
+}

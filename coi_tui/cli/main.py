@@ -1,0 +1,64 @@
+"""`coi` entry point: parse, dispatch, and turn every failure into one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from coi_tui.errors import CoiError
+
+EXIT_INTERRUPTED = 130
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """COI conventions argparse lacks: bare `coi` means `coi shell`; `--resume` takes its value
+    only with `=`, so `coi shell --resume abc` is an error that says so."""
+    out: list[str] = []
+    for arg in argv:
+        if arg in ("--resume", "--continue"):
+            out.append(f"{arg}=auto")
+        else:
+            out.append(arg)
+    if not out or (out[0].startswith("-") and out[0] not in ("-h", "--help", "--version")):
+        out.insert(0, "shell")
+    return out
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """argparse cannot put options between a command's name and `-- CMD...` when the command
+    is a trailing list; split at the first `--` ourselves for commands that take one."""
+    if "--" in argv:
+        cut = argv.index("--")
+        head = parser.parse_args(argv[:cut])
+        if getattr(head, "cmd", None) == []:
+            head.cmd = argv[cut + 1:]
+            return head
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    from coi_tui.cli.parser import build_parser
+
+    parser = build_parser()
+    args = parse(parser, normalise_argv(args_in))
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        from coi_tui.cli import commands
+
+        handler = commands.HANDLERS[args.command]
+        return int(handler(args, parser) or 0)
+    except CoiError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
