@@ -47,8 +47,10 @@ def confirm(question: str, force: bool) -> bool:
     if force:
         return True
     if not sys.stdin.isatty():
-        raise CoiError(f"{question.rstrip('?')}: refusing without confirmation "
-                       "(stdin is not a terminal); pass --force")
+        raise CoiError(
+            f"{question.rstrip('?')}: refusing without confirmation "
+            "(stdin is not a terminal); pass --force"
+        )
     answer = input(f"{question} [y/N]: ").strip().lower()
     return answer in ("y", "yes")
 
@@ -75,18 +77,27 @@ def launch_request(args: argparse.Namespace, settings: Settings) -> LaunchReques
     tool = get_tool(args.tool or settings.tool)
     persistent = settings.persistent if args.persistent is None else args.persistent
     resume = args.continue_ or args.resume
-    return LaunchRequest(workspace=workspace, tool=tool, slot=args.slot, persistent=persistent,
-                         image=args.image or settings.image, resume=resume, profile=args.profile)
+    return LaunchRequest(
+        workspace=workspace,
+        tool=tool,
+        slot=args.slot,
+        persistent=persistent,
+        image=args.image or settings.image,
+        resume=resume,
+        profile=args.profile,
+    )
 
 
 # ---------------------------------------------------------------------- shell / run / attach
 def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    settings, incus, manager = context(args)
+    settings, _incus, manager = context(args)
     req = launch_request(args, settings)
     req.debug = args.debug
     if not args.background and not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise CoiError("coi shell needs a terminal; use 'coi shell --background' and "
-                       "'coi attach' from a terminal")
+        raise CoiError(
+            "coi shell needs a terminal; use 'coi shell --background' and "
+            "'coi attach' from a terminal"
+        )
     install_signal_handlers()
     err(f"Setting up session for {req.workspace}...")
     session = manager.launch(req)
@@ -143,8 +154,10 @@ def after_attach(manager: SessionManager, name: str) -> int:
 
 
 def keep_running_note(name: str) -> None:
-    err(f"Container kept running - use 'coi attach {name}' to reconnect, 'coi shutdown {name}' "
-        f"to stop, or 'coi kill {name}' to force stop")
+    err(
+        f"Container kept running - use 'coi attach {name}' to reconnect, 'coi shutdown {name}' "
+        f"to stop, or 'coi kill {name}' to force stop"
+    )
 
 
 def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -156,8 +169,10 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not command:
         script = Path(req.workspace) / "coi-run"
         if not (script.is_file() and os.access(script, os.X_OK)):
-            raise UsageError("coi run needs a command ('coi run -- CMD ...') or an executable "
-                             "./coi-run in the workspace")
+            raise UsageError(
+                "coi run needs a command ('coi run -- CMD ...') or an executable "
+                "./coi-run in the workspace"
+            )
         command = ["./coi-run"]
     install_signal_handlers()
     session = manager.launch(req)
@@ -165,8 +180,9 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         uid = settings.code_uid
         env = manager.agent_env(session)
-        code = incus.exec_stream(session.container, command, user=uid, group=uid,
-                                 cwd="/workspace", env=env)
+        code = incus.exec_stream(
+            session.container, command, user=uid, group=uid, cwd="/workspace", env=env
+        )
     except Terminated as exc:
         code = 128 + exc.signum
     except KeyboardInterrupt:
@@ -199,8 +215,10 @@ def resolve_target(manager: SessionManager, name: str | None, slot: int, workspa
         raise CoiError("No active sessions (start one with 'coi shell')")
     if len(running) > 1:
         lines = "\n".join(f"  {n}. {i.name} ({workspace_of(i)})" for n, i in enumerate(running, 1))
-        raise CoiError(f"several sessions are running:\nActive sessions:\n{lines}\n"
-                       "Use: coi attach <container-name>")
+        raise CoiError(
+            f"several sessions are running:\nActive sessions:\n{lines}\n"
+            "Use: coi attach <container-name>"
+        )
     return running[0].name
 
 
@@ -210,8 +228,10 @@ def cmd_attach(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if incus.status(name) != "Running":
         raise CoiError(f"container '{name}' is not running (status: {incus.status(name)})")
     if not args.bash and not manager.tmux_exists(name):
-        raise CoiError(f"No tmux session found in container {name}; open a shell with "
-                       f"'coi attach {name} --bash'")
+        raise CoiError(
+            f"No tmux session found in container {name}; open a shell with "
+            f"'coi attach {name} --bash'"
+        )
     err(f"Attaching to {name}...")
     code = manager.attach(name, bash=args.bash)
     if args.bash:
@@ -251,15 +271,31 @@ def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         instances, title = [i for i in instances if i.status == "Stopped"], "Stopped Containers:"
     elif args.status:
         wanted = args.status.lower()
-        valid = {"running", "stopped", "frozen", "error", "starting", "stopping", "freezing",
-                 "thawed", "aborting", "ready"}
+        valid = {
+            "running",
+            "stopped",
+            "frozen",
+            "error",
+            "starting",
+            "stopping",
+            "freezing",
+            "thawed",
+            "aborting",
+            "ready",
+        }
         if wanted not in valid:
             raise UsageError(f"invalid status '{args.status}': one of {', '.join(sorted(valid))}")
         instances = [i for i in instances if i.status.lower() == wanted]
         title = f"{args.status.capitalize()} Containers:"
     records = [instance_record(i, settings.container_prefix) for i in instances]
-    saved = [{"ID": m.session_id, "SavedAt": m.saved_at, "Workspace": m.workspace,
-              "Tool": tool.name} for tool, m in all_saved_sessions()] if args.all else []
+    saved = (
+        [
+            {"ID": m.session_id, "SavedAt": m.saved_at, "Workspace": m.workspace, "Tool": tool.name}
+            for tool, m in all_saved_sessions()
+        ]
+        if args.all
+        else []
+    )
     if wants_json(args):
         payload: dict[str, Any] = {"active_containers": records}
         if saved:
@@ -306,9 +342,13 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise CoiError(f"session not found: {args.session_id} (see 'coi list --all')")
     else:
         workspace = resolve_workspace(args.workspace)
-        candidates = [(t, m) for t, m in all_saved_sessions()
-                      if SessionStore(t).latest_for_workspace(workspace, settings.container_prefix)
-                      is not None and m.workspace == workspace]
+        candidates = [
+            (t, m)
+            for t, m in all_saved_sessions()
+            if SessionStore(t).latest_for_workspace(workspace, settings.container_prefix)
+            is not None
+            and m.workspace == workspace
+        ]
         if not candidates:
             raise CoiError(f"no sessions found (for workspace {workspace}; see 'coi list --all')")
         found = candidates[0]
@@ -317,9 +357,14 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     data_dir = store.config_copy(meta.session_id)
     present = data_dir.is_dir()
     info = {
-        "session_id": meta.session_id, "container": meta.container_name, "saved_at": meta.saved_at,
-        "workspace": meta.workspace, "tool": tool.name, "persistent": meta.persistent,
-        "session_data": present, "data_size": tree_size(data_dir) if present else 0,
+        "session_id": meta.session_id,
+        "container": meta.container_name,
+        "saved_at": meta.saved_at,
+        "workspace": meta.workspace,
+        "tool": tool.name,
+        "persistent": meta.persistent,
+        "session_data": present,
+        "data_size": tree_size(data_dir) if present else 0,
         "session_path": str(store.path(meta.session_id)),
     }
     if wants_json(args):
@@ -340,13 +385,15 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- persist / shutdown / kill / clean
+# ------------------------------------------------------------ persist / shutdown / kill / clean
 def targets(manager: SessionManager, names: list[str], all_: bool, verb: str) -> list[str]:
     if all_:
         return [i.name for i in manager.coi_instances()]
     if not names:
-        raise UsageError(f"no container names provided - use 'coi list' to see active containers "
-                         f"(or 'coi {verb} --all')")
+        raise UsageError(
+            f"no container names provided - use 'coi list' to see active containers "
+            f"(or 'coi {verb} --all')"
+        )
     return names
 
 
@@ -409,8 +456,11 @@ def cmd_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _, incus, manager = context(args)
-    stopped = [i for i in manager.coi_instances()
-               if i.status == "Stopped" and (args.all or not is_persistent(i))]
+    stopped = [
+        i
+        for i in manager.coi_instances()
+        if i.status == "Stopped" and (args.all or not is_persistent(i))
+    ]
     sessions = [(t, m) for t, m in all_saved_sessions()] if args.sessions else []
     if not stopped and not sessions:
         print("nothing to clean")
@@ -422,8 +472,9 @@ def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.dry_run:
         print("(dry run: nothing removed)")
         return 0
-    if not confirm(f"Remove {len(stopped)} container(s) and {len(sessions)} saved session(s)?",
-                   args.force):
+    if not confirm(
+        f"Remove {len(stopped)} container(s) and {len(sessions)} saved session(s)?", args.force
+    ):
         print("Aborted")
         return 1
     for inst in stopped:
@@ -436,7 +487,7 @@ def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 # ---------------------------------------------------------------------- container / file / tmux
 def cmd_container(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    _, incus, manager = context(args)
+    _, incus, _manager = context(args)
     action = args.action
     if action == "launch":
         incus.create_instance(args.name, args.image, ephemeral=args.ephemeral)
@@ -463,9 +514,16 @@ def cmd_container(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             spec["shift"] = "true"
         incus.add_device(args.name, args.device, spec)
     elif action == "list":
-        data = [{"name": i.name, "status": i.status, "created_at": i.created_at,
-                 "config": i.config, "state": i.state}
-                for i in incus.list_instances(with_state=True)]
+        data = [
+            {
+                "name": i.name,
+                "status": i.status,
+                "created_at": i.created_at,
+                "config": i.config,
+                "state": i.state,
+            }
+            for i in incus.list_instances(with_state=True)
+        ]
         if wants_json(args):
             print(json.dumps(data, indent=2))
         else:
@@ -493,16 +551,27 @@ def container_exec(args: argparse.Namespace, incus: Incus) -> int:
             raise UsageError(f"--env expects K=V, got '{item}'")
         env[key] = value
     if args.capture:
-        result = incus.exec_capture(args.name, command, user=args.user, group=args.group,
-                                    cwd=args.cwd, env=env)
+        result = incus.exec_capture(
+            args.name, command, user=args.user, group=args.group, cwd=args.cwd, env=env
+        )
         if args.format == "raw":
             sys.stdout.write(result.stdout)
             return result.exit_code
-        print(json.dumps({"stdout": result.stdout, "stderr": result.stderr,
-                          "exit_code": result.exit_code}))
+        print(
+            json.dumps(
+                {"stdout": result.stdout, "stderr": result.stderr, "exit_code": result.exit_code}
+            )
+        )
         return 0
-    return incus.exec_stream(args.name, command, user=args.user, group=args.group, cwd=args.cwd,
-                             env=env, tty=True if args.tty else None)
+    return incus.exec_stream(
+        args.name,
+        command,
+        user=args.user,
+        group=args.group,
+        cwd=args.cwd,
+        env=env,
+        tty=True if args.tty else None,
+    )
 
 
 def split_remote(spec: str) -> tuple[str, str]:
@@ -525,8 +594,14 @@ def cmd_file(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 raise UsageError(f"{local} is a directory: use -r")
             count = incus.push_tree(local, name, remote, uid=uid, gid=uid)
         else:
-            incus.push_file(name, remote, local.read_bytes(), uid=uid, gid=uid,
-                            mode=local.stat().st_mode & 0o777)
+            incus.push_file(
+                name,
+                remote,
+                local.read_bytes(),
+                uid=uid,
+                gid=uid,
+                mode=local.stat().st_mode & 0o777,
+            )
             count = 1
         print(f"Pushed {count} file(s) to {name}:{remote}")
         return 0
@@ -562,11 +637,26 @@ def cmd_tmux(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise CoiError(f"container {name} is not running (status: {status})")
     session = tmux_session(name)
     if args.action == "send":
-        result = manager.exec_as_code(name, ["tmux", "send-keys", "-t", session, "-l", args.text,
-                                             ";", "send-keys", "-t", session, "Enter"])
+        result = manager.exec_as_code(
+            name,
+            [
+                "tmux",
+                "send-keys",
+                "-t",
+                session,
+                "-l",
+                args.text,
+                ";",
+                "send-keys",
+                "-t",
+                session,
+                "Enter",
+            ],
+        )
         if not getattr(result, "ok", False):
-            raise CoiError(f"no tmux session {session} in {name}: "
-                           f"{getattr(result, 'stderr', '').strip()}")
+            raise CoiError(
+                f"no tmux session {session} in {name}: {getattr(result, 'stderr', '').strip()}"
+            )
         print(f"Sent command to session {session}")
         return 0
     result = manager.exec_as_code(name, ["tmux", "capture-pane", "-t", session, "-p"])
@@ -589,8 +679,10 @@ def cmd_setup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"Done: {changed} change(s), {len(provisioner.steps) - changed} left as they were.")
     network = incus.get_network(args.bridge or settings.bridge) or {}
     if (network.get("config") or {}).get("ipv4.nat") != "true":
-        print("Note: NAT is off, so agents cannot reach the internet. "
-              "Run 'coi setup --nat' to allow it.")
+        print(
+            "Note: NAT is off, so agents cannot reach the internet. "
+            "Run 'coi setup --nat' to allow it."
+        )
     return 0
 
 
@@ -602,11 +694,17 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     incus.ping()
     method = "bootstrap" if args.bootstrap else "remote" if args.remote else "auto"
     builder = ImageBuilder(incus, progress=lambda line: print(line, flush=True))
-    result = builder.build(args.alias or settings.image, force=args.force, method=method,
-                           bridge=settings.bridge, pool=settings.storage_pool)
+    result = builder.build(
+        args.alias or settings.image,
+        force=args.force,
+        method=method,
+        bridge=settings.bridge,
+        pool=settings.storage_pool,
+    )
     if result.rebuilt:
-        print(f"Image {result.alias} ready: {result.seconds:.1f}s, "
-              f"{result.size_bytes / 1e6:.0f} MB")
+        print(
+            f"Image {result.alias} ready: {result.seconds:.1f}s, {result.size_bytes / 1e6:.0f} MB"
+        )
     return 0
 
 
@@ -625,19 +723,32 @@ def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     if args.action == "publish":
         if incus.status(args.container) != "Stopped":
-            raise CoiError(f"container '{args.container}' must be stopped before publishing "
-                           f"('coi container stop {args.container}')")
+            raise CoiError(
+                f"container '{args.container}' must be stopped before publishing "
+                f"('coi container stop {args.container}')"
+            )
         props = {"description": args.description} if args.description else {}
         fingerprint = incus.publish(args.container, args.alias, props)
         print(f"Published {args.container} as {args.alias} ({fingerprint[:12]})")
         return 0
     images = incus.list_images()
     if not args.all:
-        images = [i for i in images if any(a.startswith("coi") for a in i.aliases)
-                  or "coi.recipe" in i.properties]
-    records = [{"aliases": i.aliases, "fingerprint": i.fingerprint[:12], "size": i.size,
-                "created_at": i.created_at, "description": i.properties.get("description", ""),
-                "recipe": i.properties.get("coi.recipe", "")} for i in images]
+        images = [
+            i
+            for i in images
+            if any(a.startswith("coi") for a in i.aliases) or "coi.recipe" in i.properties
+        ]
+    records = [
+        {
+            "aliases": i.aliases,
+            "fingerprint": i.fingerprint[:12],
+            "size": i.size,
+            "created_at": i.created_at,
+            "description": i.properties.get("description", ""),
+            "recipe": i.properties.get("coi.recipe", ""),
+        }
+        for i in images
+    ]
     if wants_json(args):
         print(json.dumps(records, indent=2))
         return 0
@@ -646,8 +757,10 @@ def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("  (none) - build one with 'coi build'")
     for rec in records:
         alias = ", ".join(rec["aliases"]) or "(no alias)"
-        print(f"  {alias:<24} {rec['fingerprint']}  {rec['size'] / 1e6:7.0f} MB  "
-              f"{rec['created_at'][:19].replace('T', ' ')}")
+        print(
+            f"  {alias:<24} {rec['fingerprint']}  {rec['size'] / 1e6:7.0f} MB  "
+            f"{rec['created_at'][:19].replace('T', ' ')}"
+        )
     return 0
 
 

@@ -34,7 +34,9 @@ def render(parser: argparse.ArgumentParser, shell: str) -> str:
     commands = tree(parser)
     if shell == "bash":
         cases = "\n".join(
-            f'        "{path}") words="{" ".join(subs + opts)}" ;;' for path, (subs, opts) in commands.items())
+            f'        "{path}") words="{" ".join(subs + opts)}" ;;'
+            for path, (subs, opts) in commands.items()
+        )
         return f"""# bash completion for coi (source it, or put it in /etc/bash_completion.d/coi)
 _coi() {{
     local cur path="" i words
@@ -55,11 +57,14 @@ complete -o default -F _coi coi
 """
     if shell == "zsh":
         top, _ = commands[""]
-        return "#compdef coi\n# zsh completion for coi: uses the bash completion through bashcompinit\n" \
-               "autoload -U +X bashcompinit && bashcompinit\n" + render(parser, "bash") + \
-               f"# top-level commands: {' '.join(top)}\n"
+        return (
+            "#compdef coi\n# zsh completion for coi, through bashcompinit\n"
+            "autoload -U +X bashcompinit && bashcompinit\n"
+            + render(parser, "bash")
+            + f"# top-level commands: {' '.join(top)}\n"
+        )
     lines = ["# fish completion for coi", "complete -c coi -f"]
-    top, top_opts = commands[""]
+    top, _top_opts = commands[""]
     for name in top:
         lines.append(f"complete -c coi -n '__fish_use_subcommand' -a {name}")
     for path, (subs, opts) in commands.items():

@@ -31,7 +31,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
         cut = argv.index("--")
         head = parser.parse_args(argv[:cut])
         if getattr(head, "cmd", None) == []:
-            head.cmd = argv[cut + 1:]
+            head.cmd = argv[cut + 1 :]
             return head
     return parser.parse_args(argv)
 

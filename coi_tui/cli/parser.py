@@ -16,8 +16,7 @@ def slot_type(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid slot '{text}': must be a number") from None
     if not 0 <= value <= MAX_SLOT:
-        raise argparse.ArgumentTypeError(
-            f"invalid slot {value}: must be 0 (auto) or 1-{MAX_SLOT}")
+        raise argparse.ArgumentTypeError(f"invalid slot {value}: must be 0 (auto) or 1-{MAX_SLOT}")
     return value
 
 
@@ -25,7 +24,8 @@ def format_type(*allowed: str):  # type: ignore[no-untyped-def]
     def check(text: str) -> str:
         if text not in allowed:
             raise argparse.ArgumentTypeError(
-                f"invalid format '{text}': must be one of {', '.join(allowed)}")
+                f"invalid format '{text}': must be one of {', '.join(allowed)}"
+            )
         return text
 
     return check
@@ -54,29 +54,63 @@ class CoiParser(argparse.ArgumentParser):
         self.exit(2, f"coi: error: {message} (see '{self.prog} --help')\n")
 
 
-def add_format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("text", "json")) -> None:
-    parser.add_argument("--format", type=format_type(*choices), default="text",
-                        help=f"output format: {' or '.join(choices)} (default text)")
+def add_format(
+    parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("text", "json")
+) -> None:
+    parser.add_argument(
+        "--format",
+        type=format_type(*choices),
+        default="text",
+        help=f"output format: {' or '.join(choices)} (default text)",
+    )
     parser.add_argument("--json", action="store_true", help="same as --format json")
 
 
 def session_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("-w", "--workspace", default=".",
-                        help="workspace directory to mount at /workspace (default: current)")
-    parent.add_argument("--slot", type=slot_type, default=0,
-                        help="slot 1-10 for parallel sessions of one workspace (0 = lowest free)")
+    parent.add_argument(
+        "-w",
+        "--workspace",
+        default=".",
+        help="workspace directory to mount at /workspace (default: current)",
+    )
+    parent.add_argument(
+        "--slot",
+        type=slot_type,
+        default=0,
+        help="slot 1-10 for parallel sessions of one workspace (0 = lowest free)",
+    )
     parent.add_argument("--tool", help="agent to run: claude, opencode, aider, dummy")
     persistence = parent.add_mutually_exclusive_group()
-    persistence.add_argument("--persistent", action="store_true", default=None,
-                             help="keep the container (and installed packages) between sessions")
-    persistence.add_argument("--ephemeral", dest="persistent", action="store_false",
-                             help="delete the container when the session ends (default)")
-    parent.add_argument("--resume", metavar="ID", nargs="?", const="auto", default=None,
-                        help="resume the latest saved session of this workspace, or session ID "
-                             "(--resume=ID)")
-    parent.add_argument("--continue", dest="continue_", metavar="ID", nargs="?", const="auto",
-                        default=None, help="alias of --resume")
+    persistence.add_argument(
+        "--persistent",
+        action="store_true",
+        default=None,
+        help="keep the container (and installed packages) between sessions",
+    )
+    persistence.add_argument(
+        "--ephemeral",
+        dest="persistent",
+        action="store_false",
+        help="delete the container when the session ends (default)",
+    )
+    parent.add_argument(
+        "--resume",
+        metavar="ID",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="resume the latest saved session of this workspace, or session ID (--resume=ID)",
+    )
+    parent.add_argument(
+        "--continue",
+        dest="continue_",
+        metavar="ID",
+        nargs="?",
+        const="auto",
+        default=None,
+        help="alias of --resume",
+    )
     parent.add_argument("--profile", default="", help="apply a profile")
     parent.add_argument("--image", help="image to launch (default coi-default)")
     return parent
@@ -86,28 +120,40 @@ def build_parser() -> CoiParser:
     parser = CoiParser(
         prog="coi",
         description="Run AI coding agents in isolated Incus containers. "
-                    "With no command, 'coi' runs 'coi shell'.",
+        "With no command, 'coi' runs 'coi shell'.",
         epilog="Run 'coi COMMAND --help' for a command's options. The dashboard is 'coi-tui'.",
     )
     parser.add_argument("--version", action="version", version=f"coi-tui (coi) v{__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CoiParser,
-                                title="Available Commands")
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=CoiParser, title="Available Commands"
+    )
     common = session_parent()
 
-    p = sub.add_parser("shell", parents=[common], help="start an interactive agent session",
-                       description="Start the agent in tmux in a container for the workspace "
-                                   "and attach to it.")
-    p.add_argument("--background", action="store_true",
-                   help="start detached; attach later with 'coi attach'")
+    p = sub.add_parser(
+        "shell",
+        parents=[common],
+        help="start an interactive agent session",
+        description="Start the agent in tmux in a container for the workspace and attach to it.",
+    )
+    p.add_argument(
+        "--background", action="store_true", help="start detached; attach later with 'coi attach'"
+    )
     p.add_argument("--debug", action="store_true", help="start bash instead of the agent")
 
-    p = sub.add_parser("run", parents=[common], help="run one command in a fresh container",
-                       description="Run COMMAND as the code user in /workspace; its exit code is "
-                                   "coi's exit code. Without a command, runs ./coi-run.")
+    p = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run one command in a fresh container",
+        description="Run COMMAND as the code user in /workspace; its exit code is "
+        "coi's exit code. Without a command, runs ./coi-run.",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
-    p = sub.add_parser("attach", help="attach to a running session",
-                       description="Attach to the tmux session of a running container.")
+    p = sub.add_parser(
+        "attach",
+        help="attach to a running session",
+        description="Attach to the tmux session of a running container.",
+    )
     p.add_argument("name", nargs="?", help="container name (default: the only running session)")
     p.add_argument("--slot", type=slot_type, default=0, help="slot of this workspace")
     p.add_argument("-w", "--workspace", default=".", help="workspace (with --slot)")
@@ -131,27 +177,33 @@ def build_parser() -> CoiParser:
     p.add_argument("--all", action="store_true", help="every coi container")
     p.add_argument("--force", action="store_true", help="do not ask")
 
-    for name, helptext in (("shutdown", "stop gracefully, save the session and delete"),
-                           ("kill", "force stop and delete (idempotent)")):
+    for name, helptext in (
+        ("shutdown", "stop gracefully, save the session and delete"),
+        ("kill", "force stop and delete (idempotent)"),
+    ):
         p = sub.add_parser(name, help=helptext, aliases=["close"] if name == "shutdown" else [])
         p.add_argument("names", nargs="*", metavar="NAME")
         p.add_argument("--all", action="store_true", help="every coi container")
         p.add_argument("--force", action="store_true", help="do not ask for confirmation")
         if name == "shutdown":
-            p.add_argument("--timeout", type=positive_int, default=None,
-                           help="seconds to wait for a graceful stop before forcing "
-                                "(default [container] shutdown_timeout = 60)")
+            p.add_argument(
+                "--timeout",
+                type=positive_int,
+                default=None,
+                help="seconds to wait for a graceful stop before forcing "
+                "(default [container] shutdown_timeout = 60)",
+            )
 
     p = sub.add_parser("clean", help="remove stopped containers and saved sessions")
-    p.add_argument("--all", action="store_true",
-                   help="also remove stopped persistent containers")
+    p.add_argument("--all", action="store_true", help="also remove stopped persistent containers")
     p.add_argument("--sessions", action="store_true", help="delete saved sessions too")
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
 
     container = sub.add_parser("container", help="low-level container operations")
-    csub = container.add_subparsers(dest="action", metavar="ACTION", parser_class=CoiParser,
-                                    required=True)
+    csub = container.add_subparsers(
+        dest="action", metavar="ACTION", parser_class=CoiParser, required=True
+    )
     p = csub.add_parser("launch", help="create and start a container from an image")
     p.add_argument("image")
     p.add_argument("name")
@@ -172,7 +224,10 @@ def build_parser() -> CoiParser:
     p.add_argument("-t", "--tty", action="store_true")
     p.add_argument("cmd", nargs="*", metavar="-- COMMAND")
     for action in ("exists", "running"):
-        p = csub.add_parser(action, help=f"exit 0 if the container {action.replace('exists', 'exists').replace('running', 'is running')}")
+        p = csub.add_parser(
+            action,
+            help="exit 0 if the container " + ("exists" if action == "exists" else "is running"),
+        )
         p.add_argument("name")
     p = csub.add_parser("mount", help="add a disk device")
     p.add_argument("name")
@@ -184,8 +239,9 @@ def build_parser() -> CoiParser:
     add_format(p)
 
     file_cmd = sub.add_parser("file", help="copy files in and out of containers")
-    fsub = file_cmd.add_subparsers(dest="action", metavar="ACTION", parser_class=CoiParser,
-                                   required=True)
+    fsub = file_cmd.add_subparsers(
+        dest="action", metavar="ACTION", parser_class=CoiParser, required=True
+    )
     p = fsub.add_parser("push", help="coi file push LOCAL CONTAINER:PATH")
     p.add_argument("source")
     p.add_argument("dest")
@@ -196,8 +252,9 @@ def build_parser() -> CoiParser:
     p.add_argument("-r", "--recursive", action="store_true")
 
     tmux = sub.add_parser("tmux", help="talk to the agent's tmux session")
-    tsub = tmux.add_subparsers(dest="action", metavar="ACTION", parser_class=CoiParser,
-                               required=True)
+    tsub = tmux.add_subparsers(
+        dest="action", metavar="ACTION", parser_class=CoiParser, required=True
+    )
     p = tsub.add_parser("send", help="type TEXT + Enter into the session")
     p.add_argument("name")
     p.add_argument("text")
@@ -208,8 +265,13 @@ def build_parser() -> CoiParser:
 
     p = sub.add_parser("setup", help="prepare Incus for coi (pool, root disk, bridge)")
     nat = p.add_mutually_exclusive_group()
-    nat.add_argument("--nat", dest="nat", action="store_true", default=None,
-                     help="let containers reach the internet through the host (off by default)")
+    nat.add_argument(
+        "--nat",
+        dest="nat",
+        action="store_true",
+        default=None,
+        help="let containers reach the internet through the host (off by default)",
+    )
     nat.add_argument("--no-nat", dest="nat", action="store_false", help="turn NAT off")
     p.add_argument("--pool", default="coi", help="storage pool name (default coi)")
     p.add_argument("--bridge", default=None, help="bridge name (default coibr0)")
@@ -218,16 +280,23 @@ def build_parser() -> CoiParser:
     p = sub.add_parser("build", help="build the coi-default image")
     p.add_argument("--force", action="store_true", help="rebuild even if the recipe is unchanged")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--bootstrap", action="store_true",
-                     help="offline: bootstrap Debian with mmdebstrap from the mirror")
-    how.add_argument("--remote", action="store_true",
-                     help="start from a remote image server (needs coi setup --nat)")
+    how.add_argument(
+        "--bootstrap",
+        action="store_true",
+        help="offline: bootstrap Debian with mmdebstrap from the mirror",
+    )
+    how.add_argument(
+        "--remote",
+        action="store_true",
+        help="start from a remote image server (needs coi setup --nat)",
+    )
     p.add_argument("--alias", default=None, help="image alias (default coi-default)")
     p.add_argument("--profile", default="", help="(reserved) build a profile's image")
 
     image = sub.add_parser("image", help="manage images")
-    isub = image.add_subparsers(dest="action", metavar="ACTION", parser_class=CoiParser,
-                                required=True)
+    isub = image.add_subparsers(
+        dest="action", metavar="ACTION", parser_class=CoiParser, required=True
+    )
     p = isub.add_parser("list", help="list images")
     p.add_argument("-a", "--all", action="store_true", help="all local images, not only coi's")
     add_format(p)

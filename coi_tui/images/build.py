@@ -8,6 +8,7 @@ coi bridge can reach the internet (the normal case for users). Both run the same
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -90,15 +91,28 @@ class ImageBuilder:
             return False
         return self.incus.get_image(alias).properties.get(RECIPE_PROPERTY) == recipe_hash()
 
-    def build(self, alias: str, *, force: bool = False, method: str = "auto", bridge: str = "coibr0",
-              pool: str = "") -> BuildResult:
+    def build(
+        self,
+        alias: str,
+        *,
+        force: bool = False,
+        method: str = "auto",
+        bridge: str = "coibr0",
+        pool: str = "",
+    ) -> BuildResult:
         self.started = time.monotonic()
         recipe = recipe_hash()
         if not force and self.up_to_date(alias):
             image = self.incus.get_image(alias)
             self.say(f"image '{alias}' is up to date (recipe {recipe}); use --force to rebuild")
-            return BuildResult(alias, image.fingerprint, False, time.monotonic() - self.started,
-                               image.size, "cached")
+            return BuildResult(
+                alias,
+                image.fingerprint,
+                False,
+                time.monotonic() - self.started,
+                image.size,
+                "cached",
+            )
         if method == "auto":
             method = "remote" if self._remote_usable(bridge) else "bootstrap"
             if method == "bootstrap":
@@ -109,8 +123,10 @@ class ImageBuilder:
             fingerprint = self._build_bootstrap(alias, recipe)
         image = self.incus.get_image(alias)
         seconds = time.monotonic() - self.started
-        self.say(f"built '{alias}' ({fingerprint[:12]}) in {seconds:.1f}s, "
-                 f"{image.size / 1e6:.0f} MB ({method})")
+        self.say(
+            f"built '{alias}' ({fingerprint[:12]}) in {seconds:.1f}s, "
+            f"{image.size / 1e6:.0f} MB ({method})"
+        )
         return BuildResult(alias, fingerprint, True, seconds, image.size, method)
 
     def _remote_usable(self, bridge: str) -> bool:
@@ -130,22 +146,40 @@ class ImageBuilder:
             rootfs = workdir / "rootfs"
             customize = recipe_dir() / "customize.sh"
             cmd = [
-                "mmdebstrap", "--variant=apt", "--mode=root",
+                "mmdebstrap",
+                "--variant=apt",
+                "--mode=root",
                 "--include=" + ",".join(recipe_packages()),
                 "--customize-hook=sh " + _shell_quote(str(customize)) + ' "$1"',
-                DEBIAN_SUITE, str(rootfs), mirror,
+                DEBIAN_SUITE,
+                str(rootfs),
+                mirror,
             ]
             self.say(f"bootstrapping Debian {DEBIAN_SUITE} from {mirror}")
             self._run_logged(cmd)
             self._write_metadata(workdir, alias, recipe)
             tarball = workdir / "image.tar"
             self.say("packing the image")
-            subprocess.run(["tar", "-C", str(workdir), "--numeric-owner", "--xattrs", "-cf",
-                            str(tarball), "metadata.yaml", "templates", "rootfs"], check=True)
+            subprocess.run(
+                [
+                    "tar",
+                    "-C",
+                    str(workdir),
+                    "--numeric-owner",
+                    "--xattrs",
+                    "-cf",
+                    str(tarball),
+                    "metadata.yaml",
+                    "templates",
+                    "rootfs",
+                ],
+                check=True,
+            )
             self.say(f"importing into Incus ({tarball.stat().st_size / 1e6:.0f} MB)")
             old = self.incus.get_image(alias).fingerprint if self.incus.image_exists(alias) else ""
             fingerprint = self.incus.import_image(
-                tarball, alias, {RECIPE_PROPERTY: recipe, "description": _description(recipe)})
+                tarball, alias, {RECIPE_PROPERTY: recipe, "description": _description(recipe)}
+            )
             if old and old != fingerprint:
                 self._delete_fingerprint(old)
             return fingerprint
@@ -153,10 +187,8 @@ class ImageBuilder:
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _delete_fingerprint(self, fingerprint: str) -> None:
-        try:
+        with contextlib.suppress(CoiError):
             self.incus.request("DELETE", f"/1.0/images/{fingerprint}")
-        except CoiError:
-            pass
 
     def _run_logged(self, cmd: list[str]) -> None:
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -176,16 +208,17 @@ class ImageBuilder:
         (workdir / "templates").mkdir(exist_ok=True)
         (workdir / "templates" / "hostname.tpl").write_text("{{ instance.name }}\n")
         (workdir / "templates" / "hosts.tpl").write_text(
-            "127.0.0.1 localhost\n127.0.1.1 {{ instance.name }}\n")
+            "127.0.0.1 localhost\n127.0.1.1 {{ instance.name }}\n"
+        )
         (workdir / "metadata.yaml").write_text(
             f"architecture: {incus_arch()}\n"
             f"creation_date: {int(time.time())}\n"
             "properties:\n"
-            f"  description: \"{_description(recipe)}\"\n"
+            f'  description: "{_description(recipe)}"\n'
             "  os: debian\n"
             f"  release: {DEBIAN_SUITE}\n"
-            f"  {RECIPE_PROPERTY}: \"{recipe}\"\n"
-            f"  coi.alias: \"{alias}\"\n"
+            f'  {RECIPE_PROPERTY}: "{recipe}"\n'
+            f'  coi.alias: "{alias}"\n'
             "templates:\n"
             "  /etc/hostname:\n"
             "    when: [create, copy]\n"
@@ -203,29 +236,54 @@ class ImageBuilder:
             devices["root"] = {"type": "disk", "path": "/", "pool": pool}
         self.say(f"launching a build container from {REMOTE_SERVER} {REMOTE_BASE}")
         body = {
-            "name": name, "type": "container", "profiles": ["default"], "devices": devices,
-            "source": {"type": "image", "mode": "pull", "server": REMOTE_SERVER,
-                       "protocol": "simplestreams", "alias": REMOTE_BASE},
+            "name": name,
+            "type": "container",
+            "profiles": ["default"],
+            "devices": devices,
+            "source": {
+                "type": "image",
+                "mode": "pull",
+                "server": REMOTE_SERVER,
+                "protocol": "simplestreams",
+                "alias": REMOTE_BASE,
+            },
             "start": True,
         }
         self.incus.request("POST", "/1.0/instances", body=body)
         try:
             for path in sorted(recipe_dir().iterdir()):
                 if path.is_file():
-                    self.incus.push_file(name, f"/tmp/coi-recipe/{path.name}", path.read_bytes(),
-                                         mode=0o755)
+                    self.incus.push_file(
+                        name, f"/tmp/coi-recipe/{path.name}", path.read_bytes(), mode=0o755
+                    )
             self.say("waiting for the network")
-            self._exec_checked(name, ["sh", "-c", "for i in $(seq 60); do getent hosts deb.debian.org && exit 0; sleep 1; done; exit 1"])
+            self._exec_checked(
+                name,
+                [
+                    "sh",
+                    "-c",
+                    "for i in $(seq 60); do getent hosts deb.debian.org && exit 0; sleep 1; done;"
+                    " exit 1",
+                ],
+            )
             self.say("installing packages")
             packages = " ".join(recipe_packages())
-            self._exec_checked(name, ["sh", "-c", "apt-get update -q && DEBIAN_FRONTEND=noninteractive "
-                                      f"apt-get install -y -q --no-install-recommends {packages}"])
+            self._exec_checked(
+                name,
+                [
+                    "sh",
+                    "-c",
+                    "apt-get update -q && DEBIAN_FRONTEND=noninteractive "
+                    f"apt-get install -y -q --no-install-recommends {packages}",
+                ],
+            )
             self._exec_checked(name, ["sh", "/tmp/coi-recipe/customize.sh", "/"])
             self._exec_checked(name, ["rm", "-rf", "/tmp/coi-recipe"])
             self.incus.stop(name, timeout=30)
             self.say("publishing")
-            return self.incus.publish(name, alias, {RECIPE_PROPERTY: recipe,
-                                                    "description": _description(recipe)})
+            return self.incus.publish(
+                name, alias, {RECIPE_PROPERTY: recipe, "description": _description(recipe)}
+            )
         finally:
             if self.incus.instance_exists(name):
                 self.incus.delete_instance(name, force=True)
@@ -234,7 +292,9 @@ class ImageBuilder:
         result = self.incus.exec_capture(name, argv)
         if not result.ok:
             tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise CoiError(f"build step {argv[0]} failed (exit {result.exit_code}): {' / '.join(tail)}")
+            raise CoiError(
+                f"build step {argv[0]} failed (exit {result.exit_code}): {' / '.join(tail)}"
+            )
 
 
 def _description(recipe: str) -> str:

@@ -8,6 +8,7 @@ does terminals, signals and stdin properly (see `exec_stream`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -230,7 +231,9 @@ class Incus:
         return result
 
     @staticmethod
-    def _api_error(response: Any, path: str, payload: Mapping[str, Any] | None = None) -> IncusError:
+    def _api_error(
+        response: Any, path: str, payload: Mapping[str, Any] | None = None
+    ) -> IncusError:
         if payload is None:
             try:
                 payload = response.json()
@@ -414,19 +417,23 @@ class Incus:
         except NotFound:
             raise InstanceNotFound(name) from None
         op_id = op.get("id", "")
-        result = self.request("GET", f"{API}/operations/{op_id}/wait", params={"timeout": -1 if timeout is None else int(timeout)})
+        result = self.request(
+            "GET",
+            f"{API}/operations/{op_id}/wait",
+            params={"timeout": -1 if timeout is None else int(timeout)},
+        )
         if result.get("status") != "Success":
-            raise IncusError(f"exec in '{name}' failed: {result.get('err') or result.get('status')}")
+            raise IncusError(
+                f"exec in '{name}' failed: {result.get('err') or result.get('status')}"
+            )
         meta = result.get("metadata") or {}
         outputs = meta.get("output") or {}
         streams: dict[str, str] = {}
         for fd, log_path in outputs.items():
             response = self.request("GET", log_path, raw=True)
             streams[str(fd)] = response.content.decode("utf-8", errors="replace")
-            try:
+            with contextlib.suppress(IncusError):
                 self.request("DELETE", log_path, raw=True)
-            except IncusError:
-                pass
         return ExecResult(int(meta.get("return", -1)), streams.get("1", ""), streams.get("2", ""))
 
     def incus_cli(self) -> str:
@@ -452,8 +459,15 @@ class Incus:
         tty: bool | None = None,
     ) -> list[str]:
         """The `incus exec` command line that runs argv in the instance."""
-        cmd = [self.incus_cli(), "exec", name, "--user", str(user), "--group",
-               str(user if group is None else group)]
+        cmd = [
+            self.incus_cli(),
+            "exec",
+            name,
+            "--user",
+            str(user),
+            "--group",
+            str(user if group is None else group),
+        ]
         if self.project != "default":
             cmd += ["--project", self.project]
         if cwd:
@@ -485,22 +499,26 @@ class Incus:
         }
         self._files("POST", name, path, data=content, headers=headers)
 
-    def make_dir(self, name: str, path: str, *, uid: int = 0, gid: int = 0, mode: int = 0o755) -> None:
+    def make_dir(
+        self, name: str, path: str, *, uid: int = 0, gid: int = 0, mode: int = 0o755
+    ) -> None:
         headers = {
             "X-Incus-uid": str(uid),
             "X-Incus-gid": str(gid),
             "X-Incus-mode": f"{mode:04o}",
             "X-Incus-type": "directory",
         }
-        try:
+        with contextlib.suppress(Conflict):
             self._files("POST", name, path, data=b"", headers=headers)
-        except Conflict:
-            pass
 
     def _files(self, method: str, name: str, path: str, **kwargs: Any) -> Any:
         try:
             return self.request(
-                method, f"{API}/instances/{quote(name)}/files", params={"path": path}, raw=True, **kwargs
+                method,
+                f"{API}/instances/{quote(name)}/files",
+                params={"path": path},
+                raw=True,
+                **kwargs,
             )
         except NotFound:
             if not self.instance_exists(name):
@@ -511,7 +529,9 @@ class Incus:
         """(type, content-or-listing, mode) of one path: file, directory or symlink."""
         response = self._files("GET", name, path)
         kind = response.headers.get("X-Incus-type") or response.headers.get("X-LXD-type") or "file"
-        mode = int(response.headers.get("X-Incus-mode") or response.headers.get("X-LXD-mode") or "644", 8)
+        mode = int(
+            response.headers.get("X-Incus-mode") or response.headers.get("X-LXD-mode") or "644", 8
+        )
         if kind == "directory":
             listing = response.json().get("metadata") or []
             return kind, [str(entry) for entry in listing], mode
@@ -535,8 +555,14 @@ class Incus:
             if entry.is_dir():
                 count += self.push_tree(entry, name, target, uid=uid, gid=gid)
             elif entry.is_file():
-                self.push_file(name, target, entry.read_bytes(), uid=uid, gid=gid,
-                               mode=entry.stat().st_mode & 0o777)
+                self.push_file(
+                    name,
+                    target,
+                    entry.read_bytes(),
+                    uid=uid,
+                    gid=gid,
+                    mode=entry.stat().st_mode & 0o777,
+                )
                 count += 1
         return count
 
@@ -560,12 +586,17 @@ class Incus:
 
     # ------------------------------------------------------------------ snapshots
     def create_snapshot(self, name: str, snapshot: str, *, stateful: bool = False) -> None:
-        self.request("POST", f"{API}/instances/{quote(name)}/snapshots",
-                     body={"name": snapshot, "stateful": stateful})
+        self.request(
+            "POST",
+            f"{API}/instances/{quote(name)}/snapshots",
+            body={"name": snapshot, "stateful": stateful},
+        )
 
     def list_snapshots(self, name: str) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"{API}/instances/{quote(name)}/snapshots",
-                                 params={"recursion": 1}) or [])
+        return list(
+            self.request("GET", f"{API}/instances/{quote(name)}/snapshots", params={"recursion": 1})
+            or []
+        )
 
     def restore_snapshot(self, name: str, snapshot: str) -> None:
         current = self.request("GET", f"{API}/instances/{quote(name)}")
@@ -577,7 +608,10 @@ class Incus:
 
     # ------------------------------------------------------------------ images
     def list_images(self) -> list[Image]:
-        return [Image.from_api(i) for i in self.request("GET", f"{API}/images", params={"recursion": 1}) or []]
+        return [
+            Image.from_api(i)
+            for i in self.request("GET", f"{API}/images", params={"recursion": 1}) or []
+        ]
 
     def get_image(self, alias: str) -> Image:
         try:
@@ -603,11 +637,17 @@ class Incus:
 
     def set_alias(self, alias: str, fingerprint: str, description: str = "") -> None:
         if self.image_exists(alias):
-            self.request("PUT", f"{API}/images/aliases/{quote(alias)}",
-                         body={"target": fingerprint, "description": description})
+            self.request(
+                "PUT",
+                f"{API}/images/aliases/{quote(alias)}",
+                body={"target": fingerprint, "description": description},
+            )
         else:
-            self.request("POST", f"{API}/images/aliases",
-                         body={"name": alias, "target": fingerprint, "description": description})
+            self.request(
+                "POST",
+                f"{API}/images/aliases",
+                body={"name": alias, "target": fingerprint, "description": description},
+            )
 
     def import_image(self, tarball: Path, alias: str, properties: Mapping[str, str]) -> str:
         """Import a unified image tarball and point `alias` at it; returns the fingerprint."""
@@ -624,8 +664,13 @@ class Incus:
         self.set_alias(alias, fingerprint)
         return fingerprint
 
-    def publish(self, name: str, alias: str, properties: Mapping[str, str] | None = None,
-                compression: str | None = None) -> str:
+    def publish(
+        self,
+        name: str,
+        alias: str,
+        properties: Mapping[str, str] | None = None,
+        compression: str | None = None,
+    ) -> str:
         body: dict[str, Any] = {
             "source": {"type": "instance", "name": name},
             "properties": dict(properties or {}),
@@ -648,9 +693,16 @@ class Incus:
             return None
 
     def create_network(self, name: str, config: Mapping[str, str], description: str = "") -> None:
-        self.request("POST", f"{API}/networks",
-                     body={"name": name, "type": "bridge", "config": dict(config),
-                           "description": description})
+        self.request(
+            "POST",
+            f"{API}/networks",
+            body={
+                "name": name,
+                "type": "bridge",
+                "config": dict(config),
+                "description": description,
+            },
+        )
 
     def update_network(self, name: str, config: Mapping[str, str]) -> None:
         self.request("PATCH", f"{API}/networks/{quote(name)}", body={"config": dict(config)})
@@ -662,8 +714,11 @@ class Incus:
         return list(self.request("GET", f"{API}/storage-pools", params={"recursion": 1}) or [])
 
     def create_storage_pool(self, name: str, driver: str, config: Mapping[str, str]) -> None:
-        self.request("POST", f"{API}/storage-pools",
-                     body={"name": name, "driver": driver, "config": dict(config)})
+        self.request(
+            "POST",
+            f"{API}/storage-pools",
+            body={"name": name, "driver": driver, "config": dict(config)},
+        )
 
     def get_profile(self, name: str) -> dict[str, Any]:
         return dict(self.request("GET", f"{API}/profiles/{quote(name)}"))
@@ -678,6 +733,7 @@ class Incus:
         on_event: Callable[[dict[str, Any]], bool],
         types: Sequence[str] = ("lifecycle",),
         stop: threading.Event | None = None,
+        subscribed: threading.Event | None = None,
     ) -> None:
         """Call on_event for each event until it returns False or `stop` is set (blocking)."""
         client = self._connect()
@@ -695,6 +751,8 @@ class Incus:
 
         ws = client.events(websocket_client=_Events, event_types={EventType(t) for t in types})
         ws.connect()
+        if subscribed is not None:
+            subscribed.set()
         runner = threading.Thread(target=ws.run, daemon=True)
         runner.start()
         while not done.wait(0.2):

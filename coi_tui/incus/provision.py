@@ -32,8 +32,12 @@ def used_ipv4_networks() -> list[ipaddress.IPv4Network]:
     """Networks already routed on this host (so our bridge never shadows one)."""
     found: list[ipaddress.IPv4Network] = []
     try:
-        out = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True,
-                             text=True, check=False).stdout
+        out = subprocess.run(
+            ["ip", "-4", "route", "show", "table", "all"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
     except FileNotFoundError:
         return found
     for line in out.splitlines():
@@ -86,12 +90,19 @@ class Provisioner:
             btrfs_error = "mkfs.btrfs not installed (apt install btrfs-progs)"
         profile_pool = self._profile_root_pool()
         if profile_pool and profile_pool in pools:
-            self._step("storage pool", False,
-                       f"reusing the default profile's pool '{profile_pool}' (btrfs failed: {btrfs_error})")
+            self._step(
+                "storage pool",
+                False,
+                f"reusing the default profile's pool '{profile_pool}' "
+                f"(btrfs failed: {btrfs_error})",
+            )
             return profile_pool
         self.incus.create_storage_pool(name, "dir", {})
-        self._step("storage pool", True,
-                   f"'{name}' with the dir driver (slow launches; btrfs failed: {btrfs_error})")
+        self._step(
+            "storage pool",
+            True,
+            f"'{name}' with the dir driver (slow launches; btrfs failed: {btrfs_error})",
+        )
         return name
 
     def _profile_root_pool(self) -> str:
@@ -102,7 +113,9 @@ class Provisioner:
         profile = self.incus.get_profile("default")
         devices = dict(profile.get("devices") or {})
         if "root" in devices:
-            self._step("default profile root disk", False, f"on pool '{devices['root'].get('pool')}'")
+            self._step(
+                "default profile root disk", False, f"on pool '{devices['root'].get('pool')}'"
+            )
             return
         devices["root"] = {"type": "disk", "path": "/", "pool": pool}
         self.incus.update_profile("default", {**profile, "devices": devices})
@@ -129,8 +142,11 @@ class Provisioner:
             self.incus.update_network(name, {"ipv4.nat": "true" if nat else "false"})
             self._step("bridge network", True, f"'{name}' NAT turned {'on' if nat else 'off'}")
             return
-        self._step("bridge network", False,
-                   f"'{name}' {config.get('ipv4.address', '?')}, NAT {'on' if current else 'off'}")
+        self._step(
+            "bridge network",
+            False,
+            f"'{name}' {config.get('ipv4.address', '?')}, NAT {'on' if current else 'off'}",
+        )
 
     def run(self, pool: str, bridge: str, nat: bool | None, subnet: str | None = None) -> str:
         version = self.incus.ping()

@@ -29,8 +29,18 @@ from coi_tui.tools import Tool, get_tool
 
 CODE_HOME = "/home/code"
 WORKSPACE = "/workspace"
-SAFE_TERMS = ("xterm-256color", "xterm", "screen-256color", "screen", "tmux-256color", "tmux",
-              "linux", "vt100", "vt220", "dumb")
+SAFE_TERMS = (
+    "xterm-256color",
+    "xterm",
+    "screen-256color",
+    "screen",
+    "tmux-256color",
+    "tmux",
+    "linux",
+    "vt100",
+    "vt220",
+    "dumb",
+)
 
 Say = Callable[[str], None]
 
@@ -106,8 +116,9 @@ class SessionManager:
         pools = {p["name"] for p in self.incus.list_storage_pools()}
         return "coi" if "coi" in pools else ""
 
-    def instance_spec(self, req: LaunchRequest, slot: int, session_id: str
-                      ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    def instance_spec(
+        self, req: LaunchRequest, slot: int, session_id: str
+    ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
         idmap_config, ws_extra = self.idmap()
         config = {
             "user.coi.managed": "true",
@@ -136,18 +147,25 @@ class SessionManager:
     def guard_privileged(self, instance: Instance | None = None) -> None:
         profile = self.incus.get_profile("default")
         if str((profile.get("config") or {}).get("security.privileged", "")).lower() == "true":
-            raise CoiError("refusing to start: the Incus 'default' profile sets "
-                           "security.privileged=true; fix with "
-                           "'incus profile unset default security.privileged'")
+            raise CoiError(
+                "refusing to start: the Incus 'default' profile sets "
+                "security.privileged=true; fix with "
+                "'incus profile unset default security.privileged'"
+            )
         if instance and instance.expanded_config.get("security.privileged", "").lower() == "true":
-            raise CoiError(f"refusing to start: container '{instance.name}' is privileged; fix with "
-                           f"'incus config unset {instance.name} security.privileged'")
+            raise CoiError(
+                f"refusing to start: container '{instance.name}' is privileged; fix with "
+                f"'incus config unset {instance.name} security.privileged'"
+            )
 
     # ------------------------------------------------------------------ launch
     def coi_instances(self, with_state: bool = False) -> list[Instance]:
         prefix = self.settings.container_prefix
-        return [i for i in self.incus.list_instances(prefix, with_state=with_state)
-                if parse_container_name(prefix, i.name)]
+        return [
+            i
+            for i in self.incus.list_instances(prefix, with_state=with_state)
+            if parse_container_name(prefix, i.name)
+        ]
 
     def launch(self, req: LaunchRequest) -> Session:
         """Create (or reuse) and start the container for one session; no agent started yet."""
@@ -157,8 +175,9 @@ class SessionManager:
         store = SessionStore(req.tool)
         resume_meta = None
         if req.resume:
-            resume_meta = store.resolve_resume(req.resume, req.workspace,
-                                               self.settings.container_prefix)
+            resume_meta = store.resolve_resume(
+                req.resume, req.workspace, self.settings.container_prefix
+            )
         session_id = resume_meta.session_id if resume_meta else str(uuid.uuid4())
         ws_hash = workspace_hash(req.workspace)
         with slot_lock(ws_hash):
@@ -168,17 +187,29 @@ class SessionManager:
                 self.say(note)
             name = container_name(self.settings.container_prefix, req.workspace, slot)
             existing = occupied.get(slot)
-            session = Session(name, session_id, slot, req.workspace, req.persistent, req.tool,
-                              resume_meta=resume_meta)
+            session = Session(
+                name,
+                session_id,
+                slot,
+                req.workspace,
+                req.persistent,
+                req.tool,
+                resume_meta=resume_meta,
+            )
             if existing is not None and existing.status != "Stopped":
-                raise CoiError(f"container '{name}' is already running: attach with "
-                               f"'coi attach {name}'")
-            if existing is not None and existing.config.get("user.coi.persistent") == "true" \
-                    and req.persistent:
+                raise CoiError(
+                    f"container '{name}' is already running: attach with 'coi attach {name}'"
+                )
+            if (
+                existing is not None
+                and existing.config.get("user.coi.persistent") == "true"
+                and req.persistent
+            ):
                 self.guard_privileged(existing)
                 self.say(f"Reusing persistent container {name}...")
-                self.incus.update_instance(name, config={"user.coi.session_id": session_id,
-                                                         "user.coi.tool": req.tool.name})
+                self.incus.update_instance(
+                    name, config={"user.coi.session_id": session_id, "user.coi.tool": req.tool.name}
+                )
                 session.reused = True
             else:
                 if existing is not None:
@@ -193,9 +224,12 @@ class SessionManager:
     def _write_meta(self, session: Session, req: LaunchRequest) -> None:
         store = SessionStore(session.tool)
         meta = store.read_meta(session.session_id) or SessionMeta(
-            session_id=session.session_id, container_name=session.container,
-            persistent=session.persistent, workspace=session.workspace,
-            created_at=now_rfc3339())
+            session_id=session.session_id,
+            container_name=session.container,
+            persistent=session.persistent,
+            workspace=session.workspace,
+            created_at=now_rfc3339(),
+        )
         meta.container_name = session.container
         meta.persistent = session.persistent
         meta.workspace = session.workspace
@@ -216,8 +250,10 @@ class SessionManager:
                 time.sleep(0.1)
                 continue
             return
-        raise CoiError(f"container '{name}' did not finish booting within "
-                       f"{self.settings.ready_timeout}s ([container] ready_timeout)")
+        raise CoiError(
+            f"container '{name}' did not finish booting within "
+            f"{self.settings.ready_timeout}s ([container] ready_timeout)"
+        )
 
     def restore_saved_state(self, session: Session) -> None:
         meta = session.resume_meta
@@ -228,9 +264,13 @@ class SessionManager:
         if not saved.is_dir():
             return
         self.say(f"Restoring session data from {saved}")
-        self.incus.push_tree(saved, session.container,
-                             f"{CODE_HOME}/{session.tool.config_dir}",
-                             uid=self.settings.code_uid, gid=self.settings.code_uid)
+        self.incus.push_tree(
+            saved,
+            session.container,
+            f"{CODE_HOME}/{session.tool.config_dir}",
+            uid=self.settings.code_uid,
+            gid=self.settings.code_uid,
+        )
 
     def agent_env(self, session: Session) -> dict[str, str]:
         return {
@@ -252,8 +292,12 @@ class SessionManager:
             saved = SessionStore(session.tool).config_copy(session.resume_meta.session_id)
             resume_id = session.tool.discover_resume_id(saved)
         permission = self.settings.permission_mode
-        return session.tool.command(session.session_id, resume=session.resume_meta is not None,
-                                    resume_id=resume_id, permission_mode=permission)
+        return session.tool.command(
+            session.session_id,
+            resume=session.resume_meta is not None,
+            resume_id=resume_id,
+            permission_mode=permission,
+        )
 
     def start_agent(self, session: Session, debug: bool = False) -> None:
         """tmux session coi-<container> running `<tool argv>; exec bash` as the code user."""
@@ -262,8 +306,19 @@ class SessionManager:
         argv = self.agent_command(session, debug)
         inner = f"trap : INT; {shlex.join(argv)}; exec bash"
         env = self.agent_env(session)
-        cmd = ["tmux", "new-session", "-d", "-s", session.tmux, "-x", "200", "-y", "50",
-               "-c", WORKSPACE]
+        cmd = [
+            "tmux",
+            "new-session",
+            "-d",
+            "-s",
+            session.tmux,
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-c",
+            WORKSPACE,
+        ]
         for key, value in env.items():
             cmd += ["-e", f"{key}={value}"]
         cmd += ["bash", "-c", inner]
@@ -273,9 +328,14 @@ class SessionManager:
 
     def exec_as_code(self, name: str, argv: list[str]) -> object:
         uid = self.settings.code_uid
-        return self.incus.exec_capture(name, argv, user=uid, group=uid, cwd=WORKSPACE,
-                                       env={"HOME": CODE_HOME, "USER": self.settings.code_user,
-                                            "LANG": "C.UTF-8"})
+        return self.incus.exec_capture(
+            name,
+            argv,
+            user=uid,
+            group=uid,
+            cwd=WORKSPACE,
+            env={"HOME": CODE_HOME, "USER": self.settings.code_user, "LANG": "C.UTF-8"},
+        )
 
     def tmux_exists(self, name: str) -> bool:
         result = self.exec_as_code(name, ["tmux", "has-session", "-t", tmux_session(name)])
@@ -283,19 +343,28 @@ class SessionManager:
 
     def attach(self, name: str, bash: bool = False) -> int:
         uid = self.settings.code_uid
-        env = {"HOME": CODE_HOME, "USER": self.settings.code_user, "LANG": "C.UTF-8",
-               "TERM": sanitize_term(os.environ.get("TERM"))}
+        env = {
+            "HOME": CODE_HOME,
+            "USER": self.settings.code_user,
+            "LANG": "C.UTF-8",
+            "TERM": sanitize_term(os.environ.get("TERM")),
+        }
         argv = ["bash", "-l"] if bash else ["tmux", "attach", "-t", tmux_session(name)]
-        return self.incus.exec_stream(name, argv, user=uid, group=uid, cwd=WORKSPACE, env=env,
-                                      tty=True)
+        return self.incus.exec_stream(
+            name, argv, user=uid, group=uid, cwd=WORKSPACE, env=env, tty=True
+        )
 
     def spawn_supervisor(self, name: str) -> None:
         """A detached process that saves and cleans up when the container stops later."""
         log = open(logs_dir() / f"{name}.supervisor.log", "ab")  # noqa: SIM115
         subprocess.Popen(
             [sys.executable, "-m", "coi_tui.sessions.supervisor", name],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            env=dict(os.environ), close_fds=True,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=dict(os.environ),
+            close_fds=True,
         )
         log.close()
 
@@ -311,10 +380,12 @@ class SessionManager:
             return None
         store = SessionStore(tool)
         meta = store.read_meta(session_id) or SessionMeta(
-            session_id=session_id, container_name=instance.name,
+            session_id=session_id,
+            container_name=instance.name,
             persistent=instance.config.get("user.coi.persistent") == "true",
             workspace=instance.config.get("user.coi.workspace", ""),
-            tool=tool_name)
+            tool=tool_name,
+        )
         return tool, meta
 
     def save_session(self, instance: Instance) -> bool:
@@ -324,8 +395,11 @@ class SessionManager:
         tool, meta = found
         store = SessionStore(tool)
         self.say(f"Saving session data to {store.path(meta.session_id)}")
-        ok = store.save_from(lambda remote, local: self.incus.pull_tree(instance.name, remote, local),
-                             instance.name, meta)
+        ok = store.save_from(
+            lambda remote, local: self.incus.pull_tree(instance.name, remote, local),
+            instance.name,
+            meta,
+        )
         self.say("Session data saved successfully" if ok else "No session data to save")
         return ok
 
@@ -341,8 +415,10 @@ class SessionManager:
                 return "running"
             self.save_session(instance)
             if instance.config.get("user.coi.persistent") == "true":
-                self.say(f"Container {name} stopped and kept for reuse (persistent): "
-                         "'coi shell --persistent' restarts it")
+                self.say(
+                    f"Container {name} stopped and kept for reuse (persistent): "
+                    "'coi shell --persistent' restarts it"
+                )
                 return "kept"
             self.say("Container was stopped, removing...")
             self.incus.delete_instance(name, force=True)

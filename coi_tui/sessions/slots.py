@@ -35,8 +35,9 @@ def file_lock(name: str, waiting: Callable[[], None] | None = None) -> Iterator[
 
 def slot_lock(workspace_hash: str) -> Iterator[None]:
     def waiting() -> None:
-        print("Waiting for another coi launch of this workspace to pick its slot...",
-              file=sys.stderr)
+        print(
+            "Waiting for another coi launch of this workspace to pick its slot...", file=sys.stderr
+        )
 
     return file_lock(f"slots-{workspace_hash}", waiting)
 
@@ -65,13 +66,17 @@ def choose_slot(occupied: dict[int, Instance], requested: int, persistent: bool)
         for slot in range(requested + 1, MAX_SLOTS + 1):
             if slot not in occupied:
                 return slot, f"Slot {requested} is occupied, using slot {slot} instead"
-        raise CoiError(f"slot {requested} is occupied and no higher slot is free "
-                       "(see 'coi list'; free one with 'coi kill')")
+        raise CoiError(
+            f"slot {requested} is occupied and no higher slot is free "
+            "(see 'coi list'; free one with 'coi kill')"
+        )
     for slot in range(1, MAX_SLOTS + 1):
         if slot not in occupied:
             return slot, ""
-    raise CoiError(f"all {MAX_SLOTS} slots are in use for this workspace: "
-                   "free one with 'coi kill <name>' or 'coi clean'")
+    raise CoiError(
+        f"all {MAX_SLOTS} slots are in use for this workspace: "
+        "free one with 'coi kill <name>' or 'coi clean'"
+    )
 
 
 def _reusable(instance: Instance, persistent: bool) -> bool:

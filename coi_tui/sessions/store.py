@@ -67,8 +67,9 @@ class SessionStore:
         return self.root / session_id
 
     def write_meta(self, meta: SessionMeta) -> None:
-        atomic_write(self.path(meta.session_id) / "metadata.json",
-                     json.dumps(asdict(meta), indent=2) + "\n")
+        atomic_write(
+            self.path(meta.session_id) / "metadata.json", json.dumps(asdict(meta), indent=2) + "\n"
+        )
 
     def read_meta(self, session_id: str) -> SessionMeta | None:
         try:
@@ -105,13 +106,16 @@ class SessionStore:
         if resume == "auto":
             meta = self.latest_for_workspace(workspace, prefix)
             if meta is None:
-                raise CoiError(f"no previous session to resume for this workspace: {workspace} "
-                               "(see 'coi list --all')")
+                raise CoiError(
+                    f"no previous session to resume for this workspace: {workspace} "
+                    "(see 'coi list --all')"
+                )
             return meta
         meta = self.read_meta(resume)
         if meta is None:
-            raise CoiError(f"session '{resume}' not found - check available sessions with: "
-                           "coi list --all")
+            raise CoiError(
+                f"session '{resume}' not found - check available sessions with: coi list --all"
+            )
         return meta
 
     def save_from(self, pull: Any, container: str, meta: SessionMeta) -> bool:

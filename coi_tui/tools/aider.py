@@ -7,8 +7,9 @@ from coi_tui.tools.base import Tool
 
 
 class AiderTool(Tool):
-    def command(self, session_id: str, *, resume: bool, resume_id: str | None,
-                permission_mode: str) -> list[str]:
+    def command(
+        self, session_id: str, *, resume: bool, resume_id: str | None, permission_mode: str
+    ) -> list[str]:
         argv = [self.binary]
         if permission_mode != "interactive":
             argv.append("--yes-always")

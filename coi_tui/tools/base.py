@@ -23,8 +23,9 @@ class Tool:
     def sessions_dir_name(self) -> str:
         return self.sessions_name or self.name
 
-    def command(self, session_id: str, *, resume: bool, resume_id: str | None,
-                permission_mode: str) -> list[str]:
+    def command(
+        self, session_id: str, *, resume: bool, resume_id: str | None, permission_mode: str
+    ) -> list[str]:
         """argv that starts the agent in /workspace."""
         return [self.binary]
 

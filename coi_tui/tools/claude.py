@@ -8,8 +8,9 @@ from coi_tui.tools.base import Tool, newest_jsonl_stem
 
 
 class ClaudeTool(Tool):
-    def command(self, session_id: str, *, resume: bool, resume_id: str | None,
-                permission_mode: str) -> list[str]:
+    def command(
+        self, session_id: str, *, resume: bool, resume_id: str | None, permission_mode: str
+    ) -> list[str]:
         argv = [self.binary]
         if permission_mode != "interactive":
             argv.append("--dangerously-skip-permissions")

@@ -6,8 +6,9 @@ from coi_tui.tools.base import Tool
 
 
 class OpencodeTool(Tool):
-    def command(self, session_id: str, *, resume: bool, resume_id: str | None,
-                permission_mode: str) -> list[str]:
+    def command(
+        self, session_id: str, *, resume: bool, resume_id: str | None, permission_mode: str
+    ) -> list[str]:
         argv = [self.binary]
         if resume:
             argv += ["--session", resume_id] if resume_id else ["--continue"]

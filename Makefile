@@ -1,0 +1,49 @@
+# coi-tui: two commands for a fresh machine.
+#   make run   set everything up and open the dashboard on the current directory
+#   make test  set everything up and run all tests
+# Both are idempotent; `make setup` is the shared part.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+WORKSPACE ?= $(CURDIR)
+
+.PHONY: setup os-deps daemon venv incus-setup image run test lint bench clean-test
+
+setup: os-deps daemon venv incus-setup image
+
+os-deps:
+	@bash scripts/install-os-deps.sh
+
+daemon:
+	@bash scripts/start-incus.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+incus-setup: venv daemon
+	@$(SUDO) $(BIN)/coi setup
+
+# Builds coi-default only when it is missing or its recipe changed (seconds otherwise).
+image: incus-setup
+	@$(SUDO) $(BIN)/coi build
+
+run: setup
+	@$(BIN)/coi-tui -w "$(WORKSPACE)"
+
+test: setup
+	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	@$(BIN)/ruff check coi_tui tests
+	@$(BIN)/ruff format --check coi_tui tests
+
+# Removes leftovers of interrupted test runs (containers named coitest-*).
+clean-test: venv
+	@$(BIN)/python -m tests.cleanup
