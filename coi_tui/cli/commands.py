@@ -675,6 +675,7 @@ def cmd_setup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print("Setting up Incus for coi:")
     provisioner = Provisioner(incus, lambda step: print(step.line(), flush=True))
     provisioner.run(args.pool, args.bridge or settings.bridge, args.nat, args.subnet)
+    delegate_users(args.user)
     changed = sum(1 for s in provisioner.steps if s.changed)
     print(f"Done: {changed} change(s), {len(provisioner.steps) - changed} left as they were.")
     network = incus.get_network(args.bridge or settings.bridge) or {}
@@ -684,6 +685,27 @@ def cmd_setup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "Run 'coi setup --nat' to allow it."
         )
     return 0
+
+
+def delegate_users(names: list[str]) -> None:
+    """raw.idmap for users whose uid is not the agent's: root must be allowed to map it."""
+    import pwd
+
+    from coi_tui.incus.provision import delegate_host_ids
+
+    wanted = list(names)
+    if not wanted and os.environ.get("SUDO_USER") and os.environ.get("SUDO_UID") not in ("0", ""):
+        wanted.append(os.environ["SUDO_USER"])
+    for name in wanted:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise CoiError(f"no such user '{name}'") from None
+        if os.geteuid() != 0:
+            raise CoiError(f"mapping {name}'s ids needs root: run 'sudo coi setup --user {name}'")
+        added = delegate_host_ids(entry.pw_uid, entry.pw_gid)
+        detail = ", ".join(added) if added else "already allowed"
+        print(f"  [{'created' if added else 'ok':>7}] id mapping for {name}: {detail}")
 
 
 def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -276,6 +276,14 @@ def build_parser() -> CoiParser:
     p.add_argument("--pool", default="coi", help="storage pool name (default coi)")
     p.add_argument("--bridge", default=None, help="bridge name (default coibr0)")
     p.add_argument("--subnet", default=None, help="bridge address, e.g. 10.199.0.1/24")
+    p.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="let this user's files map to the agent's uid (adds root:UID:1 to "
+        "/etc/subuid and /etc/subgid; default: the user who ran sudo)",
+    )
 
     p = sub.add_parser("build", help="build the coi-default image")
     p.add_argument("--force", action="store_true", help="rebuild even if the recipe is unchanged")

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from coi_tui.incus.client import Incus
 from coi_tui.incus.errors import IncusError
@@ -155,3 +156,39 @@ class Provisioner:
         self.ensure_root_disk(chosen)
         self.ensure_bridge(bridge, nat, subnet)
         return chosen
+
+
+# ---------------------------------------------------------------------- id delegation
+SUBID_FILES = ("/etc/subuid", "/etc/subgid")
+
+
+def subid_allows(host_id: int, path: str, owner: str = "root") -> bool:
+    """Whether `owner` may map `host_id` (an `owner:start:count` line covers it)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) != 3 or parts[0] != owner:
+            continue
+        try:
+            start, count = int(parts[1]), int(parts[2])
+        except ValueError:
+            continue
+        if start <= host_id < start + count:
+            return True
+    return False
+
+
+def delegate_host_ids(uid: int, gid: int) -> list[str]:
+    """Let Incus map this user's uid/gid into containers (raw.idmap needs `root:<id>:1` in
+    /etc/subuid and /etc/subgid). Returns the lines added; needs root."""
+    added: list[str] = []
+    for path, host_id in zip(SUBID_FILES, (uid, gid), strict=True):
+        if subid_allows(host_id, path):
+            continue
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(f"root:{host_id}:1\n")
+        added.append(f"{path}: root:{host_id}:1")
+    return added

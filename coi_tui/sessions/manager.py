@@ -16,6 +16,7 @@ from pathlib import Path
 from coi_tui.config import Settings
 from coi_tui.errors import CoiError
 from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
+from coi_tui.incus.provision import subid_allows
 from coi_tui.paths import logs_dir
 from coi_tui.sessions.naming import (
     container_name,
@@ -54,6 +55,15 @@ def sanitize_term(term: str | None) -> str:
     if term in SAFE_TERMS:
         return str(term)
     return "xterm-256color"
+
+
+def pwd_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def resolve_workspace(path: str) -> str:
@@ -108,6 +118,12 @@ class SessionManager:
         uid, gid, code = os.getuid(), os.getgid(), self.settings.code_uid
         if mode == "shift" or (mode == "auto" and uid == code and gid == code):
             return {}, {"shift": "true"}
+        if uid != 0 and not (subid_allows(uid, "/etc/subuid") and subid_allows(gid, "/etc/subgid")):
+            raise CoiError(
+                f"Incus may not map your uid {uid} into containers yet: run "
+                f"'sudo coi setup --user {pwd_name(uid)}' once (it adds root:{uid}:1 to "
+                "/etc/subuid and /etc/subgid)"
+            )
         return {"raw.idmap": f"uid {uid} {code}\ngid {gid} {code}"}, {}
 
     def storage_pool(self) -> str:
