@@ -123,16 +123,17 @@ def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.background:
         err(f"Attach with: coi attach {session.container}")
         return 0
-    try:
-        manager.attach(session.container)
-    except Terminated:
-        manager.save_running(session.container)
-        err(f"Container kept running - use 'coi attach {session.container}' to reconnect")
-        return 143
-    except KeyboardInterrupt:
-        manager.save_running(session.container)
-        raise
-    return after_attach(manager, session.container)
+    with manager.attached(session.container):
+        try:
+            manager.attach(session.container)
+        except Terminated:
+            manager.save_running(session.container)
+            err(f"Container kept running - use 'coi attach {session.container}' to reconnect")
+            return 143
+        except KeyboardInterrupt:
+            manager.save_running(session.container)
+            raise
+        return after_attach(manager, session.container)
 
 
 def after_attach(manager: SessionManager, name: str) -> int:
@@ -233,10 +234,11 @@ def cmd_attach(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             f"'coi attach {name} --bash'"
         )
     err(f"Attaching to {name}...")
-    code = manager.attach(name, bash=args.bash)
-    if args.bash:
-        return code
-    return after_attach(manager, name)
+    with manager.attached(name):
+        code = manager.attach(name, bash=args.bash)
+        if args.bash:
+            return code
+        return after_attach(manager, name)
 
 
 # ---------------------------------------------------------------------- list / info

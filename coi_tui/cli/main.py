@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from coi_tui.errors import CoiError
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         handler = commands.HANDLERS[args.command]
         return int(handler(args, parser) or 0)
     except CoiError as exc:
+        if os.environ.get("COI_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

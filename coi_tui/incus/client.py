@@ -279,7 +279,12 @@ class Incus:
             raise InstanceNotFound(name) from None
 
     def status(self, name: str) -> str:
-        return str(self.instance_state(name).get("status", ""))
+        # The instance record, not /state: /state needs the init PID and fails mid-shutdown.
+        try:
+            data = self.request("GET", f"{API}/instances/{quote(name)}")
+        except NotFound:
+            raise InstanceNotFound(name) from None
+        return str(data.get("status", ""))
 
     def create_instance(
         self,

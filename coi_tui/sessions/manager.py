@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -354,8 +355,16 @@ class SessionManager:
         )
 
     def tmux_exists(self, name: str) -> bool:
-        result = self.exec_as_code(name, ["tmux", "has-session", "-t", tmux_session(name)])
+        try:
+            result = self.exec_as_code(name, ["tmux", "has-session", "-t", tmux_session(name)])
+        except IncusError:  # stopping or gone: no session either way
+            return False
         return bool(getattr(result, "ok", False))
+
+    def attached(self, name: str) -> AbstractContextManager[None]:
+        """Held (shared) while a terminal is attached; the supervisor waits for it before it
+        cleans up, so the attached `coi` reports how the session ended."""
+        return file_lock(f"attached-{name}", shared=True)
 
     def attach(self, name: str, bash: bool = False) -> int:
         uid = self.settings.code_uid

@@ -16,17 +16,20 @@ from coi_tui.sessions.naming import MAX_SLOTS, parse_container_name
 
 
 @contextmanager
-def file_lock(name: str, waiting: Callable[[], None] | None = None) -> Iterator[None]:
-    """An exclusive lock under ~/.coi/locks, held for the `with` block (released on crash too)."""
+def file_lock(
+    name: str, waiting: Callable[[], None] | None = None, shared: bool = False
+) -> Iterator[None]:
+    """A lock under ~/.coi/locks, held for the `with` block (released on crash too)."""
     path = locks_dir() / f"{name}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting:
                 waiting()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, mode)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

@@ -16,6 +16,7 @@ from coi_tui.errors import CoiError
 from coi_tui.incus import Incus, InstanceNotFound
 from coi_tui.paths import locks_dir
 from coi_tui.sessions.manager import SessionManager
+from coi_tui.sessions.slots import file_lock
 
 STOP_ACTIONS = {"instance-stopped", "instance-shutdown", "instance-deleted", "instance-restarted"}
 
@@ -68,6 +69,9 @@ def main(argv: list[str]) -> int:
         wait_for_stop(incus, name)
         # Give a stop that is still in progress a moment to settle into Stopped.
         incus.wait_for_status(name, ("Stopped", "Gone"), timeout=30)
+        # An attached `coi shell`/`coi attach` finalizes and reports itself; wait for it.
+        with file_lock(f"attached-{name}"):
+            pass
         result = manager.finalize_if_stopped(name)
         say(f"{name}: {result}")
     except CoiError as exc:
