@@ -1,0 +1,95 @@
+"""The CLI surface without a daemon: usage errors, help, version speed, completion, config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coi_tui.cli.main import main, normalise_argv
+from coi_tui.config import load_settings
+from coi_tui.errors import CoiError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bare_coi_means_shell_and_resume_needs_equals() -> None:
+    assert normalise_argv([]) == ["shell"]
+    assert normalise_argv(["--slot", "2"]) == ["shell", "--slot", "2"]
+    assert normalise_argv(["run", "--resume", "--", "x"]) == ["run", "--resume=auto", "--", "x"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--slot", "-1", "--", "true"],
+        ["run", "--slot=11", "--", "true"],
+        ["list", "--format", "xml"],
+        ["shell", "--persistent", "--ephemeral"],
+        ["nosuchcommand"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("coi: error:")
+
+
+def test_help_has_coi_sections(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: coi") and "Available Commands:" in out
+    for command in ("shell", "run", "attach", "list", "kill", "tmux", "build", "completion"):
+        assert f"    {command}" in out
+
+
+def test_version_does_not_import_pylxd_or_textual() -> None:
+    code = (
+        "import sys; from coi_tui.cli.main import main; main(['version']);"
+        "print(sorted(m for m in ('pylxd', 'textual', 'requests') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout
+    assert out.splitlines() == ["coi-tui (coi) v0.1.0", "[]"]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts(shell: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["completion", shell]) == 0
+    script = capsys.readouterr().out
+    background = "-l background" if shell == "fish" else "--background"
+    assert "shell" in script and background in script
+    if shell == "bash":
+        subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_config_files_and_env_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home).mkdir()
+    (home / "config.toml").write_text('[container]\nimage = "from-user"\npersistent = true\n')
+    project = tmp_path / "proj"
+    (project / ".coi").mkdir(parents=True)
+    (project / ".coi" / "config.toml").write_text('[container]\nimage = "from-project"\n')
+    monkeypatch.setenv("COI_HOME", str(home))
+    settings = load_settings(project, {"COI_HOME": str(home)})
+    assert (settings.image, settings.persistent) == ("from-project", True)
+    settings = load_settings(
+        project, {"COI_HOME": str(home), "COI_IMAGE": "from-env", "COI_USE_DUMMY": "1"}
+    )
+    assert (settings.image, settings.tool) == ("from-env", "dummy")
+    assert settings.sources["image"] == "$COI_IMAGE"
+
+
+def test_malformed_toml_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COI_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text("[container\nimage=")
+    with pytest.raises(CoiError, match=r"config\.toml: invalid TOML"):
+        load_settings(tmp_path, {"COI_HOME": str(tmp_path)})
+    (tmp_path / "config.toml").write_text("[container]\npersistent = 'maybe'\n")
+    with pytest.raises(CoiError, match=r"\[container\] persistent: expected true or false"):
+        load_settings(tmp_path, {"COI_HOME": str(tmp_path)})
