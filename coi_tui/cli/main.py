@@ -47,9 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        from coi_tui.cli import commands
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            from coi_tui.cli import commands
 
-        handler = commands.HANDLERS[args.command]
+            handler = commands.HANDLERS[args.command]
         return int(handler(args, parser) or 0)
     except CoiError as exc:
         if os.environ.get("COI_DEBUG"):

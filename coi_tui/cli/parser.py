@@ -4,10 +4,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
 from coi_tui import __version__
 
 MAX_SLOT = 10
+
+# Command groups that live in modules of their own. Each module defines
+# `add_parsers(sub, common)`, which adds its sub-parsers and binds each one's handler with
+# `set_defaults(handler=...)`. Keep their top-level imports light (argparse only): the
+# parser is built for every `coi` invocation.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def slot_type(text: str) -> int:
@@ -317,6 +324,9 @@ def build_parser() -> CoiParser:
     p.add_argument("container")
     p.add_argument("alias")
     p.add_argument("--description", default="")
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parsers(sub, common)
 
     p = sub.add_parser("version", help="print the version")
     add_format(p)

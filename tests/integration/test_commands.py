@@ -1,0 +1,159 @@
+"""The rest of the COI surface on the real daemon: persist, clean, container, file, attach."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coi_tui.config import load_settings
+from coi_tui.incus import Incus
+from coi_tui.sessions.manager import SessionManager
+from coi_tui.sessions.naming import container_name
+from tests.conftest import CoiRunner
+from tests.integration.test_sessions import start_background
+
+pytestmark = pytest.mark.incus
+
+
+def test_persist_then_poweroff_keeps_the_container(
+    coi: CoiRunner, workspace: Path, incus: Incus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = start_background(coi, workspace)
+    result = coi.ok("persist", name)
+    assert f"  ✓ Persisted {name}" in result.stdout and "Persisted 1 container(s)" in result.stdout
+    listed = json.loads(coi.ok("list", "--json").stdout)["active_containers"]
+    assert listed[0]["mode"] == "persistent"
+    assert coi("persist").returncode == 2  # no names: usage error
+
+    # Stop it from the host, as poweroff would; the session is finalized as persistent.
+    incus.stop(name, timeout=10)
+    import os
+
+    monkeypatch.setenv("COI_HOME", str(coi.home))
+    manager = SessionManager(incus, load_settings(), say=lambda _: None)
+    outcome = manager.finalize_if_stopped(name)
+    assert outcome == "kept"
+    assert incus.status(name) == "Stopped"
+
+    # A stopped persistent container is what `coi clean --all` removes (and plain clean keeps).
+    assert "nothing to clean" in coi.ok("clean", "--force").stdout
+    dry = coi.ok("clean", "--all", "--dry-run")
+    assert name in dry.stdout and "dry run" in dry.stdout
+    assert incus.instance_exists(name)
+    assert coi("clean", "--all").returncode == 1  # not a terminal and no --force
+    assert "Cleanup complete" in coi.ok("clean", "--all", "--force").stdout
+    assert not incus.instance_exists(name)
+
+
+def test_clean_sessions_removes_saved_sessions(coi: CoiRunner, workspace: Path) -> None:
+    name = start_background(coi, workspace)
+    coi.ok("kill", "--force", name)
+    assert list((coi.home / "sessions-dummy").iterdir())
+    assert "Cleanup complete" in coi.ok("clean", "--sessions", "--force").stdout
+    assert not list((coi.home / "sessions-dummy").iterdir())
+
+
+def test_container_subcommands(coi: CoiRunner, image: str, incus: Incus, tmp_path: Path) -> None:
+    name = f"{coi.prefix}0000cafe-1"
+    assert coi("container", "exists", name).returncode == 1
+    coi.ok("container", "launch", image, name)
+    assert coi("container", "exists", name).returncode == 0
+    assert coi("container", "running", name).returncode == 0
+
+    captured = coi.ok(
+        "container",
+        "exec",
+        name,
+        "--capture",
+        "--cwd",
+        "/",
+        "--env",
+        "X=42",
+        "--",
+        "sh",
+        "-c",
+        "echo $X; echo err >&2; exit 3",
+    )
+    assert json.loads(captured.stdout) == {"stdout": "42\n", "stderr": "err\n", "exit_code": 3}
+    raw = coi(
+        "container",
+        "exec",
+        name,
+        "--capture",
+        "--format",
+        "raw",
+        "--cwd",
+        "/",
+        "--",
+        "sh",
+        "-c",
+        "echo raw; exit 4",
+    )
+    assert (raw.returncode, raw.stdout) == (4, "raw\n")
+    assert coi("container", "exec", name, "--format", "raw", "--", "true").returncode == 2
+    streamed = coi("container", "exec", name, "--user", "1000", "--cwd", "/", "--", "id", "-u")
+    assert (streamed.returncode, streamed.stdout.strip()) == (0, "1000")
+
+    mount_src = tmp_path / "extra"
+    mount_src.mkdir()
+    (mount_src / "hello.txt").write_text("mounted\n")
+    coi.ok("container", "mount", name, "extra", str(mount_src), "/mnt/extra", "--no-shift")
+    cat = coi.ok(
+        "container", "exec", name, "--capture", "--cwd", "/", "--", "cat", "/mnt/extra/hello.txt"
+    )
+    assert json.loads(cat.stdout)["stdout"] == "mounted\n"
+
+    listed = json.loads(coi.ok("container", "list", "--json").stdout)
+    assert name in [c["name"] for c in listed]
+    refused = coi("container", "delete", name)
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    coi.ok("container", "stop", name, "--force")
+    assert coi("container", "running", name).returncode == 1
+    coi.ok("container", "delete", name)
+    assert not incus.instance_exists(name)
+
+
+def test_file_push_and_pull_recursive(coi: CoiRunner, workspace: Path, tmp_path: Path) -> None:
+    name = start_background(coi, workspace)
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("A")
+    (tree / "sub" / "b.txt").write_text("B")
+    assert coi("file", "push", str(tree), f"{name}:/home/code/tree").returncode == 2  # needs -r
+    coi.ok("file", "push", "-r", str(tree), f"{name}:/home/code/tree")
+    owner = coi.ok(
+        "container",
+        "exec",
+        name,
+        "--capture",
+        "--",
+        "stat",
+        "-c",
+        "%u",
+        "/home/code/tree/sub/b.txt",
+    )
+    assert json.loads(owner.stdout)["stdout"].strip() == "1000"
+
+    back = tmp_path / "back"
+    coi.ok("file", "pull", "-r", f"{name}:/home/code/tree", str(back))
+    assert (back / "sub" / "b.txt").read_text() == "B"
+    single = tmp_path / "single.txt"
+    coi.ok("file", "pull", f"{name}:/home/code/tree/a.txt", str(single))
+    assert single.read_text() == "A"
+    bad = coi("file", "pull", "no-colon-here", str(single))
+    assert bad.returncode == 2 and "container:path" in bad.stderr
+
+
+def test_attach_chooses_between_sessions(coi: CoiRunner, workspace: Path) -> None:
+    assert "No active sessions" in coi("attach").stderr
+    first = start_background(coi, workspace)
+    second = start_background(coi, workspace)
+    assert second == container_name(coi.prefix, str(workspace), 2)
+    result = coi("attach")
+    assert result.returncode == 1
+    assert "Active sessions:" in result.stderr and first in result.stderr
+    assert "Use: coi attach <container-name>" in result.stderr
+    missing_slot = coi("attach", "--slot", "5", "-w", str(workspace))
+    assert missing_slot.returncode == 1 and "slot 5" in missing_slot.stderr
