@@ -29,7 +29,6 @@ def test_persist_then_poweroff_keeps_the_container(
 
     # Stop it from the host, as poweroff would; the session is finalized as persistent.
     incus.stop(name, timeout=10)
-    import os
 
     monkeypatch.setenv("COI_HOME", str(coi.home))
     manager = SessionManager(incus, load_settings(), say=lambda _: None)
