@@ -176,9 +176,10 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             )
         command = ["./coi-run"]
     install_signal_handlers()
-    session = manager.launch(req)
+    session = manager.launch(req, interactive=False)
     code = 1
     try:
+        manager.prepare_command(session)
         uid = settings.code_uid
         env = manager.agent_env(session)
         code = incus.exec_stream(
@@ -190,9 +191,9 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         code = 130
     finally:
         if session.persistent:
-            incus.stop(session.container, timeout=settings.shutdown_timeout)
+            manager.stop_and_keep(session.container)
         else:
-            incus.delete_instance(session.container, force=True)
+            manager.remove_container(session.container)
     return code
 
 
@@ -457,7 +458,7 @@ def cmd_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    _, incus, manager = context(args)
+    _, _incus, manager = context(args)
     stopped = [
         i
         for i in manager.coi_instances()
@@ -480,7 +481,7 @@ def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("Aborted")
         return 1
     for inst in stopped:
-        incus.delete_instance(inst.name, force=True)
+        manager.remove_container(inst.name)
     for tool, meta in sessions:
         shutil.rmtree(SessionStore(tool).path(meta.session_id), ignore_errors=True)
     print("Cleanup complete")

@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from coi_tui.errors import CoiError
 from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.incus.provision import subid_allows
 from coi_tui.paths import logs_dir
+from coi_tui.sessions.hooks import LaunchContext, run_hooks
 from coi_tui.sessions.naming import (
     container_name,
     parse_container_name,
@@ -99,6 +100,7 @@ class Session:
     reused: bool = False
     resume_meta: SessionMeta | None = None
     notes: list[str] = field(default_factory=list)
+    context: LaunchContext | None = None
 
     @property
     def tmux(self) -> str:
@@ -184,7 +186,7 @@ class SessionManager:
             if parse_container_name(prefix, i.name)
         ]
 
-    def launch(self, req: LaunchRequest) -> Session:
+    def launch(self, req: LaunchRequest, interactive: bool = True) -> Session:
         """Create (or reuse) and start the container for one session; no agent started yet."""
         self.incus.ping()
         self.incus.require_image(req.image)
@@ -213,6 +215,8 @@ class SessionManager:
                 req.tool,
                 resume_meta=resume_meta,
             )
+            ctx = LaunchContext(self, req, session, interactive=interactive)
+            session.context = ctx
             if existing is not None and existing.status != "Stopped":
                 raise CoiError(
                     f"container '{name}' is already running: attach with 'coi attach {name}'"
@@ -231,12 +235,38 @@ class SessionManager:
             else:
                 if existing is not None:
                     self.say(f"Removing stopped leftover container {name}...")
-                    self.incus.delete_instance(name, force=True)
-                config, devices = self.instance_spec(req, slot, session_id)
-                self.incus.create_instance(name, req.image, config=config, devices=devices)
+                    self.remove_container(name)
+                ctx.config, ctx.devices = self.instance_spec(req, slot, session_id)
+                run_hooks("prepare_instance", ctx)
+                self.incus.create_instance(name, req.image, config=ctx.config, devices=ctx.devices)
             self._write_meta(session, req)
-            self.incus.start(name)
+            try:
+                run_hooks("before_start", ctx)
+                self.incus.start(name)
+            except BaseException:
+                if session.reused:
+                    self.stop_and_keep(name)
+                else:
+                    self.remove_container(name)
+                raise
         return session
+
+    def remove_container(self, name: str) -> None:
+        """Delete a coi container (stopping it first) and tell the hooks it is gone."""
+        with suppress(InstanceNotFound):
+            self.incus.delete_instance(name, force=True)
+        run_hooks("container_ended", self, name, True)
+
+    def stop_and_keep(self, name: str, timeout: int | None = None) -> None:
+        """Stop a persistent container for reuse and tell the hooks."""
+        try:
+            if self.incus.status(name) != "Stopped":
+                self.incus.stop(
+                    name, timeout=self.settings.shutdown_timeout if timeout is None else timeout
+                )
+        except InstanceNotFound:
+            pass
+        run_hooks("container_ended", self, name, False)
 
     def _write_meta(self, session: Session, req: LaunchRequest) -> None:
         store = SessionStore(session.tool)
@@ -290,7 +320,7 @@ class SessionManager:
         )
 
     def agent_env(self, session: Session) -> dict[str, str]:
-        return {
+        env = {
             "HOME": CODE_HOME,
             "USER": self.settings.code_user,
             "LANG": "C.UTF-8",
@@ -300,6 +330,9 @@ class SessionManager:
             "COI_SESSION_ID": session.session_id,
             **session.tool.env,
         }
+        if session.context is not None:
+            run_hooks("agent_env", session.context, env)
+        return env
 
     def agent_command(self, session: Session, debug: bool) -> list[str]:
         if debug:
@@ -320,6 +353,8 @@ class SessionManager:
         """tmux session coi-<container> running `<tool argv>; exec bash` as the code user."""
         if self.tmux_exists(session.container):
             return
+        if session.context is not None:
+            run_hooks("before_agent", session.context)
         argv = self.agent_command(session, debug)
         inner = f"trap : INT; {shlex.join(argv)}; exec bash"
         env = self.agent_env(session)
@@ -342,6 +377,14 @@ class SessionManager:
         result = self.exec_as_code(session.container, cmd)
         if not result.ok:
             raise CoiError(f"could not start the agent in tmux: {result.stderr.strip()}")
+        if session.context is not None:
+            run_hooks("after_start", session.context)
+
+    def prepare_command(self, session: Session) -> None:
+        """`coi run`: the same hooks as an agent start, before the command runs."""
+        if session.context is not None:
+            run_hooks("before_agent", session.context)
+            run_hooks("after_start", session.context)
 
     def exec_as_code(self, name: str, argv: list[str]) -> object:
         uid = self.settings.code_uid
@@ -440,13 +483,14 @@ class SessionManager:
                 return "running"
             self.save_session(instance)
             if instance.config.get("user.coi.persistent") == "true":
+                run_hooks("container_ended", self, name, False)
                 self.say(
                     f"Container {name} stopped and kept for reuse (persistent): "
                     "'coi shell --persistent' restarts it"
                 )
                 return "kept"
             self.say("Container was stopped, removing...")
-            self.incus.delete_instance(name, force=True)
+            self.remove_container(name)
             self.say("Container removed (session data saved for --resume)")
             return "removed"
 
@@ -459,7 +503,7 @@ class SessionManager:
             if instance.status in ("Running", "Frozen"):
                 self.incus.stop(name, timeout=timeout, force=force)
             self.save_session(instance)
-            self.incus.delete_instance(name, force=True)
+            self.remove_container(name)
 
     def kill(self, name: str) -> bool:
         """Force stop, save what can be saved, delete. False when it was already gone."""
@@ -474,7 +518,7 @@ class SessionManager:
                 self.save_session(instance)
             except IncusError as exc:
                 self.say(f"warning: could not save session data: {exc}")
-            self.incus.delete_instance(name, force=True)
+            self.remove_container(name)
             return True
 
     def save_running(self, name: str) -> None:
