@@ -1,27 +1,44 @@
-"""Remove what tests made: containers with a test prefix, their supervisors, and test users.
+"""Remove what tests made: containers with a test prefix and their supervisors.
 Also runnable by hand after an interrupted run: `python -m tests.cleanup`."""
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 from coi_tui.incus import Incus, IncusError
 
+# Leftovers of interrupted runs are removed once they are this old; younger containers with a
+# test prefix may belong to another test run going on right now.
+STALE_AFTER = timedelta(minutes=45)
 
-def cleanup_test_leftovers(incus: Incus, prefix: str, home: Path | None = None) -> list[str]:
+
+def _created(stamp: str) -> datetime:
+    try:
+        return datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00")
+    except ValueError:
+        return datetime.now(UTC)
+
+
+def cleanup_test_leftovers(
+    incus: Incus, prefix: str, older_than: timedelta | None = None
+) -> list[str]:
     removed: list[str] = []
     try:
         instances = incus.list_instances(prefix)
     except IncusError:
         return removed
+    now = datetime.now(UTC)
     for instance in instances:
+        if older_than is not None and now - _created(instance.created_at) < older_than:
+            continue
         with contextlib.suppress(IncusError):
             incus.delete_instance(instance.name, force=True)
             removed.append(instance.name)
-    # Supervisors of the removed containers exit on their own; stop any that linger.
-    subprocess.run(["pkill", "-f", f"coi_tui.sessions.supervisor {prefix}"], check=False)
+    if older_than is None:
+        # Supervisors of the removed containers exit on their own; stop any that linger.
+        subprocess.run(["pkill", "-f", f"coi_tui.sessions.supervisor {prefix}"], check=False)
     return removed
 
 

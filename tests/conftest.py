@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cleanup import cleanup_test_leftovers
+from tests.cleanup import STALE_AFTER, cleanup_test_leftovers
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_PREFIX_ROOT = "coitest"
@@ -69,7 +69,7 @@ def incus() -> Iterator[object]:
         client.ping()
     except IncusError as exc:
         pytest.fail(f"the Incus daemon is needed ('make test' starts it): {exc}")
-    cleanup_test_leftovers(client, TEST_PREFIX_ROOT)
+    cleanup_test_leftovers(client, TEST_PREFIX_ROOT, older_than=STALE_AFTER)
     yield client
 
 
@@ -99,7 +99,7 @@ def coi_session_env(
     env.pop("COI_CONFIG", None)
     env.pop("COI_USE_DUMMY", None)
     yield env
-    cleanup_test_leftovers(incus, run_prefix, home=home)  # type: ignore[arg-type]
+    cleanup_test_leftovers(incus, run_prefix)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def coi(
     home.mkdir()
     env = {**coi_session_env, "COI_HOME": str(home)}
     yield CoiRunner(env=env, prefix=run_prefix, home=home)
-    cleanup_test_leftovers(incus, run_prefix, home=home)  # type: ignore[arg-type]
+    cleanup_test_leftovers(incus, run_prefix)  # type: ignore[arg-type]
 
 
 @pytest.fixture

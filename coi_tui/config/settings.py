@@ -35,6 +35,33 @@ class Settings:
     socket: str = ""
     shutdown_timeout: int = 60
     ready_timeout: int = 30
+    # [network]
+    network_mode: str = "restricted"
+    allowed_domains: list[str] = field(
+        default_factory=lambda: [
+            "registry.npmjs.org",
+            "npm.pkg.github.com",
+            "api.anthropic.com",
+            "platform.claude.com",
+        ]
+    )
+    allow_local_network_access: bool = False
+    block_private_networks: bool = True
+    block_metadata_endpoint: bool = True
+    refresh_interval_minutes: int = 30
+    # [security]
+    protected_paths: list[str] = field(
+        default_factory=lambda: [
+            ".git/hooks",
+            ".git/config",
+            ".husky",
+            ".vscode",
+        ]
+    )
+    additional_protected_paths: list[str] = field(default_factory=list)
+    disable_protection: bool = False
+    # [monitoring]
+    monitoring_enabled: bool = False
     sources: dict[str, str] = field(default_factory=dict)
 
     def set(self, key: str, value: Any, source: str) -> None:
@@ -57,6 +84,16 @@ TOML_KEYS: dict[tuple[str, str], str] = {
     ("incus", "code_uid"): "code_uid",
     ("incus", "code_user"): "code_user",
     ("network", "bridge"): "bridge",
+    ("network", "mode"): "network_mode",
+    ("network", "allowed_domains"): "allowed_domains",
+    ("network", "allow_local_network_access"): "allow_local_network_access",
+    ("network", "block_private_networks"): "block_private_networks",
+    ("network", "block_metadata_endpoint"): "block_metadata_endpoint",
+    ("network", "refresh_interval_minutes"): "refresh_interval_minutes",
+    ("security", "protected_paths"): "protected_paths",
+    ("security", "additional_protected_paths"): "additional_protected_paths",
+    ("security", "disable_protection"): "disable_protection",
+    ("monitoring", "enabled"): "monitoring_enabled",
 }
 
 ENV_KEYS: dict[str, str] = {
@@ -67,6 +104,7 @@ ENV_KEYS: dict[str, str] = {
     "COI_BRIDGE": "bridge",
     "COI_STORAGE_POOL": "storage_pool",
     "COI_PROJECT": "project",
+    "COI_NETWORK_MODE": "network_mode",
     "INCUS_SOCKET": "socket",
     "CLAUDE_ON_INCUS_IMAGE": "image",
     "CLAUDE_ON_INCUS_PERSISTENT": "persistent",
@@ -85,6 +123,10 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if text in ("0", "false", "no", "off", ""):
             return False
         raise CoiError(f"{where}: expected true or false, got {value!r}")
+    if kind == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise CoiError(f"{where}: expected a list of strings, got {value!r}")
+        return list(value)
     if kind == "int":
         try:
             return int(value)

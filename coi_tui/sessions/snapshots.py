@@ -1,0 +1,178 @@
+"""Snapshots of a session's container: create, list, restore, delete, and branch (start a new
+slot of the same workspace from a snapshot, to try an experiment in parallel).
+
+A snapshot holds the whole container, /home/code and the agent's state included. The workspace
+is a host mount and is not part of it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from coi_tui.errors import CoiError
+from coi_tui.incus import Incus, NotFound
+from coi_tui.sessions.hooks import run_hooks
+from coi_tui.sessions.manager import LaunchRequest, Session, SessionManager
+from coi_tui.sessions.naming import container_name, parse_container_name, workspace_hash
+from coi_tui.sessions.slots import choose_slot, occupied_slots, slot_lock
+from coi_tui.tools import get_tool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    container: str
+    name: str
+    created_at: str
+    stateful: bool
+    size: int = 0
+
+    @classmethod
+    def from_api(cls, container: str, data: dict[str, Any]) -> Snapshot:
+        return cls(
+            container=container,
+            name=str(data.get("name", "")).split("/")[-1],
+            created_at=str(data.get("created_at", "")),
+            stateful=bool(data.get("stateful", False)),
+            size=int(data.get("size") or 0),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "container": self.container,
+            "name": self.name,
+            "created_at": self.created_at,
+            "stateful": self.stateful,
+            "size": self.size,
+        }
+
+
+def auto_name() -> str:
+    return "snap-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def list_snapshots(incus: Incus, container: str) -> list[Snapshot]:
+    incus.get_instance(container)  # clear error when the container is missing
+    items = [Snapshot.from_api(container, s) for s in incus.list_snapshots(container)]
+    return sorted(items, key=lambda s: s.created_at)
+
+
+def get_snapshot(incus: Incus, container: str, name: str) -> Snapshot:
+    for snap in list_snapshots(incus, container):
+        if snap.name == name:
+            return snap
+    raise CoiError(f"snapshot '{name}' not found in {container} (see 'coi snapshot list')")
+
+
+def create(
+    incus: Incus, container: str, name: str | None = None, stateful: bool = False
+) -> Snapshot:
+    name = name or auto_name()
+    existing = {s.name for s in list_snapshots(incus, container)}
+    if name in existing:
+        raise CoiError(f"snapshot '{name}' already exists in {container}")
+    incus.create_snapshot(container, name, stateful=stateful)
+    return get_snapshot(incus, container, name)
+
+
+def delete(incus: Incus, container: str, name: str) -> None:
+    get_snapshot(incus, container, name)
+    incus.delete_snapshot(container, name)
+
+
+def session_of_container(manager: SessionManager, name: str) -> Session:
+    """Rebuild the Session of an existing coi container from its config."""
+    instance = manager.incus.get_instance(name)
+    parsed = parse_container_name(manager.settings.container_prefix, name)
+    config = instance.config
+    return Session(
+        container=name,
+        session_id=config.get("user.coi.session_id") or str(uuid.uuid4()),
+        slot=parsed[1] if parsed else int(config.get("user.coi.slot", "0") or 0),
+        workspace=config.get("user.coi.workspace", ""),
+        persistent=config.get("user.coi.persistent") == "true",
+        tool=get_tool(config.get("user.coi.tool") or manager.settings.tool),
+    )
+
+
+def restore(manager: SessionManager, container: str, name: str) -> None:
+    """Roll the container back to the snapshot; a running one is stopped, restored, restarted
+    and its agent started again."""
+    incus = manager.incus
+    get_snapshot(incus, container, name)
+    was_running = incus.status(container) in ("Running", "Frozen")
+    if incus.status(container) == "Frozen":
+        incus.unfreeze(container)
+    if was_running:
+        incus.stop(container, timeout=manager.settings.shutdown_timeout)
+    incus.restore_snapshot(container, name)
+    if was_running:
+        incus.start(container)
+        session = session_of_container(manager, container)
+        manager.wait_ready(container)
+        manager.start_agent(session)
+
+
+def branch(manager: SessionManager, container: str, snapshot: str, slot: int = 0) -> Session:
+    """A new slot of the same workspace, started from `snapshot`; the original keeps running."""
+    incus = manager.incus
+    get_snapshot(incus, container, snapshot)
+    source = session_of_container(manager, container)
+    if not source.workspace:
+        raise CoiError(f"{container} is not a coi session container (no workspace recorded)")
+    prefix = manager.settings.container_prefix
+    ws_hash = workspace_hash(source.workspace)
+    with slot_lock(ws_hash):
+        occupied = occupied_slots(manager.coi_instances(), prefix, ws_hash)
+        new_slot, note = choose_slot(occupied, slot, persistent=False)
+        if note:
+            manager.say(note)
+        new_name = container_name(prefix, source.workspace, new_slot)
+        if new_slot in occupied:
+            manager.remove_container(new_name)
+        session = Session(
+            new_name, str(uuid.uuid4()), new_slot, source.workspace, source.persistent, source.tool
+        )
+        body = {
+            "name": new_name,
+            "type": "container",
+            "source": {"type": "copy", "source": f"{container}/{snapshot}", "instance_only": True},
+        }
+        incus.request("POST", "/1.0/instances", body=body)
+        incus.update_instance(
+            new_name,
+            config={
+                "user.coi.slot": str(new_slot),
+                "user.coi.session_id": session.session_id,
+                "user.coi.branched_from": f"{container}/{snapshot}",
+            },
+        )
+        req = LaunchRequest(
+            workspace=source.workspace,
+            tool=source.tool,
+            slot=new_slot,
+            persistent=source.persistent,
+        )
+        from coi_tui.sessions.hooks import LaunchContext
+
+        session.context = LaunchContext(manager, req, session)
+        try:
+            run_hooks("before_start", session.context)
+            incus.start(new_name)
+        except BaseException:
+            manager.remove_container(new_name)
+            raise
+    manager.wait_ready(new_name)
+    manager.start_agent(session)
+    return session
+
+
+def snapshot_exists(incus: Incus, container: str, name: str) -> bool:
+    try:
+        incus.request("GET", f"/1.0/instances/{quote(container)}/snapshots/{quote(name)}")
+    except NotFound:
+        return False
+    return True
