@@ -14,7 +14,10 @@ MAX_SLOT = 10
 # `add_parsers(sub, common)`, which adds its sub-parsers and binds each one's handler with
 # `set_defaults(handler=...)`. Keep their top-level imports light (argparse only): the
 # parser is built for every `coi` invocation.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "coi_tui.cli.snapshot_cmds",
+    "coi_tui.cli.health_cmds",
+)
 
 
 def slot_type(text: str) -> int:

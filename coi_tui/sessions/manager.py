@@ -59,6 +59,25 @@ def sanitize_term(term: str | None) -> str:
     return "xterm-256color"
 
 
+def warn_old_kernel(say: Say, release: str | None = None) -> bool:
+    """Kernels before 5.15 lack pieces of the isolation we rely on: say so, do not refuse."""
+    import platform
+
+    release = release or platform.release()
+    parts = release.split("-")[0].split(".")
+    try:
+        version = (int(parts[0]), int(parts[1]))
+    except (IndexError, ValueError):
+        return False
+    if version < (5, 15):
+        say(
+            f"warning: kernel {release} is older than 5.15; idmapped mounts and some isolation "
+            "features may be missing (see 'coi health')"
+        )
+        return True
+    return False
+
+
 def pwd_name(uid: int) -> str:
     import pwd
 
@@ -191,6 +210,7 @@ class SessionManager:
         self.incus.ping()
         self.incus.require_image(req.image)
         self.guard_privileged()
+        warn_old_kernel(self.say)
         store = SessionStore(req.tool)
         resume_meta = None
         if req.resume:

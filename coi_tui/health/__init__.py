@@ -1,0 +1,1 @@
+"""Health and posture checks (`coi health`)."""
