@@ -40,6 +40,13 @@ done
 
 # The fake agent the tests use (claude-compatible for our purposes).
 install -m 0755 "$RECIPE_DIR/dummy" "$ROOT/usr/local/bin/dummy"
+# Fakes with the argv contract of claude, opencode and aider, unless the real CLI is installed
+# (a real install puts its own binary first on PATH or over these).
+for agent in claude opencode aider; do
+    if ! chroot "$ROOT" sh -c "command -v $agent" >/dev/null 2>&1; then
+        install -m 0755 "$RECIPE_DIR/fake-agent" "$ROOT/usr/local/bin/$agent"
+    fi
+done
 
 mkdir -p "$ROOT/workspace"
 chroot "$ROOT" chown code:code /workspace
