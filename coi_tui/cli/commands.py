@@ -458,7 +458,21 @@ def cmd_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    _, _incus, manager = context(args)
+    _, incus, manager = context(args)
+    if args.orphans:
+        from coi_tui.network.hook import clean_orphans
+
+        # Rules left by a crashed coi: no confirmation, they belong to no container.
+        orphans = clean_orphans(incus, dry_run=args.dry_run)
+        for iface in orphans:
+            print(f"  network rules for {iface} (container gone)")
+        if not orphans:
+            print("no orphaned network rules")
+        elif args.dry_run:
+            print("(dry run: nothing removed)")
+        else:
+            print(f"Removed network rules for {len(orphans)} interface(s)")
+        return 0
     stopped = [
         i
         for i in manager.coi_instances()
@@ -679,6 +693,10 @@ def cmd_setup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     provisioner = Provisioner(incus, lambda step: print(step.line(), flush=True))
     provisioner.run(args.pool, args.bridge or settings.bridge, args.nat, args.subnet)
     delegate_users(args.user)
+    from coi_tui.network.firewall import install_helper
+
+    for line in install_helper():
+        print(line, flush=True)
     changed = sum(1 for s in provisioner.steps if s.changed)
     print(f"Done: {changed} change(s), {len(provisioner.steps) - changed} left as they were.")
     network = incus.get_network(args.bridge or settings.bridge) or {}

@@ -209,6 +209,11 @@ def build_parser() -> CoiParser:
     p.add_argument("--sessions", action="store_true", help="delete saved sessions too")
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p.add_argument(
+        "--orphans",
+        action="store_true",
+        help="only remove network rules whose container is gone",
+    )
 
     container = sub.add_parser("container", help="low-level container operations")
     csub = container.add_subparsers(

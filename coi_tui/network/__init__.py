@@ -1,0 +1,1 @@
+"""Network isolation: nftables rules per container (restricted, allowlist, open)."""

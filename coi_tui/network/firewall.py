@@ -1,0 +1,145 @@
+"""coi's side of the privileged path: run coi-netctl's commands as root in-process, or as a
+normal user through `sudo -n /usr/local/libexec/coi-netctl`, and install that helper."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coi_tui.errors import CoiError
+from coi_tui.network import netctl
+
+HELPER_PATH = Path("/usr/local/libexec/coi-netctl")
+SUDOERS_PATH = Path("/etc/sudoers.d/coi-netctl")
+ADMIN_GROUP = "incus-admin"
+SETUP_HINT = "run 'sudo coi setup' to install the coi-netctl helper"
+
+
+def iface_for(container: str) -> str:
+    """The container's host-side veth name: deterministic, unique, 14 chars (limit 15)."""
+    return netctl.IFACE_PREFIX + hashlib.sha256(container.encode()).hexdigest()[:10]
+
+
+@dataclass
+class Policy:
+    mode: str
+    gateway: str
+    allow_local: bool = False
+    block_private: bool = True
+    block_metadata: bool = True
+    allowed: list[str] = field(default_factory=list)
+
+    def argv(self, iface: str) -> list[str]:
+        argv = ["apply", iface, self.mode, self.gateway]
+        if self.allow_local:
+            argv.append("--allow-local")
+        if not self.block_private:
+            argv.append("--no-block-private")
+        if not self.block_metadata:
+            argv.append("--no-block-metadata")
+        if self.mode == "allowlist":
+            for cidr in self.allowed:
+                argv += ["--allow", cidr]
+        return argv
+
+
+class Firewall:
+    """Every call raises CoiError with one line when nftables cannot be used."""
+
+    def __init__(self, helper: Path = HELPER_PATH) -> None:
+        self.helper = helper
+
+    def call(self, argv: list[str]) -> str:
+        if os.geteuid() == 0:
+            try:
+                return netctl.run(argv)
+            except netctl.NetctlError as exc:
+                raise CoiError(f"network isolation: {exc}") from None
+        if not self.helper.is_file():
+            raise CoiError(f"network isolation needs root for nftables: {SETUP_HINT}")
+        sudo = shutil.which("sudo")
+        if sudo is None:
+            raise CoiError("network isolation needs sudo to run coi-netctl: install sudo")
+        proc = subprocess.run(
+            [sudo, "-n", str(self.helper), *argv], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            line = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+            if "password" in line or "not allowed" in line:
+                line = f"sudo refused coi-netctl ({line}): {SETUP_HINT}"
+            raise CoiError(f"network isolation: {line}")
+        return proc.stdout
+
+    def check(self) -> None:
+        self.call(["check"])
+
+    def apply(self, container: str, policy: Policy) -> None:
+        self.call(policy.argv(iface_for(container)))
+
+    def remove_iface(self, iface: str) -> None:
+        self.call(["remove", iface])
+
+    def remove(self, container: str) -> None:
+        self.remove_iface(iface_for(container))
+
+    def interfaces(self) -> list[str]:
+        return [line for line in self.call(["list"]).splitlines() if line]
+
+
+def helper_text() -> str:
+    """netctl.py as a script run in isolated mode (no PYTHONPATH, no user site)."""
+    source = Path(netctl.__file__).read_text()
+    return "#!/usr/bin/python3 -I\n" + source
+
+
+def _write_root_file(path: Path, text: str, mode: int) -> bool:
+    """Atomic write owned by root; False when the content was already there."""
+    if path.is_file() and path.read_text() == text and (path.stat().st_mode & 0o7777) == mode:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chown(tmp, 0, 0)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return True
+
+
+def install_helper(group: str = ADMIN_GROUP) -> list[str]:
+    """`coi setup`: install coi-netctl and the sudoers rule for exactly it. Report lines."""
+    if os.geteuid() != 0:
+        return [f"  [   skip] network helper: needs root ({SETUP_HINT})"]
+    lines = []
+    changed = _write_root_file(HELPER_PATH, helper_text(), 0o755)
+    lines.append(f"  [{'created' if changed else 'ok':>7}] network helper: {HELPER_PATH}")
+    visudo = shutil.which("visudo") or (
+        "/usr/sbin/visudo" if Path("/usr/sbin/visudo").exists() else None
+    )
+    if visudo is None or not SUDOERS_PATH.parent.is_dir():
+        lines.append("  [   skip] sudo rule: sudo is missing (only root can isolate networks)")
+        return lines
+    rule = (
+        "# coi: let Incus admins install and remove coi's own nftables rules, nothing else.\n"
+        f"%{group} ALL=(root) NOPASSWD: {HELPER_PATH}\n"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".sudoers", delete=False) as handle:
+        handle.write(rule)
+    try:
+        check = subprocess.run([visudo, "-cf", handle.name], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise CoiError(f"visudo rejected the coi-netctl rule: {check.stdout.strip()}")
+    finally:
+        os.unlink(handle.name)
+    changed = _write_root_file(SUDOERS_PATH, rule, 0o440)
+    lines.append(f"  [{'created' if changed else 'ok':>7}] sudo rule: {SUDOERS_PATH} (%{group})")
+    return lines

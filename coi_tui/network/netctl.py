@@ -1,0 +1,318 @@
+"""coi-netctl: the one privileged path of coi's network isolation.
+
+`coi setup` installs this file, unchanged, as the root-owned /usr/local/libexec/coi-netctl and a
+sudoers rule that lets the incus-admin group run exactly that file. It is self-contained (stdlib
+only, run with `python3 -I`, so no user-controlled module or environment variable reaches it) and
+it builds every rule itself from strictly validated arguments: callers never pass nft syntax, and
+it only ever touches coi's own table `bridge coi`.
+
+    coi-netctl apply IFACE MODE GATEWAY [--allow-local] [--no-block-private]
+                     [--no-block-metadata] [--allow CIDR]...
+    coi-netctl remove IFACE
+    coi-netctl list        # one host-side interface per line
+    coi-netctl check       # exit 0 when nftables can hold coi's table
+
+Layout: base chain `guard` (hook bridge prerouting) sends frames from each container's host-side
+veth (`iifname`) to its own chain `c-IFACE` through the verdict map `ports`; frames from any
+`coiv*` port without rules are dropped, so a container is blocked until its rules exist. The
+bridge family is used because only there `iifname` is the container's port (in the ip family it
+is the bridge), which is what makes rules immune to address reuse and spoofing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+
+TABLE = "bridge coi"
+IFACE_PREFIX = "coiv"
+IFACE_RE = re.compile(r"^coiv[0-9a-f]{10}$")
+MODES = ("restricted", "allowlist", "open")
+MAX_ALLOW = 4096
+LOCK_PATH = "/run/coi-netctl.lock"
+# Private and other local ranges (RFC1918, CGNAT, benchmark).
+PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "198.18.0.0/15")
+METADATA = "169.254.0.0/16"
+# Never routable from a container: this host, "this network", multicast, reserved.
+SPECIAL = ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")
+
+
+class NetctlError(Exception):
+    pass
+
+
+def nft_binary() -> str:
+    for path in ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"):
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which("nft")
+    if not found:
+        raise NetctlError("nft (nftables) is not installed")
+    return found
+
+
+def nft(script: str | None = None, *args: str) -> str:
+    argv = [nft_binary(), *args] if script is None else [nft_binary(), "-f", "-"]
+    proc = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        first = (proc.stderr.strip().splitlines() or ["failed"])[0]
+        raise NetctlError(f"nft: {first}")
+    return proc.stdout
+
+
+def check_iface(iface: str) -> str:
+    if not IFACE_RE.match(iface):
+        raise NetctlError(f"bad interface name {iface!r} (want coiv + 10 hex digits)")
+    return iface
+
+
+def check_ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise NetctlError(f"bad IPv4 address {text!r}") from None
+
+
+def check_cidr(text: str) -> str:
+    try:
+        net = ipaddress.IPv4Network(text, strict=False)
+    except ValueError:
+        raise NetctlError(f"bad IPv4 address or network {text!r}") from None
+    return str(net.network_address) if net.prefixlen == 32 else str(net)
+
+
+def host_addresses() -> list[str]:
+    """This host's own IPv4 addresses: routed-to-self traffic is 'local network' too."""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True, check=False
+        ).stdout
+        data = json.loads(out or "[]")
+    except (OSError, ValueError):
+        return []
+    found = set()
+    for link in data:
+        for addr in link.get("addr_info", []):
+            if addr.get("family") == "inet" and addr.get("local"):
+                found.add(addr["local"])
+    return sorted(found)
+
+
+def elements(items: Iterable[str]) -> str:
+    return "{ " + ", ".join(items) + " }"
+
+
+def container_rules(
+    mode: str,
+    gateway: str,
+    *,
+    allow_local: bool = False,
+    block_private: bool = True,
+    block_metadata: bool = True,
+    host_addrs: Sequence[str] = (),
+    set_name: str = "",
+) -> list[str]:
+    """The body of one container's chain, first match wins."""
+    if mode == "open":
+        return ["accept"]
+    rules = [
+        "ether type arp accept",  # ARP spoofing is stopped by Incus' mac/ipv4 filtering
+        "ether type != ip drop",  # IPv6 and every other protocol
+        # DHCP (discover is a broadcast from 0.0.0.0) keeps the lease alive.
+        f"ip daddr {{ {gateway}, 255.255.255.255 }} udp sport 68 udp dport 67 accept",
+    ]
+    if mode == "restricted":
+        rules += [
+            f"ip daddr {gateway} udp dport 53 accept",
+            f"ip daddr {gateway} tcp dport 53 accept",
+        ]
+    # Replies to connections the host opens to the container (no conntrack in the bridge
+    # family): anything TCP but a connection attempt.
+    rules.append(f"ip daddr {gateway} tcp flags & (syn | ack) != syn accept")
+    local = list(PRIVATE)
+    if allow_local:
+        rules.append(f"ip daddr {elements(local)} accept")
+    else:
+        rules.append(f"ip daddr {gateway} drop")
+        others = [a for a in host_addrs if a != gateway]
+        if others:
+            rules.append(f"ip daddr {elements(others)} drop")
+    if mode == "allowlist":
+        rules += [
+            f"ip daddr @{set_name} meta l4proto {{ tcp, udp }} accept",
+            f"ip daddr @{set_name} icmp type echo-request limit rate 10/second accept",
+        ]
+        if not allow_local:
+            rules.append(f"ip daddr {elements([*local, METADATA])} drop")
+        rules.append("drop")
+        return rules
+    if block_private and not allow_local:
+        rules.append(f"ip daddr {elements(local)} drop")
+    if block_metadata:
+        rules.append(f"ip daddr {METADATA} drop")
+    rules += [f"ip daddr {elements(SPECIAL)} drop", "accept"]
+    return rules
+
+
+def base_script() -> list[str]:
+    return [
+        f"add table {TABLE}",
+        f"add map {TABLE} ports {{ type ifname : verdict ; }}",
+        f"add chain {TABLE} guard "
+        "{ type filter hook prerouting priority -150 ; policy accept ; }",
+        f"flush chain {TABLE} guard",
+        f"add rule {TABLE} guard iifname vmap @ports",
+        f'add rule {TABLE} guard iifname "{IFACE_PREFIX}*" drop',
+    ]
+
+
+def apply_script(iface: str, rules: list[str], allowed: Sequence[str]) -> str:
+    chain, aset = f"c-{iface}", f"a-{iface}"
+    lines = [
+        *base_script(),
+        f"add chain {TABLE} {chain}",
+        f"flush chain {TABLE} {chain}",
+        f"add set {TABLE} {aset} {{ type ipv4_addr ; flags interval ; auto-merge ; }}",
+        f"flush set {TABLE} {aset}",
+    ]
+    if allowed:
+        lines.append(f"add element {TABLE} {aset} {elements(allowed)}")
+    lines += [f"add rule {TABLE} {chain} {rule}" for rule in rules]
+    lines.append(f'add element {TABLE} ports {{ "{iface}" : jump {chain} }}')
+    return "\n".join(lines) + "\n"
+
+
+def table_state() -> dict[str, set[str]]:
+    """{'chains': ..., 'sets': ..., 'ports': ...} of coi's table; empty when it is absent."""
+    state: dict[str, set[str]] = {"chains": set(), "sets": set(), "ports": set()}
+    try:
+        data = json.loads(nft(None, "-j", "list", "table", *TABLE.split()))
+    except NetctlError:
+        return state
+    for item in data.get("nftables", []):
+        if "chain" in item:
+            state["chains"].add(item["chain"]["name"])
+        elif "set" in item:
+            state["sets"].add(item["set"]["name"])
+        elif "map" in item and item["map"]["name"] == "ports":
+            for elem in item["map"].get("elem", []):
+                key = elem[0] if isinstance(elem, list) else elem
+                if isinstance(key, str):
+                    state["ports"].add(key)
+    return state
+
+
+def remove_script(iface: str, state: dict[str, set[str]]) -> str:
+    chain, aset = f"c-{iface}", f"a-{iface}"
+    lines = []
+    if iface in state["ports"]:
+        lines.append(f'delete element {TABLE} ports {{ "{iface}" }}')
+    if chain in state["chains"]:
+        lines.append(f"delete chain {TABLE} {chain}")
+    if aset in state["sets"]:
+        lines.append(f"delete set {TABLE} {aset}")
+    left = {c for c in state["chains"] if c.startswith("c-")} - {chain}
+    if not left and state["chains"]:
+        lines = [f"delete table {TABLE}"]  # the last container: leave nothing behind
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def interfaces(state: dict[str, set[str]]) -> list[str]:
+    found = {c[2:] for c in state["chains"] if c.startswith("c-")} | state["ports"]
+    found |= {s[2:] for s in state["sets"] if s.startswith("a-")}
+    return sorted(i for i in found if IFACE_RE.match(i))
+
+
+def parse_apply(argv: list[str]) -> tuple[str, str, str, dict[str, bool], list[str]]:
+    if len(argv) < 3:
+        raise NetctlError("usage: coi-netctl apply IFACE MODE GATEWAY [options]")
+    iface, mode, gateway = check_iface(argv[0]), argv[1], check_ipv4(argv[2])
+    if mode not in MODES:
+        raise NetctlError(f"bad mode {mode!r} (want {', '.join(MODES)})")
+    flags = {"allow_local": False, "block_private": True, "block_metadata": True}
+    allowed: list[str] = []
+    rest = argv[3:]
+    while rest:
+        word = rest.pop(0)
+        if word == "--allow-local":
+            flags["allow_local"] = True
+        elif word == "--no-block-private":
+            flags["block_private"] = False
+        elif word == "--no-block-metadata":
+            flags["block_metadata"] = False
+        elif word == "--allow" and rest:
+            allowed.append(check_cidr(rest.pop(0)))
+        else:
+            raise NetctlError(f"unknown option {word!r}")
+    if len(allowed) > MAX_ALLOW:
+        raise NetctlError(f"too many --allow entries (at most {MAX_ALLOW})")
+    return iface, mode, gateway, flags, sorted(set(allowed))
+
+
+def locked() -> int:
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def run(argv: list[str]) -> str:
+    """Do one command; returns what to print. Raises NetctlError."""
+    if not argv:
+        raise NetctlError("usage: coi-netctl apply|remove|list|check ...")
+    if os.geteuid() != 0:
+        raise NetctlError("must run as root (via sudo)")
+    command, args = argv[0], argv[1:]
+    fd = locked()
+    try:
+        if command == "apply":
+            iface, mode, gateway, flags, allowed = parse_apply(args)
+            rules = container_rules(
+                mode, gateway, host_addrs=host_addresses(), set_name=f"a-{iface}", **flags
+            )
+            nft(apply_script(iface, rules, allowed if mode == "allowlist" else []))
+            return ""
+        if command == "remove":
+            if len(args) != 1:
+                raise NetctlError("usage: coi-netctl remove IFACE")
+            script = remove_script(check_iface(args[0]), table_state())
+            if script:
+                nft(script)
+            return ""
+        if command == "list" and not args:
+            return "".join(f"{i}\n" for i in interfaces(table_state()))
+        if command == "check" and not args:
+            # A dry run of the real base table proves the kernel accepts what we need.
+            proc = subprocess.run(
+                [nft_binary(), "-c", "-f", "-"],
+                input="\n".join(base_script()[:3]) + "\n",
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                first = (proc.stderr.strip().splitlines() or ["failed"])[0]
+                raise NetctlError(f"nftables unusable: {first}")
+            return ""
+        raise NetctlError(f"unknown command {command!r}")
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        sys.stdout.write(run(list(sys.argv[1:] if argv is None else argv)))
+    except NetctlError as exc:
+        print(f"coi-netctl: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
