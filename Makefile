@@ -40,6 +40,10 @@ run: setup
 test: setup
 	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Prints the benchmark table and writes bench/results/latest.json (bench/README.md explains it).
+bench: setup
+	@$(BIN)/python -m bench.run $(BENCH)
+
 lint: venv
 	@$(BIN)/ruff check coi_tui tests
 	@$(BIN)/ruff format --check coi_tui tests
