@@ -17,7 +17,7 @@ from typing import Any
 from coi_tui import __version__
 from coi_tui.cli.parser import wants_json
 from coi_tui.config import Settings, load_settings
-from coi_tui.errors import CoiError, UsageError
+from coi_tui.errors import CoiError, Terminated, UsageError
 from coi_tui.incus import Incus, Instance, InstanceNotFound
 from coi_tui.sessions.manager import (
     LaunchRequest,
@@ -38,7 +38,10 @@ def err(message: str) -> None:
 
 
 def context(args: argparse.Namespace | None = None) -> tuple[Settings, Incus, SessionManager]:
-    settings = load_settings()
+    from coi_tui.cli.config_cmds import settings_for
+
+    # shell/run: the profile (--profile or [defaults] profile) and the flags join the config.
+    settings = settings_for(args)
     incus = Incus(settings.socket or None, settings.project)
     return settings, incus, SessionManager(incus, settings)
 
@@ -55,14 +58,6 @@ def confirm(question: str, force: bool) -> bool:
     return answer in ("y", "yes")
 
 
-class Terminated(Exception):
-    """SIGTERM/SIGHUP turned into an exception so cleanup code runs."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 def raise_terminated(signum: int, _frame: FrameType | None) -> None:
     raise Terminated(signum)
 
@@ -74,17 +69,17 @@ def install_signal_handlers() -> None:
 
 def launch_request(args: argparse.Namespace, settings: Settings) -> LaunchRequest:
     workspace = resolve_workspace(args.workspace)
-    tool = get_tool(args.tool or settings.tool)
-    persistent = settings.persistent if args.persistent is None else args.persistent
+    # --tool/--image/--persistent/--profile are already part of settings (see context()).
+    tool = get_tool(settings.tool)
     resume = args.continue_ or args.resume
     return LaunchRequest(
         workspace=workspace,
         tool=tool,
         slot=args.slot,
-        persistent=persistent,
-        image=args.image or settings.image,
+        persistent=settings.persistent,
+        image=settings.image,
         resume=resume,
-        profile=args.profile,
+        profile=settings.profile,
     )
 
 

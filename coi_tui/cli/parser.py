@@ -17,6 +17,7 @@ MAX_SLOT = 10
 COMMAND_MODULES: tuple[str, ...] = (
     "coi_tui.cli.snapshot_cmds",
     "coi_tui.cli.health_cmds",
+    "coi_tui.cli.config_cmds",
 )
 
 

@@ -1,27 +1,69 @@
-"""Effective settings: built-in defaults < ~/.coi/config.toml < ./.coi/config.toml < $COI_CONFIG
-< environment (COI_*, legacy CLAUDE_ON_INCUS_*) < CLI flags (applied by the caller).
+"""Effective settings, lowest to highest precedence: built-in defaults < ~/.coi/config.toml <
+./.coi/config.toml < $COI_CONFIG < the profile (--profile, or [defaults] profile) < environment
+(COI_*, legacy CLAUDE_ON_INCUS_* / COI_LIMIT_*) < CLI flags.
 
-This module reads the keys the session layer needs; full validation and profiles build on it.
+Every file is validated against `schema.KEYS`; a problem is one CoiError line naming the file,
+line and key path and what is allowed. Each value remembers where it came from (`sources`).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from coi_tui.errors import CoiError
+from coi_tui.config.schema import (
+    ALIASES,
+    BY_PATH,
+    CHECKS,
+    DEFAULT_ALLOWED_DOMAINS,
+    DEFAULT_BRIDGE,
+    DEFAULT_IMAGE,
+    DEFAULT_POOL,
+    DEFAULT_PROTECTED_PATHS,
+    ENV_NAME_RE,
+    ENV_VARS,
+    ENVIRONMENT,
+    FORWARD_ENV,
+    MOUNT_FIELDS,
+    MOUNTS,
+    PROFILE_ROOT_KEYS,
+    SPECIAL_SPELLINGS,
+    Invalid,
+    Key,
+    known_paths,
+    sections,
+)
+from coi_tui.errors import CoiError, UsageError
 from coi_tui.paths import coi_home
 
-DEFAULT_IMAGE = "coi-default"
-DEFAULT_BRIDGE = "coibr0"
-DEFAULT_POOL = "coi"
+__all__ = ["DEFAULT_BRIDGE", "DEFAULT_IMAGE", "DEFAULT_POOL", "Mount", "Settings", "load_settings"]
+
+WORKSPACE = "/workspace"
+
+
+@dataclass
+class Mount:
+    host: str
+    container: str
+    readonly: bool = False
+    shift: bool | None = None  # None: like the workspace (idmapped when the uids allow it)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"host": self.host, "container": self.container}
+        out["readonly"] = self.readonly
+        if self.shift is not None:
+            out["shift"] = self.shift
+        return out
 
 
 @dataclass
 class Settings:
+    # Attribute names are a contract with the rest of coi: never rename one.
     image: str = DEFAULT_IMAGE
     persistent: bool = False
     storage_pool: str = ""
@@ -35,106 +77,381 @@ class Settings:
     socket: str = ""
     shutdown_timeout: int = 60
     ready_timeout: int = 30
+    # [defaults] / profiles
+    profile: str = ""
+    profile_chain: list[str] = field(default_factory=list)  # child first
+    profile_context: str = ""  # host path of the profile's CONTEXT.md
+    forward_env: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+    mounts: list[Mount] = field(default_factory=list)
+    # [container.build]
+    build_base: str = DEFAULT_IMAGE
+    build_script: str = ""  # absolute once loaded
+    build_commands: list[str] = field(default_factory=list)
+    # [tool]
+    auto_context: bool = True
+    tool_binary: str = ""
+    claude_model: str = ""
     # [network]
     network_mode: str = "restricted"
-    allowed_domains: list[str] = field(
-        default_factory=lambda: [
-            "registry.npmjs.org",
-            "npm.pkg.github.com",
-            "api.anthropic.com",
-            "platform.claude.com",
-        ]
-    )
+    allowed_domains: list[str] = field(default_factory=lambda: list(DEFAULT_ALLOWED_DOMAINS))
     allow_local_network_access: bool = False
     block_private_networks: bool = True
     block_metadata_endpoint: bool = True
     refresh_interval_minutes: int = 30
+    network_logging_enabled: bool = True
+    network_logging_path: str = "~/.coi/logs/network.log"
     # [security]
-    protected_paths: list[str] = field(
-        default_factory=lambda: [
-            ".git/hooks",
-            ".git/config",
-            ".husky",
-            ".vscode",
-        ]
-    )
+    protected_paths: list[str] = field(default_factory=lambda: list(DEFAULT_PROTECTED_PATHS))
     additional_protected_paths: list[str] = field(default_factory=list)
     disable_protection: bool = False
     # [monitoring]
     monitoring_enabled: bool = False
+    monitoring_auto_pause_on_high: bool = True
+    monitoring_auto_kill_on_critical: bool = True
+    monitoring_poll_interval_sec: int = 2
+    monitoring_file_read_threshold_mb: float = 50.0
+    monitoring_file_read_rate_mb_per_sec: float = 10.0
+    monitoring_audit_log_retention_days: int = 30
+    monitoring_process_count_threshold: int = 0
+    monitoring_reverse_shell_one_liners: str = "critical"
+    monitoring_forensics_on_kill: bool = False
+    # [limits.*]
+    limit_cpu_count: str = ""
+    limit_cpu_allowance: str = ""
+    limit_cpu_priority: int = 0
+    limit_memory: str = ""
+    limit_memory_enforce: str = "soft"
+    limit_memory_swap: str = "true"
+    limit_disk_read: str = ""
+    limit_disk_write: str = ""
+    limit_disk_max: str = ""
+    limit_disk_priority: int = 0
+    limit_disk_size: str = ""
+    max_duration: str = ""
+    max_processes: int = 0
+    auto_stop: bool = True
+    stop_graceful: bool = True
+    # [ssh] / [timezone]
+    ssh_forward_agent: bool = False
+    timezone_mode: str = "host"
+    timezone_name: str = ""
+    # key path (or attribute) -> where its value came from
     sources: dict[str, str] = field(default_factory=dict)
 
     def set(self, key: str, value: Any, source: str) -> None:
         setattr(self, key, value)
         self.sources[key] = source
 
+    def value(self, path: str) -> Any:
+        return getattr(self, BY_PATH[path].attr)
 
-# (toml section, key) -> settings attribute
-TOML_KEYS: dict[tuple[str, str], str] = {
-    ("container", "image"): "image",
-    ("container", "persistent"): "persistent",
-    ("container", "storage_pool"): "storage_pool",
-    ("container", "shutdown_timeout"): "shutdown_timeout",
-    ("container", "ready_timeout"): "ready_timeout",
-    ("defaults", "image"): "image",
-    ("defaults", "persistent"): "persistent",
-    ("tool", "name"): "tool",
-    ("tool", "permission_mode"): "permission_mode",
-    ("incus", "project"): "project",
-    ("incus", "code_uid"): "code_uid",
-    ("incus", "code_user"): "code_user",
-    ("network", "bridge"): "bridge",
-    ("network", "mode"): "network_mode",
-    ("network", "allowed_domains"): "allowed_domains",
-    ("network", "allow_local_network_access"): "allow_local_network_access",
-    ("network", "block_private_networks"): "block_private_networks",
-    ("network", "block_metadata_endpoint"): "block_metadata_endpoint",
-    ("network", "refresh_interval_minutes"): "refresh_interval_minutes",
-    ("security", "protected_paths"): "protected_paths",
-    ("security", "additional_protected_paths"): "additional_protected_paths",
-    ("security", "disable_protection"): "disable_protection",
-    ("monitoring", "enabled"): "monitoring_enabled",
-}
-
-ENV_KEYS: dict[str, str] = {
-    "COI_CONTAINER_PREFIX": "container_prefix",
-    "COI_IMAGE": "image",
-    "COI_PERSISTENT": "persistent",
-    "COI_TOOL": "tool",
-    "COI_BRIDGE": "bridge",
-    "COI_STORAGE_POOL": "storage_pool",
-    "COI_PROJECT": "project",
-    "COI_NETWORK_MODE": "network_mode",
-    "INCUS_SOCKET": "socket",
-    "CLAUDE_ON_INCUS_IMAGE": "image",
-    "CLAUDE_ON_INCUS_PERSISTENT": "persistent",
-}
+    def source(self, path: str) -> str:
+        return self.sources.get(path, "default")
 
 
-def _coerce(name: str, value: Any, where: str) -> Any:
-    kinds = {f.name: f.type for f in fields(Settings)}
-    kind = kinds[name]
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off", ""):
-            return False
-        raise CoiError(f"{where}: expected true or false, got {value!r}")
-    if kind == "list[str]":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise CoiError(f"{where}: expected a list of strings, got {value!r}")
-        return list(value)
-    if kind == "int":
+# ---------------------------------------------------------------------- one file
+@dataclass
+class Layer:
+    """The validated contents of one config source, flattened to key paths."""
+
+    label: str  # "user config", "profile dev", "env", ...
+    origin: str  # file path, or "" for env/flags
+    values: dict[str, Any] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # per-path override (profile chains)
+
+    def where(self, path: str) -> str:
+        if path in self.labels:
+            return self.labels[path]
+        line = self.lines.get(path)
+        place = f"{self.origin}:{line}" if line and self.origin else self.origin
+        return f"{self.label} ({place})" if place else self.label
+
+
+HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+KEYLINE_RE = re.compile(r"^\s*([A-Za-z0-9_\-.\"' ]+?)\s*=")
+
+
+def _clean(dotted: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in dotted.split("."))
+
+
+def find_line(text: str, dotted: str) -> int | None:
+    """Line (1-based) where a dotted key is set, else where its table starts, else None."""
+    table = ""
+    best: int | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        header = HEADER_RE.match(line)
+        if header and not KEYLINE_RE.match(line):
+            table = _clean(header.group(1))
+            if dotted == table or dotted.startswith(table + ".") or table.startswith(dotted + "."):
+                best = best or number
+            continue
+        keyline = KEYLINE_RE.match(line)
+        if keyline:
+            full = f"{table}.{_clean(keyline.group(1))}" if table else _clean(keyline.group(1))
+            if full == dotted:
+                return number
+            if dotted.startswith(full + "."):  # inline table
+                best = best or number
+    return best
+
+
+def show_key(dotted: str) -> str:
+    """A key path as users write it: "[limits.memory] limit", "[network]", "forward_env"."""
+    if dotted in sections():
+        return f"[{dotted}]"
+    table, _, name = dotted.rpartition(".")
+    return f"[{table}] {name}" if table else name
+
+
+class FileParser:
+    """Validates one TOML file into a Layer. Errors name file:line and the key path."""
+
+    def __init__(self, path: Path, label: str, profile: bool = False) -> None:
+        self.path = path
+        self.profile = profile
+        self.layer = Layer(label, str(path))
+        self.text = ""
+
+    def fail(self, dotted: str, message: str) -> CoiError:
+        line = find_line(self.text, dotted)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return CoiError(f"{where}: {show_key(dotted)}: {message}")
+
+    def parse(self) -> Layer:
         try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise CoiError(f"{where}: expected a whole number, got {value!r}") from None
-    if not isinstance(value, str):
-        raise CoiError(f"{where}: expected a string, got {value!r}")
-    return value
+            self.text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CoiError(f"{self.path}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CoiError(f"{self.path}: not UTF-8 text") from None
+        try:
+            data = tomllib.loads(self.text)
+        except tomllib.TOMLDecodeError as exc:
+            raise CoiError(f"{self.path}: invalid TOML: {exc}") from None
+        self.walk(data, "")
+        return self.layer
+
+    def record(self, path: str, value: Any, spelled: str) -> None:
+        self.layer.values[path] = value
+        line = find_line(self.text, spelled)
+        if line:
+            self.layer.lines[path] = line
+
+    def walk(self, table: dict[str, Any], prefix: str) -> None:
+        for name, value in table.items():
+            dotted = f"{prefix}{name}"
+            if dotted in SPECIAL_SPELLINGS:
+                self.special(SPECIAL_SPELLINGS[dotted], dotted, value)
+            elif self.profile and dotted in PROFILE_ROOT_KEYS:
+                if not isinstance(value, str) or not value.strip():
+                    raise self.fail(dotted, f"expected a non-empty string, got {value!r}")
+                if dotted == "context":
+                    value = str((self.path.parent / Path(value).expanduser()).resolve())
+                self.record(dotted, value.strip(), dotted)
+            elif dotted in BY_PATH or dotted in ALIASES:
+                key = BY_PATH[ALIASES.get(dotted, dotted)]
+                if self.profile and key.path == "defaults.profile":
+                    raise self.fail(dotted, "a profile cannot select a profile (use inherits)")
+                self.record(key.path, self.check(key, value, dotted), dotted)
+            elif isinstance(value, dict) and dotted in sections():
+                self.walk(value, dotted + ".")
+            else:
+                raise self.unknown(dotted, value)
+
+    def unknown(self, dotted: str, value: Any) -> CoiError:
+        if dotted in sections():
+            return self.fail(dotted, f"expected a table ([{dotted}]), got {value!r}")
+        candidates = known_paths(self.profile) + sorted(sections())
+        close = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.6)
+        if not close:  # a misspelled section: compare the last part within known sections
+            leaf = dotted.rpartition(".")[2]
+            close = difflib.get_close_matches(
+                leaf, [c.rpartition(".")[2] for c in candidates], n=1, cutoff=0.75
+            )
+            close = (
+                [c for c in candidates if c.endswith("." + close[0]) or c == close[0]][:1]
+                if (close)
+                else []
+            )
+        hint = f" (did you mean {show_key(close[0])}?)" if close else ""
+        return self.fail(dotted, f"unknown key{hint}")
+
+    def check(self, key: Key, value: Any, dotted: str) -> Any:
+        if isinstance(value, str) and key.kind not in ("list", "env_names"):
+            pass
+        elif isinstance(value, (dict, list)) and key.kind not in ("list", "env_names"):
+            raise self.fail(dotted, f"expected a single value, got {value!r}")
+        try:
+            checked = CHECKS[key.kind](key, value)
+        except Invalid as exc:
+            raise self.fail(dotted, str(exc)) from None
+        if key.path == "container.build.script" and checked:
+            checked = str((self.path.parent / Path(checked).expanduser()).resolve())
+        return checked
+
+    def special(self, kind: str, dotted: str, value: Any) -> None:
+        if kind == FORWARD_ENV:
+            try:
+                names = CHECKS["env_names"](BY_PATH["tool.name"], value)
+            except Invalid as exc:
+                raise self.fail(dotted, str(exc)) from None
+            self.record(FORWARD_ENV, names, dotted)
+        elif kind == ENVIRONMENT:
+            if not isinstance(value, dict):
+                raise self.fail(dotted, f'expected a table of NAME = "value", got {value!r}')
+            env: dict[str, str] = dict(self.layer.values.get(ENVIRONMENT, {}))
+            for name, text in value.items():
+                if not ENV_NAME_RE.match(name):
+                    raise self.fail(f"{dotted}.{name}", "not a valid environment variable name")
+                if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+                    raise self.fail(f"{dotted}.{name}", f"expected a string, got {text!r}")
+                env[name] = str(text)
+                line = find_line(self.text, f"{dotted}.{name}")
+                if line:
+                    self.layer.lines[f"environment.{name}"] = line
+            self.record(ENVIRONMENT, env, dotted)
+        elif kind == MOUNTS:
+            self.record(MOUNTS, self.mounts(dotted, value), dotted)
+
+    def mounts(self, dotted: str, value: Any) -> list[Mount]:
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.fail(dotted, "expected [[mounts]] tables with host and container")
+        out: list[Mount] = []
+        for index, entry in enumerate(value):
+            here = f"{dotted}[{index}]"
+            for name in entry:
+                if name not in MOUNT_FIELDS:
+                    close = difflib.get_close_matches(name, MOUNT_FIELDS, n=1)
+                    hint = f' (did you mean "{close[0]}"?)' if close else ""
+                    raise self.fail(dotted, f'{here}: unknown field "{name}"{hint}')
+            host, container = entry.get("host"), entry.get("container")
+            if not isinstance(host, str) or not host or not isinstance(container, str):
+                raise self.fail(dotted, f'{here}: needs host = "PATH" and container = "/PATH"')
+            for flag in ("readonly", "shift"):
+                if flag in entry and not isinstance(entry[flag], bool):
+                    raise self.fail(dotted, f"{here}: {flag} must be true or false")
+            host_path = Path(host).expanduser()
+            if not host_path.is_absolute():
+                host_path = self.path.parent / host_path
+            out.append(
+                Mount(
+                    str(host_path.resolve()),
+                    container,
+                    bool(entry.get("readonly", False)),
+                    entry.get("shift"),
+                )
+            )
+            try:
+                check_mount_target(out[-1])
+            except CoiError as exc:
+                raise self.fail(dotted, f"{here}: {exc}") from None
+        return out
+
+
+def check_mount_target(mount: Mount) -> None:
+    target = mount.container
+    if not target.startswith("/"):
+        raise CoiError(f'container path must be absolute, got "{target}"')
+    norm = os.path.normpath(target)
+    if norm == "/":
+        raise CoiError("cannot mount over the container's root directory")
+    if norm == WORKSPACE or norm.startswith(WORKSPACE + "/"):
+        raise CoiError(f'cannot mount over or inside {WORKSPACE} (got "{target}")')
+
+
+def check_mounts(mounts: list[Mount], *, sources_exist: bool) -> None:
+    """No mount inside another, none over /workspace; sources exist (at session start)."""
+    seen: list[str] = []
+    for mount in mounts:
+        check_mount_target(mount)
+        target = os.path.normpath(mount.container)
+        for other in seen:
+            if target == other or target.startswith(other + "/") or other.startswith(target + "/"):
+                raise CoiError(f'mounts may not nest or repeat: "{target}" and "{other}" overlap')
+        seen.append(target)
+        if sources_exist and not os.path.exists(mount.host):
+            raise CoiError(f'mount source "{mount.host}" does not exist (for {target})')
+
+
+# ---------------------------------------------------------------------- merging
+def apply_layer(settings: Settings, layer: Layer) -> None:
+    """Config-level merge: scalars and lists replace, environment keys merge ("" deletes),
+    forward_env is a union, mounts are appended."""
+    for path, value in layer.values.items():
+        where = layer.where(path)
+        if path == ENVIRONMENT:
+            for name, text in value.items():
+                where = layer.where(f"environment.{name}")
+                if text == "":
+                    settings.environment.pop(name, None)
+                    settings.sources.pop(f"environment.{name}", None)
+                else:
+                    settings.environment[name] = text
+                    settings.sources[f"environment.{name}"] = where
+        elif path == FORWARD_ENV:
+            for name in value:
+                if name not in settings.forward_env:
+                    settings.forward_env.append(name)
+                    settings.sources[f"forward_env.{name}"] = where
+        elif path == MOUNTS:
+            for mount in value:
+                settings.sources[f"mounts.{mount.container}"] = where
+            settings.mounts.extend(value)
+        elif path == "context":
+            settings.profile_context = value
+            settings.sources["context"] = where
+        elif path in BY_PATH:
+            key = BY_PATH[path]
+            setattr(settings, key.attr, list(value) if isinstance(value, list) else value)
+            settings.sources[path] = where
+            settings.sources[key.attr] = where  # older readers look values up by attribute
+
+
+def env_layer(env: dict[str, str]) -> Layer:
+    layer = Layer("env", "")
+    for var, path in ENV_VARS.items():
+        raw = env.get(var)
+        if not raw:
+            continue
+        if path.startswith("attr:"):
+            layer.values[path] = raw
+        else:
+            try:
+                layer.values[path] = CHECKS[BY_PATH[path].kind](BY_PATH[path], raw)
+            except Invalid as exc:
+                raise CoiError(f"${var}: {exc}") from None
+        layer.labels[path] = f"${var}"
+    return layer
+
+
+def flags_layer(flags: dict[str, tuple[Any, str]]) -> Layer:
+    layer = Layer("flag", "")
+    for path, (value, flag) in flags.items():
+        key = BY_PATH[path]
+        try:
+            layer.values[path] = CHECKS[key.kind](key, value)
+        except Invalid as exc:
+            raise UsageError(f"{flag}: {exc}") from None
+        layer.labels[path] = flag
+    return layer
+
+
+def home_dir(env: dict[str, str]) -> Path:
+    return Path(env["COI_HOME"]).expanduser() if env.get("COI_HOME") else coi_home()
+
+
+def config_files(cwd: Path, env: dict[str, str] | None = None) -> list[tuple[str, Path]]:
+    env = dict(os.environ if env is None else env)
+    files = [
+        ("user config", home_dir(env) / "config.toml"),
+        ("project config", cwd / ".coi" / "config.toml"),
+    ]
+    if env.get("COI_CONFIG"):
+        files.append(("$COI_CONFIG", Path(env["COI_CONFIG"]).expanduser()))
+    return files
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -147,31 +464,80 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise CoiError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def config_files(cwd: Path) -> list[Path]:
-    files = [coi_home() / "config.toml", cwd / ".coi" / "config.toml"]
-    if os.environ.get("COI_CONFIG"):
-        files.append(Path(os.environ["COI_CONFIG"]).expanduser())
-    return files
-
-
-def load_settings(cwd: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+def load_settings(
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    *,
+    profile: str | None = None,
+    apply_profile: bool = False,
+    flags: dict[str, tuple[Any, str]] | None = None,
+) -> Settings:
+    """The effective settings. `profile` (the --profile flag) or, with apply_profile, the
+    [defaults] profile is applied above the files and below env and flags."""
     env = dict(os.environ if env is None else env)
-    cwd = cwd or Path.cwd()
+    cwd = (cwd or Path.cwd()).absolute()
     settings = Settings()
-    for path in config_files(cwd):
+    legacy = cwd / ".coi.toml"
+    if legacy.is_file():
+        raise CoiError(
+            f"{legacy}: old config location; move it: mkdir -p .coi && mv .coi.toml "
+            ".coi/config.toml"
+        )
+    for label, path in config_files(cwd, env):
         if not path.is_file():
-            if path == Path(env.get("COI_CONFIG", "")).expanduser():
+            if label == "$COI_CONFIG":
                 raise CoiError(f"COI_CONFIG names {path}, which does not exist")
             continue
-        data = read_toml(path)
-        for (section, key), attr in TOML_KEYS.items():
-            table = data.get(section)
-            if isinstance(table, dict) and key in table:
-                where = f"{path}: [{section}] {key}"
-                settings.set(attr, _coerce(attr, table[key], where), str(path))
-    for var, attr in ENV_KEYS.items():
-        if env.get(var):
-            settings.set(attr, _coerce(attr, env[var], f"${var}"), f"${var}")
+        apply_layer(settings, FileParser(path, label).parse())
+    environment = env_layer(env)
+    wanted = profile or None
+    if wanted is None and "defaults.profile" in environment.values:
+        wanted = environment.values["defaults.profile"]
+    if wanted is None and apply_profile and settings.profile:
+        wanted = settings.profile
+    if wanted and (apply_profile or profile):
+        from coi_tui.config.profiles import ProfileSet
+
+        resolved = ProfileSet.discover(cwd, env).resolve(wanted)
+        apply_layer(settings, resolved.layer)
+        settings.profile = wanted
+        settings.sources["defaults.profile"] = (
+            "--profile" if profile else settings.sources.get("defaults.profile", "default")
+        )
+        settings.profile_chain = resolved.chain
+    for path, value in environment.values.items():
+        if path.startswith("attr:"):
+            settings.set(path[5:], value, environment.labels[path])
+    apply_layer(
+        settings,
+        Layer(
+            "env",
+            "",
+            {p: v for p, v in environment.values.items() if not p.startswith("attr:")},
+            labels=environment.labels,
+        ),
+    )
     if env.get("COI_USE_DUMMY", "").lower() in ("1", "true", "yes"):
-        settings.set("tool", "dummy", "$COI_USE_DUMMY")
+        settings.tool = "dummy"
+        settings.sources["tool.name"] = "$COI_USE_DUMMY"
+    if flags:
+        apply_layer(settings, flags_layer(flags))
+    check_mounts(settings.mounts, sources_exist=False)
     return settings
+
+
+def safe_settings(cwd: Path | None = None) -> tuple[Settings, str | None]:
+    """Settings for commands that must run even with a broken config (e.g. `coi health`):
+    the loaded settings, or the defaults plus the error line."""
+    try:
+        return load_settings(cwd), None
+    except CoiError as exc:
+        settings = Settings()
+        for key in ("COI_CONTAINER_PREFIX", "INCUS_SOCKET"):
+            if os.environ.get(key):
+                settings.set(ENV_VARS[key][5:], os.environ[key], f"${key}")
+        return settings, str(exc)
+
+
+def settings_fields() -> set[str]:
+    return {f.name for f in fields(Settings)}

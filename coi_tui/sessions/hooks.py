@@ -16,7 +16,11 @@ if TYPE_CHECKING:
     from coi_tui.sessions.manager import LaunchRequest, Session, SessionManager
 
 # Modules whose HOOK takes part in every session, in this order.
-HOOK_MODULES: tuple[str, ...] = ("coi_tui.sessions.protect_hook", "coi_tui.network.hook")
+HOOK_MODULES: tuple[str, ...] = (
+    "coi_tui.sessions.host_hook",
+    "coi_tui.sessions.protect_hook",
+    "coi_tui.network.hook",
+)
 
 
 @dataclass

@@ -3,6 +3,7 @@ save/clean up on every way a session ends. Plain Python over the Incus adapter (
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -29,6 +30,7 @@ from coi_tui.sessions.naming import (
 from coi_tui.sessions.slots import choose_slot, file_lock, occupied_slots, slot_lock
 from coi_tui.sessions.store import SessionMeta, SessionStore, now_rfc3339
 from coi_tui.tools import Tool, get_tool
+from coi_tui.tools.base import SANDBOX_CONTEXT
 
 CODE_HOME = "/home/code"
 WORKSPACE = "/workspace"
@@ -362,11 +364,15 @@ class SessionManager:
             saved = SessionStore(session.tool).config_copy(session.resume_meta.session_id)
             resume_id = session.tool.discover_resume_id(saved)
         permission = self.settings.permission_mode
-        return session.tool.command(
+        tool = session.tool
+        if self.settings.tool_binary:  # [tool] binary: same argv contract, other executable
+            tool = dataclasses.replace(tool, binary=self.settings.tool_binary)
+        return tool.command(
             session.session_id,
             resume=session.resume_meta is not None,
             resume_id=resume_id,
             permission_mode=permission,
+            context_path=SANDBOX_CONTEXT if self.settings.auto_context else None,
         )
 
     def start_agent(self, session: Session, debug: bool = False) -> None:

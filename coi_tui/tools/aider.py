@@ -1,5 +1,5 @@
 """Aider. Its chat history lives in the workspace (.aider.chat.history.md), so resume only needs
---restore-chat-history."""
+--restore-chat-history. Sandbox context goes in through its read-only file option (--read)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ from coi_tui.tools.base import Tool
 
 class AiderTool(Tool):
     def command(
-        self, session_id: str, *, resume: bool, resume_id: str | None, permission_mode: str
+        self,
+        session_id: str,
+        *,
+        resume: bool,
+        resume_id: str | None,
+        permission_mode: str,
+        context_path: str | None = None,
     ) -> list[str]:
         argv = [self.binary]
         if permission_mode != "interactive":
             argv.append("--yes-always")
+        if context_path:
+            argv += ["--read", context_path]
         if resume:
             argv.append("--restore-chat-history")
         return argv

@@ -1,11 +1,25 @@
-"""The common interface every agent implements. One small module per agent."""
+"""The common interface every agent implements. One small module per agent; adding an agent is
+that module plus a line in TOOLS (tools/__init__.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CODE_HOME = "/home/code"
+SANDBOX_CONTEXT = f"{CODE_HOME}/SANDBOX_CONTEXT.md"  # written every session
+
+
+@dataclass(frozen=True)
+class SettingsPatch:
+    """A change to one of the agent's JSON settings files (home-relative path). `set` is
+    deep-merged into whatever the file already holds (the user's own keys survive); `unset`
+    removes what coi set before, but only where the value is still exactly coi's."""
+
+    path: str
+    set: dict[str, Any] = field(default_factory=dict)
+    unset: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -18,16 +32,32 @@ class Tool:
     config_dir: str = ""  # under the code user's home; saved and restored for --resume
     sessions_name: str = ""  # ~/.coi/sessions-<sessions_name>/
     env: dict[str, str] = field(default_factory=dict)
+    # Home-relative markdown file the agent reads as instructions; coi keeps the sandbox
+    # context there in a managed block. "" when the tool takes context another way.
+    context_file: str = ""
 
     @property
     def sessions_dir_name(self) -> str:
         return self.sessions_name or self.name
 
     def command(
-        self, session_id: str, *, resume: bool, resume_id: str | None, permission_mode: str
+        self,
+        session_id: str,
+        *,
+        resume: bool,
+        resume_id: str | None,
+        permission_mode: str,
+        context_path: str | None = None,
     ) -> list[str]:
-        """argv that starts the agent in /workspace."""
+        """argv that starts the agent in /workspace. `context_path` is the in-container
+        sandbox context file when auto_context is on (for tools that take it as a flag)."""
         return [self.binary]
+
+    def settings_patches(
+        self, permission_mode: str, context_path: str | None
+    ) -> list[SettingsPatch]:
+        """JSON settings to merge for this permission mode (and context, when on)."""
+        return []
 
     def discover_resume_id(self, saved_config: Path) -> str | None:
         """The agent's own session id found in a saved config dir, when it has one."""

@@ -7,4 +7,5 @@ DUMMY = ClaudeTool(
     binary="dummy",
     description="Test double that behaves like the claude CLI (no API key)",
     config_dir=".claude",
+    context_file=".claude/CLAUDE.md",
 )

@@ -1,0 +1,369 @@
+"""`coi config` and `coi profile` commands, `coi build --profile`, and the settings that
+shell/run launch with (profile + flags). Top-level imports stay light: the parser is built
+for every `coi` invocation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from coi_tui.config.settings import Settings
+
+SESSION_COMMANDS = ("shell", "run")
+
+
+# ---------------------------------------------------------------------- settings for a command
+def session_flags(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
+    flags: dict[str, tuple[Any, str]] = {}
+    if getattr(args, "tool", None):
+        flags["tool.name"] = (args.tool, "--tool")
+    if getattr(args, "image", None):
+        flags["container.image"] = (args.image, "--image")
+    persistent = getattr(args, "persistent", None)
+    if persistent is not None:
+        flags["container.persistent"] = (
+            persistent,
+            "--persistent" if persistent else "--ephemeral",
+        )
+    return flags
+
+
+def settings_for(args: argparse.Namespace | None) -> Settings:
+    """shell/run: files < profile (--profile, else [defaults] profile) < env < flags. Other
+    commands: files < env (no profile: it shapes sessions, not e.g. `coi list`)."""
+    from coi_tui.config.settings import load_settings
+
+    if args is None or getattr(args, "command", None) not in SESSION_COMMANDS:
+        return load_settings()
+    return load_settings(
+        profile=getattr(args, "profile", "") or None,
+        apply_profile=True,
+        flags=session_flags(args),
+    )
+
+
+# ---------------------------------------------------------------------- parsers
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    from coi_tui.cli.parser import CoiParser, add_format
+
+    config = sub.add_parser("config", help="show and check the configuration")
+    csub = config.add_subparsers(
+        dest="action", metavar="ACTION", parser_class=CoiParser, required=True
+    )
+    p = csub.add_parser(
+        "show",
+        help="print the effective configuration",
+        description="Print the effective configuration: defaults, ~/.coi/config.toml, "
+        "./.coi/config.toml, $COI_CONFIG, the profile, COI_* variables.",
+    )
+    p.add_argument("--sources", action="store_true", help="say where each value came from")
+    p.add_argument("--profile", default="", help="apply this profile (default [defaults] profile)")
+    add_format(p)
+    p.set_defaults(handler=cmd_config)
+    p = csub.add_parser("validate", help="check config files (default: the ones coi reads)")
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--profile", action="store_true", help="check FILEs as profile configs")
+    p.set_defaults(handler=cmd_config)
+    p = csub.add_parser("paths", help="list the config files and profile folders coi reads")
+    p.set_defaults(handler=cmd_config)
+
+    profile = sub.add_parser("profile", help="manage profiles")
+    psub = profile.add_subparsers(
+        dest="action", metavar="ACTION", parser_class=CoiParser, required=True
+    )
+    p = psub.add_parser("list", help="list profiles")
+    add_format(p)
+    p.set_defaults(handler=cmd_profile)
+    p = psub.add_parser("show", aliases=["info"], help="print a profile, inheritance resolved")
+    p.add_argument("name")
+    p.add_argument("--sources", action="store_true", help="say which profile set each value")
+    add_format(p)
+    p.set_defaults(handler=cmd_profile, action="show")
+    p = psub.add_parser("create", help="create a profile from a starter config")
+    p.add_argument("name")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--user", dest="scope", action="store_const", const="user")
+    where.add_argument("--project", dest="scope", action="store_const", const="project")
+    p.add_argument("--inherits", default="", help="parent profile")
+    p.add_argument("--image", default="", help="[container] image")
+    p.set_defaults(handler=cmd_profile, scope="auto")
+    p = psub.add_parser("delete", help="delete a profile folder")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(handler=cmd_profile)
+
+    # `coi build --profile NAME` builds the profile's image; plain `coi build` is unchanged.
+    build = sub.choices.get("build")
+    if build is not None:
+        build.set_defaults(handler=cmd_build)
+
+
+# ---------------------------------------------------------------------- rendering
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def effective_tree(settings: Settings) -> dict[str, Any]:
+    from coi_tui.config.schema import KEYS
+
+    tree: dict[str, Any] = {}
+    if settings.forward_env:
+        tree["forward_env"] = list(settings.forward_env)
+    for key in KEYS:
+        node = tree
+        for part in key.section.split("."):
+            node = node.setdefault(part, {})
+        node[key.name] = settings.value(key.path)
+    if settings.environment:
+        tree["environment"] = dict(settings.environment)
+    if settings.mounts:
+        tree["mounts"] = [m.as_dict() for m in settings.mounts]
+    return tree
+
+
+def render_lines(values: list[tuple[str, Any, str]], sources: bool, header: list[str]) -> list[str]:
+    """values: (dotted path, value, source). Root keys first, then one table per section."""
+    out = list(header)
+    width = max((len(f"{p.rpartition('.')[2]} = {toml_value(v)}") for p, v, _ in values), default=0)
+
+    def line(name: str, value: Any, source: str) -> str:
+        text = f"{name} = {toml_value(value)}"
+        return f"{text.ljust(min(width, 60))}  # {source}" if sources else text
+
+    section = None
+    for path, value, source in values:
+        if path.startswith("mounts["):
+            out += ["", "[[mounts]]"]
+            for name, field_value in value.items():
+                out.append(line(name, field_value, source))
+            section = None
+            continue
+        table, _, name = path.rpartition(".")
+        if table != section:
+            if table:
+                out += ["", f"[{table}]"]
+            section = table
+        out.append(line(name, value, source))
+    return out
+
+
+def config_values(settings: Settings) -> list[tuple[str, Any, str]]:
+    from coi_tui.config.schema import KEYS
+
+    values: list[tuple[str, Any, str]] = []
+    if settings.forward_env:
+        origins = sorted(
+            {settings.sources.get(f"forward_env.{n}", "?") for n in settings.forward_env}
+        )
+        values.append(("forward_env", settings.forward_env, "; ".join(origins)))
+    for key in KEYS:
+        values.append((key.path, settings.value(key.path), settings.source(key.path)))
+    for name, text in settings.environment.items():
+        values.append(
+            (f"environment.{name}", text, settings.sources.get(f"environment.{name}", "?"))
+        )
+    for index, mount in enumerate(settings.mounts):
+        where = settings.sources.get(f"mounts.{mount.container}", "?")
+        values.append((f"mounts[{index}]", mount.as_dict(), where))
+    return values
+
+
+def emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# ---------------------------------------------------------------------- coi config
+def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from coi_tui.cli.parser import wants_json
+    from coi_tui.config.settings import FileParser, config_files, load_settings
+
+    if args.action == "show":
+        settings = load_settings(profile=args.profile or None, apply_profile=True)
+        if wants_json(args):
+            sources = {p: s for p, _v, s in config_values(settings)}
+            emit_json(
+                {
+                    "profile": settings.profile,
+                    "profile_chain": settings.profile_chain,
+                    "config": effective_tree(settings),
+                    "sources": sources,
+                    "container_prefix": settings.container_prefix,
+                }
+            )
+            return 0
+        header = ["# coi effective configuration"]
+        if settings.profile:
+            header.append(f"# profile: {' <- '.join(settings.profile_chain)}")
+        if settings.profile_context:
+            header.append(f"# profile context: {settings.profile_context}")
+        print("\n".join(render_lines(config_values(settings), args.sources, header)))
+        return 0
+    if args.action == "paths":
+        from coi_tui.config.profiles import ProfileSet
+
+        for label, path in config_files(Path.cwd()):
+            print(f"{label:15} {path}{'' if path.is_file() else '  (absent)'}")
+        for scope, directory in ProfileSet.discover(Path.cwd()).locations:
+            print(
+                f"{scope + ' profiles':15} {directory}{'' if directory.is_dir() else '  (absent)'}"
+            )
+        return 0
+    # validate
+    if args.files:
+        for name in args.files:
+            path = Path(name)
+            FileParser(path, "file", profile=args.profile).parse()
+            print(f"{path}: ok")
+        return 0
+    settings = load_settings(apply_profile=True)
+    for _label, path in config_files(Path.cwd()):
+        if path.is_file():
+            print(f"{path}: ok")
+    if settings.profile:
+        print(f"profile {' <- '.join(settings.profile_chain)}: ok")
+    return 0
+
+
+# ---------------------------------------------------------------------- coi profile
+def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from coi_tui.cli.parser import wants_json
+    from coi_tui.config.profiles import BUILTIN, ProfileSet
+    from coi_tui.errors import CoiError
+
+    cwd = Path.cwd()
+    env = dict(os.environ)
+    profiles = ProfileSet.discover(cwd, env)
+    if args.action == "list":
+        rows = [{"name": BUILTIN, "image": "", "persistent": "", "source": "(built-in)"}]
+        for name in profiles.names():
+            for profile in profiles.found[name]:
+                row = {"name": name, "image": "", "persistent": "", "source": str(profile.config)}
+                try:
+                    values = profile.layer.values
+                    row["image"] = values.get("container.image", "")
+                    if "container.persistent" in values:
+                        row["persistent"] = "yes" if values["container.persistent"] else "no"
+                    row["inherits"] = values.get("inherits", "")
+                except CoiError as exc:
+                    row["error"] = str(exc)
+                if len(profiles.found[name]) > 1:
+                    row["error"] = "defined in multiple locations"
+                rows.append(row)
+        if wants_json(args):
+            emit_json(rows)
+            return 0
+        print(f"{'NAME':20} {'IMAGE':20} {'PERSISTENT':10} SOURCE")
+        for row in rows:
+            note = f"  ({row['error']})" if row.get("error") else ""
+            print(
+                f"{row['name']:20} {row['image'] or '-':20} {row['persistent'] or '-':10} "
+                f"{row['source']}{note}"
+            )
+        return 0
+    if args.action == "show":
+        resolved = profiles.resolve(args.name)
+        layer = resolved.layer
+        values: list[tuple[str, Any, str]] = []
+        root = [p for p in ("inherits", "context", "forward_env") if p in layer.values]
+        for path in root:
+            values.append((path, layer.values[path], layer.where(path)))
+        for path, value in layer.values.items():
+            if path in root or path in ("environment", "mounts"):
+                continue
+            values.append((path, value, layer.where(path)))
+        for name, text in layer.values.get("environment", {}).items():
+            values.append((f"environment.{name}", text, layer.where(f"environment.{name}")))
+        for index, mount in enumerate(layer.values.get("mounts", [])):
+            values.append((f"mounts[{index}]", mount.as_dict(), layer.where("mounts")))
+        source = str(resolved.profiles[0].config) if resolved.profiles else "(built-in)"
+        if wants_json(args):
+            emit_json(
+                {
+                    "name": resolved.name,
+                    "source": source,
+                    "chain": resolved.chain,
+                    "config": {p: v for p, v, _ in values},
+                    "sources": {p: s for p, _, s in values},
+                }
+            )
+            return 0
+        header = [
+            f"# Profile: {resolved.name}",
+            f"# Source: {source}",
+            f"# Chain: {' <- '.join(resolved.chain)}",
+        ]
+        print("\n".join(render_lines(sort_values(values), args.sources, header)))
+        return 0
+    if args.action == "create":
+        directory = profiles.create(
+            args.name,
+            scope=args.scope,
+            cwd=cwd,
+            env=env,
+            inherits=args.inherits,
+            image=args.image,
+        )
+        if args.inherits:
+            profiles = ProfileSet.discover(cwd, env)
+            profiles.resolve(args.name)  # the parent must exist and not make a cycle
+        print(f"Created profile {args.name}: {directory / 'config.toml'}")
+        return 0
+    # delete
+    from coi_tui.cli.commands import confirm
+
+    profile = profiles.get(args.name) if args.name != BUILTIN else None
+    target = profile.directory if profile else args.name
+    if not confirm(f"Delete profile {args.name} ({target})?", args.force):
+        print("Cancelled", file=sys.stderr)
+        return 1
+    removed = profiles.delete(args.name)
+    print(f"Deleted profile {args.name} ({removed})")
+    return 0
+
+
+def sort_values(values: list[tuple[str, Any, str]]) -> list[tuple[str, Any, str]]:
+    """Root keys first, then tables in schema order, so the output is valid TOML."""
+    from coi_tui.config.schema import KEYS
+
+    order = {key.path: i for i, key in enumerate(KEYS)}
+
+    def rank(item: tuple[str, Any, str]) -> tuple[int, int]:
+        path = item[0]
+        if "." not in path and not path.startswith("mounts["):
+            return (0, 0)
+        if path.startswith("environment."):
+            return (2, 0)
+        if path.startswith("mounts["):
+            return (3, 0)
+        return (1, order.get(path, 10_000))
+
+    return sorted(values, key=rank)
+
+
+# ---------------------------------------------------------------------- coi build --profile
+def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from coi_tui.cli import commands
+
+    if not getattr(args, "profile", ""):
+        return commands.cmd_build(args, parser)
+    from coi_tui.config.build import build_profile_image
+    from coi_tui.config.settings import load_settings
+    from coi_tui.incus import Incus
+
+    settings = load_settings(profile=args.profile)
+    incus = Incus(settings.socket or None, settings.project)
+    incus.ping()
+    return build_profile_image(incus, settings, args.profile, alias=args.alias, force=args.force)

@@ -1,0 +1,250 @@
+"""Profiles: named config overlays in <dir>/profiles/NAME/config.toml (+ optional build.sh and
+CONTEXT.md), where <dir> is ~/.coi, ./.coi and the directory of $COI_CONFIG. All of them share
+one namespace, so a project profile can inherit a user profile.
+
+Inheritance (parent -> child), as in the original:
+- sections deep-merge field by field (a child sets only the fields it names);
+- arrays (forward_env, mounts, allowed_domains, ...) are replaced when the child defines them;
+- [environment] maps merge, the child wins, and "" deletes the key;
+- chains are at most MAX_DEPTH profiles long; a cycle is an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coi_tui.config.schema import ENVIRONMENT
+from coi_tui.config.settings import FileParser, Layer, home_dir
+from coi_tui.errors import CoiError, UsageError
+
+MAX_DEPTH = 10
+BUILTIN = "default"  # the fully merged global config; may be inherited, never edited
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+STARTER = """\
+# coi profile "{name}". Any section of config.toml may appear here; see 'coi config show'.
+{inherits}
+# context = "CONTEXT.md"        # appended to ~/SANDBOX_CONTEXT.md for the agent
+
+[container]
+{image}# persistent = false
+
+# [environment]
+# MY_VAR = "value"
+
+# [limits.memory]
+# limit = "2GiB"
+"""
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UsageError(
+            f'invalid profile name "{name}": use letters, digits, ".", "_" and "-", '
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass
+class Profile:
+    name: str
+    directory: Path
+    scope: str  # user | project | config
+    _layer: Layer | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "config.toml"
+
+    @property
+    def layer(self) -> Layer:
+        if self._layer is None:
+            layer = FileParser(self.config, f"profile {self.name}", profile=True).parse()
+            context = self.directory / "CONTEXT.md"
+            if "context" not in layer.values and context.is_file():
+                layer.values["context"] = str(context)
+            build = self.directory / "build.sh"
+            if (
+                "container.build.script" not in layer.values
+                and "container.build.commands" not in layer.values
+                and build.is_file()
+            ):
+                layer.values["container.build.script"] = str(build)
+            self._layer = layer
+        return self._layer
+
+
+@dataclass
+class Resolved:
+    name: str
+    chain: list[str]  # child first, e.g. ["dev", "team", "base"]
+    layer: Layer
+    profiles: list[Profile] = field(default_factory=list)
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The effective map (a "" value only deletes)."""
+        return {k: v for k, v in self.layer.values.get(ENVIRONMENT, {}).items() if v != ""}
+
+
+def inherit(parent: Layer, child: Layer, name: str) -> Layer:
+    """Flatten child over parent. Values are flat key paths, so struct sections merge field by
+    field and lists replace for free; only the environment map needs a real merge."""
+    out = Layer(f"profile {name}", child.origin)
+    out.values = {k: v for k, v in parent.values.items() if k != "inherits"}
+    out.labels = {k: parent.where(k) for k in parent.values}
+    for key in parent.values.get(ENVIRONMENT, {}):
+        out.labels[f"environment.{key}"] = parent.where(f"environment.{key}")
+    for path, value in child.values.items():
+        if path == "inherits":
+            continue
+        if path == ENVIRONMENT:
+            merged = dict(out.values.get(ENVIRONMENT, {}))
+            for key, text in value.items():
+                if text == "":
+                    merged.pop(key, None)
+                    out.labels.pop(f"environment.{key}", None)
+                merged[key] = text  # "" stays as a tombstone: it also deletes from config
+                out.labels[f"environment.{key}"] = child.where(f"environment.{key}")
+            out.values[ENVIRONMENT] = merged
+        else:
+            out.values[path] = value
+        out.labels[path] = child.where(path)
+    return out
+
+
+class ProfileSet:
+    def __init__(self, locations: list[tuple[str, Path]]) -> None:
+        self.locations = locations
+        self.found: dict[str, list[Profile]] = {}
+        for scope, directory in locations:
+            if not directory.is_dir():
+                continue
+            for entry in sorted(directory.iterdir()):
+                if entry.is_dir() and (entry / "config.toml").is_file():
+                    self.found.setdefault(entry.name, []).append(Profile(entry.name, entry, scope))
+
+    @classmethod
+    def discover(cls, cwd: Path, env: dict[str, str] | None = None) -> ProfileSet:
+        env = dict(os.environ if env is None else env)
+        dirs = [("user", home_dir(env) / "profiles"), ("project", cwd / ".coi" / "profiles")]
+        if env.get("COI_CONFIG"):
+            dirs.append(("config", Path(env["COI_CONFIG"]).expanduser().parent / "profiles"))
+        unique: list[tuple[str, Path]] = []
+        seen: set[Path] = set()
+        for scope, directory in dirs:
+            real = directory.resolve()
+            if real not in seen:
+                seen.add(real)
+                unique.append((scope, directory))
+        return cls(unique)
+
+    def names(self) -> list[str]:
+        return sorted(self.found)
+
+    def looked_in(self) -> str:
+        return ", ".join(str(d) for _, d in self.locations)
+
+    def get(self, name: str, wanted_by: str | None = None) -> Profile:
+        places = self.found.get(name, [])
+        if not places:
+            if wanted_by:
+                raise CoiError(
+                    f'profile "{wanted_by}" inherits from "{name}", but parent profile not found '
+                    f"(looked in {self.looked_in()})"
+                )
+            raise CoiError(
+                f'profile "{name}" not found (looked in {self.looked_in()}); '
+                "'coi profile list' shows the available ones"
+            )
+        if len(places) > 1:
+            where = " and ".join(str(p.directory) for p in places)
+            raise CoiError(
+                f'profile "{name}" is defined in multiple locations: {where}; rename one'
+            )
+        return places[0]
+
+    def resolve(self, name: str) -> Resolved:
+        check_name(name)
+        if name == BUILTIN and name not in self.found:
+            return Resolved(name, [BUILTIN], Layer(f"profile {name}", "(built-in)"))
+        walked: list[str] = []
+        profiles: list[Profile] = []
+        current: str | None = name
+        while current and not (current == BUILTIN and current not in self.found):
+            if current in walked:
+                cycle = [*walked[walked.index(current) :], current]
+                raise CoiError(f"profile inheritance cycle detected: {' -> '.join(cycle)}")
+            walked.append(current)
+            if len(walked) > MAX_DEPTH:
+                raise CoiError(
+                    f"profile inheritance chain exceeds maximum depth of {MAX_DEPTH}: "
+                    f"{' -> '.join(walked)}"
+                )
+            profile = self.get(current, walked[-2] if len(walked) > 1 else None)
+            profiles.append(profile)
+            current = profile.layer.values.get("inherits")
+        layer = Layer(f"profile {name}", "")
+        for profile in reversed(profiles):  # root ancestor first
+            layer = inherit(layer, profile.layer, profile.name)
+        context = layer.values.get("context")
+        if context and not os.path.isfile(context):
+            raise CoiError(f'profile "{name}": context file {context} does not exist')
+        return Resolved(name, walked, layer, profiles)
+
+    # ------------------------------------------------------------------ create / delete
+    def create_dir(self, scope: str, cwd: Path, env: dict[str, str]) -> Path:
+        if scope == "auto":
+            scope = "project" if (cwd / ".coi").is_dir() else "user"
+        base = cwd / ".coi" if scope == "project" else home_dir(env)
+        return base / "profiles"
+
+    def create(
+        self,
+        name: str,
+        *,
+        scope: str,
+        cwd: Path,
+        env: dict[str, str],
+        inherits: str = "",
+        image: str = "",
+    ) -> Path:
+        check_name(name)
+        if name == BUILTIN:
+            raise CoiError(f'"{BUILTIN}" is the built-in profile; choose another name')
+        if name in self.found:
+            raise CoiError(f'profile "{name}" already exists at {self.found[name][0].directory}')
+        directory = self.create_dir(scope, cwd, env) / name
+        directory.mkdir(parents=True, exist_ok=False)
+        text = STARTER.format(
+            name=name,
+            inherits=f'inherits = "{inherits}"' if inherits else '# inherits = "parent"',
+            image=f'image = "{image}"\n' if image else '# image = "coi-default"\n',
+        )
+        (directory / "config.toml").write_text(text, encoding="utf-8")
+        return directory
+
+    def delete(self, name: str) -> Path:
+        if name == BUILTIN and name not in self.found:
+            raise CoiError(f'"{BUILTIN}" is the built-in profile; it cannot be deleted')
+        profile = self.get(name)
+        children = []
+        for other in self.names():
+            if other == name or len(self.found[other]) != 1:
+                continue
+            try:
+                if self.found[other][0].layer.values.get("inherits") == name:
+                    children.append(other)
+            except CoiError:
+                continue
+        if children:
+            raise CoiError(
+                f'profile "{name}" is inherited by {", ".join(children)}; change or delete '
+                "those first"
+            )
+        shutil.rmtree(profile.directory)
+        return profile.directory
