@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from coi_tui.errors import CoiError
+from coi_tui.errors import CoiError, Terminated
 
 EXIT_INTERRUPTED = 130
 
@@ -63,7 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated as exc:
+        print(f"Stopped by {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except BrokenPipeError:
+        return 1
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("COI_DEBUG"):
+            raise
+        print(f"Error: unexpected {type(exc).__name__}: {exc} (run with COI_DEBUG=1 for "
+              "details, and please report it)", file=sys.stderr)
         return 1
 
 
