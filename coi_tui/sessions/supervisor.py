@@ -9,6 +9,7 @@ import fcntl
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from coi_tui.config import load_settings
@@ -25,9 +26,10 @@ def say(message: str) -> None:
     print(f"[supervisor] {message}", flush=True)
 
 
-def wait_for_stop(incus: Incus, name: str) -> None:
-    """Block until the container is stopped or gone: lifecycle events, with a slow poll as a
-    safety net in case the events stream drops."""
+def wait_for_stop(incus: Incus, name: str, deadline: float | None = None) -> bool:
+    """Block until the container is stopped or gone (True), or until `deadline` (monotonic
+    time) passes (False): lifecycle events, with a slow poll as a safety net in case the
+    events stream drops."""
     stopped = threading.Event()
 
     def on_event(event: dict[str, Any]) -> bool:
@@ -48,10 +50,55 @@ def wait_for_stop(incus: Incus, name: str) -> None:
     while not stopped.is_set():
         try:
             if incus.status(name) == "Stopped":
-                return
+                return True
         except InstanceNotFound:
-            return
-        stopped.wait(2.0)
+            return True
+        wait = 2.0
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                return False
+        stopped.wait(wait)
+    return True
+
+
+def runtime_limit(incus: Incus, name: str) -> tuple[int, bool, bool]:
+    """([limits.runtime] max_duration in seconds, auto_stop, stop_graceful), as the session
+    launch stored them on the instance (0: no limit)."""
+    try:
+        config = incus.get_instance(name).config
+    except InstanceNotFound:
+        return 0, False, False
+    try:
+        seconds = int(config.get("user.coi.max_duration", "0") or 0)
+    except ValueError:
+        seconds = 0
+    return (
+        seconds,
+        config.get("user.coi.auto_stop", "true") == "true",
+        config.get("user.coi.stop_graceful", "true") == "true",
+    )
+
+
+def enforce_runtime_limit(incus: Incus, name: str, started: float) -> None:
+    """Wait for the container to stop; stop it when max_duration runs out first."""
+    seconds, auto_stop, graceful = runtime_limit(incus, name)
+    if not seconds:
+        wait_for_stop(incus, name)
+        return
+    say(f"[limits] Container will auto-stop after {seconds}s")
+    if wait_for_stop(incus, name, started + seconds):
+        return
+    if not auto_stop:
+        say(f"[limits] Runtime limit reached ({seconds}s); auto_stop is off, leaving it running")
+        wait_for_stop(incus, name)
+        return
+    say(f"[limits] Runtime limit reached ({seconds}s): stopping {name}")
+    try:
+        # Graceful: the agent gets a few seconds to exit, then a forced stop.
+        incus.stop(name, timeout=5, force=not graceful)
+    except InstanceNotFound:
+        return
 
 
 def main(argv: list[str]) -> int:
@@ -65,8 +112,9 @@ def main(argv: list[str]) -> int:
     incus = Incus(settings.socket or None, settings.project)
     manager = SessionManager(incus, settings, say)
     say(f"watching {name}")
+    started = time.monotonic()
     try:
-        wait_for_stop(incus, name)
+        enforce_runtime_limit(incus, name, started)
         # Give a stop that is still in progress a moment to settle into Stopped.
         incus.wait_for_status(name, ("Stopped", "Gone"), timeout=30)
         # An attached `coi shell`/`coi attach` finalizes and reports itself; wait for it.
