@@ -731,6 +731,11 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     incus = Incus(settings.socket or None, settings.project)
     incus.ping()
     method = "bootstrap" if args.bootstrap else "remote" if args.remote else "auto"
+    from coi_tui.images.agents import parse_agents
+
+    agents = parse_agents(
+        args.agents if args.agents is not None else os.environ.get("COI_BUILD_AGENTS", "")
+    )
     builder = ImageBuilder(incus, progress=lambda line: print(line, flush=True))
     result = builder.build(
         args.alias or settings.image,
@@ -738,6 +743,7 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         method=method,
         bridge=settings.bridge,
         pool=settings.storage_pool,
+        agents=agents,
     )
     if result.rebuilt:
         print(

@@ -315,6 +315,14 @@ def build_parser() -> CoiParser:
         help="start from a remote image server (needs coi setup --nat)",
     )
     p.add_argument("--alias", default=None, help="image alias (default coi-default)")
+    p.add_argument(
+        "--agents",
+        default=None,
+        metavar="LIST",
+        help="real agent CLIs to install from npm/PyPI: claude,opencode,aider or "
+        "'all' (default: $COI_BUILD_AGENTS, else none; the image always has "
+        "stand-ins of the same names)",
+    )
     p.add_argument("--profile", default="", help="(reserved) build a profile's image")
 
     image = sub.add_parser("image", help="manage images")

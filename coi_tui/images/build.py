@@ -44,9 +44,10 @@ def recipe_packages() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def recipe_hash() -> str:
-    """Hash of everything that decides the image's contents."""
-    digest = hashlib.sha256(f"builder={BUILDER_VERSION};suite={DEBIAN_SUITE}\n".encode())
+def recipe_hash(agents: list[str] | None = None) -> str:
+    """Hash of everything that decides the image's contents (agents included)."""
+    extra = f";agents={','.join(sorted(agents))}" if agents else ""
+    digest = hashlib.sha256(f"builder={BUILDER_VERSION};suite={DEBIAN_SUITE}{extra}\n".encode())
     for path in sorted(recipe_dir().rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:
             digest.update(path.relative_to(recipe_dir()).as_posix().encode() + b"\0")
@@ -82,14 +83,16 @@ class ImageBuilder:
         self.incus = incus
         self.progress = progress
         self.started = time.monotonic()
+        self.agents: list[str] = []
 
     def say(self, message: str) -> None:
         self.progress(f"[{time.monotonic() - self.started:6.1f}s] {message}")
 
-    def up_to_date(self, alias: str) -> bool:
+    def up_to_date(self, alias: str, agents: list[str] | None = None) -> bool:
         if not self.incus.image_exists(alias):
             return False
-        return self.incus.get_image(alias).properties.get(RECIPE_PROPERTY) == recipe_hash()
+        wanted = recipe_hash(agents)
+        return self.incus.get_image(alias).properties.get(RECIPE_PROPERTY) == wanted
 
     def build(
         self,
@@ -99,10 +102,12 @@ class ImageBuilder:
         method: str = "auto",
         bridge: str = "coibr0",
         pool: str = "",
+        agents: list[str] | None = None,
     ) -> BuildResult:
         self.started = time.monotonic()
-        recipe = recipe_hash()
-        if not force and self.up_to_date(alias):
+        self.agents = sorted(agents or [])
+        recipe = recipe_hash(self.agents)
+        if not force and self.up_to_date(alias, self.agents):
             image = self.incus.get_image(alias)
             self.say(f"image '{alias}' is up to date (recipe {recipe}); use --force to rebuild")
             return BuildResult(
@@ -114,9 +119,9 @@ class ImageBuilder:
                 "cached",
             )
         if method == "auto":
-            method = "remote" if self._remote_usable(bridge) else "bootstrap"
-            if method == "bootstrap":
-                self.say("no image server reachable through the coi bridge: offline bootstrap")
+            # The offline bootstrap is the path we test; a remote base only when it cannot run.
+            can_bootstrap = os.geteuid() == 0 and shutil.which("mmdebstrap") is not None
+            method = "bootstrap" if can_bootstrap or not self._remote_usable(bridge) else "remote"
         if method == "remote":
             fingerprint = self._build_remote(alias, recipe, bridge, pool)
         else:
@@ -157,6 +162,11 @@ class ImageBuilder:
             ]
             self.say(f"bootstrapping Debian {DEBIAN_SUITE} from {mirror}")
             self._run_logged(cmd)
+            if self.agents:
+                from coi_tui.images.agents import install_agents
+
+                self.say(f"installing agents from their registries: {', '.join(self.agents)}")
+                install_agents(rootfs, self.agents, self.say)
             self._write_metadata(workdir, alias, recipe)
             tarball = workdir / "image.tar"
             self.say("packing the image")
@@ -278,6 +288,11 @@ class ImageBuilder:
                 ],
             )
             self._exec_checked(name, ["sh", "/tmp/coi-recipe/customize.sh", "/"])
+            if self.agents:
+                self.say(
+                    "agents are installed only by the offline bootstrap build "
+                    f"(coi build --bootstrap); skipped: {', '.join(self.agents)}"
+                )
             self._exec_checked(name, ["rm", "-rf", "/tmp/coi-recipe"])
             self.incus.stop(name, timeout=30)
             self.say("publishing")
