@@ -1,0 +1,117 @@
+"""Pure logic of network isolation: rule bodies, argument validation, DNS parsing, TTLs."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from coi_tui.errors import CoiError
+from coi_tui.network import netctl
+from coi_tui.network.firewall import Firewall, Policy, iface_for
+from coi_tui.network.resolve import (
+    Resolved,
+    build_query,
+    check_entry,
+    hosts_block,
+    merge_hosts,
+    parse_answer,
+    refresh_seconds,
+)
+
+
+def test_iface_is_deterministic_valid_and_short() -> None:
+    name = iface_for("coi-1a2b3c4d-1")
+    assert name == iface_for("coi-1a2b3c4d-1") != iface_for("coi-1a2b3c4d-2")
+    assert len(name) <= 15 and netctl.IFACE_RE.match(name)
+
+
+def test_restricted_order_dns_before_gateway_block_then_private() -> None:
+    rules = netctl.container_rules("restricted", "10.1.2.1", host_addrs=["10.1.2.1", "192.0.2.9"])
+    dns = rules.index("ip daddr 10.1.2.1 udp dport 53 accept")
+    assert dns < rules.index("ip daddr 10.1.2.1 drop")
+    assert "ether type != ip drop" in rules  # IPv6 blocked
+    assert "ip daddr { 192.0.2.9 } drop" in rules  # the host's other addresses
+    assert rules[-1] == "accept" and "ip daddr 169.254.0.0/16 drop" in rules
+
+
+def test_restricted_switches() -> None:
+    local = netctl.container_rules("restricted", "10.1.2.1", allow_local=True)
+    assert not any(r.startswith("ip daddr 10.1.2.1 drop") for r in local)
+    assert any("10.0.0.0/8" in r and r.endswith("accept") for r in local)
+    open_meta = netctl.container_rules("restricted", "10.1.2.1", block_metadata=False)
+    assert "ip daddr 169.254.0.0/16 drop" not in open_meta
+
+
+def test_allowlist_blocks_dns_and_defaults_to_drop() -> None:
+    rules = netctl.container_rules("allowlist", "10.1.2.1", set_name="a-x")
+    assert not any("dport 53" in r for r in rules)
+    assert rules[-1] == "drop"
+    assert netctl.container_rules("open", "10.1.2.1") == ["accept"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eth0", "open", "10.0.0.1"],
+        ["coiv0000000000", "wide-open", "10.0.0.1"],
+        ["coiv0000000000", "open", "10.0.0.1; flush ruleset"],
+        ["coiv0000000000", "allowlist", "10.0.0.1", "--allow", "1.2.3.4 ; flush ruleset"],
+        ["coiv0000000000", "allowlist", "10.0.0.1", "--table", "inet filter"],
+    ],
+)
+def test_helper_rejects_anything_outside_its_grammar(argv: list[str]) -> None:
+    with pytest.raises(netctl.NetctlError):
+        netctl.parse_apply(argv)
+
+
+def test_apply_script_is_one_transaction_for_coi_table_only() -> None:
+    script = netctl.apply_script("coiv0000000000", ["accept"], ["203.0.113.5"])
+    assert all(" bridge coi " in f" {line} " for line in script.splitlines())
+    assert 'add element bridge coi ports { "coiv0000000000" : jump c-coiv0000000000 }' in script
+
+
+def test_policy_argv() -> None:
+    policy = Policy("allowlist", "10.1.2.1", allowed=["203.0.113.5"], block_metadata=False)
+    argv = policy.argv("coiv0000000000")
+    assert argv[:4] == ["apply", "coiv0000000000", "allowlist", "10.1.2.1"]
+    assert "--no-block-metadata" in argv and argv[-2:] == ["--allow", "203.0.113.5"]
+
+
+def test_non_root_without_helper_fails_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(CoiError, match="sudo coi setup"):
+        Firewall(helper=tmp_path / "missing").check()  # type: ignore[operator]
+
+
+def test_dns_answer_parsing_takes_a_records_and_min_ttl() -> None:
+    query = build_query("a.test", 0x1234)
+    answer = bytearray(query)
+    answer[2:4] = struct.pack("!H", 0x8180)
+    answer[6:8] = struct.pack("!H", 2)
+    # CNAME (ttl 300) then A (ttl 30), names as pointers to the question.
+    answer += b"\xc0\x0c" + struct.pack("!HHIH", 5, 1, 300, 2) + b"\xc0\x0c"
+    answer += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + bytes([203, 0, 113, 7])
+    assert parse_answer(bytes(answer), 0x1234) == (["203.0.113.7"], 30)
+    with pytest.raises(ValueError):
+        parse_answer(bytes(answer), 0x9999)
+
+
+def test_refresh_interval_follows_ttl_within_bounds() -> None:
+    assert refresh_seconds(30, 30) == 60
+    assert refresh_seconds(300, 30) == 300
+    assert refresh_seconds(86400, 30) == 1800
+    assert refresh_seconds(None, 30) == 1800
+    assert refresh_seconds(300, 0) is None
+
+
+def test_wildcards_rejected_and_hosts_merge_keeps_the_rest() -> None:
+    with pytest.raises(CoiError, match="wildcards"):
+        check_entry("*.example.com")
+    block = hosts_block(Resolved({"a.test": ["203.0.113.7"], "10.0.0.0/8": ["10.0.0.0/8"]}, 30, []))
+    assert "203.0.113.7\ta.test" in block and "10.0.0.0" not in block
+    first = merge_hosts("127.0.0.1\tlocalhost\n", block)
+    again = merge_hosts(first, block)
+    assert again == first and again.startswith("127.0.0.1\tlocalhost\n")
