@@ -1,0 +1,118 @@
+"""Each agent starts in tmux with its own flags for both permission modes, its settings files
+are merged (never overwritten), and its native context holds the sandbox context exactly once
+after two sessions. The image carries fakes of claude/opencode/aider with the real argv
+contract; they record each invocation in ~/.cache/coi-fake-agents/<name>.jsonl."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coi_tui.tools.context import BEGIN
+from tests.conftest import CoiRunner
+
+pytestmark = pytest.mark.incus
+CONTEXT = "/home/code/SANDBOX_CONTEXT.md"
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def read(incus: Any, name: str, path: str) -> str:
+    result = incus.exec_capture(name, ["cat", path], user=1000)
+    return result.stdout if result.ok else ""
+
+
+def start(coi: CoiRunner, workspace: Path, tool: str, **env: str) -> str:
+    result = coi.ok(
+        "shell", "--background", "--persistent", "--tool", tool, "-w", str(workspace), env=env
+    )
+    return next(x for x in result.stderr.splitlines() if x.startswith("Container: ")).split()[1]
+
+
+def invocations(incus: Any, name: str, tool: str) -> list[list[str]]:
+    text = read(incus, name, f"/home/code/.cache/coi-fake-agents/{tool}.jsonl")
+    return [json.loads(line)["argv"] for line in text.splitlines()]
+
+
+def pane(coi: CoiRunner, name: str) -> str:
+    result = coi("tmux", "capture", name)
+    return result.stdout if result.returncode == 0 else ""
+
+
+EXPECTED = {
+    # tool: (bypass flags present in session 1, absent in session 2)
+    "claude": ["--dangerously-skip-permissions"],
+    "opencode": [],
+    "aider": ["--yes-always"],
+}
+
+
+@pytest.mark.parametrize("tool", ["claude", "opencode", "aider"])
+def test_agent_flags_settings_and_context_over_two_sessions(
+    coi: CoiRunner, workspace: Path, incus: Any, tool: str
+) -> None:
+    # Session 1: bypass (the default).
+    name = start(coi, workspace, tool)
+    wait_for(lambda: len(invocations(incus, name, tool)) == 1, 20, f"{tool} to start")
+    (first,) = invocations(incus, name, tool)
+    for flag in EXPECTED[tool]:
+        assert flag in first
+    if tool == "claude":
+        assert "--session-id" in first
+        wait_for(lambda: "Permission mode: bypassPermissions" in pane(coi, name), 10, "banner")
+        settings = json.loads(read(incus, name, "/home/code/.claude/settings.json"))
+        assert settings["permissions"]["defaultMode"] == "bypassPermissions"
+        # The user's own settings (e.g. from a restored session) must survive the next merge.
+        settings["env"] = {"CLAUDE_CODE_USE_BEDROCK": "1"}
+        incus.push_file(
+            name,
+            "/home/code/.claude/settings.json",
+            json.dumps(settings).encode(),
+            uid=1000,
+            gid=1000,
+        )
+    if tool == "opencode":
+        config = json.loads(read(incus, name, "/home/code/.config/opencode/opencode.json"))
+        assert config["permission"] == {"*": "allow"}
+        wait_for(lambda: 'permission: {"*": "allow"}' in pane(coi, name), 10, "opencode banner")
+    if tool == "aider":
+        wait_for(lambda: f"read-only context: {CONTEXT}" in pane(coi, name), 10, "aider banner")
+
+    # Stop it (kept: persistent) and wait until the supervisor has finished with it.
+    incus.stop(name, force=True)
+    log = coi.home / "logs" / f"{name}.supervisor.log"
+    wait_for(lambda: log.is_file() and f"{name}: kept" in log.read_text(), 30, "finalize")
+
+    # Session 2 in the same container: interactive.
+    assert start(coi, workspace, tool, COI_PERMISSION_MODE="interactive") == name
+    wait_for(lambda: len(invocations(incus, name, tool)) == 2, 20, f"{tool} to restart")
+    second = invocations(incus, name, tool)[1]
+    for flag in EXPECTED[tool]:
+        assert flag not in second
+    context = read(incus, name, CONTEXT)
+    assert context.count("# Sandbox Context") == 1 and name in context
+    if tool == "claude":
+        wait_for(lambda: "Permission mode: default" in pane(coi, name), 10, "banner")
+        claude_md = read(incus, name, "/home/code/.claude/CLAUDE.md")
+        assert claude_md.count(BEGIN) == 1 and claude_md.count("# Sandbox Context") == 1
+        settings = json.loads(read(incus, name, "/home/code/.claude/settings.json"))
+        assert settings["env"] == {"CLAUDE_CODE_USE_BEDROCK": "1"}  # merged, not overwritten
+        assert "defaultMode" not in settings.get("permissions", {})
+        assert "allowDangerouslySkipPermissions" not in settings
+    if tool == "opencode":
+        config = json.loads(read(incus, name, "/home/code/.config/opencode/opencode.json"))
+        assert config["instructions"] == [CONTEXT]
+        assert "permission" not in config
+    if tool == "aider":
+        assert second.count("--read") == 1 and second[second.index("--read") + 1] == CONTEXT
