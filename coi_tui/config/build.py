@@ -83,7 +83,10 @@ def build_profile_image(
         incus.stop(name, timeout=30)
         old = incus.get_image(alias).fingerprint if incus.image_exists(alias) else None
         fingerprint = incus.publish(
-            name, alias, {RECIPE_PROPERTY: recipe, "description": f"coi profile {profile}"}
+            name,
+            alias,
+            {RECIPE_PROPERTY: recipe, "description": f"coi profile {profile}"},
+            compression="none",  # a local image: importing beats compressing (see build.py)
         )
         if old and old != fingerprint:
             with suppress(IncusError):
