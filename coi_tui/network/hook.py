@@ -101,8 +101,9 @@ class NetworkHook(SessionHook):
             return
         nic.update({"host_name": iface_for(ctx.session.container), **NIC_HARDENING})
 
-    def _harden_reused(self, incus: Incus, name: str) -> None:
-        """A persistent container made before isolation existed gets the same NIC shape."""
+    def _harden(self, incus: Incus, name: str) -> None:
+        """A copy (snapshot branch) carries its source's host_name, and a persistent container
+        may predate isolation: give both this container's own NIC shape before it starts."""
         nic = incus.get_instance(name).devices.get("eth0")
         if nic is None:
             return
@@ -114,8 +115,7 @@ class NetworkHook(SessionHook):
         manager, name = ctx.manager, ctx.session.container
         settings, incus = manager.settings, manager.incus
         mode = check_mode(settings)
-        if ctx.session.reused:
-            self._harden_reused(incus, name)
+        self._harden(incus, name)
         if "eth0" not in incus.get_instance(name).expanded_devices:
             return  # no network at all
         resolved = None
