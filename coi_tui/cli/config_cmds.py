@@ -188,7 +188,7 @@ def emit_json(data: Any) -> None:
 # ---------------------------------------------------------------------- coi config
 def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.parser import wants_json
-    from coi_tui.config.settings import FileParser, config_files, load_settings
+    from coi_tui.config.settings import FileParser, labelled_config_files, load_settings
 
     if args.action == "show":
         settings = load_settings(profile=args.profile or None, apply_profile=True)
@@ -214,7 +214,7 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.action == "paths":
         from coi_tui.config.profiles import ProfileSet
 
-        for label, path in config_files(Path.cwd()):
+        for label, path in labelled_config_files(Path.cwd()):
             print(f"{label:15} {path}{'' if path.is_file() else '  (absent)'}")
         for scope, directory in ProfileSet.discover(Path.cwd()).locations:
             print(
@@ -229,7 +229,7 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             print(f"{path}: ok")
         return 0
     settings = load_settings(apply_profile=True)
-    for _label, path in config_files(Path.cwd()):
+    for _label, path in labelled_config_files(Path.cwd()):
         if path.is_file():
             print(f"{path}: ok")
     if settings.profile:

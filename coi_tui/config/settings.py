@@ -443,7 +443,12 @@ def home_dir(env: dict[str, str]) -> Path:
     return Path(env["COI_HOME"]).expanduser() if env.get("COI_HOME") else coi_home()
 
 
-def config_files(cwd: Path, env: dict[str, str] | None = None) -> list[tuple[str, Path]]:
+def config_files(cwd: Path, env: dict[str, str] | None = None) -> list[Path]:
+    """The config files coi reads, lowest precedence first (present or not)."""
+    return [path for _label, path in labelled_config_files(cwd, env)]
+
+
+def labelled_config_files(cwd: Path, env: dict[str, str] | None = None) -> list[tuple[str, Path]]:
     env = dict(os.environ if env is None else env)
     files = [
         ("user config", home_dir(env) / "config.toml"),
@@ -483,7 +488,7 @@ def load_settings(
             f"{legacy}: old config location; move it: mkdir -p .coi && mv .coi.toml "
             ".coi/config.toml"
         )
-    for label, path in config_files(cwd, env):
+    for label, path in labelled_config_files(cwd, env):
         if not path.is_file():
             if label == "$COI_CONFIG":
                 raise CoiError(f"COI_CONFIG names {path}, which does not exist")
