@@ -20,6 +20,7 @@ HOOK_MODULES: tuple[str, ...] = (
     "coi_tui.sessions.host_hook",
     "coi_tui.sessions.protect_hook",
     "coi_tui.network.hook",
+    "coi_tui.monitor.hook",
 )
 
 

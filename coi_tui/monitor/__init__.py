@@ -1,0 +1,1 @@
+"""Host threat monitor: detectors, responder, audit log, event stream (see daemon.py)."""

@@ -1,0 +1,225 @@
+"""Reverse shells judged by behaviour, not by command line (so renamed binaries, base64
+wrappers and unusual interpreters change nothing):
+
+- proc.revshell-socket-stdio: a process whose stdin or stdout is an inet socket connected to
+  another machine (bash >& /dev/tcp, nc -e, python dup2, socat exec, ...);
+- proc.revshell-pipe-relay: a process whose stdin is fed, through pipes or FIFOs, by a process
+  holding such a connection, and whose stdout/stderr flow back to one (the mkfifo loop,
+  interpreter loops that run commands with pipes);
+- proc.revshell-pty-relay: a shell or interpreter on a pseudo-terminal whose master side is held
+  by a process with such a connection (python pty.spawn, socat pty, script).
+
+The coding agent itself talks to its API and runs commands through pipes, which is the same
+shape; processes named like a known agent are therefore not counted as relays (documented gap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from coi_tui.monitor import procfs
+from coi_tui.monitor.events import Threat
+from coi_tui.monitor.rules import base, is_interpreter, is_shell, threat
+
+AGENT_NAMES = {"claude", "opencode", "aider", "dummy", "codex", "gemini"}
+DEPTH = 3
+
+
+@dataclass
+class ContainerView:
+    """One pass over a container's processes (built lazily: most passes stop at stdio)."""
+
+    init_pid: int
+    pids: list[int]
+    _inet: dict[int, procfs.Conn] | None = None
+    fds: dict[int, list[procfs.Fd]] = field(default_factory=dict)
+    procs: dict[int, procfs.Proc | None] = field(default_factory=dict)
+
+    @property
+    def inet(self) -> dict[int, procfs.Conn]:
+        if self._inet is None:
+            self._inet = procfs.inet_sockets(self.init_pid)
+        return self._inet
+
+    def proc(self, pid: int) -> procfs.Proc | None:
+        if pid not in self.procs:
+            self.procs[pid] = procfs.read_proc(pid)
+        return self.procs[pid]
+
+    def all_fds(self, pid: int) -> list[procfs.Fd]:
+        if pid not in self.fds:
+            self.fds[pid] = procfs.list_fds(pid)
+        return self.fds[pid]
+
+    def outbound(self, fd: procfs.Fd | None) -> procfs.Conn | None:
+        if fd is None or fd.kind != "socket":
+            return None
+        conn = self.inet.get(fd.key[1])
+        return conn if conn is not None and conn.outbound else None
+
+
+def _stdio(pid: int) -> list[procfs.Fd | None]:
+    return [procfs.read_fd(pid, n) for n in (0, 1, 2)]
+
+
+def is_agent(proc: procfs.Proc | None) -> bool:
+    if proc is None:
+        return False
+    names = {base(proc.exe), proc.comm, base(proc.cmdline[0]) if proc.cmdline else ""}
+    return bool(names & AGENT_NAMES)
+
+
+def analyse(view: ContainerView, only: set[int] | None = None) -> list[Threat]:
+    """All three rules over the container (or only the pids in `only` as suspects)."""
+    threats: list[Threat] = []
+    stdio = {pid: _stdio(pid) for pid in (only if only is not None else view.pids)}
+    pipe_suspects, tty_suspects = [], []
+    for pid, fds in stdio.items():
+        fd0, fd1, fd2 = fds
+        conn = view.outbound(fd0) or view.outbound(fd1)
+        if conn is not None:
+            threats.append(
+                _report(
+                    view,
+                    pid,
+                    "proc.revshell-socket-stdio",
+                    "standard input/output is a network connection",
+                    conn,
+                )
+            )
+            continue
+        if (
+            fd0 is not None
+            and fd0.kind == "fifo"
+            and any(f is not None and f.kind == "fifo" for f in (fd1, fd2))
+        ):
+            pipe_suspects.append(pid)
+        elif fd0 is not None and fd0.kind == "tty" and "/pts/" in fd0.target:
+            tty_suspects.append(pid)
+    if not pipe_suspects and not tty_suspects:
+        return threats
+    holders = _net_holders(view)
+    if not holders:
+        return threats
+    readers, writers = _pipe_ends(view)
+    for pid in pipe_suspects:
+        if pid in holders:
+            continue
+        up = _walk(view, pid, 0, writers, holders, DEPTH, upstream=True)
+        down = _walk(view, pid, 1, readers, holders, DEPTH, upstream=False) or _walk(
+            view, pid, 2, readers, holders, DEPTH, upstream=False
+        )
+        if up is not None and down is not None:
+            threats.append(
+                _report(
+                    view,
+                    pid,
+                    "proc.revshell-pipe-relay",
+                    f"stdin and stdout are piped to process {up} holding a network connection",
+                    holders[up],
+                )
+            )
+    for pid in tty_suspects:
+        proc = view.proc(pid)
+        if proc is None or not (is_shell(base(proc.exe)) or is_interpreter(base(proc.exe))):
+            continue
+        pts = stdio[pid][0].target.rsplit("/", 1)[-1]  # type: ignore[union-attr]
+        for holder, conn in holders.items():
+            if holder != pid and _holds_master(view, holder, pts):
+                threats.append(
+                    _report(
+                        view,
+                        pid,
+                        "proc.revshell-pty-relay",
+                        f"terminal driven by process {holder} holding a network connection",
+                        conn,
+                    )
+                )
+                break
+    return threats
+
+
+def _net_holders(view: ContainerView) -> dict[int, procfs.Conn]:
+    holders: dict[int, procfs.Conn] = {}
+    for pid in view.pids:
+        for fd in view.all_fds(pid):
+            conn = view.outbound(fd)
+            if conn is not None:
+                if not is_agent(view.proc(pid)):
+                    holders[pid] = conn
+                break
+    return holders
+
+
+def _pipe_ends(
+    view: ContainerView,
+) -> tuple[dict[tuple[int, int], set[int]], dict[tuple[int, int], set[int]]]:
+    readers: dict[tuple[int, int], set[int]] = {}
+    writers: dict[tuple[int, int], set[int]] = {}
+    for pid in view.pids:
+        for fd in view.all_fds(pid):
+            if fd.kind != "fifo":
+                continue
+            mode = procfs.fd_mode(pid, fd.num)
+            if mode in (0, 2):
+                readers.setdefault(fd.key, set()).add(pid)
+            if mode in (1, 2):
+                writers.setdefault(fd.key, set()).add(pid)
+    return readers, writers
+
+
+def _walk(
+    view: ContainerView,
+    pid: int,
+    num: int,
+    ends: dict[tuple[int, int], set[int]],
+    holders: dict[int, procfs.Conn],
+    depth: int,
+    upstream: bool,
+) -> int | None:
+    """Follow fd `num` of pid through pipes (writers upstream, readers downstream) to a
+    process holding a connection; its pid, or None."""
+    fd = next((f for f in view.all_fds(pid) if f.num == num), None)
+    if fd is None or fd.kind != "fifo":
+        return None
+    for other in ends.get(fd.key, set()) - {pid}:
+        if other in holders:
+            return other
+        if depth > 1:
+            found = _walk(view, other, 0 if upstream else 1, ends, holders, depth - 1, upstream)
+            if found is not None:
+                return found
+    return None
+
+
+def _holds_master(view: ContainerView, pid: int, pts: str) -> bool:
+    for fd in view.all_fds(pid):
+        if fd.target.endswith("ptmx"):
+            info = procfs.read_text(f"/proc/{pid}/fdinfo/{fd.num}")
+            for line in info.splitlines():
+                if line.startswith("tty-index:") and line.split()[1] == pts:
+                    return True
+    return False
+
+
+def _report(view: ContainerView, pid: int, rule: str, why: str, conn: procfs.Conn) -> Threat:
+    proc = view.proc(pid)
+    command = proc.command[:300] if proc else str(pid)
+    evidence = {
+        "process": {
+            "pid": pid,
+            "command": command,
+            "user": proc.uid if proc else -1,
+            "pattern": rule,
+            "indicators": [why, f"peer {conn.remote}:{conn.remote_port} ({conn.proto})"],
+        }
+    }
+    return threat(
+        rule,
+        "critical",
+        "process",
+        "Reverse shell detected",
+        f"{base(proc.exe) if proc else pid}: {why} ({conn.remote}:{conn.remote_port})",
+        evidence,
+        f"{pid}",
+    )

@@ -1,0 +1,133 @@
+"""Starting and stopping the daemon from `coi` (hook, `coi monitor --daemon`, tests), and the
+one privileged path for non-root users.
+
+Privilege: the daemon needs root. `coi setup` (run with sudo) installs
+- /usr/local/lib/coi-monitor/coi_tui: a root-owned copy of this package,
+- /usr/local/libexec/coi-monitor-daemon: a root-owned launcher that runs that copy with
+  `python3 -I` (no user module path or environment reaches it), serving the COI home of the
+  invoking user ($SUDO_USER's ~/.coi, files owned by that user): no arguments are accepted,
+- /etc/sudoers.d/coi-monitor: `%incus-admin ALL=(root) NOPASSWD: <launcher>` and nothing more.
+A non-root `coi` then starts the daemon with `sudo -n <launcher>`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from coi_tui.errors import CoiError
+from coi_tui.monitor.daemon import running_pid
+from coi_tui.paths import coi_home, logs_dir
+
+LAUNCHER = Path("/usr/local/libexec/coi-monitor-daemon")
+LIB_DIR = Path("/usr/local/lib/coi-monitor")
+SUDOERS = Path("/etc/sudoers.d/coi-monitor")
+ADMIN_GROUP = "incus-admin"
+
+
+def socket_path(home: Path | None = None) -> Path:
+    return (home or coi_home()) / "monitor.sock"
+
+
+def is_running(home: Path | None = None) -> bool:
+    return running_pid(home or coi_home()) != 0
+
+
+def start(home: Path | None = None, wait: float = 10.0) -> int:
+    """Start the daemon for this COI home unless it runs; return its pid. The child gets a
+    session of its own, so it outlives the `coi` process that started it."""
+    home = home or coi_home()
+    pid = running_pid(home)
+    if pid:
+        return pid
+    if os.geteuid() == 0:
+        argv = [sys.executable, "-m", "coi_tui.monitor.daemon", "--home", str(home)]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    elif LAUNCHER.exists():
+        argv, env = ["sudo", "-n", str(LAUNCHER)], dict(os.environ)
+    else:
+        raise CoiError("the threat monitor needs root: run 'sudo coi setup' once to install it")
+    log = open(logs_dir() / "monitor.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            cwd="/",
+        )
+    finally:
+        log.close()
+    deadline = time.monotonic() + wait
+    sock = socket_path(home)
+    while time.monotonic() < deadline:
+        pid = running_pid(home)
+        if pid > 0 and sock.exists():
+            return pid
+        time.sleep(0.05)
+    raise CoiError(f"the threat monitor did not start: see {logs_dir() / 'monitor.log'}")
+
+
+def stop(home: Path | None = None, wait: float = 10.0) -> bool:
+    home = home or coi_home()
+    pid = running_pid(home)
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and running_pid(home):
+        time.sleep(0.05)
+    return True
+
+
+LAUNCHER_TEXT = """#!/bin/sh
+# coi threat monitor launcher (installed by 'coi setup'). Runs the root-owned copy of coi's
+# monitor for the invoking user's ~/.coi; takes no arguments.
+[ "$#" -eq 0 ] || { echo "coi-monitor-daemon: takes no arguments" >&2; exit 2; }
+[ -n "$SUDO_USER" ] || { echo "coi-monitor-daemon: run through sudo" >&2; exit 2; }
+HOME_DIR=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+cd / && exec /usr/bin/python3 -I -c 'import sys; sys.path.insert(0, "{lib}"); \\
+from coi_tui.monitor.daemon import main; sys.exit(main(sys.argv[1:]))' \\
+  --home "$HOME_DIR/.coi" --owner "$SUDO_UID:$SUDO_GID" \\
+  </dev/null >>"$HOME_DIR/.coi/logs/monitor.log" 2>&1 &
+"""
+
+
+def install(group: str = ADMIN_GROUP) -> list[str]:
+    """`coi setup` step (root only): the launcher, the package copy and the sudo rule."""
+    if os.geteuid() != 0:
+        return ["  [skipped] threat monitor privilege path: needs root (sudo coi setup)"]
+    source = Path(__file__).resolve().parents[1]
+    target = LIB_DIR / "coi_tui"
+    if target.exists():
+        shutil.rmtree(target)
+    LIB_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for path in [LIB_DIR, *LIB_DIR.rglob("*")]:
+        os.chown(path, 0, 0)
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    LAUNCHER.parent.mkdir(parents=True, exist_ok=True)
+    LAUNCHER.write_text(LAUNCHER_TEXT.replace("{lib}", str(LIB_DIR)))
+    os.chown(LAUNCHER, 0, 0)
+    os.chmod(LAUNCHER, 0o755)
+    rule = f"%{group} ALL=(root) NOPASSWD: {LAUNCHER}\n"
+    temp = SUDOERS.with_suffix(".tmp")
+    temp.write_text(rule)
+    os.chmod(temp, 0o440)
+    visudo = shutil.which("visudo")
+    if visudo and subprocess.run([visudo, "-cf", str(temp)], capture_output=True).returncode:
+        temp.unlink()
+        raise CoiError(f"sudoers rule for the monitor failed validation: {rule.strip()}")
+    SUDOERS.parent.mkdir(parents=True, exist_ok=True)
+    temp.replace(SUDOERS)
+    return [f"  [     ok] threat monitor: {LAUNCHER} (sudo rule for %{group})"]

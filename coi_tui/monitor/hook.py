@@ -1,0 +1,23 @@
+"""Session hook: make sure the host monitor daemon runs once a session's agent is up, when
+[monitoring] enabled = true."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from coi_tui.sessions.hooks import SessionHook
+
+if TYPE_CHECKING:
+    from coi_tui.sessions.hooks import LaunchContext
+
+
+class MonitorHook(SessionHook):
+    def after_start(self, ctx: LaunchContext) -> None:
+        if not ctx.manager.settings.monitoring_enabled:
+            return
+        from coi_tui.monitor import control
+
+        control.start()
+
+
+HOOK = MonitorHook()

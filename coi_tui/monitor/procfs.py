@@ -1,0 +1,224 @@
+"""What the host's /proc says about a container's processes: membership (pid namespace of the
+container's init), command lines, file descriptors, sockets (read from the container's own
+network namespace via /proc/<pid>/net/*) and I/O counters. Root reads every field."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+from dataclasses import dataclass, field
+
+SOCKET_TABLES = ("tcp", "tcp6", "udp", "udp6")
+TCP_STATES = {
+    "01": "ESTABLISHED",
+    "02": "SYN_SENT",
+    "03": "SYN_RECV",
+    "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2",
+    "06": "TIME_WAIT",
+    "07": "CLOSE",
+    "08": "CLOSE_WAIT",
+    "09": "LAST_ACK",
+    "0A": "LISTEN",
+    "0B": "CLOSING",
+}
+
+
+@dataclass(frozen=True)
+class Conn:
+    proto: str
+    local: str
+    local_port: int
+    remote: str
+    remote_port: int
+    state: str
+
+    @property
+    def outbound(self) -> bool:
+        """A connection to (or a connected socket towards) another machine."""
+        if self.state in ("LISTEN", "CLOSE"):
+            return False
+        if self.remote in ("0.0.0.0", "::") or self.remote_port == 0:
+            return False
+        return not (self.remote.startswith("127.") or self.remote in ("::1", "::ffff:127.0.0.1"))
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "protocol": self.proto,
+            "local_addr": f"{self.local}:{self.local_port}",
+            "remote_addr": f"{self.remote}:{self.remote_port}",
+            "state": self.state,
+        }
+
+
+@dataclass
+class Fd:
+    num: int
+    kind: str  # socket | fifo | tty | file | other
+    key: tuple[int, int]  # (st_dev, st_ino): identity of the pipe/fifo/socket
+    target: str
+
+
+@dataclass
+class Proc:
+    pid: int
+    ppid: int = 0
+    comm: str = ""
+    exe: str = ""
+    cmdline: list[str] = field(default_factory=list)
+    uid: int = -1
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.cmdline) or f"[{self.comm}]"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"pid": self.pid, "ppid": self.ppid, "user": self.uid, "command": self.command}
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def pid_ns(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return ""
+
+
+def all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def read_proc(pid: int) -> Proc | None:
+    raw = read_text(f"/proc/{pid}/stat")
+    if not raw:
+        return None
+    # comm is in parentheses and may itself contain ") "
+    comm = raw[raw.find("(") + 1 : raw.rfind(")")]
+    rest = raw[raw.rfind(")") + 2 :].split()
+    cmdline = [a for a in read_text(f"/proc/{pid}/cmdline").split("\0")]
+    while cmdline and cmdline[-1] == "":
+        cmdline.pop()
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        exe = ""
+    uid = -1
+    for line in read_text(f"/proc/{pid}/status").splitlines():
+        if line.startswith("Uid:"):
+            uid = int(line.split()[1])
+            break
+    return Proc(pid, int(rest[1]) if len(rest) > 1 else 0, comm, exe, cmdline, uid)
+
+
+def read_fd(pid: int, num: int) -> Fd | None:
+    path = f"/proc/{pid}/fd/{num}"
+    try:
+        target = os.readlink(path)
+        st = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISSOCK(st.st_mode):
+        kind = "socket"
+    elif stat.S_ISFIFO(st.st_mode):
+        kind = "fifo"
+    elif stat.S_ISCHR(st.st_mode) and ("/pts/" in target or target.endswith("ptmx")):
+        kind = "tty"
+    elif stat.S_ISREG(st.st_mode):
+        kind = "file"
+    else:
+        kind = "other"
+    return Fd(num, kind, (st.st_dev, st.st_ino), target)
+
+
+def list_fds(pid: int) -> list[Fd]:
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        fd = read_fd(pid, int(name))
+        if fd is not None:
+            out.append(fd)
+    return out
+
+
+def fd_mode(pid: int, num: int) -> int:
+    """O_ACCMODE of the fd: 0 read, 1 write, 2 both (-1 unknown)."""
+    for line in read_text(f"/proc/{pid}/fdinfo/{num}").splitlines():
+        if line.startswith("flags:"):
+            return int(line.split()[1], 8) & 3
+    return -1
+
+
+def _addr(hex_addr: str) -> tuple[str, int]:
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)
+    # /proc prints IPv6 as four host-order 32-bit words
+    words = struct.unpack("<4I", raw)
+    text = socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
+    if text.startswith("::ffff:"):
+        text = text[7:]
+    return text, int(port, 16)
+
+
+def inet_sockets(pid: int) -> dict[int, Conn]:
+    """Socket inode -> connection, in the network namespace of `pid`."""
+    table: dict[int, Conn] = {}
+    for proto in SOCKET_TABLES:
+        lines = read_text(f"/proc/{pid}/net/{proto}").splitlines()[1:]
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 10:
+                continue
+            try:
+                local, lport = _addr(parts[1])
+                remote, rport = _addr(parts[2])
+            except ValueError:
+                continue
+            state = (
+                TCP_STATES.get(parts[3], parts[3])
+                if proto.startswith("tcp")
+                else ("ESTABLISHED" if rport else "UNCONN")
+            )
+            table[int(parts[9])] = Conn(proto, local, lport, remote, rport, state)
+    return table
+
+
+def io_counters(pid: int) -> tuple[int, int]:
+    """(rchar, wchar): every byte read()/written, page-cache hits included."""
+    rchar = wchar = 0
+    for line in read_text(f"/proc/{pid}/io").splitlines():
+        if line.startswith("rchar:"):
+            rchar = int(line.split()[1])
+        elif line.startswith("wchar:"):
+            wchar = int(line.split()[1])
+    return rchar, wchar
+
+
+def net_tx_bytes(host_iface: str) -> int:
+    """Bytes the container sent = bytes received by its host-side veth."""
+    try:
+        with open(f"/sys/class/net/{host_iface}/statistics/rx_bytes") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def ifindex(iface: str) -> int:
+    try:
+        with open(f"/sys/class/net/{iface}/ifindex") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
