@@ -1,183 +1,173 @@
-"""coi-tui: the Textual dashboard for coi containers (entry point `coi-tui`)."""
+"""coi-tui: the full-screen session manager (entry point `coi-tui`)."""
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
-from typing import ClassVar, Protocol
+from collections.abc import Iterable, Sequence
+from functools import partial
+from typing import ClassVar
 
-from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
-from textual.message import Message
-from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Header
-from textual.worker import Worker, WorkerState, get_current_worker
+from textual.screen import Screen
 
 from coi_tui import __version__
-from coi_tui.errors import CoiError
-from coi_tui.incus import Incus, Instance
-from coi_tui.themes import APP_CSS_PATH, COI_THEME
-from coi_tui.widgets import SessionTable, session_rows
-from coi_tui.widgets.session_table import display_path
+from coi_tui.dashboard.backend import Backend
+from coi_tui.dashboard.prefs import load_keymap, load_state, save_state
+from coi_tui.dashboard.threats import AuditTail, ThreatSource
+from coi_tui.screens.confirm import ConfirmScreen
+from coi_tui.screens.main import MainScreen
+from coi_tui.themes import APP_CSS_PATH, COI_THEME, THEMES
+from coi_tui.widgets.terminal_view import TerminalView
 
-DEFAULT_PREFIX = "coi-"
 REFRESH_SECONDS = 2.0
-REFRESH_GROUP = "refresh"
-
-
-class InstanceSource(Protocol):
-    """Where the dashboard gets containers from: `Incus` in real life, a fake in tests."""
-
-    def list_instances(self, prefix: str, with_state: bool) -> list[Instance]: ...
-
-
-class InstancesLoaded(Message):
-    """A refresh worker listed the containers."""
-
-    def __init__(self, instances: list[Instance]) -> None:
-        super().__init__()
-        self.instances = instances
-
-
-class InstancesFailed(Message):
-    """A refresh worker could not list the containers; `error` is one line for the user."""
-
-    def __init__(self, error: str) -> None:
-        super().__init__()
-        self.error = error
-
-
-def container_prefix() -> str:
-    return os.environ.get("COI_CONTAINER_PREFIX") or DEFAULT_PREFIX
+# Priority keys a shell needs (ctrl+p history, ctrl+q flow control): while the terminal pane
+# has focus they fall through to it.
+PASS_TO_TERMINAL = frozenset({"quit", "command_palette"})
 
 
 class CoiApp(App[None]):
-    """Lists coi containers, refreshed in the background every couple of seconds."""
+    """Workspaces, slots, snapshots, live terminals and the threat feed on one screen."""
 
     TITLE = "coi"
     CSS_PATH = APP_CSS_PATH
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q", "quit", "Quit", id="quit", tooltip="Leave the dashboard"),
-        Binding(
-            "ctrl+r", "refresh", "Refresh", id="refresh", tooltip="List the containers again now"
-        ),
+        Binding("q", "request_quit", "Quit", id="quit", tooltip="Leave the dashboard"),
+        Binding("question_mark", "toggle_help", "Help", id="help", tooltip="Show every key"),
+        Binding("ctrl+t", "next_theme", "Theme", show=False, id="theme", tooltip="Next theme"),
     ]
 
     def __init__(
         self,
-        source: InstanceSource | None = None,
+        backend: Backend | None = None,
         *,
+        threats: ThreatSource | None = None,
         workspace: str | None = None,
-        prefix: str | None = None,
         refresh_interval: float = REFRESH_SECONDS,
+        read_only: bool = False,
+        keymap: dict[str, str] | None = None,
+        remember_theme: bool = True,
     ) -> None:
         super().__init__()
-        # Incus() only connects on first use, so building it here never blocks.
-        self.source: InstanceSource = source if source is not None else Incus()
+        if backend is None:
+            from coi_tui.dashboard.backend import IncusBackend
+
+            backend = IncusBackend(read_only=read_only)  # connects on first use only
+        self.backend = backend
+        self.threats = threats if threats is not None else AuditTail()
         # abspath, not resolve(): coi hashes the unresolved path into container names.
         self.workspace = os.path.abspath(workspace or os.getcwd())
-        self.prefix = prefix if prefix is not None else container_prefix()
         self.refresh_interval = refresh_interval
-        self._poll_timer: Timer | None = None
-        self._refresh_worker: Worker[None] | None = None
-        self._last_error: str | None = None
-        self.register_theme(COI_THEME)
-        self.theme = COI_THEME.name
+        self.read_only = read_only
+        self.remember_theme = remember_theme
+        for theme in THEMES:
+            self.register_theme(theme)
+        saved = load_state().get("theme") if remember_theme else None
+        self.theme = saved if saved in self.available_themes else COI_THEME.name
+        self.set_keymap(load_keymap() if keymap is None else keymap)
 
-    def compose(self) -> ComposeResult:
-        yield Header()
-        yield SessionTable(id="sessions")
-        yield Footer()
+    def get_default_screen(self) -> Screen[None]:
+        return MainScreen(
+            self.backend,
+            self.threats,
+            self.workspace,
+            refresh_interval=self.refresh_interval,
+            read_only=self.read_only,
+        )
 
     def on_mount(self) -> None:
-        self.sub_title = display_path(self.workspace)
-        self.refresh_instances()
+        self.sub_title = self.workspace + ("  [read-only]" if self.read_only else "")
 
-    # ------------------------------------------------------------------ refresh
-    def action_refresh(self) -> None:
-        self.refresh_instances()
+    @property
+    def main(self) -> MainScreen:
+        screen = self.screen_stack[0] if self.screen_stack else None
+        assert isinstance(screen, MainScreen)
+        return screen
 
-    def refresh_instances(self) -> None:
-        """Start a refresh now; the next automatic one is armed when this one ends."""
-        self._stop_poll_timer()
-        self._refresh_worker = self._list_instances()
+    def _terminal_has_keys(self) -> bool:
+        focused = self.focused
+        return isinstance(focused, TerminalView) and focused.connected
 
-    def _stop_poll_timer(self) -> None:
-        if self._poll_timer is not None:
-            self._poll_timer.stop()
-            self._poll_timer = None
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (action in PASS_TO_TERMINAL and self._terminal_has_keys())
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group=REFRESH_GROUP)
-    def _list_instances(self) -> None:
-        # Blocking Incus call: runs in a thread and reports back only through messages.
-        try:
-            instances = self.source.list_instances(self.prefix, with_state=True)
-        except CoiError as exc:
-            result: Message = InstancesFailed(str(exc))
+    def watch_theme(self, theme: str) -> None:
+        if self.remember_theme and self.is_running:
+            save_state(theme=theme)
+
+    def action_next_theme(self) -> None:
+        names = [t.name for t in THEMES]
+        self.theme = (
+            names[(names.index(self.theme) + 1) % len(names)] if self.theme in names else names[0]
+        )
+
+    def action_toggle_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
         else:
-            result = InstancesLoaded(instances)
-        # A newer refresh superseded this one: its answer is the one to show.
-        if not get_current_worker().is_cancelled:
-            self.post_message(result)
+            self.action_show_help_panel()
 
-    @on(Worker.StateChanged)
-    def _refresh_finished(self, event: Worker.StateChanged) -> None:
-        # Only the latest refresh counts; superseded ones must not arm a second timer.
-        if event.worker is not self._refresh_worker:
+    def action_request_quit(self) -> None:
+        terminals = [t for t in self.query(TerminalView) if t.connected]
+        if not terminals:
+            self.exit()
             return
-        if event.state == WorkerState.ERROR:
-            # Not a CoiError: a bug or an unexpected library failure. Report it, keep running.
-            error = event.worker.error
-            self.post_message(InstancesFailed(f"Unexpected error: {type(error).__name__}: {error}"))
-        if event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
-            # One-shot timer re-armed after each poll, so polls never overlap.
-            self._stop_poll_timer()
-            self._poll_timer = self.set_timer(self.refresh_interval, self.refresh_instances)
+        names = ", ".join(t.session_name for t in terminals)
+        body = (
+            f"The dashboard is attached to {names}.\n"
+            "Quitting detaches it; the sessions keep running (coi attach reconnects)."
+        )
 
-    @on(InstancesLoaded)
-    def _show_instances(self, message: InstancesLoaded) -> None:
-        table = self.query_one(SessionTable)
-        table.show_rows(session_rows(message.instances, self.prefix, self.workspace))
-        if self._last_error is not None:
-            self._last_error = None
-            self.notify("Listing containers works again.", title="Incus")
-        if self.focused is None:
-            # The table was hidden behind the empty state and could not take focus then.
-            table.query_one(DataTable).focus()
+        def answered(confirmed: bool | None) -> None:
+            if confirmed:
+                self.exit()
 
-    @on(InstancesFailed)
-    def _show_error(self, message: InstancesFailed) -> None:
-        self.query_one(SessionTable).show_error(message.error)
-        # Notify once per distinct failure, not on every 2 s poll.
-        if message.error != self._last_error:
-            self._last_error = message.error
-            self.notify(message.error, title="Cannot list containers", severity="error")
+        self.push_screen(ConfirmScreen("Quit coi-tui?", body, "Quit"), answered)
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        main = self.main
+        for title, help_text, action in main.palette_actions():
+            yield SystemCommand(title, help_text, partial(main.run_action, action))
+        for theme in THEMES:
+            yield SystemCommand(
+                f"theme: {theme.name}",
+                "Switch the colour theme",
+                partial(setattr, self, "theme", theme.name),
+            )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="coi-tui", description="Dashboard for coi containers running AI coding agents."
+        prog="coi-tui", description="Full-screen manager for coi sessions running AI agents."
     )
     parser.add_argument(
         "-w",
         "--workspace",
         metavar="PATH",
         default=os.getcwd(),
-        help="workspace whose containers are listed first (default: current directory)",
+        help="workspace listed first and used for new slots (default: current directory)",
+    )
+    parser.add_argument(
+        "--read-only", action="store_true", help="watch only: every mutating action is disabled"
+    )
+    parser.add_argument(
+        "--refresh", type=float, default=REFRESH_SECONDS, metavar="SECONDS", help="poll interval"
     )
     parser.add_argument("--version", action="version", version=f"coi-tui {__version__}")
     args = parser.parse_args(argv)
     args.workspace = os.path.abspath(os.path.expanduser(args.workspace))
     if not os.path.isdir(args.workspace):
         parser.error(f"workspace {args.workspace} is not a directory")
+    if args.refresh <= 0:
+        parser.error("--refresh must be positive")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    CoiApp(workspace=args.workspace).run()
+    CoiApp(workspace=args.workspace, read_only=args.read_only, refresh_interval=args.refresh).run()
 
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""Screens for coi-tui. The first dashboard runs on the default screen; more screens come later."""
+"""Screens for coi-tui: the main dashboard and its dialogs."""

@@ -1,4 +1,5 @@
-"""The coi colour theme. The only place hex colours live; widgets use $variables."""
+"""The coi colour themes (dark and light). The only place hex colours live; widgets and the
+stylesheet use $variables."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ COI_THEME = Theme(
     name="coi",
     primary="#4FB3BF",  # teal: focus, borders, the brand colour
     secondary="#7C8FD6",
-    accent="#F2B65A",  # amber: the current workspace's rows
+    accent="#F2B65A",  # amber: the current workspace
     foreground="#DDE3EA",
     background="#10161C",
     surface="#18212A",
@@ -24,6 +25,21 @@ COI_THEME = Theme(
     dark=True,
 )
 
-THEMES: tuple[Theme, ...] = (COI_THEME,)
+COI_LIGHT_THEME = Theme(
+    name="coi-light",
+    primary="#1F7A86",
+    secondary="#4556A6",
+    accent="#A86A00",
+    foreground="#1B2430",
+    background="#F4F6F8",
+    surface="#FFFFFF",
+    panel="#E3E8ED",
+    success="#2E8540",
+    warning="#A86A00",
+    error="#C62828",
+    dark=False,
+)
 
-__all__ = ["APP_CSS_PATH", "COI_THEME", "THEMES"]
+THEMES: tuple[Theme, ...] = (COI_THEME, COI_LIGHT_THEME)
+
+__all__ = ["APP_CSS_PATH", "COI_LIGHT_THEME", "COI_THEME", "THEMES"]

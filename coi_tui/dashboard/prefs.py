@@ -1,0 +1,65 @@
+"""Dashboard preferences: `[tui.keymap]` from the config files (binding id -> keys) and the
+remembered theme (~/.coi/tui-state.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from coi_tui.paths import coi_home
+
+
+def config_paths(cwd: Path | None = None) -> list[Path]:
+    """Same order as the settings: ~/.coi, ./.coi, then $COI_CONFIG; later files win."""
+    paths = [coi_home() / "config.toml", (cwd or Path.cwd()) / ".coi" / "config.toml"]
+    if os.environ.get("COI_CONFIG"):
+        paths.append(Path(os.environ["COI_CONFIG"]).expanduser())
+    return paths
+
+
+def _tui_table(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    table = data.get("tui")
+    return table if isinstance(table, dict) else {}
+
+
+def load_keymap(cwd: Path | None = None) -> dict[str, str]:
+    """{binding id: "key[,key...]"} from every config file's [tui.keymap]."""
+    keymap: dict[str, str] = {}
+    for path in config_paths(cwd):
+        table = _tui_table(path).get("keymap")
+        if isinstance(table, dict):
+            keymap.update({str(k): str(v) for k, v in table.items() if isinstance(v, str)})
+    return keymap
+
+
+def state_path() -> Path:
+    return coi_home() / "tui-state.json"
+
+
+def load_state() -> dict[str, Any]:
+    try:
+        data = json.loads(state_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_state(**changes: Any) -> None:
+    """Merge changes into the state file (atomically: a crash never leaves half a file)."""
+    state = load_state()
+    state.update(changes)
+    path = state_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(path)
+    except OSError:
+        pass  # not remembering a theme is not worth an error

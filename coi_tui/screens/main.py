@@ -1,0 +1,736 @@
+"""The dashboard's main screen: workspaces+slots, snapshots, the selected slot's terminal and
+details, and the threat feed. All I/O runs in thread workers that post messages; handlers
+here own every state change."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widget import Widget
+from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane, Tree
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from coi_tui.dashboard.backend import (
+    Backend,
+    SlotInfo,
+    SnapshotInfo,
+    describe,
+    is_lifecycle_for,
+)
+from coi_tui.dashboard.threats import ThreatSource
+from coi_tui.screens.confirm import ConfirmScreen
+from coi_tui.screens.messages import (
+    LifecycleEvent,
+    OpFinished,
+    ProcessesLoaded,
+    SlotsFailed,
+    SlotsLoaded,
+    SnapshotsLoaded,
+    TerminalOpened,
+    ThreatsArrived,
+)
+from coi_tui.screens.new_slot import NewSlotRequest, NewSlotScreen
+from coi_tui.widgets.slot_tree import SlotTree
+from coi_tui.widgets.terminal_view import TerminalView
+from coi_tui.widgets.threat_feed import ThreatFeed
+
+# Actions that change something: greyed out with --read-only.
+MUTATING = frozenset(
+    {"toggle_pause", "kill", "snapshot", "restore", "branch", "new_slot", "attach"}
+)
+SLOT_ACTIONS = frozenset({"toggle_pause", "kill", "snapshot", "attach", "focus_terminal"})
+SNAPSHOT_ACTIONS = frozenset({"restore", "branch"})
+TABS = ("tab-terminal", "tab-info", "tab-processes", "tab-audit")
+THREAT_POLL_S = 0.2
+TERMINAL_RETRY_S = 3.0
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class MainScreen(Screen[None]):
+    ESCAPE_TO_MINIMIZE = False  # Esc belongs to the programs in the terminal pane
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding(
+            "p",
+            "toggle_pause",
+            "Pause/Resume",
+            id="slot.pause",
+            tooltip="Freeze or unfreeze the slot",
+        ),
+        Binding(
+            "k", "kill", "Kill", id="slot.kill", tooltip="Stop and delete the slot (asks first)"
+        ),
+        Binding(
+            "s", "snapshot", "Snapshot", id="slot.snapshot", tooltip="Snapshot the slot's container"
+        ),
+        Binding(
+            "r",
+            "restore",
+            "Restore",
+            id="snapshot.restore",
+            tooltip="Roll the slot back to the snapshot (asks first)",
+        ),
+        Binding(
+            "b",
+            "branch",
+            "Branch",
+            id="snapshot.branch",
+            tooltip="Start a new slot from the snapshot",
+        ),
+        Binding("n", "new_slot", "New", id="slot.new", tooltip="Start a new slot"),
+        Binding(
+            "a",
+            "attach",
+            "Attach",
+            id="slot.attach",
+            tooltip="Full-screen tmux attach; detach with ctrl+b d",
+        ),
+        Binding(
+            "t",
+            "focus_terminal",
+            "Terminal",
+            id="slot.terminal",
+            tooltip="Type into the slot's terminal (ctrl+] leaves)",
+        ),
+        Binding(
+            "slash",
+            "filter",
+            "Filter",
+            id="filter",
+            tooltip="Filter the slots or the threat feed (! inverts)",
+        ),
+        Binding("ctrl+r", "refresh", "Refresh", id="refresh", show=False),
+        Binding("1", "focus_pane(1)", "Workspaces", show=False, id="focus.1"),
+        Binding("2", "focus_pane(2)", "Snapshots", show=False, id="focus.2"),
+        Binding("3", "focus_pane(3)", "Session", show=False, id="focus.3"),
+        Binding("4", "focus_pane(4)", "Threats", show=False, id="focus.4"),
+        Binding("left_square_bracket", "cycle_tab(-1)", "Prev tab", show=False, id="tab.prev"),
+        Binding("right_square_bracket", "cycle_tab(1)", "Next tab", show=False, id="tab.next"),
+        Binding("escape", "close_filter", show=False, id="filter.close"),
+    ]
+
+    def __init__(
+        self,
+        backend: Backend,
+        threats: ThreatSource | None,
+        workspace: str,
+        refresh_interval: float = 2.0,
+        read_only: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.threats = threats
+        self.workspace = workspace
+        self.refresh_interval = refresh_interval
+        self.read_only = read_only
+        self.slots: dict[str, SlotInfo] = {}
+        self.selected = ""
+        self.snapshots: list[SnapshotInfo] = []
+        self.loaded = False
+        self._poll_timer: Timer | None = None
+        self._soon_timer: Timer | None = None
+        self._terminal_timer: Timer | None = None
+        self._slots_worker: Worker[None] | None = None
+        self._opening = ""
+        self._ended: dict[str, float] = {}
+        self._busy: set[str] = set()
+        self._last_error: str | None = None
+        self._filter_target: Widget | None = None
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="body"):
+            with Vertical(id="left"):
+                yield Input(placeholder="filter (! inverts, esc clears)", id="filter")
+                yield SlotTree(self.workspace, id="workspaces")
+                yield DataTable(id="snapshots", cursor_type="row", zebra_stripes=True)
+            with TabbedContent(id="main", initial="tab-terminal"):
+                with TabPane("Terminal", id="tab-terminal"):
+                    yield TerminalView(id="terminal")
+                with TabPane("Info", id="tab-info"):
+                    yield Static(id="info", markup=False)
+                with TabPane("Processes", id="tab-processes"), VerticalScroll():
+                    yield Static("Select a running slot", id="processes", markup=False)
+                with TabPane("Audit", id="tab-audit"), VerticalScroll():
+                    yield Static("No threat events", id="audit", markup=False)
+        yield ThreatFeed(id="threats")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#workspaces").border_title = "1 Workspaces"
+        self.query_one("#snapshots").border_title = "2 Snapshots"
+        self.query_one("#main").border_title = "3 Session"
+        self.query_one("#threats").border_title = "4 Threats"
+        table = self.query_one("#snapshots", DataTable)
+        table.add_columns("Snapshot", "Created")
+        self.query_one("#filter", Input).display = False
+        self.query_one(SlotTree).focus()
+        self._show_info()
+        self.refresh_slots()
+        self._watch_events()
+        if self.threats is not None:
+            self._watch_threats()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def slot_tree(self) -> SlotTree:
+        return self.query_one(SlotTree)
+
+    @property
+    def terminal(self) -> TerminalView:
+        return self.query_one(TerminalView)
+
+    @property
+    def feed(self) -> ThreatFeed:
+        return self.query_one(ThreatFeed)
+
+    @property
+    def slot(self) -> SlotInfo | None:
+        return self.slots.get(self.selected)
+
+    def selected_snapshot(self) -> SnapshotInfo | None:
+        table = self.query_one("#snapshots", DataTable)
+        if not self.snapshots or not table.is_valid_row_index(table.cursor_row):
+            return None
+        row = table.cursor_row
+        return self.snapshots[row] if row < len(self.snapshots) else None
+
+    def _focus_area(self) -> str:
+        focused = self.focused
+        if focused is None:
+            return ""
+        for node in (focused, *focused.ancestors):
+            if node.id in ("workspaces", "snapshots", "main", "threats", "filter"):
+                return str(node.id)
+        return ""
+
+    # ------------------------------------------------------------------ footer/palette
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        area = self._focus_area()
+        if action in SNAPSHOT_ACTIONS:
+            if area != "snapshots":
+                return False
+            if self.read_only or self.slot is None or self.selected_snapshot() is None:
+                return None
+            return True
+        if action in SLOT_ACTIONS:
+            if area in ("threats", "filter"):
+                return False
+            if self.slot is None or (self.read_only and action in MUTATING):
+                return None
+            if action in ("toggle_pause", "attach", "focus_terminal") and self.slot.state not in (
+                "RUNNING",
+                "FROZEN",
+            ):
+                return None
+            return True
+        if action == "new_slot":
+            if area in ("threats", "filter"):
+                return False
+            return None if self.read_only else True
+        if action == "filter":
+            return area in ("workspaces", "threats", "")
+        return True
+
+    def on_descendant_focus(self) -> None:
+        self.refresh_bindings()
+
+    def palette_actions(self) -> list[tuple[str, str, str]]:
+        """(title, help, action) for every dashboard action that can run now."""
+        out = []
+        for binding in self.BINDINGS:
+            assert isinstance(binding, Binding)
+            action = binding.action
+            name = action.split("(")[0]
+            if not binding.description or name in ("close_filter",):
+                continue
+            if name in MUTATING and self.read_only:
+                continue
+            if name in SLOT_ACTIONS | SNAPSHOT_ACTIONS and self.slot is None:
+                continue
+            if name in SNAPSHOT_ACTIONS and not self.snapshots:
+                continue
+            prefix = "snapshot" if name in SNAPSHOT_ACTIONS else "slot"
+            if name.startswith("focus_pane") or name.startswith("cycle_tab"):
+                prefix = "go"
+            elif name in ("filter", "refresh"):
+                prefix = "view"
+            out.append((f"{prefix}: {binding.description}", binding.tooltip or "", action))
+        return out
+
+    # ------------------------------------------------------------------ slots: poll + events
+    def action_refresh(self) -> None:
+        self.refresh_slots()
+
+    def refresh_slots(self) -> None:
+        """List now; the next automatic listing is armed when this one ends."""
+        for timer in (self._poll_timer, self._soon_timer):
+            if timer is not None:
+                timer.stop()
+        self._poll_timer = self._soon_timer = None
+        self._slots_worker = self._list_slots()
+
+    def refresh_soon(self, delay: float = 0.15) -> None:
+        # Lifecycle events come in bursts (stop, delete...): one listing per burst.
+        if self._soon_timer is None:
+            self._soon_timer = self.set_timer(delay, self.refresh_slots)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="slots")
+    def _list_slots(self) -> None:
+        try:
+            message: Any = SlotsLoaded(self.backend.list_slots())
+        except Exception as exc:  # the daemon is down, a bug...: shown, never fatal
+            message = SlotsFailed(one_line(exc))
+        if not get_current_worker().is_cancelled:
+            self.post_message(message)
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker is self._slots_worker and event.state in (
+            WorkerState.SUCCESS,
+            WorkerState.ERROR,
+            WorkerState.CANCELLED,
+        ):
+            if event.state == WorkerState.CANCELLED:
+                return
+            if self._poll_timer is not None:
+                self._poll_timer.stop()
+            # One-shot and re-armed: polls never overlap.
+            self._poll_timer = self.set_timer(self.refresh_interval, self.refresh_slots)
+        elif event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.notify(
+                f"{type(error).__name__}: {error}", title="Unexpected error", severity="error"
+            )
+
+    @work(thread=True, exit_on_error=False, group="events")
+    def _watch_events(self) -> None:
+        # The stream blocks in a daemon thread; this worker only watches for cancellation
+        # (app exit), so shutting down never waits on the websocket.
+        worker = get_current_worker()
+        threading.Thread(target=self._event_stream, name="incus-events", daemon=True).start()
+        while not worker.is_cancelled and not self._stop.wait(0.2):
+            pass
+        self._stop.set()
+
+    def _event_stream(self) -> None:
+        prefix = getattr(self.backend, "prefix", "")
+
+        def on_event(event: dict[str, Any]) -> None:
+            if is_lifecycle_for(event, prefix):
+                self.post_message(LifecycleEvent(event))
+
+        while not self._stop.is_set():
+            # A daemon restart ends the stream; the poll keeps the view right meanwhile.
+            with contextlib.suppress(Exception):
+                self.backend.watch_events(on_event, self._stop)
+            self._stop.wait(2.0)
+
+    @on(LifecycleEvent)
+    def _lifecycle(self, message: LifecycleEvent) -> None:
+        self.refresh_soon()
+
+    @on(SlotsLoaded)
+    def _slots_loaded(self, message: SlotsLoaded) -> None:
+        self.loaded = True
+        self.slots = {s.name: s for s in message.slots}
+        self.slot_tree.show_slots(message.slots)
+        if self._last_error is not None:
+            self._last_error = None
+            self.notify("Listing containers works again.", title="Incus")
+        if self.slot_tree.selected != self.selected:
+            self._select(self.slot_tree.selected)
+        self._show_info()
+        self._sync_terminal()
+        self.refresh_bindings()
+        if not message.slots:
+            self.terminal.disconnect("No coi sessions yet - press n to start one")
+
+    @on(SlotsFailed)
+    def _slots_failed(self, message: SlotsFailed) -> None:
+        self.slot_tree.border_subtitle = "cannot list containers"
+        if message.error != self._last_error:
+            self._last_error = message.error
+            self.notify(message.error, title="Cannot list containers", severity="error")
+
+    @on(SlotTree.SlotSelected)
+    def _slot_selected(self, message: SlotTree.SlotSelected) -> None:
+        if message.name != self.selected:
+            self._select(message.name)
+
+    def _select(self, name: str) -> None:
+        self.selected = name
+        self.snapshots = []
+        self._show_snapshots()
+        self._show_info()
+        self._show_audit()
+        if name:
+            self._load_snapshots(name)
+            if self.query_one(TabbedContent).active == "tab-processes":
+                self._load_processes(name)
+        # Moving the cursor quickly must not start an exec per row.
+        if self._terminal_timer is not None:
+            self._terminal_timer.stop()
+        self._terminal_timer = self.set_timer(0.2, self._sync_terminal)
+        self.refresh_bindings()
+
+    @on(Tree.NodeSelected)
+    def _node_selected(self, event: Tree.NodeSelected[str]) -> None:
+        if event.node.data:  # Enter on a slot row: type into it
+            self.action_focus_terminal()
+
+    # ------------------------------------------------------------------ details
+    def _show_info(self) -> None:
+        slot = self.slot
+        info = self.query_one("#info", Static)
+        if slot is None:
+            info.update("Select a slot")
+            return
+        rows = describe(slot)
+        width = max(len(k) for k, _ in rows)
+        info.update("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+    def _show_snapshots(self) -> None:
+        table = self.query_one("#snapshots", DataTable)
+        table.clear()
+        for snap in self.snapshots:
+            table.add_row(Text(snap.name), Text(snap.created_at[:19].replace("T", " ")))
+        table.border_subtitle = f"{len(self.snapshots)}" if self.selected else ""
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="snapshots")
+    def _load_snapshots(self, name: str) -> None:
+        try:
+            snaps = self.backend.list_snapshots(name)
+        except Exception:
+            snaps = []  # gone meanwhile: the next listing removes the slot
+        if not get_current_worker().is_cancelled:
+            self.post_message(SnapshotsLoaded(name, snaps))
+
+    @on(SnapshotsLoaded)
+    def _snapshots_loaded(self, message: SnapshotsLoaded) -> None:
+        if message.name != self.selected:
+            return
+        self.snapshots = message.snapshots
+        self._show_snapshots()
+        self.refresh_bindings()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="processes")
+    def _load_processes(self, name: str) -> None:
+        try:
+            text = self.backend.processes(name)
+        except Exception as exc:
+            text = f"Cannot list processes: {one_line(exc)}"
+        if not get_current_worker().is_cancelled:
+            self.post_message(ProcessesLoaded(name, text))
+
+    @on(ProcessesLoaded)
+    def _processes_loaded(self, message: ProcessesLoaded) -> None:
+        if message.name == self.selected:
+            self.query_one("#processes", Static).update(message.text)
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "tab-processes" and self.slot is not None:
+            self.query_one("#processes", Static).update("Loading…")
+            self._load_processes(self.selected)
+
+    def _show_audit(self) -> None:
+        audit = self.query_one("#audit", Static)
+        if not self.selected:
+            audit.update("Select a slot")
+            return
+        events = [e for e in self.feed.events if e.container == self.selected]
+        if not events:
+            audit.update(f"No threat events for {self.selected}")
+            return
+        lines = [
+            f"{e.timestamp[:19]}  {e.level.upper():8} {e.category:12} {e.title}"
+            + (f"\n    {e.description}" if e.description else "")
+            + (f"\n    action: {e.action}" if e.action else "")
+            for e in events[-200:]
+        ]
+        audit.update("\n".join(lines))
+
+    # ------------------------------------------------------------------ threats
+    @work(thread=True, exit_on_error=False, group="threats")
+    def _watch_threats(self) -> None:
+        source = self.threats
+        assert source is not None
+        worker = get_current_worker()
+        while not self._stop.is_set() and not worker.is_cancelled:
+            try:
+                events = source.read_new()
+            except Exception:
+                events = []
+            if events:
+                self.post_message(ThreatsArrived(events))
+            self._stop.wait(THREAT_POLL_S)
+
+    @on(ThreatsArrived)
+    def _threats_arrived(self, message: ThreatsArrived) -> None:
+        self.feed.add_events(message.events)
+        if any(e.container == self.selected for e in message.events):
+            self._show_audit()
+
+    # ------------------------------------------------------------------ terminal
+    def _sync_terminal(self) -> None:
+        """Connect the terminal pane to the selected slot's tmux session when it runs."""
+        self._terminal_timer = None
+        terminal = self.terminal
+        slot = self.slot
+        if slot is None:
+            if terminal.connected or not self.selected:
+                terminal.disconnect("Select a slot" if self.slots else None)
+            return
+        if slot.state not in ("RUNNING", "FROZEN"):
+            terminal.disconnect(f"{slot.name} is {slot.state}")
+            return
+        if terminal.session_name == slot.name or self._opening == slot.name:
+            return
+        if slot.state == "FROZEN":
+            terminal.disconnect(f"{slot.name} is FROZEN - p resumes it")
+            return
+        if time.monotonic() - self._ended.get(slot.name, 0.0) < TERMINAL_RETRY_S:
+            return
+        terminal.disconnect(f"Connecting to {slot.name}…")
+        self._opening = slot.name
+        size = terminal.content_size
+        self._open_terminal(slot.name, size.width or 80, size.height or 24)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="terminal")
+    def _open_terminal(self, name: str, columns: int, lines: int) -> None:
+        try:
+            transport = self.backend.open_terminal(name, columns, lines, self.read_only)
+        except Exception as exc:
+            self.post_message(OpFinished("terminal", name, error=one_line(exc)))
+            return
+        self.post_message(TerminalOpened(name, transport))
+
+    @on(TerminalOpened)
+    def _terminal_opened(self, message: TerminalOpened) -> None:
+        if self._opening == message.name:
+            self._opening = ""
+        slot = self.slot
+        if slot is None or slot.name != message.name or slot.state != "RUNNING":
+            message.transport.close()
+            return
+        self.terminal.connect(message.transport, message.name)
+        self.terminal.border_title = message.name
+
+    @on(TerminalView.Ended)
+    def _terminal_ended(self, message: TerminalView.Ended) -> None:
+        self._ended[message.name] = time.monotonic()
+        if self.focused is self.terminal:
+            self.slot_tree.focus()
+        self.refresh_soon()
+
+    @on(TerminalView.Left)
+    def _terminal_left(self) -> None:
+        self.slot_tree.focus()
+
+    def action_focus_terminal(self) -> None:
+        self.query_one(TabbedContent).active = "tab-terminal"
+        self.terminal.focus()
+
+    # ------------------------------------------------------------------ navigation
+    def action_focus_pane(self, number: int) -> None:
+        if number == 1:
+            self.slot_tree.focus()
+        elif number == 2:
+            self.query_one("#snapshots", DataTable).focus()
+        elif number == 3:
+            tabs = self.query_one(TabbedContent)
+            if tabs.active == "tab-terminal":
+                self.terminal.focus()
+            else:
+                tabs.query_one("Tabs").focus()
+        elif number == 4:
+            self.feed.focus()
+
+    def action_cycle_tab(self, step: int) -> None:
+        tabs = self.query_one(TabbedContent)
+        index = TABS.index(tabs.active) if tabs.active in TABS else 0
+        tabs.active = TABS[(index + step) % len(TABS)]
+
+    def action_filter(self) -> None:
+        target: Widget = self.feed if self._focus_area() == "threats" else self.slot_tree
+        self._filter_target = target
+        box = self.query_one("#filter", Input)
+        box.value = (
+            target.query_text if isinstance(target, ThreatFeed) else self.slot_tree.filter_text
+        )
+        box.placeholder = (
+            "filter threats (! inverts)" if target is self.feed else "filter slots (! inverts)"
+        )
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        target = self._filter_target
+        if isinstance(target, ThreatFeed | SlotTree):
+            target.set_filter(event.value.strip())
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self) -> None:
+        self._hide_filter()
+
+    def action_close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_focus:
+            box.value = ""  # esc clears, then goes back
+            self._hide_filter()
+
+    def _hide_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = False
+        (self._filter_target or self.slot_tree).focus()
+
+    # ------------------------------------------------------------------ operations
+    def _start_op(self, op: str, name: str, fn: Callable[[], str | None]) -> None:
+        self._busy.add(name)
+        self._run_op(op, name, fn)
+
+    @work(thread=True, exit_on_error=False, group="ops")
+    def _run_op(self, op: str, name: str, fn: Callable[[], str | None]) -> None:
+        try:
+            result = fn()
+        except Exception as exc:  # a failed operation is a notification, never a crash
+            self.post_message(OpFinished(op, name, error=one_line(exc)))
+        else:
+            self.post_message(OpFinished(op, name, result=result or ""))
+
+    @on(OpFinished)
+    def _op_finished(self, message: OpFinished) -> None:
+        self._busy.discard(message.name)
+        if message.op == "terminal":
+            if self._opening == message.name:
+                self._opening = ""
+            self._ended[message.name] = time.monotonic()
+            self.terminal.disconnect(f"Cannot open the terminal: {message.error}")
+            return
+        if not message.ok:
+            self.notify(
+                message.error, title=f"{message.op} failed: {message.name}", severity="error"
+            )
+        else:
+            done = {
+                "pause": f"{message.name} is frozen",
+                "resume": f"{message.name} is running again",
+                "kill": f"{message.name} was killed",
+                "snapshot": f"snapshot {message.result} of {message.name} created",
+                "restore": f"{message.name} restored",
+                "branch": f"{message.result} started from {message.name}",
+                "new": f"{message.result} started",
+            }.get(message.op, f"{message.op} done")
+            self.notify(done, title=message.op.capitalize())
+        if message.name == self.selected:
+            self._load_snapshots(message.name)
+        self.refresh_slots()
+
+    def action_toggle_pause(self) -> None:
+        slot = self.slot
+        if slot is None:
+            return
+        if slot.state == "FROZEN":
+            self._start_op("resume", slot.name, lambda: self.backend.resume(slot.name))
+        else:
+            self._start_op("pause", slot.name, lambda: self.backend.pause(slot.name))
+
+    def action_kill(self) -> None:
+        slot = self.slot
+        if slot is None:
+            return
+        body = (
+            f"Kill {slot.name} ({slot.tool or 'agent'} in {slot.workspace or '?'})?\n"
+            "The container is stopped at once and deleted; the agent's session data is saved "
+            "first."
+        )
+
+        def answered(confirmed: bool | None) -> None:
+            if confirmed:
+                if self.terminal.session_name == slot.name:
+                    self.terminal.disconnect(f"Killing {slot.name}…")
+                self._start_op("kill", slot.name, lambda: self.backend.kill(slot.name))
+
+        self.app.push_screen(ConfirmScreen(f"Kill {slot.name}", body, "Kill"), answered)
+
+    def action_snapshot(self) -> None:
+        slot = self.slot
+        if slot is not None:
+            self._start_op("snapshot", slot.name, lambda: self.backend.snapshot(slot.name))
+
+    def action_restore(self) -> None:
+        slot, snap = self.slot, self.selected_snapshot()
+        if slot is None or snap is None:
+            return
+        body = (
+            f"Roll {slot.name} back to snapshot {snap.name}?\n"
+            "A running container is stopped, restored and restarted; everything in it since "
+            "the snapshot is lost (the workspace folder is not part of snapshots)."
+        )
+
+        def answered(confirmed: bool | None) -> None:
+            if confirmed:
+                if self.terminal.session_name == slot.name:
+                    self.terminal.disconnect(f"Restoring {slot.name}…")
+                self._start_op(
+                    "restore", slot.name, lambda: self.backend.restore(slot.name, snap.name)
+                )
+
+        self.app.push_screen(ConfirmScreen(f"Restore {slot.name}", body, "Restore"), answered)
+
+    def action_branch(self) -> None:
+        slot, snap = self.slot, self.selected_snapshot()
+        if slot is not None and snap is not None:
+            self._start_op("branch", slot.name, lambda: self.backend.branch(slot.name, snap.name))
+
+    def action_new_slot(self) -> None:
+        workspace = self.slot.workspace if self.slot and self.slot.workspace else self.workspace
+        tool = self.slot.tool if self.slot else "claude"
+
+        def answered(request: NewSlotRequest | None) -> None:
+            if request is not None:
+                self._start_op(
+                    "new",
+                    request.workspace,
+                    lambda: self.backend.new_slot(request.workspace, request.tool, request.profile),
+                )
+
+        self.app.push_screen(
+            NewSlotScreen(workspace, self.backend.tools(), self.backend.profiles(), tool), answered
+        )
+
+    def action_attach(self) -> None:
+        slot = self.slot
+        if slot is None:
+            return
+        from textual.app import SuspendNotSupported
+
+        try:
+            with self.app.suspend():
+                self.backend.attach(slot.name)
+        except SuspendNotSupported:
+            self.notify("Attach needs a real terminal.", severity="warning")
+        except Exception as exc:
+            self.notify(one_line(exc), title=f"attach failed: {slot.name}", severity="error")
+        self.refresh_slots()

@@ -1,0 +1,187 @@
+"""Workspaces pane: a tree of workspaces, each with its slots (tool, state, mode, uptime, CPU,
+memory). Rebuilt only when the set of slots changes; otherwise labels are updated in place."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import ClassVar
+
+from rich.text import Text
+from textual.message import Message
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from coi_tui.dashboard.backend import SlotInfo, format_bytes, format_uptime
+
+STATE_COMPONENTS = {
+    "RUNNING": "slot-tree--running",
+    "FROZEN": "slot-tree--frozen",
+    "STOPPED": "slot-tree--stopped",
+}
+
+
+def display_path(path: str) -> str:
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and (path == home or path.startswith(home + os.sep)):
+        return "~" + path[len(home) :]
+    return path or "(no workspace)"
+
+
+def slot_matches(slot: SlotInfo, query: str) -> bool:
+    if not query:
+        return True
+    invert = query.startswith("!")
+    text = query[1:] if invert else query
+    hay = f"{slot.name} {slot.workspace} {slot.tool} {slot.state} {slot.mode}".lower()
+    return (text.lower() not in hay) if invert else (text.lower() in hay)
+
+
+def group_slots(slots: Iterable[SlotInfo], current: str) -> list[tuple[str, list[SlotInfo]]]:
+    """Workspaces in display order (the current one first), slots by number."""
+    groups: dict[str, list[SlotInfo]] = {}
+    for slot in slots:
+        groups.setdefault(slot.workspace, []).append(slot)
+    order = sorted(groups, key=lambda w: (w != current, w))
+    return [(w, sorted(groups[w], key=lambda s: (s.slot, s.name))) for w in order]
+
+
+class SlotTree(Tree[str]):
+    """Node data: the container name for slot rows, '' for workspace rows."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "slot-tree--running",
+        "slot-tree--frozen",
+        "slot-tree--stopped",
+        "slot-tree--other",
+        "slot-tree--current",
+        "slot-tree--muted",
+    }
+    DEFAULT_CSS = """
+    SlotTree > .slot-tree--running { color: $success; }
+    SlotTree > .slot-tree--frozen { color: $warning; text-style: bold; }
+    SlotTree > .slot-tree--stopped { color: $foreground-muted; }
+    SlotTree > .slot-tree--other { color: $error; }
+    SlotTree > .slot-tree--current { color: $accent; text-style: bold; }
+    SlotTree > .slot-tree--muted { color: $foreground-muted; }
+    """
+
+    class SlotSelected(Message):
+        """The highlighted slot changed (name '' when a workspace row is highlighted)."""
+
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+    def __init__(self, workspace: str = "", *, id: str | None = None) -> None:
+        # Before super().__init__: the Tree's reactives call watch_cursor_line at once.
+        self.current_workspace = workspace
+        self.slots: dict[str, SlotInfo] = {}
+        self.filter_text = ""
+        self._all_slots: list[SlotInfo] = []
+        self._slot_shape: list[tuple[str, list[str]]] = []
+        self._slot_nodes: dict[str, TreeNode[str]] = {}
+        self._selected_name = ""
+        super().__init__("Workspaces", data="", id=id)
+        self.show_root = False
+        self.guide_depth = 2
+
+    @property
+    def selected(self) -> str:
+        return self._selected_name
+
+    def show_slots(self, slots: list[SlotInfo]) -> None:
+        self._all_slots = list(slots)
+        self._apply()
+
+    def set_filter(self, query: str) -> None:
+        self.filter_text = query
+        self._apply()
+
+    def _apply(self) -> None:
+        shown = [s for s in self._all_slots if slot_matches(s, self.filter_text)]
+        self.slots = {s.name: s for s in shown}
+        groups = group_slots(shown, self.current_workspace)
+        shape = [(w, [s.name for s in group]) for w, group in groups]
+        if shape == self._slot_shape:
+            for _, group in groups:
+                for slot in group:
+                    self._slot_nodes[slot.name].set_label(self._slot_label(slot))
+        else:
+            self._rebuild(groups)
+            self._slot_shape = shape
+        self.border_subtitle = f"{len(shown)} slot{'s' if len(shown) != 1 else ''}"
+        self._announce()
+
+    def _rebuild(self, groups: list[tuple[str, list[SlotInfo]]]) -> None:
+        keep = self._selected_name
+        self.clear()
+        self._slot_nodes = {}
+        for workspace, group in groups:
+            label = Text(display_path(workspace))
+            if workspace == self.current_workspace:
+                label.stylize(self._style("slot-tree--current"))
+            node = self.root.add(label, data="", expand=True)
+            for slot in group:
+                self._slot_nodes[slot.name] = node.add_leaf(self._slot_label(slot), data=slot.name)
+        target = self._slot_nodes.get(keep)
+        if target is None and self._slot_nodes:
+            target = next(iter(self._slot_nodes.values()))
+        if target is not None:
+            _ = self._tree_lines  # lay out the new nodes so they have line numbers
+            self.move_cursor(target, animate=False)
+
+    def _style(self, component: str) -> object:
+        return self.get_component_rich_style(component, partial=True)
+
+    def _slot_label(self, slot: SlotInfo) -> Text:
+        cpu = "-" if slot.cpu_pct is None else f"{slot.cpu_pct:.0f}%"
+        text = Text()
+        text.append(f"{slot.slot:>2} ")
+        text.append(f"{slot.tool or '-':8} ")
+        state_style = self._style(STATE_COMPONENTS.get(slot.state, "slot-tree--other"))
+        text.append(f"{slot.state:8}", style=state_style)  # type: ignore[arg-type]
+        muted = self._style("slot-tree--muted")
+        text.append(
+            f" {slot.mode[:5]:5} {format_uptime(slot.uptime_s):>6} {cpu:>4} "
+            f"{format_bytes(slot.mem_bytes):>6}",
+            style=muted,  # type: ignore[arg-type]
+        )
+        return text
+
+    def label_text(self, name: str) -> str:
+        node = self._slot_nodes.get(name)
+        return "" if node is None else str(node.label)
+
+    def rows(self) -> list[str]:
+        """Every row's plain text, in display order (tests, debugging)."""
+        out: list[str] = []
+        for ws_node in self.root.children:
+            out.append(str(ws_node.label))
+            out.extend("  " + str(child.label) for child in ws_node.children)
+        return out
+
+    def select(self, name: str) -> None:
+        node = self._slot_nodes.get(name)
+        if node is not None:
+            self.move_cursor(node, animate=False)
+            self._announce()
+
+    def watch_cursor_line(self, previous_line: int, line: int) -> None:
+        super().watch_cursor_line(previous_line, line)
+        self._announce()
+
+    def _announce(self) -> None:
+        node = self.cursor_node
+        name = node.data if node is not None and node.data else ""
+        if name not in self.slots:
+            name = ""
+        if name != self._selected_name:
+            self._selected_name = name
+            self.post_message(self.SlotSelected(name))
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        if self._all_slots:
+            self._slot_shape = []  # rebuild labels with the new theme's colours
+            self._apply()
