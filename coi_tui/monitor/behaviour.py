@@ -177,16 +177,40 @@ def _walk(
     depth: int,
     upstream: bool,
 ) -> int | None:
-    """Follow fd `num` of pid through pipes (writers upstream, readers downstream) to a
-    process holding a connection; its pid, or None."""
+    """Follow fd `num` of pid through pipes and FIFOs (to their writers upstream, readers
+    downstream) to a process holding a connection; its pid, or None. Intermediate processes
+    (cat, tee, a renamed copy...) are followed through any FIFO they read (or write), since
+    relays often open the named pipe themselves rather than using stdin."""
     fd = next((f for f in view.all_fds(pid) if f.num == num), None)
     if fd is None or fd.kind != "fifo":
         return None
-    for other in ends.get(fd.key, set()) - {pid}:
+    return _follow(view, pid, fd.key, ends, holders, depth, upstream, {pid})
+
+
+def _follow(
+    view: ContainerView,
+    pid: int,
+    key: tuple[int, int],
+    ends: dict[tuple[int, int], set[int]],
+    holders: dict[int, procfs.Conn],
+    depth: int,
+    upstream: bool,
+    visited: set[int],
+) -> int | None:
+    for other in sorted(ends.get(key, set()) - visited):
         if other in holders:
             return other
-        if depth > 1:
-            found = _walk(view, other, 0 if upstream else 1, ends, holders, depth - 1, upstream)
+        if depth <= 1:
+            continue
+        wanted = (0, 2) if upstream else (1, 2)
+        for fd in view.all_fds(other):
+            if fd.kind != "fifo" or fd.key == key:
+                continue
+            if procfs.fd_mode(other, fd.num) not in wanted:
+                continue
+            found = _follow(
+                view, other, fd.key, ends, holders, depth - 1, upstream, visited | {other}
+            )
             if found is not None:
                 return found
     return None

@@ -24,6 +24,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ from typing import Any
 from coi_tui.monitor import behaviour, procfs, rules
 from coi_tui.monitor.config import MonitorConfig, load_monitor_config
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
-from coi_tui.monitor.netlink import NflogReader, ProcConnector
+from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent
 
 LOG_PREFIX = "coimon"
 
@@ -72,9 +73,14 @@ class NftWatch:
             f"table bridge {self.table} {{\n"
             "  set ports { type ifname; }\n"
             "  chain watch { type filter hook prerouting priority -300; policy accept;\n"
-            f"    iifname @ports ether type ip tcp flags & (syn|ack) == syn {log}\n"
-            f"    iifname @ports ether type ip udp dport 53 limit rate 400/second {log}\n"
-            f"    iifname @ports ether type ip meta l4proto udp limit rate 100/second {log}\n"
+            # limits with bursts: a flood must not starve the daemon, a burst of queries
+            # (what DNS tunnels send) must still be seen whole
+            f"    iifname @ports ether type ip tcp flags & (syn|ack) == syn "
+            f"limit rate 2000/second burst 1000 packets {log}\n"
+            f"    iifname @ports ether type ip udp dport 53 "
+            f"limit rate 1000/second burst 1000 packets {log}\n"
+            f"    iifname @ports ether type ip meta l4proto udp udp dport != 53 "
+            f"limit rate 100/second burst 100 packets {log}\n"
             "  }\n}\n"
         )
 
@@ -189,6 +195,8 @@ class Daemon:
         self.by_ifindex: dict[int, Watched] = {}
         self.by_ip: dict[str, Watched] = {}
         self.timers: list[tuple[float, str]] = []
+        self.pending: set[tuple[str, int]] = set()
+        self.proc_queue: deque[tuple[ProcEvent, list[str], str, float]] = deque()
         self.stop = False
         self.gateway = ""
         self.nft = NftWatch(table_name(home), nflog_group(home, config))
@@ -290,24 +298,53 @@ class Daemon:
         return self.by_ns.get(procfs.pid_ns(pid)) if self.by_ns else None
 
     # ------------------------------------------------------------------ event handlers
-    def on_exec(self, pid: int, now: float) -> None:
-        watched = self.owner_of(pid)
-        if watched is None or watched.status == "Killed":
+    def capture_proc_events(self, procs: ProcConnector, wake: int) -> None:
+        """Reader thread: takes each exec/fork as it comes and at once snapshots what the
+        short-lived processes (env, cat, true) still show, before the main loop judges
+        anything: they are gone within a millisecond."""
+        while not self.stop:
+            events = procs.read()
+            if not self.by_ns:
+                continue
+            seen: list[tuple[ProcEvent, list[str], str, float]] = []
+            for event in events:
+                if event.kind == "exec":
+                    argv = procfs.read_cmdline(event.pid)
+                    seen.append((event, argv, procfs.pid_ns(event.pid), time.monotonic()))
+                elif event.kind == "fork":
+                    pidns = procfs.pid_ns(event.parent) or procfs.pid_ns(event.pid)
+                    seen.append((event, [], pidns, time.monotonic()))
+            if seen:
+                self.proc_queue.extend(seen)
+                with contextlib.suppress(BlockingIOError):
+                    os.write(wake, b"x")
+
+    def on_proc_events(self) -> None:
+        while self.proc_queue:
+            event, argv, pidns, at = self.proc_queue.popleft()
+            watched = self.by_ns.get(pidns)
+            if watched is None:
+                continue
+            if event.kind == "exec":
+                self.on_exec(watched, event.pid, argv, at)
+            else:
+                self.on_fork(watched, event.pid, at)
+
+    def on_exec(self, watched: Watched, pid: int, argv: list[str], now: float) -> None:
+        if watched.status == "Killed":
             return
         watched.pids.add(pid)
         proc = procfs.read_proc(pid)
-        if proc is None:
-            return
-        found = rules.cmdline_threats(pid, proc.cmdline, proc.exe)
+        exe = proc.exe if proc is not None else ""
+        found = rules.cmdline_threats(pid, argv or (proc.cmdline if proc else []), exe)
         view = behaviour.ContainerView(watched.init_pid, [pid])
         found += behaviour.analyse(view, only={pid})
         self.respond(watched, found, now)
         # pipes and sockets are often wired up just after the exec: look again shortly
         self.schedule(watched.name, 0.15)
 
-    def on_fork(self, pid: int, now: float) -> None:
-        watched = self.owner_of(pid)
-        if watched is None or watched.status == "Killed":
+    def on_fork(self, watched: Watched, pid: int, now: float) -> None:
+        if watched.status == "Killed":
             return
         watched.pids.add(pid)
         forks = watched.forks
@@ -338,7 +375,12 @@ class Daemon:
             self.responder.handle(watched, threat)
 
     def schedule(self, name: str, delay: float) -> None:
-        heapq.heappush(self.timers, (time.monotonic() + delay, name))
+        due = time.monotonic() + delay
+        slot = (name, round(due * 10))  # one extra pass per container per 100 ms at most
+        if slot in self.pending:
+            return
+        self.pending.add(slot)
+        heapq.heappush(self.timers, (due, name))
 
     # ------------------------------------------------------------------ periodic pass
     def scan(self, watched: Watched, full: bool) -> None:
@@ -400,6 +442,10 @@ class Daemon:
         self.gateway = str((network.get("config") or {}).get("ipv4.address", "")).split("/")[0]
         self.broadcaster = Broadcaster(self.home / "monitor.sock", self.owner)
         procs = ProcConnector()
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        threading.Thread(target=self.capture_proc_events, args=(procs, wake_w), daemon=True).start()
         self.nft.create()
         nflog = NflogReader(self.nft.group)
         self.log(
@@ -421,20 +467,19 @@ class Daemon:
                         self.scan(watched, full=True)
                     next_scan = now + self.config.scan_interval_sec
                 while self.timers and self.timers[0][0] <= now:
-                    _, name = heapq.heappop(self.timers)
+                    due, name = heapq.heappop(self.timers)
+                    self.pending.discard((name, round(due * 10)))
                     if name in self.watched:
                         self.scan(self.watched[name], full=False)
                 due = min(next_scan, next_refresh, self.timers[0][0] if self.timers else 1e18)
                 timeout = max(0.0, due - time.monotonic())
-                ready, _, _ = select.select([procs, nflog, self.broadcaster], [], [], timeout)
+                ready, _, _ = select.select([wake_r, nflog, self.broadcaster], [], [], timeout)
                 now = time.monotonic()
                 for source in ready:
-                    if source is procs:
-                        for event in procs.read():
-                            if event.kind == "exec":
-                                self.on_exec(event.pid, now)
-                            elif event.kind == "fork":
-                                self.on_fork(event.pid, now)
+                    if source is wake_r:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(wake_r, 4096)
+                        self.on_proc_events()
                     elif source is nflog:
                         for packet in nflog.read():
                             self.on_packet(packet.payload, packet.physindev, now)

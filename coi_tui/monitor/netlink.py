@@ -55,11 +55,18 @@ class ProcConnector:
         return self.sock.fileno()
 
     def read(self) -> list[ProcEvent]:
-        try:
-            data = self.sock.recv(65536)
-        except OSError:  # ENOBUFS: events were lost; the periodic /proc pass covers them
-            return []
-        return parse_proc_events(data)
+        """Every event queued now (drained without blocking after the first datagram)."""
+        events: list[ProcEvent] = []
+        flags = 0
+        while True:
+            try:
+                data = self.sock.recv(65536, flags)
+            except BlockingIOError:
+                return events
+            except OSError:  # ENOBUFS: events were lost; the periodic /proc pass covers them
+                return events
+            events.extend(parse_proc_events(data))
+            flags = socket.MSG_DONTWAIT
 
     def close(self) -> None:
         self.sock.close()

@@ -97,6 +97,15 @@ def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
+def read_cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return raw.decode("utf-8", "replace").rstrip("\0").split("\0") if raw else []
+
+
 def read_proc(pid: int) -> Proc | None:
     raw = read_text(f"/proc/{pid}/stat")
     if not raw:

@@ -85,6 +85,7 @@ SECRET_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 BROAD_SECRET_WORDS = re.compile(r"password|passwd|secret|api[_-]?key|token|credential", re.I)
+ENV_DUMP = re.compile(r"(^|[;&|(]\s*)(env|printenv)\s*($|[;&|>)])", re.M)
 LOCAL_NAMES = ("localhost", "127.", "0.0.0.0", "::1", "[::1]")
 PRIVATE = [
     ipaddress.ip_network(n)
@@ -246,7 +247,10 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
         )
 
     args = argv[1:]
-    if name in ("env", "printenv") and all(a.startswith("-") for a in args):
+    dump = name in ("env", "printenv") and all(a.startswith("-") for a in args)
+    # a shell's script too: `env` alone is over within a millisecond, its script is not
+    script = _inline_code(argv, ("-c",)) if is_shell(name) else ""
+    if dump or ENV_DUMP.search(script):
         hit("cred.env-dump", "Environment variable scanning detected", "environment dumped")
     for arg in args:
         if "/proc/" in arg and "environ" in arg and "/proc/self/" not in arg:
@@ -256,7 +260,7 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
                 "another process's environment read through /proc",
             )
             break
-    if name not in SSH_TOOLS:
+    if name not in SSH_TOOLS and not is_shell(name):  # a shell's script: judged per command
         for arg in args:
             if re.search(r"\.ssh/(id_|.*_key$|authorized_keys)|^/etc/ssh/ssh_host_.*_key$", arg):
                 hit("cred.ssh-key", "SSH key access", f"{name} on {arg[:120]}")
@@ -486,7 +490,8 @@ class RateWatch:
     def add(self, now: float, total: int) -> int:
         """Record a cumulative total; return the increase over the window."""
         self.samples.append((now, total))
-        while len(self.samples) > 1 and self.samples[0][0] < now - self.window:
+        # keep the newest sample at or before the window's start as the baseline
+        while len(self.samples) > 1 and self.samples[1][0] <= now - self.window:
             self.samples.popleft()
         return max(0, total - self.samples[0][1])
 
