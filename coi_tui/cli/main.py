@@ -11,11 +11,36 @@ from coi_tui.errors import CoiError, Terminated
 EXIT_INTERRUPTED = 130
 
 
+GLOBAL_OPTIONS = {"--remote": "COI_REMOTE", "--target": "COI_TARGET"}
+
+
+def take_global_options(argv: list[str]) -> list[str]:
+    """`--remote NAME` and `--target MEMBER` work before or after any command: they become
+    $COI_REMOTE / $COI_TARGET, which the Incus adapter (and child processes) read."""
+    out: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--":
+            out.append(arg)
+            out.extend(rest)
+            break
+        name, eq, value = arg.partition("=")
+        if name in GLOBAL_OPTIONS:
+            if not eq:
+                value = next(rest, "")
+            if not value or value.startswith("-"):
+                sys.exit(f"coi: error: {name} needs a value (see 'coi --help')")
+            os.environ[GLOBAL_OPTIONS[name]] = value
+            continue
+        out.append(arg)
+    return out
+
+
 def normalise_argv(argv: list[str]) -> list[str]:
     """COI conventions argparse lacks: bare `coi` means `coi shell`; `--resume` takes its value
     only with `=`, so `coi shell --resume abc` is an error that says so."""
     out: list[str] = []
-    for arg in argv:
+    for arg in take_global_options(argv):
         if arg in ("--resume", "--continue"):
             out.append(f"{arg}=auto")
         else:
@@ -42,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     from coi_tui.cli.parser import build_parser
 
     parser = build_parser()
+    parser.epilog = (parser.epilog or "") + (
+        " Global options, before or after the command: --remote NAME (a server added with "
+        "'coi remote add'), --target MEMBER (cluster member for new sessions)."
+    )
     args = parse(parser, normalise_argv(args_in))
     if args.command is None:
         parser.print_help()
@@ -71,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, the traceback only on request
         if os.environ.get("COI_DEBUG"):
             raise
-        print(f"Error: unexpected {type(exc).__name__}: {exc} (run with COI_DEBUG=1 for "
-              "details, and please report it)", file=sys.stderr)
+        print(
+            f"Error: unexpected {type(exc).__name__}: {exc} (run with COI_DEBUG=1 for "
+            "details, and please report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

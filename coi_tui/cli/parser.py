@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "coi_tui.cli.snapshot_cmds",
     "coi_tui.cli.health_cmds",
     "coi_tui.cli.config_cmds",
+    "coi_tui.cli.remote_cmds",
     "coi_tui.cli.monitor_cmds",
 )
 

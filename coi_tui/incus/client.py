@@ -10,11 +10,13 @@ through the `incus` client binary, which already does terminals, signals and std
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -31,8 +33,10 @@ from coi_tui.incus.errors import (
     IncusError,
     InstanceNotFound,
     NotFound,
+    RemoteUnavailable,
     SocketPermissionDenied,
 )
+from coi_tui.incus.remotes import Remote
 
 DEFAULT_SOCKET = "/var/lib/incus/unix.socket"
 API = "/1.0"
@@ -163,12 +167,33 @@ class Response:
 class Incus:
     """One connection to one Incus daemon (local socket by default)."""
 
-    def __init__(self, socket_path: str | None = None, project: str = "default") -> None:
+    def __init__(
+        self,
+        socket_path: str | None = None,
+        project: str = "default",
+        remote: Remote | str | None = None,
+    ) -> None:
+        """The local daemon by default; a remote (name or Remote) over HTTPS, or the one named
+        by $COI_REMOTE when neither a socket nor a remote is given."""
+        if remote is None and socket_path is None and os.environ.get("COI_REMOTE"):
+            remote = os.environ["COI_REMOTE"]
+        if isinstance(remote, str):
+            from coi_tui.incus.remotes import get_remote
+
+            remote = get_remote(remote)
+        self.remote: Remote | None = remote
         self.socket_path = socket_path or default_socket_path()
-        self.project = project
+        self.project = remote.project if remote is not None and project == "default" else project
         self._client: Any = None
         self._server_info: dict[str, Any] | None = None
         self._lock = threading.Lock()
+
+    @property
+    def where(self) -> str:
+        """Where the daemon is, for messages: the socket path or 'remote NAME (address)'."""
+        if self.remote is not None:
+            return f"remote '{self.remote.name}' ({self.remote.address})"
+        return self.socket_path
 
     # ------------------------------------------------------------------ transport
     def _check_socket(self) -> None:
@@ -208,14 +233,25 @@ class Incus:
 
     def ping(self) -> str:
         """Connect and return the server version (raises a clear error if it cannot)."""
-        return str(self.server_info.get("environment", {}).get("server_version", "?"))
+        info = self.server_info
+        if self.remote is not None and info.get("auth") != "trusted":
+            self._server_info = None
+            raise IncusError(
+                f"{self.where} does not trust this machine's client certificate: create a "
+                f"token there ('incus config trust add coi') and run 'coi remote add "
+                f"{self.remote.name} TOKEN'"
+            )
+        return str(info.get("environment", {}).get("server_version", "?"))
 
     def _send(
         self, method: str, target: str, body: Any, headers: dict[str, str], timeout: float | None
     ) -> Response:
-        """One HTTP exchange on a fresh unix-socket connection (cheap, and thread-safe)."""
-        self._check_socket()
-        conn = UnixHTTPConnection(self.socket_path, timeout=timeout)
+        """One HTTP exchange on a fresh connection (cheap, and thread-safe)."""
+        if self.remote is not None:
+            conn: http.client.HTTPConnection = self._https_connection(timeout)
+        else:
+            self._check_socket()
+            conn = UnixHTTPConnection(self.socket_path, timeout=timeout)
         try:
             if hasattr(body, "read") and "Content-Length" not in headers:
                 headers["Content-Length"] = str(os.fstat(body.fileno()).st_size)
@@ -223,9 +259,55 @@ class Incus:
             reply = conn.getresponse()
             return Response(reply.status, reply.reason, reply.headers, reply.read())
         except OSError as exc:
+            if self.remote is not None:
+                raise self._remote_error(exc) from None
             raise self._connection_error(exc) from None
         finally:
             conn.close()
+
+    def _https_connection(self, timeout: float | None) -> http.client.HTTPSConnection:
+        """TLS with our client certificate; the server is pinned by fingerprint (or a CA)."""
+        assert self.remote is not None
+        remote = self.remote
+        cert, key = remote.client_files()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        if remote.ca:
+            context.load_verify_locations(remote.ca)
+        else:
+            context.verify_mode = ssl.CERT_NONE  # pinned below, by fingerprint
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError):
+            raise IncusError(
+                f"client certificate {cert} for remote '{remote.name}' is missing "
+                "or unreadable: add the remote again with 'coi remote add'"
+            ) from None
+        conn = http.client.HTTPSConnection(
+            remote.host, remote.port, context=context, timeout=10 if timeout is None else timeout
+        )
+        try:
+            conn.connect()
+        except OSError as exc:
+            conn.close()
+            raise self._remote_error(exc) from None
+        if remote.fingerprint:
+            der = conn.sock.getpeercert(binary_form=True) or b""
+            actual = hashlib.sha256(der).hexdigest()
+            if actual != remote.fingerprint:
+                conn.close()
+                raise IncusError(
+                    f"server certificate of remote '{remote.name}' does not match its pinned "
+                    f"fingerprint (expected {remote.fingerprint[:16]}..., got {actual[:16]}...): "
+                    "refusing to connect. If the server was reinstalled on purpose, run "
+                    f"'coi remote remove {remote.name}' and add it again"
+                )
+        return conn
+
+    def _remote_error(self, exc: BaseException) -> IncusError:
+        assert self.remote is not None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return RemoteUnavailable(self.where, why.splitlines()[0][:120] if why else "")
 
     def request(
         self,
@@ -342,7 +424,10 @@ class Incus:
         profiles: Sequence[str] = ("default",),
         ephemeral: bool = False,
         start: bool = False,
+        target: str = "",
     ) -> None:
+        """Create an instance; on a cluster, `target` (or the remote's, or $COI_TARGET) picks
+        the member, else Incus places it."""
         self.require_image(image_alias)
         body = {
             "name": name,
@@ -354,8 +439,14 @@ class Incus:
             "ephemeral": ephemeral,
             "start": start,
         }
+        member = (
+            target
+            or os.environ.get("COI_TARGET", "")
+            or (self.remote.target if self.remote is not None else "")
+        )
+        params = {"target": member} if member else None
         try:
-            self.request("POST", f"{API}/instances", body=body)
+            self.request("POST", f"{API}/instances", body=body, params=params)
         except Conflict as exc:
             raise Conflict(f"container '{name}' already exists ({exc})") from None
 
@@ -494,8 +585,15 @@ class Incus:
         return binary
 
     def cli_env(self) -> dict[str, str]:
+        """Environment for the `incus` client: our socket, or a generated client config that
+        knows the remote (its address, our client certificate, its pinned server certificate)."""
         env = dict(os.environ)
-        env["INCUS_SOCKET"] = self.socket_path
+        if self.remote is not None:
+            from coi_tui.incus.remotes import incus_client_config
+
+            env["INCUS_CONF"] = str(incus_client_config(self.remote))
+        else:
+            env["INCUS_SOCKET"] = self.socket_path
         return env
 
     def exec_argv(
@@ -509,11 +607,12 @@ class Incus:
         env: Mapping[str, str] | None = None,
         tty: bool | None = None,
     ) -> list[str]:
-        """The `incus exec` command line that runs argv in the instance."""
+        """The `incus exec` command line that runs argv in the instance (run it with
+        `cli_env()`)."""
         cmd = [
             self.incus_cli(),
             "exec",
-            name,
+            f"{self.remote.name}:{name}" if self.remote is not None else name,
             "--user",
             str(user),
             "--group",

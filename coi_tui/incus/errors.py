@@ -17,6 +17,16 @@ class DaemonUnavailable(IncusError):
         )
 
 
+class RemoteUnavailable(DaemonUnavailable):
+    def __init__(self, where: str, detail: str = "") -> None:
+        why = f" ({detail})" if detail else ""
+        IncusError.__init__(
+            self,
+            f"{where} is unreachable{why}: check the address, and that the server listens "
+            "on the network ('incus config set core.https_address :8443' there)",
+        )
+
+
 class SocketPermissionDenied(IncusError):
     def __init__(self, socket_path: str) -> None:
         super().__init__(

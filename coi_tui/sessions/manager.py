@@ -91,6 +91,16 @@ def pwd_name(uid: int) -> str:
 
 def resolve_workspace(path: str) -> str:
     workspace = os.path.abspath(os.path.expanduser(path))
+    remote = os.environ.get("COI_REMOTE")
+    if remote:
+        # The workspace is a path on the remote host; we cannot look there from here.
+        if not os.path.isdir(workspace):
+            print(
+                f"note: {workspace} does not exist on this machine; remote '{remote}' mounts "
+                "that path from its own disk, so it must exist there",
+                file=sys.stderr,
+            )
+        return workspace
     if not os.path.exists(workspace):
         raise CoiError(f"workspace '{workspace}' does not exist: create it or pass -w PATH")
     if not os.path.isdir(workspace):
@@ -140,6 +150,9 @@ class SessionManager:
         host user: idmapped mount (shift) when the uids match, raw.idmap otherwise."""
         mode = os.environ.get("COI_IDMAP", "auto")
         uid, gid, code = os.getuid(), os.getgid(), self.settings.code_uid
+        if self.incus.remote is not None:
+            # Our uid means nothing on another host: files keep the agent's uid there.
+            return {}, {"shift": "true"}
         if mode == "shift" or (mode == "auto" and uid == code and gid == code):
             return {}, {"shift": "true"}
         if uid != 0 and not (subid_allows(uid, "/etc/subuid") and subid_allows(gid, "/etc/subgid")):
@@ -264,7 +277,7 @@ class SessionManager:
             self._write_meta(session, req)
             try:
                 run_hooks("before_start", ctx)
-                self.incus.start(name)
+                self.start_container(name, req.workspace)
             except BaseException:
                 if session.reused:
                     self.stop_and_keep(name)
@@ -272,6 +285,17 @@ class SessionManager:
                     self.remove_container(name)
                 raise
         return session
+
+    def start_container(self, name: str, workspace: str) -> None:
+        try:
+            self.incus.start(name)
+        except IncusError as exc:
+            if "source path" in str(exc).lower() and self.incus.remote is not None:
+                raise CoiError(
+                    f"workspace {workspace} does not exist on "
+                    f"{self.incus.where}: create it there first"
+                ) from None
+            raise
 
     def remove_container(self, name: str) -> None:
         """Delete a coi container (stopping it first) and tell the hooks it is gone."""

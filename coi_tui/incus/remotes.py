@@ -1,0 +1,267 @@
+"""Remote Incus servers and clusters, reached over HTTPS with a client certificate.
+
+Remotes are kept in ~/.coi/remotes.toml (written by `coi remote add|remove`) and may also be
+declared as `[[remotes]]` tables in the config files. The server is pinned by the SHA-256
+fingerprint of its certificate (or verified against a CA file). `--remote NAME` (or
+$COI_REMOTE) points every command at one; the default stays the local socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import ssl
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from coi_tui.errors import CoiError, UsageError
+from coi_tui.paths import coi_home
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@dataclass
+class Remote:
+    name: str
+    address: str  # https://host:port
+    cert: str = ""  # client certificate (PEM file); default ~/.coi/client.crt
+    key: str = ""  # client key (PEM file); default ~/.coi/client.key
+    fingerprint: str = ""  # SHA-256 of the server certificate (hex, any case, colons allowed)
+    ca: str = ""  # or: a CA file to verify the server against
+    project: str = "default"
+    target: str = ""  # cluster member for new instances ("" = let Incus place them)
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.address).hostname or self.address
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.address).port or 8443
+
+    def client_files(self) -> tuple[str, str]:
+        return (
+            self.cert or str(coi_home() / "client.crt"),
+            self.key or str(coi_home() / "client.key"),
+        )
+
+
+def remotes_file() -> Path:
+    return coi_home() / "remotes.toml"
+
+
+def normalise_fingerprint(text: str) -> str:
+    return text.replace(":", "").strip().lower()
+
+
+def validate(remote: Remote) -> Remote:
+    if not NAME_RE.match(remote.name):
+        raise UsageError(f"invalid remote name '{remote.name}': letters, digits, '.', '_', '-'")
+    parsed = urlparse(remote.address)
+    if parsed.scheme != "https" or not parsed.hostname:
+        raise UsageError(
+            f"remote '{remote.name}': address must be https://HOST[:PORT], got '{remote.address}'"
+        )
+    if not remote.fingerprint and not remote.ca:
+        raise UsageError(f"remote '{remote.name}' needs a server fingerprint or a CA file")
+    remote.fingerprint = normalise_fingerprint(remote.fingerprint)
+    return remote
+
+
+def _from_table(table: dict[str, Any], where: str) -> Remote:
+    allowed = set(Remote.__dataclass_fields__)
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise CoiError(
+            f"{where}: unknown key(s) in [[remotes]]: {', '.join(unknown)} "
+            f"(allowed: {', '.join(sorted(allowed))})"
+        )
+    if "name" not in table or "address" not in table:
+        raise CoiError(f"{where}: every [[remotes]] entry needs name and address")
+    return validate(Remote(**{k: str(v) for k, v in table.items()}))
+
+
+def load_remotes(extra_files: list[Path] | None = None) -> dict[str, Remote]:
+    """Remotes from ~/.coi/remotes.toml and any `[[remotes]]` in the given config files."""
+    found: dict[str, Remote] = {}
+    for path in [remotes_file(), *(extra_files or [])]:
+        if not path.is_file():
+            continue
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise CoiError(f"{path}: invalid TOML: {exc}") from None
+        for table in data.get("remotes", []) or []:
+            remote = _from_table(table, str(path))
+            found[remote.name] = remote
+    return found
+
+
+def _config_files() -> list[Path]:
+    files = [coi_home() / "config.toml", Path.cwd() / ".coi" / "config.toml"]
+    if os.environ.get("COI_CONFIG"):
+        files.append(Path(os.environ["COI_CONFIG"]).expanduser())
+    return files
+
+
+def get_remote(name: str) -> Remote:
+    remotes = load_remotes(_config_files())
+    if name not in remotes:
+        known = ", ".join(sorted(remotes)) or "none yet"
+        raise CoiError(
+            f"unknown remote '{name}' (configured: {known}); add one with "
+            "'coi remote add NAME https://HOST:8443 --token TOKEN'"
+        )
+    return remotes[name]
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def save_remotes(remotes: dict[str, Remote]) -> None:
+    from coi_tui.sessions.store import atomic_write
+
+    lines = ["# Managed by 'coi remote add|remove'.", ""]
+    for remote in remotes.values():
+        lines.append("[[remotes]]")
+        for key, value in asdict(remote).items():
+            if value:
+                lines.append(f"{key} = {_toml_string(str(value))}")
+        lines.append("")
+    atomic_write(remotes_file(), "\n".join(lines))
+
+
+# ---------------------------------------------------------------------- certificates
+def ensure_client_certificate(cert: str, key: str) -> None:
+    """Create a self-signed client certificate the first time one is needed."""
+    if os.path.exists(cert) and os.path.exists(key):
+        return
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"coi@{os.uname().nodename}")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(private, hashes.SHA384())
+    )
+    Path(key).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    Path(cert).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def certificate_der_b64(cert: str) -> str:
+    """The certificate as Incus wants it in POST /1.0/certificates (base64 of the DER)."""
+    pem = Path(cert).read_text()
+    return base64.b64encode(ssl.PEM_cert_to_DER_cert(pem)).decode()
+
+
+def certificate_fingerprint(cert_pem_path: str) -> str:
+    der = ssl.PEM_cert_to_DER_cert(Path(cert_pem_path).read_text())
+    return hashlib.sha256(der).hexdigest()
+
+
+@dataclass(frozen=True)
+class TrustToken:
+    client_name: str
+    fingerprint: str
+    addresses: list[str]
+    secret: str
+    raw: str  # the whole token: what the server wants back in `trust_token`
+
+
+def decode_token(token: str) -> TrustToken:
+    """An `incus config trust add` token: base64 JSON with the server's addresses and
+    fingerprint, so `coi remote add NAME TOKEN` needs nothing else."""
+    try:
+        padded = token.strip() + "=" * (-len(token.strip()) % 4)
+        data = json.loads(base64.b64decode(padded))
+        return TrustToken(
+            str(data.get("client_name", "")),
+            str(data["fingerprint"]),
+            [str(a) for a in data.get("addresses") or []],
+            str(data["secret"]),
+            token.strip(),
+        )
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise UsageError(
+            "that is not an Incus trust token (create one on the server with "
+            "'incus config trust add NAME')"
+        ) from None
+
+
+# ---------------------------------------------------------------------- the incus client's view
+def server_cert_path(name: str) -> Path:
+    return coi_home() / "servercerts" / f"{name}.crt"
+
+
+def fetch_server_certificate(address: str, timeout: float = 10) -> tuple[str, str]:
+    """(PEM, sha256 fingerprint) of the certificate a server presents; nothing is trusted yet."""
+    parsed = urlparse(address)
+    host, port = parsed.hostname or address, parsed.port or 8443
+    try:
+        pem = ssl.get_server_certificate((host, port), timeout=timeout)
+    except OSError as exc:
+        raise CoiError(f"cannot reach {address}: {exc.strerror or exc}") from None
+    der = ssl.PEM_cert_to_DER_cert(pem)
+    return pem, hashlib.sha256(der).hexdigest()
+
+
+def incus_client_config(remote: Remote) -> Path:
+    """A private INCUS_CONF directory so `incus exec REMOTE:NAME` (interactive sessions) works
+    with the same certificates coi uses; regenerated on each use (it is tiny)."""
+    directory = coi_home() / "incus-client"
+    (directory / "servercerts").mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    cert, key = remote.client_files()
+    for source, target in ((cert, "client.crt"), (key, "client.key")):
+        link = directory / target
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.abspath(source))
+    pinned = server_cert_path(remote.name)
+    if pinned.exists():
+        (directory / "servercerts" / f"{remote.name}.crt").write_text(pinned.read_text())
+    (directory / "config.yml").write_text(
+        "default-remote: local\n"
+        "remotes:\n"
+        f"  {remote.name}:\n"
+        f"    addr: {remote.address}\n"
+        "    auth_type: tls\n"
+        f"    project: {remote.project}\n"
+        "    protocol: incus\n"
+        "    public: false\n"
+        "  local:\n"
+        "    addr: unix://\n"
+        "    public: false\n"
+    )
+    return directory
