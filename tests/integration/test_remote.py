@@ -66,7 +66,7 @@ def trust_token(incus: Incus, name: str) -> str:
 def test_sessions_through_the_https_remote(
     coi: CoiRunner, https_daemon: tuple[str, str, str], incus: Incus, workspace: Path
 ) -> None:
-    address, fingerprint, trust_name = https_daemon
+    _, fingerprint, trust_name = https_daemon
     token = trust_token(incus, trust_name)
     added = coi.ok("remote", "add", "lo", token)
     assert "Added remote 'lo'" in added.stdout
