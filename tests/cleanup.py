@@ -39,6 +39,12 @@ def cleanup_test_leftovers(
     if older_than is None:
         # Supervisors of the removed containers exit on their own; stop any that linger.
         subprocess.run(["pkill", "-f", f"coi_tui.sessions.supervisor {prefix}"], check=False)
+    if removed:
+        # Containers deleted directly skip coi's hooks: drop their firewall rules too.
+        with contextlib.suppress(Exception):
+            from coi_tui.network.hook import clean_orphans
+
+            clean_orphans(incus, dry_run=False)
     return removed
 
 

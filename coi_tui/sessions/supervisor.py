@@ -16,6 +16,7 @@ from coi_tui.config import load_settings
 from coi_tui.errors import CoiError
 from coi_tui.incus import Incus, InstanceNotFound
 from coi_tui.paths import locks_dir
+from coi_tui.sessions.hooks import run_hooks
 from coi_tui.sessions.manager import SessionManager
 from coi_tui.sessions.slots import file_lock
 
@@ -121,6 +122,10 @@ def main(argv: list[str]) -> int:
         with file_lock(f"attached-{name}"):
             pass
         result = manager.finalize_if_stopped(name)
+        if result == "gone":
+            # Deleted behind coi's back (e.g. `incus delete -f`): still release what the hooks
+            # hold for it, such as its firewall rules.
+            run_hooks("container_ended", manager, name, True)
         say(f"{name}: {result}")
     except CoiError as exc:
         say(f"error: {exc}")
