@@ -46,6 +46,25 @@ __all__ = ["DEFAULT_BRIDGE", "DEFAULT_IMAGE", "DEFAULT_POOL", "Mount", "Settings
 WORKSPACE = "/workspace"
 
 
+def _check_remotes(value: Any, where: str) -> None:
+    from coi_tui.incus.remotes import _from_table
+
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise CoiError(f"{where}: remotes: expected [[remotes]] tables")
+    for table in value:
+        _from_table(table, where)
+
+
+def _check_tui(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise CoiError(f"{where}: tui: expected a [tui] table")
+
+
+# Top-level tables whose contents another module owns and validates: [[remotes]]
+# (incus/remotes.py) and [tui] (the dashboard, e.g. [tui.keymap]).
+OWNED_ELSEWHERE: dict[str, Any] = {"remotes": _check_remotes, "tui": _check_tui}
+
+
 @dataclass
 class Mount:
     host: str
@@ -243,7 +262,9 @@ class FileParser:
     def walk(self, table: dict[str, Any], prefix: str) -> None:
         for name, value in table.items():
             dotted = f"{prefix}{name}"
-            if dotted in SPECIAL_SPELLINGS:
+            if dotted in OWNED_ELSEWHERE:
+                OWNED_ELSEWHERE[dotted](value, f"{self.path}:{find_line(self.text, dotted) or 1}")
+            elif dotted in SPECIAL_SPELLINGS:
                 self.special(SPECIAL_SPELLINGS[dotted], dotted, value)
             elif self.profile and dotted in PROFILE_ROOT_KEYS:
                 if not isinstance(value, str) or not value.strip():
