@@ -146,7 +146,6 @@ class MainScreen(Screen[None]):
         self._terminal_timer: Timer | None = None
         self._slots_worker: Worker[None] | None = None
         self._opening = ""
-        self._ended: dict[str, float] = {}
         self._busy: set[str] = set()
         self._last_error: str | None = None
         self._filter_target: Widget | None = None
@@ -509,7 +508,7 @@ class MainScreen(Screen[None]):
         if slot.state == "FROZEN":
             terminal.disconnect(f"{slot.name} is FROZEN - p resumes it")
             return
-        if time.monotonic() - self._ended.get(slot.name, 0.0) < TERMINAL_RETRY_S:
+        if time.monotonic() - terminal.ended_at.get(slot.name, 0.0) < TERMINAL_RETRY_S:
             return
         terminal.disconnect(f"Connecting to {slot.name}…")
         self._opening = slot.name
@@ -538,7 +537,6 @@ class MainScreen(Screen[None]):
 
     @on(TerminalView.Ended)
     def _terminal_ended(self, message: TerminalView.Ended) -> None:
-        self._ended[message.name] = time.monotonic()
         if self.focused is self.terminal:
             self.slot_tree.focus()
         self.refresh_soon()
@@ -625,7 +623,7 @@ class MainScreen(Screen[None]):
         if message.op == "terminal":
             if self._opening == message.name:
                 self._opening = ""
-            self._ended[message.name] = time.monotonic()
+            self.terminal.ended_at[message.name] = time.monotonic()
             self.terminal.disconnect(f"Cannot open the terminal: {message.error}")
             return
         if not message.ok:

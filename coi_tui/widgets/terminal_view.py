@@ -89,6 +89,8 @@ class TerminalView(Widget, can_focus=True):
         self._strip_cache: LRUCache[tuple[int, int, int, int | None, int], Strip] = LRUCache(1024)
         self._size_timer: Timer | None = None
         self._style_generation = 0
+        # When each session's child last went away (set at once, before any message).
+        self.ended_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ connection
     def connect(self, transport: Transport, session_name: str) -> None:
@@ -147,6 +149,7 @@ class TerminalView(Widget, can_focus=True):
             self._refresh_rows(dirty)
         if not fed and not transport.alive and not len(transport.queue):
             name = self.session_name
+            self.ended_at[name] = time.monotonic()
             self.disconnect(f"Session {name} ended" if name else None)
             self.post_message(self.Ended(self, name))
 

@@ -3,6 +3,7 @@ screen as plain text (snapshot-like assertions on what is rendered)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import Callable
@@ -59,3 +60,18 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or condition}")
         await pilot.pause(0.02)
+
+
+LONG_RUNNING = frozenset({"events", "threats"})
+
+
+async def settle(app: App[object], timeout: float = 10.0) -> None:
+    """Wait until every worker except the long-running stream watchers has finished."""
+    from textual.worker import WorkerState
+
+    busy = (WorkerState.PENDING, WorkerState.RUNNING)
+    deadline = time.monotonic() + timeout
+    while any(w.state in busy for w in app.workers if w.group not in LONG_RUNNING):
+        if time.monotonic() > deadline:
+            raise AssertionError("workers did not finish")
+        await asyncio.sleep(0.01)
