@@ -175,10 +175,9 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     code = 1
     try:
         manager.prepare_command(session)
-        uid = settings.code_uid
         env = manager.agent_env(session)
         code = incus.exec_stream(
-            session.container, command, user=uid, group=uid, cwd="/workspace", env=env
+            session.container, manager.code_command(command), cwd="/workspace", env=env
         )
     except Terminated as exc:
         code = 128 + exc.signum
@@ -725,7 +724,7 @@ def delegate_users(names: list[str]) -> None:
 
 
 def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from coi_tui.images.build import ImageBuilder
+    from coi_tui.images.build import VARIANT_ALIASES, ImageBuilder
 
     settings = load_settings()
     incus = Incus(settings.socket or None, settings.project)
@@ -736,14 +735,17 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     agents = parse_agents(
         args.agents if args.agents is not None else os.environ.get("COI_BUILD_AGENTS", "")
     )
+    variant = "lean" if args.lean else "full"
+    alias = args.alias or (VARIANT_ALIASES["lean"] if args.lean else settings.image)
     builder = ImageBuilder(incus, progress=lambda line: print(line, flush=True))
     result = builder.build(
-        args.alias or settings.image,
+        alias,
         force=args.force,
         method=method,
         bridge=settings.bridge,
         pool=settings.storage_pool,
         agents=agents,
+        variant=variant,
     )
     if result.rebuilt:
         print(

@@ -316,7 +316,14 @@ def build_parser() -> CoiParser:
         action="store_true",
         help="start from a remote image server (needs coi setup --nat)",
     )
-    p.add_argument("--alias", default=None, help="image alias (default coi-default)")
+    p.add_argument(
+        "--alias", default=None, help="image alias (default coi-default, or coi-lean with --lean)"
+    )
+    p.add_argument(
+        "--lean",
+        action="store_true",
+        help="the lean variant: no Docker, Node.js, gh, build tools or clients (quick experiments)",
+    )
     p.add_argument(
         "--agents",
         default=None,

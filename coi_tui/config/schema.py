@@ -227,6 +227,7 @@ KEYS: tuple[Key, ...] = (
     K("container.image", "image", "str", DEFAULT_IMAGE),
     K("container.persistent", "persistent", "bool", False),
     K("container.storage_pool", "storage_pool", "str", ""),
+    K("container.docker", "docker", "bool", True),
     K("container.shutdown_timeout", "shutdown_timeout", "int", 60, min=0, max=3600),
     K("container.ready_timeout", "ready_timeout", "int", 30, min=1, max=3600),
     K("container.build.base", "build_base", "str", DEFAULT_IMAGE),
@@ -344,6 +345,7 @@ ENV_VARS: dict[str, str] = {
     "COI_PROJECT": "incus.project",
     "COI_BRIDGE": "network.bridge",
     "COI_NETWORK_MODE": "network.mode",
+    "COI_DOCKER": "container.docker",
     # Legacy names (the original removed them in 0.10; we still read them).
     "CLAUDE_ON_INCUS_IMAGE": "container.image",
     "CLAUDE_ON_INCUS_PERSISTENT": "container.persistent",

@@ -96,6 +96,7 @@ class Settings:
     socket: str = ""
     shutdown_timeout: int = 60
     ready_timeout: int = 30
+    docker: bool = True  # [container] docker: the nesting keys Docker-in-container needs
     # [defaults] / profiles
     profile: str = ""
     profile_chain: list[str] = field(default_factory=list)  # child first

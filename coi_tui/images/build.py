@@ -39,14 +39,27 @@ def recipe_dir() -> Path:
     return Path(str(resources.files("coi_tui.images") / "recipe"))
 
 
-def recipe_packages() -> list[str]:
-    text = (recipe_dir() / "packages.txt").read_text()
+VARIANTS = ("full", "lean")
+VARIANT_ALIASES = {"full": "coi-default", "lean": "coi-lean"}
+
+
+def _package_list(name: str) -> list[str]:
+    text = (recipe_dir() / name).read_text()
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
-def recipe_hash(agents: list[str] | None = None) -> str:
-    """Hash of everything that decides the image's contents (agents included)."""
+def recipe_packages(variant: str = "full") -> list[str]:
+    """The lean base, plus Docker, Node.js, gh, build tools and clients for the full image."""
+    packages = _package_list("packages.txt")
+    if variant == "full":
+        packages += _package_list("packages-full.txt")
+    return packages
+
+
+def recipe_hash(agents: list[str] | None = None, variant: str = "full") -> str:
+    """Hash of everything that decides the image's contents (variant and agents included)."""
     extra = f";agents={','.join(sorted(agents))}" if agents else ""
+    extra += f";variant={variant}" if variant != "full" else ""
     digest = hashlib.sha256(f"builder={BUILDER_VERSION};suite={DEBIAN_SUITE}{extra}\n".encode())
     for path in sorted(recipe_dir().rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:
@@ -84,14 +97,17 @@ class ImageBuilder:
         self.progress = progress
         self.started = time.monotonic()
         self.agents: list[str] = []
+        self.variant = "full"
 
     def say(self, message: str) -> None:
         self.progress(f"[{time.monotonic() - self.started:6.1f}s] {message}")
 
-    def up_to_date(self, alias: str, agents: list[str] | None = None) -> bool:
+    def up_to_date(
+        self, alias: str, agents: list[str] | None = None, variant: str = "full"
+    ) -> bool:
         if not self.incus.image_exists(alias):
             return False
-        wanted = recipe_hash(agents)
+        wanted = recipe_hash(agents, variant)
         return self.incus.get_image(alias).properties.get(RECIPE_PROPERTY) == wanted
 
     def build(
@@ -103,11 +119,13 @@ class ImageBuilder:
         bridge: str = "coibr0",
         pool: str = "",
         agents: list[str] | None = None,
+        variant: str = "full",
     ) -> BuildResult:
         self.started = time.monotonic()
         self.agents = sorted(agents or [])
-        recipe = recipe_hash(self.agents)
-        if not force and self.up_to_date(alias, self.agents):
+        self.variant = variant
+        recipe = recipe_hash(self.agents, variant)
+        if not force and self.up_to_date(alias, self.agents, variant):
             image = self.incus.get_image(alias)
             self.say(f"image '{alias}' is up to date (recipe {recipe}); use --force to rebuild")
             return BuildResult(
@@ -154,7 +172,7 @@ class ImageBuilder:
                 "mmdebstrap",
                 "--variant=apt",
                 "--mode=root",
-                "--include=" + ",".join(recipe_packages()),
+                "--include=" + ",".join(recipe_packages(self.variant)),
                 "--customize-hook=sh " + _shell_quote(str(customize)) + ' "$1"',
                 DEBIAN_SUITE,
                 str(rootfs),
@@ -194,7 +212,7 @@ class ImageBuilder:
                 self._delete_fingerprint(old)
             return fingerprint
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_build_dir(workdir, self.say)
 
     def _delete_fingerprint(self, fingerprint: str) -> None:
         with contextlib.suppress(CoiError):
@@ -277,7 +295,7 @@ class ImageBuilder:
                 ],
             )
             self.say("installing packages")
-            packages = " ".join(recipe_packages())
+            packages = " ".join(recipe_packages(self.variant))
             self._exec_checked(
                 name,
                 [
@@ -312,8 +330,27 @@ class ImageBuilder:
             )
 
 
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/mounts", encoding="utf-8") as mounts:
+        points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
+
+
+def remove_build_dir(workdir: Path, say: Progress) -> None:
+    """Delete a bootstrap directory, never through a mount: an interrupted mmdebstrap leaves
+    proc, sys and dev mounted inside the root, and deleting through them must not happen."""
+    for point in mounts_under(workdir):
+        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+    left = mounts_under(workdir)
+    if left:
+        say(f"warning: left {workdir} in place: still mounted at {', '.join(left)}")
+        return
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _description(recipe: str) -> str:
-    return f"coi-default: Debian {DEBIAN_SUITE} workbench for AI agents (recipe {recipe})"
+    return f"coi: Debian {DEBIAN_SUITE} workbench for AI agents (recipe {recipe})"
 
 
 def _scratch_dir() -> str:

@@ -21,6 +21,7 @@ HOOK_MODULES: tuple[str, ...] = (
     "coi_tui.sessions.protect_hook",
     "coi_tui.network.hook",
     "coi_tui.monitor.hook",
+    "coi_tui.sessions.docker_hook",
 )
 
 

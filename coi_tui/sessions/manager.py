@@ -436,13 +436,17 @@ class SessionManager:
             run_hooks("before_agent", session.context)
             run_hooks("after_start", session.context)
 
-    def exec_as_code(self, name: str, argv: list[str]) -> object:
+    def code_command(self, argv: list[str]) -> list[str]:
+        """argv run as the code user *with its supplementary groups* (docker, sudo): Incus
+        exec's --user/--group set only the primary ids, so we start as root and drop with
+        setpriv, which also calls initgroups."""
         uid = self.settings.code_uid
+        return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--init-groups", "--", *argv]
+
+    def exec_as_code(self, name: str, argv: list[str]) -> object:
         return self.incus.exec_capture(
             name,
-            argv,
-            user=uid,
-            group=uid,
+            self.code_command(argv),
             cwd=WORKSPACE,
             env={"HOME": CODE_HOME, "USER": self.settings.code_user, "LANG": "C.UTF-8"},
         )
@@ -460,7 +464,6 @@ class SessionManager:
         return file_lock(f"attached-{name}", shared=True)
 
     def attach(self, name: str, bash: bool = False) -> int:
-        uid = self.settings.code_uid
         env = {
             "HOME": CODE_HOME,
             "USER": self.settings.code_user,
@@ -469,7 +472,7 @@ class SessionManager:
         }
         argv = ["bash", "-l"] if bash else ["tmux", "attach", "-t", tmux_session(name)]
         return self.incus.exec_stream(
-            name, argv, user=uid, group=uid, cwd=WORKSPACE, env=env, tty=True
+            name, self.code_command(argv), cwd=WORKSPACE, env=env, tty=True
         )
 
     def spawn_supervisor(self, name: str) -> None:

@@ -32,8 +32,12 @@ def capture(coi: CoiRunner, name: str) -> str:
     return result.stdout if result.returncode == 0 else ""
 
 
-def start_background(coi: CoiRunner, workspace: Path, *extra: str) -> str:
-    result = coi.ok("shell", "--background", "--tool", "dummy", "-w", str(workspace), *extra)
+def start_background(
+    coi: CoiRunner, workspace: Path, *extra: str, env: dict[str, str] | None = None
+) -> str:
+    result = coi.ok(
+        "shell", "--background", "--tool", "dummy", "-w", str(workspace), *extra, env=env
+    )
     line = next(x for x in result.stderr.splitlines() if x.startswith("Container: "))
     return line.split(": ", 1)[1]
 

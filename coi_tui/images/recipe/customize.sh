@@ -48,6 +48,14 @@ for agent in claude opencode aider; do
     fi
 done
 
+# Full image extras: Docker without sudo for `code`, and the usual names of fd and bat
+# (Debian ships them as fdfind and batcat).
+if chroot "$ROOT" getent group docker >/dev/null 2>&1; then
+    chroot "$ROOT" usermod -aG docker code
+fi
+[ -x "$ROOT/usr/bin/fdfind" ] && ln -sf /usr/bin/fdfind "$ROOT/usr/local/bin/fd"
+[ -x "$ROOT/usr/bin/batcat" ] && ln -sf /usr/bin/batcat "$ROOT/usr/local/bin/bat"
+
 mkdir -p "$ROOT/workspace"
 chroot "$ROOT" chown code:code /workspace
 printf 'coi\n' > "$ROOT/etc/hostname"
