@@ -39,6 +39,7 @@ from coi_tui.incus.errors import (
 from coi_tui.incus.remotes import Remote
 
 DEFAULT_SOCKET = "/var/lib/incus/unix.socket"
+EXEC_START_RETRIES = 10
 API = "/1.0"
 
 
@@ -102,9 +103,11 @@ class Instance:
 
     @property
     def ipv4(self) -> str:
-        for nic, info in (self.state.get("network") or {}).items():
-            if nic == "lo":
-                continue
+        """The address on eth0 (coi's NIC); inner bridges such as Docker's docker0 come last."""
+        networks = self.state.get("network") or {}
+        order = sorted((n for n in networks if n != "lo"), key=lambda n: (n != "eth0", n))
+        for nic in order:
+            info = networks[nic]
             for addr in info.get("addresses") or []:
                 if addr.get("family") == "inet" and addr.get("scope") == "global":
                     return str(addr.get("address", ""))
@@ -554,10 +557,19 @@ class Incus:
         }
         if cwd:
             body["cwd"] = cwd
-        try:
-            op = self.request("POST", f"{API}/instances/{quote(name)}/exec", body=body, wait=False)
-        except NotFound:
-            raise InstanceNotFound(name) from None
+        for attempt in range(EXEC_START_RETRIES):
+            try:
+                op = self.request(
+                    "POST", f"{API}/instances/{quote(name)}/exec", body=body, wait=False
+                )
+                break
+            except NotFound:
+                raise InstanceNotFound(name) from None
+            except IncusError as exc:
+                # Incus races its own init tracking just after a start; a moment later it works.
+                if "retrieve PID" not in str(exc) or attempt == EXEC_START_RETRIES - 1:
+                    raise
+                time.sleep(0.2)
         op_id = op.get("id", "")
         result = self.request(
             "GET",

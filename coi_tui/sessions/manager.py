@@ -334,8 +334,18 @@ class SessionManager:
     def wait_ready(self, name: str) -> None:
         """Wait until systemd has finished booting (tmux must not race /tmp's boot cleanup)."""
         deadline = time.monotonic() + self.settings.ready_timeout
+        last_error = ""
         while time.monotonic() < deadline:
-            result = self.incus.exec_capture(name, ["systemctl", "is-system-running", "--wait"])
+            try:
+                result = self.incus.exec_capture(name, ["systemctl", "is-system-running", "--wait"])
+            except IncusError as exc:
+                # Right after start Incus can fail an exec ("Failed to retrieve PID of executing
+                # child process"): that is still booting.
+                if not self.incus.instance_exists(name):
+                    raise
+                last_error = str(exc)
+                time.sleep(0.1)
+                continue
             state = result.stdout.strip()
             if state in ("running", "degraded"):
                 return
@@ -346,6 +356,7 @@ class SessionManager:
         raise CoiError(
             f"container '{name}' did not finish booting within "
             f"{self.settings.ready_timeout}s ([container] ready_timeout)"
+            + (f"; last error: {last_error}" if last_error else "")
         )
 
     def restore_saved_state(self, session: Session) -> None:
