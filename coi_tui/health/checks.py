@@ -83,6 +83,7 @@ class HealthChecker:
         system = [
             self.check_os,
             self.check_kernel,
+            self.check_kernel_limits,
             self.check_coi_directory,
             self.check_disk_space,
             self.check_cgroup,
@@ -154,6 +155,30 @@ class HealthChecker:
                 f"{release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}: idmapped mounts "
                 "and some isolation features may be missing",
                 "upgrade to a kernel >= 5.15",
+            )
+
+    def check_kernel_limits(self) -> None:
+        from coi_tui.incus.provision import low_sysctls
+
+        low = low_sysctls()
+        if low:
+            self.add(
+                "kernel_limits",
+                "SYSTEM",
+                "Kernel limits",
+                WARN,
+                "too low for many containers: "
+                + ", ".join(f"{k}={v}" for k, v in low.items())
+                + " (containers die in boot with 'Too many open files')",
+                "sudo coi setup",
+            )
+        else:
+            self.add(
+                "kernel_limits",
+                "SYSTEM",
+                "Kernel limits",
+                OK,
+                "inotify, keys and map-count limits suit many containers",
             )
 
     def check_coi_directory(self) -> None:

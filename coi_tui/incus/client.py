@@ -39,7 +39,9 @@ from coi_tui.incus.errors import (
 from coi_tui.incus.remotes import Remote
 
 DEFAULT_SOCKET = "/var/lib/incus/unix.socket"
-EXEC_START_RETRIES = 10
+# Incus sometimes fails to start an exec ("Failed to retrieve PID of executing child process")
+# while a container settles or the host is busy; it works moments later. ~10 s of backoff.
+EXEC_RETRY_DELAYS = (0.2, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.0, 2.0)
 API = "/1.0"
 
 
@@ -557,7 +559,7 @@ class Incus:
         }
         if cwd:
             body["cwd"] = cwd
-        for attempt in range(EXEC_START_RETRIES):
+        for attempt in range(len(EXEC_RETRY_DELAYS) + 1):
             try:
                 op = self.request(
                     "POST", f"{API}/instances/{quote(name)}/exec", body=body, wait=False
@@ -567,9 +569,9 @@ class Incus:
                 raise InstanceNotFound(name) from None
             except IncusError as exc:
                 # Incus races its own init tracking just after a start; a moment later it works.
-                if "retrieve PID" not in str(exc) or attempt == EXEC_START_RETRIES - 1:
+                if "retrieve PID" not in str(exc) or attempt == len(EXEC_RETRY_DELAYS):
                     raise
-                time.sleep(0.2)
+                time.sleep(EXEC_RETRY_DELAYS[attempt])
         op_id = op.get("id", "")
         result = self.request(
             "GET",

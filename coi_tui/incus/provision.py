@@ -7,7 +7,9 @@ Every step reports whether it changed something or left it alone.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -149,9 +151,31 @@ class Provisioner:
             f"'{name}' {config.get('ipv4.address', '?')}, NAT {'on' if current else 'off'}",
         )
 
+    def ensure_kernel_limits(self) -> None:
+        if os.geteuid() != 0:
+            low = low_sysctls()
+            if low:
+                self._step(
+                    "kernel limits",
+                    False,
+                    "too low for many containers ("
+                    + ", ".join(f"{k}={v}" for k, v in low.items())
+                    + "): run 'sudo coi setup'",
+                )
+            return
+        changed = raise_sysctls()
+        self._step(
+            "kernel limits",
+            bool(changed),
+            "raised " + ", ".join(changed)
+            if changed
+            else "inotify, keys and map count limits are high enough",
+        )
+
     def run(self, pool: str, bridge: str, nat: bool | None, subnet: str | None = None) -> str:
         version = self.incus.ping()
         self._step("incus daemon", False, f"version {version} on {self.incus.socket_path}")
+        self.ensure_kernel_limits()
         chosen = self.ensure_pool(pool)
         self.ensure_root_disk(chosen)
         self.ensure_bridge(bridge, nat, subnet)
@@ -192,3 +216,53 @@ def delegate_host_ids(uid: int, gid: int) -> list[str]:
             handle.write(f"root:{host_id}:1\n")
         added.append(f"{path}: root:{host_id}:1")
     return added
+
+
+# ---------------------------------------------------------------------- kernel limits
+# What Incus's production-setup guide recommends: every container's systemd takes inotify
+# instances, and the default of 128 runs out after a dozen containers ("Failed to allocate
+# manager object: Too many open files" as the container's PID 1 dies in boot).
+SYSCTL_MINIMUMS = {
+    "fs.inotify.max_user_instances": 1048576,
+    "fs.inotify.max_user_watches": 1048576,
+    "fs.inotify.max_queued_events": 1048576,
+    "kernel.keys.maxkeys": 2000,
+    "vm.max_map_count": 262144,
+}
+SYSCTL_FILE = Path("/etc/sysctl.d/60-coi.conf")
+
+
+def sysctl_path(key: str) -> Path:
+    return Path("/proc/sys") / key.replace(".", "/")
+
+
+def read_sysctl(key: str) -> int | None:
+    try:
+        return int(sysctl_path(key).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def low_sysctls() -> dict[str, int]:
+    """Kernel limits below what many containers need: {key: current value}."""
+    low = {}
+    for key, minimum in SYSCTL_MINIMUMS.items():
+        value = read_sysctl(key)
+        if value is not None and value < minimum:
+            low[key] = value
+    return low
+
+
+def raise_sysctls() -> list[str]:
+    """Raise (never lower) the limits now and for the next boot; needs root."""
+    changed = []
+    for key, old in low_sysctls().items():
+        sysctl_path(key).write_text(str(SYSCTL_MINIMUMS[key]))
+        changed.append(f"{key} {old} -> {SYSCTL_MINIMUMS[key]}")
+    if changed or not SYSCTL_FILE.exists():
+        lines = ["# Written by 'coi setup': limits for running many system containers."]
+        lines += [f"{key} = {value}" for key, value in SYSCTL_MINIMUMS.items()]
+        # /etc may be read-only (a container?): the live values are what matter.
+        with contextlib.suppress(OSError):
+            SYSCTL_FILE.write_text("\n".join(lines) + "\n")
+    return changed

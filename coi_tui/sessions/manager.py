@@ -344,6 +344,10 @@ class SessionManager:
                 if not self.incus.instance_exists(name):
                     raise
                 last_error = str(exc)
+                if self.incus.status(name) == "Stopped":
+                    raise CoiError(
+                        f"container '{name}' stopped while booting; {self.boot_log_tail(name)}"
+                    ) from None
                 time.sleep(0.1)
                 continue
             state = result.stdout.strip()
@@ -358,6 +362,24 @@ class SessionManager:
             f"{self.settings.ready_timeout}s ([container] ready_timeout)"
             + (f"; last error: {last_error}" if last_error else "")
         )
+
+    def boot_log_tail(self, name: str) -> str:
+        """The end of the container's console and LXC logs, for an error message."""
+        parts = []
+        for log in ("console", "lxc.log"):
+            path = (
+                f"/1.0/instances/{name}/console"
+                if log == "console"
+                else (f"/1.0/instances/{name}/logs/lxc.log")
+            )
+            try:
+                text = self.incus.request("GET", path, raw=True).content.decode("utf-8", "replace")
+            except IncusError:
+                continue
+            lines = [line for line in text.splitlines() if line.strip()][-3:]
+            if lines:
+                parts.append(f"{log}: " + " | ".join(lines)[-400:])
+        return "; ".join(parts) or "no log available ('incus info --show-log' may say more)"
 
     def restore_saved_state(self, session: Session) -> None:
         meta = session.resume_meta
