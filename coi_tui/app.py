@@ -155,8 +155,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--refresh", type=float, default=REFRESH_SECONDS, metavar="SECONDS", help="poll interval"
     )
+    parser.add_argument(
+        "--remote",
+        metavar="NAME",
+        help="manage the sessions of a remote added with 'coi remote add' (default: local)",
+    )
     parser.add_argument("--version", action="version", version=f"coi-tui {__version__}")
     args = parser.parse_args(argv)
+    if args.remote:
+        os.environ["COI_REMOTE"] = args.remote  # the Incus adapter and child processes read it
     args.workspace = os.path.abspath(os.path.expanduser(args.workspace))
     if not os.path.isdir(args.workspace):
         parser.error(f"workspace {args.workspace} is not a directory")
