@@ -691,6 +691,10 @@ def cmd_setup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     for line in install_helper():
         print(line, flush=True)
+    from coi_tui.monitor.control import install as install_monitor
+
+    for line in install_monitor():
+        print(line, flush=True)
     changed = sum(1 for s in provisioner.steps if s.changed)
     print(f"Done: {changed} change(s), {len(provisioner.steps) - changed} left as they were.")
     network = incus.get_network(args.bridge or settings.bridge) or {}

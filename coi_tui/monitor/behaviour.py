@@ -31,7 +31,9 @@ class ContainerView:
 
     init_pid: int
     pids: list[int]
+    known_unix: set[int] = field(default_factory=set)  # shared with later passes
     _inet: dict[int, procfs.Conn] | None = None
+    _unix: set[int] | None = None
     fds: dict[int, list[procfs.Fd]] = field(default_factory=dict)
     procs: dict[int, procfs.Proc | None] = field(default_factory=dict)
 
@@ -54,7 +56,17 @@ class ContainerView:
     def outbound(self, fd: procfs.Fd | None) -> procfs.Conn | None:
         if fd is None or fd.kind != "socket":
             return None
-        conn = self.inet.get(fd.key[1])
+        inode = fd.key[1]
+        # /proc/<pid>/net/tcp walks the host's whole TCP table (milliseconds): first rule
+        # out unix sockets (journald's stdout, dbus...), remembered across passes
+        if inode in self.known_unix:
+            return None
+        if self._unix is None:
+            self._unix = procfs.unix_inodes(self.init_pid)
+        if inode in self._unix:
+            self.known_unix.add(inode)
+            return None
+        conn = self.inet.get(inode)
         return conn if conn is not None and conn.outbound else None
 
 
@@ -227,6 +239,7 @@ def _holds_master(view: ContainerView, pid: int, pts: str) -> bool:
 
 
 def _report(view: ContainerView, pid: int, rule: str, why: str, conn: procfs.Conn) -> Threat:
+    # keyed by the connection: the shell's children share it and are the same incident
     proc = view.proc(pid)
     command = proc.command[:300] if proc else str(pid)
     evidence = {
@@ -245,5 +258,5 @@ def _report(view: ContainerView, pid: int, rule: str, why: str, conn: procfs.Con
         "Reverse shell detected",
         f"{base(proc.exe) if proc else pid}: {why} ({conn.remote}:{conn.remote_port})",
         evidence,
-        f"{pid}",
+        f"{conn.local_port}->{conn.remote}:{conn.remote_port}",
     )

@@ -113,6 +113,7 @@ class Watched:
     read_total: int = 0
     forks: deque[float] = field(default_factory=deque)
     pids: set[int] = field(default_factory=set)
+    unix_inodes: set[int] = field(default_factory=set)
 
 
 def cgroup_freeze(name: str) -> bool:
@@ -239,6 +240,9 @@ class Daemon:
                 self.forget(name)
             elif status == "Running" and watched.status == "Frozen":
                 watched.status = "Running"  # `coi unfreeze` or `incus start`
+                self.broadcaster.publish_event(
+                    {"type": "status", "container": name, "status": "Running"}
+                )
         for name, status in instances.items():
             if status == "Running" and name not in self.watched:
                 self.watch(name)
@@ -291,8 +295,10 @@ class Daemon:
         self.broadcaster.publish_event({"type": "unwatch", "container": name})
         self.log(f"stopped watching {name}")
 
-    def container_pids(self, watched: Watched) -> list[int]:
-        return [p for p in procfs.all_pids() if procfs.pid_ns(p) == watched.pidns]
+    def container_pids(self, watched: Watched, nsmap: dict[int, str] | None = None) -> list[int]:
+        if nsmap is None:
+            return [p for p in procfs.all_pids() if procfs.pid_ns(p) == watched.pidns]
+        return [p for p, ns in nsmap.items() if ns == watched.pidns]
 
     def owner_of(self, pid: int) -> Watched | None:
         return self.by_ns.get(procfs.pid_ns(pid)) if self.by_ns else None
@@ -309,8 +315,11 @@ class Daemon:
             seen: list[tuple[ProcEvent, list[str], str, float]] = []
             for event in events:
                 if event.kind == "exec":
+                    pidns = procfs.pid_ns(event.pid)  # one readlink filters out host noise
+                    if pidns not in self.by_ns:
+                        continue
                     argv = procfs.read_cmdline(event.pid)
-                    seen.append((event, argv, procfs.pid_ns(event.pid), time.monotonic()))
+                    seen.append((event, argv, pidns, time.monotonic()))
                 elif event.kind == "fork":
                     pidns = procfs.pid_ns(event.parent) or procfs.pid_ns(event.pid)
                     seen.append((event, [], pidns, time.monotonic()))
@@ -337,7 +346,7 @@ class Daemon:
         proc = procfs.read_proc(pid)
         exe = proc.exe if proc is not None else ""
         found = rules.cmdline_threats(pid, argv or (proc.cmdline if proc else []), exe)
-        view = behaviour.ContainerView(watched.init_pid, [pid])
+        view = behaviour.ContainerView(watched.init_pid, [pid], known_unix=watched.unix_inodes)
         found += behaviour.analyse(view, only={pid})
         self.respond(watched, found, now)
         # pipes and sockets are often wired up just after the exec: look again shortly
@@ -383,13 +392,15 @@ class Daemon:
         heapq.heappush(self.timers, (due, name))
 
     # ------------------------------------------------------------------ periodic pass
-    def scan(self, watched: Watched, full: bool) -> None:
+    def scan(self, watched: Watched, full: bool, nsmap: dict[int, str] | None = None) -> None:
         if watched.status == "Killed":
             return
         now = time.monotonic()
-        pids = self.container_pids(watched)
+        pids = self.container_pids(watched, nsmap)
         watched.pids = set(pids)
-        view = behaviour.ContainerView(watched.init_pid, pids)
+        if len(watched.unix_inodes) > 20000:
+            watched.unix_inodes.clear()
+        view = behaviour.ContainerView(watched.init_pid, pids, known_unix=watched.unix_inodes)
         found = behaviour.analyse(view)
         if full:
             found += self.volumes(watched, pids, now)
@@ -463,8 +474,10 @@ class Daemon:
                         self.log("no coi containers: exiting")
                         break
                 if now >= next_scan:
+                    # one walk of /proc for every container
+                    nsmap = {p: procfs.pid_ns(p) for p in procfs.all_pids()}
                     for watched in list(self.watched.values()):
-                        self.scan(watched, full=True)
+                        self.scan(watched, full=True, nsmap=nsmap)
                     next_scan = now + self.config.scan_interval_sec
                 while self.timers and self.timers[0][0] <= now:
                     due, name = heapq.heappop(self.timers)
@@ -546,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         return 0  # already running: a second start is a no-op
     pid_path(home).write_text(f"{os.getpid()}\n")
+    if owner is not None:  # the user's own home: leave nothing there they cannot remove
+        os.fchown(fd, *owner)
+        os.chown(pid_path(home), *owner)
     daemon = Daemon(home, load_monitor_config(_settings()), owner)  # type: ignore[arg-type]
 
     def stop(_signum: int, _frame: object) -> None:

@@ -373,7 +373,8 @@ def packet_threats(pkt: Packet, config: MonitorConfig, gateway: str) -> list[Thr
             title,
             f"{title}: {pkt.dst}:{pkt.dport} ({reason})",
             evidence,
-            f"{pkt.dst}:{pkt.dport}",
+            # per connection (SYN retransmits share the source port)
+            f"{pkt.sport}->{pkt.dst}:{pkt.dport}",
         )
 
     if pkt.dst in config.metadata_addresses:

@@ -249,7 +249,7 @@ def mon(
     home = tmp_path_factory.mktemp("monitor-home")
     prefix = f"{run_prefix}m"
     (home / "monitor.toml").write_text(
-        "[monitoring]\nidle_exit_sec = 600\nexfil_threshold_mb = 20\nspawn_rate_per_sec = 150\n"
+        "[monitoring]\nidle_exit_sec = 60\nexfil_threshold_mb = 20\nspawn_rate_per_sec = 150\n"
     )
     env = {
         **os.environ,

