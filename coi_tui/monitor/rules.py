@@ -265,6 +265,18 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
             if re.search(r"\.ssh/(id_|.*_key$|authorized_keys)|^/etc/ssh/ssh_host_.*_key$", arg):
                 hit("cred.ssh-key", "SSH key access", f"{name} on {arg[:120]}")
                 break
+    if is_shell(name) and script:
+        # the shell's script, because `cat ~/.ssh/id_rsa` itself may be gone before we look:
+        # a reading command and a secret store within one simple command
+        for command in re.split(r"[;&|\n]+", script):
+            words = command.split()
+            if not words or base(words[0]) not in READERS:
+                continue
+            rest = " ".join(words[1:])
+            if re.search(r"\.ssh/(id_|\S*_key\b)", rest):
+                hit("cred.ssh-key", "SSH key access", f"{command.strip()[:120]}")
+            elif any(marker in rest for marker in CLOUD_FILES):
+                hit("cred.cloud-file", "Credential file access", f"{command.strip()[:120]}")
     if name in READERS or name in SEARCHERS:
         for arg in args:
             if any(marker in arg for marker in CLOUD_FILES) or re.search(r"(^|/)\.env$", arg):
