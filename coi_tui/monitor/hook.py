@@ -15,9 +15,13 @@ class MonitorHook(SessionHook):
     def after_start(self, ctx: LaunchContext) -> None:
         if not ctx.manager.settings.monitoring_enabled:
             return
+        from coi_tui.errors import CoiError
         from coi_tui.monitor import control
 
-        control.start()
+        try:
+            control.start()
+        except CoiError as exc:  # the session runs; the user must know it is unwatched
+            ctx.manager.say(f"warning: threat monitor not running: {exc}")
 
 
 HOOK = MonitorHook()
