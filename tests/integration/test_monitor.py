@@ -616,3 +616,16 @@ def test_developer_workload_raises_nothing_high(mon: Monitor, tmp_path: Path) ->
     serious = [t for t in mon.events.threats(name) if t["level"] in ("high", "critical")]
     assert serious == [], serious
     assert mon.incus.status(name) == "Running"
+
+
+def test_session_hook_starts_one_daemon(coi: Any, workspace: Path) -> None:
+    (coi.home / "config.toml").write_text("[monitoring]\nenabled = true\n")
+    try:
+        coi.ok("run", "-w", str(workspace), "--", "true")
+        pid = int((coi.home / "monitor.pid").read_text())
+        os.kill(pid, 0)  # outlived the `coi run` that started it
+        coi.ok("run", "-w", str(workspace), "--", "true")
+        assert int((coi.home / "monitor.pid").read_text()) == pid  # no second daemon
+    finally:
+        coi("monitor", "--stop")
+    assert not (coi.home / "monitor.sock").exists()
