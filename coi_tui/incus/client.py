@@ -463,7 +463,20 @@ class Incus:
             raise InstanceNotFound(name) from None
 
     def start(self, name: str) -> None:
-        self._set_state(name, "start")
+        for delay in (*EXEC_RETRY_DELAYS[:4], None):
+            try:
+                self._set_state(name, "start")
+                return
+            except IncusError as exc:
+                # The same transient Incus failure as exec (see EXEC_RETRY_DELAYS); a start
+                # that failed that way leaves the instance stopped and can simply be retried.
+                if (
+                    delay is None
+                    or "retrieve PID" not in str(exc)
+                    or self.status(name) != "Stopped"
+                ):
+                    raise
+                time.sleep(delay)
 
     def stop(self, name: str, *, timeout: int = 30, force: bool = False) -> None:
         """Graceful stop within `timeout` seconds, then a forced one."""

@@ -77,8 +77,11 @@ async def test_layout_lists_workspaces_slots_terminal_and_threats(backend: FakeB
         assert "2m" in rows[1] and "3%" in rows[1] and "50.0M" in rows[1]
         assert f"dummy> hello from {A1}" in text
         assert "CRITICAL" in text and A1 in text
-        # Contextual footer: slot keys while the slot list has focus.
-        assert "p Pause/Resume" in text and "k Kill" in text and "r Restore" not in text
+        # Contextual footer: slot keys while the slot list has focus (the footer is redrawn
+        # after focus settles, so wait for it rather than reading the first frame).
+        await wait_for(pilot, lambda: "p Pause/Resume" in screen_text(app), what="slot footer")
+        text = screen_text(app)
+        assert "k Kill" in text and "r Restore" not in text
 
 
 async def test_both_themes_render_and_differ(backend: FakeBackend) -> None:
