@@ -18,6 +18,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -139,6 +140,30 @@ class Image:
             created_at=data.get("created_at", ""),
             uploaded_at=data.get("uploaded_at", ""),
         )
+
+
+def _run_client(cmd: list[str], env: dict[str, str], last_try: bool) -> tuple[int, bool]:
+    """Run the `incus` client with our stdin/stdout; pass its stderr through, except the
+    transient start failure while a retry is still possible. Returns (exit code, whether the
+    command failed before it started)."""
+    process = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    transient = False
+    try:
+        for raw in process.stderr:
+            line = raw.decode("utf-8", "replace")
+            if "Failed to retrieve PID of executing child process" in line:
+                transient = True
+                if not last_try:
+                    continue
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        code = process.wait()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return code, transient and code != 0
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -658,9 +683,18 @@ class Incus:
         return [*cmd, "--", *argv]
 
     def exec_stream(self, name: str, argv: Sequence[str], **kwargs: Any) -> int:
-        """Run argv with our stdin/stdout/stderr attached; return its exit code."""
+        """Run argv with our stdin/stdout/stderr attached; return its exit code.
+
+        When Incus fails to start the command at all (its transient "Failed to retrieve PID"),
+        nothing ran and no input was read, so it is retried like exec_capture does."""
         cmd = self.exec_argv(name, argv, **kwargs)
-        return subprocess.call(cmd, env=self.cli_env())
+        env = self.cli_env()
+        for delay in (*EXEC_RETRY_DELAYS[:6], None):
+            code, never_started = _run_client(cmd, env, last_try=delay is None)
+            if not never_started or delay is None:
+                return code
+            time.sleep(delay)
+        return code
 
     # ------------------------------------------------------------------ files
     def push_file(
