@@ -339,11 +339,20 @@ class HomeWriter:
 
     def write(self, path: str, text: str) -> None:
         parent = posixpath.dirname(path)
-        if parent != CODE_HOME and parent not in self.made:
+        if not parent.startswith(CODE_HOME + "/") and parent != CODE_HOME:
             result = self.manager.exec_as_code(self.name, ["mkdir", "-p", parent])
             if not getattr(result, "ok", False):
                 raise CoiError(f"could not create {parent} in the container")
-            self.made.add(parent)
+        elif parent != CODE_HOME and parent not in self.made:
+            # Create the missing directories through the files API (owned by the code user):
+            # a few milliseconds each, where an exec of `mkdir -p` costs ~0.1 s.
+            relative = posixpath.relpath(parent, CODE_HOME)
+            current = CODE_HOME
+            for part in relative.split("/"):
+                current = f"{current}/{part}"
+                if current not in self.made:
+                    self.manager.incus.make_dir(self.name, current, uid=self.uid, gid=self.uid)
+                    self.made.add(current)
         self.manager.incus.push_file(
             self.name, path, text.encode("utf-8"), uid=self.uid, gid=self.uid, mode=0o644
         )
