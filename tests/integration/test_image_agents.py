@@ -29,6 +29,5 @@ def test_claude_from_npm_is_a_native_binary_in_the_root(tmp_path: Path) -> None:
     assert install_agents(rootfs, ["claude"], notes.append) == ["claude"], notes
     binary = rootfs / "usr" / "local" / "bin" / "claude"
     assert not binary.is_symlink()
-    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                             timeout=60)
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and "Claude Code" in version.stdout
