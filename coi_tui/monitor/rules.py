@@ -270,6 +270,14 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
         # a reading command and a secret store within one simple command
         for command in re.split(r"[;&|\n]+", script):
             words = command.split()
+            if words and base(words[0]) in SEARCHERS and SECRET_PATTERNS.search(command):
+                # `grep -r 'BEGIN ... PRIVATE' ~` is as short-lived as a `cat`
+                hit(
+                    "cred.secret-search",
+                    "Searching for private keys or credentials",
+                    f"{command.strip()[:120]}",
+                )
+                continue
             if not words or base(words[0]) not in READERS:
                 continue
             rest = " ".join(words[1:])
