@@ -485,7 +485,8 @@ def test_credential_scanning_is_alerted(mon: Monitor) -> None:
         "mkdir -p /root/.ssh /root/.aws && echo fake > /root/.ssh/id_ed25519 && "
         "echo '[default]' > /root/.aws/credentials && "
         "env > /dev/null; cat /proc/1/environ > /dev/null; cat /root/.ssh/id_ed25519 >/dev/null;"
-        " cat /root/.aws/credentials > /dev/null; grep -r 'BEGIN OPENSSH PRIVATE' /root || true",
+        " cat /root/.aws/credentials > /dev/null; grep -r 'BEGIN OPENSSH PRIVATE' /root || true;"
+        " sleep 1",  # keeps the script observable (see the developer-workload test)
     )
     wanted = {
         "cred.env-dump",
@@ -611,7 +612,9 @@ def test_developer_workload_raises_nothing_high(mon: Monitor, tmp_path: Path) ->
     output = mon.sh(name, WORKLOAD, timeout=120)
     assert output.strip().endswith("done")
     # an exec after the workload: once its event is in, everything before it was judged
-    mon.sh(name, "echo ZWNobyBoaQo= | base64 -d | sh")
+    # The trailing sleep keeps the script's shell observable: these checks are about what the
+    # rules recognise, not about winning a race against a 2 ms process (a documented limit).
+    mon.sh(name, "echo ZWNobyBoaQo= | base64 -d | sh; sleep 1")
     mon.threat(name, {"proc.decode-to-shell"})
     serious = [t for t in mon.events.threats(name) if t["level"] in ("high", "critical")]
     assert serious == [], serious
