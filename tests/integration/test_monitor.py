@@ -614,7 +614,7 @@ def test_developer_workload_raises_nothing_high(mon: Monitor, tmp_path: Path) ->
     # an exec after the workload: once its event is in, everything before it was judged
     # The trailing sleep keeps the script's shell observable: these checks are about what the
     # rules recognise, not about winning a race against a 2 ms process (a documented limit).
-    mon.sh(name, "echo ZWNobyBoaQo= | base64 -d | sh; sleep 1")
+    mon.trigger(name, "echo ZWNobyBoaQo= | base64 -d | sh; sleep 30")
     mon.threat(name, {"proc.decode-to-shell"})
     serious = [t for t in mon.events.threats(name) if t["level"] in ("high", "critical")]
     assert serious == [], serious
