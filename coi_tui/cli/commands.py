@@ -221,8 +221,9 @@ def resolve_target(manager: SessionManager, name: str | None, slot: int, workspa
 def cmd_attach(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _, incus, manager = context(args)
     name = resolve_target(manager, args.name, args.slot, args.workspace)
-    if incus.status(name) != "Running":
-        raise CoiError(f"container '{name}' is not running (status: {incus.status(name)})")
+    status = incus.status(name)
+    if status != "Running":
+        raise CoiError(f"container '{name}' is not running (status: {status})")
     if not args.bash and not manager.tmux_exists(name):
         raise CoiError(
             f"No tmux session found in container {name}; open a shell with "
