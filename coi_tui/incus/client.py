@@ -597,29 +597,18 @@ class Incus:
         }
         if cwd:
             body["cwd"] = cwd
-        for attempt in range(len(EXEC_RETRY_DELAYS) + 1):
+        for delay in (*EXEC_RETRY_DELAYS, None):
             try:
-                op = self.request(
-                    "POST", f"{API}/instances/{quote(name)}/exec", body=body, wait=False
-                )
+                result = self._exec_operation(name, body, timeout)
                 break
             except NotFound:
                 raise InstanceNotFound(name) from None
             except IncusError as exc:
-                # Incus races its own init tracking just after a start; a moment later it works.
-                if "retrieve PID" not in str(exc) or attempt == len(EXEC_RETRY_DELAYS):
+                # Incus races its own init tracking just after a start, or under load; the
+                # command never started, and a moment later it works.
+                if "retrieve PID" not in str(exc) or delay is None:
                     raise
-                time.sleep(EXEC_RETRY_DELAYS[attempt])
-        op_id = op.get("id", "")
-        result = self.request(
-            "GET",
-            f"{API}/operations/{op_id}/wait",
-            params={"timeout": -1 if timeout is None else int(timeout)},
-        )
-        if result.get("status") != "Success":
-            raise IncusError(
-                f"exec in '{name}' failed: {result.get('err') or result.get('status')}"
-            )
+                time.sleep(delay)
         meta = result.get("metadata") or {}
         outputs = meta.get("output") or {}
         streams: dict[str, str] = {}
@@ -629,6 +618,22 @@ class Incus:
             with contextlib.suppress(IncusError):
                 self.request("DELETE", log_path, raw=True)
         return ExecResult(int(meta.get("return", -1)), streams.get("1", ""), streams.get("2", ""))
+
+    def _exec_operation(
+        self, name: str, body: dict[str, Any], timeout: float | None
+    ) -> dict[str, Any]:
+        """Start an exec and wait for it; the failure to start surfaces in either step."""
+        op = self.request("POST", f"{API}/instances/{quote(name)}/exec", body=body, wait=False)
+        result = self.request(
+            "GET",
+            f"{API}/operations/{op.get('id', '')}/wait",
+            params={"timeout": -1 if timeout is None else int(timeout)},
+        )
+        if result.get("status") != "Success":
+            raise IncusError(
+                f"exec in '{name}' failed: {result.get('err') or result.get('status')}"
+            )
+        return dict(result)
 
     def incus_cli(self) -> str:
         binary = shutil.which("incus")
