@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import ClassVar
@@ -16,6 +17,7 @@ from coi_tui import __version__
 from coi_tui.dashboard.backend import Backend
 from coi_tui.dashboard.prefs import load_keymap, load_state, save_state
 from coi_tui.dashboard.threats import AuditTail, ThreatSource
+from coi_tui.errors import CoiError
 from coi_tui.screens.confirm import ConfirmScreen
 from coi_tui.screens.main import MainScreen
 from coi_tui.themes import APP_CSS_PATH, COI_THEME, THEMES
@@ -48,12 +50,19 @@ class CoiApp(App[None]):
         read_only: bool = False,
         keymap: dict[str, str] | None = None,
         remember_theme: bool = True,
+        remotes: list[str] | None = None,
+        local: bool = True,
     ) -> None:
+        """Without a backend: the local daemon (unless local=False) and the named remotes
+        (None: every configured one), each listed on its own."""
         super().__init__()
         if backend is None:
-            from coi_tui.dashboard.backend import IncusBackend
+            from coi_tui.dashboard.hosts import MultiHostBackend
 
-            backend = IncusBackend(read_only=read_only)  # connects on first use only
+            # Connects on first use only.
+            backend = MultiHostBackend.from_config(
+                remotes=remotes, local=local, read_only=read_only
+            )
         self.backend = backend
         self.threats = threats if threats is not None else AuditTail()
         # abspath, not resolve(): coi hashes the unresolved path into container names.
@@ -155,13 +164,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--refresh", type=float, default=REFRESH_SECONDS, metavar="SECONDS", help="poll interval"
     )
-    parser.add_argument(
+    hosts = parser.add_mutually_exclusive_group()
+    hosts.add_argument(
         "--remote",
         metavar="NAME",
-        help="manage the sessions of a remote added with 'coi remote add' (default: local)",
+        help="only the sessions of this remote (added with 'coi remote add'); default: the "
+        "local daemon and every configured remote, grouped by host",
+    )
+    hosts.add_argument(
+        "--local-only", action="store_true", help="only the local daemon, no remotes"
     )
     parser.add_argument("--version", action="version", version=f"coi-tui {__version__}")
     args = parser.parse_args(argv)
+    if not args.remote and not args.local_only and os.environ.get("COI_REMOTE"):
+        args.remote = os.environ["COI_REMOTE"]  # as for coi: $COI_REMOTE picks one remote
     if args.remote:
         os.environ["COI_REMOTE"] = args.remote  # the Incus adapter and child processes read it
     args.workspace = os.path.abspath(os.path.expanduser(args.workspace))
@@ -174,7 +190,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    CoiApp(workspace=args.workspace, read_only=args.read_only, refresh_interval=args.refresh).run()
+    try:
+        app = CoiApp(
+            workspace=args.workspace,
+            read_only=args.read_only,
+            refresh_interval=args.refresh,
+            remotes=[args.remote] if args.remote else [] if args.local_only else None,
+            local=not args.remote,
+        )
+    except CoiError as exc:  # an unknown remote, a broken remotes.toml...: one line
+        sys.exit(f"coi-tui: {exc}")
+    app.run()
 
 
 if __name__ == "__main__":

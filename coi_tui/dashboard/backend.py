@@ -4,6 +4,7 @@ may block and is only called from worker threads."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import threading
 import time
@@ -40,11 +41,17 @@ class SlotInfo:
     session_id: str = ""
     profile: str = ""
     pid: int = 0
+    host: str = ""  # "" = the local daemon, else the remote's name (then name is host:container)
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def mode(self) -> str:
         return "persistent" if self.persistent else "ephemeral"
+
+    @property
+    def container(self) -> str:
+        """The instance name on its own daemon (name without the 'remote:' part)."""
+        return self.name.partition(":")[2] if self.host else self.name
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,8 @@ class IncusBackend:
         self.settings = settings or load_settings()
         self.incus = incus or Incus(self.settings.socket or None, project=self.settings.project)
         self.read_only = read_only
+        # The remote this backend talks to ("" = the local socket).
+        self.host = self.incus.remote.name if self.incus.remote is not None else ""
         self._cpu: dict[str, tuple[float, int]] = {}  # name -> (monotonic, cpu usage ns)
         self._started: dict[tuple[str, int], float | None] = {}
         self._manager: Any = None
@@ -159,10 +168,8 @@ class IncusBackend:
     @property
     def manager(self) -> Any:
         if self._manager is None:
-            from coi_tui.sessions.manager import SessionManager
-
             # The manager's progress lines would scribble over the dashboard.
-            self._manager = SessionManager(self.incus, self.settings, say=lambda line: None)
+            self._manager = host_session_manager(self.incus, self.settings)
         return self._manager
 
     # ------------------------------------------------------------------ reading
@@ -188,7 +195,8 @@ class IncusBackend:
             self._cpu[instance.name] = (now, cpu_ns)
         pid = instance.pid
         uptime = None
-        if pid and instance.status in ("Running", "Frozen"):
+        # A remote's pid is a process on another machine: its start time is not ours to read.
+        if pid and not self.host and instance.status in ("Running", "Frozen"):
             key = (instance.name, pid)
             if key not in self._started:
                 self._started[key] = process_start(pid)
@@ -282,7 +290,10 @@ class IncusBackend:
 
         manager = self.manager
         req = LaunchRequest(
-            workspace=resolve_workspace(workspace),
+            # A remote mounts the path from its own disk: it need not exist here.
+            workspace=os.path.abspath(os.path.expanduser(workspace))
+            if self.host
+            else resolve_workspace(workspace),
             tool=get_tool(tool),
             persistent=self.settings.persistent,
             image=self.settings.image,
@@ -328,6 +339,12 @@ class IncusBackend:
             return int(self.manager.attach(name))
 
     def watch_events(self, callback: EventCallback, stop: threading.Event) -> None:
+        if self.host:
+            # The events websocket goes through pylxd over the local socket only; a remote's
+            # slots are kept current by the poll.
+            stop.wait()
+            return
+
         def on_event(event: dict[str, Any]) -> bool:
             callback(event)
             return not stop.is_set()
@@ -335,10 +352,46 @@ class IncusBackend:
         self.incus.watch_events(on_event, types=("lifecycle",), stop=stop)
 
 
+def host_session_manager(incus: Incus, settings: Settings) -> Any:
+    """A SessionManager whose supervisors talk to the same daemon as `incus`: the manager hands
+    them os.environ, where $COI_REMOTE may name another host (or none) in a multi-host
+    dashboard."""
+    import subprocess
+    import sys
+
+    from coi_tui.paths import logs_dir
+    from coi_tui.sessions.manager import SessionManager
+
+    class HostSessionManager(SessionManager):
+        def spawn_supervisor(self, name: str) -> None:
+            env = dict(os.environ)
+            env.pop("COI_REMOTE", None)
+            if self.incus.remote is not None:
+                env["COI_REMOTE"] = self.incus.remote.name
+            with open(logs_dir() / f"{name}.supervisor.log", "ab") as log:
+                subprocess.Popen(
+                    [sys.executable, "-m", "coi_tui.sessions.supervisor", name],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    env=env,
+                    close_fds=True,
+                )
+
+    return HostSessionManager(incus, settings, say=lambda line: None)
+
+
 def describe(slot: SlotInfo) -> list[tuple[str, str]]:
     """The Info tab's rows."""
+    if slot.host:
+        where = [("Host", slot.host), ("Container", slot.container)]
+        attach = f"coi --remote {shlex.quote(slot.host)} attach {shlex.quote(slot.container)}"
+    else:
+        where = [("Container", slot.name)]
+        attach = f"coi attach {shlex.quote(slot.name)}"
     return [
-        ("Container", slot.name),
+        *where,
         ("State", slot.state),
         ("Workspace", slot.workspace or "-"),
         ("Slot", str(slot.slot)),
@@ -352,7 +405,7 @@ def describe(slot: SlotInfo) -> list[tuple[str, str]]:
         ("Uptime", format_uptime(slot.uptime_s)),
         ("CPU", "-" if slot.cpu_pct is None else f"{slot.cpu_pct:.1f}%"),
         ("Memory", format_bytes(slot.mem_bytes)),
-        ("Attach", f"coi attach {shlex.quote(slot.name)}"),
+        ("Attach", attach),
     ]
 
 

@@ -217,6 +217,9 @@ class Incus:
         self._client: Any = None
         self._server_info: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        # Bound on reaching a remote (TCP + TLS handshake); reads keep their own timeout.
+        # The dashboard sets it short so a dead remote fails fast.
+        self.connect_timeout: float | None = None
 
     @property
     def where(self) -> str:
@@ -313,14 +316,16 @@ class Incus:
                 f"client certificate {cert} for remote '{remote.name}' is missing "
                 "or unreadable: add the remote again with 'coi remote add'"
             ) from None
+        read_timeout = 10 if timeout is None else timeout
         conn = http.client.HTTPSConnection(
-            remote.host, remote.port, context=context, timeout=10 if timeout is None else timeout
+            remote.host, remote.port, context=context, timeout=self.connect_timeout or read_timeout
         )
         try:
             conn.connect()
         except OSError as exc:
             conn.close()
             raise self._remote_error(exc) from None
+        conn.sock.settimeout(read_timeout)
         if remote.fingerprint:
             der = conn.sock.getpeercert(binary_form=True) or b""
             actual = hashlib.sha256(der).hexdigest()
@@ -474,11 +479,19 @@ class Incus:
             or os.environ.get("COI_TARGET", "")
             or (self.remote.target if self.remote is not None else "")
         )
+        if member:
+            self.require_cluster()
         params = {"target": member} if member else None
         try:
             self.request("POST", f"{API}/instances", body=body, params=params)
         except Conflict as exc:
             raise Conflict(f"container '{name}' already exists ({exc})") from None
+
+    def require_cluster(self) -> None:
+        """--target (or a remote's `target`) only means something on a cluster."""
+        if not self.server_info.get("environment", {}).get("server_clustered"):
+            where = self.remote.name if self.remote is not None else "local"
+            raise IncusError(f"--target needs a clustered Incus server; '{where}' is not clustered")
 
     def _set_state(self, name: str, action: str, *, force: bool = False, timeout: int = -1) -> None:
         body = {"action": action, "force": force, "timeout": timeout}

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import ssl
+import threading
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -238,20 +239,27 @@ def fetch_server_certificate(address: str, timeout: float = 10) -> tuple[str, st
 
 def incus_client_config(remote: Remote) -> Path:
     """A private INCUS_CONF directory so `incus exec REMOTE:NAME` (interactive sessions) works
-    with the same certificates coi uses; regenerated on each use (it is tiny)."""
-    directory = coi_home() / "incus-client"
+    with the same certificates coi uses; regenerated on each use (it is tiny). One directory
+    per remote, written atomically: the dashboard may open terminals on two remotes at once."""
+    directory = coi_home() / "incus-client" / remote.name
     (directory / "servercerts").mkdir(parents=True, exist_ok=True)
+    os.chmod(directory.parent, 0o700)
     os.chmod(directory, 0o700)
     cert, key = remote.client_files()
     for source, target in ((cert, "client.crt"), (key, "client.key")):
         link = directory / target
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(os.path.abspath(source))
+        if os.path.realpath(link) != os.path.realpath(source):
+            temporary = directory / f".{target}.{os.getpid()}-{threading.get_ident()}"
+            temporary.unlink(missing_ok=True)
+            temporary.symlink_to(os.path.abspath(source))
+            temporary.replace(link)
+    from coi_tui.sessions.store import atomic_write
+
     pinned = server_cert_path(remote.name)
     if pinned.exists():
-        (directory / "servercerts" / f"{remote.name}.crt").write_text(pinned.read_text())
-    (directory / "config.yml").write_text(
+        atomic_write(directory / "servercerts" / f"{remote.name}.crt", pinned.read_text())
+    atomic_write(
+        directory / "config.yml",
         "default-remote: local\n"
         "remotes:\n"
         f"  {remote.name}:\n"
@@ -262,6 +270,6 @@ def incus_client_config(remote: Remote) -> Path:
         "    public: false\n"
         "  local:\n"
         "    addr: unix://\n"
-        "    public: false\n"
+        "    public: false\n",
     )
     return directory

@@ -1,13 +1,18 @@
 """The dashboard's main screen: workspaces+slots, snapshots, the selected slot's terminal and
 details, and the threat feed. All I/O runs in thread workers that post messages; handlers
-here own every state change."""
+here own every state change.
+
+Slots come from one or more Incus hosts (the local daemon and remotes, see
+dashboard/hosts.py). Each host is listed by its own worker on its own poll timer, so a remote
+that does not answer never delays the local listing."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -15,10 +20,21 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane, Tree
+from textual.widgets import (
+    DataTable,
+    Footer,
+    Header,
+    Input,
+    Label,
+    Static,
+    TabbedContent,
+    TabPane,
+    Tree,
+)
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from coi_tui.dashboard.backend import (
@@ -28,20 +44,19 @@ from coi_tui.dashboard.backend import (
     describe,
     is_lifecycle_for,
 )
+from coi_tui.dashboard.hosts import LOCAL, HostBoard, MultiHostBackend
 from coi_tui.dashboard.threats import ThreatSource
 from coi_tui.screens.confirm import ConfirmScreen
 from coi_tui.screens.messages import (
     LifecycleEvent,
     OpFinished,
     ProcessesLoaded,
-    SlotsFailed,
-    SlotsLoaded,
     SnapshotsLoaded,
     TerminalOpened,
     ThreatsArrived,
 )
 from coi_tui.screens.new_slot import NewSlotRequest, NewSlotScreen
-from coi_tui.widgets.slot_tree import SlotTree
+from coi_tui.widgets.slot_tree import HostRow, SlotTree
 from coi_tui.widgets.terminal_view import TerminalView
 from coi_tui.widgets.threat_feed import ThreatFeed
 
@@ -59,6 +74,36 @@ TERMINAL_RETRY_S = 3.0
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class HostSlotsLoaded(Message):
+    """One host's listing."""
+
+    def __init__(self, host: str, slots: list[SlotInfo]) -> None:
+        super().__init__()
+        self.host = host
+        self.slots = slots
+
+
+class HostSlotsFailed(Message):
+    """One host could not be listed (one line)."""
+
+    def __init__(self, host: str, error: str) -> None:
+        super().__init__()
+        self.host = host
+        self.error = error
+
+
+class HostNewSlotScreen(NewSlotScreen):
+    """The new-slot dialog, saying on which host the slot starts."""
+
+    def __init__(self, host_label: str, *args: Any) -> None:
+        super().__init__(*args)
+        self.host_label = host_label
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one(".title", Label).update(f"New slot on {self.host_label}")
 
 
 class MainScreen(Screen[None]):
@@ -132,7 +177,11 @@ class MainScreen(Screen[None]):
         read_only: bool = False,
     ) -> None:
         super().__init__()
-        self.backend = backend
+        self.backend = MultiHostBackend.wrap(backend)
+        self.grouped = self.backend.grouped
+        # One daemon: a failed listing keeps the last one on screen. Several: a host that
+        # keeps failing collapses to one "offline" row.
+        self.board = HostBoard(self.backend.hosts(), offline_after=2 if self.grouped else 1)
         self.threats = threats
         self.workspace = workspace
         self.refresh_interval = refresh_interval
@@ -141,13 +190,14 @@ class MainScreen(Screen[None]):
         self.selected = ""
         self.snapshots: list[SnapshotInfo] = []
         self.loaded = False
-        self._poll_timer: Timer | None = None
+        self._poll_timers: dict[str, Timer] = {}
         self._soon_timer: Timer | None = None
+        self._soon_hosts: set[str] | None = set()  # None: every host
         self._terminal_timer: Timer | None = None
-        self._slots_worker: Worker[None] | None = None
+        self._host_workers: dict[str, Worker[None]] = {}
+        self._again: set[str] = set()  # hosts to list again as soon as their listing ends
         self._opening = ""
         self._busy: set[str] = set()
-        self._last_error: str | None = None
         self._filter_target: Widget | None = None
         self._stop = threading.Event()
 
@@ -280,41 +330,71 @@ class MainScreen(Screen[None]):
     def action_refresh(self) -> None:
         self.refresh_slots()
 
-    def refresh_slots(self) -> None:
-        """List now; the next automatic listing is armed when this one ends."""
-        for timer in (self._poll_timer, self._soon_timer):
+    def refresh_slots(self, hosts: Iterable[str] | None = None) -> None:
+        """List these hosts (None: all) now, each in its own worker; a host's next automatic
+        listing is armed when its listing ends. A host still being listed is listed again
+        right after, never twice at once (a dead remote must not pile up threads)."""
+        if hosts is None and self._soon_timer is not None:
+            self._soon_timer.stop()
+            self._soon_timer = None
+            self._soon_hosts = set()
+        for host in list(self.board.states) if hosts is None else hosts:
+            if host not in self.board.states:
+                continue
+            timer = self._poll_timers.pop(host, None)
             if timer is not None:
                 timer.stop()
-        self._poll_timer = self._soon_timer = None
-        self._slots_worker = self._list_slots()
+            if host in self._host_workers:
+                self._again.add(host)
+                continue
+            self._host_workers[host] = self.run_worker(
+                partial(self._list_host, host),
+                name=f"slots:{host}",
+                group="slots",
+                thread=True,
+                exit_on_error=False,
+            )
 
-    def refresh_soon(self, delay: float = 0.15) -> None:
+    def refresh_soon(self, delay: float = 0.15, host: str | None = None) -> None:
         # Lifecycle events come in bursts (stop, delete...): one listing per burst.
+        if host is None:
+            self._soon_hosts = None
+        elif self._soon_hosts is not None:
+            self._soon_hosts.add(host)
         if self._soon_timer is None:
-            self._soon_timer = self.set_timer(delay, self.refresh_slots)
+            self._soon_timer = self.set_timer(delay, self._refresh_soon_now)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="slots")
-    def _list_slots(self) -> None:
+    def _refresh_soon_now(self) -> None:
+        hosts, self._soon_hosts, self._soon_timer = self._soon_hosts, set(), None
+        self.refresh_slots(hosts)
+
+    def _list_host(self, host: str) -> None:
         try:
-            message: Any = SlotsLoaded(self.backend.list_slots())
+            message: Message = HostSlotsLoaded(host, self.backend.list_host(host))
         except Exception as exc:  # the daemon is down, a bug...: shown, never fatal
-            message = SlotsFailed(one_line(exc))
+            message = HostSlotsFailed(host, one_line(exc))
         if not get_current_worker().is_cancelled:
             self.post_message(message)
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker is self._slots_worker and event.state in (
+        host = next((h for h, w in self._host_workers.items() if w is event.worker), None)
+        if host is not None and event.state in (
             WorkerState.SUCCESS,
             WorkerState.ERROR,
             WorkerState.CANCELLED,
         ):
+            del self._host_workers[host]
             if event.state == WorkerState.CANCELLED:
                 return
-            if self._poll_timer is not None:
-                self._poll_timer.stop()
-            # One-shot and re-armed: polls never overlap.
-            self._poll_timer = self.set_timer(self.refresh_interval, self.refresh_slots)
+            if host in self._again:
+                self._again.discard(host)
+                self.refresh_slots([host])
+                return
+            # One-shot and re-armed per host: a host's polls never overlap.
+            self._poll_timers[host] = self.set_timer(
+                self.refresh_interval, partial(self.refresh_slots, [host])
+            )
         elif event.state == WorkerState.ERROR:
             error = event.worker.error
             self.notify(
@@ -346,30 +426,58 @@ class MainScreen(Screen[None]):
 
     @on(LifecycleEvent)
     def _lifecycle(self, message: LifecycleEvent) -> None:
-        self.refresh_soon()
+        self.refresh_soon(host=LOCAL)  # the events stream is the local daemon's
 
-    @on(SlotsLoaded)
-    def _slots_loaded(self, message: SlotsLoaded) -> None:
+    def host_label(self, host: str) -> str:
+        state = self.board.states.get(host)
+        return state.host.label if state is not None else host or "local"
+
+    @on(HostSlotsLoaded)
+    def _host_loaded(self, message: HostSlotsLoaded) -> None:
         self.loaded = True
-        self.slots = {s.name: s for s in message.slots}
-        self.slot_tree.show_slots(message.slots)
-        if self._last_error is not None:
-            self._last_error = None
-            self.notify("Listing containers works again.", title="Incus")
+        if self.board.loaded(message.host, message.slots) == "online":
+            if self.grouped:
+                self.notify(f"{self.host_label(message.host)} answers again.", title="Incus")
+            else:
+                self.notify("Listing containers works again.", title="Incus")
+        self._show_slots()
+
+    @on(HostSlotsFailed)
+    def _host_failed(self, message: HostSlotsFailed) -> None:
+        change = self.board.failed(message.host, message.error)
+        if not self.grouped:
+            # One daemon: the last listing stays on screen, the failure is said once.
+            self.slot_tree.border_subtitle = "cannot list containers"
+            if change is not None:
+                self.notify(message.error, title="Cannot list containers", severity="error")
+            return
+        if change is not None:
+            self.notify(
+                message.error,
+                title=f"{self.host_label(message.host)} is offline",
+                severity="warning",
+            )
+        self._show_slots()
+
+    def host_rows(self) -> list[HostRow] | None:
+        if not self.grouped:
+            return None
+        return [
+            HostRow(h, state.host.label, state.detail, state.status == "offline")
+            for h, state in self.board.states.items()
+        ]
+
+    def _show_slots(self) -> None:
+        slots = self.board.visible_slots(hide_offline=self.grouped)
+        self.slots = {s.name: s for s in slots}
+        self.slot_tree.show_slots(slots, self.host_rows())
         if self.slot_tree.selected != self.selected:
             self._select(self.slot_tree.selected)
         self._show_info()
         self._sync_terminal()
         self.refresh_bindings()
-        if not message.slots:
+        if not slots:
             self.terminal.disconnect("No coi sessions yet - press n to start one")
-
-    @on(SlotsFailed)
-    def _slots_failed(self, message: SlotsFailed) -> None:
-        self.slot_tree.border_subtitle = "cannot list containers"
-        if message.error != self._last_error:
-            self._last_error = message.error
-            self.notify(message.error, title="Cannot list containers", severity="error")
 
     @on(SlotTree.SlotSelected)
     def _slot_selected(self, message: SlotTree.SlotSelected) -> None:
@@ -705,18 +813,22 @@ class MainScreen(Screen[None]):
     def action_new_slot(self) -> None:
         workspace = self.slot.workspace if self.slot and self.slot.workspace else self.workspace
         tool = self.slot.tool if self.slot else "claude"
+        # Several hosts: the slot starts on the host of the highlighted row.
+        host = self.slot_tree.cursor_host if self.grouped else LOCAL
 
         def answered(request: NewSlotRequest | None) -> None:
             if request is not None:
                 self._start_op(
                     "new",
                     request.workspace,
-                    lambda: self.backend.new_slot(request.workspace, request.tool, request.profile),
+                    lambda: self.backend.new_slot(
+                        request.workspace, request.tool, request.profile, host=host
+                    ),
                 )
 
-        self.app.push_screen(
-            NewSlotScreen(workspace, self.backend.tools(), self.backend.profiles(), tool), answered
-        )
+        args = (workspace, self.backend.tools(), self.backend.profiles(), tool)
+        dialog = HostNewSlotScreen(self.host_label(host), *args) if self.grouped else None
+        self.app.push_screen(dialog or NewSlotScreen(*args), answered)
 
     def action_attach(self) -> None:
         slot = self.slot

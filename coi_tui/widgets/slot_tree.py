@@ -1,10 +1,13 @@
 """Workspaces pane: a tree of workspaces, each with its slots (tool, state, mode, uptime, CPU,
-memory). Rebuilt only when the set of slots changes; otherwise labels are updated in place."""
+memory). With several Incus hosts (remotes) there is a host level above the workspaces: local
+first, then each remote by name; a host that cannot be listed is one "offline: <reason>" row.
+Rebuilt only when the shape changes; otherwise labels are updated in place."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.text import Text
@@ -28,12 +31,22 @@ def display_path(path: str) -> str:
     return path or "(no workspace)"
 
 
+@dataclass(frozen=True)
+class HostRow:
+    """A host's row in the grouped tree: its key ('' = local), label and status text."""
+
+    host: str
+    label: str
+    detail: str = ""
+    offline: bool = False
+
+
 def slot_matches(slot: SlotInfo, query: str) -> bool:
     if not query:
         return True
     invert = query.startswith("!")
     text = query[1:] if invert else query
-    hay = f"{slot.name} {slot.workspace} {slot.tool} {slot.state} {slot.mode}".lower()
+    hay = f"{slot.name} {slot.workspace} {slot.tool} {slot.state} {slot.mode} {slot.host}".lower()
     return (text.lower() not in hay) if invert else (text.lower() in hay)
 
 
@@ -56,6 +69,8 @@ class SlotTree(Tree[str]):
         "slot-tree--other",
         "slot-tree--current",
         "slot-tree--muted",
+        "slot-tree--host",
+        "slot-tree--offline",
     }
     DEFAULT_CSS = """
     SlotTree > .slot-tree--running { color: $success; }
@@ -64,10 +79,13 @@ class SlotTree(Tree[str]):
     SlotTree > .slot-tree--other { color: $error; }
     SlotTree > .slot-tree--current { color: $accent; text-style: bold; }
     SlotTree > .slot-tree--muted { color: $foreground-muted; }
+    SlotTree > .slot-tree--host { color: $primary; text-style: bold; }
+    SlotTree > .slot-tree--offline { color: $error; }
     """
 
     class SlotSelected(Message):
-        """The highlighted slot changed (name '' when a workspace row is highlighted)."""
+        """The highlighted slot changed (name '' when a workspace or host row is
+        highlighted)."""
 
         def __init__(self, name: str) -> None:
             super().__init__()
@@ -79,8 +97,10 @@ class SlotTree(Tree[str]):
         self.slots: dict[str, SlotInfo] = {}
         self.filter_text = ""
         self._all_slots: list[SlotInfo] = []
-        self._slot_shape: list[tuple[str, list[str]]] = []
+        self._hosts: list[HostRow] | None = None  # None: one daemon, no host level
+        self._slot_shape: list[object] = []
         self._slot_nodes: dict[str, TreeNode[str]] = {}
+        self._host_nodes: dict[str, TreeNode[str]] = {}
         self._selected_name = ""
         super().__init__("Workspaces", data="", id=id)
         self.show_root = False
@@ -90,8 +110,23 @@ class SlotTree(Tree[str]):
     def selected(self) -> str:
         return self._selected_name
 
-    def show_slots(self, slots: list[SlotInfo]) -> None:
+    @property
+    def cursor_host(self) -> str:
+        """The host of the highlighted row (a slot, a workspace or a host row); '' = local."""
+        node = self.cursor_node
+        while node is not None:
+            if node.data and node.data in self.slots:
+                return self.slots[node.data].host
+            for host, host_node in self._host_nodes.items():
+                if host_node is node:
+                    return host
+            node = node.parent
+        return self._hosts[0].host if self._hosts else ""
+
+    def show_slots(self, slots: list[SlotInfo], hosts: list[HostRow] | None = None) -> None:
+        """hosts: the host level (grouped view); None for a single daemon."""
         self._all_slots = list(slots)
+        self._hosts = list(hosts) if hosts is not None else None
         self._apply()
 
     def set_filter(self, query: str) -> None:
@@ -101,35 +136,84 @@ class SlotTree(Tree[str]):
     def _apply(self) -> None:
         shown = [s for s in self._all_slots if slot_matches(s, self.filter_text)]
         self.slots = {s.name: s for s in shown}
-        groups = group_slots(shown, self.current_workspace)
-        shape = [(w, [s.name for s in group]) for w, group in groups]
-        if shape == self._slot_shape:
-            for _, group in groups:
-                for slot in group:
-                    self._slot_nodes[slot.name].set_label(self._slot_label(slot))
+        if self._hosts is None:
+            sections: list[tuple[HostRow | None, list[tuple[str, list[SlotInfo]]]]] = [
+                (None, group_slots(shown, self.current_workspace))
+            ]
         else:
-            self._rebuild(groups)
+            sections = [
+                (
+                    row,
+                    []
+                    if row.offline
+                    else group_slots(
+                        [s for s in shown if s.host == row.host], self.current_workspace
+                    ),
+                )
+                for row in self._hosts
+            ]
+        shape: list[object] = [
+            (
+                None if row is None else (row.host, row.offline),
+                [(w, [s.name for s in group]) for w, group in groups],
+            )
+            for row, groups in sections
+        ]
+        if shape == self._slot_shape:
+            for row, groups in sections:
+                if row is not None:
+                    self._host_nodes[row.host].set_label(self._host_label(row))
+                for _, group in groups:
+                    for slot in group:
+                        self._slot_nodes[slot.name].set_label(self._slot_label(slot))
+        else:
+            self._rebuild(sections)
             self._slot_shape = shape
-        self.border_subtitle = f"{len(shown)} slot{'s' if len(shown) != 1 else ''}"
+        subtitle = f"{len(shown)} slot{'s' if len(shown) != 1 else ''}"
+        offline = sum(1 for row in self._hosts or [] if row.offline)
+        if offline:
+            subtitle += f" · {offline} host{'s' if offline != 1 else ''} offline"
+        self.border_subtitle = subtitle
         self._announce()
 
-    def _rebuild(self, groups: list[tuple[str, list[SlotInfo]]]) -> None:
+    def _rebuild(
+        self, sections: list[tuple[HostRow | None, list[tuple[str, list[SlotInfo]]]]]
+    ) -> None:
         keep = self._selected_name
         self.clear()
         self._slot_nodes = {}
-        for workspace, group in groups:
-            label = Text(display_path(workspace))
-            if workspace == self.current_workspace:
-                label.stylize(self._style("slot-tree--current"))
-            node = self.root.add(label, data="", expand=True)
-            for slot in group:
-                self._slot_nodes[slot.name] = node.add_leaf(self._slot_label(slot), data=slot.name)
+        self._host_nodes = {}
+        for row, groups in sections:
+            parent = self.root
+            if row is not None:
+                label = self._host_label(row)
+                if row.offline:
+                    self._host_nodes[row.host] = self.root.add_leaf(label, data="")
+                    continue
+                parent = self.root.add(label, data="", expand=True)
+                self._host_nodes[row.host] = parent
+            for workspace, group in groups:
+                label = Text(display_path(workspace))
+                if workspace == self.current_workspace:
+                    label.stylize(self._style("slot-tree--current"))
+                node = parent.add(label, data="", expand=True)
+                for slot in group:
+                    self._slot_nodes[slot.name] = node.add_leaf(
+                        self._slot_label(slot), data=slot.name
+                    )
         target = self._slot_nodes.get(keep)
         if target is None and self._slot_nodes:
             target = next(iter(self._slot_nodes.values()))
         if target is not None:
             _ = self._tree_lines  # lay out the new nodes so they have line numbers
             self.move_cursor(target, animate=False)
+
+    def _host_label(self, row: HostRow) -> Text:
+        text = Text(row.label, style=self._style("slot-tree--host"))  # type: ignore[arg-type]
+        if row.detail:
+            component = "slot-tree--offline" if row.offline else "slot-tree--muted"
+            text.append(f"  {row.detail}", style=self._style(component))  # type: ignore[arg-type]
+        return text
 
     def _style(self, component: str) -> object:
         return self.get_component_rich_style(component, partial=True)
@@ -154,11 +238,15 @@ class SlotTree(Tree[str]):
         return "" if node is None else str(node.label)
 
     def rows(self) -> list[str]:
-        """Every row's plain text, in display order (tests, debugging)."""
+        """Every row's plain text, in display order, indented by depth (tests, debugging)."""
         out: list[str] = []
-        for ws_node in self.root.children:
-            out.append(str(ws_node.label))
-            out.extend("  " + str(child.label) for child in ws_node.children)
+
+        def walk(node: TreeNode[str], depth: int) -> None:
+            for child in node.children:
+                out.append("  " * depth + str(child.label))
+                walk(child, depth + 1)
+
+        walk(self.root, 0)
         return out
 
     def select(self, name: str) -> None:
