@@ -9,9 +9,9 @@ BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 WORKSPACE ?= $(CURDIR)
 
-.PHONY: setup os-deps daemon venv incus-setup image run test lint bench clean-test
+.PHONY: setup os-deps daemon venv bytecode incus-setup image run test lint bench clean-test
 
-setup: os-deps daemon venv incus-setup image
+setup: os-deps daemon venv bytecode incus-setup image
 
 os-deps:
 	@bash scripts/install-os-deps.sh
@@ -26,6 +26,11 @@ $(VENV)/.installed: pyproject.toml
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
+
+# Every `coi` call imports the package; precompiled bytecode saves ~80 ms per call, and
+# matters when PYTHONDONTWRITEBYTECODE is set (Python then never caches it by itself).
+bytecode: venv
+	@$(BIN)/python -m compileall -q coi_tui
 
 incus-setup: venv daemon
 	@$(SUDO) $(BIN)/coi setup

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from coi_tui import timing as _timing  # noqa: F401  (anchors COI_TIMING_DEBUG offsets at start)
 from coi_tui.errors import CoiError, Terminated
 
 EXIT_INTERRUPTED = 130

@@ -38,6 +38,7 @@ from coi_tui.incus.errors import (
     SocketPermissionDenied,
 )
 from coi_tui.incus.remotes import Remote
+from coi_tui.timing import span
 
 DEFAULT_SOCKET = "/var/lib/incus/unix.socket"
 # Incus sometimes fails to start an exec ("Failed to retrieve PID of executing child process")
@@ -146,6 +147,11 @@ def _run_client(cmd: list[str], env: dict[str, str], last_try: bool) -> tuple[in
     """Run the `incus` client with our stdin/stdout; pass its stderr through, except the
     transient start failure while a retry is still possible. Returns (exit code, whether the
     command failed before it started)."""
+    with span("exec", " ".join(cmd[:3]) + " ..."):
+        return _run_client_inner(cmd, env, last_try)
+
+
+def _run_client_inner(cmd: list[str], env: dict[str, str], last_try: bool) -> tuple[int, bool]:
     process = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE)
     assert process.stderr is not None
     transient = False
@@ -367,7 +373,8 @@ class Incus:
         if data is None and body is not None:
             payload_body = json.dumps(body).encode()
             send_headers.setdefault("Content-Type", "application/json")
-        response = self._send(method, target, payload_body, send_headers, timeout)
+        with span("incus", f"{method} {path}"):
+            response = self._send(method, target, payload_body, send_headers, timeout)
         if raw:
             if response.status_code >= 400:
                 raise self._api_error(response, path)

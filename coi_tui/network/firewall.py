@@ -13,6 +13,7 @@ from pathlib import Path
 
 from coi_tui.errors import CoiError
 from coi_tui.network import netctl
+from coi_tui.timing import span
 
 HELPER_PATH = Path("/usr/local/libexec/coi-netctl")
 SUDOERS_PATH = Path("/etc/sudoers.d/coi-netctl")
@@ -55,6 +56,10 @@ class Firewall:
         self.helper = helper
 
     def call(self, argv: list[str]) -> str:
+        with span("exec", f"coi-netctl {' '.join(argv[:2])}"):
+            return self._call(argv)
+
+    def _call(self, argv: list[str]) -> str:
         if os.geteuid() == 0:
             try:
                 return netctl.run(argv)

@@ -100,23 +100,29 @@ class NetworkHook(SessionHook):
         if nic is None:
             return
         nic.update({"host_name": iface_for(ctx.session.container), **NIC_HARDENING})
+        ctx.config[MODE_KEY] = check_mode(ctx.manager.settings)
 
-    def _harden(self, incus: Incus, name: str) -> None:
+    def _harden(self, incus: Incus, name: str, mode: str) -> bool:
         """A copy (snapshot branch) carries its source's host_name, and a persistent container
-        may predate isolation: give both this container's own NIC shape before it starts."""
-        nic = incus.get_instance(name).devices.get("eth0")
-        if nic is None:
-            return
-        wanted = {"host_name": iface_for(name), **NIC_HARDENING}
-        if any(nic.get(k) != v for k, v in wanted.items()):
-            incus.update_instance(name, devices={"eth0": {**nic, **wanted}})
+        may predate isolation: give both this container's own NIC shape, and record the mode,
+        in one read and at most one write before it starts. Returns whether it has a NIC."""
+        instance = incus.get_instance(name)
+        nic = instance.devices.get("eth0")
+        devices: dict[str, dict[str, str] | None] = {}
+        if nic is not None:
+            wanted = {"host_name": iface_for(name), **NIC_HARDENING}
+            if any(nic.get(k) != v for k, v in wanted.items()):
+                devices["eth0"] = {**nic, **wanted}
+        config = {MODE_KEY: mode} if instance.config.get(MODE_KEY) != mode else {}
+        if devices or config:
+            incus.update_instance(name, config=config or None, devices=devices or None)
+        return "eth0" in instance.expanded_devices
 
     def before_start(self, ctx: LaunchContext) -> None:
         manager, name = ctx.manager, ctx.session.container
         settings, incus = manager.settings, manager.incus
         mode = check_mode(settings)
-        self._harden(incus, name)
-        if "eth0" not in incus.get_instance(name).expanded_devices:
+        if not self._harden(incus, name, mode):
             return  # no network at all
         resolved = None
         if mode == "allowlist":
@@ -134,7 +140,6 @@ class NetworkHook(SessionHook):
                 manager.say(f"warning: {exc} (open mode continues without rules)")
             else:
                 raise CoiError(f"{exc} ({mode} mode fails closed)") from None
-        incus.update_instance(name, config={MODE_KEY: mode})
 
     def before_agent(self, ctx: LaunchContext) -> None:
         resolved = self.resolved.get(ctx.session.container)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from coi_tui.timing import span
+
 if TYPE_CHECKING:
     from coi_tui.sessions.manager import LaunchRequest, Session, SessionManager
 
@@ -67,4 +69,5 @@ def run_hooks(method: str, *args: Any) -> None:
     for hook in loaded_hooks(HOOK_MODULES):
         function = getattr(hook, method, None)
         if function is not None:
-            function(*args)
+            with span("hook", f"{type(hook).__module__.rsplit('.', 1)[-1]}.{method}"):
+                function(*args)

@@ -156,3 +156,30 @@ def test_attach_chooses_between_sessions(coi: CoiRunner, workspace: Path) -> Non
     assert "Use: coi attach <container-name>" in result.stderr
     missing_slot = coi("attach", "--slot", "5", "-w", str(workspace))
     assert missing_slot.returncode == 1 and "slot 5" in missing_slot.stderr
+
+
+def test_timing_debug_breaks_a_run_down(coi: CoiRunner, workspace: Path, tmp_path: Path) -> None:
+    """COI_TIMING_DEBUG prints every Incus call and process with its duration; the JSON twin
+    holds the same spans, and the command's own output and exit code are untouched."""
+    report = tmp_path / "timing.json"
+    result = coi(
+        "run",
+        "-w",
+        str(workspace),
+        "--",
+        "sh",
+        "-c",
+        "echo ran; exit 3",
+        env={"COI_TIMING_DEBUG": "1", "COI_TIMING_DEBUG_JSON": str(report)},
+    )
+    assert result.returncode == 3 and result.stdout == "ran\n"
+    assert "[timing] total" in result.stderr
+    data = json.loads(report.read_text())
+    labels = [span["label"] for span in data["spans"]]
+    assert any(label.startswith("POST /1.0/instances") for label in labels)
+    assert any(label.startswith("coi-netctl apply") for label in labels)
+    assert any(span["kind"] == "hook" for span in data["spans"])
+    covered = sum(s["duration_ms"] for s in data["spans"] if s["depth"] == 0)
+    assert 0 < covered <= data["total_ms"]
+    # Off by default: no report.
+    assert "[timing]" not in coi.ok("run", "-w", str(workspace), "--", "true").stderr
