@@ -261,7 +261,7 @@ def instance_record(instance: Instance, prefix: str) -> dict[str, Any]:
 
 def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     settings, _, manager = context(args)
-    instances = manager.coi_instances(with_state=True)
+    instances = manager.coi_instances(addresses=True)
     title = "Active Containers:"
     if args.running:
         instances, title = [i for i in instances if i.running], "Running Containers:"

@@ -420,10 +420,50 @@ class Incus:
         return IncusError(message)
 
     # ------------------------------------------------------------------ instances
-    def list_instances(self, prefix: str = "", with_state: bool = False) -> list[Instance]:
+    def list_instances(
+        self, prefix: str = "", with_state: bool = False, addresses: bool = False
+    ) -> list[Instance]:
+        """Instances whose name starts with prefix. with_state: full state (CPU, memory, disk:
+        ~7 ms per instance in Incus, even stopped ones). addresses: only the running ones'
+        IPv4, from their bridges' DHCP leases (one call per bridge), which is what a listing
+        needs at a fraction of the cost."""
         recursion = 2 if with_state else 1
         items = self.request("GET", f"{API}/instances", params={"recursion": recursion}) or []
-        return [Instance.from_api(i) for i in items if i["name"].startswith(prefix)]
+        instances = [Instance.from_api(i) for i in items if i["name"].startswith(prefix)]
+        if addresses and not with_state:
+            self._fill_addresses([i for i in instances if i.running])
+        return instances
+
+    def _fill_addresses(self, running: list[Instance]) -> None:
+        by_network: dict[str, list[Instance]] = {}
+        for instance in running:
+            network = (instance.expanded_devices.get("eth0") or {}).get("network", "")
+            by_network.setdefault(network, []).append(instance)
+        for network, members in by_network.items():
+            leases: dict[str, str] = {}
+            if network:
+                with contextlib.suppress(IncusError):
+                    for lease in (
+                        self.request("GET", f"{API}/networks/{quote(network)}/leases") or []
+                    ):
+                        address = str(lease.get("address", ""))
+                        if "." in address:
+                            leases[str(lease.get("hwaddr", "")).lower()] = address
+            for instance in members:
+                address = leases.get(instance.config.get("volatile.eth0.hwaddr", "").lower())
+                if address:
+                    instance.state = {
+                        "network": {
+                            "eth0": {
+                                "addresses": [
+                                    {"family": "inet", "scope": "global", "address": address}
+                                ]
+                            }
+                        }
+                    }
+                    continue
+                with contextlib.suppress(IncusError):  # not leased here: ask the instance
+                    instance.state = self.instance_state(instance.name)
 
     def get_instance(self, name: str, with_state: bool = False) -> Instance:
         try:

@@ -212,11 +212,11 @@ class SessionManager:
             )
 
     # ------------------------------------------------------------------ launch
-    def coi_instances(self, with_state: bool = False) -> list[Instance]:
+    def coi_instances(self, with_state: bool = False, addresses: bool = False) -> list[Instance]:
         prefix = self.settings.container_prefix
         return [
             i
-            for i in self.incus.list_instances(prefix, with_state=with_state)
+            for i in self.incus.list_instances(prefix, with_state=with_state, addresses=addresses)
             if parse_container_name(prefix, i.name)
         ]
 

@@ -183,3 +183,18 @@ def test_timing_debug_breaks_a_run_down(coi: CoiRunner, workspace: Path, tmp_pat
     assert 0 < covered <= data["total_ms"]
     # Off by default: no report.
     assert "[timing]" not in coi.ok("run", "-w", str(workspace), "--", "true").stderr
+
+
+def test_list_shows_the_address_the_container_really_has(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    """`coi list` reads addresses from the bridge's DHCP leases (cheap); they must match what
+    the container itself reports."""
+    from tests.integration.test_sessions import wait_for
+
+    name = start_background(coi, workspace)
+    wait_for(lambda: bool(incus.get_instance(name, with_state=True).ipv4), 60, "an address")
+    real = incus.get_instance(name, with_state=True).ipv4
+    listed = json.loads(coi.ok("list", "--json").stdout)["active_containers"]
+    assert [(c["name"], c["ipv4"]) for c in listed] == [(name, real)]
+    assert f"IPv4: {real}" in coi.ok("list").stdout
