@@ -234,12 +234,22 @@ class HostState:
     def detail(self) -> str:
         """The text after the host's name in the tree."""
         if self.status == "offline":
-            return f"offline: {self.error}"
+            return f"offline: {self.reason}"
         if self.status == "connecting":
             return "connecting…"
         if self.failures:
-            return f"not answering ({self.error})"
+            return f"not answering ({self.reason})"
         return self.host.address
+
+    @property
+    def reason(self) -> str:
+        """The error without the host's name and address, which the row already shows."""
+        text = self.error
+        for where in (f"remote '{self.host.name}' ({self.host.address}) ", f"{self.host.address} "):
+            if self.host.name and text.startswith(where):
+                text = text[len(where) :]
+                break
+        return text.removeprefix("is ")
 
 
 class HostBoard:
