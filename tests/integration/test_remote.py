@@ -95,6 +95,14 @@ def test_sessions_through_the_https_remote(
     wait_for(lambda: "dummy>" in remote_capture(), what="the agent through the remote")
     coi.ok("--remote", "lo", "kill", "--force", name)
     assert not incus.instance_exists(name)
+    # --target through the remote: the remote's name in the one-line refusal.
+    targeted = coi(
+        "--remote", "lo", "--target", "m1", "shell", "--background", "-w", str(workspace)
+    )
+    assert targeted.returncode == 1
+    assert "Error: --target needs a clustered Incus server; 'lo' is not clustered" in (
+        targeted.stderr
+    )
 
 
 def test_wrong_fingerprint_is_refused(coi: CoiRunner, https_daemon: tuple[str, str, str]) -> None:
@@ -127,3 +135,22 @@ def test_unreachable_and_unknown_remotes(coi: CoiRunner) -> None:
     assert listed[0]["status"].startswith("offline")
     unknown = coi("--remote", "nope", "list")
     assert unknown.returncode == 1 and "unknown remote 'nope'" in unknown.stderr
+
+
+def test_target_on_a_server_that_is_not_clustered(
+    coi: CoiRunner, incus: Incus, workspace: Path
+) -> None:
+    assert not incus.server_info["environment"].get("server_clustered")
+    for args in (
+        ("shell", "--background", "--tool", "dummy", "-w", str(workspace), "--target", "m1"),
+        ("--target=m1", "shell", "--background", "--tool", "dummy", "-w", str(workspace)),
+    ):
+        result = coi(*args)
+        assert result.returncode == 1, result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert errors == [
+            "Error: --target needs a clustered Incus server; 'local' is not clustered"
+        ]
+    assert incus.list_instances(coi.prefix) == []  # nothing was created
+    # Commands that create nothing ignore it.
+    assert coi("--target", "m1", "list").returncode == 0
