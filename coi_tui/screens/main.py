@@ -194,7 +194,7 @@ class MainScreen(Screen[None]):
         self._soon_timer: Timer | None = None
         self._soon_hosts: set[str] | None = set()  # None: every host
         self._terminal_timer: Timer | None = None
-        self._host_workers: dict[str, Worker[None]] = {}
+        self._listing: set[str] = set()  # hosts whose listing thread runs
         self._again: set[str] = set()  # hosts to list again as soon as their listing ends
         self._opening = ""
         self._busy: set[str] = set()
@@ -331,9 +331,14 @@ class MainScreen(Screen[None]):
         self.refresh_slots()
 
     def refresh_slots(self, hosts: Iterable[str] | None = None) -> None:
-        """List these hosts (None: all) now, each in its own worker; a host's next automatic
+        """List these hosts (None: all) now, each in its own thread; a host's next automatic
         listing is armed when its listing ends. A host still being listed is listed again
-        right after, never twice at once (a dead remote must not pile up threads)."""
+        right after, never twice at once (a dead remote must not pile up threads).
+
+        Listings run in daemon threads of their own, not in thread workers: workers share
+        asyncio's small default executor (cpu + 4 threads, two of them held by the event and
+        threat watchers), where a few hung remotes would queue the local listing behind them,
+        and quitting would wait for their timeouts."""
         if hosts is None and self._soon_timer is not None:
             self._soon_timer.stop()
             self._soon_timer = None
@@ -344,16 +349,13 @@ class MainScreen(Screen[None]):
             timer = self._poll_timers.pop(host, None)
             if timer is not None:
                 timer.stop()
-            if host in self._host_workers:
+            if host in self._listing:
                 self._again.add(host)
                 continue
-            self._host_workers[host] = self.run_worker(
-                partial(self._list_host, host),
-                name=f"slots:{host}",
-                group="slots",
-                thread=True,
-                exit_on_error=False,
-            )
+            self._listing.add(host)
+            threading.Thread(
+                target=self._list_host, args=(host,), name=f"coi-list-{host}", daemon=True
+            ).start()
 
     def refresh_soon(self, delay: float = 0.15, host: str | None = None) -> None:
         # Lifecycle events come in bursts (stop, delete...): one listing per burst.
@@ -369,33 +371,32 @@ class MainScreen(Screen[None]):
         self.refresh_slots(hosts)
 
     def _list_host(self, host: str) -> None:
+        """A listing thread: I/O only, the result goes back as a message."""
         try:
             message: Message = HostSlotsLoaded(host, self.backend.list_host(host))
         except Exception as exc:  # the daemon is down, a bug...: shown, never fatal
             message = HostSlotsFailed(host, one_line(exc))
-        if not get_current_worker().is_cancelled:
+        if not self._stop.is_set():
             self.post_message(message)
+
+    def _listed(self, host: str) -> None:
+        """A host's listing ended: list it again now if asked meanwhile, else arm its poll."""
+        self._listing.discard(host)
+        if host in self._again:
+            self._again.discard(host)
+            self.refresh_slots([host])
+            return
+        # One-shot and re-armed per host: a host's polls never overlap.
+        timer = self._poll_timers.pop(host, None)
+        if timer is not None:
+            timer.stop()
+        self._poll_timers[host] = self.set_timer(
+            self.refresh_interval, partial(self.refresh_slots, [host])
+        )
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
-        host = next((h for h, w in self._host_workers.items() if w is event.worker), None)
-        if host is not None and event.state in (
-            WorkerState.SUCCESS,
-            WorkerState.ERROR,
-            WorkerState.CANCELLED,
-        ):
-            del self._host_workers[host]
-            if event.state == WorkerState.CANCELLED:
-                return
-            if host in self._again:
-                self._again.discard(host)
-                self.refresh_slots([host])
-                return
-            # One-shot and re-armed per host: a host's polls never overlap.
-            self._poll_timers[host] = self.set_timer(
-                self.refresh_interval, partial(self.refresh_slots, [host])
-            )
-        elif event.state == WorkerState.ERROR:
+        if event.state == WorkerState.ERROR:
             error = event.worker.error
             self.notify(
                 f"{type(error).__name__}: {error}", title="Unexpected error", severity="error"
@@ -434,6 +435,7 @@ class MainScreen(Screen[None]):
 
     @on(HostSlotsLoaded)
     def _host_loaded(self, message: HostSlotsLoaded) -> None:
+        self._listed(message.host)
         self.loaded = True
         if self.board.loaded(message.host, message.slots) == "online":
             if self.grouped:
@@ -444,6 +446,7 @@ class MainScreen(Screen[None]):
 
     @on(HostSlotsFailed)
     def _host_failed(self, message: HostSlotsFailed) -> None:
+        self._listed(message.host)
         change = self.board.failed(message.host, message.error)
         if not self.grouped:
             # One daemon: the last listing stays on screen, the failure is said once.

@@ -161,7 +161,7 @@ async def test_an_unreachable_remote_does_not_slow_the_local_listing(
         f'[[remotes]]\nname = "hole"\naddress = "{blackhole}"\nfingerprint = "{"ab" * 32}"\n'
     )
     seen: list[tuple[float, Message]] = []
-    app = make_app(workspace)
+    app = make_app(workspace, refresh_interval=60)  # only the listings this test asks for
     start = time.monotonic()
     hook = lambda message: seen.append((time.monotonic(), message))  # noqa: E731
     async with app.run_test(size=(150, 40), message_hook=hook) as pilot:
@@ -173,7 +173,7 @@ async def test_an_unreachable_remote_does_not_slow_the_local_listing(
         assert any(row.startswith("hole  connecting") for row in tree.rows())
         print(f"\nlocal slot on screen: {local:.3f}s with a dead remote, {baseline:.3f}s alone")
         assert local < max(1.0, 3 * baseline)
-        assert local < REMOTE_CONNECT_TIMEOUT / 2
+        assert local < REMOTE_CONNECT_TIMEOUT  # what waiting for the remote would cost
 
         await wait_for(
             pilot,
@@ -188,12 +188,12 @@ async def test_an_unreachable_remote_does_not_slow_the_local_listing(
         assert name in tree.slots and "RUNNING" in tree.label_text(name)
 
         # Later polls: the local listing keeps its own pace while the remote hangs again.
-        await wait_for(pilot, lambda: "hole" in app.main._host_workers, 10, "remote retried")
+        await wait_for(pilot, lambda: not app.main._listing, 10, "listings done")
         before = len(local_loads(seen))
-        await pilot.press("ctrl+r")
         asked = time.monotonic()
+        await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: len(local_loads(seen)) > before, 10, "a local listing")
         again = local_loads(seen)[before] - asked
-        assert "hole" in app.main._host_workers  # the remote's listing still hangs
+        assert "hole" in app.main._listing  # the remote's listing still hangs
         print(f"local refresh with the dead remote pending: {again:.3f}s")
         assert again < max(1.0, 3 * baseline)

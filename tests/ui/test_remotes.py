@@ -184,7 +184,7 @@ async def test_a_host_that_misses_one_listing_keeps_its_slots() -> None:
 
 async def test_a_slow_host_does_not_delay_the_others() -> None:
     gated = GatedBackend([slot(BUILD1)])
-    multi, *_ = hosts(remote_build=gated)
+    multi, local, _, _ = hosts(remote_build=gated)
     app = make_app(multi)
     async with app.run_test(size=SIZE) as pilot:
         try:
@@ -196,12 +196,16 @@ async def test_a_slow_host_does_not_delay_the_others() -> None:
             # Polls of a host never overlap: asking again while it hangs queues one listing.
             await pilot.press("ctrl+r")
             await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda: len(local.called("list_slots")) >= 3, what="local")
             assert len(gated.called("list_slots")) == 0
+            listing_build = [t for t in threading.enumerate() if t.name == "coi-list-build"]
+            assert len(listing_build) == 1 and app.main._again == {"build"}
         finally:
             gated.gate.set()
         await wait_for(pilot, lambda: f"build:{BUILD1}" in tree(app).slots, what="build")
-        await settle(app)
-        assert len(gated.called("list_slots")) == 2  # the hanging one + one queued
+        # The hanging listing, then exactly one queued one.
+        await wait_for(pilot, lambda: not app.main._listing, what="listings done")
+        assert len(gated.called("list_slots")) == 2
 
 
 async def test_actions_go_to_the_slots_host() -> None:
