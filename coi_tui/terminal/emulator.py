@@ -6,10 +6,25 @@ from collections.abc import Callable
 from typing import Any
 
 import pyte
+from pyte import modes as pyte_modes
+from pyte.screens import Char
 
 from coi_tui.terminal.keys import APP_CURSOR_MODE, BRACKETED_PASTE_MODE
 
 Reply = Callable[[bytes], None]
+
+
+class _CharsFor(dict[str, Char]):
+    """Interned cells of one attribute set: a character -> its (immutable) pyte Char."""
+
+    def __init__(self, attrs: Char) -> None:
+        super().__init__()
+        self.rest = tuple(attrs)[1:]
+
+    def __missing__(self, char: str) -> Char:
+        cell = Char(char, *self.rest)
+        self[char] = cell
+        return cell
 
 
 class ReplyingScreen(pyte.Screen):  # type: ignore[misc]
@@ -19,6 +34,7 @@ class ReplyingScreen(pyte.Screen):  # type: ignore[misc]
         super().__init__(columns, lines)
         self.reply = reply
         self.unhandled = 0
+        self._cells: dict[Char, _CharsFor] = {}
 
     def write_process_input(self, data: str) -> None:
         # pyte's default drops these; programs that query the cursor would hang.
@@ -32,6 +48,42 @@ class ReplyingScreen(pyte.Screen):  # type: ignore[misc]
 
     def debug(self, *args: Any, **kwargs: Any) -> None:
         self.unhandled += 1
+
+    def draw(self, data: str) -> None:
+        """pyte's draw, with a fast path for plain ASCII in replace mode (most of what a flood
+        is): whole runs go into the row with C-level loops over interned cells, instead of a
+        namedtuple copy and a wcwidth call per character. Same result as pyte's loop."""
+        text = data.translate(self.g1_charset if self.charset else self.g0_charset)
+        if not (text.isascii() and text.isprintable()) or pyte_modes.IRM in self.mode:
+            super().draw(data)
+            return
+        cursor = self.cursor
+        columns = self.columns
+        attrs = cursor.attrs
+        cells = self._cells.get(attrs)
+        if cells is None:
+            if len(self._cells) > 256:
+                self._cells.clear()
+            cells = self._cells[attrs] = _CharsFor(attrs)
+        wrap = pyte_modes.DECAWM in self.mode
+        start, end = 0, len(text)
+        while start < end:
+            if cursor.x >= columns:
+                if wrap:
+                    self.dirty.add(cursor.y)
+                    self.carriage_return()
+                    self.linefeed()
+                else:
+                    # No autowrap: everything left overwrites the last column.
+                    self.buffer[cursor.y][columns - 1] = cells[text[end - 1]]
+                    break
+            x = cursor.x
+            run = text[start : start + columns - x]
+            row = self.buffer[cursor.y]
+            row.update(zip(range(x, x + len(run)), map(cells.__getitem__, run), strict=True))
+            cursor.x = x + len(run)
+            start += len(run)
+        self.dirty.add(cursor.y)
 
 
 class Emulator:
@@ -73,6 +125,11 @@ class Emulator:
     def feed(self, data: bytes) -> None:
         self.bytes_fed += len(data)
         self.stream.feed(data)
+
+    def reset_parser(self) -> None:
+        """Forget a half-parsed escape or UTF-8 sequence (its rest was dropped)."""
+        self.stream.utf8_decoder.reset()
+        self.stream._initialize_parser()
 
     def take_dirty(self) -> set[int]:
         """Rows changed since the last call (cursor moves included), with versions bumped."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import groupby, repeat
+from operator import itemgetter
 from typing import Any
 
 from rich.color import Color
@@ -23,6 +25,9 @@ ANSI_NAMES = {
 HEX = set("0123456789abcdefABCDEF")
 
 StyleKey = tuple[str, str, bool, bool, bool, bool, bool, bool]
+# pyte Char fields: data, fg, bg, bold, italics, underscore, strikethrough, reverse, blink.
+DATA = itemgetter(0)
+ATTRS = itemgetter(1, 2, 3, 4, 5, 6, 7)
 
 
 def map_color(value: str) -> Color | None:
@@ -76,21 +81,24 @@ class Renderer:
     def render_row(self, screen: Any, y: int, width: int, cursor_x: int | None) -> list[Segment]:
         """Segments for row y, `width` cells wide; the cursor at cursor_x (None: not drawn)."""
         line = screen.buffer[y]
-        default = screen.default_char
-        segments: list[Segment] = []
-        run: list[str] = []
-        run_style: Style | None = None
         columns = min(width, screen.columns)
-        for x in range(columns):
-            char = line.get(x, default)
-            if char.data == "":
-                continue  # the placeholder pyte puts after a wide character
-            style = self.style_for(char, cursor=x == cursor_x)
-            if style is not run_style:
-                if run:
-                    segments.append(Segment("".join(run), run_style))
-                run, run_style = [], style
-            run.append(char.data)
-        if run:
-            segments.append(Segment("".join(run), run_style))
+        # One C-level pass per row: the cells, then runs of equal attributes (groupby), each
+        # run's text joined from the cells' characters. Wide-character placeholders are ""
+        # and vanish in the join.
+        cells = list(map(line.get, range(columns), repeat(screen.default_char, columns)))
+        if cursor_x is None or not 0 <= cursor_x < columns:
+            return self._runs(cells, False)
+        return [
+            *self._runs(cells[:cursor_x], False),
+            *self._runs(cells[cursor_x : cursor_x + 1], True),
+            *self._runs(cells[cursor_x + 1 :], False),
+        ]
+
+    def _runs(self, cells: list[Any], cursor: bool) -> list[Segment]:
+        segments: list[Segment] = []
+        for _, run in groupby(cells, ATTRS):
+            group = list(run)
+            text = "".join(map(DATA, group))
+            if text:
+                segments.append(Segment(text, self.style_for(group[0], cursor)))
         return segments

@@ -175,3 +175,104 @@ def test_pty_transport_round_trip_and_resize() -> None:
     pump("size 50 9")
     transport.close()
     assert not transport.alive
+
+
+# ---------------------------------------------------------------------- the parse pipeline
+def test_fast_draw_matches_pyte() -> None:
+    """The ASCII fast path leaves exactly the screen pyte's own draw would."""
+    import random
+
+    import pyte
+
+    rng = random.Random(7)
+    pieces = [b"ab", b" ", b"\r", b"\n", b"\x1b[31m", b"\x1b[0m", b"\x1b[5;7H", b"x" * 90]
+    pieces += [b"\x1b[?7l", b"\x1b[?7h", b"\x1b[4h", b"\x1b[4l", "日本".encode(), b"\x1b(0q\x1b(B"]
+    for _ in range(20):
+        data = b"".join(rng.choice(pieces) for _ in range(300))
+        ours = Emulator(20, 5)
+        ours.feed(data)
+        reference = pyte.Screen(20, 5)
+        pyte.ByteStream(reference).feed(data)
+        # (Compared cell by cell: pyte's own `display` trips over half-overwritten wide chars.)
+        assert all(
+            ours.screen.buffer[y][x] == reference.buffer[y][x] for y in range(5) for x in range(20)
+        )
+        assert (ours.screen.cursor.x, ours.screen.cursor.y) == (
+            reference.cursor.x,
+            reference.cursor.y,
+        )
+        assert set(reference.dirty) <= set(ours.screen.dirty)
+
+
+def test_redraw_plan_for_tmux_clients() -> None:
+    from coi_tui.terminal.transport import redraw_plan
+
+    assert redraw_plan(["tmux", "-L", "s", "new-session", "sh"]) == ("signal", [])
+    assert redraw_plan(["python3", "-c", "print()"]) is None
+    kind, helper = redraw_plan(
+        ["incus", "exec", "c1", "--user", "1000", "-t", "--", "tmux", "attach", "-t", "S", "-r"]
+    ) or ("", [])
+    assert kind == "exec"
+    # The same exec prefix without a tty, a shell loop, and the session as its argument.
+    assert helper[: helper.index("--")] == ["incus", "exec", "c1", "--user", "1000", "-T"]
+    assert helper[helper.index("--") + 1 : helper.index("--") + 3] == ["sh", "-c"]
+    assert helper[-1] == "S" and "refresh-client" in helper[-3]
+
+
+def wait_until(condition: object, timeout: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_feeder_parses_on_its_thread_and_never_drops_without_a_repaint() -> None:
+    from coi_tui.terminal.feeder import Feeder
+
+    emu = Emulator(40, 5)
+    queue = ByteQueue()
+    feeder = Feeder(emu, queue, max_lag_s=0.001)
+    feeder.start()
+    try:
+        data = b"".join(b"line %d\r\n" % i for i in range(5000))
+        for k in range(0, len(data), 4096):
+            assert queue.put(data[k : k + 4096], timeout=5)
+        wait_until(lambda: feeder.stats.bytes_parsed == len(data))
+        assert feeder.stats.bytes_dropped == 0 and feeder.stats.drops == 0
+        with feeder.lock:
+            assert "line 4999" in emu.text()
+        # The byte limit follows the parse rate (backpressure for the reader), not a constant.
+        assert queue.limit < 1024 * 1024
+    finally:
+        feeder.stop()
+    assert feeder.finished.wait(2)
+
+
+def test_feeder_drops_stale_output_keeps_modes_and_asks_for_a_repaint() -> None:
+    from coi_tui.terminal.feeder import Feeder
+
+    emu = Emulator(40, 5)
+    queue = ByteQueue()
+    redraws: list[float] = []
+    feeder = Feeder(emu, queue, can_redraw=True, redraw=lambda: redraws.append(1), max_lag_s=0.01)
+    # A backlog far beyond 10 ms of parsing, with mode changes in the middle of it, and ending
+    # half-way through an escape sequence.
+    queue.put(b"\x1b[?1h\x1b[?2004h" + b"\x1b[32mflood\x1b[0m\r\n" * 50000 + b"\x1b[3")
+    feeder.start()
+    try:
+        wait_until(lambda: feeder.stats.drops >= 1)
+        assert redraws, "a drop asks the child to repaint"
+        # What the child repaints arrives next and is parsed in full.
+        repaint = b"4;1H" + b"\x1b[H\x1b[2J" + b"\x1b[1;1Hrepainted"
+        queue.put(repaint)
+        wait_until(lambda: "repainted" in emu.text())
+        assert feeder.stats.bytes_dropped > 0
+        assert feeder.stats.bytes_parsed + feeder.stats.bytes_dropped == queue.total_in
+        # Modes set by the dropped output still hold (cursor keys, bracketed paste).
+        assert emu.app_cursor and emu.bracketed_paste
+        # The half sequence cut by the drop did not swallow the repaint's first bytes.
+        assert emu.row_text(0).startswith("repainted")
+    finally:
+        feeder.stop()
