@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "coi_tui.cli.config_cmds",
     "coi_tui.cli.remote_cmds",
     "coi_tui.cli.monitor_cmds",
+    "coi_tui.cli.ops_cmds",
 )
 
 

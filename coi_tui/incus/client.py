@@ -81,6 +81,7 @@ class Instance:
     profiles: list[str] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
     ephemeral: bool = False
+    last_used_at: str = ""  # when it last started
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Instance:
@@ -95,6 +96,7 @@ class Instance:
             profiles=list(data.get("profiles") or []),
             state=dict(data.get("state") or {}),
             ephemeral=bool(data.get("ephemeral", False)),
+            last_used_at=str(data.get("last_used_at") or ""),
         )
 
     @property

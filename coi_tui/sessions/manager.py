@@ -510,17 +510,20 @@ class SessionManager:
 
     def spawn_supervisor(self, name: str) -> None:
         """A detached process that saves and cleans up when the container stops later."""
-        log = open(logs_dir() / f"{name}.supervisor.log", "ab")  # noqa: SIM115
+        # `coi logs NAME` shows these (COI's layout: <name>.stdout.log and .stderr.log).
+        out = open(logs_dir() / f"{name}.stdout.log", "ab")  # noqa: SIM115
+        errors = open(logs_dir() / f"{name}.stderr.log", "ab")  # noqa: SIM115
         subprocess.Popen(
             [sys.executable, "-m", "coi_tui.sessions.supervisor", name],
             stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
+            stdout=out,
+            stderr=errors,
             start_new_session=True,
             env=dict(os.environ),
             close_fds=True,
         )
-        log.close()
+        out.close()
+        errors.close()
 
     # ------------------------------------------------------------------ ending sessions
     def session_of(self, instance: Instance) -> tuple[Tool, SessionMeta] | None:

@@ -91,7 +91,7 @@ def test_agent_flags_settings_and_context_over_two_sessions(
 
     # Stop it (kept: persistent) and wait until the supervisor has finished with it.
     incus.stop(name, force=True)
-    log = coi.home / "logs" / f"{name}.supervisor.log"
+    log = coi.home / "logs" / f"{name}.stdout.log"
     wait_for(lambda: log.is_file() and f"{name}: kept" in log.read_text(), 30, "finalize")
 
     # Session 2 in the same container: interactive.

@@ -182,7 +182,7 @@ def test_max_duration_stops_the_session_and_saves_it(
         what="the runtime limit to stop and save the session",
     )
     assert time.monotonic() - started >= 19
-    logs = (coi.home / "logs" / f"{name}.supervisor.log").read_text()
+    logs = (coi.home / "logs" / f"{name}.stdout.log").read_text()
     assert "[limits] Runtime limit reached (20s)" in logs
     # The agent's state was saved for --resume.
     assert list((saved / "projects" / "-workspace").glob("*.jsonl"))
