@@ -4,6 +4,7 @@ CoiError (exit 1) or UsageError (exit 2) with one clear line."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from coi_tui import __version__
 from coi_tui.cli.parser import wants_json
 from coi_tui.config import Settings, load_settings
 from coi_tui.errors import CoiError, Terminated, UsageError
-from coi_tui.incus import Incus, Instance, InstanceNotFound
+from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.sessions.manager import (
     LaunchRequest,
     SessionManager,
@@ -162,7 +163,12 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if command and command[0] == "--":
         command = command[1:]
     req = launch_request(args, settings)
-    if not command:
+    prompt = headless_prompt(args, settings, req.tool)
+    if prompt is not None and command:
+        raise UsageError(
+            "--prompt, --prompt-file and --prompt-name cannot be combined with a command"
+        )
+    if prompt is None and not command:
         script = Path(req.workspace) / "coi-run"
         if not (script.is_file() and os.access(script, os.X_OK)):
             raise UsageError(
@@ -176,6 +182,8 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         manager.prepare_command(session)
         env = manager.agent_env(session)
+        if prompt is not None:
+            command = stage_prompt(manager, session, prompt)
         code = incus.exec_stream(
             session.container, manager.code_command(command), cwd="/workspace", env=env
         )
@@ -189,6 +197,53 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         else:
             manager.remove_container(session.container)
     return code
+
+
+def headless_prompt(args: argparse.Namespace, settings: Settings, tool: Any) -> str | None:
+    """The prompt of `coi run --prompt TEXT | --prompt-file PATH | --prompt-name NAME`."""
+    text: str | None = None
+    if getattr(args, "prompt", None) is not None:
+        text = args.prompt
+    elif getattr(args, "prompt_file", None):
+        path = Path(args.prompt_file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CoiError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+    elif getattr(args, "prompt_name", None):
+        prompts = getattr(settings, "prompts", {}) or {}
+        if args.prompt_name not in prompts:
+            known = ", ".join(sorted(prompts)) or "none defined"
+            raise CoiError(f"no prompt named '{args.prompt_name}' in [prompts] ({known})")
+        text = str(prompts[args.prompt_name])
+    if text is None:
+        return None
+    if not text.strip():
+        raise CoiError("the prompt is empty")
+    if tool.name not in ("claude",):
+        raise CoiError(f"headless prompt runs support claude only (tool: {tool.name})")
+    if settings.permission_mode not in ("bypass", ""):
+        raise CoiError(
+            'headless prompt runs need permission_mode = "bypass" (nobody is there to '
+            "approve tool use); set it in [tool] or with COI_PERMISSION_MODE=bypass"
+        )
+    return text
+
+
+def stage_prompt(manager: SessionManager, session: Any, prompt: str) -> list[str]:
+    """Put the prompt in ~/.coi/runs/<session>.prompt inside the container and return the
+    agent's headless argv, which reads it from there (no size limit from the exec API)."""
+    uid = manager.settings.code_uid
+    runs = "/home/code/.coi/runs"
+    for directory in ("/home/code/.coi", runs):
+        with contextlib.suppress(IncusError):  # already there
+            manager.incus.make_dir(session.container, directory, uid=uid, gid=uid, mode=0o700)
+    path = f"{runs}/{session.session_id}.prompt"
+    manager.incus.push_file(
+        session.container, path, prompt.encode("utf-8"), uid=uid, gid=uid, mode=0o600
+    )
+    argv = manager.agent_command(session, debug=False)
+    return ["sh", "-c", 'prompt=$(cat "$0") && exec "$@" -p "$prompt"', path, *argv]
 
 
 def running_sessions(manager: SessionManager) -> list[Instance]:

@@ -159,8 +159,13 @@ def build_parser() -> CoiParser:
         parents=[common],
         help="run one command in a fresh container",
         description="Run COMMAND as the code user in /workspace; its exit code is "
-        "coi's exit code. Without a command, runs ./coi-run.",
+        "coi's exit code. Without a command, runs ./coi-run. --prompt* runs the agent "
+        'headless on a prompt instead (claude, with permission_mode = "bypass").',
     )
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", metavar="TEXT", help="run the agent headless on TEXT")
+    prompt.add_argument("--prompt-file", metavar="PATH", help="... on the prompt in PATH")
+    prompt.add_argument("--prompt-name", metavar="NAME", help="... on [prompts] NAME")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
     p = sub.add_parser(

@@ -107,3 +107,34 @@ def test_overview_logs_sessions_and_tool_spec(
     saved = json.loads(coi.ok("sessions", "--json").stdout)
     assert [s["Workspace"] for s in saved] == [str(workspace)]
     assert saved[0]["ID"] in coi.ok("sessions").stdout
+
+
+def test_headless_prompt_runs(coi: CoiRunner, workspace: Path, tmp_path: Path) -> None:
+    """`coi run --prompt*` runs the agent (the image's claude stand-in) on the prompt and exits
+    with its status; the prompt arrives whole, quotes and newlines included."""
+    said = coi.ok("run", "-w", str(workspace), "--tool", "claude", "--prompt", 'it\'s "quoted"')
+    assert 'You said: it\'s "quoted"' in said.stdout
+    prompt = tmp_path / "prompt with space.txt"
+    prompt.write_text("from a file\n")
+    filed = coi.ok("run", "-w", str(workspace), "--tool", "claude", "--prompt-file", str(prompt))
+    assert "You said: from a file" in filed.stdout
+
+    combined = coi("run", "-w", str(workspace), "--prompt", "x", "--", "true")
+    assert combined.returncode == 2 and "cannot be combined" in combined.stderr
+    both = coi("run", "-w", str(workspace), "--prompt", "x", "--prompt-file", str(prompt))
+    assert both.returncode == 2
+    other = coi("run", "-w", str(workspace), "--tool", "dummy", "--prompt", "x")
+    assert other.returncode == 1 and "claude only" in other.stderr
+    asking = coi(
+        "run",
+        "-w",
+        str(workspace),
+        "--tool",
+        "claude",
+        "--prompt",
+        "x",
+        env={"COI_PERMISSION_MODE": "interactive"},
+    )
+    assert asking.returncode == 1 and 'permission_mode = "bypass"' in asking.stderr
+    missing = coi("run", "-w", str(workspace), "--tool", "claude", "--prompt-file", "/nope")
+    assert missing.returncode == 1 and "cannot read prompt file" in missing.stderr
