@@ -3,8 +3,8 @@ details, and the threat feed. All I/O runs in thread workers that post messages;
 here own every state change.
 
 Slots come from one or more Incus hosts (the local daemon and remotes, see
-dashboard/hosts.py). Each host is listed by its own worker on its own poll timer, so a remote
-that does not answer never delays the local listing."""
+dashboard/hosts.py). Each host is listed by a thread of its own on its own poll timer, so a
+remote that does not answer never delays the local listing."""
 
 from __future__ import annotations
 
