@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "coi_tui.cli.remote_cmds",
     "coi_tui.cli.monitor_cmds",
     "coi_tui.cli.ops_cmds",
+    "coi_tui.cli.schema_cmds",
 )
 
 
