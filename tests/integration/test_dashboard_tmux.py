@@ -1,0 +1,198 @@
+"""End to end, the way an operator runs it: the real `coi-tui` binary inside a detached tmux
+session on the host, against the real Incus daemon, with two background dummy sessions and the
+threat monitor on. The test types with `tmux send-keys` and reads the screen with
+`tmux capture-pane -p`, always waiting on what the screen shows (no fixed sleeps).
+
+Network safety: the only threat triggered is a local one (reading a fake SSH key inside a
+session container); nothing is sent anywhere."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from coi_tui.incus import Incus
+from coi_tui.sessions.naming import container_name
+from tests.conftest import CoiRunner
+
+pytestmark = [
+    pytest.mark.incus,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the threat monitor daemon needs root"),
+]
+
+COLUMNS, LINES = 160, 45
+COI_TUI = Path(sys.executable).with_name("coi-tui")
+
+
+class TmuxScreen:
+    """coi-tui in a detached session on a private tmux server."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.socket = f"coitest{uuid.uuid4().hex[:8]}"
+        self.target = "coitui"
+        self.env = env
+        self.tmux(
+            "new-session",
+            "-d",
+            "-s",
+            self.target,
+            "-x",
+            str(COLUMNS),
+            "-y",
+            str(LINES),
+            *command,
+        )
+        # Keep the pane (and its last screen) if coi-tui exits, so a failure shows why.
+        self.tmux("set-option", "-t", self.target, "remain-on-exit", "on")
+
+    def tmux(self, *args: str) -> str:
+        result = subprocess.run(
+            ["tmux", "-u", "-f", "/dev/null", "-L", self.socket, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
+        assert result.returncode == 0, f"tmux {args[0]}: {result.stderr.strip()}"
+        return result.stdout
+
+    def text(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", self.target)
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", self.target, *keys)
+
+    def type(self, text: str) -> None:
+        self.tmux("send-keys", "-t", self.target, "-l", text)
+
+    def wait(self, check: str | Callable[[str], object], timeout: float, what: str) -> float:
+        """Poll the screen until check (a regex, or a function of the text) holds; returns
+        the time (time.time()) it was first seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.text()
+            ok = re.search(check, screen) if isinstance(check, str) else check(screen)
+            if ok:
+                return time.time()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}:\n{screen}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=15)
+
+
+@pytest.fixture
+def monitored(coi: CoiRunner) -> Iterator[CoiRunner]:
+    """The test's COI_HOME with the monitor on (sessions start it); stopped afterwards."""
+    (coi.home / "config.toml").write_text("[monitoring]\nenabled = true\nidle_exit_sec = 60\n")
+    try:
+        yield coi
+    finally:
+        coi("monitor", "--stop")
+
+
+def slot_row(number: int, state: str) -> str:
+    return rf"\b{number} dummy +{state}\b"
+
+
+def test_coi_tui_in_tmux_drives_real_sessions(monitored: CoiRunner, tmp_path: Path) -> None:
+    coi = monitored
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    with ThreadPoolExecutor(2) as pool:
+        results = list(
+            pool.map(
+                lambda _: coi("shell", "--background", "--tool", "dummy", "-w", str(workspace)),
+                range(2),
+            )
+        )
+    for result in results:
+        assert result.returncode == 0, result.stderr
+    first, second = (container_name(coi.prefix, str(workspace), n) for n in (1, 2))
+    assert (coi.home / "monitor.pid").exists(), "the session hook started the monitor"
+
+    env = {**coi.env, "LANG": "C.UTF-8", "TERM": "xterm-256color"}
+    env.pop("TMUX", None)
+    command = [
+        "env",
+        f"COI_HOME={coi.home}",
+        f"COI_CONTAINER_PREFIX={coi.prefix}",
+        f"PYTHONPATH={env.get('PYTHONPATH', '')}",
+        "LANG=C.UTF-8",
+        str(COI_TUI),
+        "-w",
+        str(workspace),
+        "--refresh",
+        "1",
+    ]
+    screen = TmuxScreen(command, env)
+    try:
+        # Both slots, running.
+        screen.wait(
+            lambda s: re.search(slot_row(1, "RUNNING"), s) and re.search(slot_row(2, "RUNNING"), s),
+            30,
+            "both slots RUNNING",
+        )
+        # The agent's output in the embedded terminal; what we type reaches it and echoes.
+        screen.wait("dummy>", 30, "the agent's prompt in the terminal pane")
+        screen.keys("t")
+        screen.wait(r"\^\] Leave terminal", 10, "the terminal pane focused")
+        screen.type("hello from tmux")
+        screen.keys("Enter")
+        screen.wait("You said: hello from tmux", 15, "the agent's echo")
+        screen.keys("C-]")
+        screen.wait(lambda s: "Leave terminal" not in s, 10, "keys back to the dashboard")
+
+        # Pause: FROZEN on screen and in Incus; resume: RUNNING again.
+        screen.keys("p")
+        screen.wait(slot_row(1, "FROZEN"), 20, "slot 1 FROZEN")
+        assert Incus().status(first) == "Frozen"
+        screen.keys("p")
+        screen.wait(slot_row(1, "RUNNING"), 20, "slot 1 RUNNING again")
+        assert Incus().status(first) == "Running"
+
+        # A threat inside the second container shows in the feed within a second. The
+        # container's clock is the host's: each run stamps the moment just before the read
+        # (through the adapter, which retries Incus's transient exec failure; a retry must not
+        # move the reference, so the earliest stamp counts).
+        incus = Incus()
+        script = (
+            "mkdir -p /root/.ssh && echo fake > /root/.ssh/id_ed25519 && "
+            "date +%s.%N >> /root/trigger-times && cat /root/.ssh/id_ed25519 > /dev/null; sleep 1"
+        )
+        with ThreadPoolExecutor(1) as pool:
+            run = pool.submit(incus.exec_capture, second, ["bash", "-c", script], timeout=30)
+            seen = screen.wait("SSH key access", 15, "the threat in the feed")
+            assert run.result(timeout=40).exit_code == 0
+        stamps = incus.exec_capture(second, ["cat", "/root/trigger-times"], timeout=30).stdout
+        triggered = min(float(line) for line in stamps.split())
+        assert second in screen.text()
+        print(f"threat on screen {seen - triggered:.3f}s after the trigger")
+        assert seen - triggered < 1.0, f"the threat took {seen - triggered:.2f}s to show"
+
+        # Kill the second slot through the confirmation (Cancel is focused: tab to Kill).
+        screen.keys("1", "Down")
+        screen.wait(lambda s: second in s, 10, "slot 2 selected")
+        screen.keys("k")
+        screen.wait(rf"Kill {second}\b(.|\n)*Cancel +Kill", 10, "the confirmation")
+        screen.keys("Tab", "Enter")
+        # The dialog closes (it covered the tree), then the row goes with the container.
+        screen.wait(
+            lambda s: "Cancel" not in s and not re.search(slot_row(2, r"\w+"), s),
+            60,
+            "slot 2 gone",
+        )
+        assert not incus.instance_exists(second)
+        assert re.search(slot_row(1, "RUNNING"), screen.text())
+    finally:
+        screen.kill()
