@@ -92,3 +92,48 @@ async def test_dashboard_drives_real_sessions(
         await wait_for(pilot, lambda: second not in tree.slots, 60, "slot removed")
         assert not Incus().instance_exists(second)
         assert first in tree.slots
+
+
+async def test_terminal_pane_shows_the_right_screen_after_a_flood(
+    coi: CoiRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent prints ~2 MB at once through `incus exec … tmux attach`. Whatever the pane
+    had to drop to keep up (and tmux repainted), the final screen is exact: the last numbers
+    in order, the end marker, the agent's prompt; and what is drawn is what pyte holds."""
+    import re
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    coi.ok("shell", "--background", "--tool", "dummy", "-w", str(workspace))
+    monkeypatch.setenv("COI_CONTAINER_PREFIX", coi.prefix)
+    monkeypatch.setenv("COI_HOME", str(coi.home))
+    app = CoiApp(
+        threats=AuditTail(coi.home / "audit"),
+        workspace=str(workspace),
+        keymap={},
+        remember_theme=False,
+        refresh_interval=1.0,
+    )
+    last = 300000
+    async with app.run_test(size=(150, 40)) as pilot:
+        view = app.main.query_one(TerminalView)
+        await wait_for(pilot, lambda: "dummy>" in view.text(), 30, "agent output")
+        await pilot.press("t")
+        # `!cmd` makes the dummy agent run cmd and print its output in one go.
+        view.send(f"!seq 1 {last}; echo FLOOD-DONE\r".encode())
+        done = re.compile(rf"^{last - 1}\s*\n{last}\s*\nFLOOD-DONE\s*\n.*dummy>", re.M)
+        await wait_for(pilot, lambda: done.search(view.text()), 60, "the end of the flood")
+        text = view.text()
+        numbers = [int(line) for line in text.splitlines() if line.strip().isdigit()]
+        assert numbers == list(range(last - len(numbers) + 1, last + 1)), text
+        assert len(numbers) >= 20  # the pane's rows above the marker are all numbers, in order
+        # The rows drawn on screen are the rows pyte holds (nothing left half-rendered).
+        await wait_for(
+            pilot,
+            lambda: view.rendered_text().rstrip() == view.text().rstrip(),
+            10,
+            "rendered rows up to date",
+        )
+        feeder = view.feeder
+        assert feeder is not None
+        print(f"flood: {feeder.stats}")
