@@ -174,7 +174,7 @@ class IncusBackend:
 
     # ------------------------------------------------------------------ reading
     def list_slots(self) -> list[SlotInfo]:
-        instances = self.incus.list_instances(self.prefix, with_state=True)
+        instances = self.incus.list_instances(self.prefix, running_state=True)
         now = time.monotonic()
         slots = [self._slot(i, now) for i in instances if parse_container_name(self.prefix, i.name)]
         live = {s.name for s in slots}
@@ -353,33 +353,11 @@ class IncusBackend:
 
 
 def host_session_manager(incus: Incus, settings: Settings) -> Any:
-    """A SessionManager whose supervisors talk to the same daemon as `incus`: the manager hands
-    them os.environ, where $COI_REMOTE may name another host (or none) in a multi-host
-    dashboard."""
-    import subprocess
-    import sys
-
-    from coi_tui.paths import logs_dir
+    """A quiet SessionManager (its progress lines would scribble over the dashboard); its
+    supervisors talk to the same daemon as `incus` (SessionManager.supervisor_env)."""
     from coi_tui.sessions.manager import SessionManager
 
-    class HostSessionManager(SessionManager):
-        def spawn_supervisor(self, name: str) -> None:
-            env = dict(os.environ)
-            env.pop("COI_REMOTE", None)
-            if self.incus.remote is not None:
-                env["COI_REMOTE"] = self.incus.remote.name
-            with open(logs_dir() / f"{name}.supervisor.log", "ab") as log:
-                subprocess.Popen(
-                    [sys.executable, "-m", "coi_tui.sessions.supervisor", name],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                    env=env,
-                    close_fds=True,
-                )
-
-    return HostSessionManager(incus, settings, say=lambda line: None)
+    return SessionManager(incus, settings, say=lambda line: None)
 
 
 def describe(slot: SlotInfo) -> list[tuple[str, str]]:

@@ -508,6 +508,14 @@ class SessionManager:
             name, self.code_command(argv), cwd=WORKSPACE, env=env, tty=True
         )
 
+    def supervisor_env(self) -> dict[str, str]:
+        """The supervisor talks to the daemon this manager talks to (a remote, or local)."""
+        env = dict(os.environ)
+        env.pop("COI_REMOTE", None)
+        if self.incus.remote is not None:
+            env["COI_REMOTE"] = self.incus.remote.name
+        return env
+
     def spawn_supervisor(self, name: str) -> None:
         """A detached process that saves and cleans up when the container stops later."""
         # `coi logs NAME` shows these (COI's layout: <name>.stdout.log and .stderr.log).
@@ -519,7 +527,7 @@ class SessionManager:
             stdout=out,
             stderr=errors,
             start_new_session=True,
-            env=dict(os.environ),
+            env=self.supervisor_env(),
             close_fds=True,
         )
         out.close()
