@@ -189,11 +189,14 @@ async def _flood_frames(budget_s: float, can_redraw: bool) -> list[Figure]:
         data = colour_log(2000)
 
         def flood() -> None:
+            # Like a pty reader: a read returns at most 4 KB and then blocks for the next
+            # (here: 4 MB/s at most), instead of spinning on the GIL.
             while not stop.is_set():
                 for k in range(0, len(data), 4096):
                     while not transport.queue.put(data[k : k + 4096], timeout=0.1):
                         if stop.is_set() or transport.queue.closed:
                             return
+                    time.sleep(0.001)
 
         thread = threading.Thread(target=flood, daemon=True)
         thread.start()
@@ -323,7 +326,7 @@ async def _key_to_echo(budget_s: float, via_tmux: bool) -> list[Figure]:
                 while marker not in shown():
                     if time.perf_counter() - sent > ECHO_TIMEOUT_S:
                         break
-                    await asyncio.sleep(0.002)
+                    await asyncio.sleep(0.003)
                 shown_at = time.perf_counter()
                 latency = shown_at - sent
                 if latency > ECHO_TIMEOUT_S:

@@ -112,7 +112,12 @@ class Feeder:
                     time.sleep(pause)
                 if self.can_redraw:
                     self._drop_if_stale()
-                self._parse(self.queue.get(self.chunk))
+                    self._parse(self.queue.get(self.chunk))
+                else:
+                    oldest = self.queue.oldest()
+                    self._parse(self.queue.get(self.chunk))
+                    if oldest is not None:
+                        self._adjust_limit(time.monotonic() - oldest)
         finally:
             self.finished.set()
 
@@ -133,12 +138,21 @@ class Feeder:
             # Clamped so one chunk stalled by the GIL or a busy machine cannot swing it far.
             sample = min(max(len(data) / elapsed, 50_000.0), 20_000_000.0)
             stats.rate = 0.9 * stats.rate + 0.1 * sample
-        if not self.can_redraw:
-            self._apply_limit()
 
     def _apply_limit(self) -> None:
         if not self.can_redraw:
             self.queue.limit = max(MIN_QUEUE_BYTES, int(self.stats.rate * self.max_lag_s))
+
+    def _adjust_limit(self, age: float) -> None:
+        """Backpressure by time: the bytes just parsed waited `age` in the queue. Over the
+        allowed lag, the byte limit shrinks; well under it, it grows back (both gently: the
+        pty and the reader's read add their own share, which the ages already include)."""
+        limit = self.queue.limit
+        if age > self.max_lag_s:
+            limit = int(limit * 0.8)
+        elif age < self.max_lag_s / 2:
+            limit = int(limit * 1.05) + 1
+        self.queue.limit = min(max(limit, MIN_QUEUE_BYTES), 1 << 20)
 
     def lag_s(self, now: float | None = None) -> float:
         """How long the newest queued byte will wait: its age plus the work ahead of it."""
@@ -166,10 +180,11 @@ class Feeder:
             self.generation += 1
         self.stats.drops += 1
         self.stats.bytes_dropped += len(dropped)
-        # The repaint arrives after whatever the child writes meanwhile: protect room for a
-        # few screenfuls of cells plus their escape sequences.
+        # The repaint arrives after whatever the child writes meanwhile: protect room for two
+        # screenfuls of cells and their escape sequences (tmux repaints a 200x50 screen of
+        # coloured log lines in about 9 KB).
         screen = self.emulator.columns * self.emulator.lines
-        self._protect_until = self.queue.total_in + 4 * screen + 8192
+        self._protect_until = self.queue.total_in + 2 * screen + 4096
         self._last_redraw = now
         self.stats.redraws_requested += 1
         if self._redraw is not None:

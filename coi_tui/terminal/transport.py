@@ -342,7 +342,9 @@ class PtyTransport:
     def _read_loop(self) -> None:
         while True:
             try:
-                data = os.read(self._master, 65536)
+                # No more than the queue takes: a read held while the queue is full is backlog
+                # too (the feeder lowers the limit to a few tens of ms of parsing).
+                data = os.read(self._master, min(65536, max(1024, self.queue.limit // 2)))
             except OSError:  # EIO: the child closed the pty
                 break
             if not data:

@@ -38,6 +38,7 @@ ROW_BUDGET_S = 0.008
 # From a tick that renders, the feeder leaves the GIL to the UI thread this long, so the tick
 # and the compositor's frame run in one piece (the feeder still gets ~2/3 of each 1/60 s).
 UI_SHARE_S = 0.006
+RENDER_SHARE_S = 0.002  # the same, renewed by each render_line of a frame
 LOCK_WAIT_S = 0.004  # longest a tick waits for the feeder to finish its chunk
 # The GIL's hand-over interval while a pane is live: a thread that wants the GIL waits at most
 # this long for a busy one (Python's default, 5 ms, would let the parser delay each of the
@@ -271,6 +272,10 @@ class TerminalView(Widget, can_focus=True):
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         base = self.rich_style
+        feeder = self.feeder
+        if feeder is not None:
+            # The compositor is drawing this pane: keep the parser off the GIL meanwhile.
+            feeder.ui_until = time.monotonic() + RENDER_SHARE_S
         if self.transport is None:
             text = self.placeholder if y == self.size.height // 2 else ""
             pad = max(0, (width - len(text)) // 2)

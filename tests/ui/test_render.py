@@ -8,7 +8,7 @@ from rich.color import Color
 
 from coi_tui.terminal.emulator import Emulator
 from coi_tui.terminal.render import Renderer, map_color
-from coi_tui.terminal.transport import ByteQueue, PtyTransport
+from coi_tui.terminal.transport import DEFAULT_QUEUE_BYTES, ByteQueue, PtyTransport
 
 
 def segments(emulator: Emulator, y: int, cursor_x: int | None = None) -> list[tuple[str, object]]:
@@ -244,7 +244,7 @@ def test_feeder_parses_on_its_thread_and_never_drops_without_a_repaint() -> None
         with feeder.lock:
             assert "line 4999" in emu.text()
         # The byte limit follows the parse rate (backpressure for the reader), not a constant.
-        assert queue.limit < 1024 * 1024
+        assert queue.limit < DEFAULT_QUEUE_BYTES
     finally:
         feeder.stop()
     assert feeder.finished.wait(2)
