@@ -48,15 +48,20 @@ def context(args: argparse.Namespace | None = None) -> tuple[Settings, Incus, Se
 
 
 def confirm(question: str, force: bool) -> bool:
+    """A [y/N] question on stderr, answered on stdin (a terminal or a pipe: `echo y | coi
+    kill C` works); only y/yes count, and no answer at all (EOF) is a no."""
     if force:
         return True
-    if not sys.stdin.isatty():
-        raise CoiError(
-            f"{question.rstrip('?')}: refusing without confirmation "
-            "(stdin is not a terminal); pass --force"
-        )
-    answer = input(f"{question} [y/N]: ").strip().lower()
-    return answer in ("y", "yes")
+    print(f"{question} [y/N]: ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, ValueError):  # stdin closed
+        answer = ""
+    if not answer:
+        print("", file=sys.stderr)
+        err("No answer on stdin: pass --force to skip the question")
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def raise_terminated(signum: int, _frame: FrameType | None) -> None:
@@ -495,6 +500,13 @@ def cmd_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not names:
         print("No coi containers to kill")
         return 0
+    present = [n for n in names if manager.incus.instance_exists(n)]
+    for name in names:
+        if name not in present:
+            print(f"{name}: already gone")
+    if not present:
+        return 0
+    names = present
     question = f"Force stop and delete {', '.join(names)}?"
     if not confirm(question, args.force):
         print("Aborted")

@@ -198,3 +198,23 @@ def test_list_shows_the_address_the_container_really_has(
     listed = json.loads(coi.ok("list", "--json").stdout)["active_containers"]
     assert [(c["name"], c["ipv4"]) for c in listed] == [(name, real)]
     assert f"IPv4: {real}" in coi.ok("list").stdout
+
+
+def test_confirmations_read_a_piped_answer(coi: CoiRunner, workspace: Path) -> None:
+    """COI's [y/N] questions are answered on stdin, from a pipe too; only y/yes count."""
+    name = start_background(coi, workspace)
+    coi.ok("snapshot", "create", "s1", "-c", name)
+    kept = coi("snapshot", "delete", "s1", "-c", name, input="n\n")
+    assert kept.returncode == 1 and "[y/N]" in kept.stderr
+    assert "s1" in coi.ok("snapshot", "list", "-c", name).stdout
+    coi.ok("snapshot", "delete", "s1", "-c", name, input="yes\n")
+    assert "s1" not in coi.ok("snapshot", "list", "-c", name).stdout
+
+    declined = coi("kill", name, input="n\n")
+    assert declined.returncode == 1 and "Aborted" in declined.stdout
+    assert coi("container", "running", name).returncode == 0
+    silent = coi("kill", name, input="")
+    assert silent.returncode == 1 and "--force" in silent.stderr
+    assert coi.ok("kill", name, input="y\n").stdout.strip() == f"Killed {name}"
+    # An unknown name is already gone: nothing to ask.
+    assert "already gone" in coi.ok("kill", "coi-unknown-1", input="").stdout
