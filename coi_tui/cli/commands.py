@@ -258,9 +258,14 @@ def running_sessions(manager: SessionManager) -> list[Instance]:
 def resolve_target(manager: SessionManager, name: str | None, slot: int, workspace: str) -> str:
     settings = manager.settings
     if name:
-        if not manager.incus.instance_exists(name):
-            raise CoiError(f"container '{name}' not found (see 'coi list')")
-        return name
+        if manager.incus.instance_exists(name):
+            return name
+        aliased = [
+            i.name for i in manager.coi_instances() if i.config.get("user.coi.alias") == name
+        ]
+        if len(aliased) == 1:
+            return aliased[0]
+        raise CoiError(f"container '{name}' not found (see 'coi list')")
     if slot:
         target = container_name(settings.container_prefix, resolve_workspace(workspace), slot)
         if not manager.incus.instance_exists(target):
@@ -280,7 +285,14 @@ def resolve_target(manager: SessionManager, name: str | None, slot: int, workspa
 
 def cmd_attach(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _, incus, manager = context(args)
-    name = resolve_target(manager, args.name, args.slot, args.workspace)
+    name = resolve_target(
+        manager, args.name or os.environ.get("COI_CONTAINER"), args.slot, args.workspace
+    )
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CoiError(
+            f"coi attach needs a terminal; from a script use 'coi tmux capture {name}' and "
+            f"'coi tmux send {name} TEXT'"
+        )
     status = incus.status(name)
     if status != "Running":
         raise CoiError(f"container '{name}' is not running (status: {status})")

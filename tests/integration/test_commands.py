@@ -156,6 +156,11 @@ def test_attach_chooses_between_sessions(coi: CoiRunner, workspace: Path) -> Non
     assert "Use: coi attach <container-name>" in result.stderr
     missing_slot = coi("attach", "--slot", "5", "-w", str(workspace))
     assert missing_slot.returncode == 1 and "slot 5" in missing_slot.stderr
+    # Without a terminal it says so at once instead of streaming tmux's escapes forever.
+    piped = coi("attach", first, timeout=30)
+    assert piped.returncode == 1 and "needs a terminal" in piped.stderr
+    chosen = coi("attach", timeout=30, env={"COI_CONTAINER": second})
+    assert chosen.returncode == 1 and f"coi tmux capture {second}" in chosen.stderr
 
 
 def test_timing_debug_breaks_a_run_down(coi: CoiRunner, workspace: Path, tmp_path: Path) -> None:
