@@ -896,10 +896,21 @@ def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 # ---------------------------------------------------------------------- version / help / completion
 def cmd_version(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from coi_tui.cli.parser import UPSTREAM, version_text
+
     if wants_json(args):
-        print(json.dumps({"version": __version__, "name": "coi-tui"}))
+        print(
+            json.dumps(
+                {
+                    "version": __version__,
+                    "name": "code-on-incus",
+                    "implementation": "coi-tui",
+                    "url": UPSTREAM,
+                }
+            )
+        )
     else:
-        print(f"coi-tui (coi) v{__version__}")
+        print(version_text())
     return 0
 
 

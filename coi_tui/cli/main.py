@@ -10,6 +10,7 @@ from coi_tui import timing as _timing  # noqa: F401  (anchors COI_TIMING_DEBUG o
 from coi_tui.errors import CoiError, Terminated
 
 EXIT_INTERRUPTED = 130
+LEADING: list[dict[str, str]] = [{}]  # session options given before the command name
 
 
 GLOBAL_OPTIONS = {"--remote": "COI_REMOTE", "--target": "COI_TARGET"}
@@ -30,7 +31,7 @@ def take_global_options(argv: list[str]) -> list[str]:
             if not eq:
                 value = next(rest, "")
             if not value or value.startswith("-"):
-                sys.exit(f"coi: error: {name} needs a value (see 'coi --help')")
+                sys.exit(f"Error: {name} needs a value (see 'coi --help')")
             os.environ[GLOBAL_OPTIONS[name]] = value
             continue
         out.append(arg)
@@ -46,9 +47,61 @@ def normalise_argv(argv: list[str]) -> list[str]:
             out.append(f"{arg}=auto")
         else:
             out.append(arg)
+    out, LEADING[0] = take_leading_options(out)
     if not out or (out[0].startswith("-") and out[0] not in ("-h", "--help", "--version")):
         out.insert(0, "shell")
+    if out[0] == "version":  # COI's `coi version` ignores extra arguments and flags
+        out = ["version", *(a for a in out[1:] if a in ("--json", "--format=json"))]
     return out
+
+
+# COI's persistent flags: accepted before the command too (`coi -w DIR shell`), and by every
+# command (ignored where they mean nothing, as Cobra does).
+LEADING_OPTIONS = {
+    "-w": "workspace",
+    "--workspace": "workspace",
+    "--slot": "slot",
+    "--profile": "profile",
+    "--resume": "resume",
+    "--continue": "continue_",
+}
+
+
+def take_leading_options(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Split session options written before the command name off argv."""
+    leading: dict[str, str] = {}
+    index = 0
+    while index < len(argv):
+        name, eq, value = argv[index].partition("=")
+        if name not in LEADING_OPTIONS:
+            break
+        if not eq and name not in ("--resume", "--continue"):
+            if index + 1 >= len(argv):
+                break
+            value = argv[index + 1]
+            index += 1
+        leading[LEADING_OPTIONS[name]] = value
+        index += 1
+    if not leading or index >= len(argv) or argv[index].startswith("-"):
+        return argv, {}
+    return argv[index:], leading
+
+
+def apply_leading_options(args: argparse.Namespace, leading: dict[str, str]) -> None:
+    from coi_tui.cli.parser import slot_type
+
+    for attr, value in leading.items():
+        if not hasattr(args, attr) or (
+            getattr(args, attr) not in (None, "", ".", 0) and attr != "workspace"
+        ):
+            continue  # the command does not take it, or it was also given after the name
+        if attr == "workspace" and getattr(args, attr) not in (None, "."):
+            continue
+        try:
+            setattr(args, attr, slot_type(value) if attr == "slot" else value)
+        except argparse.ArgumentTypeError as exc:
+            print(f"Error: argument --slot: {exc} (see 'coi --help')", file=sys.stderr)
+            sys.exit(2)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -73,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "'coi remote add'), --target MEMBER (cluster member for new sessions)."
     )
     args = parse(parser, normalise_argv(args_in))
+    apply_leading_options(args, LEADING[0])
     if args.command is None:
         parser.print_help()
         return 0

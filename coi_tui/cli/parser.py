@@ -56,6 +56,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+UPSTREAM = "https://github.com/mensfeld/code-on-incus"
+
+
+def version_text() -> str:
+    """COI's two lines; this implementation names itself after the version."""
+    return f"code-on-incus (coi) v{__version__} (coi-tui, a Python implementation)\n{UPSTREAM}"
+
+
 class CoiParser(argparse.ArgumentParser):
     """argparse with COI's conventions: usage errors exit 2 with one line and a hint."""
 
@@ -66,7 +74,13 @@ class CoiParser(argparse.ArgumentParser):
         return super().format_usage().replace("usage: ", "Usage: ", 1)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"coi: error: {message} (see '{self.prog} --help')\n")
+        hint = f"see '{self.prog} --help'"
+        stray = message.partition("unrecognized arguments: ")[2].split()
+        if stray and not stray[0].startswith("-"):
+            # COI: `coi shell abc` means `--resume=abc` was meant (a value needs `=`).
+            hint = f"did you mean --resume={stray[0]}? or {hint}"
+            message = f"unexpected argument '{stray[0]}'"
+        self.exit(2, f"Error: {message} ({hint})\n")
 
 
 def add_format(
@@ -138,7 +152,7 @@ def build_parser() -> CoiParser:
         "With no command, 'coi' runs 'coi shell'.",
         epilog="Run 'coi COMMAND --help' for a command's options. The dashboard is 'coi-tui'.",
     )
-    parser.add_argument("--version", action="version", version=f"coi-tui (coi) v{__version__}")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=CoiParser, title="Available Commands"
     )

@@ -36,7 +36,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("coi: error:")
+    assert len(err) == 1 and err[0].startswith("Error:")
 
 
 def test_help_has_coi_sections(capsys: pytest.CaptureFixture[str]) -> None:
@@ -55,7 +55,36 @@ def test_version_does_not_import_pylxd_or_textual() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     ).stdout
-    assert out.splitlines() == ["coi-tui (coi) v0.1.0", "[]"]
+    lines = out.splitlines()
+    assert lines[0].startswith("code-on-incus (coi) v0.1.0") and lines[-1] == "[]"
+
+
+def test_cobra_conventions() -> None:
+    """COI's argument habits: extra words after `version` are ignored, session options may
+    come before the command, and a bare word after `shell` hints at --resume=."""
+
+    def coi(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "coi_tui.cli.main", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
+
+    assert coi("version", "extra", "--flag").stdout.startswith("code-on-incus (coi) v")
+    assert coi("version", "--json").stdout.startswith("{")
+    stray = coi("shell", "abc")
+    assert stray.returncode == 2 and "did you mean --resume=abc?" in stray.stderr
+    bad_slot = coi("--slot", "11", "run", "--", "true")
+    assert bad_slot.returncode == 2 and "slot" in bad_slot.stderr
+
+    from coi_tui.cli.main import take_leading_options
+
+    argv, leading = take_leading_options(["-w", "/x y", "--slot=2", "--resume=auto", "run", "--"])
+    assert argv == ["run", "--"]
+    assert leading == {"workspace": "/x y", "slot": "2", "resume": "auto"}
+    assert take_leading_options(["-w", "/x"]) == (["-w", "/x"], {})
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
