@@ -1,10 +1,14 @@
-"""`coi health [--format json] [--verbose]`: exit 0 when nothing FAILs, 1 otherwise."""
+"""`coi health [--format text|json] [--verbose] [--fix [--dry-run]]`.
+
+Exit 0 healthy, 1 degraded (a warning), 2 unhealthy (a failure)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
+from datetime import datetime
+from typing import Any
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
@@ -13,69 +17,118 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p = sub.add_parser(
         "health",
         help="check that this machine is set up safely for coi",
-        description="Checks the system, Incus, storage, network, security "
-        "posture, monitoring and configuration. Exit 0 when nothing fails "
-        "(warnings allowed), 1 when a check fails.",
+        description="Checks the system, Incus, security posture, networking, monitoring, "
+        "storage, configuration and status. Exit codes: 0 healthy, 1 degraded (warnings), "
+        "2 unhealthy (a check failed). --fix applies the safe repairs (missing "
+        "directories, storage pool, root disk or bridge as 'coi setup' makes them, IPv4 "
+        "forwarding, kernel limits, leftover containers and network rules), then checks again.",
     )
     add_format(p)
-    p.add_argument("-v", "--verbose", action="store_true", help="also show details")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also run dns_resolution, passwordless_sudo and process_monitoring",
+    )
+    p.add_argument("--fix", action="store_true", help="apply the safe repairs, then check again")
+    p.add_argument(
+        "--dry-run", action="store_true", help="with --fix: only say what would be repaired"
+    )
     p.set_defaults(handler=cmd_health)
 
 
 def cmd_health(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.parser import wants_json
     from coi_tui.config import Settings, load_settings
-    from coi_tui.errors import CoiError
-    from coi_tui.health.checks import FAIL, OK, SECTION_ORDER, WARN, HealthChecker, overall
+    from coi_tui.errors import CoiError, UsageError
+    from coi_tui.health.checks import EXIT_CODES, HealthChecker, overall
     from coi_tui.incus import Incus
 
+    if args.dry_run and not args.fix:
+        raise UsageError("--dry-run only goes with --fix")
     try:
         settings = load_settings()
     except CoiError:
         settings = Settings()  # health still runs with defaults; the config check reports it
-    results = HealthChecker(settings, Incus(settings.socket or None, settings.project)).run()
-    status = overall(results)
-    passed = sum(r.status == OK for r in results)
-    warnings = sum(r.status == WARN for r in results)
-    failed = sum(r.status == FAIL for r in results)
-    if wants_json(args):
-        print(
-            json.dumps(
-                {
-                    "status": status,
-                    "timestamp": int(time.time()),
-                    "checks": {r.key: r.as_dict() for r in results},
-                    "summary": {
-                        "total": len(results),
-                        "passed": passed,
-                        "warnings": warnings,
-                        "failed": failed,
-                    },
-                },
-                indent=2,
-            )
+
+    def check() -> HealthChecker:
+        checker = HealthChecker(
+            settings, Incus(settings.socket or None, settings.project), verbose=args.verbose
         )
-        return 1 if failed else 0
-    title = "coi Health Check"
+        checker.run()
+        return checker
+
+    as_json = wants_json(args)
+    out = sys.stderr if as_json else sys.stdout  # JSON stdout stays one document
+    checker = check()
+    if args.fix:
+        fixes = checker.fixes()
+        if not fixes:
+            print("Nothing to fix", file=out)
+        for fix in fixes:
+            if args.dry_run:
+                print(f"Would fix {fix.key}: {fix.describe}", file=out)
+                continue
+            try:
+                print(f"Fixed {fix.key}: {fix.apply()}", file=out)
+            except (CoiError, OSError) as exc:
+                print(f"Could not fix {fix.key}: {str(exc).splitlines()[0]}", file=out)
+        if args.dry_run and fixes:
+            print("(dry run: nothing changed)", file=out)
+        if fixes and not args.dry_run:
+            checker = check()
+        print(file=out)
+    results = checker.results
+    status = overall(results)
+    if as_json:
+        print(json.dumps(report(results, status), indent=2))
+    else:
+        print_text(results, status)
+    return EXIT_CODES[status]
+
+
+def report(results: list[Any], status: str) -> dict[str, Any]:
+    from coi_tui.health.checks import FAIL, OK, WARN
+
+    return {
+        "status": status,
+        "timestamp": datetime.now().astimezone().isoformat(),
+        "checks": {r.key: r.as_dict() for r in results},
+        "summary": {
+            "total": len(results),
+            "passed": sum(r.status == OK for r in results),
+            "warnings": sum(r.status == WARN for r in results),
+            "failed": sum(r.status == FAIL for r in results),
+        },
+    }
+
+
+def print_text(results: list[Any], status: str) -> None:
+    from coi_tui.health.checks import FAIL, OK, SECTION_ORDER, WARN
+
+    title = "Code on Incus Health Check"
     print(title)
     print("=" * len(title))
-    labels = {OK: "[OK]  ", WARN: "[WARN]", FAIL: "[FAIL]"}
+    print()
+    labels = {OK: "[OK]", WARN: "[WARN]", FAIL: "[FAIL]"}
     for section in SECTION_ORDER:
         rows = [r for r in results if r.section == section]
         if not rows:
             continue
-        print(f"\n{section}")
+        print(f"{section}:")
         for r in rows:
-            print(f"  {labels[r.status]} {r.name:<26}: {r.message}")
+            print(f"  {labels[r.status]:<6} {r.name:<20}: {r.message}")
             if r.fix and r.status != OK:
                 print(f"         fix: {r.fix}")
-            if args.verbose and r.details:
-                print(f"         details: {r.details}")
-    print(f"\nSTATUS: {status.upper()}")
+        print()
+    passed = sum(r.status == OK for r in results)
+    warnings = sum(r.status == WARN for r in results)
+    failed = sum(r.status == FAIL for r in results)
+    print(f"STATUS: {status.upper()}")
     if failed:
-        print(f"{failed} of {len(results)} checks failed, {warnings} warning(s)")
+        tail = f", {warnings} warnings" if warnings else ""
+        print(f"{failed} of {len(results)} checks failed{tail}")
     elif warnings:
-        print(f"{passed} of {len(results)} checks passed, {warnings} warning(s)")
+        print(f"{passed} checks passed with {warnings} warnings")
     else:
         print(f"All {len(results)} checks passed")
-    return 1 if failed else 0
