@@ -620,7 +620,33 @@ def cmd_container(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         else:
             for item in data:
                 print(f"{item['name']:<32} {item['status']}")
+    elif action == "info":
+        try:
+            instance = incus.get_instance(args.name, with_state=True)
+        except InstanceNotFound:
+            raise CoiError(f"container '{args.name}' not found (see 'coi list')") from None
+        record = {
+            "name": instance.name,
+            "status": instance.status,
+            "created_at": instance.created_at,
+            "config": instance.config,
+            "devices": instance.expanded_devices,
+            "state": instance.state,
+        }
+        if wants_json(args):
+            print(json.dumps(record, indent=2))
+        else:
+            print(f"Name: {instance.name}")
+            print(f"Status: {instance.status}")
+            print(f"Created: {instance.created_at[:19].replace('T', ' ')}")
+            print(f"IPv4: {instance.ipv4 or '-'}")
+            print(f"Workspace: {workspace_of(instance) or '-'}")
+            for key, value in sorted(instance.config.items()):
+                if key.startswith("user.coi.") or key.startswith("security."):
+                    print(f"  {key}: {value}")
     elif action == "exec":
+        if not incus.instance_exists(args.name):
+            raise CoiError(f"container '{args.name}' not found (see 'coi list')")
         return container_exec(args, incus)
     return 0
 
@@ -851,6 +877,10 @@ def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         incus.delete_image(args.alias)
         print(f"Deleted image {args.alias}")
         return 0
+    if args.action == "info":
+        return image_info(incus, args)
+    if args.action == "cleanup":
+        return image_cleanup(incus, args)
     if args.action == "publish":
         if incus.status(args.container) != "Stopped":
             raise CoiError(
@@ -858,7 +888,7 @@ def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 f"('coi container stop {args.container}')"
             )
         props = {"description": args.description} if args.description else {}
-        fingerprint = incus.publish(args.container, args.alias, props)
+        fingerprint = incus.publish(args.container, args.alias, props, args.compression)
         print(f"Published {args.container} as {args.alias} ({fingerprint[:12]})")
         return 0
     images = incus.list_images()
@@ -868,6 +898,8 @@ def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             for i in images
             if any(a.startswith("coi") for a in i.aliases) or "coi.recipe" in i.properties
         ]
+    if args.prefix:
+        images = [i for i in images if any(a.startswith(args.prefix) for a in i.aliases)]
     records = [
         {
             "aliases": i.aliases,
@@ -885,12 +917,69 @@ def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print("All Local Images:" if args.all else "COI Images:")
     if not records:
         print("  (none) - build one with 'coi build'")
+    else:
+        print(f"  {'ALIAS':<24} {'FINGERPRINT':<12}  {'SIZE':>10}  CREATED")
     for rec in records:
         alias = ", ".join(rec["aliases"]) or "(no alias)"
         print(
             f"  {alias:<24} {rec['fingerprint']}  {rec['size'] / 1e6:7.0f} MB  "
             f"{rec['created_at'][:19].replace('T', ' ')}"
         )
+    return 0
+
+
+def image_record(image: Any) -> dict[str, Any]:
+    return {
+        "aliases": image.aliases,
+        "fingerprint": image.fingerprint,
+        "size": image.size,
+        "created_at": image.created_at,
+        "uploaded_at": image.uploaded_at,
+        "properties": image.properties,
+    }
+
+
+def image_info(incus: Incus, args: argparse.Namespace) -> int:
+    found = [
+        i
+        for i in incus.list_images()
+        if args.alias in i.aliases
+        or (len(args.alias) >= 6 and i.fingerprint.startswith(args.alias))
+    ]
+    if not found:
+        raise CoiError(f"image '{args.alias}' not found (see 'coi image list --all')")
+    record = image_record(found[0])
+    if wants_json(args):
+        print(json.dumps(record, indent=2))
+        return 0
+    print(f"Image: {', '.join(record['aliases']) or '(no alias)'}")
+    print(f"  Fingerprint: {record['fingerprint']}")
+    print(f"  Size: {record['size'] / 1e6:.0f} MB")
+    print(f"  Created: {record['created_at'][:19].replace('T', ' ')}")
+    for key, value in sorted(record["properties"].items()):
+        print(f"  {key}: {value}")
+    return 0
+
+
+def image_cleanup(incus: Incus, args: argparse.Namespace) -> int:
+    """Keep the newest N images with an alias starting with PREFIX; delete the rest."""
+    matching = [i for i in incus.list_images() if any(a.startswith(args.prefix) for a in i.aliases)]
+    matching.sort(key=lambda i: i.created_at, reverse=True)
+    doomed = matching[args.keep :]
+    if not doomed:
+        print(
+            f"Nothing to clean: {len(matching)} image(s) match '{args.prefix}', keeping {args.keep}"
+        )
+        return 0
+    for image in doomed:
+        label = ", ".join(image.aliases)
+        if args.dry_run:
+            print(f"Would delete {label} ({image.fingerprint[:12]})")
+            continue
+        incus.request("DELETE", f"/1.0/images/{image.fingerprint}")
+        print(f"Deleted {label} ({image.fingerprint[:12]})")
+    if not args.dry_run:
+        print(f"Cleaned up {len(doomed)} image(s), kept {min(args.keep, len(matching))}")
     return 0
 
 
@@ -947,6 +1036,7 @@ HANDLERS: dict[str, Handler] = {
     "setup": cmd_setup,
     "build": cmd_build,
     "image": cmd_image,
+    "images": cmd_image,
     "version": cmd_version,
     "help": cmd_help,
     "completion": cmd_completion,

@@ -25,6 +25,16 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+def keep_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --keep '{text}': a number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid --keep {value}: keep at least 1")
+    return value
+
+
 def slot_type(text: str) -> int:
     try:
         value = int(text)
@@ -38,9 +48,9 @@ def slot_type(text: str) -> int:
 def format_type(*allowed: str):  # type: ignore[no-untyped-def]
     def check(text: str) -> str:
         if text not in allowed:
-            raise argparse.ArgumentTypeError(
-                f"invalid format '{text}': must be one of {', '.join(allowed)}"
-            )
+            quoted = [f"'{name}'" for name in allowed]
+            choices = " or ".join(quoted) if len(quoted) == 2 else ", ".join(quoted)
+            raise argparse.ArgumentTypeError(f"invalid format '{text}': must be {choices}")
         return text
 
     return check
@@ -276,6 +286,9 @@ def build_parser() -> CoiParser:
     p.add_argument("--shift", action=argparse.BooleanOptionalAction, default=True)
     p = csub.add_parser("list", help="raw container data")
     add_format(p)
+    p = csub.add_parser("info", help="raw data of one container")
+    p.add_argument("name")
+    add_format(p)
 
     file_cmd = sub.add_parser("file", help="copy files in and out of containers")
     fsub = file_cmd.add_subparsers(
@@ -355,13 +368,30 @@ def build_parser() -> CoiParser:
     )
     p.add_argument("--profile", default="", help="(reserved) build a profile's image")
 
+    p = sub.add_parser("images", help="list images (legacy name of 'coi image list')")
+    p.add_argument("-a", "--all", action="store_true", help="all local images, not only coi's")
+    p.add_argument("--prefix", default="", help="only aliases starting with PREFIX")
+    add_format(p, ("text", "json", "table"))
+    p.set_defaults(action="list")
     image = sub.add_parser("image", help="manage images")
     isub = image.add_subparsers(
         dest="action", metavar="ACTION", parser_class=CoiParser, required=True
     )
-    p = isub.add_parser("list", help="list images")
+    p = isub.add_parser("list", aliases=["ls"], help="list images")
     p.add_argument("-a", "--all", action="store_true", help="all local images, not only coi's")
+    p.add_argument("--prefix", default="", help="only aliases starting with PREFIX")
+    add_format(p, ("text", "json", "table"))
+    p.set_defaults(action="list")
+    p = isub.add_parser("info", help="details of an image (alias or fingerprint)")
+    p.add_argument("alias")
     add_format(p)
+    p = isub.add_parser(
+        "cleanup",
+        help="delete old images whose alias starts with PREFIX, keeping the newest N",
+    )
+    p.add_argument("prefix")
+    p.add_argument("--keep", type=keep_count, required=True, help="how many to keep (>= 1)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     p = isub.add_parser("exists", help="exit 0 if the image alias exists")
     p.add_argument("alias")
     p = isub.add_parser("delete", help="delete an image")
@@ -370,7 +400,13 @@ def build_parser() -> CoiParser:
     p = isub.add_parser("publish", help="publish a stopped container as an image")
     p.add_argument("container")
     p.add_argument("alias")
-    p.add_argument("--description", default="")
+    p.add_argument("--description", default="", help="image description")
+    p.add_argument(
+        "--compression",
+        choices=["none", "gzip", "xz", "zstd", "bzip2", "lz4"],
+        default=None,
+        help="image compression (default: Incus's)",
+    )
 
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parsers(sub, common)

@@ -47,7 +47,13 @@ class InstanceNotFound(NotFound):
 
 class ImageNotFound(NotFound):
     def __init__(self, alias: str) -> None:
-        super().__init__(f"image '{alias}' not found - run 'coi build' first")
+        if alias.startswith("coi-default") or alias == "coi":
+            hint = "run 'coi build' first"
+        elif alias.startswith("coi-lean"):
+            hint = "run 'coi build --lean' first"
+        else:
+            hint = "see 'coi image list --all'; 'coi build' makes coi-default"
+        super().__init__(f"image '{alias}' not found - {hint}")
         self.alias = alias
 
 

@@ -223,3 +223,50 @@ def test_confirmations_read_a_piped_answer(coi: CoiRunner, workspace: Path) -> N
     assert coi.ok("kill", name, input="y\n").stdout.strip() == f"Killed {name}"
     # An unknown name is already gone: nothing to ask.
     assert "already gone" in coi.ok("kill", "coi-unknown-1", input="").stdout
+
+
+def test_image_info_and_cleanup_keep_the_newest(
+    coi: CoiRunner, incus: Incus, tmp_path: Path
+) -> None:
+    """Three tiny images under a test prefix: cleanup --keep 1 deletes the two oldest."""
+    import io
+    import tarfile
+    import time
+
+    prefix = f"{coi.prefix}img-"
+    made: list[str] = []
+    try:
+        for index in range(3):
+            tarball = tmp_path / f"image{index}.tar"
+            with tarfile.open(tarball, "w") as tar:
+                meta = (
+                    f"architecture: x86_64\ncreation_date: {int(time.time()) + index}\n"
+                    f"properties:\n  description: test image {index}\n"
+                ).encode()
+                info = tarfile.TarInfo("metadata.yaml")
+                info.size = len(meta)
+                tar.addfile(info, io.BytesIO(meta))
+                root = tarfile.TarInfo("rootfs")
+                root.type = tarfile.DIRTYPE
+                tar.addfile(root)
+                marker = f"{index}\n".encode()
+                info = tarfile.TarInfo("rootfs/marker")
+                info.size = len(marker)
+                tar.addfile(info, io.BytesIO(marker))
+            incus.import_image(tarball, f"{prefix}{index}", {"description": f"test {index}"})
+            made.append(f"{prefix}{index}")
+
+        info = json.loads(coi.ok("image", "info", f"{prefix}1", "--json").stdout)
+        assert info["aliases"] == [f"{prefix}1"] and len(info["fingerprint"]) == 64
+        listed = json.loads(coi.ok("images", "--all", "--prefix", prefix, "--json").stdout)
+        assert sorted(a for r in listed for a in r["aliases"]) == made
+
+        dry = coi.ok("image", "cleanup", prefix, "--keep", "1", "--dry-run").stdout
+        assert dry.count("Would delete") == 2 and all(incus.image_exists(a) for a in made)
+        coi.ok("image", "cleanup", prefix, "--keep", "1")
+        assert [incus.image_exists(a) for a in made] == [False, False, True]
+        assert coi("image", "cleanup", prefix, "--keep", "0").returncode == 2
+    finally:
+        for alias in made:
+            if incus.image_exists(alias):
+                incus.delete_image(alias)
