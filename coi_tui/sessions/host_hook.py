@@ -22,11 +22,18 @@ from coi_tui.errors import CoiError
 from coi_tui.incus import IncusError, NotFound
 from coi_tui.sessions.hooks import SessionHook
 from coi_tui.tools.base import CODE_HOME, SANDBOX_CONTEXT
-from coi_tui.tools.context import ContextFacts, apply_patch, render_context, with_managed_block
+from coi_tui.tools.context import (
+    ContextFacts,
+    apply_patch,
+    context_json,
+    render_context,
+    with_managed_block,
+)
 
 if TYPE_CHECKING:
     from coi_tui.sessions.hooks import LaunchContext
 
+SANDBOX_CONTEXT_JSON = f"{CODE_HOME}/SANDBOX_CONTEXT.json"
 SSH_DEVICE = "coi-ssh-agent"
 SSH_SOCKET = "/tmp/ssh-agent.sock"
 MOUNT_PREFIX = "coi-mount-"
@@ -223,22 +230,32 @@ class HostHook(SessionHook):
         env["TZ"] = self.timezone(ctx)
         if settings.ssh_forward_agent:
             env["SSH_AUTH_SOCK"] = SSH_SOCKET
-        if settings.claude_model and ctx.session.tool.context_file == ".claude/CLAUDE.md":
-            env["ANTHROPIC_MODEL"] = settings.claude_model
+        if ctx.session.tool.context_file == ".claude/CLAUDE.md":  # claude and its double
+            if settings.claude_model:
+                env["ANTHROPIC_MODEL"] = settings.claude_model
+            effort = effort_level(settings)
+            if effort:
+                env["CLAUDE_CODE_EFFORT_LEVEL"] = effort
 
     def before_agent(self, ctx: LaunchContext) -> None:
         settings = ctx.manager.settings
         if settings.ssh_forward_agent:
             self.forward_ssh_agent(ctx)
         home = HomeWriter(ctx)
-        text = render_context(self.facts(ctx))
+        facts = self.facts(ctx)
+        text = render_context(facts)
         home.write(SANDBOX_CONTEXT, text)
+        if getattr(settings, "context_json", True):
+            home.write(SANDBOX_CONTEXT_JSON, json.dumps(context_json(facts), indent=2) + "\n")
         tool = ctx.session.tool
         context_path = SANDBOX_CONTEXT if settings.auto_context else None
         if settings.auto_context and tool.context_file:
             path = f"{CODE_HOME}/{tool.context_file}"
             home.write(path, with_managed_block(home.read(path) or "", text))
-        for patch in tool.settings_patches(settings.permission_mode, context_path):
+        patches = tool.settings_patches(
+            settings.permission_mode, context_path, effort_level=effort_level(settings)
+        )
+        for patch in patches:
             path = f"{CODE_HOME}/{patch.path}"
             current = home.read(path)
             try:
@@ -306,7 +323,16 @@ class HostHook(SessionHook):
             max_duration=settings.max_duration,
             profile=settings.profile,
             profile_context=context,
+            docker=bool(getattr(settings, "docker", True)),
+            cpu_limit=settings.limit_cpu_count,
+            memory_limit=settings.limit_memory,
+            allowed_domains=list(getattr(settings, "allowed_domains", []) or []),
         )
+
+
+def effort_level(settings: Settings) -> str:
+    """[tool.claude] effort_level, "" when unset (read defensively: older settings lack it)."""
+    return str(getattr(settings, "claude_effort_level", "") or "")
 
 
 def host_socket() -> str:

@@ -129,6 +129,7 @@ class Session:
     persistent: bool
     tool: Tool
     reused: bool = False
+    running: bool = False  # reused while already running (resume of a live session)
     resume_meta: SessionMeta | None = None
     notes: list[str] = field(default_factory=list)
     context: LaunchContext | None = None
@@ -221,7 +222,12 @@ class SessionManager:
         ]
 
     def launch(self, req: LaunchRequest, interactive: bool = True) -> Session:
-        """Create (or reuse) and start the container for one session; no agent started yet."""
+        """Create (or reuse) and start the container for one session; no agent started yet.
+
+        Resuming (COI §2.4/§2.5): the session keeps its id; an unset persistence inherits the
+        saved session's, and the session goes back to its original slot when that is free or
+        still holds its own container: a stopped persistent one is restarted in place, a
+        running one is reused as it is (the agent starts or is attached there)."""
         self.incus.ping()
         self.incus.require_image(req.image)
         self.guard_privileged()
@@ -232,15 +238,43 @@ class SessionManager:
             resume_meta = store.resolve_resume(
                 req.resume, req.workspace, self.settings.container_prefix
             )
+            if req.resume == "auto":
+                self.say(f"Auto-detected session: {resume_meta.session_id}")
+            else:
+                self.say(f"Resuming session: {resume_meta.session_id}")
+            req = dataclasses.replace(req, persistent=self.resume_persistence(req, resume_meta))
         session_id = resume_meta.session_id if resume_meta else str(uuid.uuid4())
+        if interactive:
+            self.say(f"Setting up session {session_id}...")
         ws_hash = workspace_hash(req.workspace)
         with slot_lock(ws_hash):
             occupied = occupied_slots(self.coi_instances(), self.settings.container_prefix, ws_hash)
-            slot, note = choose_slot(occupied, req.slot, req.persistent)
-            if note:
-                self.say(note)
+            slot = self.resume_slot(req, resume_meta, occupied)
+            if slot is None:
+                slot, note = choose_slot(occupied, req.slot, req.persistent)
+                if note:
+                    self.say(note)
             name = container_name(self.settings.container_prefix, req.workspace, slot)
             existing = occupied.get(slot)
+            held = existing is not None and self.holds_session(existing, session_id)
+            saved = store.has_saved_state(session_id) or not req.tool.config_dir
+            if resume_meta is not None and not saved and not held:
+                # Only the metadata written when it started: nothing to resume from (its
+                # container, which would hold the agent's state, is gone too).
+                raise CoiError(
+                    f"session '{session_id}' not found - check available sessions with: "
+                    "coi list --all"
+                )
+            if (
+                held
+                and existing is not None
+                and existing.status == "Stopped"
+                and not (existing.config.get("user.coi.persistent") == "true" and req.persistent)
+                # Its own container, stopped but not reusable: save what it holds first (the
+                # supervisor may not have finalized it yet), then start afresh from that.
+                and self.finalize_if_stopped(name) in ("removed", "gone")
+            ):
+                existing = None
             session = Session(
                 name,
                 session_id,
@@ -253,9 +287,11 @@ class SessionManager:
             ctx = LaunchContext(self, req, session, interactive=interactive)
             session.context = ctx
             if existing is not None and existing.status != "Stopped":
-                raise CoiError(
-                    f"container '{name}' is already running: attach with 'coi attach {name}'"
-                )
+                if resume_meta is None or not self.holds_session(existing, session_id):
+                    raise CoiError(
+                        f"container '{name}' is already running: attach with 'coi attach {name}'"
+                    )
+                return self.reuse_running(session, existing, interactive)
             if (
                 existing is not None
                 and existing.config.get("user.coi.persistent") == "true"
@@ -274,7 +310,6 @@ class SessionManager:
                 ctx.config, ctx.devices = self.instance_spec(req, slot, session_id)
                 run_hooks("prepare_instance", ctx)
                 self.incus.create_instance(name, req.image, config=ctx.config, devices=ctx.devices)
-            self._write_meta(session, req)
             try:
                 run_hooks("before_start", ctx)
                 self.start_container(name, req.workspace)
@@ -284,6 +319,63 @@ class SessionManager:
                 else:
                     self.remove_container(name)
                 raise
+        return session
+
+    def resume_persistence(self, req: LaunchRequest, meta: SessionMeta) -> bool:
+        """An explicitly configured persistence (flag, config, env, profile) wins; an unset one
+        inherits the resumed session's."""
+        if self.settings.source("container.persistent") != "default":
+            if req.persistent != meta.persistent:
+                self.say(
+                    f"Config [container] persistent = {str(req.persistent).lower()} overrides "
+                    "the session's saved mode"
+                )
+            return req.persistent
+        if meta.persistent:
+            self.say("Inherited persistent mode from session")
+        return meta.persistent
+
+    def resume_slot(
+        self, req: LaunchRequest, meta: SessionMeta | None, occupied: dict[int, Instance]
+    ) -> int | None:
+        """The resumed session's own slot (no --slot given) when it is free or its container
+        there still belongs to this session; otherwise the lowest free slot: a stopped
+        persistent container of another session is never taken over (its state is not this
+        session's). None when --slot was given (chosen as usual)."""
+        if meta is None or req.slot:
+            return None
+        parsed = parse_container_name(self.settings.container_prefix, meta.container_name)
+        if parsed and parsed[0] == workspace_hash(req.workspace):
+            slot = parsed[1]
+            current = occupied.get(slot)
+            if current is None or self.holds_session(current, meta.session_id):
+                self.say(f"Reusing original slot {slot} from session")
+                return slot
+        # A fresh container in the lowest free slot.
+        return choose_slot(occupied, 0, False)[0]
+
+    @staticmethod
+    def holds_session(instance: Instance, session_id: str) -> bool:
+        return instance.config.get("user.coi.session_id") == session_id
+
+    def reuse_running(self, session: Session, instance: Instance, interactive: bool) -> Session:
+        """`--resume=<id>` while that session's container still runs: use that container as it
+        is (the agent is started there if its tmux session is gone, else just attached)."""
+        name = instance.name
+        if instance.status == "Frozen":
+            raise CoiError(
+                f"container '{name}' of session {session.session_id} is frozen (paused by the "
+                f"threat monitor): 'coi unfreeze {name}' first"
+            )
+        if not interactive:
+            raise CoiError(
+                f"session {session.session_id} is still running in '{name}': attach with "
+                f"'coi attach {name}'"
+            )
+        self.say("Container already running, reusing...")
+        session.persistent = instance.config.get("user.coi.persistent") == "true"
+        session.reused = True
+        session.running = True
         return session
 
     def start_container(self, name: str, workspace: str) -> None:
@@ -314,7 +406,9 @@ class SessionManager:
             pass
         run_hooks("container_ended", self, name, False)
 
-    def _write_meta(self, session: Session, req: LaunchRequest) -> None:
+    def write_meta(self, session: Session) -> None:
+        """metadata.json of an agent session, written when its agent starts (so `coi list`
+        shows it; `coi run` commands are not sessions and get none)."""
         store = SessionStore(session.tool)
         meta = store.read_meta(session.session_id) or SessionMeta(
             session_id=session.session_id,
@@ -328,7 +422,8 @@ class SessionManager:
         meta.workspace = session.workspace
         meta.tool = session.tool.name
         meta.slot = session.slot
-        meta.profile = req.profile
+        if session.context is not None:
+            meta.profile = session.context.request.profile
         store.write_meta(meta)
 
     def wait_ready(self, name: str) -> None:
@@ -424,16 +519,22 @@ class SessionManager:
         tool = session.tool
         if self.settings.tool_binary:  # [tool] binary: same argv contract, other executable
             tool = dataclasses.replace(tool, binary=self.settings.tool_binary)
-        return tool.command(
+        argv = tool.command(
             session.session_id,
             resume=session.resume_meta is not None,
             resume_id=resume_id,
             permission_mode=permission,
             context_path=SANDBOX_CONTEXT if self.settings.auto_context else None,
         )
+        if use_dummy():
+            # COI's test hook: the same tool (sessions, settings, argv), run by the stub.
+            argv[0] = "dummy"
+            self.say("Using dummy (test stub) for faster testing")
+        return argv
 
     def start_agent(self, session: Session, debug: bool = False) -> None:
         """tmux session coi-<container> running `<tool argv>; exec bash` as the code user."""
+        self.write_meta(session)
         if self.tmux_exists(session.container):
             return
         if session.context is not None:
@@ -543,14 +644,11 @@ class SessionManager:
             tool = get_tool(tool_name)
         except CoiError:
             return None
-        store = SessionStore(tool)
-        meta = store.read_meta(session_id) or SessionMeta(
-            session_id=session_id,
-            container_name=instance.name,
-            persistent=instance.config.get("user.coi.persistent") == "true",
-            workspace=instance.config.get("user.coi.workspace", ""),
-            tool=tool_name,
-        )
+        meta = SessionStore(tool).read_meta(session_id)
+        if meta is None:
+            # No metadata: a `coi run` container (commands are not sessions: nothing to save,
+            # as in COI), or a session whose agent never started.
+            return None
         return tool, meta
 
     def save_session(self, instance: Instance) -> bool:
@@ -624,6 +722,11 @@ class SessionManager:
             self.save_session(self.incus.get_instance(name))
         except (IncusError, OSError) as exc:
             self.say(f"warning: could not save session data: {exc}")
+
+
+def use_dummy() -> bool:
+    """COI_USE_DUMMY=1: run the tool's argv with `dummy` as argv[0] (COI's test hook)."""
+    return os.environ.get("COI_USE_DUMMY", "").strip().lower() in ("1", "true", "yes")
 
 
 def workspace_of(instance: Instance) -> str:

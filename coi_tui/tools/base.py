@@ -54,9 +54,11 @@ class Tool:
         return [self.binary]
 
     def settings_patches(
-        self, permission_mode: str, context_path: str | None
+        self, permission_mode: str, context_path: str | None, effort_level: str = ""
     ) -> list[SettingsPatch]:
-        """JSON settings to merge for this permission mode (and context, when on)."""
+        """JSON settings to merge for this permission mode (and context, when on).
+        `effort_level` is [tool.claude] effort_level ("" when unset); tools without an effort
+        setting ignore it."""
         return []
 
     def discover_resume_id(self, saved_config: Path) -> str | None:

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from coi_tui.tools.base import SettingsPatch, Tool, newest_jsonl_stem
 
+SETTINGS = ".claude/settings.json"
+DEFAULT_EFFORT = "medium"
+
 # What bypass mode adds to ~/.claude/settings.json (removed again in interactive mode).
-BYPASS_SETTINGS = {
+BYPASS_SETTINGS: dict[str, Any] = {
     "permissions": {"defaultMode": "bypassPermissions"},
     "allowDangerouslySkipPermissions": True,
     "bypassPermissionsModeAccepted": True,
+    "skipDangerousModePermissionPrompt": True,
 }
+
+
+def effort_settings(effort_level: str) -> dict[str, Any]:
+    """Merged in every mode: the effort level (configured, else medium) and the flags that keep
+    Claude from asking about it at start."""
+    level = effort_level or DEFAULT_EFFORT
+    return {
+        "effortLevel": level,
+        "effortLevelAccepted": True,
+        "hasSeenEffortPrompt": True,
+        "effortCalloutDismissed": True,
+        "env": {"CLAUDE_CODE_EFFORT_LEVEL": level},
+    }
 
 
 class ClaudeTool(Tool):
@@ -24,9 +42,11 @@ class ClaudeTool(Tool):
         permission_mode: str,
         context_path: str | None = None,
     ) -> list[str]:
-        argv = [self.binary]
+        """`claude --verbose [--permission-mode bypassPermissions] (--session-id ID |
+        --resume [ID])`, as COI starts it."""
+        argv = [self.binary, "--verbose"]
         if permission_mode != "interactive":
-            argv.append("--dangerously-skip-permissions")
+            argv += ["--permission-mode", "bypassPermissions"]
         if resume:
             argv += ["--resume", resume_id] if resume_id else ["--resume"]
         else:
@@ -34,12 +54,12 @@ class ClaudeTool(Tool):
         return argv
 
     def settings_patches(
-        self, permission_mode: str, context_path: str | None
+        self, permission_mode: str, context_path: str | None, effort_level: str = ""
     ) -> list[SettingsPatch]:
-        path = ".claude/settings.json"
+        effort = effort_settings(effort_level)
         if permission_mode == "interactive":
-            return [SettingsPatch(path, unset=BYPASS_SETTINGS)]
-        return [SettingsPatch(path, set=BYPASS_SETTINGS)]
+            return [SettingsPatch(SETTINGS, set=effort, unset=BYPASS_SETTINGS)]
+        return [SettingsPatch(SETTINGS, set={**BYPASS_SETTINGS, **effort})]
 
     def discover_resume_id(self, saved_config: Path) -> str | None:
         return newest_jsonl_stem(saved_config / "projects" / "-workspace")

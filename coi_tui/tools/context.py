@@ -93,6 +93,11 @@ def with_managed_block(text: str, body: str) -> str:
 
 
 # ---------------------------------------------------------------------- SANDBOX_CONTEXT.md
+CONTEXT_JSON_SCHEMA_VERSION = 1
+GH_TOKEN_NAMES = ("GH_TOKEN", "GITHUB_TOKEN")
+ARCH_NAMES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
+
+
 @dataclass
 class ContextFacts:
     container: str
@@ -109,25 +114,62 @@ class ContextFacts:
     max_duration: str = ""
     profile: str = ""
     profile_context: str = ""
+    docker: bool = True  # [container] docker: nesting keys for Docker-in-container
+    cpu_limit: str = ""
+    memory_limit: str = ""
+    allowed_domains: list[str] = field(default_factory=list)
+    workspace: str = "/workspace"
+    home: str = "/home/code"
+    os_name: str = "Debian GNU/Linux 12 (bookworm)"
+
+    @property
+    def gh_authenticated(self) -> bool:
+        """gh works without a login when a GitHub token is forwarded."""
+        return any(name in self.forwarded_env for name in GH_TOKEN_NAMES)
+
+    @property
+    def architecture(self) -> str:
+        machine = platform.machine()
+        return ARCH_NAMES.get(machine, machine)
 
 
 def render_context(facts: ContextFacts) -> str:
+    """~/SANDBOX_CONTEXT.md: what the agent should know about the sandbox it runs in."""
     mode = (
         "Persistent (survives between sessions)"
         if facts.persistent
         else "Ephemeral (destroyed after session ends)"
     )
+    network = NETWORK_TEXT.get(facts.network_mode, facts.network_mode)
     rows = [
-        ("Workspace", f"/workspace (the host's {facts.workspace_host})"),
-        ("Home directory", "/home/code"),
-        ("OS", "Debian GNU/Linux 12 (bookworm)"),
-        ("Architecture", platform.machine()),
+        ("Workspace", f"{facts.workspace} (the host's {facts.workspace_host})"),
+        ("Home directory", facts.home),
+        ("OS", facts.os_name),
+        ("Architecture", facts.architecture),
         ("Container mode", mode),
-        ("Network", NETWORK_TEXT.get(facts.network_mode, facts.network_mode)),
-        ("SSH agent", "Forwarded from the host" if facts.ssh_agent else "Not available"),
+        ("Network", network),
+        (
+            "SSH agent",
+            "Forwarded from host (available via SSH_AUTH_SOCK)"
+            if facts.ssh_agent
+            else "Not available",
+        ),
+        (
+            "GitHub CLI",
+            "Authenticated via forwarded token (gh ready to use when installed; the token "
+            "may have limited scope)"
+            if facts.gh_authenticated
+            else "Not authenticated",
+        ),
+        (
+            "Docker",
+            "Available (Docker-in-Docker: nesting enabled)"
+            if facts.docker
+            else "Not available ([container] docker = false)",
+        ),
         ("User", "Non-root user (code)"),
-        ("Sudo", "Passwordless sudo available"),
-        ("Timezone", facts.timezone),
+        ("Sudo", "Available via passwordless sudo"),
+        ("Timezone", facts.timezone or "UTC"),
         ("Tool", facts.tool),
         ("Container", facts.container),
     ]
@@ -137,30 +179,53 @@ def render_context(facts: ContextFacts) -> str:
         "# Sandbox Context",
         "",
         "You are running inside an isolated Incus container created by coi (Code on Incus).",
-        "Work autonomously: do not ask for confirmation, install tools and change the system as",
-        "you need. Be careful only with the files in /workspace: they are the user's project.",
+        "",
+        "## Autonomous Operation",
+        "",
+        "- Work autonomously: do not ask for confirmation before running commands.",
+        "- Install tools and change the system freely; the container is yours.",
+        f"- Be careful only with the files in {facts.workspace}: they are the user's project.",
         "",
         "## Environment Details",
         "",
-        "| | |",
+        "| Property | Value |",
         "| --- | --- |",
         *[f"| {name} | {value} |" for name, value in rows],
         "",
-        "## What you can do",
+        "## What You Can Do",
         "",
         "- Install packages with `sudo apt-get install` (when the network allows it).",
-        "- Run anything under /workspace; files you create there belong to the user.",
+        f"- Build, test and run anything under {facts.workspace}; files you create there "
+        "belong to the user on the host.",
+        "- Start services and containers (Docker) when the image has them.",
+        "",
+        "## Runtimes",
+        "",
+        "- Python 3 is installed system-wide; check for others (node, go, ...) with "
+        "`command -v <name>` and install what is missing.",
     ]
     if facts.forwarded_env:
-        lines += ["", "## Forwarded environment variables", ""]
+        lines += ["", "## Forwarded Environment Variables", ""]
         lines += [f"- `{name}`" for name in facts.forwarded_env]
     if facts.mounts:
-        lines += ["", "## Extra mounts", ""]
+        lines += ["", "## Extra Mounts", ""]
         lines += [f"- `{path}`{' (read-only)' if ro else ''}" for path, ro in facts.mounts]
+    if facts.ssh_agent or facts.gh_authenticated:
+        lines += ["", "## Git Authentication", ""]
+        if facts.ssh_agent:
+            lines.append("- Prefer SSH remotes (`git@github.com:...`): the host's SSH agent works.")
+        if facts.gh_authenticated:
+            lines.append("- `gh` can use the forwarded token (`gh auth status` shows its scope).")
+        lines.append(
+            "- Set a real git identity before committing; do not commit as the user `code`."
+        )
     lines += ["", "## Limitations", ""]
-    lines.append(f"- Network: {NETWORK_TEXT.get(facts.network_mode, facts.network_mode)}.")
+    lines.append(f"- Network: {network}.")
     if not facts.persistent:
-        lines.append("- Nothing outside /workspace survives the session (only agent state).")
+        lines.append(
+            "- Non-persistent: nothing outside the workspace survives the session (only the "
+            "agent's own state is saved)."
+        )
     lines.append(
         "- Resource limits: "
         + (", ".join(facts.limits) if facts.limits else "none configured")
@@ -170,7 +235,7 @@ def render_context(facts: ContextFacts) -> str:
         lines.append(f"- Session timeout: the container stops after {facts.max_duration}.")
     if facts.protected_paths:
         lines.append(
-            "- Protected (read-only) paths in /workspace: "
+            f"- Protected (read-only) paths in {facts.workspace}: "
             + ", ".join(f"`{p}`" for p in facts.protected_paths)
             + "."
         )
@@ -180,8 +245,61 @@ def render_context(facts: ContextFacts) -> str:
         "",
         "## Troubleshooting",
         "",
-        "- After using sudo in /workspace, fix ownership with `sudo chown -R $(whoami) .`.",
+        "- After using sudo in the workspace, fix ownership with `sudo chown -R $(whoami) .`.",
+        "- A command that is missing can usually be installed with `sudo apt-get install`.",
+        "",
+        "## Best Practices",
+        "",
+        "- Keep changes inside the workspace focused on the task; leave unrelated files alone.",
+        "- Run the project's tests before you say a change is done.",
     ]
     if facts.profile_context.strip():
         lines += ["", "# User-Provided Profile Context", "", facts.profile_context.strip()]
     return "\n".join(lines) + "\n"
+
+
+def context_json(facts: ContextFacts) -> dict[str, Any]:
+    """~/SANDBOX_CONTEXT.json: the same facts for programs (COI's versioned shape; lists are
+    always lists, no timestamp, so a reused container's file does not churn)."""
+    limits = {
+        key: value
+        for key, value in (
+            ("cpu", facts.cpu_limit),
+            ("memory", facts.memory_limit),
+            ("max_duration", facts.max_duration),
+        )
+        if value
+    }
+    out: dict[str, Any] = {
+        "schema_version": CONTEXT_JSON_SCHEMA_VERSION,
+        "container_name": facts.container,
+        "tool_name": facts.tool,
+        "workspace_path": facts.workspace,
+        "home_dir": facts.home,
+        "os": facts.os_name,
+        "architecture": facts.architecture,
+    }
+    if facts.timezone:
+        out["timezone"] = facts.timezone
+    out.update(
+        {
+            "persistent": facts.persistent,
+            "run_as_root": False,
+            "network": {
+                "mode": facts.network_mode,
+                "allowed_ports": [],
+                "dns_servers": [],
+                "allowed_domains": list(facts.allowed_domains),
+            },
+            "ssh_agent_forwarded": facts.ssh_agent,
+            "gh_cli_authenticated": facts.gh_authenticated,
+            "forwarded_env_vars": list(facts.forwarded_env),
+            "protected_paths": list(facts.protected_paths),
+            "extra_mounts": [path for path, _ro in facts.mounts],
+            "published_ports": [],
+            "limits": limits,
+        }
+    )
+    if facts.profile_context.strip():
+        out["profile_context"] = facts.profile_context
+    return out

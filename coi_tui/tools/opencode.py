@@ -19,13 +19,15 @@ class OpencodeTool(Tool):
         permission_mode: str,
         context_path: str | None = None,
     ) -> list[str]:
+        # COI: plain `opencode`, and `--continue` on resume (its sessions live in its own
+        # database, restored with the config dir; `--session ID` is only for `coi tool spec`).
         argv = [self.binary]
         if resume:
-            argv += ["--session", resume_id] if resume_id else ["--continue"]
+            argv.append("--continue")
         return argv
 
     def settings_patches(
-        self, permission_mode: str, context_path: str | None
+        self, permission_mode: str, context_path: str | None, effort_level: str = ""
     ) -> list[SettingsPatch]:
         # opencode has no permission flag: bypass is a config entry.
         on: dict[str, object] = dict(ALLOW_ALL) if permission_mode != "interactive" else {}

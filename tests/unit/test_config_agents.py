@@ -14,9 +14,17 @@ from coi_tui.tools.context import BEGIN, END, apply_patch, with_managed_block
 @pytest.mark.parametrize(
     ("tool", "mode", "argv"),
     [
-        ("claude", "bypass", ["claude", "--dangerously-skip-permissions", "--session-id", "S"]),
-        ("claude", "interactive", ["claude", "--session-id", "S"]),
-        ("dummy", "bypass", ["dummy", "--dangerously-skip-permissions", "--session-id", "S"]),
+        (
+            "claude",
+            "bypass",
+            ["claude", "--verbose", "--permission-mode", "bypassPermissions", "--session-id", "S"],
+        ),
+        ("claude", "interactive", ["claude", "--verbose", "--session-id", "S"]),
+        (
+            "dummy",
+            "bypass",
+            ["dummy", "--verbose", "--permission-mode", "bypassPermissions", "--session-id", "S"],
+        ),
         ("opencode", "bypass", ["opencode"]),
         ("opencode", "interactive", ["opencode"]),
         ("aider", "bypass", ["aider", "--yes-always", "--read", SANDBOX_CONTEXT]),
@@ -42,15 +50,29 @@ def test_claude_settings_merge_keeps_user_keys_and_interactive_undoes_bypass() -
     user = {"env": {"CLAUDE_CODE_USE_BEDROCK": "1"}, "permissions": {"allow": ["Bash(ls)"]}}
     (bypass,) = tool.settings_patches("bypass", SANDBOX_CONTEXT)
     merged = apply_patch(user, bypass)
-    assert merged["env"] == {"CLAUDE_CODE_USE_BEDROCK": "1"}
+    assert merged["env"] == {"CLAUDE_CODE_USE_BEDROCK": "1", "CLAUDE_CODE_EFFORT_LEVEL": "medium"}
     assert merged["permissions"] == {"allow": ["Bash(ls)"], "defaultMode": "bypassPermissions"}
     assert merged["allowDangerouslySkipPermissions"] is True
     assert apply_patch(merged, bypass) == merged  # idempotent
     (interactive,) = tool.settings_patches("interactive", SANDBOX_CONTEXT)
-    assert apply_patch(merged, interactive) == user
+    effort = {
+        "effortLevel": "medium",
+        "effortLevelAccepted": True,
+        "hasSeenEffortPrompt": True,
+        "effortCalloutDismissed": True,
+    }
+    # Interactive takes back only the bypass keys; the effort keys are merged in every mode.
+    assert apply_patch(merged, interactive) == {**user, **effort, "env": merged["env"]}
     # A user's own choice of mode is not ours to remove.
     own = {"permissions": {"defaultMode": "acceptEdits"}}
-    assert apply_patch(own, interactive) == own
+    assert apply_patch(own, interactive)["permissions"] == own["permissions"]
+
+
+def test_claude_effort_level_from_config_replaces_the_default() -> None:
+    (patch,) = get_tool("claude").settings_patches("bypass", None, effort_level="high")
+    merged = apply_patch({"effortLevel": "medium", "env": {"A": "1"}}, patch)
+    assert merged["effortLevel"] == "high"
+    assert merged["env"] == {"A": "1", "CLAUDE_CODE_EFFORT_LEVEL": "high"}
 
 
 def test_opencode_config_gets_permission_and_instructions_once() -> None:
