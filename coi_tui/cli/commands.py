@@ -100,7 +100,6 @@ def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "'coi attach' from a terminal"
         )
     install_signal_handlers()
-    err(f"Setting up session for {req.workspace}...")
     session = manager.launch(req)
     try:
         manager.wait_ready(session.container)
@@ -384,8 +383,9 @@ def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"    Created: {rec['created_at'][:19].replace('T', ' ')}")
         print(f"    Image: {rec['image']}")
         print(f"    Pool: {rec['pool'] or '-'}")
-        print(f"    Tool: {rec['tool'] or '-'}")
+        print(f"    Ports: {', '.join(rec['published_ports']) or '-'}")
         print(f"    Workspace: {rec['workspace'] or '-'}")
+        print(f"    Tool: {rec['tool'] or '-'}")
     if args.all:
         print()
         print("Saved Sessions:")
@@ -459,8 +459,8 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def targets(manager: SessionManager, names: list[str], all_: bool, verb: str) -> list[str]:
     if all_:
         return [i.name for i in manager.coi_instances()]
-    if not names:
-        raise UsageError(
+    if not names:  # COI reports this from the command itself: exit 1, not a usage error
+        raise CoiError(
             f"no container names provided - use 'coi list' to see active containers "
             f"(or 'coi {verb} --all')"
         )

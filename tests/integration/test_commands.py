@@ -25,7 +25,7 @@ def test_persist_then_poweroff_keeps_the_container(
     assert f"  ✓ Persisted {name}" in result.stdout and "Persisted 1 container(s)" in result.stdout
     listed = json.loads(coi.ok("list", "--json").stdout)["active_containers"]
     assert listed[0]["mode"] == "persistent"
-    assert coi("persist").returncode == 2  # no names: usage error
+    assert coi("persist").returncode == 1  # no names: COI's error from the command
 
     # Stop it from the host, as poweroff would; the session is finalized as persistent.
     incus.stop(name, timeout=10)
