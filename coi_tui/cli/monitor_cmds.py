@@ -1,113 +1,624 @@
-"""`coi monitor [NAME] [--json] [--daemon|--stop]`, `coi audit [NAME] [--follow] [--json]`,
-`coi unfreeze [NAME]`: the threat monitor's commands."""
+"""The threat monitor's commands:
+
+- `coi monitor [NAME] [--format text|json] [--json] [--watch N] [-w PATH] [--all]` and
+  `coi monitor --daemon|--stop`: a security snapshot of one container (COI's shape);
+- `coi audit [NAME] [--file PATH] [--follow] [--format text|json]`: the host-side audit log;
+- `coi unfreeze [NAME]` (0.7-0.8 name: `coi resume`): resume containers the monitor froze.
+
+NAME resolution (monitor, audit): NAME (a container or an alias), then $COI_CONTAINER, then
+the only container of the workspace (-w, default the current directory).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+MB = 1 << 20
+USER_HZ = 100
+CLEAR = "\033[2J\033[H"
+
+
+def watch_seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --watch '{text}': whole seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid --watch {value}: must be 0 or more")
+    return value
+
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    from coi_tui.cli.parser import add_format, format_type
+
     p = sub.add_parser(
         "monitor",
-        help="threat monitor: snapshot of a container, or start the host daemon",
-        description="Without options: processes, connections, I/O and recent threats of NAME "
-        "(or of every running coi container). --daemon starts the host monitor daemon "
-        "(a no-op when it runs); --stop stops it.",
+        help="security snapshot of a container, or start/stop the monitor daemon",
+        description="Processes, connections, filesystem and resource use, and recent threats "
+        "of one container: NAME (or alias), else $COI_CONTAINER, else the workspace's only "
+        "container. --watch N refreshes every N seconds (text only). --all shows every "
+        "running coi container. --daemon starts the host monitor daemon (a no-op when it "
+        "runs); --stop stops it.",
     )
-    p.add_argument("name", nargs="?", help="container name")
-    p.add_argument("--json", action="store_true", help="JSON output")
+    p.add_argument("name", nargs="?", help="container name or alias")
+    add_format(p)
+    p.add_argument(
+        "--watch",
+        type=watch_seconds,
+        default=0,
+        metavar="N",
+        help="refresh every N seconds (0 = one snapshot)",
+    )
+    p.add_argument("-w", "--workspace", default=".", help="workspace (default: current)")
+    p.add_argument("--all", action="store_true", help="every running coi container")
     p.add_argument("--daemon", action="store_true", help="start the monitor daemon")
     p.add_argument("--stop", action="store_true", help="stop the monitor daemon")
     p.set_defaults(handler=cmd_monitor)
+
     p = sub.add_parser(
         "audit",
         help="show the threat audit log",
-        description="Prints ~/.coi/audit/<NAME>.jsonl (every container when NAME is omitted).",
+        description="Prints ~/.coi/audit/<NAME>.jsonl, one JSON record per line (NAME "
+        "resolves as for 'coi monitor'); --file PATH reads a recorded log instead. "
+        "A container with no events yet prints nothing.",
     )
-    p.add_argument("name", nargs="?", help="container name")
+    p.add_argument("name", nargs="?", help="container name or alias")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--file", metavar="PATH", help="read this audit JSONL file")
+    p.add_argument("-w", "--workspace", default=".", help="workspace (default: current)")
+    p.add_argument(
+        "--format",
+        type=format_type("text", "json"),
+        default="json",
+        help="json: the records as stored (default); text: one readable line each",
+    )
+    p.add_argument("--json", action="store_true", help="same as --format json")
     p.set_defaults(handler=cmd_audit)
+
     p = sub.add_parser(
         "unfreeze",
-        help="resume a container the monitor froze",
+        aliases=["resume"],
+        help="resume containers the monitor froze (alias: resume)",
         description="Resumes NAME, or every frozen coi container when NAME is omitted.",
     )
-    p.add_argument("name", nargs="?", help="container name")
+    p.add_argument("name", nargs="?", help="container name or alias")
     p.set_defaults(handler=cmd_unfreeze)
 
 
-def _incus_and_settings() -> tuple[Any, Any]:
+def err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _context() -> tuple[Any, Any]:
     from coi_tui.config import load_settings
     from coi_tui.incus import Incus
+    from coi_tui.sessions.manager import SessionManager
 
     settings = load_settings()
-    return Incus(settings.socket or None, settings.project), settings
+    incus = Incus(settings.socket or None, settings.project)
+    return incus, SessionManager(incus, settings)
 
 
+def resolve(manager: Any, name: str | None, workspace: str) -> str:
+    """NAME or alias, then $COI_CONTAINER, then the workspace's only container (by the
+    workspace hash in the name, or the workspace recorded on the container)."""
+    from coi_tui.errors import CoiError
+    from coi_tui.sessions.manager import resolve_workspace, workspace_of
+    from coi_tui.sessions.naming import parse_container_name, workspace_hash
+
+    incus = manager.incus
+    prefix = manager.settings.container_prefix
+    if name:
+        if incus.instance_exists(name):
+            return name
+        for instance in manager.coi_instances():
+            if instance.config.get("user.coi.alias") == name:
+                return str(instance.name)
+        raise CoiError(f"container '{name}' not found")
+    env = os.environ.get("COI_CONTAINER")
+    if env:
+        if not incus.instance_exists(env):
+            raise CoiError(f"container '{env}' from COI_CONTAINER not found")
+        return env
+    here = resolve_workspace(workspace)
+    digest = workspace_hash(here)
+    mine = sorted(
+        i.name
+        for i in manager.coi_instances()
+        if workspace_of(i) == here or (parse_container_name(prefix, i.name) or ("",))[0] == digest
+    )
+    if not mine:
+        raise CoiError(
+            "no COI containers found for current workspace - pass container name as argument"
+        )
+    if len(mine) > 1:
+        raise CoiError(
+            "multiple COI containers found for workspace, pass container name as argument: "
+            + ", ".join(mine)
+        )
+    return mine[0]
+
+
+# ---------------------------------------------------------------------- monitor
 def cmd_monitor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from coi_tui.monitor import control
+    from coi_tui.cli.parser import wants_json
+    from coi_tui.errors import UsageError
 
-    if args.stop:
-        print("monitor stopped" if control.stop() else "monitor was not running")
-        return 0
-    if args.daemon:
+    if args.stop or args.daemon:
+        from coi_tui.monitor import control
+
+        if args.stop:
+            print("monitor stopped" if control.stop() else "monitor was not running")
+            return 0
         was = control.is_running()
         pid = control.start()
         print(f"monitor {'already running' if was else 'started'} (pid {pid})")
         return 0
-    from coi_tui.errors import CoiError
-    from coi_tui.monitor.snapshot import snapshot
-
-    incus, settings = _incus_and_settings()
-    if args.name:
-        names = [args.name]
-    else:
-        names = [i.name for i in incus.list_instances(settings.container_prefix) if i.running]
-        if not names:
-            raise CoiError("no running coi container (name one: coi monitor NAME)")
-    snaps = [snapshot(incus, name) for name in names]
-    if args.json:
-        print(json.dumps(snaps[0] if args.name else snaps, indent=2))
+    as_json = wants_json(args)
+    if as_json and args.watch > 0:
+        raise UsageError("--format json is not supported with --watch")
+    incus, manager = _context()
+    if args.all:
+        if args.name:
+            raise UsageError("--all takes no container name")
+        return monitor_all(incus, manager, as_json, args.watch)
+    name = resolve(manager, args.name, args.workspace)
+    err(f"Monitoring container: {name}")
+    collector = Collector(incus, name)
+    if args.watch == 0:
+        snap = collector.collect()
+        if as_json:
+            print(json.dumps(snap, indent=2))
+        else:
+            print(format_snapshot(snap), end="")
         return 0
-    for snap in snaps:
-        print_snapshot(snap)
+    try:
+        while True:
+            text = format_snapshot(collector.collect())
+            stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{CLEAR}{text}\nLast Updated: {stamp} | Press Ctrl+C to exit", flush=True)
+            time.sleep(args.watch)  # the refresh interval the user asked for
+    except KeyboardInterrupt:
+        return 0
+
+
+def monitor_all(incus: Any, manager: Any, as_json: bool, watch: int) -> int:
+    collectors: dict[str, Collector] = {}
+
+    def snaps() -> list[dict[str, Any]]:
+        names = [i.name for i in manager.coi_instances() if i.running or i.frozen]
+        for name in names:
+            collectors.setdefault(name, Collector(incus, name))
+        return [collectors[name].collect() for name in names]
+
+    if watch == 0:
+        found = snaps()
+        if as_json:
+            print(json.dumps(found, indent=2))
+        elif not found:
+            print("No running containers.")
+        else:
+            print("\n".join(format_snapshot(s) for s in found), end="")
+        return 0
+    try:
+        while True:
+            found = snaps()
+            body = "\n".join(format_snapshot(s) for s in found) or "No running containers.\n"
+            stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{CLEAR}{body}\nLast Updated: {stamp} | Press Ctrl+C to exit", flush=True)
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+class Collector:
+    """Builds COI's monitor snapshot of one container from the host's /proc, the container's
+    cgroup and the Incus state. Keeps the previous sample, so rates are per watch interval
+    (0 on the first snapshot)."""
+
+    def __init__(self, incus: Any, name: str) -> None:
+        self.incus = incus
+        self.name = name
+        self.previous: tuple[float, float, float] | None = None  # (time, read MB, write MB)
+        self._passwd: dict[int, str] | None = None
+
+    def collect(self) -> dict[str, Any]:
+        from coi_tui.incus import InstanceNotFound
+        from coi_tui.monitor import procfs
+
+        errors: list[str] = []
+        try:
+            status = self.incus.status(self.name)
+            live = status in ("Running", "Frozen")
+            instance = self.incus.get_instance(self.name, with_state=live)
+        except InstanceNotFound:
+            from coi_tui.errors import CoiError
+
+            raise CoiError(f"container '{self.name}' not found") from None
+        pid = instance.pid if live else 0
+        if not live:
+            errors.append(f"container is not running (status: {status})")
+        procs: list[dict[str, Any]] = []
+        conns: list[dict[str, Any]] = []
+        rchar = wchar = read_bytes = write_bytes = 0
+        files: set[str] = set()
+        if pid:
+            pidns = procfs.pid_ns(pid)
+            if not pidns:
+                errors.append("cannot read the container's processes (needs root)")
+            uid_map = read_id_map(pid)
+            members = [p for p in procfs.all_pids() if pidns and procfs.pid_ns(p) == pidns]
+            inner = {p: ns_pid(p) for p in members}
+            for p in members:
+                proc = procfs.read_proc(p)
+                if proc is None:
+                    continue
+                uid = map_id(proc.uid, uid_map)
+                procs.append(
+                    {
+                        "pid": inner.get(p) or p,
+                        "ppid": inner.get(proc.ppid, 0),
+                        "user": self.user_name(pid, uid),
+                        "command": proc.command,
+                        "env_access": env_access(p, proc.cmdline),
+                    }
+                )
+                counters = io_fields(p)
+                rchar += counters.get("rchar", 0)
+                wchar += counters.get("wchar", 0)
+                read_bytes += counters.get("read_bytes", 0)
+                write_bytes += counters.get("write_bytes", 0)
+                files |= workspace_files(p)
+            for conn in procfs.inet_sockets(pid).values():
+                if conn.state == "LISTEN":
+                    continue
+                entry: dict[str, Any] = {
+                    "protocol": conn.proto,
+                    "local_addr": f"{conn.local}:{conn.local_port}",
+                    "remote_addr": f"{conn.remote}:{conn.remote_port}",
+                    "state": conn.state,
+                    "suspicious": False,
+                }
+                conns.append(entry)
+        procs.sort(key=lambda p: p["pid"])
+        now = time.monotonic()
+        read_mb, write_mb = read_bytes / MB, write_bytes / MB
+        read_rate = write_rate = 0.0
+        if self.previous is not None and now > self.previous[0]:
+            span = now - self.previous[0]
+            read_rate = max(0.0, (read_mb - self.previous[1]) / span)
+            write_rate = max(0.0, (write_mb - self.previous[2]) / span)
+        self.previous = (now, read_mb, write_mb)
+        tmp = tmp_usage(pid) if pid else (0.0, 0.0, 0.0)
+        snap: dict[str, Any] = {
+            "timestamp": datetime.now().astimezone().isoformat(),
+            "container": self.name,
+        }
+        if live and instance.ipv4:
+            snap["container_ip"] = instance.ipv4
+        snap["network"] = {
+            "active_connections": len(conns),
+            "connections": conns,
+            "suspicious_count": sum(1 for c in conns if c["suspicious"]),
+        }
+        snap["processes"] = {
+            "available": bool(procs),
+            "total_count": len(procs),
+            "processes": procs,
+        }
+        snap["filesystem"] = {
+            "available": bool(pid and procs),
+            "workspace_path": "/workspace",
+            "total_read_mb": round(read_mb, 3),
+            "read_rate_mb_per_sec": round(read_rate, 3),
+            "total_write_mb": round(write_mb, 3),
+            "write_rate_mb_per_sec": round(write_rate, 3),
+            "files_accessed": len(files),
+            "tmp_used_mb": round(tmp[0], 1),
+            "tmp_total_mb": round(tmp[1], 1),
+            "tmp_used_percent": round(tmp[2], 1),
+        }
+        snap["resources"] = resources(instance, pid, rchar, wchar)
+        snap["threats"] = recent_threats(self.name)
+        snap["errors"] = errors
+        return snap
+
+    def user_name(self, init_pid: int, uid: int) -> str:
+        if self._passwd is None:
+            self._passwd = {}
+            text = read_text(f"/proc/{init_pid}/root/etc/passwd")
+            for line in text.splitlines():
+                parts = line.split(":")
+                if len(parts) > 2 and parts[2].isdigit():
+                    self._passwd.setdefault(int(parts[2]), parts[0])
+        if uid in self._passwd:
+            return self._passwd[uid]
+        return {0: "root", 1000: "code"}.get(uid, str(uid))
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def read_id_map(pid: int) -> list[tuple[int, int, int]]:
+    """/proc/PID/uid_map rows: (inside, outside, count)."""
+    rows = []
+    for line in read_text(f"/proc/{pid}/uid_map").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            rows.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    return rows
+
+
+def map_id(host_uid: int, rows: list[tuple[int, int, int]]) -> int:
+    """A host uid as the container sees it (unchanged when no row covers it)."""
+    for inside, outside, count in rows:
+        if outside <= host_uid < outside + count:
+            return inside + host_uid - outside
+    return host_uid
+
+
+def ns_pid(pid: int) -> int:
+    """The pid as the innermost pid namespace (the container) sees it."""
+    for line in read_text(f"/proc/{pid}/status").splitlines():
+        if line.startswith("NSpid:"):
+            fields = line.split()[1:]
+            return int(fields[-1]) if fields else pid
     return 0
 
 
-def print_snapshot(snap: dict[str, Any]) -> None:
-    procs = snap["processes"]
+def env_access(pid: int, cmdline: list[str]) -> bool:
+    """Whether the process reads another process's environment (/proc/*/environ) now."""
+    joined = " ".join(cmdline)
+    if "/proc/" in joined and "environ" in joined:
+        return True
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/proc/") and target.endswith("/environ"):
+            return True
+    return False
+
+
+def io_fields(pid: int) -> dict[str, int]:
+    out = {}
+    for line in read_text(f"/proc/{pid}/io").splitlines():
+        key, _, value = line.partition(":")
+        if value.strip().isdigit():
+            out[key] = int(value)
+    return out
+
+
+def workspace_files(pid: int) -> set[str]:
+    found = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target == "/workspace" or target.startswith("/workspace/"):
+            found.add(target)
+    return found
+
+
+def tmp_usage(pid: int) -> tuple[float, float, float]:
+    """(used MB, total MB, used %) of the container's /tmp."""
+    try:
+        st = os.statvfs(f"/proc/{pid}/root/tmp")
+    except OSError:
+        return (0.0, 0.0, 0.0)
+    total = st.f_blocks * st.f_frsize / MB
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize / MB
+    return (used, total, 100 * used / total if total else 0.0)
+
+
+def cgroup_dir(pid: int) -> tuple[str, str]:
+    """(v1 cpuacct path, v2 path) of the container's cgroup (init.scope stripped)."""
+    v1 = v2 = ""
+    for line in read_text(f"/proc/{pid}/cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        path = path.removesuffix("/init.scope")
+        if "cpuacct" in controllers.split(","):
+            v1 = path
+        elif controllers == "":
+            v2 = path
+    return v1, v2
+
+
+def cpu_split(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of the whole container from its cgroup."""
+    v1, v2 = cgroup_dir(pid)
+    if v1:
+        text = read_text(f"/sys/fs/cgroup/cpuacct{v1}/cpuacct.stat")
+        values = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+        if "user" in values and "system" in values:
+            return int(values["user"]) / USER_HZ, int(values["system"]) / USER_HZ
+    if v2:
+        for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+            text = read_text(f"{root}{v2}/cpu.stat")
+            values = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+            if "user_usec" in values and "system_usec" in values:
+                return int(values["user_usec"]) / 1e6, int(values["system_usec"]) / 1e6
+    return None
+
+
+def resources(instance: Any, pid: int, rchar: int, wchar: int) -> dict[str, Any]:
+    state = instance.state or {}
+    cpu_ns = int((state.get("cpu") or {}).get("usage") or 0)
+    memory = int((state.get("memory") or {}).get("usage") or 0)
+    limit = parse_size(instance.expanded_config.get("limits.memory", ""))
+    split = cpu_split(pid) if pid else None
+    user, system = split if split else (0.0, 0.0)
+    total = cpu_ns / 1e9 if cpu_ns else user + system
+    return {
+        "cpu_time_seconds": round(total, 3),
+        "user_cpu_seconds": round(user, 3),
+        "sys_cpu_seconds": round(system, 3),
+        "memory_mb": round(memory / MB, 1),
+        "memory_limit_mb": round(limit / MB, 1),
+        "io_read_mb": round(rchar / MB, 3),
+        "io_write_mb": round(wchar / MB, 3),
+    }
+
+
+def parse_size(text: str) -> int:
+    """Incus sizes ("512MiB", "2GB", "1073741824"); percentages and junk give 0."""
+    text = text.strip()
+    units = {
+        "": 1,
+        "B": 1,
+        "kB": 1000,
+        "KB": 1000,
+        "MB": 1000**2,
+        "GB": 1000**3,
+        "TB": 1000**4,
+        "KiB": 1 << 10,
+        "MiB": 1 << 20,
+        "GiB": 1 << 30,
+        "TiB": 1 << 40,
+    }
+    number = text.rstrip("BKMGTikb")
+    unit = text[len(number) :]
+    try:
+        return int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        return 0
+
+
+def recent_threats(name: str, count: int = 20) -> list[dict[str, Any]]:
+    from coi_tui.monitor.events import audit_path
+
+    try:
+        lines = audit_path(name).read_text().splitlines()[-count:]
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def format_snapshot(snap: dict[str, Any]) -> str:
+    lines = []
+    ip = snap.get("container_ip")
+    lines.append(f"Container: {snap['container']}" + (f" ({ip})" if ip else ""))
+    lines.append(f"Timestamp: {snap['timestamp'][:19]}")
+    lines.append("━" * 70)
+    lines.append("")
+    threats = snap["threats"]
+    if threats:
+        counts: dict[str, int] = {}
+        for t in threats:
+            counts[t.get("level", "info")] = counts.get(t.get("level", "info"), 0) + 1
+        order = ("critical", "high", "warning", "info")
+        summary = ", ".join(f"{counts[lv]} {lv}" for lv in order if counts.get(lv))
+        lines.append(f"⚠ THREATS DETECTED: {summary}")
+        lines.append("")
+        lines.append("RECENT THREATS")
+        for t in threats:
+            stamp = str(t.get("timestamp", ""))[11:19]
+            lines.append(f"  [{stamp}] {t.get('level', '').upper():<8}  {t.get('title', '')}")
+            lines.append(f"                      {t.get('description', '')}")
+            if t.get("action") not in (None, "", "logged"):
+                lines.append(f"                      → Action: {t['action']}")
+        lines.append("")
     net = snap["network"]
-    res = snap["resources"]
-    print(
-        f"{snap['container']}  {snap.get('container_ip') or '-'}  "
-        f"{snap['status']}  monitor: {snap['monitor']}"
-    )
-    print(
-        f"  processes: {procs['total_count']}   connections: {net['active_connections']} "
-        f"({net['suspicious_count']} to other hosts)   read {res['io_read_mb']:.1f} MB, "
-        f"written {res['io_write_mb']:.1f} MB"
-    )
-    for proc in procs["processes"][:40]:
-        print(f"    {proc['pid']:>7}  {proc['command'][:100]}")
-    for conn in net["connections"]:
-        print(
-            f"    {conn['protocol']:<5} {conn['local_addr']} -> {conn['remote_addr']} "
-            f"{conn['state']}"
+    head = f"NETWORK ({net['active_connections']} active connections"
+    if net["suspicious_count"]:
+        head += f", {net['suspicious_count']} suspicious"
+    lines.append(head + ")")
+    if net["connections"]:
+        lines.append("  Protocol  Local Address       Remote Address      State")
+        for c in net["connections"]:
+            lines.append(
+                f"  {c['protocol']:<8}  {c['local_addr']:<18}  {c['remote_addr']:<18}  {c['state']}"
+            )
+    else:
+        lines.append("  No active connections")
+    lines.append("")
+    procs = snap["processes"]
+    if procs["available"]:
+        lines.append(f"PROCESSES ({procs['total_count']} running)")
+        lines.append("  PID    User   Command                                  Flags")
+        for p in procs["processes"]:
+            command = p["command"] if len(p["command"]) <= 40 else p["command"][:37] + "..."
+            flags = "⚠ ENV SCAN" if p["env_access"] else ""
+            lines.append(f"  {p['pid']:<6} {p['user']:<6} {command:<40} {flags}".rstrip())
+    else:
+        lines.append("PROCESSES")
+        lines.append("  Not available")
+    lines.append("")
+    fs = snap["filesystem"]
+    lines.append("FILESYSTEM")
+    if fs["available"]:
+        lines.append(
+            f"  Workspace Reads:  {fs['total_read_mb']:.2f} MB "
+            f"({fs['read_rate_mb_per_sec']:.2f} MB/sec)"
         )
-    for threat in snap["threats"][-10:]:
-        print(f"  ! {_line(threat)}")
-    for error in snap["errors"]:
-        print(f"  warning: {error}")
+        lines.append(
+            f"  Writes:           {fs['total_write_mb']:.2f} MB "
+            f"({fs['write_rate_mb_per_sec']:.2f} MB/sec)"
+        )
+        if fs["files_accessed"]:
+            lines.append(f"  Files Accessed:   {fs['files_accessed']}")
+        if fs["tmp_total_mb"]:
+            lines.append(
+                f"  /tmp:             {fs['tmp_used_mb']:.0f} MB / {fs['tmp_total_mb']:.0f} MB "
+                f"({fs['tmp_used_percent']:.1f}%)"
+            )
+    else:
+        lines.append("  Not available")
+    lines.append("")
+    res = snap["resources"]
+    lines.append("RESOURCES")
+    lines.append(
+        f"  CPU:     {res['cpu_time_seconds']:.1f}s total ({res['user_cpu_seconds']:.1f}s user, "
+        f"{res['sys_cpu_seconds']:.1f}s system)"
+    )
+    if res["memory_limit_mb"]:
+        percent = 100 * res["memory_mb"] / res["memory_limit_mb"]
+        lines.append(
+            f"  Memory:  {res['memory_mb']:.0f} MB / {res['memory_limit_mb']:.0f} MB "
+            f"({percent:.1f}%)"
+        )
+    else:
+        lines.append(f"  Memory:  {res['memory_mb']:.0f} MB")
+    lines.append(f"  I/O:     {res['io_read_mb']:.0f} MB read, {res['io_write_mb']:.0f} MB write")
+    if snap["errors"]:
+        lines.append("")
+        lines.append("ERRORS")
+        lines += [f"  - {e}" for e in snap["errors"]]
+    return "\n".join(lines) + "\n"
 
 
-def _line(record: dict[str, Any]) -> str:
+# ---------------------------------------------------------------------- audit
+def _audit_line(record: dict[str, Any]) -> str:
     return (
-        f"{record.get('timestamp', '')[:23]} {record.get('level', '').upper():<8} "
+        f"{str(record.get('timestamp', ''))[:23]} {str(record.get('level', '')).upper():<8} "
         f"{record.get('container', '')} {record.get('rule_id', '')} "
         f"[{record.get('action', '')}] {record.get('title', '')}: "
         f"{record.get('description', '')}"
@@ -116,63 +627,72 @@ def _line(record: dict[str, Any]) -> str:
 
 def cmd_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.errors import CoiError
-    from coi_tui.monitor.events import audit_dir
+    from coi_tui.monitor.events import audit_path
 
-    folder = audit_dir()
-    if args.name:
-        files = [folder / f"{args.name}.jsonl"]
-        if not files[0].exists() and not args.follow:
-            raise CoiError(f"no audit log for '{args.name}' ({files[0]})")
+    text = args.format == "text" and not args.json
+    if args.file:
+        path = Path(args.file).expanduser()
+        if not path.is_file():
+            raise CoiError(f"audit file '{path}' not found")
     else:
-        files = sorted(folder.glob("*.jsonl"))
-    offsets: dict[Path, int] = {}
+        try:
+            _, manager = _context()
+            name = resolve(manager, args.name, args.workspace)
+        except CoiError:
+            # A deleted container's log is still worth reading.
+            if args.name and audit_path(args.name).is_file():
+                name = args.name
+            else:
+                raise
+        path = audit_path(name)
+    offset = 0
 
-    def show(path: Path) -> None:
+    def show() -> None:
+        nonlocal offset
         try:
             with open(path, "rb") as f:
-                f.seek(offsets.get(path, 0))
+                f.seek(offset)
                 data = f.read()
         except FileNotFoundError:
             return
         complete = data[: data.rfind(b"\n") + 1]
-        offsets[path] = offsets.get(path, 0) + len(complete)
+        offset += len(complete)
         for raw in complete.splitlines():
             try:
                 record = json.loads(raw)
             except ValueError:
                 continue
-            print(json.dumps(record) if args.json else _line(record), flush=True)
+            print(_audit_line(record) if text else json.dumps(record), flush=True)
 
-    for path in files:
-        show(path)
+    show()
     if not args.follow:
         return 0
     try:
         while True:
             time.sleep(0.25)  # a CLI tail; the dashboard uses the monitor socket instead
-            if not args.name:
-                files = sorted(folder.glob("*.jsonl"))
-            for path in files:
-                show(path)
+            show()
     except KeyboardInterrupt:
         return 0
 
 
+# ---------------------------------------------------------------------- unfreeze
 def cmd_unfreeze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.errors import CoiError
 
-    incus, settings = _incus_and_settings()
+    incus, manager = _context()
     if args.name:
-        instance = incus.get_instance(args.name)
-        if not instance.frozen:
-            raise CoiError(f"'{args.name}' is {instance.status.lower()}, not frozen")
-        names = [args.name]
+        name = resolve(manager, args.name, ".")
+        status = incus.status(name)
+        if status != "Frozen":
+            raise CoiError(f"container {name} is not frozen (status: {status})")
+        names = [name]
     else:
-        names = [i.name for i in incus.list_instances(settings.container_prefix) if i.frozen]
+        names = [i.name for i in manager.coi_instances() if i.frozen]
         if not names:
-            print("no frozen coi container")
+            err("No frozen COI containers found")
             return 0
     for name in names:
+        err(f"Resuming {name}...")
         incus.unfreeze(name)
-        print(f"unfrozen {name}")
+    err(f"Resumed {len(names)} container(s)")
     return 0
