@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,9 +112,25 @@ def toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict) and not value:
+        return "{}"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
     return json.dumps(str(value), ensure_ascii=False)
+
+
+def toml_key(name: str) -> str:
+    return name if re.match(r"^[A-Za-z0-9_-]+$", name) else json.dumps(name, ensure_ascii=False)
+
+
+NOT_ENFORCED = "accepted, not yet enforced"
+
+
+def not_enforced() -> set[str]:
+    """Key paths coi accepts and validates (a COI config stays loadable) but does not act on."""
+    from coi_tui.config.schema import KEYS
+
+    return {key.path for key in KEYS if not key.enforced}
 
 
 def effective_tree(settings: Settings) -> dict[str, Any]:
@@ -124,7 +141,7 @@ def effective_tree(settings: Settings) -> dict[str, Any]:
         tree["forward_env"] = list(settings.forward_env)
     for key in KEYS:
         node = tree
-        for part in key.section.split("."):
+        for part in key.section.split(".") if key.section else []:
             node = node.setdefault(part, {})
         node[key.name] = settings.value(key.path)
     if settings.environment:
@@ -134,14 +151,35 @@ def effective_tree(settings: Settings) -> dict[str, Any]:
     return tree
 
 
-def render_lines(values: list[tuple[str, Any, str]], sources: bool, header: list[str]) -> list[str]:
-    """values: (dotted path, value, source). Root keys first, then one table per section."""
+def render_lines(
+    values: list[tuple[str, Any, str]],
+    sources: bool,
+    header: list[str],
+    notes: dict[str, str] | None = None,
+) -> list[str]:
+    """values: (dotted path, value, source). Root keys first, then one table per section (in
+    order of first appearance: TOML allows a table header once), then [[mounts]]. `notes`:
+    path -> a remark appended as a comment (e.g. "accepted, not yet enforced")."""
+    notes = notes or {}
     out = list(header)
     width = max((len(f"{p.rpartition('.')[2]} = {toml_value(v)}") for p, v, _ in values), default=0)
+    first: dict[str, int] = {}
+    for path, _value, _source in values:
+        first.setdefault(path.rpartition(".")[0], len(first))
 
-    def line(name: str, value: Any, source: str) -> str:
+    def rank(item: tuple[str, Any, str]) -> tuple[int, int]:
+        path = item[0]
+        if path.startswith("mounts["):
+            return (2, 0)
+        table = path.rpartition(".")[0]
+        return (0, 0) if not table else (1, first[table])
+
+    values = sorted(values, key=rank)
+
+    def line(name: str, value: Any, source: str, path: str = "") -> str:
         text = f"{name} = {toml_value(value)}"
-        return f"{text.ljust(min(width, 60))}  # {source}" if sources else text
+        comment = "; ".join(part for part in (source if sources else "", notes.get(path)) if part)
+        return f"{text.ljust(min(width, 60))}  # {comment}" if comment else text
 
     section = None
     for path, value, source in values:
@@ -156,7 +194,7 @@ def render_lines(values: list[tuple[str, Any, str]], sources: bool, header: list
             if table:
                 out += ["", f"[{table}]"]
             section = table
-        out.append(line(name, value, source))
+        out.append(line(toml_key(name), value, source, path))
     return out
 
 
@@ -201,6 +239,7 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                     "config": effective_tree(settings),
                     "sources": sources,
                     "container_prefix": settings.container_prefix,
+                    "not_enforced": sorted(not_enforced()),
                 }
             )
             return 0
@@ -209,7 +248,11 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             header.append(f"# profile: {' <- '.join(settings.profile_chain)}")
         if settings.profile_context:
             header.append(f"# profile context: {settings.profile_context}")
-        print("\n".join(render_lines(config_values(settings), args.sources, header)))
+        header.append(
+            f"# keys marked '{NOT_ENFORCED}' are read and checked; coi does not act on them yet"
+        )
+        notes = dict.fromkeys(not_enforced(), NOT_ENFORCED)
+        print("\n".join(render_lines(config_values(settings), args.sources, header, notes)))
         return 0
     if args.action == "paths":
         from coi_tui.config.profiles import ProfileSet

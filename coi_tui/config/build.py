@@ -86,7 +86,8 @@ def build_profile_image(
             name,
             alias,
             {RECIPE_PROPERTY: recipe, "description": f"coi profile {profile}"},
-            compression="none",  # a local image: importing beats compressing (see build.py)
+            # [container.build] compression; unset: none (a local image imports faster)
+            compression=settings.build_compression or "none",
         )
         if old and old != fingerprint:
             with suppress(IncusError):

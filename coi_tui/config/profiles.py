@@ -17,27 +17,117 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coi_tui.config.schema import ENVIRONMENT
+from coi_tui.config.schema import BY_PATH, ENVIRONMENT, KEYS, Key
 from coi_tui.config.settings import FileParser, Layer, home_dir
 from coi_tui.errors import CoiError, UsageError
 
 MAX_DEPTH = 10
 BUILTIN = "default"  # the fully merged global config; may be inherited, never edited
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-STARTER = """\
-# coi profile "{name}". Any section of config.toml may appear here; see 'coi config show'.
-{inherits}
-# context = "CONTEXT.md"        # appended to ~/SANDBOX_CONTEXT.md for the agent
 
-[container]
-{image}# persistent = false
 
-# [environment]
-# MY_VAR = "value"
+# Commented examples for the keys whose value is a table or a list of tables.
+EXAMPLES: dict[str, list[str]] = {
+    "sockets": [
+        "[[sockets]]                     # a host unix socket proxied into the container",
+        'host = "/run/user/1000/bus"',
+        'container = "/run/coi/bus"',
+        'env = "DBUS_SESSION_BUS_ADDRESS" # optional: set to the container path',
+    ],
+    "credentials": [
+        '[[credentials]]                 # bundle = "ollama", or a file pushed in:',
+        'host = "~/.config/tool/token"',
+        'container = "/home/code/.config/tool/token"',
+        'mode = "0600"',
+    ],
+    "prompts": [
+        "[prompts]                       # for coi run --prompt-name NAME",
+        'review = "Review the last commit"',
+        'plan = { file = "plan.md" }     # read relative to this file',
+    ],
+    "defaults.env_commands": [
+        "[env_commands]                  # VAR = host command whose output becomes the value",
+        'GH_TOKEN = "gh auth token"',
+    ],
+    "network.hosts": [
+        "[[network.hosts]]               # extra /etc/hosts entries (IPv4)",
+        'ip = "10.0.0.5"',
+        'hostnames = ["db.internal"]',
+        "ports = [5432]",
+    ],
+    "ports.map": [
+        "[[ports.map]]                   # publish a container port on the host",
+        'name = "web"',
+        "container = 3000",
+        "host = 0                        # 0: pick a free port",
+        'listen = "127.0.0.1"',
+    ],
+}
 
-# [limits.memory]
-# limit = "2GiB"
-"""
+
+def key_comment(key: Key) -> str:
+    notes = []
+    if [c for c in key.choices if c]:
+        notes.append(" | ".join(c or '""' for c in key.choices))
+    if key.minimum is not None and key.maximum is not None:
+        notes.append(f"{key.minimum:g}-{key.maximum:g}")
+    elif key.minimum is not None:
+        notes.append(f">= {key.minimum:g}")
+    if not key.enforced:
+        notes.append("accepted, not yet enforced")
+    return "; ".join(notes)
+
+
+def documented_starter(name: str, inherits: str = "", image: str = "") -> str:
+    """Every key of the schema at its default, commented out, one table per section; inherits
+    and image (from `coi profile create --inherits/--image`) are set."""
+    from coi_tui.cli.config_cmds import toml_value
+
+    out = [
+        f'# coi profile "{name}". Every setting is listed at its default, commented out:',
+        "# uncomment what this profile should change. A profile accepts every section of",
+        "# config.toml; paths (build script, context, prompt files) are relative to this folder.",
+        '# Keys marked "accepted, not yet enforced" are read and checked, but coi does not act',
+        "# on them yet. 'coi profile show NAME' prints the result, 'coi config show' the rest.",
+        "",
+    ]
+    if inherits:
+        out.append(f'inherits = "{inherits}"')
+    elif name != BUILTIN:
+        out.append('# inherits = "default"          # parent profile; "default" = global config')
+    out += [
+        '# context = "CONTEXT.md"        # appended to ~/SANDBOX_CONTEXT.md for the agent',
+        '# forward_env = ["GITHUB_TOKEN"] # host variables copied into the session',
+        "",
+        "# [environment]",
+        '# MY_VAR = "value"',
+        "",
+        "# [[mounts]]",
+        '# host = "~/.cache/pip"',
+        '# container = "/home/code/.cache/pip"',
+        "# readonly = false",
+    ]
+    first: dict[str, int] = {}
+    for key in KEYS:
+        first.setdefault(key.section, len(first))
+    section = None
+    for key in sorted(KEYS, key=lambda k: first[k.section]):  # a table is declared once
+        if key.path == "defaults.profile":  # a profile cannot select a profile
+            continue
+        if key.path in EXAMPLES:
+            out += ["", *(f"# {line}" for line in EXAMPLES[key.path])]
+            section = None
+            continue
+        if key.section != section:
+            section = key.section
+            out += ["", f"[{section}]"]
+        default = toml_value(key.default)
+        comment = key_comment(key)
+        text = f"# {key.name} = {default}"
+        if key.path == "container.image" and image:
+            text = f"{key.name} = {toml_value(image)}"
+        out.append(f"{text:<32} # {comment}" if comment else text)
+    return "\n".join(out) + "\n"
 
 
 def check_name(name: str) -> str:
@@ -102,7 +192,10 @@ def inherit(parent: Layer, child: Layer, name: str) -> Layer:
     for path, value in child.values.items():
         if path == "inherits":
             continue
-        if path == ENVIRONMENT:
+        if path in BY_PATH and BY_PATH[path].merge == "map":  # env_commands, prompts
+            table = {**out.values.get(path, {}), **value}
+            out.values[path] = {k: v for k, v in table.items() if v != ""}
+        elif path == ENVIRONMENT:
             merged = dict(out.values.get(ENVIRONMENT, {}))
             for key, text in value.items():
                 if text == "":
@@ -162,9 +255,9 @@ class ProfileSet:
                 "'coi profile list' shows the available ones"
             )
         if len(places) > 1:
-            where = " and ".join(str(p.directory) for p in places)
+            where = ", ".join(str(p.directory) for p in places)
             raise CoiError(
-                f'profile "{name}" is defined in multiple locations: {where}; rename one'
+                f'profile "{name}" defined in multiple locations: {where}. Rename one of them'
             )
         return places[0]
 
@@ -214,17 +307,13 @@ class ProfileSet:
         image: str = "",
     ) -> Path:
         check_name(name)
-        if name == BUILTIN:
-            raise CoiError(f'"{BUILTIN}" is the built-in profile; choose another name')
         if name in self.found:
             raise CoiError(f'profile "{name}" already exists at {self.found[name][0].directory}')
         directory = self.create_dir(scope, cwd, env) / name
         directory.mkdir(parents=True, exist_ok=False)
-        text = STARTER.format(
-            name=name,
-            inherits=f'inherits = "{inherits}"' if inherits else '# inherits = "parent"',
-            image=f'image = "{image}"\n' if image else '# image = "coi-default"\n',
-        )
+        # The documented starter (every key). `coi profile create default` writes it too: a
+        # disk profile named "default" then replaces the built-in one.
+        text = documented_starter(name, inherits, image)
         (directory / "config.toml").write_text(text, encoding="utf-8")
         return directory
 

@@ -18,7 +18,25 @@ DEFAULT_ALLOWED_DOMAINS = (
     "api.anthropic.com",
     "platform.claude.com",
 )
-DEFAULT_PROTECTED_PATHS = (".git/hooks", ".git/config", ".husky", ".vscode")
+DEFAULT_PROTECTED_PATHS = (
+    ".git/hooks",
+    ".git/config",
+    ".git/config.worktree",
+    ".git/info/attributes",
+    ".husky",
+    ".vscode",
+    ".coi",
+    ".claude/settings.json",
+    ".claude/settings.local.json",
+)
+PERMISSION_MODES = ("bypass", "interactive")
+GTFOBINS_SOURCE = "https://github.com/GTFOBins/GTFOBins.github.io.git"
+SIGMA_SOURCE = "https://github.com/SigmaHQ/sigma.git"
+MONITOR_ACTIONS = ("log", "alert", "pause", "kill")
+# COI's port list without 8080 (a common dev-server port: a kill there would hit builds),
+# plus 1337 and 9001
+MONITOR_C2_PORTS = (4444, 5555, 1234, 1337, 31337, 12345, 6666, 6667, 6697, 9001)
+MONITOR_METADATA_ADDRESSES = ("169.254.169.254", "169.254.170.2", "100.100.100.200")
 
 
 class Invalid(ValueError):
@@ -34,6 +52,10 @@ class Key:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    # False: the key is accepted and validated (a COI config stays loadable) and shown by
+    # `coi config show`, but coi does not act on it yet.
+    enforced: bool = True
+    merge: str = "replace"  # between config files: replace | append | by_name | map
 
     @property
     def section(self) -> str:
@@ -135,6 +157,24 @@ def check_list(key: Key, value: Any) -> list[str]:
     return list(value)
 
 
+def check_int_list(key: Key, value: Any) -> list[int]:
+    if isinstance(value, str):  # environment variables: comma separated
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list):
+        raise Invalid(f"expected a list of whole numbers, got {describe(value)}")
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise Invalid(f"expected a list of whole numbers, got {describe(value)}")
+        try:
+            number = int(item)
+        except ValueError:
+            raise Invalid(f"expected a list of whole numbers, got {describe(value)}") from None
+        check_range(key, number)
+        out.append(number)
+    return out
+
+
 def check_env_names(key: Key, value: Any) -> list[str]:
     names = check_list(key, value)
     for name in names:
@@ -198,6 +238,215 @@ def parse_duration(text: str) -> int:
     return hours * 3600 + minutes * 60 + seconds
 
 
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # session_name, prompt and port names
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+MODE_RE = re.compile(r"^0?[0-7]{3}$")
+
+
+def check_permission_mode(key: Key, value: Any) -> str:
+    """bypass | interactive; "" means bypass, as in the reference."""
+    text = check_str(key, value).strip()
+    return check_enum(key, text or "bypass")
+
+
+def check_cpu_count(key: Key, value: Any) -> str:
+    """[limits.cpu] count: a count ("2" or 2) or a CPU set ("0-3", "0,1,3")."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise Invalid(f'expected a CPU count (2 or "2") or set ("0-3"), got {describe(value)}')
+    return pattern_check(CPUSET_RE, 'a CPU count ("2") or set ("0-3", "0,1,3")')(key, value)
+
+
+def check_domains(key: Key, value: Any) -> list[str]:
+    domains = check_list(key, value)
+    for domain in domains:
+        if "*" in domain:
+            raise Invalid(f"wildcards are not supported (list each domain), got {describe(domain)}")
+        if not domain.strip():
+            raise Invalid("empty domain")
+    return domains
+
+
+def ipv4(text: Any) -> bool:
+    import ipaddress
+
+    try:
+        return isinstance(text, str) and bool(ipaddress.IPv4Address(text.strip()))
+    except ValueError:
+        return False
+
+
+def check_ipv4_list(key: Key, value: Any) -> list[str]:
+    items = check_list(key, value)
+    for item in items:
+        if not ipv4(item):
+            raise Invalid(f"expected IPv4 addresses, got {describe(item)}")
+    return [item.strip() for item in items]
+
+
+def check_name(key: Key, value: Any) -> str:
+    text = check_str(key, value).strip()
+    if text and not NAME_RE.match(text):
+        raise Invalid(
+            f'expected letters, digits, ".", "_" and "-", starting with a letter or digit, got '
+            f"{describe(value)}"
+        )
+    return text
+
+
+def table_entries(key: Key, value: Any, fields: dict[str, str]) -> list[dict[str, Any]]:
+    """[[key]] tables: a list of tables whose fields are all known. `fields`: name -> kind
+    (str, int, bool, port, ports, hostnames)."""
+    import difflib
+
+    header = f"[[{key.path}]]"
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise Invalid(f"expected {header} tables, got {describe(value)}")
+    out = []
+    for number, entry in enumerate(value, 1):
+        here = f"{header} #{number}"
+        for name, item in entry.items():
+            if name not in fields:
+                close = difflib.get_close_matches(name, list(fields), n=1)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                raise Invalid(f'{here}: unknown field "{name}"{hint}')
+            kind = fields[name]
+            bad = (
+                (kind == "str" and not isinstance(item, str))
+                or (kind == "bool" and not isinstance(item, bool))
+                or (
+                    kind in ("int", "port")
+                    and (isinstance(item, bool) or not isinstance(item, int))
+                )
+                or (
+                    kind in ("ports", "hostnames")
+                    and not isinstance(item, list)
+                )
+            )
+            if bad:
+                raise Invalid(f"{here}: {name}: wrong type, got {describe(item)}")
+            if kind == "port" and not 0 <= item <= 65535:
+                raise Invalid(f"{here}: {name}: must be 0-65535, got {item}")
+            if kind == "ports":
+                for port in item:
+                    if isinstance(port, bool) or not isinstance(port, int) or port < 1:
+                        raise Invalid(f"{here}: {name}: ports must be 1-65535, got {port!r}")
+                    if port > 65535:
+                        raise Invalid(f"{here}: {name}: ports must be 1-65535, got {port}")
+            if kind == "hostnames":
+                for host in item:
+                    if not isinstance(host, str) or not HOSTNAME_RE.match(host):
+                        raise Invalid(f"{here}: {name}: not a valid hostname: {describe(host)}")
+        out.append(dict(entry))
+    return out
+
+
+def need(entry: dict[str, Any], here: str, *names: str) -> None:
+    for name in names:
+        if not entry.get(name):
+            raise Invalid(f"{here}: {name} is required")
+
+
+def absolute(entry: dict[str, Any], here: str, name: str = "container") -> None:
+    if not str(entry.get(name, "")).startswith("/"):
+        raise Invalid(f'{here}: {name} must be an absolute path, got {describe(entry.get(name))}')
+
+
+def check_sockets(key: Key, value: Any) -> list[dict[str, Any]]:
+    entries = table_entries(key, value, {"host": "str", "container": "str", "env": "str"})
+    for number, entry in enumerate(entries, 1):
+        here = f"[[{key.path}]] #{number}"
+        need(entry, here, "host", "container")
+        absolute(entry, here)
+        if entry.get("env") and not ENV_NAME_RE.match(entry["env"]):
+            bad_env = describe(entry["env"])
+            raise Invalid(f"{here}: env: not an environment variable name: {bad_env}")
+    return entries
+
+
+def check_credentials(key: Key, value: Any) -> list[dict[str, Any]]:
+    fields = {"bundle": "str", "host": "str", "container": "str", "mode": "str"}
+    entries = table_entries(key, value, fields)
+    for number, entry in enumerate(entries, 1):
+        here = f"[[{key.path}]] #{number}"
+        if entry.get("bundle"):
+            if entry.get("host") or entry.get("container"):
+                raise Invalid(f"{here}: give either bundle or host and container, not both")
+        else:
+            need(entry, here, "host", "container")
+            absolute(entry, here)
+        mode = entry.setdefault("mode", "0600")
+        if not MODE_RE.match(mode):
+            raise Invalid(f'{here}: mode: expected an octal mode like "0600", got {describe(mode)}')
+    return entries
+
+
+def check_port_maps(key: Key, value: Any) -> list[dict[str, Any]]:
+    fields = {"name": "str", "container": "port", "host": "port", "listen": "str"}
+    entries = table_entries(key, value, fields)
+    seen: set[str] = set()
+    for number, entry in enumerate(entries, 1):
+        here = f"[[{key.path}]] #{number}"
+        need(entry, here, "name", "container")
+        if not NAME_RE.match(entry["name"]):
+            bad = entry["name"]
+            raise Invalid(f"{here}: name: use letters, digits, '.', '_' and '-', got {bad!r}")
+        if entry["name"] in seen:
+            raise Invalid(f"{here}: name {entry['name']!r} is used twice")
+        seen.add(entry["name"])
+        entry.setdefault("host", 0)
+        listen = entry.setdefault("listen", "127.0.0.1")
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(listen)
+        except ValueError:
+            raise Invalid(f"{here}: listen: expected an IP address, got {listen!r}") from None
+    return entries
+
+
+def check_hosts(key: Key, value: Any) -> list[dict[str, Any]]:
+    entries = table_entries(key, value, {"ip": "str", "hostnames": "hostnames", "ports": "ports"})
+    for number, entry in enumerate(entries, 1):
+        here = f"[[{key.path}]] #{number}"
+        if not ipv4(entry.get("ip")):
+            raise Invalid(f"{here}: ip: expected an IPv4 address, got {describe(entry.get('ip'))}")
+        if not entry.get("hostnames"):
+            raise Invalid(f"{here}: hostnames: at least one hostname is required")
+    return entries
+
+
+def check_prompts(key: Key, value: Any) -> dict[str, Any]:
+    """name = "text" | { file = "path" } (the file is read by the loader, relative to the
+    config file)."""
+    if not isinstance(value, dict):
+        raise Invalid('expected a table of NAME = "text" or NAME = { file = "path" }')
+    for name, item in value.items():
+        if not NAME_RE.match(name):
+            raise Invalid(f"prompt name {describe(name)}: use letters, digits, '.', '_' and '-'")
+        if isinstance(item, dict):
+            if set(item) != {"file"} or not isinstance(item["file"], str) or not item["file"]:
+                raise Invalid(f'{name}: expected {{ file = "path" }}, got {describe(item)}')
+        elif not isinstance(item, str):
+            raise Invalid(f'{name}: expected "text" or {{ file = "path" }}, got {describe(item)}')
+    return dict(value)
+
+
+def check_env_map(key: Key, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise Invalid(f'expected a table of NAME = "command", got {describe(value)}')
+    for name, item in value.items():
+        if not ENV_NAME_RE.match(name):
+            raise Invalid(f"{describe(name)} is not a valid environment variable name")
+        if not isinstance(item, str):
+            raise Invalid(f'{name}: expected a "command" string, got {describe(item)}')
+    return dict(value)
+
+
 CHECKS: dict[str, Callable[[Key, Any], Any]] = {
     "bool": check_bool,
     "int": check_int,
@@ -206,6 +455,7 @@ CHECKS: dict[str, Callable[[Key, Any], Any]] = {
     "enum": check_enum,
     "tool": check_tool,
     "list": check_list,
+    "int_list": check_int_list,
     "env_names": check_env_names,
     "memory": check_memory,
     "swap": check_swap,
@@ -214,45 +464,156 @@ CHECKS: dict[str, Callable[[Key, Any], Any]] = {
     "duration": check_duration,
     "cpuset": pattern_check(CPUSET_RE, 'a CPU count ("2") or set ("0-3", "0,1,3")'),
     "allowance": pattern_check(ALLOWANCE_RE, 'a share like "50%" or "25ms/100ms"'),
+    "permission_mode": check_permission_mode,
+    "cpu_count": check_cpu_count,
+    "domains": check_domains,
+    "ipv4_list": check_ipv4_list,
+    "name": check_name,
+    "sockets": check_sockets,
+    "credentials": check_credentials,
+    "port_maps": check_port_maps,
+    "hosts": check_hosts,
+    "prompts": check_prompts,
+    "env_map": check_env_map,
 }
 
+# The Python types a config *file* may use for each kind (environment variables and flags are
+# text and go through the lenient CHECKS above). Bool must be bool, numbers numbers; a few keys
+# also take what a user would naturally write (count = 2, swap = false).
+FILE_TYPES: dict[str, tuple[type, ...]] = {
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "list": (list,),
+    "int_list": (list,),
+    "env_names": (list,),
+    "domains": (list,),
+    "ipv4_list": (list,),
+    "swap": (str, bool),
+    "cpu_count": (str, int),
+    "sockets": (list,),
+    "credentials": (list,),
+    "port_maps": (list,),
+    "hosts": (list,),
+    "prompts": (dict,),
+    "env_map": (dict,),
+}  # every other kind: str
+STRUCTURED = ("sockets", "credentials", "port_maps", "hosts", "prompts", "env_map")
 
-def K(path: str, attr: str, kind: str, default: Any, *choices: str, **limits: float) -> Key:
-    return Key(path, attr, kind, default, tuple(choices), limits.get("min"), limits.get("max"))
+
+def K(path: str, attr: str, kind: str, default: Any, *choices: str, **limits: Any) -> Key:
+    merge = limits.pop("merge", "replace")
+    return Key(
+        path,
+        attr,
+        kind,
+        default,
+        tuple(choices),
+        limits.get("min"),
+        limits.get("max"),
+        merge=merge,
+    )
+
+
+def N(path: str, attr: str, kind: str, default: Any, *choices: str, **limits: Any) -> Key:
+    """A reference key that is accepted and validated but not acted on yet."""
+    merge = limits.pop("merge", "replace")
+    return Key(
+        path,
+        attr,
+        kind,
+        default,
+        tuple(choices),
+        limits.get("min"),
+        limits.get("max"),
+        enforced=False,
+        merge=merge,
+    )
 
 
 # Order is the order of `coi config show`.
 KEYS: tuple[Key, ...] = (
     K("defaults.profile", "profile", "str", ""),
+    N("defaults.env_command_timeout", "env_command_timeout", "duration", "30s"),
+    N("defaults.env_commands", "env_commands", "env_map", {}, merge="map"),
     K("container.image", "image", "str", DEFAULT_IMAGE),
     K("container.persistent", "persistent", "bool", False),
     K("container.storage_pool", "storage_pool", "str", ""),
     K("container.docker", "docker", "bool", True),
     K("container.shutdown_timeout", "shutdown_timeout", "int", 60, min=0, max=3600),
     K("container.ready_timeout", "ready_timeout", "int", 30, min=1, max=3600),
+    N("container.alias", "alias", "str", ""),
+    N("container.session_name", "session_name", "name", ""),
+    N("container.stale_base_check", "stale_base_check", "enum", "warn", "warn", "error", "off"),
     K("container.build.base", "build_base", "str", DEFAULT_IMAGE),
     K("container.build.script", "build_script", "str", ""),
     K("container.build.commands", "build_commands", "list", []),
+    K("container.build.compression", "build_compression", "enum", "", "", "none", "gzip", "xz"),
+    N("container.build.agents", "build_agents", "list", ["claude", "opencode", "pi"]),
+    N("container.build.cloud_init", "build_cloud_init", "bool", False),
     K("tool.name", "tool", "tool", "claude"),
-    K("tool.permission_mode", "permission_mode", "enum", "bypass", "bypass", "interactive"),
+    K("tool.permission_mode", "permission_mode", "permission_mode", "bypass", *PERMISSION_MODES),
     K("tool.auto_context", "auto_context", "bool", True),
     K("tool.binary", "tool_binary", "str", ""),
+    N("tool.pre_launch", "pre_launch", "list", []),
+    N("tool.context_file", "context_file", "str", ""),
+    K("tool.context_json", "context_json", "bool", True),
+    N("tool.context_json_file", "context_json_file", "str", ""),
     K("tool.claude.model", "claude_model", "str", ""),
+    K(
+        "tool.claude.effort_level",
+        "claude_effort_level",
+        "enum",
+        "",
+        *("", "low", "medium", "high", "xhigh", "max", "auto"),
+    ),
+    N("tool.codex.model", "codex_model", "str", ""),
+    N(
+        "tool.codex.reasoning_effort",
+        "codex_reasoning_effort",
+        "enum",
+        "",
+        *("", "minimal", "low", "medium", "high"),
+    ),
+    N("shell.use_tmux", "use_tmux", "bool", True),
+    N("paths.sessions_dir", "sessions_dir", "str", "~/.coi/sessions"),
+    N("paths.storage_dir", "storage_dir", "str", "~/.coi/storage"),
+    N("paths.logs_dir", "logs_dir", "str", "~/.coi/logs"),
+    N("paths.preserve_workspace_path", "preserve_workspace_path", "bool", False),
     K("incus.project", "project", "str", "default"),
+    N("incus.group", "incus_group", "str", "incus-admin"),
     K("incus.code_uid", "code_uid", "int", 1000, min=1, max=65535),
     K("incus.code_user", "code_user", "str", "code"),
+    N("incus.disable_shift", "disable_shift", "bool", False),
     K("network.mode", "network_mode", "enum", "restricted", "restricted", "open", "allowlist"),
     K("network.bridge", "bridge", "str", DEFAULT_BRIDGE),
-    K("network.allowed_domains", "allowed_domains", "list", list(DEFAULT_ALLOWED_DOMAINS)),
+    K("network.allowed_domains", "allowed_domains", "domains", list(DEFAULT_ALLOWED_DOMAINS)),
     K("network.allow_local_network_access", "allow_local_network_access", "bool", False),
     K("network.block_private_networks", "block_private_networks", "bool", True),
     K("network.block_metadata_endpoint", "block_metadata_endpoint", "bool", True),
-    K("network.refresh_interval_minutes", "refresh_interval_minutes", "int", 30, min=1),
+    K("network.refresh_interval_minutes", "refresh_interval_minutes", "int", 30, min=0),
+    N("network.use_sudo", "use_sudo", "bool", True),
+    N("network.dns_servers", "dns_servers", "ipv4_list", []),
+    N("network.allowed_ports", "allowed_ports", "int_list", [], min=1, max=65535),
+    N("network.hosts", "network_hosts", "hosts", []),
     K("network.logging.enabled", "network_logging_enabled", "bool", True),
     K("network.logging.path", "network_logging_path", "str", "~/.coi/logs/network.log"),
     K("security.protected_paths", "protected_paths", "list", list(DEFAULT_PROTECTED_PATHS)),
     K("security.additional_protected_paths", "additional_protected_paths", "list", []),
     K("security.disable_protection", "disable_protection", "bool", False),
+    K("security.writable_paths", "writable_paths", "list", [], merge="union"),
+    N("security.secret_paths", "secret_paths", "list", [], merge="union"),
+    N("security.host_immutable", "host_immutable", "bool", True),
+    N("security.reduce_kernel_surface", "reduce_kernel_surface", "bool", False),
+    N("security.reduce_kernel_surface_strict", "reduce_kernel_surface_strict", "bool", False),
+    K("git.writable_hooks", "git_writable_hooks", "bool", False),
+    N("git.name", "git_name", "str", ""),
+    N("git.email", "git_email", "str", ""),
+    N("git.seed_host_identity", "git_seed_host_identity", "bool", True),
+    N("git.readonly", "git_readonly", "bool", False),
+    N("git.strip_attribution", "git_strip_attribution", "bool", True),
+    N("git.strip_attribution_patterns", "git_strip_attribution_patterns", "list", []),
+    N("git.protected_branches", "git_protected_branches", "list", ["main", "master"]),
     K("monitoring.enabled", "monitoring_enabled", "bool", False),
     K("monitoring.auto_pause_on_high", "monitoring_auto_pause_on_high", "bool", True),
     K("monitoring.auto_kill_on_critical", "monitoring_auto_kill_on_critical", "bool", True),
@@ -289,7 +650,63 @@ KEYS: tuple[Key, ...] = (
         "off",
     ),
     K("monitoring.forensics_on_kill", "monitoring_forensics_on_kill", "bool", False),
-    K("limits.cpu.count", "limit_cpu_count", "cpuset", ""),
+    # the monitor daemon's own knobs (ARCHITECTURE.md "Threat monitor"); these replaced the
+    # [monitoring] table of ~/.coi/monitor.toml, still read as a deprecated fallback
+    *(
+        K(
+            f"monitoring.actions.{level}",
+            f"monitoring_actions_{level}",
+            "enum",
+            action,
+            *MONITOR_ACTIONS,
+        )
+        for level, action in (
+            ("info", "log"),
+            ("warning", "alert"),
+            ("high", "pause"),
+            ("critical", "kill"),
+        )
+    ),
+    K("monitoring.dedup_window_sec", "monitoring_dedup_window_sec", "float", 30.0, min=0),
+    K(
+        "monitoring.scan_interval_sec",
+        "monitoring_scan_interval_sec",
+        "float",
+        1.0,
+        min=0.2,
+        max=60,
+    ),
+    K("monitoring.idle_exit_sec", "monitoring_idle_exit_sec", "float", 120.0, min=5),
+    K("monitoring.nflog_group", "monitoring_nflog_group", "int", 0, min=0, max=65535),
+    K(
+        "monitoring.c2_ports",
+        "monitoring_c2_ports",
+        "int_list",
+        list(MONITOR_C2_PORTS),
+        min=1,
+        max=65535,
+    ),
+    K(
+        "monitoring.metadata_addresses",
+        "monitoring_metadata_addresses",
+        "list",
+        list(MONITOR_METADATA_ADDRESSES),
+    ),
+    K("monitoring.exfil_threshold_mb", "monitoring_exfil_threshold_mb", "float", 20.0, min=0),
+    K("monitoring.exfil_window_sec", "monitoring_exfil_window_sec", "float", 10.0, min=1),
+    K("monitoring.exfil_correlate_mb", "monitoring_exfil_correlate_mb", "float", 1.0, min=0),
+    K("monitoring.dns_rate_per_min", "monitoring_dns_rate_per_min", "int", 100, min=1),
+    K("monitoring.dns_label_max", "monitoring_dns_label_max", "int", 30, min=1),
+    K("monitoring.dns_name_max", "monitoring_dns_name_max", "int", 52, min=1),
+    K("monitoring.dns_entropy_bits", "monitoring_dns_entropy_bits", "float", 3.5, min=0),
+    K("monitoring.spawn_rate_per_sec", "monitoring_spawn_rate_per_sec", "int", 100, min=0),
+    # [monitoring.nft]: the reference's nftables flow logging (our NFLOG path is always on)
+    N("monitoring.nft.enabled", "monitoring_nft_enabled", "bool", False),
+    N("monitoring.nft.rate_limit_per_second", "monitoring_nft_rate_limit", "int", 100, min=0),
+    N("monitoring.nft.dns_query_threshold", "monitoring_nft_dns_query_threshold", "int", 100),
+    N("monitoring.nft.log_dns_queries", "monitoring_nft_log_dns_queries", "bool", True),
+    N("monitoring.nft.lima_host", "monitoring_nft_lima_host", "str", ""),
+    K("limits.cpu.count", "limit_cpu_count", "cpu_count", ""),
     K("limits.cpu.allowance", "limit_cpu_allowance", "allowance", ""),
     K("limits.cpu.priority", "limit_cpu_priority", "int", 0, min=0, max=10),
     K("limits.memory.limit", "limit_memory", "memory", ""),
@@ -300,6 +717,7 @@ KEYS: tuple[Key, ...] = (
     K("limits.disk.max", "limit_disk_max", "disk_rate", ""),
     K("limits.disk.priority", "limit_disk_priority", "int", 0, min=0, max=10),
     K("limits.disk.size", "limit_disk_size", "size", ""),
+    N("limits.disk.tmpfs_size", "limit_disk_tmpfs_size", "size", ""),
     K("limits.runtime.max_duration", "max_duration", "duration", ""),
     K("limits.runtime.max_processes", "max_processes", "int", 0, min=0, max=4194304),
     K("limits.runtime.auto_stop", "auto_stop", "bool", True),
@@ -307,6 +725,16 @@ KEYS: tuple[Key, ...] = (
     K("ssh.forward_agent", "ssh_forward_agent", "bool", False),
     K("timezone.mode", "timezone_mode", "enum", "host", "host", "fixed", "utc"),
     K("timezone.name", "timezone_name", "str", ""),
+    N("detection.gtfobins_source", "gtfobins_source", "str", GTFOBINS_SOURCE),
+    N("detection.gtfobins_dir", "gtfobins_dir", "str", "~/.coi/gtfobins"),
+    N("detection.sigma_source", "sigma_source", "str", SIGMA_SOURCE),
+    N("detection.sigma_dir", "sigma_dir", "str", "~/.coi/sigma"),
+    N("ports.pool", "ports_pool", "int", 0, min=0, max=10),
+    N("ports.map", "port_maps", "port_maps", [], merge="by_name"),
+    # root-level tables and lists
+    N("sockets", "sockets", "sockets", [], merge="append"),
+    N("credentials", "credentials", "credentials", [], merge="append"),
+    K("prompts", "prompts", "prompts", {}, merge="map"),
 )
 
 BY_PATH: dict[str, Key] = {key.path: key for key in KEYS}
@@ -315,6 +743,18 @@ BY_PATH: dict[str, Key] = {key.path: key for key in KEYS}
 ALIASES: dict[str, str] = {
     "defaults.image": "container.image",
     "defaults.persistent": "container.persistent",
+    # a profile's root spellings of [defaults] keys
+    "env_commands": "defaults.env_commands",
+    "env_command_timeout": "defaults.env_command_timeout",
+    # the reference name of our spawn-rate knob
+    "monitoring.process_spawn_rate_threshold": "monitoring.spawn_rate_per_sec",
+}
+# The 0.7-era profile shape (profile files only): root image and [build], mapped with a note.
+LEGACY_PROFILE: dict[str, str] = {
+    "image": "container.image",
+    "build.base": "container.build.base",
+    "build.script": "container.build.script",
+    "build.commands": "container.build.commands",
 }
 
 # Keys with their own merge rules (see settings.apply_layer and profiles.inherit).
@@ -327,6 +767,7 @@ SPECIAL_SPELLINGS: dict[str, str] = {
     "environment": ENVIRONMENT,
     "defaults.environment": ENVIRONMENT,
     "mounts": MOUNTS,
+    "mounts.default": MOUNTS,  # the reference's list form, [[mounts.default]]
 }
 # Root keys only a profile has.
 PROFILE_ROOT_KEYS = ("inherits", "context")
@@ -349,6 +790,8 @@ ENV_VARS: dict[str, str] = {
     # Legacy names (the original removed them in 0.10; we still read them).
     "CLAUDE_ON_INCUS_IMAGE": "container.image",
     "CLAUDE_ON_INCUS_PERSISTENT": "container.persistent",
+    "CLAUDE_ON_INCUS_SESSIONS_DIR": "paths.sessions_dir",
+    "CLAUDE_ON_INCUS_STORAGE_DIR": "paths.storage_dir",
     "COI_LIMIT_CPU": "limits.cpu.count",
     "COI_LIMIT_CPU_ALLOWANCE": "limits.cpu.allowance",
     "COI_LIMIT_MEMORY": "limits.memory.limit",

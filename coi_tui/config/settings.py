@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,10 +29,16 @@ from coi_tui.config.schema import (
     ENV_NAME_RE,
     ENV_VARS,
     ENVIRONMENT,
+    FILE_TYPES,
     FORWARD_ENV,
+    GTFOBINS_SOURCE,
+    LEGACY_PROFILE,
+    MONITOR_C2_PORTS,
+    MONITOR_METADATA_ADDRESSES,
     MOUNT_FIELDS,
     MOUNTS,
     PROFILE_ROOT_KEYS,
+    SIGMA_SOURCE,
     SPECIAL_SPELLINGS,
     Invalid,
     Key,
@@ -136,6 +143,26 @@ class Settings:
     monitoring_process_count_threshold: int = 0
     monitoring_reverse_shell_one_liners: str = "critical"
     monitoring_forensics_on_kill: bool = False
+    monitoring_actions_info: str = "log"
+    monitoring_actions_warning: str = "alert"
+    monitoring_actions_high: str = "pause"
+    monitoring_actions_critical: str = "kill"
+    monitoring_dedup_window_sec: float = 30.0
+    monitoring_scan_interval_sec: float = 1.0
+    monitoring_idle_exit_sec: float = 120.0
+    monitoring_nflog_group: int = 0
+    monitoring_c2_ports: list[int] = field(default_factory=lambda: list(MONITOR_C2_PORTS))
+    monitoring_metadata_addresses: list[str] = field(
+        default_factory=lambda: list(MONITOR_METADATA_ADDRESSES)
+    )
+    monitoring_exfil_threshold_mb: float = 20.0
+    monitoring_exfil_window_sec: float = 10.0
+    monitoring_exfil_correlate_mb: float = 1.0
+    monitoring_dns_rate_per_min: int = 100
+    monitoring_dns_label_max: int = 30
+    monitoring_dns_name_max: int = 52
+    monitoring_dns_entropy_bits: float = 3.5
+    monitoring_spawn_rate_per_sec: int = 100
     # [limits.*]
     limit_cpu_count: str = ""
     limit_cpu_allowance: str = ""
@@ -156,6 +183,61 @@ class Settings:
     ssh_forward_agent: bool = False
     timezone_mode: str = "host"
     timezone_name: str = ""
+    # Reference keys (schema.KEYS): those with enforced=False are accepted and shown only.
+    env_command_timeout: str = "30s"
+    env_commands: dict[str, str] = field(default_factory=dict)
+    alias: str = ""
+    session_name: str = ""
+    stale_base_check: str = "warn"
+    build_compression: str = ""  # "" = ours: none (a local image imports faster)
+    build_agents: list[str] = field(default_factory=lambda: ["claude", "opencode", "pi"])
+    build_cloud_init: bool = False
+    pre_launch: list[str] = field(default_factory=list)
+    context_file: str = ""
+    context_json: bool = True
+    context_json_file: str = ""
+    claude_effort_level: str = ""
+    codex_model: str = ""
+    codex_reasoning_effort: str = ""
+    use_tmux: bool = True
+    sessions_dir: str = "~/.coi/sessions"
+    storage_dir: str = "~/.coi/storage"
+    logs_dir: str = "~/.coi/logs"
+    preserve_workspace_path: bool = False
+    incus_group: str = "incus-admin"
+    disable_shift: bool = False
+    use_sudo: bool = True
+    dns_servers: list[str] = field(default_factory=list)
+    allowed_ports: list[int] = field(default_factory=list)
+    network_hosts: list[dict[str, Any]] = field(default_factory=list)
+    writable_paths: list[str] = field(default_factory=list)
+    secret_paths: list[str] = field(default_factory=list)
+    host_immutable: bool = True
+    reduce_kernel_surface: bool = False
+    reduce_kernel_surface_strict: bool = False
+    git_writable_hooks: bool = False
+    git_name: str = ""
+    git_email: str = ""
+    git_seed_host_identity: bool = True
+    git_readonly: bool = False
+    git_strip_attribution: bool = True
+    git_strip_attribution_patterns: list[str] = field(default_factory=list)
+    git_protected_branches: list[str] = field(default_factory=lambda: ["main", "master"])
+    limit_disk_tmpfs_size: str = ""
+    monitoring_nft_enabled: bool = False
+    monitoring_nft_rate_limit: int = 100
+    monitoring_nft_dns_query_threshold: int = 100
+    monitoring_nft_log_dns_queries: bool = True
+    monitoring_nft_lima_host: str = ""
+    gtfobins_source: str = GTFOBINS_SOURCE
+    gtfobins_dir: str = "~/.coi/gtfobins"
+    sigma_source: str = SIGMA_SOURCE
+    sigma_dir: str = "~/.coi/sigma"
+    ports_pool: int = 0
+    port_maps: list[dict[str, Any]] = field(default_factory=list)
+    sockets: list[dict[str, Any]] = field(default_factory=list)
+    credentials: list[dict[str, Any]] = field(default_factory=list)
+    prompts: dict[str, str] = field(default_factory=dict)  # name -> text (files already read)
     # key path (or attribute) -> where its value came from
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -226,6 +308,25 @@ def show_key(dotted: str) -> str:
     return f"[{table}] {name}" if table else name
 
 
+TYPE_WORDS: dict[tuple[type, ...], str] = {
+    (bool,): "true or false",
+    (int,): "a whole number",
+    (int, float): "a number",
+    (list,): "a list",
+    (dict,): "a table",
+    (str, bool): "true, false or a string",
+    (str, int): "a number or a string",
+}
+_NOTED: set[str] = set()
+
+
+def deprecated(message: str) -> None:
+    """A one-line deprecation note on stderr, once per process."""
+    if message not in _NOTED:
+        _NOTED.add(message)
+        print(f"Warning: {message}", file=sys.stderr)
+
+
 class FileParser:
     """Validates one TOML file into a Layer. Errors name file:line and the key path."""
 
@@ -267,6 +368,8 @@ class FileParser:
                 OWNED_ELSEWHERE[dotted](value, f"{self.path}:{find_line(self.text, dotted) or 1}")
             elif dotted in SPECIAL_SPELLINGS:
                 self.special(SPECIAL_SPELLINGS[dotted], dotted, value)
+            elif self.profile and (dotted in LEGACY_PROFILE or dotted == "build"):
+                self.legacy(dotted, value)
             elif self.profile and dotted in PROFILE_ROOT_KEYS:
                 if not isinstance(value, str) or not value.strip():
                     raise self.fail(dotted, f"expected a non-empty string, got {value!r}")
@@ -282,6 +385,24 @@ class FileParser:
                 self.walk(value, dotted + ".")
             else:
                 raise self.unknown(dotted, value)
+
+    def legacy(self, dotted: str, value: Any) -> None:
+        """The 0.7-era profile shape: root image = "..." and [build] script/base/commands."""
+        if dotted == "build":
+            if not isinstance(value, dict):
+                raise self.fail(dotted, f"expected a table ([build]), got {value!r}")
+            for name, item in value.items():
+                if f"build.{name}" not in LEGACY_PROFILE:
+                    raise self.unknown(f"container.build.{name}", item)
+                self.legacy(f"build.{name}", item)
+            return
+        key = BY_PATH[LEGACY_PROFILE[dotted]]
+        self.record(key.path, self.check(key, value, dotted), dotted)
+        line = find_line(self.text, dotted)
+        deprecated(
+            f"{self.path}:{line or 1}: {show_key(dotted)} is the 0.7 profile format; "
+            f"write {show_key(key.path)} instead"
+        )
 
     def unknown(self, dotted: str, value: Any) -> CoiError:
         if dotted in sections():
@@ -302,20 +423,36 @@ class FileParser:
         return self.fail(dotted, f"unknown key{hint}")
 
     def check(self, key: Key, value: Any, dotted: str) -> Any:
-        if isinstance(value, str) and key.kind not in ("list", "env_names"):
-            pass
-        elif isinstance(value, (dict, list)) and key.kind not in ("list", "env_names"):
-            raise self.fail(dotted, f"expected a single value, got {value!r}")
+        # A file has real types: bool must be bool, a number a number (env vars are text).
+        types = FILE_TYPES.get(key.kind, (str,))
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise self.fail(dotted, f"expected {TYPE_WORDS.get(types, 'a string')}, got {value!r}")
         try:
             checked = CHECKS[key.kind](key, value)
         except Invalid as exc:
             raise self.fail(dotted, str(exc)) from None
         if key.path == "container.build.script" and checked:
             checked = str((self.path.parent / Path(checked).expanduser()).resolve())
+        if key.path == "prompts":
+            checked = {name: self.prompt_text(dotted, name, v) for name, v in checked.items()}
         return checked
+
+    def prompt_text(self, dotted: str, name: str, value: str | dict[str, str]) -> str:
+        """[prompts] name = "text", or { file = "path" } read relative to this file."""
+        if isinstance(value, str):
+            return value
+        path = Path(value["file"]).expanduser()
+        path = path if path.is_absolute() else self.path.parent / path
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise self.fail(f"{dotted}.{name}", f"cannot read {path}: {reason}") from None
 
     def special(self, kind: str, dotted: str, value: Any) -> None:
         if kind == FORWARD_ENV:
+            if not isinstance(value, list):
+                raise self.fail(dotted, f'expected a list like ["NAME"], got {value!r}')
             try:
                 names = CHECKS["env_names"](BY_PATH["tool.name"], value)
             except Invalid as exc:
@@ -336,11 +473,13 @@ class FileParser:
                     self.layer.lines[f"environment.{name}"] = line
             self.record(ENVIRONMENT, env, dotted)
         elif kind == MOUNTS:
+            if isinstance(value, dict) and set(value) == {"default"}:  # [[mounts.default]]
+                dotted, value = f"{dotted}.default", value["default"]
             self.record(MOUNTS, self.mounts(dotted, value), dotted)
 
     def mounts(self, dotted: str, value: Any) -> list[Mount]:
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise self.fail(dotted, "expected [[mounts]] tables with host and container")
+            raise self.fail(dotted, f"expected [[{dotted}]] tables with host and container")
         out: list[Mount] = []
         for index, entry in enumerate(value):
             here = f"{dotted}[{index}]"
@@ -427,9 +566,25 @@ def apply_layer(settings: Settings, layer: Layer) -> None:
             settings.sources["context"] = where
         elif path in BY_PATH:
             key = BY_PATH[path]
-            setattr(settings, key.attr, list(value) if isinstance(value, list) else value)
+            setattr(settings, key.attr, merged(key.merge, getattr(settings, key.attr), value))
             settings.sources[path] = where
             settings.sources[key.attr] = where  # older readers look values up by attribute
+
+
+def merged(how: str, old: Any, new: Any) -> Any:
+    """Between config levels: replace; append ([[sockets]], [[credentials]]); union
+    (writable/secret paths); by_name ([[ports.map]]); map (keys merge, later wins)."""
+    if how == "append":
+        return [*old, *new]
+    if how == "union":
+        return [*old, *(item for item in new if item not in old)]
+    if how == "by_name":
+        out = {entry["name"]: entry for entry in old}
+        out.update({entry["name"]: entry for entry in new})
+        return list(out.values())
+    if how == "map":
+        return {**old, **new}
+    return list(new) if isinstance(new, list) else dict(new) if isinstance(new, dict) else new
 
 
 def env_layer(env: dict[str, str]) -> Layer:
@@ -550,6 +705,11 @@ def load_settings(
     if flags:
         apply_layer(settings, flags_layer(flags))
     check_mounts(settings.mounts, sources_exist=False)
+    if bool(settings.git_name) != bool(settings.git_email):
+        given = "git.name" if settings.git_name else "git.email"
+        raise CoiError(
+            f"{settings.source(given)}: [git] name and email must be set together"
+        )
     return settings
 
 

@@ -1,9 +1,21 @@
-"""Protected paths: `.git/hooks`, `.git/config`, `.husky`, `.vscode` (configurable) are mounted
-read-only over the workspace, so the agent can change the code but not what runs it on the host
-(git hooks, editor tasks). Paths missing from the workspace are skipped."""
+"""Protected paths: `[security] protected_paths` (by default `.git/hooks`, `.git/config`,
+`.git/config.worktree`, `.git/info/attributes`, `.husky`, `.vscode`, `.coi`,
+`.claude/settings.json`, `.claude/settings.local.json`) plus `additional_protected_paths`, minus
+`writable_paths` (and `.git/hooks` when `[git] writable_hooks`), are mounted read-only over the
+workspace, so the agent can change the code but not what runs it on the host (git hooks and
+config, editor tasks, agent settings, coi's own project config).
+
+Each path may be a file or a directory; Incus bind-mounts either. A path missing from the
+workspace is skipped, except the git placeholders below: in a real `.git` directory a missing
+`.git/hooks`, `.git/config.worktree` or `.git/info/attributes` is created empty (inert for git)
+and protected, so the agent cannot create one that git on the host would then run or obey.
+Per-worktree `.git/worktrees/*/config.worktree` files are found and protected too. Symlinks, and
+paths whose real location is outside the workspace, are never mounted."""
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import re
 
@@ -11,36 +23,97 @@ from coi_tui.config import Settings
 from coi_tui.sessions.hooks import LaunchContext, SessionHook
 
 WORKSPACE = "/workspace"
+GIT_HOOKS = ".git/hooks"
+# Missing git paths created empty (True: a directory) so they can be protected.
+GIT_PLACEHOLDERS = {GIT_HOOKS: True, ".git/config.worktree": False, ".git/info/attributes": False}
+MAX_DEVICE_NAME = 60
+
+
+def clean(path: str) -> str:
+    """Workspace-relative, normalised; "" for a path that leaves the workspace."""
+    norm = os.path.normpath(path).lstrip("/")
+    return "" if norm in ("", ".") or norm == ".." or norm.startswith("../") else norm
 
 
 def protected_paths(settings: Settings) -> list[str]:
     if settings.disable_protection:
         return []
+    writable = {clean(p) for p in getattr(settings, "writable_paths", [])}
+    if getattr(settings, "git_writable_hooks", False):
+        writable.add(GIT_HOOKS)
     seen: list[str] = []
     for path in [*settings.protected_paths, *settings.additional_protected_paths]:
-        clean = os.path.normpath(path).lstrip("/")
-        if clean.startswith("..") or clean in ("", ".") or clean in seen:
-            continue
-        seen.append(clean)
+        norm = clean(path)
+        if norm and norm not in seen and norm not in writable:
+            seen.append(norm)
     return seen
 
 
 def device_name(path: str) -> str:
-    return "protect-" + re.sub(r"[^A-Za-z0-9]+", "-", path).strip("-")
+    name = "protect-" + re.sub(r"[^A-Za-z0-9]+", "-", path).strip("-")
+    if len(name) > MAX_DEVICE_NAME:  # keep it unique and within Incus's limits
+        digest = hashlib.sha256(path.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_DEVICE_NAME - 9]}-{digest}"
+    return name
+
+
+def inside(workspace: str, source: str) -> bool:
+    real_ws = os.path.realpath(workspace)
+    real = os.path.realpath(source)
+    return real == real_ws or real.startswith(real_ws + os.sep)
+
+
+def materialise(workspace: str, path: str) -> None:
+    """Create a missing git placeholder, only inside a real (not symlinked) .git directory."""
+    git = os.path.join(workspace, ".git")
+    if path not in GIT_PLACEHOLDERS or os.path.islink(git) or not os.path.isdir(git):
+        return
+    target = os.path.join(workspace, path)
+    if os.path.lexists(target) or not inside(workspace, os.path.dirname(target)):
+        return
+    try:
+        if GIT_PLACEHOLDERS[path]:
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "x", encoding="utf-8"):
+                pass
+    except OSError:
+        pass  # a read-only workspace: nothing can be created inside it either
+
+
+def session_paths(workspace: str, settings: Settings) -> list[str]:
+    """The protected paths that exist in this workspace (placeholders created first)."""
+    paths = protected_paths(settings)
+    if not paths:
+        return []
+    git = os.path.join(workspace, ".git")
+    if ".git/config.worktree" in paths and os.path.isdir(git) and not os.path.islink(git):
+        for found in sorted(glob.glob(os.path.join(git, "worktrees", "*", "config.worktree"))):
+            rel = os.path.relpath(found, workspace)
+            if rel not in paths:
+                paths.append(rel)
+    out = []
+    for path in paths:
+        materialise(workspace, path)
+        source = os.path.join(workspace, path)
+        # Never follow a symlink out of the workspace: protect only real files and dirs.
+        if os.path.islink(source) or not os.path.exists(source):
+            continue
+        if not inside(workspace, source):
+            continue
+        out.append(path)
+    return out
 
 
 class ProtectHook(SessionHook):
     def prepare_instance(self, ctx: LaunchContext) -> None:
         workspace = ctx.request.workspace
         shift = ctx.devices.get("workspace", {}).get("shift")
-        for path in protected_paths(ctx.manager.settings):
-            source = os.path.join(workspace, path)
-            # Never follow a symlink out of the workspace: protect only real files and dirs.
-            if os.path.islink(source) or not os.path.exists(source):
-                continue
+        for path in session_paths(workspace, ctx.manager.settings):
             device = {
                 "type": "disk",
-                "source": source,
+                "source": os.path.join(workspace, path),
                 "path": f"{WORKSPACE}/{path}",
                 "readonly": "true",
             }

@@ -301,7 +301,7 @@ def test_cli_reports_bad_config_in_one_line_exit_1(
         )
         assert run.returncode == 1, argv
         assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
-        assert "config.toml:2: [limits.cpu] count: expected a string" in run.stderr
+        assert "config.toml:2: [limits.cpu] count: expected a number or a string" in run.stderr
 
 
 def test_env_vars_legacy_names_and_flags(dirs: tuple[Path, Path, dict[str, str]]) -> None:
