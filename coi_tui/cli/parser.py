@@ -84,6 +84,10 @@ class CoiParser(argparse.ArgumentParser):
         return super().format_usage().replace("usage: ", "Usage: ", 1)
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message == "the following arguments are required: ACTION":
+            # A command group on its own (`coi snapshot`) shows its help, as Cobra does.
+            self.print_help()
+            self.exit(0)
         hint = f"see '{self.prog} --help'"
         stray = message.partition("unrecognized arguments: ")[2].split()
         if stray and not stray[0].startswith("-"):

@@ -41,6 +41,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p = ssub.add_parser("restore", help="roll the container back to a snapshot")
     p.add_argument("name")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--stateful", action="store_true", help="also restore the memory state (stateful snapshot)"
+    )
     target(p)
     p.set_defaults(handler=cmd_restore)
 
@@ -162,7 +165,7 @@ def cmd_restore(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     running = incus.status(container) in ("Running", "Frozen")
     if running:
         print(f"Stopping {container} to restore...", file=sys.stderr)
-    snapshots.restore(manager, container, args.name)
+    snapshots.restore(manager, container, args.name, stateful=args.stateful)
     restarted = " and restarted it" if running else ""
     print(f"Restored '{container}' to snapshot '{args.name}'{restarted}", file=sys.stderr)
     return 0

@@ -899,9 +899,10 @@ class Incus:
             or []
         )
 
-    def restore_snapshot(self, name: str, snapshot: str) -> None:
+    def restore_snapshot(self, name: str, snapshot: str, *, stateful: bool = False) -> None:
         current = self.request("GET", f"{API}/instances/{quote(name)}")
         current["restore"] = snapshot
+        current["stateful"] = stateful
         self.request("PUT", f"{API}/instances/{quote(name)}", body=current)
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:

@@ -64,7 +64,9 @@ def get_snapshot(incus: Incus, container: str, name: str) -> Snapshot:
     for snap in list_snapshots(incus, container):
         if snap.name == name:
             return snap
-    raise CoiError(f"snapshot '{name}' not found in {container} (see 'coi snapshot list')")
+    raise CoiError(
+        f"snapshot '{name}' not found for container '{container}' (see 'coi snapshot list')"
+    )
 
 
 def create(
@@ -73,9 +75,28 @@ def create(
     name = name or auto_name()
     existing = {s.name for s in list_snapshots(incus, container)}
     if name in existing:
-        raise CoiError(f"snapshot '{name}' already exists in {container}")
+        raise CoiError(f"snapshot '{name}' already exists for container '{container}'")
+    if stateful:
+        require_stateful(incus, container)
     incus.create_snapshot(container, name, stateful=stateful)
     return get_snapshot(incus, container, name)
+
+
+def require_stateful(incus: Incus, container: str) -> None:
+    """Stateful snapshots need CRIU on the host and migration.stateful on the container."""
+    import shutil
+
+    instance = incus.get_instance(container)
+    if instance.expanded_config.get("migration.stateful") != "true":
+        raise CoiError(
+            f"stateful snapshots need migration.stateful=true on '{container}' "
+            f"('incus config set {container} migration.stateful=true', then restart it) and "
+            "CRIU on the host; or take a plain snapshot (without --stateful)"
+        )
+    if shutil.which("criu") is None:
+        raise CoiError(
+            "stateful snapshots need CRIU on the host (not installed); take a plain snapshot"
+        )
 
 
 def delete(incus: Incus, container: str, name: str) -> None:
@@ -98,11 +119,19 @@ def session_of_container(manager: SessionManager, name: str) -> Session:
     )
 
 
-def restore(manager: SessionManager, container: str, name: str) -> None:
+def restore(manager: SessionManager, container: str, name: str, stateful: bool = False) -> None:
     """Roll the container back to the snapshot; a running one is stopped, restored, restarted
-    and its agent started again."""
+    and its agent started again. --stateful restores the memory state of a stateful snapshot
+    (the container comes back running as it was)."""
     incus = manager.incus
-    get_snapshot(incus, container, name)
+    snap = get_snapshot(incus, container, name)
+    if stateful:
+        if not snap.stateful:
+            raise CoiError(f"snapshot '{name}' is not stateful: restore it without --stateful")
+        if incus.status(container) != "Stopped":
+            incus.stop(container, timeout=manager.settings.shutdown_timeout)
+        incus.restore_snapshot(container, name, stateful=True)
+        return
     was_running = incus.status(container) in ("Running", "Frozen")
     if incus.status(container) == "Frozen":
         incus.unfreeze(container)

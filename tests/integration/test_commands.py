@@ -270,3 +270,21 @@ def test_image_info_and_cleanup_keep_the_newest(
         for alias in made:
             if incus.image_exists(alias):
                 incus.delete_image(alias)
+
+
+def test_snapshot_messages_and_stateful_guard(coi: CoiRunner, workspace: Path) -> None:
+    name = start_background(coi, workspace)
+    coi.ok("snapshot", "create", "s1", "-c", name)
+    again = coi("snapshot", "create", "s1", "-c", name)
+    assert again.returncode == 1
+    assert f"snapshot 's1' already exists for container '{name}'" in again.stderr
+    missing = coi("snapshot", "restore", "nope", "-c", name, "--force")
+    assert f"snapshot 'nope' not found for container '{name}'" in missing.stderr
+    stateful = coi("snapshot", "create", "s2", "--stateful", "-c", name)
+    assert stateful.returncode == 1 and "migration.stateful=true" in stateful.stderr
+    assert len(stateful.stderr.strip().splitlines()) == 1
+    plain = coi("snapshot", "restore", "s1", "--stateful", "-c", name, "--force")
+    assert plain.returncode == 1 and "not stateful" in plain.stderr
+    # A group on its own prints its help, as COI (Cobra) does.
+    group = coi("snapshot")
+    assert group.returncode == 0 and "Usage: coi snapshot" in group.stdout
