@@ -137,3 +137,19 @@ async def test_terminal_pane_shows_the_right_screen_after_a_flood(
         feeder = view.feeder
         assert feeder is not None
         print(f"flood: {feeder.stats}")
+
+        # The repaint path through `incus exec` (a helper running tmux refresh-client in the
+        # container): blank our copy of the screen, ask, and get the exact screen back.
+        transport = view.transport
+        assert transport is not None and transport.can_redraw
+        with feeder.lock:
+            view.emulator.feed(b"\x1b[H\x1b[2J")
+        assert "FLOOD-DONE" not in view.text()
+        transport.redraw()
+        # (The last row is tmux's status line, whose clock may have moved meanwhile.)
+        await wait_for(
+            pilot,
+            lambda: view.text().splitlines()[:-1] == text.splitlines()[:-1],
+            30,
+            "tmux's repaint",
+        )
