@@ -12,6 +12,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ MIN_KERNEL = (5, 15)
 LOW_DISK_GB, CRITICAL_DISK_GB = 5.0, 1.0
 IMAGE_MAX_AGE_DAYS = 30
 NAT_HINT = "sudo coi setup --nat"
+ORPHAN_RECHECK_SEC = 2.0
 
 # key -> (section, label). The order here is the order of the text report.
 CHECKS: dict[str, tuple[str, str]] = {
@@ -943,7 +945,13 @@ class HealthChecker:
         from coi_tui.network.hook import orphan_interfaces
 
         try:
-            return orphan_interfaces(self.incus)
+            first = orphan_interfaces(self.incus)
+            if not first:
+                return []
+            # coi removes a container's rules just after deleting it: look again, and report
+            # only rules that outlived that moment.
+            time.sleep(ORPHAN_RECHECK_SEC)
+            return [iface for iface in orphan_interfaces(self.incus) if iface in first]
         except CoiError:
             return []
 
