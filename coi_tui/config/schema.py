@@ -35,7 +35,7 @@ SIGMA_SOURCE = "https://github.com/SigmaHQ/sigma.git"
 MONITOR_ACTIONS = ("log", "alert", "pause", "kill")
 # COI's port list without 8080 (a common dev-server port: a kill there would hit builds),
 # plus 1337 and 9001
-MONITOR_C2_PORTS = (4444, 5555, 1234, 1337, 31337, 12345, 6666, 6667, 6697, 9001)
+MONITOR_C2_PORTS = (4444, 5555, 1234, 31337, 12345, 6666, 6667, 6697, 8080)  # COI's list
 MONITOR_METADATA_ADDRESSES = ("169.254.169.254", "169.254.170.2", "100.100.100.200")
 
 

@@ -1,0 +1,690 @@
+"""Every key of the reference config (COI §3.2) loads with its reference default and is listed
+by `coi config show`; the reference's validation rules; profile shapes; the protect hook's
+path handling. Pure logic, no daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from coi_tui.config.profiles import ProfileSet, documented_starter
+from coi_tui.config.schema import BY_PATH, KEYS
+from coi_tui.config.settings import Settings, load_settings
+from coi_tui.errors import CoiError
+from coi_tui.sessions import protect_hook
+
+# A COI user's config: every key of the reference's full key reference, at its default.
+REFERENCE_CONFIG = """\
+forward_env = []
+
+[container]
+image = "coi-default"
+persistent = false
+storage_pool = ""
+alias = ""
+session_name = ""
+shutdown_timeout = 60
+ready_timeout = 30
+stale_base_check = "warn"
+docker = true
+
+[container.build]
+base = "ubuntu:24.04"
+script = ""
+commands = []
+compression = ""
+agents = ["claude", "opencode", "pi"]
+cloud_init = false
+
+[defaults]
+profile = ""
+forward_env = []
+env_command_timeout = "30s"
+
+[defaults.environment]
+
+[defaults.env_commands]
+
+[paths]
+sessions_dir = "~/.coi/sessions"
+storage_dir  = "~/.coi/storage"
+logs_dir     = "~/.coi/logs"
+preserve_workspace_path = false
+
+[incus]
+project  = "default"
+group    = "incus-admin"
+code_uid = 1000
+code_user = "code"
+disable_shift = false
+
+[network]
+mode = "restricted"
+block_private_networks = true
+block_metadata_endpoint = true
+allowed_domains = ["registry.npmjs.org","npm.pkg.github.com",
+                   "api.anthropic.com","platform.claude.com"]
+allow_local_network_access = false
+refresh_interval_minutes = 30
+use_sudo = true
+dns_servers = []
+allowed_ports = []
+
+[[network.hosts]]
+ip = "10.0.0.5"
+hostnames = ["db.internal"]
+ports = [5432]
+
+[network.logging]
+enabled = true
+path = "~/.coi/logs/network.log"
+
+[tool]
+name = "claude"
+auto_context = true
+permission_mode = "bypass"
+binary = ""
+pre_launch = []
+context_file = ""
+context_json = true
+context_json_file = ""
+
+[tool.claude]
+model = ""
+effort_level = ""
+
+[tool.codex]
+model = ""
+reasoning_effort = ""
+
+[shell]
+use_tmux = true
+
+[git]
+writable_hooks = false
+name = ""
+email = ""
+seed_host_identity = true
+readonly = false
+strip_attribution = true
+strip_attribution_patterns = []
+protected_branches = ["main", "master"]
+
+[ssh]
+forward_agent = false
+
+[security]
+protected_paths = [".git/hooks",".git/config",".git/config.worktree",".git/info/attributes",
+                   ".husky",".vscode",".coi",".claude/settings.json",".claude/settings.local.json"]
+host_immutable = true
+additional_protected_paths = []
+disable_protection = false
+writable_paths = []
+secret_paths = []
+reduce_kernel_surface = false
+reduce_kernel_surface_strict = false
+
+[limits.cpu]
+count = ""
+allowance = ""
+priority = 0
+
+[limits.memory]
+limit = ""
+enforce = "soft"
+swap = "true"
+
+[limits.disk]
+read = ""
+write = ""
+max = ""
+priority = 0
+size = ""
+tmpfs_size = ""
+
+[limits.runtime]
+max_duration = ""
+max_processes = 0
+auto_stop = true
+stop_graceful = true
+
+[monitoring]
+enabled = false
+auto_pause_on_high = true
+auto_kill_on_critical = true
+poll_interval_sec = 2
+file_read_threshold_mb = 50.0
+file_read_rate_mb_per_sec = 10.0
+audit_log_retention_days = 30
+process_count_threshold = 0
+process_spawn_rate_threshold = 100
+reverse_shell_one_liners = "critical"
+forensics_on_kill = false
+
+[monitoring.nft]
+enabled = false
+rate_limit_per_second = 100
+dns_query_threshold = 100
+log_dns_queries = true
+lima_host = ""
+
+[timezone]
+mode = "host"
+name = "Europe/Warsaw"
+
+[detection]
+gtfobins_source = "https://github.com/GTFOBins/GTFOBins.github.io.git"
+gtfobins_dir    = "~/.coi/gtfobins"
+sigma_source    = "https://github.com/SigmaHQ/sigma.git"
+sigma_dir       = "~/.coi/sigma"
+
+[[mounts.default]]
+host = "/tmp"
+container = "/data"
+readonly = false
+
+[[sockets]]
+host = "/run/user/1000/bus"
+container = "/run/coi/bus"
+env = "DBUS_SESSION_BUS_ADDRESS"
+
+[ports]
+pool = 0
+
+[[ports.map]]
+name = "web"
+container = 3000
+host = 0
+listen = "127.0.0.1"
+
+[[credentials]]
+bundle = "ollama"
+
+[[credentials]]
+host = "~/.config/tool/token"
+container = "/home/code/.config/tool/token"
+mode = "0600"
+
+[prompts]
+review = "Review the last commit"
+plan = { file = "plan.md" }
+"""
+
+# Key paths of our table that the reference config above does not spell out (our own knobs).
+OURS_ONLY = {"network.bridge"} | {k.path for k in KEYS if k.path.startswith("monitoring.")} - {
+    "monitoring.enabled",
+    "monitoring.auto_pause_on_high",
+    "monitoring.auto_kill_on_critical",
+    "monitoring.poll_interval_sec",
+    "monitoring.file_read_threshold_mb",
+    "monitoring.file_read_rate_mb_per_sec",
+    "monitoring.audit_log_retention_days",
+    "monitoring.process_count_threshold",
+    "monitoring.spawn_rate_per_sec",
+    "monitoring.reverse_shell_one_liners",
+    "monitoring.forensics_on_kill",
+    "monitoring.nft.enabled",
+    "monitoring.nft.rate_limit_per_second",
+    "monitoring.nft.dns_query_threshold",
+    "monitoring.nft.log_dns_queries",
+    "monitoring.nft.lima_host",
+}
+
+
+@pytest.fixture
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, dict[str, str]]:
+    home = tmp_path / "home"
+    project = tmp_path / "project"
+    (project / ".coi").mkdir(parents=True)
+    home.mkdir()
+    monkeypatch.setenv("COI_HOME", str(home))
+    monkeypatch.delenv("COI_CONFIG", raising=False)
+    return home, project, {"COI_HOME": str(home)}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def coi(project: Path, home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COI_HOME": str(home)}
+    env.pop("COI_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "coi_tui.cli.main", *argv],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in table.items():
+        path = f"{prefix}{name}"
+        if isinstance(value, dict) and path not in BY_PATH:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+# ---------------------------------------------------------------------- every key
+def test_reference_config_with_every_key_loads(dirs: tuple[Path, Path, dict[str, str]]) -> None:
+    home, project, env = dirs
+    write(home / "plan.md", "Plan the work\n")
+    write(home / "config.toml", REFERENCE_CONFIG)
+    settings = load_settings(project, env)
+    assert settings.prompts == {"review": "Review the last commit", "plan": "Plan the work\n"}
+    assert settings.mounts[0].container == "/data"
+    assert settings.sockets[0]["env"] == "DBUS_SESSION_BUS_ADDRESS"
+    assert settings.port_maps == [
+        {"name": "web", "container": 3000, "host": 0, "listen": "127.0.0.1"}
+    ]
+    assert settings.credentials[0] == {"bundle": "ollama", "mode": "0600"}
+    assert settings.network_hosts[0]["hostnames"] == ["db.internal"]
+    assert settings.monitoring_spawn_rate_per_sec == 100  # process_spawn_rate_threshold
+    assert settings.build_base == "ubuntu:24.04" and settings.incus_group == "incus-admin"
+    assert settings.protected_paths[-1] == ".claude/settings.local.json"
+
+
+def test_every_key_of_ours_is_in_the_reference_config_or_our_own() -> None:
+    spelled = set(flatten(tomllib.loads(REFERENCE_CONFIG)))
+    spelled |= {"monitoring.spawn_rate_per_sec", "sockets", "credentials", "prompts"}
+    spelled |= {"defaults.env_commands", "network.hosts", "ports.map"}
+    missing = {k.path for k in KEYS} - spelled - OURS_ONLY
+    assert not missing
+
+
+def test_config_show_lists_every_key_and_marks_the_unenforced(
+    dirs: tuple[Path, Path, dict[str, str]],
+) -> None:
+    home, project, _ = dirs
+    write(home / "plan.md", "Plan\n")
+    write(home / "config.toml", REFERENCE_CONFIG)
+    shown = coi(project, home, "config", "show")
+    assert shown.returncode == 0, shown.stderr
+    data = tomllib.loads(shown.stdout)  # the output is valid TOML
+    listed = set(flatten(data))
+    for key in KEYS:
+        assert key.path in listed, key.path
+    assert data["prompts"] == {"review": "Review the last commit", "plan": "Plan\n"}
+    assert data["ports"]["map"][0]["name"] == "web"
+    lines = shown.stdout.splitlines()
+    for key in KEYS:
+        line = next(line for line in lines if line.split(" = ")[0] == key.name and "=" in line)
+        assert ("not yet enforced" in line) == (not key.enforced) or key.name in (
+            "enabled",
+            "model",
+            "priority",
+            "name",
+        ), key.path
+    as_json = json.loads(coi(project, home, "config", "show", "--json").stdout)
+    assert "container.alias" in as_json["not_enforced"]
+    assert "prompts" not in as_json["not_enforced"]
+    assert as_json["config"]["sockets"][0]["host"] == "/run/user/1000/bus"
+
+
+def test_unenforced_keys_are_flagged_in_the_key_table() -> None:
+    flagged = {k.path for k in KEYS if not k.enforced}
+    assert {"container.alias", "shell.use_tmux", "security.host_immutable"} <= flagged
+    assert {"monitoring.nft.enabled", "paths.sessions_dir", "limits.disk.tmpfs_size"} <= flagged
+    # implemented ones
+    assert not {"prompts", "security.writable_paths", "git.writable_hooks"} & flagged
+    assert not {"tool.claude.effort_level", "tool.context_json", "container.build.compression"} & (
+        flagged
+    )
+
+
+def test_reference_defaults() -> None:
+    settings = Settings()
+    assert settings.protected_paths == [
+        ".git/hooks",
+        ".git/config",
+        ".git/config.worktree",
+        ".git/info/attributes",
+        ".husky",
+        ".vscode",
+        ".coi",
+        ".claude/settings.json",
+        ".claude/settings.local.json",
+    ]
+    assert settings.monitoring_c2_ports == [4444, 5555, 1234, 31337, 12345, 6666, 6667, 6697, 8080]
+    assert settings.refresh_interval_minutes == 30 and settings.use_sudo is True
+
+
+# ---------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[container]\npersistent = "yes"\n', r":2: \[container\] persistent: expected true or"),
+        ('forward_env = "FOO"\n', r":1: forward_env: expected a list"),
+        ('[defaults]\nforward_env = "FOO"\n', r":2: \[defaults\] forward_env: expected a list"),
+        ('[container]\nshutdown_timeout = "60"\n', r"shutdown_timeout: expected a whole number"),
+        ("[limits.cpu]\ncount = true\n", r"count: expected a number or a string"),
+        ("[limits.cpu]\ncount = 2.5\n", r"count: expected a number or a string"),
+        ('[network]\nallowed_domains = ["*.example.com"]\n', r"allowed_domains: wildcards"),
+        ("[network]\nrefresh_interval_minutes = -1\n", r"must be at least 0"),
+        ('[network]\ndns_servers = ["8.8.8.8", "dns.google"]\n', r"expected IPv4 addresses"),
+        ("[network]\nallowed_ports = [0]\n", r"allowed_ports: must be 1-65535"),
+        ("[network]\nallowed_ports = [70000]\n", r"allowed_ports: must be 1-65535"),
+        ('[[network.hosts]]\nip = "::1"\nhostnames = ["a"]\n', r"ip: expected an IPv4 address"),
+        ('[[network.hosts]]\nip = "10.0.0.1"\nhostnames = []\n', r"at least one hostname"),
+        ('[[network.hosts]]\nip = "10.0.0.1"\n', r"at least one hostname"),
+        (
+            '[[network.hosts]]\nip = "10.0.0.1"\nhostnames = ["bad_host!"]\n',
+            r"not a valid hostname",
+        ),
+        (
+            '[[network.hosts]]\nip = "10.0.0.1"\nhostnames = ["a"]\nports = [65536]\n',
+            r"ports must be 1-65535",
+        ),
+        ('[[network.hosts]]\nip = "10.0.0.1"\nhostname = ["a"]\n', r'did you mean "hostnames"'),
+        ('[container]\nsession_name = "-bad"\n', r"session_name: expected letters, digits"),
+        ('[container]\nsession_name = "a b"\n', r"session_name: expected letters"),
+        ('[container]\nstale_base_check = "maybe"\n', r"must be one of warn, error, off"),
+        ('[container.build]\ncompression = "zstd"\n', r"must be one of , none, gzip, xz"),
+        ('[tool.claude]\neffort_level = "huge"\n', r"effort_level: must be one of"),
+        ('[tool.codex]\nreasoning_effort = "max"\n', r"reasoning_effort: must be one of"),
+        ('[tool]\npermission_mode = "yolo"\n', r"must be one of bypass, interactive"),
+        ("[ports]\npool = 11\n", r"\[ports\] pool: must be 0-10"),
+        ("[[ports.map]]\ncontainer = 80\n", r"name is required"),
+        ('[[ports.map]]\nname = "w"\ncontainer = 80\nlisten = "here"\n', r"expected an IP"),
+        (
+            '[[ports.map]]\nname = "w"\ncontainer = 80\n'
+            '[[ports.map]]\nname = "w"\ncontainer = 81\n',
+            r"used twice",
+        ),
+        ('[[sockets]]\nhost = "/a"\ncontainer = "rel"\n', r"container must be an absolute path"),
+        ('[[credentials]]\nhost = "/a"\n', r"container is required"),
+        ('[[credentials]]\nbundle = "x"\nmode = "rw"\n', r'octal mode like "0600"'),
+        ("[prompts]\nx = 3\n", r'prompts: x: expected "text"'),
+        ('[prompts]\nx = { path = "a" }\n', r'expected \{ file = "path" \}'),
+        ('[prompts]\nx = { file = "missing.md" }\n', r"cannot read .*missing\.md"),
+        ("[defaults.env_commands]\nTOKEN = 1\n", r"expected a \"command\" string"),
+        ('[git]\nname = "Me"\n', r"\[git\] name and email must be set together"),
+        ('[limits.disk]\ntmpfs_size = "lots"\n', r'tmpfs_size: expected a size like "10GiB"'),
+        ('[monitoring.nft]\nenabled = "on"\n', r"\[monitoring.nft\] enabled: expected true"),
+        ("[shell]\nuse_tmux = 1\n", r"use_tmux: expected true or false"),
+        ('[pathz]\nlogs_dir = "x"\n', r"unknown key \(did you mean \[paths\]\?\)"),
+        ('[[mounts.default]]\nhost = "/tmp"\ntarget = "/a"\n', r'unknown field "target"'),
+    ],
+)
+def test_reference_validation(
+    dirs: tuple[Path, Path, dict[str, str]], text: str, message: str
+) -> None:
+    home, project, env = dirs
+    write(home / "config.toml", text)
+    with pytest.raises(CoiError, match=message):
+        load_settings(project, env)
+
+
+@pytest.mark.parametrize(
+    ("text", "attr", "value"),
+    [
+        ("[limits.cpu]\ncount = 2\n", "limit_cpu_count", "2"),
+        ('[limits.cpu]\ncount = "0-3"\n', "limit_cpu_count", "0-3"),
+        ("[limits.memory]\nswap = false\n", "limit_memory_swap", "false"),
+        ("[monitoring]\nfile_read_threshold_mb = 5\n", "monitoring_file_read_threshold_mb", 5),
+        ("[network]\nrefresh_interval_minutes = 0\n", "refresh_interval_minutes", 0),
+        ('[tool]\npermission_mode = ""\n', "permission_mode", "bypass"),
+        ('[container]\nsession_name = "my.session-1"\n', "session_name", "my.session-1"),
+        ('[network]\nallowed_domains = ["10.0.0.0/8", "x.org"]\n', "allowed_domains", None),
+        ("[monitoring]\nprocess_spawn_rate_threshold = 7\n", "monitoring_spawn_rate_per_sec", 7),
+        ('[git]\nname = "Me"\nemail = "me@x"\n', "git_email", "me@x"),
+    ],
+)
+def test_lenient_where_a_user_would_expect(
+    dirs: tuple[Path, Path, dict[str, str]], text: str, attr: str, value: Any
+) -> None:
+    home, project, env = dirs
+    write(home / "config.toml", text)
+    got = getattr(load_settings(project, env), attr)
+    assert value is None or got == value
+
+
+def test_env_vars_for_paths_and_lenient_env_text(dirs: tuple[Path, Path, dict[str, str]]) -> None:
+    _, project, env = dirs
+    env = {
+        **env,
+        "CLAUDE_ON_INCUS_SESSIONS_DIR": "/srv/sessions",
+        "CLAUDE_ON_INCUS_STORAGE_DIR": "/srv/storage",
+        "COI_PERSISTENT": "yes",  # environment variables are text: yes/1/true work
+    }
+    settings = load_settings(project, env)
+    assert settings.sessions_dir == "/srv/sessions" and settings.storage_dir == "/srv/storage"
+    assert settings.source("paths.sessions_dir") == "$CLAUDE_ON_INCUS_SESSIONS_DIR"
+    assert settings.persistent is True
+
+
+def test_merge_rules_between_files(dirs: tuple[Path, Path, dict[str, str]]) -> None:
+    home, project, env = dirs
+    write(
+        home / "config.toml",
+        '[[sockets]]\nhost = "/a"\ncontainer = "/a"\n'
+        '[[ports.map]]\nname = "web"\ncontainer = 80\n'
+        '[[ports.map]]\nname = "db"\ncontainer = 5432\n'
+        '[security]\nsecret_paths = [".env"]\nwritable_paths = [".vscode"]\n'
+        '[prompts]\na = "user a"\nb = "user b"\n',
+    )
+    write(
+        project / ".coi" / "config.toml",
+        '[[sockets]]\nhost = "/b"\ncontainer = "/b"\n'
+        '[[ports.map]]\nname = "web"\ncontainer = 8080\n'
+        '[security]\nsecret_paths = ["*.pem", ".env"]\n'
+        '[prompts]\nb = "project b"\n',
+    )
+    settings = load_settings(project, env)
+    assert [s["host"] for s in settings.sockets] == ["/a", "/b"]  # appended
+    assert {m["name"]: m["container"] for m in settings.port_maps} == {"web": 8080, "db": 5432}
+    assert settings.secret_paths == [".env", "*.pem"]  # union
+    assert settings.prompts == {"a": "user a", "b": "project b"}
+
+
+def test_prompt_file_is_relative_to_its_config_file(
+    dirs: tuple[Path, Path, dict[str, str]],
+) -> None:
+    _, project, env = dirs
+    write(project / ".coi" / "prompts" / "fix.md", "Fix the bug\n")
+    write(project / ".coi" / "config.toml", '[prompts]\nfix = { file = "prompts/fix.md" }\n')
+    assert load_settings(project, env).prompts == {"fix": "Fix the bug\n"}
+
+
+# ---------------------------------------------------------------------- profiles
+def test_old_profile_shape_maps_with_a_note(
+    dirs: tuple[Path, Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, project, env = dirs
+    folder = home / "profiles" / "old"
+    write(folder / "build.sh", "#!/bin/sh\n")
+    write(folder / "config.toml", 'image = "old-img"\n\n[build]\nscript = "build.sh"\n')
+    settings = load_settings(project, env, profile="old")
+    assert settings.image == "old-img"
+    assert settings.build_script == str((folder / "build.sh").resolve())
+    err = capsys.readouterr().err
+    assert "config.toml:1: image is the 0.7 profile format; write [container] image" in err
+    assert "[build] script is the 0.7 profile format" in err
+
+
+def test_old_profile_shape_is_still_strict(dirs: tuple[Path, Path, dict[str, str]]) -> None:
+    home, project, env = dirs
+    write(home / "profiles" / "old" / "config.toml", "[build]\nscrpt = 'x'\n")
+    with pytest.raises(CoiError, match=r"unknown key \(did you mean \[container.build\] script"):
+        load_settings(project, env, profile="old")
+    # the main config does not take the 0.7 profile shape
+    write(home / "config.toml", 'image = "x"\n')
+    with pytest.raises(CoiError, match=r"image: unknown key"):
+        load_settings(project, env)
+
+
+def test_profile_takes_every_section_and_root_keys(
+    dirs: tuple[Path, Path, dict[str, str]],
+) -> None:
+    home, project, env = dirs
+    write(
+        home / "profiles" / "p" / "config.toml",
+        'env_command_timeout = "1m"\n[env_commands]\nTOKEN = "echo t"\n'
+        '[prompts]\nx = "y"\n[[sockets]]\nhost = "/s"\ncontainer = "/s"\n'
+        "[shell]\nuse_tmux = false\n[paths]\npreserve_workspace_path = true\n",
+    )
+    write(
+        project / ".coi" / "profiles" / "child" / "config.toml",
+        'inherits = "p"\n[env_commands]\nTOKEN = ""\nOTHER = "echo o"\n',
+    )
+    settings = load_settings(project, env, profile="child")
+    assert settings.env_command_timeout == "1m" and settings.use_tmux is False
+    assert settings.env_commands == {"OTHER": "echo o"}  # "" deletes the parent's
+    assert settings.prompts == {"x": "y"} and settings.sockets[0]["host"] == "/s"
+
+
+def test_duplicate_profile_is_an_error_when_used(dirs: tuple[Path, Path, dict[str, str]]) -> None:
+    home, project, env = dirs
+    write(home / "profiles" / "dup" / "config.toml", "")
+    write(project / ".coi" / "profiles" / "dup" / "config.toml", "")
+    with pytest.raises(CoiError, match=r'profile "dup" defined in multiple locations: .*Rename'):
+        load_settings(project, env, profile="dup")
+    run = coi(project, home, "config", "show", "--profile", "dup")
+    assert run.returncode == 1 and "defined in multiple locations" in run.stderr
+    listed = coi(project, home, "profile", "list")
+    assert listed.returncode == 0 and "defined in multiple locations" in listed.stdout
+
+
+def test_profile_create_default_scaffolds_the_documented_starter(
+    dirs: tuple[Path, Path, dict[str, str]],
+) -> None:
+    home, project, env = dirs
+    (project / ".coi").rmdir()
+    made = coi(project, home, "profile", "create", "default")
+    assert made.returncode == 0, made.stderr
+    text = (home / "profiles" / "default" / "config.toml").read_text()
+    assert tomllib.loads(text)  # valid TOML, all values commented out
+    for key in KEYS:
+        if key.path != "defaults.profile":
+            assert (
+                f"# {key.name} = " in text
+                or f"[{key.path}]" in text
+                or key.path
+                in (
+                    "sockets",
+                    "credentials",
+                    "prompts",
+                    "defaults.env_commands",
+                )
+            ), key.path
+    assert "accepted, not yet enforced" in text
+    assert coi(project, home, "validate", "profile", "default").returncode == 0
+    profiles = ProfileSet.discover(project, env)
+    assert profiles.resolve("default").layer.values == {}  # behaves like the built-in
+    again = coi(project, home, "profile", "create", "default")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_documented_starter_uncommented_is_a_valid_profile(tmp_path: Path) -> None:
+    """Uncommenting every `# key = default` line of the starter gives a loadable profile."""
+    lines = []
+    in_table = False  # inside a real [section] (not a commented example block)
+    for line in documented_starter("p", image="img").splitlines():
+        if line.startswith("["):
+            in_table = True
+        elif not line:
+            in_table = False
+        elif in_table and line.startswith("# ") and " = " in line:
+            line = line[2:].split(" # ")[0].rstrip()
+        lines.append(line)
+    folder = tmp_path / "profiles" / "p"
+    write(folder / "config.toml", "\n".join(lines) + "\n")
+    profile = ProfileSet([("user", tmp_path / "profiles")]).resolve("p")
+    assert profile.layer.values["container.image"] == "img"
+    assert profile.layer.values["security.protected_paths"][2] == ".git/config.worktree"
+
+
+# ---------------------------------------------------------------------- protect hook
+def protect_settings(**values: Any) -> Settings:
+    settings = Settings()
+    for name, value in values.items():
+        setattr(settings, name, value)
+    return settings
+
+
+def run_hook(workspace: Path, settings: Settings) -> dict[str, dict[str, str]]:
+    ctx = SimpleNamespace(
+        request=SimpleNamespace(workspace=str(workspace)),
+        devices={"workspace": {"shift": "true"}},
+        manager=SimpleNamespace(settings=settings),
+    )
+    protect_hook.HOOK.prepare_instance(ctx)  # type: ignore[arg-type]
+    return {k: v for k, v in ctx.devices.items() if k.startswith("protect-")}
+
+
+def test_protect_hook_files_dirs_missing_and_placeholders(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".git" / "worktrees" / "feature").mkdir(parents=True)
+    (ws / ".git" / "config").write_text("[core]\n")
+    (ws / ".git" / "worktrees" / "feature" / "config.worktree").write_text("")
+    (ws / ".claude").mkdir()
+    (ws / ".claude" / "settings.json").write_text("{}")
+    (ws / ".vscode").mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (ws / ".husky").symlink_to(outside)  # a symlink: never mounted
+    devices = run_hook(ws, Settings())
+    paths = {d["path"] for d in devices.values()}
+    assert paths == {
+        "/workspace/.git/hooks",  # placeholders created in a real .git directory
+        "/workspace/.git/config",
+        "/workspace/.git/config.worktree",
+        "/workspace/.git/info/attributes",
+        "/workspace/.git/worktrees/feature/config.worktree",
+        "/workspace/.vscode",
+        "/workspace/.claude/settings.json",  # a file
+    }
+    assert (ws / ".git" / "hooks").is_dir() and (ws / ".git" / "info" / "attributes").is_file()
+    assert (ws / ".git" / "config.worktree").read_text() == ""
+    assert not (ws / ".coi").exists() and not (ws / ".claude" / "settings.local.json").exists()
+    for device in devices.values():
+        assert device["readonly"] == "true" and device["shift"] == "true"
+        assert device["source"].startswith(str(ws)) and os.path.exists(device["source"])
+    assert all(len(name) <= 60 for name in devices)
+    assert devices["protect-claude-settings-json"]["source"] == str(ws / ".claude/settings.json")
+
+
+def test_protect_hook_no_git_dir_or_git_file_creates_nothing(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    assert run_hook(ws, Settings()) == {}
+    assert list(ws.iterdir()) == []
+    (ws / ".git").write_text("gitdir: /elsewhere\n")  # a worktree checkout
+    assert run_hook(ws, Settings()) == {}
+    assert [p.name for p in ws.iterdir()] == [".git"]
+
+
+def test_protect_hook_knobs(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".git" / "hooks").mkdir(parents=True)
+    (ws / ".vscode").mkdir()
+    (ws / "secrets").mkdir()
+    (ws / "link").symlink_to(tmp_path)
+    (ws / "sub").mkdir()
+    (ws / "sub" / "escape").symlink_to(tmp_path)
+    (ws / "sub" / "escape-file").write_text("")
+    settings = protect_settings(
+        writable_paths=[".vscode"],
+        git_writable_hooks=True,
+        additional_protected_paths=["secrets", "../up", "/abs/../secrets", "link/x"],
+    )
+    assert protect_hook.protected_paths(settings)[:2] == [".git/config", ".git/config.worktree"]
+    paths = {d["path"] for d in run_hook(ws, settings).values()}
+    assert "/workspace/.git/hooks" not in paths and "/workspace/.vscode" not in paths
+    assert "/workspace/secrets" in paths
+    assert not any("up" in p or "link" in p for p in paths)
+    assert run_hook(ws, protect_settings(disable_protection=True)) == {}
