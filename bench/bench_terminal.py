@@ -272,7 +272,10 @@ async def _key_to_echo(budget_s: float, via_tmux: bool) -> list[Figure]:
     child = [sys.executable, "-c", ECHO_CHILD]
     socket = f"coibench{os.getpid()}"
     if via_tmux:
+        # destroy-unattached: should this process die, its tmux client goes, and so do the
+        # session, the flooding child and the server.
         child = ["tmux", "-f", "/dev/null", "-L", socket, "new-session", *child]
+        child += [";", "set-option", "destroy-unattached", "on"]
 
     class EchoApp(App[None]):
         def compose(self) -> ComposeResult:

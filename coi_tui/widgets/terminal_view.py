@@ -32,6 +32,7 @@ from coi_tui.terminal.render import Renderer
 from coi_tui.terminal.transport import Transport
 
 LEAVE_KEY = "ctrl+right_square_bracket"
+_gc_frozen = False
 # Rows rendered into segments per tick stop after this long; the rest wait for the next tick
 # (about 0.1-0.3 ms per 200-column row, so a whole screen usually fits).
 ROW_BUDGET_S = 0.008
@@ -138,8 +139,12 @@ class TerminalView(Widget, can_focus=True):
             sys.setswitchinterval(SWITCH_INTERVAL_S)
         # A live pane allocates fast (cells, segments, strips), so the collector's full passes
         # come often, and each walked the whole app (about 40 ms measured mid-flood). Frozen
-        # objects (everything alive now: the app, its widgets) are skipped by those passes.
-        gc.freeze()
+        # objects (everything alive at the first connect: the app, its widgets) are skipped
+        # by those passes. Once per process: a freeze also pins whatever garbage exists then.
+        global _gc_frozen
+        if not _gc_frozen:
+            gc.freeze()
+            _gc_frozen = True
         self.feeder.start()
         self.refresh()
 
