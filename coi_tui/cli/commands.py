@@ -92,23 +92,28 @@ def launch_request(args: argparse.Namespace, settings: Settings) -> LaunchReques
 # ---------------------------------------------------------------------- shell / run / attach
 def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     settings, _incus, manager = context(args)
-    req = launch_request(args, settings)
-    req.debug = args.debug
+    if getattr(args, "tmux", None) == "false":
+        raise UsageError("--tmux=false is gone: coi sessions always run in tmux")
     if not args.background and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CoiError(
             "coi shell needs a terminal; use 'coi shell --background' and "
             "'coi attach' from a terminal"
         )
     install_signal_handlers()
-    session = manager.launch(req)
-    try:
-        manager.wait_ready(session.container)
-        manager.restore_saved_state(session)
-        manager.start_agent(session, debug=args.debug)
-    except BaseException:
-        if not session.persistent:
-            manager.kill(session.container)
-        raise
+    if getattr(args, "container", None):
+        session = enter_container(manager, args.container, args.debug)
+    else:
+        req = launch_request(args, settings)
+        req.debug = args.debug
+        session = manager.launch(req)
+        try:
+            manager.wait_ready(session.container)
+            manager.restore_saved_state(session)
+            manager.start_agent(session, debug=args.debug)
+        except BaseException:
+            if not session.persistent:
+                manager.kill(session.container)
+            raise
     manager.spawn_supervisor(session.container)
     mode = "Background (tmux)" if args.background else "Interactive (tmux)"
     err("Starting session...")
@@ -201,6 +206,28 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         else:
             manager.remove_container(session.container)
     return code
+
+
+def enter_container(manager: SessionManager, name: str, debug: bool) -> Any:
+    """`coi shell --container NAME`: the container as it is (no workspace remount); started
+    when stopped, its agent started when its tmux session is gone."""
+    from coi_tui.sessions.snapshots import session_of_container
+
+    incus = manager.incus
+    if not incus.instance_exists(name):
+        raise CoiError(f"container '{name}' not found (see 'coi list')")
+    status = incus.status(name)
+    if status == "Frozen":
+        raise CoiError(
+            f"container '{name}' is frozen (paused by the monitor?): 'coi unfreeze {name}'"
+        )
+    if status != "Running":
+        err(f"Starting {name}...")
+        incus.start(name)
+    manager.wait_ready(name)
+    session = session_of_container(manager, name)
+    manager.start_agent(session, debug=debug)
+    return session
 
 
 def headless_prompt(args: argparse.Namespace, settings: Settings, tool: Any) -> str | None:

@@ -182,6 +182,19 @@ def build_parser() -> CoiParser:
         "--background", action="store_true", help="start detached; attach later with 'coi attach'"
     )
     p.add_argument("--debug", action="store_true", help="start bash instead of the agent")
+    p.add_argument(
+        "--container",
+        metavar="NAME",
+        help="enter an existing container as it is (started if stopped; its agent started "
+        "if not running), without remounting the workspace",
+    )
+    p.add_argument(
+        "--tmux",
+        choices=["true", "false"],
+        nargs="?",
+        const="true",
+        help=argparse.SUPPRESS,  # COI <= 0.9: sessions always run in tmux here
+    )
 
     p = sub.add_parser(
         "run",

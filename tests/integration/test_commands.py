@@ -288,3 +288,32 @@ def test_snapshot_messages_and_stateful_guard(coi: CoiRunner, workspace: Path) -
     # A group on its own prints its help, as COI (Cobra) does.
     group = coi("snapshot")
     assert group.returncode == 0 and "Usage: coi snapshot" in group.stdout
+
+
+def test_shell_container_enters_an_existing_container(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    """`coi shell --container NAME` takes the container as it is: restarted when stopped, its
+    agent started again when its tmux session is gone."""
+    name = start_background(coi, workspace, "--persistent")
+    incus.stop(name, force=True)
+    entered = coi.ok("shell", "--container", name, "--background")
+    assert f"Container: {name}" in entered.stderr and incus.status(name) == "Running"
+    assert (
+        coi(
+            "container",
+            "exec",
+            name,
+            "--user",
+            "1000",
+            "--",
+            "tmux",
+            "has-session",
+            "-t",
+            f"coi-{name}",
+        ).returncode
+        == 0
+    )
+    missing = coi("shell", "--container", "coi-nope-1", "--background")
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    assert coi("shell", "--tmux=false", "--background").returncode == 2
