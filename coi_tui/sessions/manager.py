@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractContextManager, suppress
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -391,8 +391,15 @@ class SessionManager:
 
     def remove_container(self, name: str) -> None:
         """Delete a coi container (stopping it first) and tell the hooks it is gone."""
-        with suppress(InstanceNotFound):
+        try:
             self.incus.delete_instance(name, force=True)
+        except InstanceNotFound:
+            pass
+        except IncusError:
+            # Someone else deleting it at the same moment (`incus delete -f`, a racing
+            # `coi kill`) is not a failure: it is gone either way.
+            if self.incus.instance_exists(name):
+                raise
         run_hooks("container_ended", self, name, True)
 
     def stop_and_keep(self, name: str, timeout: int | None = None) -> None:
