@@ -602,7 +602,7 @@ KEYS: tuple[Key, ...] = (
     K("security.additional_protected_paths", "additional_protected_paths", "list", []),
     K("security.disable_protection", "disable_protection", "bool", False),
     K("security.writable_paths", "writable_paths", "list", [], merge="union"),
-    N("security.secret_paths", "secret_paths", "list", [], merge="union"),
+    K("security.secret_paths", "secret_paths", "list", [], merge="union"),
     N("security.host_immutable", "host_immutable", "bool", True),
     N("security.reduce_kernel_surface", "reduce_kernel_surface", "bool", False),
     N("security.reduce_kernel_surface_strict", "reduce_kernel_surface_strict", "bool", False),

@@ -10,7 +10,12 @@ workspace is skipped, except the git placeholders below: in a real `.git` direct
 `.git/hooks`, `.git/config.worktree` or `.git/info/attributes` is created empty (inert for git)
 and protected, so the agent cannot create one that git on the host would then run or obey.
 Per-worktree `.git/worktrees/*/config.worktree` files are found and protected too. Symlinks, and
-paths whose real location is outside the workspace, are never mounted."""
+paths whose real location is outside the workspace, are never mounted.
+
+Secret masking: each match of a `[security] secret_paths` glob (workspace-relative; `**`
+recurses) is covered by an empty read-only file or directory from ~/.coi/masks, so its content
+is neither visible nor changeable inside. A protected path inside a masked one is left to the
+mask. More than MAX_MASKS matches is an error (fail closed) rather than a partial mask."""
 
 from __future__ import annotations
 
@@ -18,8 +23,11 @@ import glob
 import hashlib
 import os
 import re
+from pathlib import Path
 
 from coi_tui.config import Settings
+from coi_tui.errors import CoiError
+from coi_tui.paths import coi_home
 from coi_tui.sessions.hooks import LaunchContext, SessionHook
 
 WORKSPACE = "/workspace"
@@ -27,6 +35,7 @@ GIT_HOOKS = ".git/hooks"
 # Missing git paths created empty (True: a directory) so they can be protected.
 GIT_PLACEHOLDERS = {GIT_HOOKS: True, ".git/config.worktree": False, ".git/info/attributes": False}
 MAX_DEVICE_NAME = 60
+MAX_MASKS = 64
 
 
 def clean(path: str) -> str:
@@ -49,8 +58,8 @@ def protected_paths(settings: Settings) -> list[str]:
     return seen
 
 
-def device_name(path: str) -> str:
-    name = "protect-" + re.sub(r"[^A-Za-z0-9]+", "-", path).strip("-")
+def device_name(path: str, prefix: str = "protect-") -> str:
+    name = prefix + re.sub(r"[^A-Za-z0-9]+", "-", path).strip("-")
     if len(name) > MAX_DEVICE_NAME:  # keep it unique and within Incus's limits
         digest = hashlib.sha256(path.encode()).hexdigest()[:8]
         name = f"{name[: MAX_DEVICE_NAME - 9]}-{digest}"
@@ -106,11 +115,63 @@ def session_paths(workspace: str, settings: Settings) -> list[str]:
     return out
 
 
+def secret_matches(workspace: str, patterns: list[str]) -> list[str]:
+    """Workspace-relative paths matched by the secret_paths globs, outermost only."""
+    found: set[str] = set()
+    for pattern in patterns:
+        norm = clean(pattern)
+        if not norm:
+            continue
+        for match in glob.glob(
+            os.path.join(glob.escape(workspace), norm), recursive=True, include_hidden=True
+        ):
+            rel = clean(os.path.relpath(match, workspace))
+            if rel and not os.path.islink(match) and inside(workspace, match):
+                found.add(rel)
+    outermost: list[str] = []
+    for rel in sorted(found):
+        if not any(rel.startswith(top + "/") for top in outermost):
+            outermost.append(rel)
+    if len(outermost) > MAX_MASKS:
+        raise CoiError(
+            f"[security] secret_paths match {len(outermost)} paths in {workspace}; at most "
+            f"{MAX_MASKS} can be masked (narrow the globs, e.g. mask a directory)"
+        )
+    return outermost
+
+
+def mask_sources(home: Path | None = None) -> tuple[str, str]:
+    """(empty file, empty directory) on the host, read-only, mounted over secrets."""
+    masks = (home or coi_home()) / "masks"
+    masks.mkdir(parents=True, exist_ok=True)
+    empty_file, empty_dir = masks / "empty", masks / "empty.d"
+    if not empty_file.is_file():
+        empty_file.write_bytes(b"")
+    empty_dir.mkdir(exist_ok=True)
+    empty_file.chmod(0o444)
+    empty_dir.chmod(0o555)
+    return str(empty_file), str(empty_dir)
+
+
 class ProtectHook(SessionHook):
     def prepare_instance(self, ctx: LaunchContext) -> None:
         workspace = ctx.request.workspace
         shift = ctx.devices.get("workspace", {}).get("shift")
-        for path in session_paths(workspace, ctx.manager.settings):
+        settings = ctx.manager.settings
+        secrets = secret_matches(workspace, list(getattr(settings, "secret_paths", [])))
+        if secrets:
+            empty_file, empty_dir = mask_sources()
+            for path in secrets:
+                is_dir = os.path.isdir(os.path.join(workspace, path))
+                ctx.devices[device_name(path, "mask-")] = {
+                    "type": "disk",
+                    "source": empty_dir if is_dir else empty_file,
+                    "path": f"{WORKSPACE}/{path}",
+                    "readonly": "true",
+                }
+        for path in session_paths(workspace, settings):
+            if any(path == top or path.startswith(top + "/") for top in secrets):
+                continue  # the mask covers it
             device = {
                 "type": "disk",
                 "source": os.path.join(workspace, path),

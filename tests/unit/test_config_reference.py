@@ -341,6 +341,7 @@ def test_unenforced_keys_are_flagged_in_the_key_table() -> None:
     assert {"monitoring.nft.enabled", "paths.sessions_dir", "limits.disk.tmpfs_size"} <= flagged
     # implemented ones
     assert not {"prompts", "security.writable_paths", "git.writable_hooks"} & flagged
+    assert "security.secret_paths" not in flagged
     assert not {"tool.claude.effort_level", "tool.context_json", "container.build.compression"} & (
         flagged
     )
@@ -623,7 +624,7 @@ def run_hook(workspace: Path, settings: Settings) -> dict[str, dict[str, str]]:
         manager=SimpleNamespace(settings=settings),
     )
     protect_hook.HOOK.prepare_instance(ctx)  # type: ignore[arg-type]
-    return {k: v for k, v in ctx.devices.items() if k.startswith("protect-")}
+    return {k: v for k, v in ctx.devices.items() if k.startswith(("protect-", "mask-"))}
 
 
 def test_protect_hook_files_dirs_missing_and_placeholders(tmp_path: Path) -> None:
@@ -688,3 +689,41 @@ def test_protect_hook_knobs(tmp_path: Path) -> None:
     assert "/workspace/secrets" in paths
     assert not any("up" in p or "link" in p for p in paths)
     assert run_hook(ws, protect_settings(disable_protection=True)) == {}
+
+
+def test_secret_paths_are_masked_outermost_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COI_HOME", str(tmp_path / "home"))
+    ws = tmp_path / "ws"
+    (ws / "secrets" / "deep").mkdir(parents=True)
+    (ws / "secrets" / "deep" / "k.pem").write_text("x")
+    (ws / ".env").write_text("TOKEN=1")
+    (ws / "a.pem").write_text("x")
+    (ws / "sub").mkdir()
+    (ws / "sub" / "b.pem").write_text("x")
+    (ws / ".coi").mkdir()
+    (ws / "x.pem").symlink_to(ws / "a.pem")  # a symlink: never mounted
+    settings = protect_settings(secret_paths=[".env", "*.pem", "secrets/**", "../x", ".coi"])
+    devices = run_hook(ws, settings)
+    masks = {d["path"]: d for name, d in devices.items() if name.startswith("mask-")}
+    assert set(masks) == {
+        "/workspace/.env",
+        "/workspace/a.pem",
+        "/workspace/secrets",  # its contents are under the one mask
+        "/workspace/.coi",
+    }
+    home = tmp_path / "home" / "masks"
+    assert masks["/workspace/.env"]["source"] == str(home / "empty")
+    assert masks["/workspace/secrets"]["source"] == str(home / "empty.d")
+    assert all(d["readonly"] == "true" for d in masks.values())
+    assert (home / "empty").read_bytes() == b"" and list((home / "empty.d").iterdir()) == []
+    # a protected path under a mask is left to the mask
+    assert "/workspace/.coi" not in {
+        d["path"] for n, d in devices.items() if n.startswith("protect-")
+    }
+    too_many = protect_settings(secret_paths=["f*"])
+    for i in range(protect_hook.MAX_MASKS + 1):
+        (ws / f"f{i}").write_text("")
+    with pytest.raises(CoiError, match="secret_paths match 65 paths"):
+        run_hook(ws, too_many)
