@@ -30,11 +30,40 @@ KIND_SCHEMAS: dict[str, dict[str, Any]] = {
     "duration": {"type": "string"},
     "cpuset": {"type": ["string", "integer"]},
     "allowance": {"type": "string"},
+    "permission_mode": {"type": "string"},
+    "cpu_count": {"type": ["string", "integer"]},
+    "domains": {"type": "array", "items": {"type": "string", "pattern": "^[^*]+$"}},
+    "ipv4_list": {"type": "array", "items": {"type": "string", "format": "ipv4"}},
+    "name": {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]*)?$"},
+    "sockets": {"type": "array", "items": {"type": "object"}},
+    "credentials": {"type": "array", "items": {"type": "object"}},
+    "port_maps": {"type": "array", "items": {"type": "object"}},
+    "hosts": {"type": "array", "items": {"type": "object"}},
+    "prompts": {
+        "type": "object",
+        "additionalProperties": {
+            "oneOf": [
+                {"type": "string"},
+                {
+                    "type": "object",
+                    "properties": {"file": {"type": "string"}},
+                    "required": ["file"],
+                    "additionalProperties": False,
+                },
+            ]
+        },
+    },
+    "env_map": {"type": "object", "additionalProperties": {"type": "string"}},
 }
 # Sections whose shape is not one key per line in the table.
 FREEFORM = {
     "environment": {"type": "object", "additionalProperties": {"type": "string"}},
-    "mounts": {"type": "object"},
+    "mounts": {"type": ["array", "object"]},  # [[mounts]] or [[mounts.default]]
+    # a profile's root spellings of [defaults] keys, and the 0.7-era shape (deprecated)
+    "env_commands": {"type": "object", "additionalProperties": {"type": "string"}},
+    "env_command_timeout": {"type": "string"},
+    "image": {"type": "string", "deprecated": True},
+    "build": {"type": "object", "deprecated": True},
     "remotes": {"type": "array", "items": {"type": "object"}},
     "tui": {"type": "object"},
 }
@@ -74,11 +103,13 @@ def profile_schema() -> dict[str, Any]:
         leaf = dict(KIND_SCHEMAS.get(key.kind, {}))
         if key.choices:
             leaf["enum"] = list(key.choices)
+        if not key.enforced:
+            leaf["description"] = "accepted, not yet enforced by coi"
         if key.minimum is not None:
             leaf["minimum"] = key.minimum
         if key.maximum is not None:
             leaf["maximum"] = key.maximum
-        if key.default not in (None, "", [], ()):
+        if key.default not in (None, "", [], (), {}):
             leaf["default"] = list(key.default) if isinstance(key.default, tuple) else key.default
         node.setdefault("properties", {})[parts[-1]] = leaf
     props = root["properties"]
