@@ -381,6 +381,11 @@ class FileParser:
                 if self.profile and key.path == "defaults.profile":
                     raise self.fail(dotted, "a profile cannot select a profile (use inherits)")
                 self.record(key.path, self.check(key, value, dotted), dotted)
+                if dotted in ("defaults.image", "defaults.persistent"):  # the pre-0.8 layout
+                    deprecated(
+                        f"{self.path}:{find_line(self.text, dotted) or 1}: {show_key(dotted)} is "
+                        f"the pre-0.8 layout; write {show_key(key.path)} instead"
+                    )
             elif isinstance(value, dict) and dotted in sections():
                 self.walk(value, dotted + ".")
             else:

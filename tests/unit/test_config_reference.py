@@ -727,3 +727,14 @@ def test_secret_paths_are_masked_outermost_only(
         (ws / f"f{i}").write_text("")
     with pytest.raises(CoiError, match="secret_paths match 65 paths"):
         run_hook(ws, too_many)
+
+
+def test_pre_08_defaults_image_loads_with_a_note(
+    dirs: tuple[Path, Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, project, env = dirs
+    write(home / "config.toml", '[defaults]\nimage = "old"\npersistent = true\n')
+    settings = load_settings(project, env)
+    assert settings.image == "old" and settings.persistent is True
+    err = capsys.readouterr().err
+    assert "config.toml:2: [defaults] image is the pre-0.8 layout; write [container] image" in err
