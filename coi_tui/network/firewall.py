@@ -34,6 +34,10 @@ class Policy:
     block_private: bool = True
     block_metadata: bool = True
     allowed: list[str] = field(default_factory=list)
+    # (ip, ports) opened on purpose: [[network.hosts]] and `coi hosts add`
+    hosts: list[tuple[str, list[str]]] = field(default_factory=list)
+    dns_servers: list[str] = field(default_factory=list)  # restricted mode only
+    allowed_ports: list[str] = field(default_factory=list)  # "443", "8000-8100"
 
     def argv(self, iface: str) -> list[str]:
         argv = ["apply", iface, self.mode, self.gateway]
@@ -43,9 +47,18 @@ class Policy:
             argv.append("--no-block-private")
         if not self.block_metadata:
             argv.append("--no-block-metadata")
+        if self.mode == "open":
+            return argv
         if self.mode == "allowlist":
             for cidr in self.allowed:
                 argv += ["--allow", cidr]
+        for address, ports in self.hosts:
+            argv += ["--host", f"{address}:{','.join(ports)}" if ports else address]
+        if self.mode == "restricted":
+            for server in self.dns_servers:
+                argv += ["--dns", server]
+        if self.allowed_ports:
+            argv += ["--ports", ",".join(self.allowed_ports)]
         return argv
 
 

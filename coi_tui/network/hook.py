@@ -69,7 +69,17 @@ def resolve_allowlist(name: str, domains: list[str]) -> Resolved:
     return resolved
 
 
-def policy_for(incus: Incus, settings: Settings, resolved: Resolved | None) -> Policy:
+def policy_for(
+    incus: Incus, settings: Settings, resolved: Resolved | None, container: str = ""
+) -> Policy:
+    from coi_tui.network.hosts import all_hosts, check_ports, firewall_hosts
+
+    dns = [str(a) for a in getattr(settings, "dns_servers", None) or []]
+    if dns and check_mode(settings) == "allowlist":
+        raise CoiError(
+            "[network] dns_servers cannot be used in allowlist mode (it blocks DNS: names "
+            "come from /etc/hosts); remove it or use restricted mode"
+        )
     return Policy(
         mode=check_mode(settings),
         gateway=gateway_of(incus, settings.bridge),
@@ -77,7 +87,24 @@ def policy_for(incus: Incus, settings: Settings, resolved: Resolved | None) -> P
         block_private=settings.block_private_networks,
         block_metadata=settings.block_metadata_endpoint,
         allowed=resolved.cidrs() if resolved else [],
+        hosts=firewall_hosts(all_hosts(settings, container)),
+        dns_servers=dns,
+        allowed_ports=check_ports(list(getattr(settings, "allowed_ports", None) or [])),
     )
+
+
+def write_extra_hosts(incus: Incus, settings: Settings, name: str) -> None:
+    """[[network.hosts]] and `coi hosts` names in the container's /etc/hosts."""
+    from coi_tui.network.hosts import all_hosts, merge_hosts_file
+
+    entries = all_hosts(settings, name)
+    try:
+        current = incus.pull_file(name, "/etc/hosts").decode()
+    except IncusError:
+        current = "127.0.0.1\tlocalhost\n"
+    updated = merge_hosts_file(current, entries)
+    if updated != current:
+        incus.push_file(name, "/etc/hosts", updated.encode())
 
 
 def write_hosts(incus: Incus, name: str, resolved: Resolved) -> None:
@@ -134,7 +161,7 @@ class NetworkHook(SessionHook):
         try:
             # Rules key on the interface name, so they exist before the veth does: the first
             # packet the container sends already meets them.
-            self.firewall.apply(name, policy_for(incus, settings, resolved))
+            self.firewall.apply(name, policy_for(incus, settings, resolved, name))
         except CoiError as exc:
             if mode == "open":
                 manager.say(f"warning: {exc} (open mode continues without rules)")
@@ -145,6 +172,8 @@ class NetworkHook(SessionHook):
         resolved = self.resolved.get(ctx.session.container)
         if resolved is not None:
             write_hosts(ctx.manager.incus, ctx.session.container, resolved)
+        if getattr(ctx.manager.settings, "network_hosts", None):
+            write_extra_hosts(ctx.manager.incus, ctx.manager.settings, ctx.session.container)
 
     def after_start(self, ctx: LaunchContext) -> None:
         name = ctx.session.container
@@ -162,6 +191,9 @@ class NetworkHook(SessionHook):
             except CoiError as exc:
                 manager.say(f"warning: {exc}; 'coi clean --orphans' removes leftovers")
         self.resolved.pop(name, None)
+        from coi_tui.network.hosts import save_runtime_hosts
+
+        save_runtime_hosts(name, [])  # `coi hosts add` entries end with the session
         if removed:
             with suppress(OSError):
                 cache_path(name).unlink()
@@ -204,9 +236,27 @@ def refresh_allowlist(incus: Incus, settings: Settings, name: str) -> float | No
         except InstanceNotFound:
             return None
         resolved = resolve_allowlist(name, settings.allowed_domains)
-        Firewall().apply(name, policy_for(incus, settings, resolved))
+        Firewall().apply(name, policy_for(incus, settings, resolved, name))
         write_hosts(incus, name, resolved)
     return refresh_seconds(resolved.min_ttl, settings.refresh_interval_minutes)
+
+
+def reapply_rules(incus: Incus, settings: Settings, name: str) -> str:
+    """A running container's rules and /etc/hosts again, after its extra hosts changed.
+    Uses the mode the container was started with. Returns that mode."""
+    import dataclasses
+
+    instance = incus.get_instance(name)
+    mode = instance.config.get(MODE_KEY) or check_mode(settings)
+    settings = dataclasses.replace(settings, network_mode=mode)
+    with file_lock(f"network-{name}"):
+        resolved = (
+            resolve_allowlist(name, settings.allowed_domains) if mode == "allowlist" else None
+        )
+        if mode != "open" and "eth0" in instance.expanded_devices:
+            Firewall().apply(name, policy_for(incus, settings, resolved, name))
+        write_extra_hosts(incus, settings, name)
+    return mode
 
 
 def run_refresher(name: str, workspace: str, first_delay: float | None, poll: float = 5.0) -> None:

@@ -109,6 +109,19 @@ def elements(items: Iterable[str]) -> str:
     return "{ " + ", ".join(items) + " }"
 
 
+def port_match(ports: Sequence[str]) -> str:
+    return ports[0] if len(ports) == 1 else elements(ports)
+
+
+def capped(prefix: str, ports: Sequence[str]) -> list[str]:
+    """`prefix accept`, limited to the destination ports when a cap is set."""
+    if not ports:
+        return [f"{prefix} accept" if prefix else "accept"]
+    match = port_match(ports)
+    lead = f"{prefix} " if prefix else ""
+    return [f"{lead}tcp dport {match} accept", f"{lead}udp dport {match} accept"]
+
+
 def container_rules(
     mode: str,
     gateway: str,
@@ -118,8 +131,14 @@ def container_rules(
     block_metadata: bool = True,
     host_addrs: Sequence[str] = (),
     set_name: str = "",
+    hosts: Sequence[tuple[str, Sequence[str]]] = (),
+    dns_servers: Sequence[str] = (),
+    allowed_ports: Sequence[str] = (),
 ) -> list[str]:
-    """The body of one container's chain, first match wins."""
+    """The body of one container's chain, first match wins. `hosts` are (ip, ports) opened
+    on purpose ([[network.hosts]], `coi hosts`), even private ones in restricted mode;
+    `dns_servers` are the only off-box resolvers (restricted); `allowed_ports` caps the
+    destination ports of everything else that is allowed (ICMP echo stays allowed)."""
     if mode == "open":
         return ["accept"]
     rules = [
@@ -136,19 +155,26 @@ def container_rules(
     # Replies to connections the host opens to the container (no conntrack in the bridge
     # family): anything TCP but a connection attempt.
     rules.append(f"ip daddr {gateway} tcp flags & (syn | ack) != syn accept")
+    for address, ports in hosts:
+        rules += capped(f"ip daddr {address}", ports)
+    if mode == "restricted" and dns_servers:
+        for proto in ("udp", "tcp"):
+            rules.append(f"ip daddr {elements(dns_servers)} {proto} dport 53 accept")
+            rules.append(f"{proto} dport 53 drop")
     local = list(PRIVATE)
     if allow_local:
-        rules.append(f"ip daddr {elements(local)} accept")
+        rules += capped(f"ip daddr {elements(local)}", allowed_ports)
     else:
         rules.append(f"ip daddr {gateway} drop")
         others = [a for a in host_addrs if a != gateway]
         if others:
             rules.append(f"ip daddr {elements(others)} drop")
     if mode == "allowlist":
-        rules += [
-            f"ip daddr @{set_name} meta l4proto {{ tcp, udp }} accept",
-            f"ip daddr @{set_name} icmp type echo-request limit rate 10/second accept",
-        ]
+        if allowed_ports:
+            rules += capped(f"ip daddr @{set_name}", allowed_ports)
+        else:
+            rules.append(f"ip daddr @{set_name} meta l4proto {{ tcp, udp }} accept")
+        rules.append(f"ip daddr @{set_name} icmp type echo-request limit rate 10/second accept")
         if not allow_local:
             rules.append(f"ip daddr {elements([*local, METADATA])} drop")
         rules.append("drop")
@@ -157,7 +183,11 @@ def container_rules(
         rules.append(f"ip daddr {elements(local)} drop")
     if block_metadata:
         rules.append(f"ip daddr {METADATA} drop")
-    rules += [f"ip daddr {elements(SPECIAL)} drop", "accept"]
+    rules.append(f"ip daddr {elements(SPECIAL)} drop")
+    if allowed_ports:
+        rules += ["icmp type echo-request accept", *capped("", allowed_ports), "drop"]
+    else:
+        rules.append("accept")
     return rules
 
 
@@ -230,14 +260,34 @@ def interfaces(state: dict[str, set[str]]) -> list[str]:
     return sorted(i for i in found if IFACE_RE.match(i))
 
 
-def parse_apply(argv: list[str]) -> tuple[str, str, str, dict[str, bool], list[str]]:
+def check_ports(text: str) -> list[str]:
+    """ "443", "80,443" or "8000-8100": nft port expressions, each 1-65535."""
+    out = []
+    for part in text.split(","):
+        low, dash, high = part.strip().partition("-")
+        try:
+            numbers = [int(low)] + ([int(high)] if dash else [])
+        except ValueError:
+            raise NetctlError(f"bad port list {text!r}") from None
+        if any(not 1 <= n <= 65535 for n in numbers) or (dash and numbers[0] > numbers[1]):
+            raise NetctlError(f"bad port list {text!r} (ports are 1-65535)")
+        out.append("-".join(str(n) for n in numbers))
+    if not out:
+        raise NetctlError("empty port list")
+    return out
+
+
+def parse_apply(argv: list[str]) -> tuple[str, str, str, dict[str, object], list[str]]:
     if len(argv) < 3:
         raise NetctlError("usage: coi-netctl apply IFACE MODE GATEWAY [options]")
     iface, mode, gateway = check_iface(argv[0]), argv[1], check_ipv4(argv[2])
     if mode not in MODES:
         raise NetctlError(f"bad mode {mode!r} (want {', '.join(MODES)})")
-    flags = {"allow_local": False, "block_private": True, "block_metadata": True}
+    flags: dict[str, object] = {"allow_local": False, "block_private": True, "block_metadata": True}
     allowed: list[str] = []
+    hosts: list[tuple[str, list[str]]] = []
+    dns: list[str] = []
+    ports: list[str] = []
     rest = argv[3:]
     while rest:
         word = rest.pop(0)
@@ -249,10 +299,27 @@ def parse_apply(argv: list[str]) -> tuple[str, str, str, dict[str, bool], list[s
             flags["block_metadata"] = False
         elif word == "--allow" and rest:
             allowed.append(check_cidr(rest.pop(0)))
+        elif word == "--host" and rest:  # IP or IP:PORTS
+            address, _, spec = rest.pop(0).partition(":")
+            hosts.append((check_ipv4(address), check_ports(spec) if spec else []))
+        elif word == "--dns" and rest:
+            dns.append(check_ipv4(rest.pop(0)))
+        elif word == "--ports" and rest:
+            ports += check_ports(rest.pop(0))
         else:
             raise NetctlError(f"unknown option {word!r}")
-    if len(allowed) > MAX_ALLOW:
-        raise NetctlError(f"too many --allow entries (at most {MAX_ALLOW})")
+    if len(allowed) + len(hosts) + len(dns) > MAX_ALLOW:
+        raise NetctlError(f"too many --allow/--host/--dns entries (at most {MAX_ALLOW})")
+    if dns and mode != "restricted":
+        raise NetctlError("--dns is for restricted mode (allowlist blocks DNS entirely)")
+    if mode == "allowlist":
+        for address, _ in hosts:
+            ip = ipaddress.IPv4Address(address)
+            if ip.is_private or ip.is_link_local:
+                raise NetctlError(
+                    f"--host {address}: allowlist mode refuses private and metadata addresses"
+                )
+    flags.update(hosts=hosts, dns_servers=sorted(set(dns)), allowed_ports=sorted(set(ports)))
     return iface, mode, gateway, flags, sorted(set(allowed))
 
 

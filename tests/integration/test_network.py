@@ -502,3 +502,40 @@ def test_mode_switch_on_persistent_container(
     finally:
         for instance in incus.list_instances(coi.prefix):
             coi("kill", "--force", instance.name)
+
+
+def test_hosts_open_one_private_address_for_the_session(
+    coi: CoiRunner, topology: Topology, incus: Incus, workspace: Path
+) -> None:
+    """`coi hosts add` names a private host and opens exactly it (and its ports) in
+    restricted mode; `remove` closes it again; entries die with the session."""
+    name = start(coi, topology, "restricted", workspace)
+    lan = topology.lan
+    assert probe(incus, name, topology, [["lan", lan, 8080]], dns=False) == {"lan": False}
+
+    coi.ok("hosts", "add", name, lan, "lan.test", "--ports", "9")  # named, wrong port
+    assert probe(incus, name, topology, [["lan", "lan.test", 8080]], dns=False) == {"lan": False}
+    coi.ok("hosts", "add", name, lan, "lan.test", "--ports", "8080")  # replaces the entry
+    got = probe(
+        incus, name, topology, [["by_name", "lan.test", 8080], ["by_ip", lan, 8080],
+                                ["internet", topology.internet, 8080],
+                                ["neighbor", topology.neighbor, 8080]], dns=False,
+    )  # fmt: skip
+    assert got == {"by_name": True, "by_ip": True, "internet": True, "neighbor": False}
+    listed = json.loads(coi.ok("hosts", "list", name, "--json").stdout)
+    assert listed == [
+        {"ip": lan, "hostnames": ["lan.test"], "ports": ["8080"], "source": "session"}
+    ]
+    assert f"{lan}\tlan.test" in incus.pull_file(name, "/etc/hosts").decode()
+
+    coi.ok("hosts", "remove", name, "lan.test")
+    assert probe(incus, name, topology, [["lan", lan, 8080]], dns=False) == {"lan": False}
+    assert "lan.test" not in incus.pull_file(name, "/etc/hosts").decode()
+    assert coi("hosts", "remove", name, "lan.test").returncode == 1
+    bad = coi("hosts", "add", name, "not-an-ip", "x.test")
+    assert bad.returncode == 1 and "IPv4" in bad.stderr
+    coi.ok("hosts", "add", name, lan, "again.test")
+    coi.ok("kill", "--force", name)
+    assert not (coi.home / "hosts" / f"{name}.json").exists()
+    gone = coi("hosts", "add", name, lan, "late.test")
+    assert gone.returncode == 1 and "not found" in gone.stderr

@@ -115,3 +115,57 @@ def test_wildcards_rejected_and_hosts_merge_keeps_the_rest() -> None:
     first = merge_hosts("127.0.0.1\tlocalhost\n", block)
     again = merge_hosts(first, block)
     assert again == first and again.startswith("127.0.0.1\tlocalhost\n")
+
+
+def test_extra_hosts_dns_servers_and_port_caps() -> None:
+    rules = netctl.container_rules(
+        "restricted",
+        "10.1.2.1",
+        hosts=[("192.168.5.5", ["443"]), ("10.9.9.9", [])],
+        dns_servers=["9.9.9.9"],
+        allowed_ports=["80", "443"],
+    )
+    opened = rules.index("ip daddr 192.168.5.5 tcp dport 443 accept")
+    private = next(i for i, r in enumerate(rules) if r.startswith("ip daddr { 10.0.0.0/8,"))
+    assert opened < private
+    assert "ip daddr 10.9.9.9 accept" in rules  # no ports: the whole address
+    assert rules.index("ip daddr { 9.9.9.9 } udp dport 53 accept") < rules.index(
+        "udp dport 53 drop"
+    )
+    assert rules[-4:] == [
+        "icmp type echo-request accept",
+        "tcp dport { 80, 443 } accept",
+        "udp dport { 80, 443 } accept",
+        "drop",
+    ]
+    allow = netctl.container_rules("allowlist", "10.1.2.1", set_name="a-x", allowed_ports=["443"])
+    assert "ip daddr @a-x tcp dport 443 accept" in allow
+    assert not any("meta l4proto" in r for r in allow)
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--host", "10.0.0.5:0"], "ports are 1-65535"),
+        (["--host", "10.0.0.5:80;drop"], "bad port"),
+        (["--dns", "9.9.9.9"], "restricted"),  # in allowlist mode
+        (["--host", "192.168.1.1"], "private"),  # in allowlist mode
+    ],
+)
+def test_helper_checks_the_new_options(argv: list[str], why: str) -> None:
+    with pytest.raises(netctl.NetctlError, match=why):
+        netctl.parse_apply(["coiv0000000000", "allowlist", "10.0.0.1", *argv])
+
+
+def test_policy_argv_carries_hosts_dns_and_ports() -> None:
+    policy = Policy(
+        "restricted", "10.1.2.1", hosts=[("192.168.5.5", ["443", "8000-8100"])],
+        dns_servers=["9.9.9.9"], allowed_ports=["443"],
+    )  # fmt: skip
+    argv = policy.argv("coiv0000000000")
+    assert argv[4:] == [
+        "--host", "192.168.5.5:443,8000-8100", "--dns", "9.9.9.9", "--ports", "443"
+    ]  # fmt: skip
+    flags = netctl.parse_apply(argv[1:])[3]
+    assert flags["hosts"] == [("192.168.5.5", ["443", "8000-8100"])]
+    assert flags["dns_servers"] == ["9.9.9.9"] and flags["allowed_ports"] == ["443"]
