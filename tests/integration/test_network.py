@@ -539,3 +539,16 @@ def test_hosts_open_one_private_address_for_the_session(
     assert not (coi.home / "hosts" / f"{name}.json").exists()
     gone = coi("hosts", "add", name, lan, "late.test")
     assert gone.returncode == 1 and "not found" in gone.stderr
+
+
+def test_allowed_ports_cap_every_destination(
+    coi: CoiRunner, topology: Topology, incus: Incus, workspace: Path
+) -> None:
+    (coi.home / "config.toml").write_text("[network]\nallowed_ports = [9]\n")
+    capped = start(coi, topology, "restricted", workspace)
+    got = probe(incus, capped, topology, [["internet", topology.internet, 8080]])
+    assert got == {"internet": False, "dns": True}  # the bridge's DNS is not capped
+    (coi.home / "config.toml").write_text("[network]\nallowed_ports = [8080]\n")
+    opened = start(coi, topology, "restricted", workspace)
+    got = probe(incus, opened, topology, [["internet", topology.internet, 8080]])
+    assert got == {"internet": True, "dns": True}
