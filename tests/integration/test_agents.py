@@ -52,9 +52,15 @@ def pane(coi: CoiRunner, name: str) -> str:
 
 EXPECTED = {
     # tool: (bypass flags present in session 1, absent in session 2)
-    "claude": ["--dangerously-skip-permissions"],
+    "claude": ["--permission-mode", "bypassPermissions"],
     "opencode": [],
     "aider": ["--yes-always"],
+}
+EFFORT = {
+    "effortLevel": "medium",
+    "effortLevelAccepted": True,
+    "hasSeenEffortPrompt": True,
+    "effortCalloutDismissed": True,
 }
 
 
@@ -69,10 +75,14 @@ def test_agent_flags_settings_and_context_over_two_sessions(
     for flag in EXPECTED[tool]:
         assert flag in first
     if tool == "claude":
-        assert "--session-id" in first
+        # COI: claude --verbose --permission-mode bypassPermissions --session-id <uuid>
+        assert first[:3] == ["--verbose", "--permission-mode", "bypassPermissions"]
+        assert first[3] == "--session-id" and len(first) == 5
         wait_for(lambda: "Permission mode: bypassPermissions" in pane(coi, name), 10, "banner")
         settings = json.loads(read(incus, name, "/home/code/.claude/settings.json"))
         assert settings["permissions"]["defaultMode"] == "bypassPermissions"
+        assert {key: settings[key] for key in EFFORT} == EFFORT
+        assert settings["env"] == {"CLAUDE_CODE_EFFORT_LEVEL": "medium"}
         # The user's own settings (e.g. from a restored session) must survive the next merge.
         settings["env"] = {"CLAUDE_CODE_USE_BEDROCK": "1"}
         incus.push_file(
@@ -102,12 +112,34 @@ def test_agent_flags_settings_and_context_over_two_sessions(
         assert flag not in second
     context = read(incus, name, CONTEXT)
     assert context.count("# Sandbox Context") == 1 and name in context
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2].strip()
+        for line in context.splitlines()
+        if line.startswith("| ") and line.count("|") == 3
+    }
+    assert rows["Container mode"] == "Persistent (survives between sessions)"
+    assert rows["GitHub CLI"] == "Not authenticated"
+    assert rows["Docker"].startswith("Available")
+    assert rows["Tool"] == tool and rows["Container"] == name
+    assert rows["User"] == "Non-root user (code)"
+    facts = json.loads(read(incus, name, "/home/code/SANDBOX_CONTEXT.json"))
+    assert facts["schema_version"] == 1
+    assert (facts["container_name"], facts["tool_name"]) == (name, tool)
+    assert (facts["workspace_path"], facts["home_dir"]) == ("/workspace", "/home/code")
+    assert facts["persistent"] is True and facts["network"]["mode"] == "restricted"
+    assert facts["gh_cli_authenticated"] is False and facts["published_ports"] == []
     if tool == "claude":
         wait_for(lambda: "Permission mode: default" in pane(coi, name), 10, "banner")
         claude_md = read(incus, name, "/home/code/.claude/CLAUDE.md")
         assert claude_md.count(BEGIN) == 1 and claude_md.count("# Sandbox Context") == 1
+        assert second[:2] == ["--verbose", "--session-id"] and len(second) == 3
         settings = json.loads(read(incus, name, "/home/code/.claude/settings.json"))
-        assert settings["env"] == {"CLAUDE_CODE_USE_BEDROCK": "1"}  # merged, not overwritten
+        # merged, not overwritten: the user's env stays next to the effort level
+        assert settings["env"] == {
+            "CLAUDE_CODE_USE_BEDROCK": "1",
+            "CLAUDE_CODE_EFFORT_LEVEL": "medium",
+        }
+        assert {key: settings[key] for key in EFFORT} == EFFORT  # in every mode
         assert "defaultMode" not in settings.get("permissions", {})
         assert "allowDangerouslySkipPermissions" not in settings
     if tool == "opencode":

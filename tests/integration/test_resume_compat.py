@@ -70,6 +70,7 @@ def test_continue_restarts_a_stopped_persistent_session_in_place(
     # No --persistent this time: the session's own mode is inherited.
     again, resumed_id, err = launch(coi, workspace, "--continue")
     assert (again, resumed_id) == (name, session_id), err
+    assert f"Setting up session {session_id}..." in err
     assert "Inherited persistent mode from session" in err
     assert f"Reusing persistent container {name}" in err
     assert "Persistent: yes" in err

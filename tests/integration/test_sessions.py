@@ -148,6 +148,7 @@ def test_poweroff_saves_session_and_resume_restores_it(
     assert "✓ Present" in info and f"coi shell --resume={session_id}" in info
 
     resumed = start_background(coi, workspace, "--resume")
+    assert resumed == name  # back in its original slot, a fresh container with the saved state
     wait_for(lambda: "Resuming session: " in capture(coi, resumed), what="the resume banner")
     screen = capture(coi, resumed)
     assert f"Resuming session: {session_id}" in screen
