@@ -386,3 +386,30 @@ def test_monitor_audit_and_unfreeze_on_a_real_session(
     everything = coi("unfreeze")
     assert everything.returncode == 0 and "Resumed 1 container(s)" in everything.stderr
     assert incus.status(name) == "Running"
+
+
+def test_audit_follow_prints_records_as_they_are_appended(coi: CoiRunner, tmp_path: Path) -> None:
+    log = tmp_path / "live.jsonl"
+    log.write_text(json.dumps({"id": "first", "level": "info"}) + "\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coi_tui.cli.main", "audit", "--file", str(log), "--follow"],
+        cwd=REPO,
+        env=coi.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["id"] == "first"
+        with log.open("a") as f:
+            f.write(json.dumps({"id": "second", "level": "high"}) + "\n")
+        assert json.loads(proc.stdout.readline())["id"] == "second"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    outside = coi("audit", cwd=tmp_path)  # no NAME, no $COI_CONTAINER, no container here
+    assert outside.returncode == 1 and "no COI containers found" in outside.stderr
