@@ -243,10 +243,18 @@ class HostHook(SessionHook):
             self.forward_ssh_agent(ctx)
         home = HomeWriter(ctx)
         facts = self.facts(ctx)
-        text = render_context(facts)
+        # [tool] context_file / context_json_file replace the built-in text (host files).
+        custom = str(getattr(settings, "context_file", "") or "")
+        text = read_host_file(custom, "context_file") if custom else render_context(facts)
         home.write(SANDBOX_CONTEXT, text)
         if getattr(settings, "context_json", True):
-            home.write(SANDBOX_CONTEXT_JSON, json.dumps(context_json(facts), indent=2) + "\n")
+            custom = str(getattr(settings, "context_json_file", "") or "")
+            data = (
+                read_host_file(custom, "context_json_file")
+                if custom
+                else json.dumps(context_json(facts), indent=2) + "\n"
+            )
+            home.write(SANDBOX_CONTEXT_JSON, data)
         tool = ctx.session.tool
         context_path = SANDBOX_CONTEXT if settings.auto_context else None
         if settings.auto_context and tool.context_file:
@@ -328,6 +336,13 @@ class HostHook(SessionHook):
             memory_limit=settings.limit_memory,
             allowed_domains=list(getattr(settings, "allowed_domains", []) or []),
         )
+
+
+def read_host_file(path: str, key: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CoiError(f"[tool] {key} {path}: cannot read: {exc.strerror or exc}") from None
 
 
 def effort_level(settings: Settings) -> str:

@@ -688,7 +688,7 @@ class SessionManager:
                 run_hooks("container_ended", self, name, False)
                 self.say(
                     f"Container {name} stopped and kept for reuse (persistent): "
-                    "'coi shell --persistent' restarts it"
+                    "'coi shell --continue' (or 'coi shell --persistent') restarts it"
                 )
                 return "kept"
             self.say("Container was stopped, removing...")

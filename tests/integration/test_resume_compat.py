@@ -224,3 +224,19 @@ def test_use_dummy_without_tool_flag_keeps_the_configured_tool(
     assert "Tool: claude" in result.stderr
     assert (coi.home / "sessions-claude" / session_id_of(result.stderr) / "metadata.json").is_file()
     assert not (coi.home / "sessions-dummy").exists()
+
+
+def test_custom_context_file_replaces_the_template_and_context_json_can_be_off(
+    coi: CoiRunner, workspace: Path, incus: Incus, tmp_path: Path
+) -> None:
+    custom = tmp_path / "my context.md"
+    custom.write_text("# Team rules\n\nAlways run the linters.\n")
+    (coi.home / "config.toml").write_text(
+        f'[tool]\ncontext_file = "{custom}"\ncontext_json = false\n'
+    )
+    name, _, _ = launch(coi, workspace, "--debug")
+    context = sh(incus, name, "cat /home/code/SANDBOX_CONTEXT.md").stdout
+    assert context == custom.read_text()
+    claude_md = sh(incus, name, "cat /home/code/.claude/CLAUDE.md").stdout
+    assert "Always run the linters." in claude_md and "# Sandbox Context" not in claude_md
+    assert not sh(incus, name, "test -e /home/code/SANDBOX_CONTEXT.json").ok
