@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 MB = 1 << 20
+DEFAULT_C2_PORTS = (4444, 5555, 1234, 31337, 12345, 6666, 6667, 6697, 8080)
 USER_HZ = 100
 CLEAR = "\033[2J\033[H"
 
@@ -171,7 +172,7 @@ def cmd_monitor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         return monitor_all(incus, manager, as_json, args.watch)
     name = resolve(manager, args.name, args.workspace)
     err(f"Monitoring container: {name}")
-    collector = Collector(incus, name)
+    collector = Collector(incus, name, manager.settings)
     if args.watch == 0:
         snap = collector.collect()
         if as_json:
@@ -195,7 +196,7 @@ def monitor_all(incus: Any, manager: Any, as_json: bool, watch: int) -> int:
     def snaps() -> list[dict[str, Any]]:
         names = [i.name for i in manager.coi_instances() if i.running or i.frozen]
         for name in names:
-            collectors.setdefault(name, Collector(incus, name))
+            collectors.setdefault(name, Collector(incus, name, manager.settings))
         return [collectors[name].collect() for name in names]
 
     if watch == 0:
@@ -223,9 +224,13 @@ class Collector:
     cgroup and the Incus state. Keeps the previous sample, so rates are per watch interval
     (0 on the first snapshot)."""
 
-    def __init__(self, incus: Any, name: str) -> None:
+    def __init__(self, incus: Any, name: str, settings: Any = None) -> None:
         self.incus = incus
         self.name = name
+        self.c2_ports = set(getattr(settings, "monitoring_c2_ports", None) or DEFAULT_C2_PORTS)
+        self.metadata = set(
+            getattr(settings, "monitoring_metadata_addresses", None) or ["169.254.169.254"]
+        )
         self.previous: tuple[float, float, float] | None = None  # (time, read MB, write MB)
         self._passwd: dict[int, str] | None = None
 
@@ -279,13 +284,16 @@ class Collector:
             for conn in procfs.inet_sockets(pid).values():
                 if conn.state == "LISTEN":
                     continue
+                reason = self.suspect(conn.remote, conn.remote_port, conn.local)
                 entry: dict[str, Any] = {
                     "protocol": conn.proto,
                     "local_addr": f"{conn.local}:{conn.local_port}",
                     "remote_addr": f"{conn.remote}:{conn.remote_port}",
                     "state": conn.state,
-                    "suspicious": False,
+                    "suspicious": bool(reason),
                 }
+                if reason:
+                    entry["suspect_reason"] = reason
                 conns.append(entry)
         procs.sort(key=lambda p: p["pid"])
         now = time.monotonic()
@@ -329,6 +337,32 @@ class Collector:
         snap["threats"] = recent_threats(self.name)
         snap["errors"] = errors
         return snap
+
+    def suspect(self, remote: str, port: int, local: str) -> str:
+        """Why a connection looks bad ("" when it does not): a C2 port, the cloud metadata
+        address, or a private network other than the container's own bridge subnet."""
+        import ipaddress
+
+        if not port:
+            return ""
+        try:
+            address = ipaddress.ip_address(remote.removeprefix("::ffff:"))
+        except ValueError:
+            return ""
+        if address.is_loopback or address.is_unspecified:
+            return ""
+        if port in self.c2_ports:
+            return f"known reverse-shell/C2 port {port}"
+        if str(address) in self.metadata or address.is_link_local:
+            return "cloud metadata address"
+        if address.is_private:
+            try:
+                own = ipaddress.ip_network(f"{local.removeprefix('::ffff:')}/24", strict=False)
+            except ValueError:
+                own = None
+            if own is None or address not in own:
+                return "private network"
+        return ""
 
     def user_name(self, init_pid: int, uid: int) -> str:
         if self._passwd is None:
@@ -552,10 +586,12 @@ def format_snapshot(snap: dict[str, Any]) -> str:
         head += f", {net['suspicious_count']} suspicious"
     lines.append(head + ")")
     if net["connections"]:
-        lines.append("  Protocol  Local Address       Remote Address      State")
+        lines.append("  Protocol  Local Address       Remote Address      State        Status")
         for c in net["connections"]:
+            mark = f"⚠ SUSPICIOUS ({c['suspect_reason']})" if c["suspicious"] else "✓ Normal"
             lines.append(
-                f"  {c['protocol']:<8}  {c['local_addr']:<18}  {c['remote_addr']:<18}  {c['state']}"
+                f"  {c['protocol']:<8}  {c['local_addr']:<18}  {c['remote_addr']:<18}  "
+                f"{c['state']:<11}  {mark}"
             )
     else:
         lines.append("  No active connections")

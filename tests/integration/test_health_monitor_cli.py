@@ -243,6 +243,14 @@ RESOURCE_KEYS = {
 }
 
 
+C2_LOOP = (
+    "import socket, subprocess, time; "
+    'ip = subprocess.check_output(["hostname", "-I"]).split()[0].decode(); '
+    "srv = socket.socket(); srv.bind((ip, 4444)); srv.listen(); "
+    "c = socket.create_connection((ip, 4444)); a = srv.accept(); time.sleep(300)"
+)
+
+
 def watch_output(coi: CoiRunner, name: str, frames: int = 2, timeout: float = 30) -> str:
     """`coi monitor NAME --watch 1` until `frames` footers appeared, then Ctrl+C."""
     proc = subprocess.Popen(
@@ -284,6 +292,18 @@ def test_monitor_audit_and_unfreeze_on_a_real_session(
         "nohup sh -c 'exec 3</proc/1/environ; exec sleep 300' >/dev/null 2>&1 &",
     )  # fmt: skip
 
+    # A connection to a C2 port, kept inside the container (its own address, no traffic out).
+    coi.ok(
+        "container", "exec", name, "--user", "1000", "--", "sh", "-c",
+        f"nohup python3 -c '{C2_LOOP}' >/dev/null 2>&1 &",
+    )  # fmt: skip
+
+    def c2_seen() -> bool:
+        snap = json.loads(coi.ok("monitor", name, "--json").stdout)
+        return any(c["remote_addr"].endswith(":4444") for c in snap["network"]["connections"])
+
+    wait_for(c2_seen, what="the connection to port 4444")
+
     # Resolved from the workspace (-w), from another directory.
     result = coi("monitor", "--json", "-w", str(workspace), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -293,6 +313,11 @@ def test_monitor_audit_and_unfreeze_on_a_real_session(
     assert snap["container_ip"].startswith("10.") and snap["errors"] == []
     assert datetime.fromisoformat(snap["timestamp"]).tzinfo is not None
     assert set(snap["network"]) == {"active_connections", "connections", "suspicious_count"}
+    c2 = next(c for c in snap["network"]["connections"] if c["remote_addr"].endswith(":4444"))
+    assert c2["suspicious"] is True and "4444" in c2["suspect_reason"]
+    assert c2["state"] == "ESTABLISHED" and c2["protocol"].startswith("tcp")
+    assert snap["network"]["suspicious_count"] >= 1
+    assert snap["network"]["active_connections"] == len(snap["network"]["connections"])
     procs = snap["processes"]
     assert procs["available"] and procs["total_count"] == len(procs["processes"]) > 3
     for proc in procs["processes"]:
@@ -316,7 +341,14 @@ def test_monitor_audit_and_unfreeze_on_a_real_session(
     assert via_env.returncode == 0 and json.loads(via_env.stdout)["container"] == name
     text = coi.ok("monitor", name).stdout
     assert text.startswith(f"Container: {name} (")
-    for part in ("NETWORK (", "PROCESSES (", "FILESYSTEM", "RESOURCES", "⚠ ENV SCAN"):
+    for part in (
+        "NETWORK (",
+        "⚠ SUSPICIOUS (known",
+        "PROCESSES (",
+        "FILESYSTEM",
+        "RESOURCES",
+        "⚠ ENV SCAN",
+    ):
         assert part in text
     listed = json.loads(coi.ok("monitor", "--all", "--json").stdout)
     assert [s["container"] for s in listed] == [name]
