@@ -8,6 +8,7 @@ session container); nothing is sent anywhere."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -179,22 +181,36 @@ def test_coi_tui_in_tmux_drives_real_sessions(monitored: CoiRunner, tmp_path: Pa
         stamps = incus.exec_capture(second, ["cat", "/root/trigger-times"], timeout=30).stdout
         triggered = min(float(line) for line in stamps.split())
         assert second in screen.text()
-        print(f"threat on screen {seen - triggered:.3f}s after the trigger")
-        assert seen - triggered < 1.0, f"the threat took {seen - triggered:.2f}s to show"
+        # The monitor's own share, from its audit record (to tell a slow detection from a slow
+        # dashboard if this ever fails).
+        records = [
+            json.loads(line)
+            for line in (coi.home / "audit" / f"{second}.jsonl").read_text().splitlines()
+        ]
+        stamp = next(r["timestamp"] for r in records if r.get("title") == "SSH key access")
+        detected = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        # The monitor may judge the script at bash's exec, a little before its `date` ran.
+        triggered = min(triggered, detected)
+        timing = (
+            f"detected {detected - triggered:.3f}s and on screen {seen - triggered:.3f}s "
+            "after the trigger"
+        )
+        print(timing)
+        assert seen - triggered < 1.0, timing
 
-        # Kill the second slot through the confirmation (Cancel is focused: tab to Kill).
-        screen.keys("1", "Down")
-        screen.wait(lambda s: second in s, 10, "slot 2 selected")
+        # Kill the selected slot (the first: pause and resume acted on it) through the
+        # confirmation. Cancel is focused: tab to Kill.
+        screen.keys("1")
         screen.keys("k")
-        screen.wait(rf"Kill {second}\b(.|\n)*Cancel +Kill", 10, "the confirmation")
+        screen.wait(rf"Kill {first}\b(.|\n)*Cancel +Kill", 10, "the confirmation")
         screen.keys("Tab", "Enter")
         # The dialog closes (it covered the tree), then the row goes with the container.
         screen.wait(
-            lambda s: "Cancel" not in s and not re.search(slot_row(2, r"\w+"), s),
+            lambda s: "Cancel" not in s and not re.search(slot_row(1, r"\w+"), s),
             60,
-            "slot 2 gone",
+            "slot 1 gone",
         )
-        assert not incus.instance_exists(second)
-        assert re.search(slot_row(1, "RUNNING"), screen.text())
+        assert not incus.instance_exists(first)
+        assert re.search(slot_row(2, "RUNNING"), screen.text())
     finally:
         screen.kill()
