@@ -290,7 +290,9 @@ def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     env = dict(os.environ)
     profiles = ProfileSet.discover(cwd, env)
     if args.action == "list":
-        rows = [{"name": BUILTIN, "image": "", "persistent": "", "source": "(built-in)"}]
+        rows = []
+        if BUILTIN not in profiles.found:  # a disk profile "default" replaces the built-in
+            rows.append({"name": BUILTIN, "image": "", "persistent": "", "source": "(built-in)"})
         for name in profiles.names():
             for profile in profiles.found[name]:
                 row = {"name": name, "image": "", "persistent": "", "source": str(profile.config)}

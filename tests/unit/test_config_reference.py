@@ -468,8 +468,12 @@ def test_env_vars_for_paths_and_lenient_env_text(dirs: tuple[Path, Path, dict[st
     assert settings.persistent is True
 
 
-def test_merge_rules_between_files(dirs: tuple[Path, Path, dict[str, str]]) -> None:
+def test_merge_rules_between_files(dirs: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
+    """~/.coi/config.toml, then $COI_CONFIG (both trusted: the project config's trust rules
+    are config/trust.py's)."""
     home, project, env = dirs
+    extra = tmp_path / "extra" / "coi.toml"
+    env = {**env, "COI_CONFIG": str(extra)}
     write(
         home / "config.toml",
         '[[sockets]]\nhost = "/a"\ncontainer = "/a"\n'
@@ -479,7 +483,7 @@ def test_merge_rules_between_files(dirs: tuple[Path, Path, dict[str, str]]) -> N
         '[prompts]\na = "user a"\nb = "user b"\n',
     )
     write(
-        project / ".coi" / "config.toml",
+        extra,
         '[[sockets]]\nhost = "/b"\ncontainer = "/b"\n'
         '[[ports.map]]\nname = "web"\ncontainer = 8080\n'
         '[security]\nsecret_paths = ["*.pem", ".env"]\n'
@@ -493,11 +497,13 @@ def test_merge_rules_between_files(dirs: tuple[Path, Path, dict[str, str]]) -> N
 
 
 def test_prompt_file_is_relative_to_its_config_file(
-    dirs: tuple[Path, Path, dict[str, str]],
+    dirs: tuple[Path, Path, dict[str, str]], tmp_path: Path
 ) -> None:
     _, project, env = dirs
-    write(project / ".coi" / "prompts" / "fix.md", "Fix the bug\n")
-    write(project / ".coi" / "config.toml", '[prompts]\nfix = { file = "prompts/fix.md" }\n')
+    extra = tmp_path / "elsewhere" / "coi.toml"
+    write(extra.parent / "prompts" / "fix.md", "Fix the bug\n")
+    write(extra, '[prompts]\nfix = { file = "prompts/fix.md" }\n')
+    env = {**env, "COI_CONFIG": str(extra)}
     assert load_settings(project, env).prompts == {"fix": "Fix the bug\n"}
 
 
@@ -586,6 +592,10 @@ def test_profile_create_default_scaffolds_the_documented_starter(
     assert coi(project, home, "validate", "profile", "default").returncode == 0
     profiles = ProfileSet.discover(project, env)
     assert profiles.resolve("default").layer.values == {}  # behaves like the built-in
+    listed = json.loads(coi(project, home, "profile", "list", "--json").stdout)
+    assert [(row["name"], row["source"]) for row in listed] == [
+        ("default", str(home / "profiles" / "default" / "config.toml"))
+    ]
     again = coi(project, home, "profile", "create", "default")
     assert again.returncode == 1 and "already exists" in again.stderr
 
