@@ -22,6 +22,7 @@ from typing import Any
 from coi_tui.config import Settings
 from coi_tui.errors import CoiError
 from coi_tui.incus import Incus, IncusError
+from coi_tui.incus.errors import SocketPermissionDenied
 from coi_tui.paths import coi_home
 
 OK, WARN, FAIL = "ok", "warning", "failed"
@@ -197,7 +198,7 @@ class HealthChecker:
                 self.add(
                     check.__name__.removeprefix("check_"),
                     FAIL,
-                    "not checked: the Incus daemon is not reachable",
+                    "not checked: Incus is not reachable",
                     "start Incus first (see the 'incus' check)",
                 )
                 return
@@ -282,6 +283,15 @@ class HealthChecker:
     def check_incus(self) -> None:
         try:
             version = self.incus.ping()
+        except SocketPermissionDenied as exc:
+            self.add(
+                "incus",
+                FAIL,
+                str(exc).split(":")[0],
+                "sudo usermod -aG incus-admin $USER, then log in again",
+                socket=self.incus.socket_path,
+            )
+            return
         except IncusError as exc:
             self.add(
                 "incus",
