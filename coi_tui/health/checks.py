@@ -1089,12 +1089,17 @@ class HealthChecker:
             )
         if root and "kernel_limits" in bad:
             out.append(Fix("kernel_limits", "raise inotify/keys/map-count limits", fix_limits))
-        if self._daemon_ok and {"incus_storage_pool", "root_disk", "network_bridge"} & bad:
+        setup = [k for k in ("incus_storage_pool", "root_disk", "network_bridge") if k in bad]
+        if self._daemon_ok and setup:
+            what = {
+                "incus_storage_pool": "the storage pool",
+                "root_disk": "the default profile's root disk",
+                "network_bridge": f"the bridge {self.settings.bridge} (NAT off)",
+            }
             out.append(
                 Fix(
-                    "incus_storage_pool" if "incus_storage_pool" in bad else sorted(bad)[0],
-                    "create the missing storage pool, profile root disk or bridge "
-                    "(as 'coi setup' does; a new bridge has NAT off)",
+                    ",".join(setup),
+                    "create " + ", ".join(what[k] for k in setup) + " as 'coi setup' does",
                     self._fix_provision,
                 )
             )
@@ -1138,7 +1143,9 @@ class HealthChecker:
         prov = Provisioner(
             self.incus, report=lambda s: steps.append(s.line()) if s.changed else None
         )
-        pool = prov.ensure_pool(self.settings.storage_pool or "coi")
+        pool = self._coi_pool()
+        if not pool or pool not in {p["name"] for p in self.incus.list_storage_pools()}:
+            pool = prov.ensure_pool(self.settings.storage_pool or "coi")
         prov.ensure_root_disk(pool)
         prov.ensure_bridge(self.settings.bridge, nat=None)
         return "; ".join(line.strip() for line in steps) or "nothing was missing"

@@ -4,6 +4,7 @@ a monitor snapshot of a real session; the audit log; freezing and resuming."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,12 +12,14 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from coi_tui.incus import Incus
+from coi_tui.incus import Incus, IncusError
 from tests.conftest import REPO, CoiRunner
 from tests.integration.test_sessions import start_background, wait_for
 
@@ -445,3 +448,46 @@ def test_audit_follow_prints_records_as_they_are_appended(coi: CoiRunner, tmp_pa
             proc.wait()
     outside = coi("audit", cwd=tmp_path)  # no NAME, no $COI_CONTAINER, no container here
     assert outside.returncode == 1 and "no COI containers found" in outside.stderr
+
+
+@pytest.fixture
+def bare_project(incus: Incus) -> Iterator[str]:
+    """An Incus project with its own default profile, which has no root disk (what a fresh
+    Incus looks like before 'coi setup'); images, pools and networks are the default's."""
+    name = f"coitest-{uuid.uuid4().hex[:6]}"
+    incus.request(
+        "POST",
+        "/1.0/projects",
+        body={
+            "name": name,
+            "config": {
+                "features.images": "false",
+                "features.profiles": "true",
+                "features.storage.volumes": "false",
+            },
+        },
+    )
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(IncusError):
+            incus.request("DELETE", f"/1.0/projects/{name}")
+
+
+def test_health_fix_adds_the_missing_root_disk(coi: CoiRunner, bare_project: str) -> None:
+    env = {"COI_PROJECT": bare_project}
+    scoped = Incus(project=bare_project)
+    assert "root" not in (scoped.get_profile("default").get("devices") or {})
+    code, report = health(coi, env=env)
+    assert code == 1 and not_ok(report).keys() == {"root_disk"}, not_ok(report)
+
+    dry = coi("health", "--fix", "--dry-run", env=env)
+    assert "Would fix root_disk: create the default profile's root disk" in dry.stdout
+    assert dry.returncode == 1
+    assert "root" not in (scoped.get_profile("default").get("devices") or {})
+
+    fixed = coi("health", "--fix", env=env)
+    assert "Fixed root_disk: [created] default profile root disk: added on pool" in fixed.stdout
+    assert fixed.returncode == 0, fixed.stdout
+    root = scoped.get_profile("default")["devices"]["root"]
+    assert root["type"] == "disk" and root["path"] == "/" and root["pool"]
