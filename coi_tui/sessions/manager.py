@@ -341,8 +341,14 @@ class SessionManager:
         """The resumed session's own slot (no --slot given) when it is free or its container
         there still belongs to this session; otherwise the lowest free slot: a stopped
         persistent container of another session is never taken over (its state is not this
-        session's). None when --slot was given (chosen as usual)."""
-        if meta is None or req.slot:
+        session's). A container still running the session wins over everything, --slot
+        included. None when --slot was given (chosen as usual)."""
+        if meta is None:
+            return None
+        for slot, instance in sorted(occupied.items()):
+            if instance.status != "Stopped" and self.holds_session(instance, meta.session_id):
+                return slot  # still running: never a second container for one session
+        if req.slot:
             return None
         parsed = parse_container_name(self.settings.container_prefix, meta.container_name)
         if parsed and parsed[0] == workspace_hash(req.workspace):

@@ -115,6 +115,9 @@ def test_resume_of_a_running_session_reuses_its_container(
     assert "You said: still here" in capture(coi, name)
     agents = sh(incus, name, "pgrep -cf '^python3 /usr/local/bin/dummy'")
     assert agents.stdout.strip() == "1", agents.stdout
+    # Another --slot does not make a second container of the same session either.
+    again, _, err = launch(coi, workspace, f"--resume={session_id}", "--slot", "3")
+    assert again == name and names(incus, coi) == [name], err
 
     # `coi run` would delete the container afterwards: it refuses instead.
     run = coi(
