@@ -113,15 +113,21 @@ def main(argv: list[str]) -> int:
     incus = Incus(settings.socket or None, settings.project)
     manager = SessionManager(incus, settings, say)
     say(f"watching {name}")
-    started = time.monotonic()
     try:
-        enforce_runtime_limit(incus, name, started)
-        # Give a stop that is still in progress a moment to settle into Stopped.
-        incus.wait_for_status(name, ("Stopped", "Gone"), timeout=30)
-        # An attached `coi shell`/`coi attach` finalizes and reports itself; wait for it.
-        with file_lock(f"attached-{name}"):
-            pass
-        result = manager.finalize_if_stopped(name)
+        while True:
+            enforce_runtime_limit(incus, name, time.monotonic())
+            # Give a stop that is still in progress a moment to settle into Stopped.
+            incus.wait_for_status(name, ("Stopped", "Gone"), timeout=30)
+            # An attached `coi shell`/`coi attach` finalizes and reports itself; wait for it.
+            with file_lock(f"attached-{name}"):
+                pass
+            result = manager.finalize_if_stopped(name)
+            if result != "running":
+                break
+            # Started again before we got to it (a resumed persistent session, a snapshot
+            # restore): its new session needs watching too, and a new supervisor would find
+            # this one still holding the lock.
+            say(f"{name}: running again, still watching")
         if result == "gone":
             # Deleted behind coi's back (e.g. `incus delete -f`): still release what the hooks
             # hold for it, such as its firewall rules.
