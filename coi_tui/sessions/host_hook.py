@@ -96,7 +96,7 @@ def root_limits(settings: Settings) -> dict[str, str]:
 def limit_summary(settings: Settings) -> list[str]:
     out = []
     if settings.limit_cpu_count:
-        out.append(f"CPUs {settings.limit_cpu_count}")
+        out.append(f"{settings.limit_cpu_count} CPUs")
     if settings.limit_cpu_allowance:
         out.append(f"CPU allowance {settings.limit_cpu_allowance}")
     if settings.limit_memory:
