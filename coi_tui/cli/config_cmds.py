@@ -283,7 +283,7 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 # ---------------------------------------------------------------------- coi profile
 def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.parser import wants_json
-    from coi_tui.config.profiles import BUILTIN, ProfileSet
+    from coi_tui.config.profiles import PRESETS, ProfileSet, builtin
     from coi_tui.errors import CoiError
 
     cwd = Path.cwd()
@@ -291,8 +291,17 @@ def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     profiles = ProfileSet.discover(cwd, env)
     if args.action == "list":
         rows = []
-        if BUILTIN not in profiles.found:  # a disk profile "default" replaces the built-in
-            rows.append({"name": BUILTIN, "image": "", "persistent": "", "source": "(built-in)"})
+        for name, preset in PRESETS.items():  # a disk profile of the same name replaces it
+            if builtin(name, profiles.found):
+                persistent = preset.get("container.persistent")
+                rows.append(
+                    {
+                        "name": name,
+                        "image": "",
+                        "persistent": "" if persistent is None else "yes" if persistent else "no",
+                        "source": "(built-in)",
+                    }
+                )
         for name in profiles.names():
             for profile in profiles.found[name]:
                 row = {"name": name, "image": "", "persistent": "", "source": str(profile.config)}
@@ -369,7 +378,7 @@ def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     # delete
     from coi_tui.cli.commands import confirm
 
-    profile = profiles.get(args.name) if args.name != BUILTIN else None
+    profile = profiles.get(args.name) if not builtin(args.name, profiles.found) else None
     target = profile.directory if profile else args.name
     if not confirm(f"Delete profile {args.name} ({target})?", args.force):
         print("Cancelled", file=sys.stderr)

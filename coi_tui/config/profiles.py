@@ -23,6 +23,57 @@ from coi_tui.errors import CoiError, UsageError
 
 MAX_DEPTH = 10
 BUILTIN = "default"  # the fully merged global config; may be inherited, never edited
+HARDENED = "hardened"
+# Built-in profiles: "default" adds nothing to the merged config; "hardened" is COI's fixed
+# preset. A disk profile of the same name replaces either.
+PRESETS: dict[str, dict[str, object]] = {
+    BUILTIN: {},
+    HARDENED: {
+        "container.persistent": False,
+        "network.mode": "restricted",
+        "network.block_private_networks": True,
+        "network.block_metadata_endpoint": True,
+        "network.allow_local_network_access": False,
+        "ssh.forward_agent": False,
+        "security.host_immutable": True,
+        "security.secret_paths": [
+            ".env",
+            "*.pem",
+            "*.key",
+            "*.p12",
+            "id_rsa",
+            "id_ed25519",
+            "*.tfvars",
+            "*.tfstate",
+            ".npmrc",
+            ".netrc",
+            ".git-credentials",
+            "credentials.json",
+            "service_account.json",
+            "kubeconfig",
+            "database.yml",
+            "secrets/**",
+        ],
+        "security.reduce_kernel_surface": True,
+        "monitoring.enabled": True,
+        "monitoring.auto_pause_on_high": True,
+        "monitoring.auto_kill_on_critical": True,
+        "monitoring.nft.enabled": True,
+        "limits.runtime.max_duration": "4h",
+    },
+}
+
+
+def preset_layer(name: str) -> Layer:
+    layer = Layer(f"profile {name}", "built-in")
+    for path, value in PRESETS[name].items():
+        layer.values[path] = list(value) if isinstance(value, list) else value
+    return layer
+
+
+def builtin(name: str, found: dict[str, list[Profile]]) -> bool:
+    """A built-in profile not replaced by one on disk."""
+    return name in PRESETS and name not in found
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -263,12 +314,12 @@ class ProfileSet:
 
     def resolve(self, name: str) -> Resolved:
         check_name(name)
-        if name == BUILTIN and name not in self.found:
-            return Resolved(name, [BUILTIN], Layer(f"profile {name}", "(built-in)"))
+        if builtin(name, self.found):
+            return Resolved(name, [name], preset_layer(name))
         walked: list[str] = []
         profiles: list[Profile] = []
         current: str | None = name
-        while current and not (current == BUILTIN and current not in self.found):
+        while current and not builtin(current, self.found):
             if current in walked:
                 cycle = [*walked[walked.index(current) :], current]
                 raise CoiError(f"profile inheritance cycle detected: {' -> '.join(cycle)}")
@@ -282,6 +333,9 @@ class ProfileSet:
             profiles.append(profile)
             current = profile.layer.values.get("inherits")
         layer = Layer(f"profile {name}", "")
+        if current and current != BUILTIN:  # the chain ends at a built-in preset
+            walked.append(current)
+            layer = inherit(layer, preset_layer(current), current)
         for profile in reversed(profiles):  # root ancestor first
             layer = inherit(layer, profile.layer, profile.name)
         context = layer.values.get("context")
@@ -318,8 +372,8 @@ class ProfileSet:
         return directory
 
     def delete(self, name: str) -> Path:
-        if name == BUILTIN and name not in self.found:
-            raise CoiError(f'"{BUILTIN}" is the built-in profile; it cannot be deleted')
+        if builtin(name, self.found):
+            raise CoiError(f'"{name}" is a built-in profile; it cannot be deleted')
         profile = self.get(name)
         children = []
         for other in self.names():

@@ -155,3 +155,27 @@ def test_sigterm_saves_the_session_and_leaves_it_running(
     assert incus.status(name) == "Running"
     logs = list((coi.home / "sessions-dummy").glob("*/.claude/projects/-workspace/*.jsonl"))
     assert logs and "keep me" in logs[0].read_text()
+
+
+def test_resume_of_a_running_session_attaches_to_it(
+    shell_session,
+    coi: CoiRunner,
+    workspace: Path,
+    incus: Incus,  # type: ignore[no-untyped-def]
+) -> None:
+    started = coi.ok("shell", "--background", "--tool", "dummy", "-w", str(workspace))
+    session_id = next(
+        x for x in started.stderr.splitlines() if x.startswith("Session ID: ")
+    ).split()[2]
+    name = container_name(coi.prefix, str(workspace), 1)
+    coi.ok("tmux", "send", name, "said in the background")
+    session = shell_session(f"--resume={session_id}")
+    # The same agent, with what it already said on screen: attached, not restarted.
+    session.read_until(b"You said: said in the background")
+    session.send(b"and in the foreground\r")
+    session.read_until(b"You said: and in the foreground")
+    session.send(b"\x02d")
+    assert session.wait() == 0
+    assert "Container already running, reusing..." in session.text()
+    assert [i.name for i in incus.list_instances(coi.prefix)] == [name]
+    assert incus.status(name) == "Running"

@@ -358,7 +358,7 @@ def test_profile_commands_create_show_list_delete(
     assert made.returncode == 0, made.stderr
     assert (project / ".coi" / "profiles" / "dev" / "config.toml").is_file()  # project exists
     listed = json.loads(coi("profile", "list", "--format", "json").stdout)
-    assert [row["name"] for row in listed] == ["default", "base", "dev"]
+    assert [row["name"] for row in listed] == ["default", "hardened", "base", "dev"]
     shown = coi("profile", "show", "dev", "--sources").stdout
     assert 'image = "img-base"' in shown and "# Chain: dev <- base" in shown
     refused = coi("profile", "delete", "base", "--force")

@@ -538,6 +538,7 @@ def test_profile_takes_every_section_and_root_keys(
     dirs: tuple[Path, Path, dict[str, str]],
 ) -> None:
     home, project, env = dirs
+    env = {**env, "COI_TRUST_ALL": "1"}  # project profiles are untrusted otherwise
     write(
         home / "profiles" / "p" / "config.toml",
         'env_command_timeout = "1m"\n[env_commands]\nTOKEN = "echo t"\n'
@@ -545,7 +546,7 @@ def test_profile_takes_every_section_and_root_keys(
         "[shell]\nuse_tmux = false\n[paths]\npreserve_workspace_path = true\n",
     )
     write(
-        project / ".coi" / "profiles" / "child" / "config.toml",
+        home / "profiles" / "child" / "config.toml",
         'inherits = "p"\n[env_commands]\nTOKEN = ""\nOTHER = "echo o"\n',
     )
     settings = load_settings(project, env, profile="child")
@@ -593,7 +594,7 @@ def test_profile_create_default_scaffolds_the_documented_starter(
     profiles = ProfileSet.discover(project, env)
     assert profiles.resolve("default").layer.values == {}  # behaves like the built-in
     listed = json.loads(coi(project, home, "profile", "list", "--json").stdout)
-    assert [(row["name"], row["source"]) for row in listed] == [
+    assert [(row["name"], row["source"]) for row in listed if row["name"] == "default"] == [
         ("default", str(home / "profiles" / "default" / "config.toml"))
     ]
     again = coi(project, home, "profile", "create", "default")
@@ -748,3 +749,31 @@ def test_pre_08_defaults_image_loads_with_a_note(
     assert settings.image == "old" and settings.persistent is True
     err = capsys.readouterr().err
     assert "config.toml:2: [defaults] image is the pre-0.8 layout; write [container] image" in err
+
+
+def test_builtin_hardened_profile(dirs: tuple[Path, Path, dict[str, str]]) -> None:
+    home, project, env = dirs
+    write(home / "config.toml", '[network]\nmode = "open"\n[security]\nsecret_paths = ["x.txt"]\n')
+    settings = load_settings(project, env, profile="hardened")
+    assert settings.network_mode == "restricted" and settings.persistent is False
+    assert settings.monitoring_enabled and settings.monitoring_nft_enabled
+    assert settings.max_duration == "4h" and settings.reduce_kernel_surface
+    assert settings.secret_paths[0] == "x.txt" and "secrets/**" in settings.secret_paths
+    assert settings.source("network.mode") == "profile hardened (built-in)"
+    # a child inherits it; a disk profile of the same name replaces it
+    write(home / "profiles" / "strict" / "config.toml", 'inherits = "hardened"\n')
+    child = load_settings(project, env, profile="strict")
+    assert child.max_duration == "4h" and child.profile_chain == ["strict", "hardened"]
+    listed = json.loads(coi(project, home, "profile", "list", "--json").stdout)
+    assert [(r["name"], r["persistent"], r["source"]) for r in listed][:2] == [
+        ("default", "", "(built-in)"),
+        ("hardened", "no", "(built-in)"),
+    ]
+    shown = coi(project, home, "profile", "show", "hardened")
+    assert shown.returncode == 0 and 'max_duration = "4h"' in shown.stdout
+    assert "# Source: (built-in)" in shown.stdout
+    refused = coi(project, home, "profile", "delete", "hardened", "--force")
+    assert refused.returncode == 1 and "built-in profile" in refused.stderr
+    write(home / "profiles" / "hardened" / "config.toml", "[limits.runtime]\nmax_duration = '1h'\n")
+    replaced = load_settings(project, env, profile="hardened")
+    assert replaced.max_duration == "1h" and replaced.network_mode == "open"
