@@ -243,3 +243,17 @@ def test_custom_context_file_replaces_the_template_and_context_json_can_be_off(
     claude_md = sh(incus, name, "cat /home/code/.claude/CLAUDE.md").stdout
     assert "Always run the linters." in claude_md and "# Sandbox Context" not in claude_md
     assert not sh(incus, name, "test -e /home/code/SANDBOX_CONTEXT.json").ok
+
+
+def test_configured_effort_level_reaches_settings_and_environment(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    (coi.home / "config.toml").write_text('[tool.claude]\neffort_level = "high"\n')
+    name, _, _ = launch(coi, workspace)
+    settings = json.loads(sh(incus, name, "cat /home/code/.claude/settings.json").stdout)
+    assert settings["effortLevel"] == "high"
+    assert settings["env"]["CLAUDE_CODE_EFFORT_LEVEL"] == "high"
+    shown = sh(
+        incus, name, f"tmux show-environment -t coi-{name} CLAUDE_CODE_EFFORT_LEVEL", user=1000
+    )
+    assert shown.stdout.strip() == "CLAUDE_CODE_EFFORT_LEVEL=high", shown.stdout + shown.stderr
