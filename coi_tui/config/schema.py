@@ -703,7 +703,13 @@ KEYS: tuple[Key, ...] = (
     # [monitoring.nft]: the reference's nftables flow logging (our NFLOG path is always on)
     N("monitoring.nft.enabled", "monitoring_nft_enabled", "bool", False),
     N("monitoring.nft.rate_limit_per_second", "monitoring_nft_rate_limit", "int", 100, min=0),
-    N("monitoring.nft.dns_query_threshold", "monitoring_nft_dns_query_threshold", "int", 100),
+    N(
+        "monitoring.nft.dns_query_threshold",
+        "monitoring_nft_dns_query_threshold",
+        "int",
+        100,
+        min=0,
+    ),
     N("monitoring.nft.log_dns_queries", "monitoring_nft_log_dns_queries", "bool", True),
     N("monitoring.nft.lima_host", "monitoring_nft_lima_host", "str", ""),
     K("limits.cpu.count", "limit_cpu_count", "cpu_count", ""),
