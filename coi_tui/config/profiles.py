@@ -322,7 +322,10 @@ class ProfileSet:
         while current and not builtin(current, self.found):
             if current in walked:
                 cycle = [*walked[walked.index(current) :], current]
-                raise CoiError(f"profile inheritance cycle detected: {' -> '.join(cycle)}")
+                raise CoiError(
+                    f'profile inheritance cycle detected involving "{current}": '
+                    f"{' -> '.join(cycle)}"
+                )
             walked.append(current)
             if len(walked) > MAX_DEPTH:
                 raise CoiError(

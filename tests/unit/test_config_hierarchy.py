@@ -216,7 +216,7 @@ def test_cycle_and_eleven_levels_fail_with_clear_messages(
     profile(home, "a", 'inherits = "b"\n')
     profile(home, "b", 'inherits = "c"\n')
     profile(project / ".coi", "c", 'inherits = "a"\n')
-    with pytest.raises(CoiError, match=r"cycle detected: a -> b -> c -> a$"):
+    with pytest.raises(CoiError, match=r'cycle detected involving "a": a -> b -> c -> a$'):
         ProfileSet.discover(project, env).resolve("a")
     for i in range(1, MAX_DEPTH + 2):  # l1 inherits l2 ... l11 (11 levels)
         parent = f'inherits = "l{i + 1}"\n' if i <= MAX_DEPTH else ""
