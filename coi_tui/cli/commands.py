@@ -43,8 +43,24 @@ def context(args: argparse.Namespace | None = None) -> tuple[Settings, Incus, Se
 
     # shell/run: the profile (--profile or [defaults] profile) and the flags join the config.
     settings = settings_for(args)
+    if getattr(args, "command", None) in ("shell", "run"):
+        print_trust_warnings()
     incus = Incus(settings.socket or None, settings.project)
     return settings, incus, SessionManager(incus, settings)
+
+
+def print_trust_warnings() -> None:
+    """What the workspace's untrusted .coi/config.toml asked for and did not get."""
+    from coi_tui.config import trust
+
+    cwd = Path.cwd().absolute()
+    for key, report in trust.REPORTS.items():
+        where, _, profile = key.partition("#profile:")
+        if where != str(cwd):
+            continue
+        source = cwd / ".coi" / ("config.toml" if not profile else f"profiles/{profile}")
+        for line in trust.warnings(report, source):
+            err(line)
 
 
 def confirm(question: str, force: bool) -> bool:

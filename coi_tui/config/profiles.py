@@ -196,6 +196,7 @@ class Profile:
     directory: Path
     scope: str  # user | project | config
     _layer: Layer | None = None
+    env: dict[str, str] | None = None  # for the trust rules of project profiles
 
     @property
     def config(self) -> Path:
@@ -215,6 +216,13 @@ class Profile:
                 and build.is_file()
             ):
                 layer.values["container.build.script"] = str(build)
+            if self.scope == "project":  # comes with the repository: see config/trust.py
+                from coi_tui.config import trust
+
+                workspace = self.directory.parent.parent.parent  # <ws>/.coi/profiles/<name>
+                env = dict(os.environ if self.env is None else self.env)
+                report = trust.sanitize(layer.values, workspace, env, "profile")
+                trust.REPORTS[f"{workspace}#profile:{self.name}"] = report
             self._layer = layer
         return self._layer
 
@@ -262,7 +270,9 @@ def inherit(parent: Layer, child: Layer, name: str) -> Layer:
 
 
 class ProfileSet:
-    def __init__(self, locations: list[tuple[str, Path]]) -> None:
+    def __init__(
+        self, locations: list[tuple[str, Path]], env: dict[str, str] | None = None
+    ) -> None:
         self.locations = locations
         self.found: dict[str, list[Profile]] = {}
         for scope, directory in locations:
@@ -270,7 +280,9 @@ class ProfileSet:
                 continue
             for entry in sorted(directory.iterdir()):
                 if entry.is_dir() and (entry / "config.toml").is_file():
-                    self.found.setdefault(entry.name, []).append(Profile(entry.name, entry, scope))
+                    self.found.setdefault(entry.name, []).append(
+                        Profile(entry.name, entry, scope, env=env)
+                    )
 
     @classmethod
     def discover(cls, cwd: Path, env: dict[str, str] | None = None) -> ProfileSet:
@@ -285,7 +297,7 @@ class ProfileSet:
             if real not in seen:
                 seen.add(real)
                 unique.append((scope, directory))
-        return cls(unique)
+        return cls(unique, env)
 
     def names(self) -> list[str]:
         return sorted(self.found)

@@ -675,7 +675,12 @@ def load_settings(
             if label == "$COI_CONFIG":
                 raise CoiError(f"COI_CONFIG names {path}, which does not exist")
             continue
-        apply_layer(settings, FileParser(path, label).parse())
+        layer = FileParser(path, label).parse()
+        if label == "project config":  # comes with the repository: see config/trust.py
+            from coi_tui.config import trust
+
+            trust.REPORTS[str(cwd)] = trust.sanitize(layer.values, cwd, env)
+        apply_layer(settings, layer)
     environment = env_layer(env)
     wanted = profile or None
     if wanted is None and "defaults.profile" in environment.values:

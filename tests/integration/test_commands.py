@@ -317,3 +317,31 @@ def test_shell_container_enters_an_existing_container(
     missing = coi("shell", "--container", "coi-nope-1", "--background")
     assert missing.returncode == 1 and "not found" in missing.stderr
     assert coi("shell", "--tmux=false", "--background").returncode == 2
+
+
+def test_untrusted_project_config_reaches_nothing_until_trusted(
+    coi: CoiRunner, workspace: Path, incus: Incus, tmp_path: Path
+) -> None:
+    """A repository's .coi/config.toml cannot mount host paths or open the network on its
+    own; `coi trust` approves exactly its mounts, never the downgrade."""
+    outside = tmp_path / "host-secrets"
+    outside.mkdir()
+    (outside / "marker").write_text("host file\n")
+    (workspace / ".coi").mkdir()
+    (workspace / ".coi" / "config.toml").write_text(
+        f'[network]\nmode = "open"\n[[mounts]]\nhost = "{outside}"\ncontainer = "/mnt/outside"\n'
+    )
+    probe = ["sh", "-c", "cat /mnt/outside/marker 2>/dev/null || echo ABSENT"]
+    first = coi("run", "-w", str(workspace), "--", *probe, cwd=workspace)
+    assert first.returncode == 0 and first.stdout.strip() == "ABSENT"
+    assert "untrusted" in first.stderr and "coi trust" in first.stderr
+    shell = coi.ok("shell", "--background", "--tool", "dummy", "-w", str(workspace), cwd=workspace)
+    name = next(x for x in shell.stderr.splitlines() if x.startswith("Container: "))[11:]
+    assert incus.get_instance(name).config.get("user.coi.network.mode") == "restricted"
+    coi.ok("kill", "--force", name)
+
+    approved = coi("trust", "--force", cwd=workspace)
+    assert approved.returncode == 0 and f"mount {outside} -> /mnt/outside" in approved.stdout
+    second = coi("run", "-w", str(workspace), "--", *probe, cwd=workspace)
+    assert second.stdout.strip() == "host file"
+    assert "weakens the sandbox" in second.stderr  # the open mode stays ignored

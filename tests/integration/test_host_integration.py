@@ -41,7 +41,8 @@ def test_env_isolation_forwarding_timezone_profile_and_memory_limit(
         'mode = "fixed"\n'
         'name = "Asia/Tokyo"\n'
     )
-    # A project profile selected by [defaults] profile, inheriting a user profile.
+    # A project profile selected by [defaults] profile, inheriting a user profile (a project
+    # config may pick a profile only when trusted: COI_TRUST_ALL below).
     (workspace / ".coi").mkdir()
     (workspace / ".coi" / "config.toml").write_text('[defaults]\nprofile = "dev"\n')
     dev = workspace / ".coi" / "profiles" / "dev"
@@ -81,6 +82,7 @@ def test_env_isolation_forwarding_timezone_profile_and_memory_limit(
             "SECRET_TOKEN": "host-secret-value",
             "ANTHROPIC_API_KEY": "sk-host-key",
             "FORWARDED_VAR": "forwarded-value",
+            "COI_TRUST_ALL": "1",
         },
     )
     assert result.returncode == 0, result.stderr

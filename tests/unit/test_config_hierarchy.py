@@ -90,7 +90,8 @@ def test_config_show_sources_names_each_origin(
     write(home / "config.toml", '[tool]\npermission_mode = "interactive"\n')
     write(project / ".coi" / "config.toml", '[defaults]\nprofile = "dev"\n')
     profile(project / ".coi", "dev", '[limits.memory]\nlimit = "1GiB"\n')
-    env = {**os.environ, "COI_HOME": str(home), "COI_NETWORK_MODE": "open"}
+    # The project config picks a profile, which only a trusted project may do.
+    env = {**os.environ, "COI_HOME": str(home), "COI_NETWORK_MODE": "open", "COI_TRUST_ALL": "1"}
     env.pop("COI_CONFIG", None)
     run = subprocess.run(
         [sys.executable, "-m", "coi_tui.cli.main", "config", "show", "--sources"],
@@ -129,6 +130,7 @@ def test_three_level_chain_across_user_and_project_merges_per_the_rules(
     dirs: tuple[Path, Path, dict[str, str]],
 ) -> None:
     home, project, env = dirs
+    env = {**env, "COI_TRUST_ALL": "1"}  # project profiles are untrusted otherwise
     profile(
         home,
         "base",
