@@ -93,6 +93,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--inherits", default="", help="parent profile")
     p.add_argument("--image", default="", help="[container] image")
     p.set_defaults(handler=cmd_profile, scope="auto")
+    p = psub.add_parser(
+        "edit",
+        help="open a profile's config.toml in an editor, then check it",
+        description="Opens NAME's config.toml in $VISUAL, else $EDITOR, else vi, and validates "
+        "it (inheritance included) when the editor exits. Built-in profiles cannot be edited: "
+        "'coi profile create default' makes an editable copy.",
+    )
+    p.add_argument("name", help="profile name")
+    p.set_defaults(handler=cmd_profile)
     p = psub.add_parser("delete", help="delete a profile folder")
     p.add_argument("name")
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")
@@ -375,6 +384,8 @@ def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             profiles.resolve(args.name)  # the parent must exist and not make a cycle
         print(f"Created profile {args.name}: {directory / 'config.toml'}")
         return 0
+    if args.action == "edit":
+        return edit_profile(profiles, args.name, cwd, env)
     # delete
     from coi_tui.cli.commands import confirm
 
@@ -385,6 +396,33 @@ def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         return 1
     removed = profiles.delete(args.name)
     print(f"Deleted profile {args.name} ({removed})")
+    return 0
+
+
+def edit_profile(profiles: Any, name: str, cwd: Path, env: dict[str, str]) -> int:
+    """`coi profile edit NAME`: $VISUAL, $EDITOR or vi on its config.toml, then validate."""
+    import shlex
+    import subprocess
+
+    from coi_tui.config.profiles import ProfileSet, builtin, check_name
+    from coi_tui.errors import CoiError
+
+    check_name(name)
+    if builtin(name, profiles.found):
+        raise CoiError(
+            f'"{name}" is a built-in profile and cannot be edited; '
+            f"'coi profile create {name}' makes an editable copy"
+        )
+    path = profiles.get(name).config
+    editor = env.get("VISUAL") or env.get("EDITOR") or "vi"
+    try:
+        code = subprocess.call([*shlex.split(editor), str(path)])
+    except OSError as exc:
+        raise CoiError(f"cannot run the editor '{editor}': {exc.strerror or exc}") from None
+    if code != 0:
+        raise CoiError(f"the editor '{editor}' exited with {code}; {path} was not checked")
+    ProfileSet.discover(cwd, env).resolve(name)  # a CoiError names file:line and the key
+    print(f"Profile {name} is valid ({path})")
     return 0
 
 

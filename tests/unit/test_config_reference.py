@@ -777,3 +777,37 @@ def test_builtin_hardened_profile(dirs: tuple[Path, Path, dict[str, str]]) -> No
     write(home / "profiles" / "hardened" / "config.toml", "[limits.runtime]\nmax_duration = '1h'\n")
     replaced = load_settings(project, env, profile="hardened")
     assert replaced.max_duration == "1h" and replaced.network_mode == "open"
+
+
+def test_profile_edit_opens_the_editor_then_validates(
+    dirs: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    home, project, _ = dirs
+    write(home / "profiles" / "p" / "config.toml", "[container]\n")
+    good = write(tmp_path / "good.sh", "#!/bin/sh\necho 'persistent = true' >> \"$1\"\n")
+    bad = write(tmp_path / "bad.sh", "#!/bin/sh\necho 'persistnt = true' >> \"$1\"\n")
+    good.chmod(0o755)
+    bad.chmod(0o755)
+
+    def edit(editor: str, name: str = "p") -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "COI_HOME": str(home), "EDITOR": editor}
+        env.pop("VISUAL", None)
+        env.pop("COI_CONFIG", None)
+        return subprocess.run(
+            [sys.executable, "-m", "coi_tui.cli.main", "profile", "edit", name],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+
+    done = edit(str(good))
+    assert done.returncode == 0 and "Profile p is valid" in done.stdout, done.stderr
+    assert load_settings(project, {"COI_HOME": str(home)}, profile="p").persistent is True
+    broken = edit(str(bad))
+    assert broken.returncode == 1
+    assert "config.toml:3: [container] persistnt: unknown key" in broken.stderr
+    builtin = edit(str(good), "hardened")
+    assert builtin.returncode == 1 and "built-in profile and cannot be edited" in builtin.stderr
+    missing = edit(str(good), "nope")
+    assert missing.returncode == 1 and 'profile "nope" not found' in missing.stderr
