@@ -1,6 +1,7 @@
 """Threat monitor figures: detection-to-action latency for a reverse shell and for a connect to
-port 4444 (p50/p95 over up to 20 runs), and the daemon's CPU use while watching 10 idle
-containers.
+port 4444 (p50/p95 over up to 20 runs), the share of short-lived execs (/bin/true, about a
+millisecond) whose command line the daemon missed, and the daemon's CPU use (with its exec
+capture process) while watching 10 idle containers.
 
 Latency is measured on this host's clock, end to end: from the moment the host-side listener
 (on the bridge address, never anywhere else) accepts the container's connection to the moment
@@ -188,9 +189,21 @@ def exec_capture_figures(incus: Incus, pid: int, home: Path, name: str, count: i
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The daemon's CPU time plus its exec capture process's (its child)."""
+    total = 0.0
+    for proc in [pid, *children(pid)]:
+        with open(f"/proc/{proc}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
 
 
 def run(budget_s: float = 150) -> list[Figure]:
