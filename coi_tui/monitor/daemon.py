@@ -334,14 +334,15 @@ class Daemon:
         return self.by_ns.get(procfs.pid_ns(pid)) if self.by_ns else None
 
     # ------------------------------------------------------------------ event handlers
-    def on_capture(self, fd: int) -> None:
-        """Lines from the capture process: one exec or fork each (see capture_main)."""
+    def on_capture(self, fd: int) -> bool:
+        """Lines from the capture process: one exec or fork each (see capture_main). False
+        when it has exited."""
         try:
             data = os.read(fd, 1 << 20)
         except BlockingIOError:
-            return
+            return True
         if not data:
-            raise RuntimeError("the exec capture process exited")
+            return False
         lines = (self.capture_buffer + data).split(b"\n")
         self.capture_buffer = lines.pop()
         for line in lines:
@@ -353,6 +354,7 @@ class Daemon:
                 event = ProcEvent(kind, pid, parent)
                 self.proc_queue.append((event, argv, pidns, at, parent, (fd0, fd1)))
         self.on_proc_events()
+        return True
 
     def on_proc_events(self) -> None:
         while self.proc_queue:
@@ -631,8 +633,12 @@ class Daemon:
                 )
                 now = time.monotonic()
                 for source in ready:
-                    if source is capture_r:
-                        self.on_capture(capture_r)
+                    if source is capture_r and not self.on_capture(capture_r):
+                        self.log("exec capture process exited: restarting it")
+                        os.close(capture_r)
+                        with contextlib.suppress(ChildProcessError):
+                            os.waitpid(capture_pid, 0)
+                        capture_r, capture_pid = start_capture()
                     elif source is wake_r:
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 4096)
