@@ -811,3 +811,14 @@ def test_profile_edit_opens_the_editor_then_validates(
     assert builtin.returncode == 1 and "built-in profile and cannot be edited" in builtin.stderr
     missing = edit(str(good), "nope")
     assert missing.returncode == 1 and 'profile "nope" not found' in missing.stderr
+
+
+def test_build_all_without_recipes_and_flag_conflicts(
+    dirs: tuple[Path, Path, dict[str, str]],
+) -> None:
+    home, project, _ = dirs
+    write(home / "profiles" / "plain" / "config.toml", "[container]\npersistent = true\n")
+    nothing = coi(project, home, "build", "--all")
+    assert nothing.returncode == 0 and "No profile has anything to build" in nothing.stdout
+    both = coi(project, home, "build", "--all", "--profile", "plain")
+    assert both.returncode == 2 and "--all and --profile exclude each other" in both.stderr
