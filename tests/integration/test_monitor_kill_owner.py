@@ -26,9 +26,14 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the monitor daemon ne
 
 
 @pytest.fixture
-def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[Path, str]]:
+def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[Path, str, int]]:
     home = tmp_path / "home" / ".coi"
     home.mkdir(parents=True)
+    # a C2 port of our own choosing (free now), so parallel runs on one host never collide
+    probe = Listener()
+    port = probe.port
+    probe.close()
+    (home / "config.toml").write_text(f"[monitoring]\nc2_ports = [{port}]\n")
     prefix = f"{run_prefix}o"
     env = {**os.environ, "COI_HOME": str(home), "COI_CONTAINER_PREFIX": prefix}
     env["PYTHONPATH"] = str(REPO)
@@ -39,7 +44,7 @@ def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[P
     try:
         wait_until(lambda: (home / "monitor.sock").exists() or proc.poll() is not None, 20, "start")
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        yield home, prefix
+        yield home, prefix, port
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -51,12 +56,12 @@ def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[P
 
 
 def test_session_data_saved_by_a_kill_belongs_to_the_user(
-    daemon_home: tuple[Path, str], incus: Any, image: str, monkeypatch: pytest.MonkeyPatch
+    daemon_home: tuple[Path, str, int], incus: Any, image: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from coi_tui.sessions.store import SessionMeta, SessionStore
     from coi_tui.tools import get_tool
 
-    home, prefix = daemon_home
+    home, prefix, port = daemon_home
     events = Subscriber(home / "monitor.sock")
     name = f"{prefix}{uuid.uuid4().hex[:6]}"
     session = str(uuid.uuid4())
@@ -77,9 +82,11 @@ def test_session_data_saved_by_a_kill_belongs_to_the_user(
     wait_until(lambda: incus.get_instance(name, with_state=True).ipv4, 60, "an address")
     setup = "mkdir -p /home/code/.claude && echo '{\"x\": 1}' > /home/code/.claude/settings.json"
     assert incus.exec_capture(name, ["bash", "-c", setup], timeout=60).exit_code == 0
-    c2 = Listener(4444)
+    c2 = Listener(port)
     try:
-        code = f"import socket, time; socket.create_connection(('{GATEWAY}', 4444)); time.sleep(30)"
+        code = (
+            f"import socket, time; socket.create_connection(('{GATEWAY}', {port})); time.sleep(30)"
+        )
         subprocess.Popen(
             ["incus", "exec", name, "--", "python3", "-c", code],
             stdout=subprocess.DEVNULL,
