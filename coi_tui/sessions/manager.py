@@ -572,7 +572,10 @@ class SessionManager:
             cmd += ["-e", f"{key}={value}"]
         cmd += ["bash", "-c", inner]
         result = self.exec_as_code(session.container, cmd)
-        if not result.ok:
+        # "duplicate session": `tmux new-session -d` returns at once, and under load Incus can
+        # lose track of it ("Failed to retrieve PID") although it ran; the adapter's retry
+        # then finds the session our first attempt made. It exists: that is success.
+        if not result.ok and "duplicate session" not in result.stderr:
             raise CoiError(f"could not start the agent in tmux: {result.stderr.strip()}")
         if session.context is not None:
             run_hooks("after_start", session.context)
