@@ -534,8 +534,8 @@ def N(path: str, attr: str, kind: str, default: Any, *choices: str, **limits: An
 # Order is the order of `coi config show`.
 KEYS: tuple[Key, ...] = (
     K("defaults.profile", "profile", "str", ""),
-    N("defaults.env_command_timeout", "env_command_timeout", "duration", "30s"),
-    N("defaults.env_commands", "env_commands", "env_map", {}, merge="map"),
+    K("defaults.env_command_timeout", "env_command_timeout", "duration", "30s"),
+    K("defaults.env_commands", "env_commands", "env_map", {}, merge="map"),
     K("container.image", "image", "str", DEFAULT_IMAGE),
     K("container.persistent", "persistent", "bool", False),
     K("container.storage_pool", "storage_pool", "str", ""),
@@ -738,8 +738,8 @@ KEYS: tuple[Key, ...] = (
     N("ports.pool", "ports_pool", "int", 0, min=0, max=10),
     N("ports.map", "port_maps", "port_maps", [], merge="by_name"),
     # root-level tables and lists
-    N("sockets", "sockets", "sockets", [], merge="append"),
-    N("credentials", "credentials", "credentials", [], merge="append"),
+    K("sockets", "sockets", "sockets", [], merge="append"),
+    K("credentials", "credentials", "credentials", [], merge="append"),
     K("prompts", "prompts", "prompts", {}, merge="map"),
 )
 

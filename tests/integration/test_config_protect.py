@@ -1,8 +1,9 @@
-"""Protected paths (files and directories, git placeholders) and secret masking on the real
-daemon: what the agent can read and write inside."""
+"""Config keys on the real daemon: protected paths (files and directories, git placeholders),
+secret masking, coi build --all, [defaults.env_commands], [[credentials]] and [[sockets]]."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,50 @@ def test_build_all_builds_every_profile_with_a_recipe_and_compression(
     assert incus.image_exists(first) and incus.image_exists(second)
     again = coi.ok("build", "--all")
     assert again.stdout.count("is up to date") == 2
+
+
+def test_env_commands_credentials_and_sockets(
+    coi: CoiRunner, workspace: Path, tmp_path: Path
+) -> None:
+    import socket
+    import threading
+
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    sock_path = tmp_path / "host.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock_path))
+    server.listen(1)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"hello from the host\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    (coi.home / "config.toml").write_text(
+        '[defaults.env_commands]\nFROM_HOST = "echo host-$((1 + 1))"\n'
+        f'[[credentials]]\nhost = "{token}"\ncontainer = "/home/code/.config/tool/token"\n'
+        'mode = "0640"\n'
+        '[[credentials]]\nbundle = "ollama"\n'
+        f'[[sockets]]\nhost = "{sock_path}"\ncontainer = "/run/coi-test/host.sock"\n'
+        'env = "TEST_SOCK"\n'
+    )
+    script = (
+        'echo "env=$FROM_HOST"; echo "sockenv=$TEST_SOCK";'
+        'echo "token=$(cat ~/.config/tool/token) $(stat -c %a:%U ~/.config/tool/token)";'
+        'python3 -c "import socket; s=socket.socket(socket.AF_UNIX); '
+        "s.connect('/run/coi-test/host.sock'); print('sock=' + s.recv(100).decode().strip())\""
+    )
+    result = coi("run", "-w", str(workspace), "--", "sh", "-c", script)
+    server.close()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "env=host-2" in lines and "sockenv=/run/coi-test/host.sock" in lines
+    assert "token=s3cret 640:code" in lines
+    assert "sock=hello from the host" in lines
+    assert 'bundle "ollama"' in result.stderr and "skipped" in result.stderr
+    (coi.home / "config.toml").write_text('[defaults.env_commands]\nX = "exit 3"\n')
+    failed = coi("run", "-w", str(workspace), "--", "true")
+    assert failed.returncode == 1 and 'env_commands X: "exit 3" failed with exit 3' in failed.stderr

@@ -822,3 +822,22 @@ def test_build_all_without_recipes_and_flag_conflicts(
     assert nothing.returncode == 0 and "No profile has anything to build" in nothing.stdout
     both = coi(project, home, "build", "--all", "--profile", "plain")
     assert both.returncode == 2 and "--all and --profile exclude each other" in both.stderr
+
+
+def test_env_commands_run_on_the_host(tmp_path: Path) -> None:
+    from coi_tui.sessions.config_hook import run_env_command
+
+    assert run_env_command("A", "echo '  value  '; pwd >&2", 5, str(tmp_path)) == "value"
+    assert run_env_command("B", "pwd", 5, str(tmp_path)) == str(tmp_path)
+    with pytest.raises(CoiError, match=r'env_commands C: "echo no >&2; exit 4" failed .*4: no'):
+        run_env_command("C", "echo no >&2; exit 4", 5, str(tmp_path))
+    with pytest.raises(CoiError, match=r"did not finish within 0.2s"):
+        run_env_command("D", "sleep 5", 0.2, str(tmp_path))
+
+
+def test_session_hooks_include_the_config_hook() -> None:
+    from coi_tui.sessions.hooks import HOOK_MODULES
+
+    assert HOOK_MODULES.index("coi_tui.sessions.config_hook") > HOOK_MODULES.index(
+        "coi_tui.sessions.protect_hook"
+    )

@@ -1,0 +1,158 @@
+"""The session side of config keys that have no other home:
+
+- `[defaults.env_commands]` (a profile's `[env_commands]`): `NAME = "host command"`; the
+  command runs on the host (`sh -c`, in the workspace) when the agent starts, and its trimmed
+  stdout becomes NAME in the agent's environment. A failure or a timeout
+  (`env_command_timeout`, default 30s) aborts the launch; values are never stored.
+- `[[credentials]]` with host + container: the host file is pushed (never mounted) into the
+  container, owned by the code user with `mode` (default 0600). Catalog bundles
+  (`bundle = "..."`) are not known to coi-tui: each is skipped with a warning.
+- `[[sockets]]`: a host unix socket proxied to `container` (an Incus proxy device added once
+  the container has booted, replaced on re-entry), owned by the code user; `env` names a
+  variable set to the container path. A missing host socket is skipped with a warning.
+
+Untrusted (project) config never gets here unapproved: config/trust.py strips env_commands and
+gates sockets and credentials at load."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import signal
+import subprocess
+from pathlib import Path
+
+from coi_tui.config.schema import parse_duration
+from coi_tui.errors import CoiError
+from coi_tui.sessions.hooks import LaunchContext, SessionHook
+
+CODE_HOME = "/home/code"
+DEFAULT_ENV_TIMEOUT = 30
+
+
+def socket_device(index: int) -> str:
+    return f"coi-socket-{index}"
+
+
+def run_env_command(name: str, command: str, timeout: float, cwd: str) -> str:
+    try:
+        process = subprocess.Popen(
+            ["sh", "-c", command],
+            cwd=cwd if os.path.isdir(cwd) else None,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # a timeout ends the command and everything it started
+        )
+    except OSError as exc:
+        raise CoiError(f'env_commands {name}: cannot run "{command}": {exc.strerror}') from None
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise CoiError(
+            f'env_commands {name}: "{command}" did not finish within {timeout:g}s '
+            "([defaults] env_command_timeout)"
+        ) from None
+    if process.returncode != 0:
+        detail = stderr.strip().splitlines()[-1:] or [""]
+        raise CoiError(
+            f'env_commands {name}: "{command}" failed with exit {process.returncode}'
+            + (f": {detail[0]}" if detail[0] else "")
+        )
+    return stdout.strip()
+
+
+class ConfigHook(SessionHook):
+    def agent_env(self, ctx: LaunchContext, env: dict[str, str]) -> None:
+        settings = ctx.manager.settings
+        for entry in getattr(settings, "sockets", []):
+            if entry.get("env"):
+                env[entry["env"]] = entry["container"]
+        commands = getattr(settings, "env_commands", {})
+        if commands:
+            timeout = parse_duration(settings.env_command_timeout) or DEFAULT_ENV_TIMEOUT
+            for name, command in commands.items():
+                env[name] = run_env_command(name, command, timeout, ctx.request.workspace)
+
+    def before_agent(self, ctx: LaunchContext) -> None:
+        settings = ctx.manager.settings
+        credentials = getattr(settings, "credentials", [])
+        sockets = getattr(settings, "sockets", [])
+        if credentials:
+            self.push_credentials(ctx, credentials)
+        if sockets:
+            self.add_sockets(ctx, sockets)
+
+    def push_credentials(self, ctx: LaunchContext, entries: list[dict[str, str]]) -> None:
+        manager, name = ctx.manager, ctx.session.container
+        uid = manager.settings.code_uid
+        for entry in entries:
+            if entry.get("bundle"):
+                manager.say(
+                    f'[[credentials]] bundle "{entry["bundle"]}": coi-tui has no credential '
+                    "catalog yet; skipped (give host and container instead)"
+                )
+                continue
+            source = Path(entry["host"]).expanduser()
+            if not source.is_absolute():
+                source = Path(ctx.request.workspace) / source
+            try:
+                content = source.read_bytes()
+            except OSError as exc:
+                raise CoiError(f"[[credentials]] {source}: cannot read: {exc.strerror}") from None
+            target = entry["container"]
+            self.make_parent(ctx, target)
+            manager.incus.push_file(
+                name, target, content, uid=uid, gid=uid, mode=int(entry.get("mode", "0600"), 8)
+            )
+
+    def make_parent(self, ctx: LaunchContext, target: str) -> None:
+        manager, name = ctx.manager, ctx.session.container
+        uid = manager.settings.code_uid
+        parent = posixpath.dirname(target)
+        if parent == CODE_HOME or parent.startswith(CODE_HOME + "/"):
+            current = CODE_HOME
+            for part in posixpath.relpath(parent, CODE_HOME).split("/"):
+                if part in ("", "."):
+                    continue
+                current = f"{current}/{part}"
+                manager.incus.make_dir(name, current, uid=uid, gid=uid, mode=0o700)
+        elif parent != "/":
+            result = manager.incus.exec_capture(name, ["mkdir", "-p", parent])
+            if not result.ok:
+                raise CoiError(f"could not create {parent} in the container")
+
+    def add_sockets(self, ctx: LaunchContext, entries: list[dict[str, str]]) -> None:
+        """Added after boot, like the SSH agent: /run and /tmp are set up by systemd at boot."""
+        manager, name = ctx.manager, ctx.session.container
+        if not ctx.interactive:
+            manager.wait_ready(name)
+        uid = str(manager.settings.code_uid)
+        devices = manager.incus.get_instance(name).devices
+        for index, entry in enumerate(entries):
+            device = socket_device(index)
+            if device in devices:
+                manager.incus.remove_device(name, device)
+            host = os.path.expanduser(entry["host"])
+            if not os.path.exists(host):
+                manager.say(f"[[sockets]] {host} does not exist on the host; skipped")
+                continue
+            self.make_parent(ctx, entry["container"])
+            spec = {
+                "type": "proxy",
+                "connect": f"unix:{os.path.abspath(host)}",
+                "listen": f"unix:{entry['container']}",
+                "bind": "container",
+                "uid": uid,
+                "gid": uid,
+                "mode": "0660",
+            }
+            manager.incus.add_device(name, device, spec)
+
+
+HOOK = ConfigHook()
