@@ -736,7 +736,7 @@ KEYS: tuple[Key, ...] = (
     N("detection.sigma_source", "sigma_source", "str", SIGMA_SOURCE),
     N("detection.sigma_dir", "sigma_dir", "str", "~/.coi/sigma"),
     N("ports.pool", "ports_pool", "int", 0, min=0, max=10),
-    N("ports.map", "port_maps", "port_maps", [], merge="by_name"),
+    K("ports.map", "port_maps", "port_maps", [], merge="by_name"),
     # root-level tables and lists
     K("sockets", "sockets", "sockets", [], merge="append"),
     K("credentials", "credentials", "credentials", [], merge="append"),

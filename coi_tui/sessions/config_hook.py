@@ -10,6 +10,10 @@
 - `[[sockets]]`: a host unix socket proxied to `container` (an Incus proxy device added once
   the container has booted, replaced on re-entry), owned by the code user; `env` names a
   variable set to the container path. A missing host socket is skipped with a warning.
+- `[[ports.map]]`: each entry publishes a container port on the host through an Incus proxy
+  device `coi-port-<name>` (bind=host, userspace, no NAT: isolation is unchanged), listening
+  on `listen` (default 127.0.0.1) port `host` (0: a free port, chosen at create time).
+  `[ports] pool` is accepted but not used.
 
 Untrusted (project) config never gets here unapproved: config/trust.py strips env_commands and
 gates sockets and credentials at load."""
@@ -20,6 +24,7 @@ import contextlib
 import os
 import posixpath
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -33,6 +38,28 @@ DEFAULT_ENV_TIMEOUT = 30
 
 def socket_device(index: int) -> str:
     return f"coi-socket-{index}"
+
+
+def free_port(address: str) -> int:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
+
+
+def port_devices(entries: list[dict[str, object]]) -> dict[str, dict[str, str]]:
+    devices = {}
+    for entry in entries:
+        listen = str(entry.get("listen") or "127.0.0.1")
+        host = int(entry.get("host") or 0) or free_port(listen)  # type: ignore[call-overload]
+        shown = f"[{listen}]" if ":" in listen else listen
+        devices[f"coi-port-{entry['name']}"] = {
+            "type": "proxy",
+            "listen": f"tcp:{shown}:{host}",
+            "connect": f"tcp:127.0.0.1:{entry['container']}",
+            "bind": "host",
+        }
+    return devices
 
 
 def run_env_command(name: str, command: str, timeout: float, cwd: str) -> str:
@@ -68,6 +95,9 @@ def run_env_command(name: str, command: str, timeout: float, cwd: str) -> str:
 
 
 class ConfigHook(SessionHook):
+    def prepare_instance(self, ctx: LaunchContext) -> None:
+        ctx.devices.update(port_devices(getattr(ctx.manager.settings, "port_maps", [])))
+
     def agent_env(self, ctx: LaunchContext, env: dict[str, str]) -> None:
         settings = ctx.manager.settings
         for entry in getattr(settings, "sockets", []):

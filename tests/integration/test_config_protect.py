@@ -129,3 +129,42 @@ def test_env_commands_credentials_and_sockets(
     (coi.home / "config.toml").write_text('[defaults.env_commands]\nX = "exit 3"\n')
     failed = coi("run", "-w", str(workspace), "--", "true")
     assert failed.returncode == 1 and 'env_commands X: "exit 3" failed with exit 3' in failed.stderr
+
+
+def test_ports_map_publishes_a_container_port_on_the_host(coi: CoiRunner, workspace: Path) -> None:
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (coi.home / "config.toml").write_text(
+        f'[[ports.map]]\nname = "web"\ncontainer = 3000\nhost = {port}\n'
+    )
+    got: list[bytes] = []
+
+    def client() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not got:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                    data = conn.recv(100)
+                    if data:
+                        got.append(data)
+            except OSError:
+                pass
+            time.sleep(0.3)
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    server = (
+        "import socket; s = socket.socket(); "
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+        "s.bind(('127.0.0.1', 3000)); s.listen(5); s.settimeout(50); "
+        "c, _ = s.accept(); c.sendall(b'hi from the container'); c.close()"
+    )
+    result = coi("run", "-w", str(workspace), "--", "python3", "-c", server)
+    thread.join(5)
+    assert result.returncode == 0, result.stderr
+    assert got == [b"hi from the container"]

@@ -841,3 +841,22 @@ def test_session_hooks_include_the_config_hook() -> None:
     assert HOOK_MODULES.index("coi_tui.sessions.config_hook") > HOOK_MODULES.index(
         "coi_tui.sessions.protect_hook"
     )
+
+
+def test_port_devices() -> None:
+    from coi_tui.sessions.config_hook import port_devices
+
+    devices = port_devices(
+        [
+            {"name": "web", "container": 3000, "host": 8080, "listen": "127.0.0.1"},
+            {"name": "api", "container": 4000, "host": 0, "listen": "::1"},
+        ]
+    )
+    assert devices["coi-port-web"] == {
+        "type": "proxy",
+        "listen": "tcp:127.0.0.1:8080",
+        "connect": "tcp:127.0.0.1:3000",
+        "bind": "host",
+    }
+    listen = devices["coi-port-api"]["listen"]
+    assert listen.startswith("tcp:[::1]:") and int(listen.rsplit(":", 1)[1]) > 0
