@@ -157,6 +157,8 @@ class ProtectHook(SessionHook):
     def prepare_instance(self, ctx: LaunchContext) -> None:
         workspace = ctx.request.workspace
         shift = ctx.devices.get("workspace", {}).get("shift")
+        # where the workspace is mounted ([paths] preserve_workspace_path may change it)
+        mounted = ctx.devices.get("workspace", {}).get("path") or WORKSPACE
         settings = ctx.manager.settings
         secrets = secret_matches(workspace, list(getattr(settings, "secret_paths", [])))
         if secrets:
@@ -166,7 +168,7 @@ class ProtectHook(SessionHook):
                 ctx.devices[device_name(path, "mask-")] = {
                     "type": "disk",
                     "source": empty_dir if is_dir else empty_file,
-                    "path": f"{WORKSPACE}/{path}",
+                    "path": f"{mounted}/{path}",
                     "readonly": "true",
                 }
         for path in session_paths(workspace, settings):
@@ -175,7 +177,7 @@ class ProtectHook(SessionHook):
             device = {
                 "type": "disk",
                 "source": os.path.join(workspace, path),
-                "path": f"{WORKSPACE}/{path}",
+                "path": f"{mounted}/{path}",
                 "readonly": "true",
             }
             if shift:

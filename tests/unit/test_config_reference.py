@@ -860,3 +860,15 @@ def test_port_devices() -> None:
     }
     listen = devices["coi-port-api"]["listen"]
     assert listen.startswith("tcp:[::1]:") and int(listen.rsplit(":", 1)[1]) > 0
+
+
+def test_protect_hook_follows_the_workspace_mount_path(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    (ws / ".vscode").mkdir(parents=True)
+    ctx = SimpleNamespace(
+        request=SimpleNamespace(workspace=str(ws)),
+        devices={"workspace": {"path": str(ws)}},
+        manager=SimpleNamespace(settings=Settings()),
+    )
+    protect_hook.HOOK.prepare_instance(ctx)  # type: ignore[arg-type]
+    assert ctx.devices["protect-vscode"]["path"] == f"{ws}/.vscode"
