@@ -74,6 +74,8 @@ def preset_layer(name: str) -> Layer:
 def builtin(name: str, found: dict[str, list[Profile]]) -> bool:
     """A built-in profile not replaced by one on disk."""
     return name in PRESETS and name not in found
+
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

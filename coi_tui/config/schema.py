@@ -322,10 +322,7 @@ def table_entries(key: Key, value: Any, fields: dict[str, str]) -> list[dict[str
                     kind in ("int", "port")
                     and (isinstance(item, bool) or not isinstance(item, int))
                 )
-                or (
-                    kind in ("ports", "hostnames")
-                    and not isinstance(item, list)
-                )
+                or (kind in ("ports", "hostnames") and not isinstance(item, list))
             )
             if bad:
                 raise Invalid(f"{here}: {name}: wrong type, got {describe(item)}")
@@ -353,7 +350,7 @@ def need(entry: dict[str, Any], here: str, *names: str) -> None:
 
 def absolute(entry: dict[str, Any], here: str, name: str = "container") -> None:
     if not str(entry.get(name, "")).startswith("/"):
-        raise Invalid(f'{here}: {name} must be an absolute path, got {describe(entry.get(name))}')
+        raise Invalid(f"{here}: {name} must be an absolute path, got {describe(entry.get(name))}")
 
 
 def check_sockets(key: Key, value: Any) -> list[dict[str, Any]]:

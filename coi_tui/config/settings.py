@@ -717,9 +717,7 @@ def load_settings(
     check_mounts(settings.mounts, sources_exist=False)
     if bool(settings.git_name) != bool(settings.git_email):
         given = "git.name" if settings.git_name else "git.email"
-        raise CoiError(
-            f"{settings.source(given)}: [git] name and email must be set together"
-        )
+        raise CoiError(f"{settings.source(given)}: [git] name and email must be set together")
     return settings
 
 
