@@ -60,7 +60,7 @@ def two_images(incus: Any, run_prefix: str) -> Iterator[tuple[str, str]]:
             incus.delete_image(alias)
 
 
-def test_build_all_builds_every_profile_with_a_recipe_and_compression(
+def test_build_all_builds_every_profile_with_a_recipe(
     coi: CoiRunner, two_images: tuple[str, str], incus: Any
 ) -> None:
     first, second = two_images
@@ -68,19 +68,19 @@ def test_build_all_builds_every_profile_with_a_recipe_and_compression(
     (profiles / "a").mkdir(parents=True)
     (profiles / "a" / "config.toml").write_text(
         f'[container]\nimage = "{first}"\n[container.build]\ncommands = ["touch /etc/a"]\n'
-        'compression = "gzip"\n'
+        'compression = "none"\n'
     )
     (profiles / "b").mkdir()
     (profiles / "b" / "config.toml").write_text(f'[container]\nimage = "{second}"\n')
     (profiles / "b" / "build.sh").write_text("#!/bin/sh\ntouch /etc/b\n")
     (profiles / "plain").mkdir()
     (profiles / "plain" / "config.toml").write_text("[container]\npersistent = true\n")
-    built = coi("build", "--all")
+    built = coi("build", "--all", timeout=900)  # two images from the full workbench base
     assert built.returncode == 0, built.stderr
     assert f"Image {first} ready" in built.stdout and f"Image {second} ready" in built.stdout
     assert "plain" not in built.stdout
     assert incus.image_exists(first) and incus.image_exists(second)
-    again = coi.ok("build", "--all")
+    again = coi.ok("build", "--all", timeout=300)
     assert again.stdout.count("is up to date") == 2
 
 
