@@ -220,6 +220,7 @@ class Daemon:
             deque()
         )
         self.capture_buffer = b""
+        self.capture_ctl = -1
         self.dump_requested = False
         self.wake_w = -1
         self.stop = False
@@ -295,6 +296,7 @@ class Daemon:
         watched.dns = rules.DnsWatch(self.config)
         self.watched[name] = watched
         self.by_ns[pidns] = watched
+        self.tell_capture()
         if watched.ifindex:
             self.by_ifindex[watched.ifindex] = watched
         if ip:
@@ -318,6 +320,7 @@ class Daemon:
         if watched is None:
             return
         self.by_ns.pop(watched.pidns, None)
+        self.tell_capture()
         self.by_ifindex.pop(watched.ifindex, None)
         self.by_ip.pop(watched.ip, None)
         if watched.veth:
@@ -334,6 +337,15 @@ class Daemon:
         return self.by_ns.get(procfs.pid_ns(pid)) if self.by_ns else None
 
     # ------------------------------------------------------------------ event handlers
+    def tell_capture(self) -> None:
+        """Send the capture process the namespaces worth forwarding (events of other
+        containers on the host then never cross the pipe)."""
+        if self.capture_ctl < 0:
+            return
+        line = json.dumps(sorted(self.by_ns)).encode() + b"\n"
+        with contextlib.suppress(OSError):  # a full pipe: the next change resends it all
+            os.write(self.capture_ctl, line)
+
     def on_capture(self, fd: int) -> bool:
         """Lines from the capture process: one exec or fork each (see capture_main). False
         when it has exited."""
@@ -594,7 +606,7 @@ class Daemon:
         network = self.incus.get_network(self.config.bridge) or {}
         self.gateway = str((network.get("config") or {}).get("ipv4.address", "")).split("/")[0]
         self.broadcaster = Broadcaster(self.home / "monitor.sock", self.owner)
-        capture_r, capture_pid = start_capture()
+        capture_r, capture_pid, self.capture_ctl = start_capture()
         wake_r, wake_w = os.pipe()
         self.wake_w = wake_w
         os.set_blocking(wake_r, False)
@@ -638,7 +650,9 @@ class Daemon:
                         os.close(capture_r)
                         with contextlib.suppress(ChildProcessError):
                             os.waitpid(capture_pid, 0)
-                        capture_r, capture_pid = start_capture()
+                        os.close(self.capture_ctl)
+                        capture_r, capture_pid, self.capture_ctl = start_capture()
+                        self.tell_capture()
                     elif source is wake_r:
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 4096)
@@ -662,29 +676,34 @@ class Daemon:
 
 
 # ---------------------------------------------------------------------- exec capture
-def start_capture() -> tuple[int, int]:
-    """Fork the exec capture process; returns (read end of its pipe, its pid). Forked before
-    any thread starts. A process of its own, so no GIL is shared with the rules: a
+def start_capture() -> tuple[int, int, int]:
+    """Fork the exec capture process; returns (read end of its output pipe, its pid, write
+    end of its control pipe, where the watched namespaces go). Forked before any thread
+    starts. A process of its own, so no GIL is shared with the rules: a
     short-lived process (`env`, `cat`, `true`) lives about a millisecond after its exec and
     its command line must be read within that."""
     read_end, write_end = os.pipe()
+    ctl_read, ctl_write = os.pipe()
     with contextlib.suppress(OSError):
         fcntl.fcntl(write_end, 1031, 1 << 20)  # F_SETPIPE_SZ: room for bursts
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
+        os.close(ctl_write)
         code = 1
         try:
-            capture_main(write_end)
+            capture_main(write_end, ctl_read)
             code = 0
         finally:
             os._exit(code)
     os.close(write_end)
+    os.close(ctl_read)
     os.set_blocking(read_end, False)
-    return read_end, pid
+    os.set_blocking(ctl_write, False)
+    return read_end, pid, ctl_write
 
 
-def capture_main(out: int) -> None:
+def capture_main(out: int, ctl: int = -1) -> None:
     """The capture process: proc connector events in, one JSON line per exec/fork of a
     process outside the host's pid namespace out. The command line is read before anything
     else; a process already gone is attributed through its parent (from fork events)."""
@@ -706,6 +725,10 @@ def capture_main(out: int) -> None:
     if os.getppid() == 1:
         return
     host_ns = procfs.pid_ns(os.getpid())
+    if ctl >= 0:
+        os.set_blocking(ctl, False)
+    watched: set[str] | None = None  # None: no list yet, forward every container's events
+    ctl_buffer = b""
     procs = ProcConnector()
     parents: dict[int, int] = {}
     pending: list[tuple[str, int, int, list[str], float, tuple[str, str]]] = []
@@ -734,12 +757,30 @@ def capture_main(out: int) -> None:
         if data and len(pending) < 256:
             continue
         lines = []
+        while ctl >= 0:  # the daemon's latest list of watched namespaces
+            try:
+                chunk = os.read(ctl, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                ctl = -1
+                break
+            ctl_buffer += chunk
+            *complete, ctl_buffer = ctl_buffer.split(b"\n")
+            if complete:
+                with contextlib.suppress(ValueError):
+                    watched = set(json.loads(complete[-1]))
+        # a fork's namespace is its parent's, looked up once per parent and batch (a build
+        # forks hundreds of times from one make); an exec's is always read
+        by_parent: dict[int, str] = {}
         for kind, pid, parent, argv, at, (fd0, fd1) in pending:
             if kind == "exec":
                 pidns = procfs.pid_ns(pid) or (procfs.pid_ns(parent) if parent else "")
             else:
-                pidns = procfs.pid_ns(parent) or procfs.pid_ns(pid)
-            if pidns and pidns != host_ns:
+                pidns = by_parent.get(parent, "")
+                if not pidns:
+                    pidns = by_parent[parent] = procfs.pid_ns(parent) or procfs.pid_ns(pid)
+            if pidns and pidns != host_ns and (watched is None or pidns in watched):
                 record = [kind, pid, parent, pidns, argv, at, fd0, fd1]
                 lines.append(json.dumps(record, separators=(",", ":")))
         pending.clear()
