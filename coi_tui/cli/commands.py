@@ -127,7 +127,8 @@ def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             manager.restore_saved_state(session)
             manager.start_agent(session, debug=args.debug)
         except BaseException:
-            if not session.persistent:
+            # Never kill a live session we only joined (a resume of a running container).
+            if not session.persistent and not getattr(session, "running", False):
                 manager.kill(session.container)
             raise
     manager.spawn_supervisor(session.container)

@@ -709,9 +709,6 @@ def load_settings(
             labels=environment.labels,
         ),
     )
-    if env.get("COI_USE_DUMMY", "").lower() in ("1", "true", "yes"):
-        settings.tool = "dummy"
-        settings.sources["tool.name"] = "$COI_USE_DUMMY"
     if flags:
         apply_layer(settings, flags_layer(flags))
     check_mounts(settings.mounts, sources_exist=False)

@@ -202,23 +202,6 @@ def test_use_dummy_keeps_the_tool_and_swaps_only_argv0(
     assert settings["effortLevel"] == "medium"
 
 
-def _settings_still_switch_tool() -> bool:
-    """Whether the config layer still turns COI_USE_DUMMY into [tool] name = dummy (it should
-    not: the session manager swaps argv[0])."""
-    import tempfile
-
-    from coi_tui.config.settings import load_settings
-
-    with tempfile.TemporaryDirectory() as home:
-        env = {"COI_USE_DUMMY": "1", "COI_HOME": home, "HOME": home}
-        return load_settings(Path(home), env).tool == "dummy"
-
-
-@pytest.mark.xfail(
-    _settings_still_switch_tool(),
-    reason="coi_tui/config/settings.py still switches [tool] name to dummy for COI_USE_DUMMY",
-    strict=True,
-)
 def test_use_dummy_without_tool_flag_keeps_the_configured_tool(
     coi: CoiRunner, workspace: Path
 ) -> None:

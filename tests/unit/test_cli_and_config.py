@@ -110,7 +110,8 @@ def test_config_files_and_env_precedence(tmp_path: Path, monkeypatch: pytest.Mon
     settings = load_settings(
         project, {"COI_HOME": str(home), "COI_IMAGE": "from-env", "COI_USE_DUMMY": "1"}
     )
-    assert (settings.image, settings.tool) == ("from-env", "dummy")
+    # COI_USE_DUMMY swaps only the agent's binary (sessions/manager.py), never the tool.
+    assert (settings.image, settings.tool) == ("from-env", "claude")
     assert settings.sources["image"] == "$COI_IMAGE"
 
 
