@@ -26,18 +26,8 @@ USER_HZ = 100
 CLEAR = "\033[2J\033[H"
 
 
-def watch_seconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid --watch '{text}': whole seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid --watch {value}: must be 0 or more")
-    return value
-
-
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
-    from coi_tui.cli.parser import add_format, format_type
+    from coi_tui.cli.parser import add_format, format_type, number_type
 
     p = sub.add_parser(
         "monitor",
@@ -52,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     add_format(p)
     p.add_argument(
         "--watch",
-        type=watch_seconds,
+        type=number_type("--watch", 0, int, "whole seconds"),
         default=0,
         metavar="N",
         help="refresh every N seconds (0 = one snapshot)",

@@ -25,29 +25,9 @@ CGROUP_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/pids
 SAFE_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid interval '{text}': a number of seconds"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"invalid interval '{text}': must be > 0")
-    return value
-
-
-def refresh_interval(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid refresh interval '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid refresh interval '{text}': must be >= 1")
-    return value
-
-
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    from coi_tui.cli.parser import number_type
+
     p = sub.add_parser(
         "top",
         help="live CPU, memory, disk and network use of running sessions",
@@ -55,7 +35,13 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "--procs lists their processes instead, with host PIDs.",
     )
     p.add_argument("name", nargs="?", help="container name or alias (default: all running)")
-    p.add_argument("-i", "--interval", type=positive_float, default=2.0, help="seconds (2)")
+    p.add_argument(
+        "-i",
+        "--interval",
+        type=number_type("--interval", 0, float, "a number of seconds", above=True),
+        default=2.0,
+        help="seconds (2)",
+    )
     p.add_argument("--sort", choices=["cpu", "mem", "disk", "net"], default="cpu")
     p.add_argument("--procs", action="store_true", help="per-process view")
     p.add_argument("--json", action="store_true", help="JSON output")
@@ -67,7 +53,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         help="live table of sessions (one snapshot when not on a terminal)",
         description="Read-only. Refreshes every N seconds on a terminal; Ctrl+C quits.",
     )
-    p.add_argument("--refresh-interval", type=refresh_interval, default=2, metavar="N")
+    p.add_argument(
+        "--refresh-interval", type=number_type("--refresh-interval", 1), default=2, metavar="N"
+    )
     p.set_defaults(handler=cmd_overview)
 
     p = sub.add_parser(

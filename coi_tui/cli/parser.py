@@ -27,16 +27,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-def keep_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid --keep '{text}': a number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid --keep {value}: keep at least 1")
-    return value
-
-
 def slot_type(text: str) -> int:
     try:
         value = int(text)
@@ -58,14 +48,24 @@ def format_type(*allowed: str):  # type: ignore[no-untyped-def]
     return check
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
+def number_type(option: str, minimum: float, cast: type = int, what: str = "a whole number"):  # type: ignore[no-untyped-def]
+    """An argparse type: a number of `cast` at least `minimum`, with a one-line error."""
+
+    def check(text: str) -> float:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {option} '{text}': {what}") from None
+        if value < minimum or (above and value == minimum):
+            bound = f"> {minimum}" if above else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"invalid {option} {text}: must be {bound}")
+        return value  # type: ignore[no-any-return]
+
+    return check
+
+
+positive_int = number_type("value", 0)
+keep_count = number_type("--keep", 1)
 
 
 UPSTREAM = "https://github.com/mensfeld/code-on-incus"
