@@ -48,8 +48,15 @@ def format_type(*allowed: str):  # type: ignore[no-untyped-def]
     return check
 
 
-def number_type(option: str, minimum: float, cast: type = int, what: str = "a whole number"):  # type: ignore[no-untyped-def]
-    """An argparse type: a number of `cast` at least `minimum`, with a one-line error."""
+def number_type(  # type: ignore[no-untyped-def]
+    option: str,
+    minimum: float,
+    cast: type = int,
+    what: str = "a whole number",
+    above: bool = False,
+):
+    """An argparse type: a number of `cast` at least `minimum` (more than it with `above`),
+    with a one-line error."""
 
     def check(text: str) -> float:
         try:
