@@ -237,13 +237,23 @@ def build_parser() -> CoiParser:
     state.add_argument("--status", help="only containers in this state (running, frozen, ...)")
     add_format(p)
 
-    p = sub.add_parser("info", help="describe a saved session")
+    p = sub.add_parser(
+        "info",
+        help="describe a saved session",
+        description="Shows a saved session (for --resume): its container, when it was saved and "
+        "whether the agent's data is there. Without an id: the workspace's latest.",
+    )
     p.add_argument("session_id", nargs="?", help="session id (default: latest for the workspace)")
     p.add_argument("-w", "--workspace", default=".", help="workspace")
     add_format(p)
 
-    p = sub.add_parser("persist", help="make running sessions persistent")
-    p.add_argument("names", nargs="*")
+    p = sub.add_parser(
+        "persist",
+        help="make running sessions persistent",
+        description="Marks sessions persistent: when they end, the container is kept (stopped) "
+        "with everything installed in it, and the next session of the workspace reuses it.",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help="container names (see 'coi list')")
     p.add_argument("--all", action="store_true", help="every coi container")
     p.add_argument("--force", action="store_true", help="do not ask")
 
@@ -251,8 +261,19 @@ def build_parser() -> CoiParser:
         ("shutdown", "stop gracefully, save the session and delete"),
         ("kill", "force stop and delete (idempotent)"),
     ):
-        p = sub.add_parser(name, help=helptext, aliases=["close"] if name == "shutdown" else [])
-        p.add_argument("names", nargs="*", metavar="NAME")
+        p = sub.add_parser(
+            name,
+            help=helptext,
+            description=(
+                "Stops NAME gracefully (then by force after the timeout), saves the agent's "
+                "session data for --resume and deletes the container, persistent or not."
+                if name == "shutdown"
+                else "Stops NAME at once and deletes it; the session data is saved first. A "
+                "name that is already gone is not an error. Asks first unless --force."
+            ),
+            aliases=["close"] if name == "shutdown" else [],
+        )
+        p.add_argument("names", nargs="*", metavar="NAME", help="container names (see 'coi list')")
         p.add_argument("--all", action="store_true", help="every coi container")
         p.add_argument("--force", action="store_true", help="do not ask for confirmation")
         if name == "shutdown":
@@ -264,7 +285,13 @@ def build_parser() -> CoiParser:
                 "(default [container] shutdown_timeout = 60)",
             )
 
-    p = sub.add_parser("clean", help="remove stopped containers and saved sessions")
+    p = sub.add_parser(
+        "clean",
+        help="remove stopped containers and saved sessions",
+        description="Removes stopped ephemeral coi containers (--all: persistent ones too), "
+        "saved sessions with --sessions, or with --orphans the network rules of containers "
+        "that no longer exist. Asks first unless --force.",
+    )
     p.add_argument("--all", action="store_true", help="also remove stopped persistent containers")
     p.add_argument("--sessions", action="store_true", help="delete saved sessions too")
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")
@@ -280,23 +307,38 @@ def build_parser() -> CoiParser:
         dest="action", metavar="ACTION", parser_class=CoiParser, required=True
     )
     p = csub.add_parser("launch", help="create and start a container from an image")
-    p.add_argument("image")
-    p.add_argument("name")
-    p.add_argument("--ephemeral", action="store_true")
+    p.add_argument("image", help="image alias or fingerprint")
+    p.add_argument("name", help="container name")
+    p.add_argument("--ephemeral", action="store_true", help="Incus deletes it when it stops")
     for action in ("start", "stop", "delete"):
         p = csub.add_parser(action, help=f"{action} a container")
-        p.add_argument("name")
+        p.add_argument("name", help="container name")
         if action != "start":
-            p.add_argument("--force", action="store_true")
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="kill instead of a clean stop"
+                if action == "stop"
+                else "delete even if running",
+            )
     p = csub.add_parser("exec", help="run a command in a container")
-    p.add_argument("name")
-    p.add_argument("--user", type=int, default=0)
-    p.add_argument("--group", type=int, default=None)
-    p.add_argument("--env", action="append", default=[], metavar="K=V")
-    p.add_argument("--cwd", default="/workspace")
+    p.add_argument("name", help="container name")
+    p.add_argument("--user", type=int, default=0, help="uid to run as (default 0, root)")
+    p.add_argument("--group", type=int, default=None, help="gid (default: the uid's)")
+    p.add_argument(
+        "--env", action="append", default=[], metavar="K=V", help="environment (repeatable)"
+    )
+    p.add_argument("--cwd", default="/workspace", help="working directory (default /workspace)")
     p.add_argument("--capture", action="store_true", help="print JSON with stdout/stderr/exit_code")
-    p.add_argument("--format", type=format_type("json", "raw"), default=None)
-    p.add_argument("-t", "--tty", action="store_true")
+    p.add_argument(
+        "--format",
+        type=format_type("json", "raw"),
+        default=None,
+        help="with --capture: json (default) or raw (stdout, and the command's exit code)",
+    )
+    p.add_argument(
+        "-t", "--tty", action="store_true", help="allocate a terminal (not with --capture)"
+    )
     p.add_argument("cmd", nargs="*", metavar="-- COMMAND")
     for action in ("exists", "running"):
         p = csub.add_parser(
