@@ -133,6 +133,10 @@ class Listener:
                 return
 
     def close(self) -> None:
+        # shutdown wakes the accept thread, so the port stops listening now (a bare close
+        # leaves it bound while accept() holds the socket)
+        with contextlib.suppress(OSError):
+            self.server.shutdown(socket.SHUT_RDWR)
         self.server.close()
         for conn in self.conns:
             conn.close()

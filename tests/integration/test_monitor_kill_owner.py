@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -30,9 +31,10 @@ def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[P
     home = tmp_path / "home" / ".coi"
     home.mkdir(parents=True)
     # a C2 port of our own choosing (free now), so parallel runs on one host never collide
-    probe = Listener()
-    port = probe.port
-    probe.close()
+    # (a plain bind: a Listener's accept thread would keep the port listening after close)
+    with socket.socket() as probe:
+        probe.bind((GATEWAY, 0))
+        port = probe.getsockname()[1]
     (home / "config.toml").write_text(f"[monitoring]\nc2_ports = [{port}]\n")
     prefix = f"{run_prefix}o"
     env = {**os.environ, "COI_HOME": str(home), "COI_CONTAINER_PREFIX": prefix}
