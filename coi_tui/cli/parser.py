@@ -434,7 +434,11 @@ def build_parser() -> CoiParser:
         "'all' (default: $COI_BUILD_AGENTS, else none; the image always has "
         "stand-ins of the same names)",
     )
-    p.add_argument("--profile", default="", help="(reserved) build a profile's image")
+    p.add_argument(
+        "--profile",
+        default="",
+        help="build that profile's image (its build.sh or [container.build])",
+    )
 
     p = sub.add_parser("images", help="list images (legacy name of 'coi image list')")
     p.add_argument("-a", "--all", action="store_true", help="all local images, not only coi's")
