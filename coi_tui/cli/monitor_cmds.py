@@ -402,23 +402,27 @@ def ns_pid(pid: int) -> int:
     return 0
 
 
+def fd_targets(pid: int) -> list[str]:
+    """Where the process's open file descriptors point (what is readable of them)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    targets = []
+    for fd in fds:
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return targets
+
+
 def env_access(pid: int, cmdline: list[str]) -> bool:
     """Whether the process reads another process's environment (/proc/*/environ) now."""
     joined = " ".join(cmdline)
     if "/proc/" in joined and "environ" in joined:
         return True
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("/proc/") and target.endswith("/environ"):
-            return True
-    return False
+    return any(t.startswith("/proc/") and t.endswith("/environ") for t in fd_targets(pid))
 
 
 def io_fields(pid: int) -> dict[str, int]:
@@ -431,19 +435,7 @@ def io_fields(pid: int) -> dict[str, int]:
 
 
 def workspace_files(pid: int) -> set[str]:
-    found = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return found
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target == "/workspace" or target.startswith("/workspace/"):
-            found.add(target)
-    return found
+    return {t for t in fd_targets(pid) if t == "/workspace" or t.startswith("/workspace/")}
 
 
 def tmp_usage(pid: int) -> tuple[float, float, float]:
