@@ -9,6 +9,13 @@ def coi_home() -> Path:
     return Path(override).expanduser() if override else Path.home() / ".coi"
 
 
+def home_tag(home: Path | None = None) -> str:
+    """A short id of a COI home: its monitor's nft table and the sessions it owns."""
+    import hashlib
+
+    return hashlib.sha256(str((home or coi_home()).resolve()).encode()).hexdigest()[:6]
+
+
 def sessions_dir(tool_sessions_name: str) -> Path:
     """~/.coi/sessions-<tool>/: one folder per saved session."""
     return coi_home() / f"sessions-{tool_sessions_name}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import heapq
 import json
 import os
@@ -42,7 +41,9 @@ LOG_PREFIX = "coimon"
 
 
 def tag_for(home: Path) -> str:
-    return hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:6]
+    from coi_tui.paths import home_tag
+
+    return home_tag(home)
 
 
 def table_name(home: Path) -> str:
@@ -257,8 +258,14 @@ class Daemon:
     # ------------------------------------------------------------------ containers
     def refresh(self) -> None:
         prefix = self.config.container_prefix
+        own = tag_for(self.home)
         try:
-            instances = {i.name: i.status for i in self.incus.list_instances(prefix)}
+            instances = {
+                i.name: i.status
+                for i in self.incus.list_instances(prefix)
+                # Sessions of another COI home belong to that home's daemon (no tag: older).
+                if i.config.get("user.coi.home", own) == own
+            }
         except Exception as exc:
             self.log(f"listing instances failed: {exc}")
             return

@@ -11,7 +11,17 @@ if TYPE_CHECKING:
     from coi_tui.sessions.hooks import LaunchContext
 
 
+OWNER_KEY = "user.coi.home"  # which COI home (so which monitor daemon) a session belongs to
+
+
 class MonitorHook(SessionHook):
+    def prepare_instance(self, ctx: LaunchContext) -> None:
+        # One daemon per COI home watches that home's sessions only: another user's (or
+        # another test's) daemon never freezes or kills them.
+        from coi_tui.paths import home_tag
+
+        ctx.config[OWNER_KEY] = home_tag()
+
     def after_start(self, ctx: LaunchContext) -> None:
         if not ctx.manager.settings.monitoring_enabled:
             return
