@@ -64,6 +64,15 @@ def pick_bridge_subnet(taken: list[ipaddress.IPv4Network]) -> str:
     raise IncusError("no free 10.x.y.0/24 subnet for the coi bridge: pass --subnet CIDR")
 
 
+def dhcp_range(address: str) -> str:
+    """DHCP leases in the lower part of the bridge's subnet (of a /24: .2-.199); the rest is
+    for hosts added by hand, so a lease never takes their address."""
+    network = ipaddress.ip_network(address, strict=False)
+    hosts = list(network.hosts())
+    end = hosts[min(len(hosts) - 1, max(1, len(hosts) * 78 // 100))]
+    return f"{hosts[1]}-{end}"
+
+
 class Provisioner:
     def __init__(self, incus: Incus, report: Callable[[Step], None] = lambda s: None) -> None:
         self.incus = incus
@@ -134,12 +143,19 @@ class Provisioner:
                 "ipv4.address": address,
                 "ipv4.nat": "true" if nat else "false",
                 "ipv6.address": "none",
+                "ipv4.dhcp.ranges": dhcp_range(address),
             }
             self.incus.create_network(name, config, description="coi containers")
             state = "on" if nat else "off"
             self._step("bridge network", True, f"'{name}' {address}, NAT {state}")
             return
         config = network.get("config") or {}
+        if not config.get("ipv4.dhcp.ranges") and "/" in config.get("ipv4.address", ""):
+            # Leave the top of the subnet to hosts added by hand (and the tests' own hosts).
+            self.incus.update_network(
+                name, {"ipv4.dhcp.ranges": dhcp_range(config["ipv4.address"])}
+            )
+            self._step("bridge DHCP", True, f"'{name}' leases {dhcp_range(config['ipv4.address'])}")
         current = config.get("ipv4.nat", "false") == "true"
         if nat is not None and nat != current:
             self.incus.update_network(name, {"ipv4.nat": "true" if nat else "false"})

@@ -169,3 +169,11 @@ def test_policy_argv_carries_hosts_dns_and_ports() -> None:
     flags = netctl.parse_apply(argv[1:])[3]
     assert flags["hosts"] == [("192.168.5.5", ["443", "8000-8100"])]
     assert flags["dns_servers"] == ["9.9.9.9"] and flags["allowed_ports"] == ["443"]
+
+
+def test_dhcp_leases_leave_the_top_of_the_subnet_free() -> None:
+    from coi_tui.incus.provision import dhcp_range
+
+    assert dhcp_range("10.199.0.1/24") == "10.199.0.2-10.199.0.199"
+    low, high = dhcp_range("10.2.2.1/28").split("-")
+    assert low == "10.2.2.2" and high < "10.2.2.14"
