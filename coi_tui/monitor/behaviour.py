@@ -103,7 +103,14 @@ def analyse(view: ContainerView, only: set[int] | None = None) -> list[Threat]:
     tty_suspects: list[int] = []
     for pid, fds in stdio.items():
         fd0, fd1, fd2 = fds
-        conn = view.outbound(fd0) or view.outbound(fd1)
+        # stdout on a connection: a shell answering a remote peer. stdin alone on one is also
+        # `bash -c '</dev/tcp/db/5432'` (a wait-for-port probe): only a shell or interpreter
+        # that reads its commands from that stdin counts then.
+        conn = view.outbound(fd1)
+        if conn is None:
+            inbound = view.outbound(fd0)
+            if inbound is not None and reads_commands(view.proc(pid)):
+                conn = inbound
         if conn is not None:
             threats.append(
                 _report(
