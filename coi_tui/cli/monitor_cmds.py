@@ -403,18 +403,10 @@ def ns_pid(pid: int) -> int:
 
 
 def fd_targets(pid: int) -> list[str]:
-    """Where the process's open file descriptors point (what is readable of them)."""
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return []
-    targets = []
-    for fd in fds:
-        try:
-            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            continue
-    return targets
+    """Where the process's open file descriptors point."""
+    from coi_tui.monitor import procfs
+
+    return [fd.target for fd in procfs.list_fds(pid)]
 
 
 def env_access(pid: int, cmdline: list[str]) -> bool:

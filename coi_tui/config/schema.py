@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 DEFAULT_IMAGE = "coi-default"
@@ -514,18 +514,7 @@ def K(path: str, attr: str, kind: str, default: Any, *choices: str, **limits: An
 
 def N(path: str, attr: str, kind: str, default: Any, *choices: str, **limits: Any) -> Key:
     """A reference key that is accepted and validated but not acted on yet."""
-    merge = limits.pop("merge", "replace")
-    return Key(
-        path,
-        attr,
-        kind,
-        default,
-        tuple(choices),
-        limits.get("min"),
-        limits.get("max"),
-        enforced=False,
-        merge=merge,
-    )
+    return replace(K(path, attr, kind, default, *choices, **limits), enforced=False)
 
 
 # Order is the order of `coi config show`.
