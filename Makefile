@@ -6,7 +6,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+# Root runs the privileged steps itself; a user runs them through sudo (one password prompt:
+# sudo remembers it for the rest of the setup). Without sudo, `coi setup` and `coi build`
+# run as the user and skip, with one line each, what only root can do.
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || { command -v sudo >/dev/null 2>&1 && echo sudo; })
 WORKSPACE ?= $(CURDIR)
 
 .PHONY: setup os-deps daemon venv bytecode incus-setup image run test lint bench clean-test

@@ -2,8 +2,12 @@
 # Install the OS packages coi needs (Debian 12). Idempotent: does nothing when all are present.
 set -euo pipefail
 
+. "$(dirname "$0")/lib.sh"
+
 # incus-base is the daemon and client without the VM stack (qemu) that the incus package pulls in.
-PACKAGES=(incus-base incus-client dnsmasq-base mmdebstrap btrfs-progs nftables tmux uidmap ca-certificates)
+# sudo: `coi setup` installs sudo rules that let incus-admin users run exactly coi's helpers.
+PACKAGES=(incus-base incus-client dnsmasq-base mmdebstrap btrfs-progs nftables tmux uidmap
+    ca-certificates sudo)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -13,11 +17,7 @@ if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-
+require_root "os-deps: installing ${missing[*]}"
 echo "os-deps: installing ${missing[*]}"
 . /etc/os-release
 if [ "${VERSION_CODENAME:-}" = "bookworm" ] && [ ! -f /etc/apt/sources.list.d/bookworm-backports.sources ]; then

@@ -8,10 +8,8 @@ if incus info >/dev/null 2>&1; then
     exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
+. "$(dirname "$0")/lib.sh"
+require_root "incus: starting the daemon"
 
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     $SUDO systemctl start incus.socket incus.service

@@ -23,11 +23,11 @@ from pathlib import Path
 from coi_tui.errors import CoiError
 from coi_tui.monitor.daemon import running_pid
 from coi_tui.paths import coi_home, logs_dir
+from coi_tui.privilege import ADMIN_GROUP, SUDOERS_DIR, install_root_file, install_sudo_rule
 
 LAUNCHER = Path("/usr/local/libexec/coi-monitor-daemon")
 LIB_DIR = Path("/usr/local/lib/coi-monitor")
-SUDOERS = Path("/etc/sudoers.d/coi-monitor")
-ADMIN_GROUP = "incus-admin"
+SUDOERS = SUDOERS_DIR / "coi-monitor"
 
 
 def socket_path(home: Path | None = None) -> Path:
@@ -116,18 +116,14 @@ def install(group: str = ADMIN_GROUP) -> list[str]:
     for path in [LIB_DIR, *LIB_DIR.rglob("*")]:
         os.chown(path, 0, 0)
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
-    LAUNCHER.parent.mkdir(parents=True, exist_ok=True)
-    LAUNCHER.write_text(LAUNCHER_TEXT.replace("{lib}", str(LIB_DIR)))
-    os.chown(LAUNCHER, 0, 0)
-    os.chmod(LAUNCHER, 0o755)
-    rule = f"%{group} ALL=(root) NOPASSWD: {LAUNCHER}\n"
-    temp = SUDOERS.with_suffix(".tmp")
-    temp.write_text(rule)
-    os.chmod(temp, 0o440)
-    visudo = shutil.which("visudo")
-    if visudo and subprocess.run([visudo, "-cf", str(temp)], capture_output=True).returncode:
-        temp.unlink()
-        raise CoiError(f"sudoers rule for the monitor failed validation: {rule.strip()}")
-    SUDOERS.parent.mkdir(parents=True, exist_ok=True)
-    temp.replace(SUDOERS)
-    return [f"  [     ok] threat monitor: {LAUNCHER} (sudo rule for %{group})"]
+    install_root_file(LAUNCHER, LAUNCHER_TEXT.replace("{lib}", str(LIB_DIR)), 0o755)
+    return [
+        f"  [     ok] threat monitor: {LAUNCHER}",
+        install_sudo_rule(
+            SUDOERS.name,
+            LAUNCHER,
+            "let Incus admins start coi's threat monitor for their own ~/.coi, nothing else.",
+            "threat monitor sudo rule",
+            group,
+        ),
+    ]

@@ -7,17 +7,16 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from coi_tui.errors import CoiError
 from coi_tui.network import netctl
+from coi_tui.privilege import ADMIN_GROUP, SUDOERS_DIR, install_root_file, install_sudo_rule
 from coi_tui.timing import span
 
 HELPER_PATH = Path("/usr/local/libexec/coi-netctl")
-SUDOERS_PATH = Path("/etc/sudoers.d/coi-netctl")
-ADMIN_GROUP = "incus-admin"
+SUDOERS_PATH = SUDOERS_DIR / "coi-netctl"
 SETUP_HINT = "run 'sudo coi setup' to install the coi-netctl helper"
 
 
@@ -115,49 +114,18 @@ def helper_text() -> str:
     return "#!/usr/bin/python3 -I\n" + source
 
 
-def _write_root_file(path: Path, text: str, mode: int) -> bool:
-    """Atomic write owned by root; False when the content was already there."""
-    if path.is_file() and path.read_text() == text and (path.stat().st_mode & 0o7777) == mode:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chown(tmp, 0, 0)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return True
-
-
 def install_helper(group: str = ADMIN_GROUP) -> list[str]:
     """`coi setup`: install coi-netctl and the sudoers rule for exactly it. Report lines."""
     if os.geteuid() != 0:
         return [f"  [   skip] network helper: needs root ({SETUP_HINT})"]
-    lines = []
-    changed = _write_root_file(HELPER_PATH, helper_text(), 0o755)
-    lines.append(f"  [{'created' if changed else 'ok':>7}] network helper: {HELPER_PATH}")
-    visudo = shutil.which("visudo") or (
-        "/usr/sbin/visudo" if Path("/usr/sbin/visudo").exists() else None
-    )
-    if visudo is None or not SUDOERS_PATH.parent.is_dir():
-        lines.append("  [   skip] sudo rule: sudo is missing (only root can isolate networks)")
-        return lines
-    rule = (
-        "# coi: let Incus admins install and remove coi's own nftables rules, nothing else.\n"
-        f"%{group} ALL=(root) NOPASSWD: {HELPER_PATH}\n"
-    )
-    with tempfile.NamedTemporaryFile("w", suffix=".sudoers", delete=False) as handle:
-        handle.write(rule)
-    try:
-        check = subprocess.run([visudo, "-cf", handle.name], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise CoiError(f"visudo rejected the coi-netctl rule: {check.stdout.strip()}")
-    finally:
-        os.unlink(handle.name)
-    changed = _write_root_file(SUDOERS_PATH, rule, 0o440)
-    lines.append(f"  [{'created' if changed else 'ok':>7}] sudo rule: {SUDOERS_PATH} (%{group})")
-    return lines
+    changed = install_root_file(HELPER_PATH, helper_text(), 0o755)
+    return [
+        f"  [{'created' if changed else 'ok':>7}] network helper: {HELPER_PATH}",
+        install_sudo_rule(
+            SUDOERS_PATH.name,
+            HELPER_PATH,
+            "let Incus admins install and remove coi's own nftables rules, nothing else.",
+            "network helper sudo rule",
+            group,
+        ),
+    ]

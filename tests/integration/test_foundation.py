@@ -4,6 +4,9 @@ one-line errors for a daemon that is down, a missing image and a socket we may n
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +15,7 @@ import pytest
 
 from coi_tui.images.build import ImageBuilder, recipe_hash
 from coi_tui.incus import ImageNotFound, Incus, InstanceNotFound
-from tests.conftest import CoiRunner
+from tests.conftest import REPO, CoiRunner
 
 pytestmark = pytest.mark.incus
 
@@ -25,6 +28,56 @@ def test_setup_is_idempotent(coi: CoiRunner, incus: Incus) -> None:
     network = incus.get_network("coibr0")
     assert network is not None
     assert network["config"]["ipv4.nat"] == "false"  # tests never enable NAT
+    if shutil.which("sudo") and Path("/etc/sudoers.d").is_dir() and os.geteuid() == 0:
+        # the normal path: both rules are there, valid, and name exactly coi's helpers
+        for rule in ("coi-netctl", "coi-monitor"):
+            assert f"sudo rule: /etc/sudoers.d/{rule}" in second.stdout, second.stdout
+            check = subprocess.run(["visudo", "-cf", f"/etc/sudoers.d/{rule}"], capture_output=True)
+            assert check.returncode == 0, check.stdout
+
+
+# Inside a private mount namespace: /etc without sudoers.d, and (optionally) sudo and visudo
+# hidden behind /dev/null, which is not executable, so the machine looks like a bare one.
+BARE_MACHINE = """
+set -e
+cp -a /etc "$1/etc" && rm -rf "$1/etc/sudoers.d" && mount --bind "$1/etc" /etc
+if [ "$2" = hide-sudo ]; then
+    for bin in sudo visudo; do
+        path=$(command -v "$bin" || true)
+        [ -z "$path" ] || mount --bind /dev/null "$path"
+        [ ! -e "/usr/sbin/$bin" ] || mount --bind /dev/null "/usr/sbin/$bin"
+    done
+fi
+shift 2
+"$@"
+test ! -e /etc/sudoers.d || { echo "coi setup created /etc/sudoers.d" >&2; exit 9; }
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root (CI runs as root)")
+@pytest.mark.parametrize(
+    ("variant", "reason"),
+    [("hide-sudo", "sudo is not installed"), ("keep-sudo", "/etc/sudoers.d does not exist")],
+)
+def test_setup_on_a_machine_without_sudo_skips_the_sudo_rules_in_one_line(
+    coi: CoiRunner, tmp_path: Path, variant: str, reason: str
+) -> None:
+    namespace = ["unshare", "-m", "--propagation", "private", "sh", "-c", BARE_MACHINE, "sh"]
+    setup = [sys.executable, "-m", "coi_tui.cli.main", "setup"]
+    result = subprocess.run(
+        [*namespace, str(tmp_path), variant, *setup],
+        env=coi.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+    for label in ("network helper sudo rule", "threat monitor sudo rule"):
+        lines = [line for line in result.stdout.splitlines() if label in line]
+        assert len(lines) == 1 and "[   skip]" in lines[0] and reason in lines[0], result.stdout
+    assert "Done:" in result.stdout
 
 
 def test_second_build_is_cached(coi: CoiRunner, image: str, incus: Incus) -> None:
