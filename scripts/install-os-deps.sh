@@ -12,6 +12,9 @@ missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# `coi build` fetches claude and opencode with npm; any npm will do (Debian's, or one already
+# installed by other means).
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "os-deps: all packages present (${PACKAGES[*]})"
     exit 0

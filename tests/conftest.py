@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from coi_tui.images.agents import STAND_INS
 from tests.cleanup import STALE_AFTER, cleanup_test_leftovers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +83,9 @@ def image(incus: object) -> str:
     return "coi-default"
 
 
+STAND_IN_PATH = f"{STAND_INS}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 @pytest.fixture(scope="session")
 def coi_session_env(
     tmp_path_factory: pytest.TempPathFactory, run_prefix: str, incus: object, image: str
@@ -96,8 +100,12 @@ def coi_session_env(
             "TERM": "xterm-256color",
         }
     )
-    env.pop("COI_CONFIG", None)
     env.pop("COI_USE_DUMMY", None)
+    # The image carries the real agent CLIs; tests use their stand-ins (same names and argv
+    # contract, no network), which the image keeps in a directory of their own.
+    config = home / "test-config.toml"
+    config.write_text(f'[environment]\nPATH = "{STAND_IN_PATH}"\n')
+    env["COI_CONFIG"] = str(config)
     yield env
     cleanup_test_leftovers(incus, run_prefix)  # type: ignore[arg-type]
 

@@ -886,10 +886,9 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     method = "bootstrap" if args.bootstrap else "remote" if args.remote else "auto"
     from coi_tui.images.agents import parse_agents
 
-    agents = parse_agents(
-        args.agents if args.agents is not None else os.environ.get("COI_BUILD_AGENTS", "")
-    )
     variant = "lean" if args.lean else "full"
+    asked = args.agents if args.agents is not None else os.environ.get("COI_BUILD_AGENTS")
+    agents = None if asked is None else parse_agents(asked)  # None: the variant's default
     alias = args.alias or (VARIANT_ALIASES["lean"] if args.lean else settings.image)
     builder = ImageBuilder(incus, progress=lambda line: print(line, flush=True))
     result = builder.build(

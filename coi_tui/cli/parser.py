@@ -430,9 +430,9 @@ def build_parser() -> CoiParser:
         "--agents",
         default=None,
         metavar="LIST",
-        help="real agent CLIs to install from npm/PyPI: claude,opencode,aider or "
-        "'all' (default: $COI_BUILD_AGENTS, else none; the image always has "
-        "stand-ins of the same names)",
+        help="real agent CLIs to install from npm/PyPI: claude,opencode,aider, 'all' or "
+        "'none' (default: $COI_BUILD_AGENTS, else all for the full image and none for "
+        "--lean; an agent whose registry does not answer stays a stand-in)",
     )
     p.add_argument(
         "--profile",

@@ -1,21 +1,42 @@
-"""Real agent CLIs installed into an image root at build time, from their registries:
-claude and opencode from npm (they ship native binaries, so the image needs no Node.js), aider
-from PyPI (into /opt/aider with a small launcher). When a registry cannot be reached the agent
-is skipped with a note, and the image keeps the recipe's stand-ins of the same name."""
+"""Real agent CLIs for the image, fetched on the build host from their registries: claude and
+opencode from npm (they ship native binaries, so the image needs no Node.js to run them), aider
+from PyPI (into /opt/aider with a small launcher).
+
+The full image asks for all three by default. They are fetched into a staging directory while
+the base system bootstraps (`AgentStager`, a background thread), then copied into the image
+root. A registry that does not answer costs a few seconds, not a failed build: that agent is
+skipped and the image keeps the recipe's stand-in of the same name, which says it is one. The
+image records what it got (`coi.agents`), so a later `coi build` adds the missing ones once
+their registry answers.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coi_tui.errors import UsageError
 
 Say = Callable[[str], None]
+
+NPM_REGISTRY = "https://registry.npmjs.org/"
+PYPI_INDEX = "https://pypi.org/simple/"
+PROBE_TIMEOUT = 5.0
+# The image's interpreter: aider's wheels are chosen for it, not for the build host's Python.
+IMAGE_PYTHON = "3.11"
+STAND_INS = "/usr/local/lib/coi/stand-ins"
 
 
 @dataclass(frozen=True)
@@ -23,11 +44,15 @@ class NpmAgent:
     package: str
     binary: str
 
+    registry_name = "npm"
+
 
 @dataclass(frozen=True)
 class PypiAgent:
     package: str
     module: str
+
+    registry_name = "PyPI"
 
 
 AGENTS: dict[str, NpmAgent | PypiAgent] = {
@@ -35,78 +60,199 @@ AGENTS: dict[str, NpmAgent | PypiAgent] = {
     "opencode": NpmAgent("opencode-ai", "opencode"),
     "aider": PypiAgent("aider-chat", "aider"),
 }
+# What the full image gets when nothing else is asked for (the lean image gets none).
+DEFAULT_AGENTS = sorted(AGENTS)
+
+
+def default_agents(variant: str) -> list[str]:
+    return list(DEFAULT_AGENTS) if variant == "full" else []
 
 
 def parse_agents(text: str) -> list[str]:
-    """'claude,aider' or 'all' -> a sorted list; unknown names are a usage error."""
-    if not text.strip():
+    """'claude,aider', 'all' or 'none' -> a sorted list; unknown names are a usage error."""
+    text = text.strip()
+    if text in ("", "none"):
         return []
-    names = sorted(AGENTS) if text.strip() == "all" else [n.strip() for n in text.split(",")]
+    names = sorted(AGENTS) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in AGENTS]
     if unknown:
         raise UsageError(
             f"unknown agent(s) {', '.join(unknown)}: choose from "
-            f"{', '.join(sorted(AGENTS))} or 'all'"
+            f"{', '.join(sorted(AGENTS))}, 'all' or 'none'"
         )
     return sorted(set(names))
 
 
-def install_agents(rootfs: Path, names: list[str], say: Say, timeout: float = 600) -> list[str]:
-    """Install each agent into rootfs; returns the names actually installed."""
-    installed: list[str] = []
-    for name in names:
-        spec = AGENTS[name]
-        try:
-            if isinstance(spec, NpmAgent):
-                _install_npm(rootfs, spec, timeout)
-            else:
-                _install_pypi(rootfs, spec, timeout)
-        except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
-            say(f"skipped {name}: {exc} (the image keeps its stand-in '{name}')")
+def format_installed(versions: dict[str, str]) -> str:
+    """The image property: 'aider=0.86.2,claude=2.1.197'."""
+    return ",".join(f"{name}={versions[name]}" for name in sorted(versions))
+
+
+def parse_installed(text: str) -> dict[str, str]:
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return {name: version for name, version in pairs}
+
+
+# ---------------------------------------------------------------------- registries
+def npm_registry() -> str:
+    """The registry npm itself would use (its config, ~/.npmrc included), else npm's default."""
+    npm = shutil.which("npm")
+    registry = ""
+    if npm:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            asked = [npm, "config", "get", "registry"]
+            registry = subprocess.run(asked, capture_output=True, text=True, timeout=20).stdout
+    registry = registry.strip()
+    if not registry.startswith(("http://", "https://")):
+        registry = NPM_REGISTRY
+    return registry.rstrip("/") + "/"
+
+
+def pypi_index() -> str:
+    return (os.environ.get("PIP_INDEX_URL") or PYPI_INDEX).rstrip("/") + "/"
+
+
+def probe_url(spec: NpmAgent | PypiAgent) -> str:
+    if isinstance(spec, NpmAgent):
+        return npm_registry() + urllib.parse.quote(spec.package, safe="@")
+    return pypi_index() + spec.package + "/"
+
+
+def registry_answers(spec: NpmAgent | PypiAgent, timeout: float = PROBE_TIMEOUT) -> bool:
+    """One quick request for the package's page, so an unreachable registry costs seconds
+    (npm and pip retry for minutes)."""
+    request = urllib.request.Request(probe_url(spec), method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return True
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500 and exc.code != 404
+    except (OSError, ValueError):
+        return False
+
+
+def missing_registries(names: list[str]) -> dict[str, str]:
+    """{agent: registry} for each of `names` whose registry does not answer now."""
+    return {
+        name: AGENTS[name].registry_name for name in names if not registry_answers(AGENTS[name])
+    }
+
+
+# ---------------------------------------------------------------------- staging
+@dataclass
+class StagedAgent:
+    name: str
+    version: str
+    seconds: float
+
+
+@dataclass
+class AgentStager:
+    """Fetches the agents into `stage` (a tree laid out like the image root) in a thread of
+    its own, so the downloads overlap the base bootstrap; `finish()` joins and copies."""
+
+    names: list[str]
+    say: Say
+    stage: Path
+    timeout: float = 900
+    staged: list[StagedAgent] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> why
+    _thread: threading.Thread | None = None
+
+    def start(self) -> AgentStager:
+        self._thread = threading.Thread(target=self._run, name="coi-agents", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        for name in self.names:
+            spec = AGENTS[name]
+            where = f"{spec.registry_name} ({spec.package})"
+            if not registry_answers(spec):
+                self.skipped[name] = f"{spec.registry_name} did not answer"
+                self.say(f"agents: {where} did not answer: {name} stays a stand-in")
+                continue
+            self.say(f"agents: fetching {name} from {where}")
+            started = time.monotonic()
+            try:
+                if isinstance(spec, NpmAgent):
+                    version = _stage_npm(self.stage, spec, self.timeout)
+                else:
+                    version = _stage_pypi(self.stage, spec, self.timeout)
+            except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+                self.skipped[name] = str(exc)
+                self.say(f"agents: {name} failed ({exc}): it stays a stand-in")
+                continue
+            seconds = time.monotonic() - started
+            self.staged.append(StagedAgent(name, version, seconds))
+            self.say(f"agents: {name} {version} ready ({seconds:.0f}s)")
+
+    def finish(self, rootfs: Path) -> dict[str, str]:
+        """Wait for the downloads, copy them into rootfs; {name: version} of what went in."""
+        if self._thread is not None:
+            if self._thread.is_alive():
+                self.say("agents: waiting for the downloads")
+            self._thread.join()
+        if self.staged:
+            copy_tree(self.stage, rootfs)
+        return {agent.name: agent.version for agent in self.staged}
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Merge `source` into `target`, replacing files (a stand-in symlink included)."""
+    for path in sorted(source.rglob("*")):
+        destination = target / path.relative_to(source)
+        if path.is_dir() and not path.is_symlink():
+            destination.mkdir(parents=True, exist_ok=True)
             continue
-        installed.append(name)
-        say(f"installed {name} from {'npm' if isinstance(spec, NpmAgent) else 'PyPI'}")
-    return installed
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if destination.is_symlink() or destination.exists():
+            destination.unlink()
+        shutil.copy2(path, destination, follow_symlinks=False)
 
 
-def _run(cmd: list[str], timeout: float) -> None:
+VERSION = re.compile(r"\d+\.\d+(?:\.\d+)?(?:[-.+][0-9A-Za-z.]+)?")
+
+
+def _run(cmd: list[str], timeout: float) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["failed"]
         raise RuntimeError(f"{Path(cmd[0]).name} failed: {last[0][:160]}")
+    return done.stdout
 
 
-def _install_npm(rootfs: Path, spec: NpmAgent, timeout: float) -> None:
+def _stage_npm(stage: Path, spec: NpmAgent, timeout: float) -> str:
     npm = shutil.which("npm")
     if not npm:
-        raise RuntimeError("npm is not installed on the build host")
+        raise RuntimeError("npm is not installed on the build host (apt-get install npm)")
     with tempfile.TemporaryDirectory(prefix="coi-npm-") as prefix:
-        _run(
-            [
-                npm,
-                "install",
-                "--prefix",
-                prefix,
-                "--no-audit",
-                "--no-fund",
-                "--omit=dev",
-                spec.package,
-            ],
-            timeout,
-        )
+        command = [npm, "install", "--prefix", prefix, "--no-audit", "--no-fund", "--omit=dev"]
+        _run([*command, spec.package], timeout)
         binary = Path(prefix) / "node_modules" / ".bin" / spec.binary
         if not binary.exists():
             raise RuntimeError(f"{spec.package} has no '{spec.binary}' executable")
-        target = rootfs / "usr" / "local" / "bin" / spec.binary
-        target.unlink(missing_ok=True)
-        shutil.copy2(binary.resolve(), target)  # the native binary itself, not the npm symlink
+        # The native binary itself, not npm's symlink into node_modules.
+        target = stage / "usr" / "local" / "bin" / spec.binary
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(binary.resolve(), target)
         target.chmod(0o755)
+    said = _run([str(target), "--version"], 60)
+    found = VERSION.search(said)
+    return found.group(0) if found else "unknown"
 
 
-def _install_pypi(rootfs: Path, spec: PypiAgent, timeout: float) -> None:
-    lib = rootfs / "opt" / spec.module / "lib"
-    if lib.exists():
-        shutil.rmtree(lib)
+AIDER_LAUNCHER = """#!/bin/sh
+# aider from PyPI, installed by coi build into /opt/{module}/lib
+PYTHONPATH=/opt/{module}/lib exec python3 -c 'import sys
+sys.argv[0] = "{module}"
+from {module}.main import main
+sys.exit(main())' "$@"
+"""
+
+
+def _stage_pypi(stage: Path, spec: PypiAgent, timeout: float) -> str:
+    lib = stage / "opt" / spec.module / "lib"
     lib.mkdir(parents=True)
     _run(
         [
@@ -115,18 +261,33 @@ def _install_pypi(rootfs: Path, spec: PypiAgent, timeout: float) -> None:
             "pip",
             "install",
             "--quiet",
+            "--disable-pip-version-check",
+            "--no-warn-conflicts",
             "--target",
             str(lib),
             "--python-version",
-            "3.11",
+            IMAGE_PYTHON,
             "--only-binary=:all:",
             spec.package,
         ],
         timeout,
     )
-    launcher = rootfs / "usr" / "local" / "bin" / spec.module
-    launcher.unlink(missing_ok=True)
-    launcher.write_text(
-        f'#!/bin/sh\nPYTHONPATH=/opt/{spec.module}/lib exec python3 -m {spec.module} "$@"\n'
-    )
+    # Precompiled here: in the image /opt is read-only to the agent, so every start would
+    # compile the whole tree again (about 10 s).
+    if sys.version_info[:2] == tuple(int(x) for x in IMAGE_PYTHON.split(".")):
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", "-j", "0", str(lib)],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    launcher = stage / "usr" / "local" / "bin" / spec.module
+    launcher.parent.mkdir(parents=True, exist_ok=True)
+    launcher.write_text(AIDER_LAUNCHER.replace("{module}", spec.module))
     launcher.chmod(0o755)
+    dist = re.compile(re.escape(spec.package.replace("-", "_")) + r"-(.+)\.dist-info$")
+    for entry in lib.iterdir():
+        found = dist.match(entry.name)
+        if found:
+            return found.group(1)
+    return "unknown"

@@ -21,12 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coi_tui.errors import CoiError
 from coi_tui.incus.client import Incus
 
-BUILDER_VERSION = "1"
+if TYPE_CHECKING:
+    from coi_tui.images.agents import AgentStager
+
+BUILDER_VERSION = "2"
 RECIPE_PROPERTY = "coi.recipe"
+AGENTS_PROPERTY = "coi.agents"  # what the build really installed: "claude=2.1.197,..."
 DEBIAN_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 REMOTE_SERVER = "https://images.linuxcontainers.org"
@@ -57,7 +62,11 @@ def recipe_packages(variant: str = "full") -> list[str]:
 
 
 def recipe_hash(agents: list[str] | None = None, variant: str = "full") -> str:
-    """Hash of everything that decides the image's contents (variant and agents included)."""
+    """Hash of everything that decides the image's contents (variant and agents included;
+    agents None: the variant's default set)."""
+    from coi_tui.images.agents import default_agents
+
+    agents = default_agents(variant) if agents is None else agents
     extra = f";agents={','.join(sorted(agents))}" if agents else ""
     extra += f";variant={variant}" if variant != "full" else ""
     digest = hashlib.sha256(f"builder={BUILDER_VERSION};suite={DEBIAN_SUITE}{extra}\n".encode())
@@ -105,10 +114,27 @@ class ImageBuilder:
     def up_to_date(
         self, alias: str, agents: list[str] | None = None, variant: str = "full"
     ) -> bool:
+        """Same recipe, and no agent missing that its registry could now provide (an image
+        built while a registry was down is rebuilt once it answers)."""
+        from coi_tui.images.agents import default_agents, missing_registries, parse_installed
+
+        agents = default_agents(variant) if agents is None else agents
         if not self.incus.image_exists(alias):
             return False
-        wanted = recipe_hash(agents, variant)
-        return self.incus.get_image(alias).properties.get(RECIPE_PROPERTY) == wanted
+        properties = self.incus.get_image(alias).properties
+        if properties.get(RECIPE_PROPERTY) != recipe_hash(agents, variant):
+            return False
+
+        have = parse_installed(properties.get(AGENTS_PROPERTY, ""))
+        missing = [name for name in agents or [] if name not in have]
+        if not missing:
+            return True
+        unreachable = missing_registries(missing)
+        if len(unreachable) < len(missing):
+            fetchable = sorted(set(missing) - set(unreachable))
+            self.say(f"image '{alias}' lacks {', '.join(fetchable)}, whose registry answers now")
+            return False
+        return True
 
     def build(
         self,
@@ -121,13 +147,16 @@ class ImageBuilder:
         agents: list[str] | None = None,
         variant: str = "full",
     ) -> BuildResult:
+        from coi_tui.images.agents import default_agents
+
         self.started = time.monotonic()
-        self.agents = sorted(agents or [])
+        self.agents = sorted(default_agents(variant) if agents is None else agents)
         self.variant = variant
         recipe = recipe_hash(self.agents, variant)
         if not force and self.up_to_date(alias, self.agents, variant):
             image = self.incus.get_image(alias)
             self.say(f"image '{alias}' is up to date (recipe {recipe}); use --force to rebuild")
+            self._note_stand_ins(image.properties.get(AGENTS_PROPERTY, ""))
             return BuildResult(
                 alias,
                 image.fingerprint,
@@ -150,7 +179,38 @@ class ImageBuilder:
             f"built '{alias}' ({fingerprint[:12]}) in {seconds:.1f}s, "
             f"{image.size / 1e6:.0f} MB ({method})"
         )
+        self._note_stand_ins(image.properties.get(AGENTS_PROPERTY, ""))
         return BuildResult(alias, fingerprint, True, seconds, image.size, method)
+
+    def _note_stand_ins(self, installed: str) -> None:
+        """One line when asked-for agents are stand-ins in the image, and how to fix it."""
+        from coi_tui.images.agents import parse_installed
+
+        have = parse_installed(installed)
+        missing = [name for name in self.agents if name not in have]
+        if missing:
+            self.say(
+                f"note: {', '.join(missing)} in this image are stand-ins (their registry did "
+                "not answer); 'coi build' installs the real ones once it does"
+            )
+
+    def _agent_stager(self, workdir: Path) -> AgentStager | None:
+        """Start fetching the agents now, so the downloads overlap the base build."""
+        if not self.agents:
+            return None
+        from coi_tui.images.agents import AgentStager
+
+        self.say(f"agents: fetching {', '.join(self.agents)} while the base system builds")
+        return AgentStager(self.agents, self.say, workdir / "agents").start()
+
+    def _properties(self, recipe: str, installed: dict[str, str]) -> dict[str, str]:
+        from coi_tui.images.agents import format_installed
+
+        return {
+            RECIPE_PROPERTY: recipe,
+            AGENTS_PROPERTY: format_installed(installed),
+            "description": _description(recipe),
+        }
 
     def _remote_usable(self, bridge: str) -> bool:
         network = self.incus.get_network(bridge) or {}
@@ -178,13 +238,10 @@ class ImageBuilder:
                 str(rootfs),
                 mirror,
             ]
+            stager = self._agent_stager(workdir)
             self.say(f"bootstrapping Debian {DEBIAN_SUITE} from {mirror}")
             self._run_logged(cmd)
-            if self.agents:
-                from coi_tui.images.agents import install_agents
-
-                self.say(f"installing agents from their registries: {', '.join(self.agents)}")
-                install_agents(rootfs, self.agents, self.say)
+            installed = stager.finish(rootfs) if stager else {}
             self._write_metadata(workdir, alias, recipe)
             tarball = workdir / "image.tar"
             self.say("packing the image")
@@ -206,7 +263,7 @@ class ImageBuilder:
             self.say(f"importing into Incus ({tarball.stat().st_size / 1e6:.0f} MB)")
             old = self.incus.get_image(alias).fingerprint if self.incus.image_exists(alias) else ""
             fingerprint = self.incus.import_image(
-                tarball, alias, {RECIPE_PROPERTY: recipe, "description": _description(recipe)}
+                tarball, alias, self._properties(recipe, installed)
             )
             if old and old != fingerprint:
                 self._delete_fingerprint(old)
@@ -278,7 +335,9 @@ class ImageBuilder:
             "start": True,
         }
         self.incus.request("POST", "/1.0/instances", body=body)
+        workdir = Path(tempfile.mkdtemp(prefix="coi-build-", dir=_scratch_dir()))
         try:
+            stager = self._agent_stager(workdir)
             for path in sorted(recipe_dir().iterdir()):
                 if path.is_file():
                     self.incus.push_file(
@@ -306,20 +365,38 @@ class ImageBuilder:
                 ],
             )
             self._exec_checked(name, ["sh", "/tmp/coi-recipe/customize.sh", "/"])
-            if self.agents:
-                self.say(
-                    "agents are installed only by the offline bootstrap build "
-                    f"(coi build --bootstrap); skipped: {', '.join(self.agents)}"
-                )
+            installed = self._push_agents(name, workdir, stager) if stager else {}
             self._exec_checked(name, ["rm", "-rf", "/tmp/coi-recipe"])
             self.incus.stop(name, timeout=30)
             self.say("publishing")
-            return self.incus.publish(
-                name, alias, {RECIPE_PROPERTY: recipe, "description": _description(recipe)}
-            )
+            return self.incus.publish(name, alias, self._properties(recipe, installed))
         finally:
             if self.incus.instance_exists(name):
                 self.incus.delete_instance(name, force=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def _push_agents(self, name: str, workdir: Path, stager: AgentStager) -> dict[str, str]:
+        """The staged agents into the build container: one tarball, unpacked over its root."""
+        local = workdir / "agents-root"
+        local.mkdir()
+        installed = stager.finish(local)
+        if not installed:
+            return {}
+        tarball = workdir / "agents.tar"
+        subprocess.run(["tar", "-C", str(local), "-cf", str(tarball), "."], check=True)
+        self.say(
+            f"agents: copying into the build container ({tarball.stat().st_size / 1e6:.0f} MB)"
+        )
+        self.incus.push_file(name, "/tmp/coi-agents.tar", tarball.read_bytes(), mode=0o600)
+        self._exec_checked(
+            name,
+            [
+                "sh",
+                "-c",
+                "tar -C / --no-same-owner -xf /tmp/coi-agents.tar && rm /tmp/coi-agents.tar",
+            ],
+        )
+        return installed
 
     def _exec_checked(self, name: str, argv: list[str]) -> None:
         result = self.incus.exec_capture(name, argv)

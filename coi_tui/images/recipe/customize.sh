@@ -40,11 +40,14 @@ done
 
 # The fake agent the tests use (claude-compatible for our purposes).
 install -m 0755 "$RECIPE_DIR/dummy" "$ROOT/usr/local/bin/dummy"
-# Fakes with the argv contract of claude, opencode and aider, unless the real CLI is installed
-# (a real install puts its own binary first on PATH or over these).
+# Stand-ins with the argv contract of claude, opencode and aider, kept in their own directory
+# (tests put it first on PATH), and linked under the agent's name until `coi build` copies the
+# real CLI over the link.
+mkdir -p "$ROOT/usr/local/lib/coi/stand-ins"
 for agent in claude opencode aider; do
+    install -m 0755 "$RECIPE_DIR/fake-agent" "$ROOT/usr/local/lib/coi/stand-ins/$agent"
     if ! chroot "$ROOT" sh -c "command -v $agent" >/dev/null 2>&1; then
-        install -m 0755 "$RECIPE_DIR/fake-agent" "$ROOT/usr/local/bin/$agent"
+        ln -s "/usr/local/lib/coi/stand-ins/$agent" "$ROOT/usr/local/bin/$agent"
     fi
 done
 
