@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coi_tui.config import Settings, load_settings
+from coi_tui.dashboard.attach import SessionState
 from coi_tui.errors import CoiError
-from coi_tui.incus import Incus, IncusError, Instance
+from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.sessions.naming import parse_container_name, tmux_session
 from coi_tui.terminal.transport import PtyTransport, Transport
 
@@ -80,6 +81,7 @@ class Backend(Protocol):
     def processes(self, name: str) -> str: ...
     def tools(self) -> list[str]: ...
     def profiles(self) -> list[str]: ...
+    def session_state(self, name: str) -> SessionState: ...
     def open_terminal(self, name: str, columns: int, lines: int, read_only: bool) -> Transport: ...
     def attach(self, name: str) -> int: ...
     def watch_events(self, callback: EventCallback, stop: threading.Event) -> None: ...
@@ -327,6 +329,19 @@ class IncusBackend:
         return self.incus.exec_argv(
             name, attach, user=uid, group=uid, cwd=WORKSPACE, env=env, tty=True
         )
+
+    def session_state(self, name: str) -> SessionState:
+        """Whether the pane can attach: the container runs and its agent's tmux session
+        exists. A daemon that does not answer raises (the pane says so and tries later)."""
+        try:
+            status = self.incus.status(name)
+        except InstanceNotFound:
+            return SessionState.GONE
+        if status != "Running":
+            return SessionState.GONE  # stopped, stopping, frozen (an exec would hang)
+        if self.manager.tmux_exists(name):
+            return SessionState.READY
+        return SessionState.STARTING
 
     def open_terminal(self, name: str, columns: int, lines: int, read_only: bool) -> Transport:
         argv = self.terminal_argv(name, read_only or self.read_only)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
+from coi_tui.dashboard.attach import SessionState
 from coi_tui.dashboard.backend import Backend, EventCallback, SlotInfo, SnapshotInfo
 from coi_tui.errors import CoiError
 from coi_tui.terminal.transport import Transport
@@ -204,6 +205,12 @@ class MultiHostBackend:
         return slot_key(host, self.backend(host).new_slot(workspace, tool, profile))
 
     # ------------------------------------------------------------------ terminals
+    def session_state(self, name: str) -> SessionState:
+        backend, container = self._route(name)
+        probe = getattr(backend, "session_state", None)
+        # A backend that cannot tell (an older or minimal one): attach and see.
+        return SessionState.READY if probe is None else SessionState(probe(container))
+
     def open_terminal(self, name: str, columns: int, lines: int, read_only: bool) -> Transport:
         backend, container = self._route(name)
         return backend.open_terminal(container, columns, lines, read_only)

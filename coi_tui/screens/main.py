@@ -37,6 +37,14 @@ from textual.widgets import (
 )
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from coi_tui.dashboard.attach import (
+    DEFAULT_POLICY,
+    AttachPolicy,
+    SessionState,
+    pause,
+    plan_reconnect,
+    wait_for_session,
+)
 from coi_tui.dashboard.backend import (
     Backend,
     SlotInfo,
@@ -52,7 +60,9 @@ from coi_tui.screens.messages import (
     OpFinished,
     ProcessesLoaded,
     SnapshotsLoaded,
+    TerminalGone,
     TerminalOpened,
+    TerminalWaiting,
     ThreatsArrived,
 )
 from coi_tui.screens.new_slot import NewSlotRequest, NewSlotScreen
@@ -68,7 +78,7 @@ SLOT_ACTIONS = frozenset({"toggle_pause", "kill", "snapshot", "attach", "focus_t
 SNAPSHOT_ACTIONS = frozenset({"restore", "branch"})
 TABS = ("tab-terminal", "tab-info", "tab-processes", "tab-audit")
 THREAT_POLL_S = 0.2
-TERMINAL_RETRY_S = 3.0
+TERMINAL_RETRY_S = 3.0  # a terminal that failed to open is tried again after this long
 
 
 def one_line(exc: BaseException) -> str:
@@ -196,7 +206,11 @@ class MainScreen(Screen[None]):
         self._terminal_timer: Timer | None = None
         self._listing: set[str] = set()  # hosts whose listing thread runs
         self._again: set[str] = set()  # hosts to list again as soon as their listing ends
-        self._opening = ""
+        self._opening = ""  # the slot a terminal worker is waiting for or attaching to
+        self.attach_policy: AttachPolicy = DEFAULT_POLICY
+        self._early_ends: dict[str, int] = {}  # slot -> attaches in a row that ended early
+        self._gave_up: set[str] = set()  # sessions that really ended: t reconnects
+        self._refocus = ""  # the slot whose pane had the keys when its attach ended
         self._busy: set[str] = set()
         self._filter_target: Widget | None = None
         self._stop = threading.Event()
@@ -211,7 +225,9 @@ class MainScreen(Screen[None]):
                 yield DataTable(id="snapshots", cursor_type="row", zebra_stripes=True)
             with TabbedContent(id="main", initial="tab-terminal"):
                 with TabPane("Terminal", id="tab-terminal"):
-                    yield TerminalView(id="terminal")
+                    # An attach that ends is retried (see _terminal_ended) before the pane
+                    # says the session ended.
+                    yield TerminalView(id="terminal", end_placeholder="Reconnecting to {name}…")
                 with TabPane("Info", id="tab-info"):
                     yield Static(id="info", markup=False)
                 with TabPane("Processes", id="tab-processes"), VerticalScroll():
@@ -473,6 +489,8 @@ class MainScreen(Screen[None]):
     def _show_slots(self) -> None:
         slots = self.board.visible_slots(hide_offline=self.grouped)
         self.slots = {s.name: s for s in slots}
+        self._gave_up &= set(self.slots)
+        self._early_ends = {k: v for k, v in self._early_ends.items() if k in self.slots}
         self.slot_tree.show_slots(slots, self.host_rows())
         if self.slot_tree.selected != self.selected:
             self._select(self.slot_tree.selected)
@@ -612,28 +630,87 @@ class MainScreen(Screen[None]):
                 terminal.disconnect("Select a slot" if self.slots else None)
             return
         if slot.state not in ("RUNNING", "FROZEN"):
+            self._gave_up.discard(slot.name)  # once it runs again, attach again
             terminal.disconnect(f"{slot.name} is {slot.state}")
             return
         if terminal.session_name == slot.name or self._opening == slot.name:
             return
         if slot.state == "FROZEN":
+            self._gave_up.discard(slot.name)
             terminal.disconnect(f"{slot.name} is FROZEN - p resumes it")
+            return
+        if slot.name in self._gave_up:
+            # Its session ended for good: no attach loop against a missing session.
+            terminal.disconnect(self._ended_text(slot.name, running=True))
             return
         if time.monotonic() - terminal.ended_at.get(slot.name, 0.0) < TERMINAL_RETRY_S:
             return
         terminal.disconnect(f"Connecting to {slot.name}…")
         self._opening = slot.name
+        self._early_ends.pop(slot.name, None)
         size = terminal.content_size
-        self._open_terminal(slot.name, size.width or 80, size.height or 24)
+        self._open_terminal(
+            slot.name, size.width or 80, size.height or 24, self.attach_policy.start_timeout_s
+        )
+
+    @staticmethod
+    def _ended_text(name: str, running: bool) -> str:
+        return f"Session {name} ended" + (" - t reconnects" if running else "")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="terminal")
-    def _open_terminal(self, name: str, columns: int, lines: int) -> None:
+    def _open_terminal(
+        self, name: str, columns: int, lines: int, timeout_s: float, delay_s: float = 0.0
+    ) -> None:
+        """Wait (up to timeout_s) until the slot's tmux session exists, then attach. A new
+        slot is listed RUNNING while it boots, before the session manager has started the
+        agent's session, and an attach to a missing session ends at once."""
+        worker = get_current_worker()
+
+        def cancelled() -> bool:
+            return worker.is_cancelled or self._stop.is_set()
+
         try:
+            if delay_s > 0 and pause(delay_s, cancelled):
+                return
+            state = wait_for_session(
+                partial(self.backend.session_state, name),
+                timeout_s,
+                cancelled,
+                self.attach_policy,
+                on_starting=lambda: self.post_message(TerminalWaiting(name)),
+            )
+            if state is None:
+                return  # another slot was selected meanwhile, or the app quits
+            if state is not SessionState.READY:
+                self.post_message(TerminalGone(name, running=state is SessionState.STARTING))
+                return
             transport = self.backend.open_terminal(name, columns, lines, self.read_only)
         except Exception as exc:
             self.post_message(OpFinished("terminal", name, error=one_line(exc)))
             return
+        if cancelled():
+            transport.close()
+            return
         self.post_message(TerminalOpened(name, transport))
+
+    @on(TerminalWaiting)
+    def _terminal_waiting(self, message: TerminalWaiting) -> None:
+        if self._opening == message.name and self.selected == message.name:
+            self.terminal.disconnect(f"Waiting for the agent's session in {message.name}…")
+
+    @on(TerminalGone)
+    def _terminal_gone(self, message: TerminalGone) -> None:
+        if self._opening != message.name:
+            return  # a worker that another selection replaced
+        self._opening = ""
+        self._refocus = ""
+        self._early_ends.pop(message.name, None)
+        if message.running:
+            self._gave_up.add(message.name)
+        self.terminal.ended_at[message.name] = time.monotonic()
+        if self.selected == message.name and not self.terminal.connected:
+            self.terminal.disconnect(self._ended_text(message.name, message.running))
+        self.refresh_soon()
 
     @on(TerminalOpened)
     def _terminal_opened(self, message: TerminalOpened) -> None:
@@ -645,12 +722,35 @@ class MainScreen(Screen[None]):
             return
         self.terminal.connect(message.transport, message.name)
         self.terminal.border_title = message.name
+        if self._refocus == message.name and self.focused is self.slot_tree:
+            self.terminal.focus()  # it had the keys before the attach dropped
+        self._refocus = ""
 
     @on(TerminalView.Ended)
     def _terminal_ended(self, message: TerminalView.Ended) -> None:
-        if self.focused is self.terminal:
-            self.slot_tree.focus()
+        """An attach ended: retry it while the container runs and its session exists or comes
+        back (an early end after a backoff, at most a few in a row); else say it ended."""
+        name = message.name
+        had_keys = self.focused is self.terminal
+        if had_keys:
+            self.slot_tree.focus()  # keys typed meanwhile must not reach a dead pane
         self.refresh_soon()
+        slot = self.slot
+        if not name or slot is None or slot.name != name or slot.state != "RUNNING":
+            self.terminal.disconnect(self._ended_text(name, running=False) if name else None)
+            return
+        plan = plan_reconnect(message.lived_s, self._early_ends.get(name, 0), self.attach_policy)
+        if plan is None:
+            self._early_ends.pop(name, None)
+            self._gave_up.add(name)
+            self.terminal.disconnect(self._ended_text(name, running=True))
+            return
+        self._early_ends[name] = plan.early_ends
+        self._opening = name
+        self._refocus = name if had_keys else ""
+        self.terminal.disconnect(f"Reconnecting to {name}…")
+        size = self.terminal.content_size
+        self._open_terminal(name, size.width or 80, size.height or 24, plan.timeout_s, plan.delay_s)
 
     @on(TerminalView.Left)
     def _terminal_left(self) -> None:
@@ -659,6 +759,17 @@ class MainScreen(Screen[None]):
     def action_focus_terminal(self) -> None:
         self.query_one(TabbedContent).active = "tab-terminal"
         self.terminal.focus()
+        slot = self.slot
+        if (
+            slot is not None
+            and slot.state == "RUNNING"
+            and not self.terminal.connected
+            and self._opening != slot.name
+        ):
+            # A session that ended (or failed to open): t tries again now.
+            self._gave_up.discard(slot.name)
+            self.terminal.ended_at.pop(slot.name, None)
+            self._sync_terminal()
 
     # ------------------------------------------------------------------ navigation
     def action_focus_pane(self, number: int) -> None:
@@ -732,11 +843,16 @@ class MainScreen(Screen[None]):
     def _op_finished(self, message: OpFinished) -> None:
         self._busy.discard(message.name)
         if message.op == "terminal":
-            if self._opening == message.name:
-                self._opening = ""
+            if self._opening != message.name:
+                return  # a worker that another selection replaced
+            self._opening = ""
+            self._refocus = ""
             self.terminal.ended_at[message.name] = time.monotonic()
             self.terminal.disconnect(f"Cannot open the terminal: {message.error}")
             return
+        # Restored, branched, started: its terminal may attach again.
+        self._gave_up.discard(message.name)
+        self._gave_up.discard(message.result)
         if not message.ok:
             self.notify(
                 message.error, title=f"{message.op} failed: {message.name}", severity="error"

@@ -56,6 +56,24 @@ class TerminalOpened(Message):
         self.transport = transport
 
 
+class TerminalWaiting(Message):
+    """The slot runs but its tmux session does not exist yet: the pane waits for it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+class TerminalGone(Message):
+    """No session to attach to: the container is not running (`running` False), or it runs
+    but its tmux session did not appear in time."""
+
+    def __init__(self, name: str, running: bool) -> None:
+        super().__init__()
+        self.name = name
+        self.running = running
+
+
 class OpFinished(Message):
     """An operation on a slot ended; `error` is one line when it failed."""
 

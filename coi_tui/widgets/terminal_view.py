@@ -89,15 +89,28 @@ class TerminalView(Widget, can_focus=True):
         """ctrl+] was pressed: the app moves focus elsewhere."""
 
     class Ended(Message):
-        """The child went away (tmux session ended, container stopped)."""
+        """The child went away (tmux session ended, container stopped, or an attach that
+        failed at once); `lived_s` is how long it was connected."""
 
-        def __init__(self, view: TerminalView, name: str) -> None:
+        def __init__(self, view: TerminalView, name: str, lived_s: float = 0.0) -> None:
             super().__init__()
             self.view = view
             self.name = name
+            self.lived_s = lived_s
 
-    def __init__(self, *, fps: int = 60, name: str | None = None, id: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fps: int = 60,
+        end_placeholder: str = "Session {name} ended",
+        name: str | None = None,
+        id: str | None = None,
+    ) -> None:
+        """`end_placeholder` is shown when the child goes away ({name}: the session); an owner
+        that reconnects on `Ended` says so there and decides what the pane shows next."""
         super().__init__(name=name, id=id)
+        self.end_placeholder = end_placeholder
+        self.connected_at = 0.0
         self.emulator = Emulator(80, 24)
         self.renderer = Renderer()
         self.transport: Transport | None = None
@@ -134,6 +147,7 @@ class TerminalView(Widget, can_focus=True):
             redraw_interval_s=getattr(transport, "redraw_interval_s", 0.05),
         )
         self.session_name = session_name
+        self.connected_at = time.monotonic()
         self._reset_rows(lines)
         if sys.getswitchinterval() > SWITCH_INTERVAL_S:
             sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -212,9 +226,10 @@ class TerminalView(Widget, can_focus=True):
             return
         if feeder.finished.is_set() and not transport.alive:
             name = self.session_name
-            self.ended_at[name] = time.monotonic()
-            self.disconnect(f"Session {name} ended" if name else None)
-            self.post_message(self.Ended(self, name))
+            now = time.monotonic()
+            self.ended_at[name] = now
+            self.disconnect(self.end_placeholder.format(name=name) if name else None)
+            self.post_message(self.Ended(self, name, now - self.connected_at))
 
     def _take_rows(self, feeder: Feeder, started: float) -> set[int]:
         """Under the lock: new dirty rows join the pending ones; render pending rows (cursor

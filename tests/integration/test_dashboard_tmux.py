@@ -219,3 +219,60 @@ def test_coi_tui_in_tmux_drives_real_sessions(monitored: CoiRunner, tmp_path: Pa
         screen.wait(slot_row(2, "RUNNING"), 10, "the other slot still running")
     finally:
         screen.kill()
+
+
+ENDED = re.compile(r"Session \S+ ended|Cannot open the terminal")
+
+
+def test_new_slot_shows_the_agent_without_a_second_key(coi: CoiRunner, tmp_path: Path) -> None:
+    """`n`, then Start with the default tool: the new slot's pane shows the agent's output by
+    itself. The pane must never say the session ended on the way (it attached before the
+    agent's tmux session existed, and only a later key press or poll brought it back)."""
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    env = {**coi.env, "LANG": "C.UTF-8", "TERM": "xterm-256color"}
+    env.pop("TMUX", None)
+    command = [
+        "env",
+        f"COI_HOME={coi.home}",
+        f"COI_CONTAINER_PREFIX={coi.prefix}",
+        f"PYTHONPATH={env.get('PYTHONPATH', '')}",
+        "COI_USE_DUMMY=1",  # the default tool's session, run by the offline stand-in
+        "LANG=C.UTF-8",
+        str(COI_TUI),
+        "-w",
+        str(workspace),
+        "--refresh",
+        "1",
+        "--local-only",
+    ]
+    name = container_name(coi.prefix, str(workspace), 1)
+    screen = TmuxScreen(command, env)
+    try:
+        screen.wait("press n to start one", 30, "the empty dashboard")
+        screen.keys("n")
+        screen.wait(r"New slot(.|\n)*Cancel +Start", 10, "the new-slot dialog")
+        # Focus starts on the tool picker, which holds the default tool; tab to Start.
+        assert re.search(r"\bclaude\b", screen.text()), "claude is the default tool"
+        screen.keys("Tab", "Tab", "Tab")
+        screen.wait(lambda s: "Cancel" in s, 5, "the dialog still open")
+        screen.keys("Enter")
+
+        seen_ended: list[str] = []
+        waited: list[bool] = []
+
+        def agent_shown(text: str) -> bool:
+            waited.append("Waiting for the agent's session" in text)
+            if ENDED.search(text):
+                seen_ended.append(text)
+                raise AssertionError(f"the pane said the session ended:\n{text}")
+            return "dummy> " in text and "Dummy agent" in text
+
+        screen.wait(lambda s: re.search(r"\b1 claude +RUNNING\b", s), 120, "the new slot")
+        screen.wait(agent_shown, 120, "the agent's output in the pane, with no key pressed")
+        assert not seen_ended
+        print("the pane waited for the agent's tmux session:", any(waited))
+        assert name in screen.text()
+        assert Incus().status(name) == "Running"
+    finally:
+        screen.kill()

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from coi_tui.dashboard.attach import SessionState
 from coi_tui.dashboard.backend import SlotInfo, SnapshotInfo
 from coi_tui.dashboard.threats import PushSource, ThreatEvent
 from coi_tui.terminal.transport import FakeTransport
@@ -60,6 +61,10 @@ class FakeBackend:
         self.calls: list[tuple[Any, ...]] = []
         self.fail: dict[str, Exception] = {}
         self.transports: dict[str, FakeTransport] = {}
+        # Scripted terminals: a slot's tmux session state (READY when not set), and the
+        # attaches that end at once (each open_terminal of a listed slot takes one).
+        self.sessions: dict[str, SessionState] = {}
+        self.failing_attaches: dict[str, int] = {}
         self.events_callback: Callable[[dict[str, Any]], None] | None = None
         self.events_ready = threading.Event()
         self._lock = threading.Lock()
@@ -133,9 +138,21 @@ class FakeBackend:
     def profiles(self) -> list[str]:
         return ["fast"]
 
+    def session_state(self, name: str) -> SessionState:
+        self._call("session_state", name)
+        return self.sessions.get(name, SessionState.READY)
+
     def open_terminal(self, name: str, columns: int, lines: int, read_only: bool) -> FakeTransport:
         self._call("open_terminal", name, columns, lines, read_only)
         transport = FakeTransport()
+        missing = self.sessions.get(name, SessionState.READY) is not SessionState.READY
+        if missing or self.failing_attaches.get(name, 0) > 0:
+            # `tmux attach` that exits at once (no such session, a lost exec): EOF, nothing else.
+            if not missing:
+                self.failing_attaches[name] -= 1
+            transport.close()
+            self.transports[name] = transport
+            return transport
         transport.emit(f"dummy> hello from {name}\r\n".encode())
         self.transports[name] = transport
         return transport

@@ -12,6 +12,7 @@ from textual.command import CommandPalette
 from textual.widgets import DataTable, Input
 
 from coi_tui.app import CoiApp, parse_args
+from coi_tui.dashboard.attach import SessionState
 from coi_tui.dashboard.prefs import load_keymap
 from coi_tui.dashboard.threats import AuditTail, PushSource
 from coi_tui.screens.confirm import ConfirmScreen
@@ -292,9 +293,12 @@ async def test_terminal_end_shows_a_placeholder(backend: FakeBackend) -> None:
     app = make_app(backend)
     async with app.run_test(size=SIZE) as pilot:
         await started(app, pilot)
+        # The container stopped: the session really ended, no reconnect.
+        backend.sessions[A1] = SessionState.GONE
         backend.transports[A1].close()
-        await wait_for(pilot, lambda: not app.main.terminal.connected)
-        assert f"Session {A1} ended" in screen_text(app)
+        await wait_for(pilot, lambda: f"Session {A1} ended" in screen_text(app), what="ended")
+        assert not app.main.terminal.connected
+        assert len(backend.called("open_terminal")) == 1
 
 
 async def test_number_keys_focus_panes(backend: FakeBackend) -> None:
