@@ -553,8 +553,10 @@ class SessionManager:
         if session.context is not None:
             run_hooks("before_agent", session.context)
         argv = self.agent_command(session, debug)
-        inner = f"trap : INT; {shlex.join(argv)}; exec bash"
         env = self.agent_env(session)
+        inner = f"trap : INT; {shlex.join(argv)}; exec bash"
+        if "PATH" in env:  # tmux's -e does not reach the first command's PATH: set it there
+            inner = f"export PATH={shlex.quote(env['PATH'])}; {inner}"
         cmd = [
             "tmux",
             "new-session",
