@@ -21,13 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from coi_tui.errors import CoiError
+from coi_tui.images.agents import (
+    AgentStager,
+    default_agents,
+    format_installed,
+    missing_registries,
+    parse_installed,
+)
 from coi_tui.incus.client import Incus
-
-if TYPE_CHECKING:
-    from coi_tui.images.agents import AgentStager
 
 BUILDER_VERSION = "2"
 RECIPE_PROPERTY = "coi.recipe"
@@ -64,8 +67,6 @@ def recipe_packages(variant: str = "full") -> list[str]:
 def recipe_hash(agents: list[str] | None = None, variant: str = "full") -> str:
     """Hash of everything that decides the image's contents (variant and agents included;
     agents None: the variant's default set)."""
-    from coi_tui.images.agents import default_agents
-
     agents = default_agents(variant) if agents is None else agents
     extra = f";agents={','.join(sorted(agents))}" if agents else ""
     extra += f";variant={variant}" if variant != "full" else ""
@@ -116,8 +117,6 @@ class ImageBuilder:
     ) -> bool:
         """Same recipe, and no agent missing that its registry could now provide (an image
         built while a registry was down is rebuilt once it answers)."""
-        from coi_tui.images.agents import default_agents, missing_registries, parse_installed
-
         agents = default_agents(variant) if agents is None else agents
         if not self.incus.image_exists(alias):
             return False
@@ -147,8 +146,6 @@ class ImageBuilder:
         agents: list[str] | None = None,
         variant: str = "full",
     ) -> BuildResult:
-        from coi_tui.images.agents import default_agents
-
         self.started = time.monotonic()
         self.agents = sorted(default_agents(variant) if agents is None else agents)
         self.variant = variant
@@ -184,8 +181,6 @@ class ImageBuilder:
 
     def _note_stand_ins(self, installed: str) -> None:
         """One line when asked-for agents are stand-ins in the image, and how to fix it."""
-        from coi_tui.images.agents import parse_installed
-
         have = parse_installed(installed)
         missing = [name for name in self.agents if name not in have]
         if missing:
@@ -198,14 +193,10 @@ class ImageBuilder:
         """Start fetching the agents now, so the downloads overlap the base build."""
         if not self.agents:
             return None
-        from coi_tui.images.agents import AgentStager
-
         self.say(f"agents: fetching {', '.join(self.agents)} while the base system builds")
         return AgentStager(self.agents, self.say, workdir / "agents").start()
 
     def _properties(self, recipe: str, installed: dict[str, str]) -> dict[str, str]:
-        from coi_tui.images.agents import format_installed
-
         return {
             RECIPE_PROPERTY: recipe,
             AGENTS_PROPERTY: format_installed(installed),
