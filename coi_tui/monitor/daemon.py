@@ -38,6 +38,10 @@ from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
 
 LOG_PREFIX = "coimon"
+# Spawn storms: live processes are counted (one /proc walk) at most this often during a fork
+# burst, and a burst is still judged this long after its rate last exceeded the threshold.
+SPAWN_CHECK_SEC = 0.5
+SPAWN_BURST_LINGER_SEC = 1.0
 
 
 def tag_for(home: Path) -> str:
@@ -128,7 +132,9 @@ class Watched:
     )
     scripts: dict[int, tuple[str, list[str], float]] = field(default_factory=dict)
     live: int = 0  # processes alive at the last check during a fork burst
-    live_checked: float = 0.0
+    live_checked: float = -1e9
+    burst_peak: int = 0  # the most forks within one second during the current burst
+    burst_seen: float = -1e9  # when the fork rate was last above the threshold
     execs: int = 0
     execs_without_argv: int = 0
     forks: deque[float] = field(default_factory=deque)
@@ -439,21 +445,42 @@ class Daemon:
     ) -> list[Threat]:
         return correlate_pipeline(watched.recent, pid, parent, now)
 
-    def on_fork(self, watched: Watched, pid: int, now: float) -> None:
+    def on_fork(self, watched: Watched, pid: int, at: float) -> None:
+        """`at`: when the capture process saw the fork (the rate is the container's, not how
+        fast we read). Above the rate, the live processes are counted at most once per
+        SPAWN_CHECK_SEC; when the last count is younger than that, a pass is scheduled for
+        when it is due, because a bounded storm (`for i in $(seq 600); do sleep 60 & done`)
+        can be over before then and no later fork would ever count its processes."""
         if watched.status == "Killed":
             return
         watched.pids.add(pid)
         forks = watched.forks
-        forks.append(now)
-        while forks and forks[0] < now - 1.0:
+        forks.append(at)
+        while forks and forks[0] < at - 1.0:
             forks.popleft()
         rate = self.config.spawn_rate_per_sec
         if rate <= 0 or len(forks) <= rate:
             return
-        if now - watched.live_checked > 0.5:  # one /proc walk per half second at most
-            watched.live_checked = now
-            watched.live = len(self.container_pids(watched))
-        self.respond(watched, rules.spawn_threat(len(forks), rate, watched.live), now)
+        now = time.monotonic()
+        if now - watched.burst_seen > SPAWN_BURST_LINGER_SEC:
+            watched.burst_peak = 0  # a new burst
+        watched.burst_peak = max(watched.burst_peak, len(forks))
+        watched.burst_seen = now
+        wait = watched.live_checked + SPAWN_CHECK_SEC - now
+        if wait <= 0:
+            self.judge_spawns(watched, len(self.container_pids(watched)), now)
+        else:
+            self.schedule(watched.name, wait)  # its pass counts them (see scan)
+
+    def judge_spawns(self, watched: Watched, live: int, now: float) -> None:
+        """A fork burst that ended at most SPAWN_BURST_LINGER_SEC ago, judged with `live`
+        processes counted now: what a fork bomb forked is still alive, what a build forked
+        has exited."""
+        if not watched.burst_peak or now - watched.burst_seen > SPAWN_BURST_LINGER_SEC:
+            return
+        watched.live_checked, watched.live = now, live
+        rate = self.config.spawn_rate_per_sec
+        self.respond(watched, rules.spawn_threat(watched.burst_peak, rate, live), now)
 
     def on_packet(self, payload: bytes, physindev: int, now: float) -> None:
         pkt = rules.parse_packet(payload)
@@ -493,6 +520,7 @@ class Daemon:
         now = time.monotonic()
         pids = self.container_pids(watched, nsmap)
         watched.pids = set(pids)
+        self.judge_spawns(watched, len(pids), now)
         if len(watched.unix_inodes) > 20000:
             watched.unix_inodes.clear()
         view = behaviour.ContainerView(watched.init_pid, pids, known_unix=watched.unix_inodes)

@@ -450,3 +450,62 @@ def test_ping_sweep_is_a_scan() -> None:
     for i in range(25):
         found += watch.feed(rules.Packet("10.199.0.9", f"192.0.2.{i}", "icmp", 0, 0), i * 0.05)
     assert found and found[0].rule_id == "net.port-scan"
+
+
+def test_a_bounded_spawn_storm_is_judged_after_its_last_fork(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The integration test's sequence: a sequential loop forks fast but keeps 11 processes
+    alive (its burst counts them once), then 600 `sleep 60 &` are forked within the next half
+    second and nothing forks after them. No later fork is there to count them, so the pass the
+    daemon schedules for when the next count is due must; it used to be missed."""
+    import heapq
+    import types
+
+    from coi_tui.monitor import daemon as daemon_mod
+    from coi_tui.monitor.daemon import Daemon, Watched
+
+    clock = [100.0]
+    monkeypatch.setattr(daemon_mod, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(daemon_mod.behaviour, "analyse", lambda view, only=None: [])
+    daemon = Daemon.__new__(Daemon)
+    daemon.config = MonitorConfig(spawn_rate_per_sec=150)
+    daemon.timers, daemon.pending = [], set()
+    live = [11]
+    daemon.container_pids = lambda watched, nsmap=None: list(range(live[0]))  # type: ignore[method-assign]
+    found: list[rules.Threat] = []
+    daemon.respond = lambda watched, threats, now: found.extend(threats)  # type: ignore[method-assign]
+    watched = Watched("c", 1, "pid:[1]", "", "", 0, Path("/"))
+    daemon.watched = {"c": watched}
+
+    def run_due_passes() -> None:  # the main loop's timers
+        while daemon.timers and daemon.timers[0][0] <= clock[0]:
+            _, name = heapq.heappop(daemon.timers)
+            daemon.scan(daemon.watched[name], full=False)
+
+    for i in range(400):  # for i in $(seq 400); do /bin/true; done
+        clock[0] = 100.0 + i * 0.001
+        daemon.on_fork(watched, 1000 + i, clock[0])
+        run_due_passes()
+    assert watched.live == 11 and found == []  # counted once, fast but short-lived
+    for i in range(600):  # for i in $(seq 600); do sleep 60 & done
+        clock[0] = 100.41 + i * 0.0002
+        live[0] = 11 + i
+        daemon.on_fork(watched, 2000 + i, clock[0])
+        run_due_passes()
+    assert found == [] and daemon.timers, "the count is not due yet, but a pass is scheduled"
+    clock[0] = 100.7  # no fork after the storm; the scheduled pass comes due
+    run_due_passes()
+    assert [t.rule_id for t in found] == ["proc.spawn-storm"]
+    assert found[0].evidence["process_count"]["live"] == 610  # type: ignore[index]
+
+    # ./configure afterwards, once the burst is over: as fast, but its processes exit
+    found.clear()
+    live[0] = 12
+    for i in range(900):
+        clock[0] = 110.0 + i * 0.001
+        daemon.on_fork(watched, 5000 + i, clock[0])
+        run_due_passes()
+    clock[0] = 112.0
+    run_due_passes()
+    assert found == []
