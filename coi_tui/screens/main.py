@@ -507,6 +507,8 @@ class MainScreen(Screen[None]):
 
     def _select(self, name: str) -> None:
         self.selected = name
+        # The session panel names the container it shows (the pane's tmux status truncates it).
+        self.query_one("#main").border_title = f"3 Session · {name}" if name else "3 Session"
         self.snapshots = []
         self._show_snapshots()
         self._show_info()
@@ -721,7 +723,6 @@ class MainScreen(Screen[None]):
             message.transport.close()
             return
         self.terminal.connect(message.transport, message.name)
-        self.terminal.border_title = message.name
         if self._refocus == message.name and self.focused is self.slot_tree:
             self.terminal.focus()  # it had the keys before the attach dropped
         self._refocus = ""
