@@ -32,6 +32,11 @@ from coi_tui.sessions.store import SessionStore, all_saved_sessions, find_sessio
 from coi_tui.tools import get_tool
 
 Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+# After an attach ends in a shutdown: how long the container may take to stop (a loaded host,
+# an agent that is slow to exit), and, where the image cannot say whether it is stopping, how
+# long to wait before it is taken to run on (COI polls about 5 s).
+STOP_WAIT_S = 90
+UNKNOWN_STOP_WAIT_S = 5
 
 
 def err(message: str) -> None:
@@ -159,7 +164,9 @@ def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def after_attach(manager: SessionManager, name: str) -> int:
-    """The attach ended: detached, the agent's shell exited, or the container powered off."""
+    """The attach ended: detached, the agent's shell exited, or the container is powering
+    off (then the session is saved and an ephemeral container removed, here: the user is
+    watching this process)."""
     try:
         status = manager.incus.status(name)
     except InstanceNotFound:
@@ -167,10 +174,18 @@ def after_attach(manager: SessionManager, name: str) -> int:
     if status == "Running" and manager.tmux_exists(name):
         keep_running_note(name)
         return 0
-    # No tmux session left: a poweroff is probably in progress; let it finish.
-    status = manager.incus.wait_for_status(name, ("Stopped", "Gone"), timeout=15)
-    if status in ("Stopped", "Gone"):
-        manager.finalize_if_stopped(name)
+    wait = STOP_WAIT_S
+    if status == "Running":
+        # The tmux session is gone: `exit` from the shell (the container runs on, as in
+        # COI) or a poweroff, whose init is already stopping when tmux goes.
+        going = manager.shutting_down(name)
+        if going is False:
+            keep_running_note(name)
+            return 0
+        if going is None:
+            wait = UNKNOWN_STOP_WAIT_S  # no systemd to ask: wait as COI does, then keep
+    status = manager.incus.wait_for_status(name, ("Stopped", "Gone"), timeout=wait)
+    if status in ("Stopped", "Gone") and manager.finalize_if_stopped(name) != "running":
         return 0
     keep_running_note(name)
     return 0

@@ -435,8 +435,12 @@ class Incus:
         IPv4, from their bridges' DHCP leases (one call per bridge), which is what a listing
         needs at a fraction of the cost."""
         recursion = 2 if with_state else 1
-        items = self.request("GET", f"{API}/instances", params={"recursion": recursion}) or []
-        instances = [Instance.from_api(i) for i in items if i["name"].startswith(prefix)]
+        listed = self.request("GET", f"{API}/instances", params={"recursion": recursion}) or []
+        items = [i for i in listed if i["name"].startswith(prefix)]
+        instances = [Instance.from_api(i) for i in items]
+        for instance, item in zip(instances, items, strict=True):
+            with contextlib.suppress(InstanceNotFound):  # deleted meanwhile: as listed
+                instance.status = self._settled(instance.name, item)
         if with_state:
             return instances
         if running_state:
@@ -496,6 +500,7 @@ class Incus:
         except NotFound:
             raise InstanceNotFound(name) from None
         instance = Instance.from_api(data)
+        instance.status = self._settled(name, data)
         if with_state:
             instance.state = self.instance_state(name)
         return instance
@@ -514,12 +519,31 @@ class Incus:
             raise InstanceNotFound(name) from None
 
     def status(self, name: str) -> str:
-        # The instance record, not /state: /state needs the init PID and fails mid-shutdown.
+        """'Running', 'Frozen', 'Stopped' (settled: see _settled), 'Stopping', ..."""
+        # The instance record first: /state needs the init PID and fails mid-shutdown.
         try:
             data = self.request("GET", f"{API}/instances/{quote(name)}")
         except NotFound:
             raise InstanceNotFound(name) from None
-        return str(data.get("status", ""))
+        return self._settled(name, data)
+
+    def _settled(self, name: str, data: Mapping[str, Any]) -> str:
+        """The record's status, except that it says 'Stopped' for a moment in the middle of a
+        shutdown from inside, then 'Running' again, then 'Stopped' (seen under load; a caller
+        that believed the first one finalized a container that was still running). Incus
+        records the stop itself (volatile.last_state.power) once it is over; until then, and
+        while /state fails for want of an init PID, the container is 'Stopping'."""
+        status = str(data.get("status", ""))
+        config = data.get("config") or {}
+        if status != "Stopped" or config.get("volatile.last_state.power") != "RUNNING":
+            return status
+        try:  # the power record can be stale (a host that went down): ask /state
+            state = self.request("GET", f"{API}/instances/{quote(name)}/state") or {}
+        except NotFound:
+            raise InstanceNotFound(name) from None
+        except IncusError:
+            return "Stopping"
+        return "Stopped" if state.get("status") == "Stopped" else "Stopping"
 
     def create_instance(
         self,

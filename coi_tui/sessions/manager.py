@@ -573,6 +573,10 @@ class SessionManager:
         for key, value in env.items():
             cmd += ["-e", f"{key}={value}"]
         cmd += ["bash", "-c", inner]
+        # Keys that arrive within a millisecond of each other are taken for a paste, and the
+        # prefix among them is typed into the agent instead of detaching: what a script
+        # driving `coi shell` through a terminal sends (seen as "^Bd" in the agent).
+        cmd += [";", "set-option", "-t", session.tmux, "assume-paste-time", "0"]
         result = self.exec_as_code(session.container, cmd)
         # "duplicate session": `tmux new-session -d` returns at once, and under load Incus can
         # lose track of it ("Failed to retrieve PID") although it ran; the adapter's retry
@@ -609,6 +613,18 @@ class SessionManager:
         except IncusError:  # stopping or gone: no session either way
             return False
         return bool(getattr(result, "ok", False))
+
+    def shutting_down(self, name: str) -> bool | None:
+        """Whether the container is shutting down (a poweroff from inside, the monitor's
+        kill): False only while its systemd answers that it runs; None when the image has no
+        systemctl to ask. Mid-shutdown the answer is 'stopping', 'unknown', a bus error, a
+        killed systemctl or an exec that Incus refuses: all True."""
+        try:
+            result = self.incus.exec_capture(name, ["systemctl", "is-system-running"])
+        except IncusError as exc:
+            return None if "Command not found" in str(exc) else True
+        state = result.stdout.strip()
+        return state not in ("running", "degraded", "starting", "initializing", "maintenance")
 
     def attached(self, name: str) -> AbstractContextManager[None]:
         """Held (shared) while a terminal is attached; the supervisor waits for it before it

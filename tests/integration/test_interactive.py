@@ -116,7 +116,9 @@ def test_poweroff_inside_ends_the_session(
     session.read_until(b"You said: hello")
     session.send(b"!sudo poweroff\r")
     assert session.wait() == 0, session.text()[-2000:]
-    assert "Container removed (session data saved for --resume)" in session.text()
+    assert "Container removed (session data saved for --resume)" in session.text(), session.text()[
+        -1000:
+    ]
     name = container_name(coi.prefix, str(workspace), 1)
     assert not incus.instance_exists(name)
     saved = json.loads(coi.ok("list", "--all", "--json").stdout)["saved_sessions"]
@@ -136,6 +138,29 @@ def test_detach_keeps_the_container_running(
     name = container_name(coi.prefix, str(workspace), 1)
     assert f"Container kept running - use 'coi attach {name}'" in session.text()
     assert incus.status(name) == "Running"
+
+
+def test_exit_from_the_shell_keeps_the_container_running(
+    shell_session,
+    coi: CoiRunner,
+    workspace: Path,
+    incus: Incus,  # type: ignore[no-untyped-def]
+) -> None:
+    """The agent exits, then its shell: the tmux session is over but the container is not
+    shutting down, so coi says at once that it runs on (it must not wait for a stop that
+    is not coming, nor take it for one)."""
+    session = shell_session()
+    session.read_until(b"dummy> ")
+    session.send(b"exit\r")
+    session.read_until(b"code@")  # the shell the agent leaves behind (`; exec bash`)
+    session.send(b"exit\r")
+    ended = time.monotonic()
+    assert session.wait() == 0
+    took = time.monotonic() - ended
+    name = container_name(coi.prefix, str(workspace), 1)
+    assert f"Container kept running - use 'coi attach {name}'" in session.text()
+    assert incus.status(name) == "Running"
+    assert took < 12, f"coi shell took {took:.1f}s to see that the container runs on"
 
 
 def test_sigterm_saves_the_session_and_leaves_it_running(
