@@ -723,8 +723,11 @@ class MainScreen(Screen[None]):
             message.transport.close()
             return
         self.terminal.connect(message.transport, message.name)
-        if self._refocus == message.name and self.focused is self.slot_tree:
-            self.terminal.focus()  # it had the keys before the attach dropped
+        # It had the keys before the attach dropped. The tree's focus from then may still be
+        # queued (focus() is deferred), so the terminal's is queued after it; a pane the user
+        # chose meanwhile keeps the keys.
+        if self._refocus == message.name and self.focused in (self.slot_tree, self.terminal):
+            self.terminal.focus()
         self._refocus = ""
 
     @on(TerminalView.Ended)

@@ -157,7 +157,8 @@ async def test_a_session_that_comes_back_is_reattached() -> None:
         first.close()
         await wait_for(pilot, lambda: backend.transports[A1] is not first, what="reattach")
         await live(app, pilot, Watch(), A1)
-        assert app.focused is app.main.terminal  # the keys go back to the pane
+        # The keys go back to the pane (focus() takes effect on a later turn of the loop).
+        await wait_for(pilot, lambda: app.focused is app.main.terminal, what="keys in the pane")
 
 
 async def test_a_new_slot_attaches_once_its_tmux_session_exists() -> None:
