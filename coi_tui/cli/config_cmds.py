@@ -238,6 +238,19 @@ def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def untrusted_lines() -> list[str]:
+    """What the trust filter did to the project's config and profiles (config/trust.py)."""
+    from coi_tui.config import trust
+
+    lines: list[str] = []
+    for key, report in trust.REPORTS.items():
+        where = key.split("#", 1)[1] if "#" in key else "project config"
+        lines += [f"# {where}: ignored {item}" for item in report.ignored]
+        state = "approved" if report.approved else "waiting for 'coi trust'"
+        lines += [f"# {where}: {state}: {item}" for item in report.gated]
+    return ["", *lines] if lines else []
+
+
 # ---------------------------------------------------------------------- coi config
 def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.parser import wants_json
@@ -267,7 +280,10 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             f"# keys marked '{NOT_ENFORCED}' are read and checked; coi does not act on them yet"
         )
         notes = dict.fromkeys(not_enforced(), NOT_ENFORCED)
-        print("\n".join(render_lines(config_values(settings), args.sources, header, notes)))
+        lines = render_lines(config_values(settings), args.sources, header, notes)
+        if args.sources:
+            lines += untrusted_lines()
+        print("\n".join(lines))
         return 0
     if args.action == "paths":
         from coi_tui.config.profiles import ProfileSet

@@ -262,6 +262,7 @@ class Layer:
     values: dict[str, Any] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # per-path override (profile chains)
+    user_only: list[str] = field(default_factory=list)  # [[remotes]], [tui] seen in a project
 
     def where(self, path: str) -> str:
         if path in self.labels:
@@ -364,7 +365,9 @@ class FileParser:
     def walk(self, table: dict[str, Any], prefix: str) -> None:
         for name, value in table.items():
             dotted = f"{prefix}{name}"
-            if dotted in OWNED_ELSEWHERE:
+            if dotted in OWNED_ELSEWHERE and self.layer.label == "project config":
+                self.layer.user_only.append(dotted)  # never read from a project: see trust.py
+            elif dotted in OWNED_ELSEWHERE:
                 OWNED_ELSEWHERE[dotted](value, f"{self.path}:{find_line(self.text, dotted) or 1}")
             elif dotted in SPECIAL_SPELLINGS:
                 self.special(SPECIAL_SPELLINGS[dotted], dotted, value)
@@ -641,6 +644,13 @@ def labelled_config_files(cwd: Path, env: dict[str, str] | None = None) -> list[
     return files
 
 
+def trusted_config_files(cwd: Path | None = None, env: dict[str, str] | None = None) -> list[Path]:
+    """The user's config files, in order (later wins), without the project's: what [[remotes]]
+    and [tui] are read from."""
+    cwd = (cwd or Path.cwd()).absolute()
+    return [path for label, path in labelled_config_files(cwd, env) if label != "project config"]
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
@@ -679,7 +689,11 @@ def load_settings(
         if label == "project config":  # comes with the repository: see config/trust.py
             from coi_tui.config import trust
 
-            trust.REPORTS[str(cwd)] = trust.sanitize(layer.values, cwd, env)
+            report = trust.sanitize(layer.values, cwd, env)
+            report.ignored += [
+                f"[{name}] (only your own config may set it)" for name in layer.user_only
+            ]
+            trust.REPORTS[str(cwd)] = report
         apply_layer(settings, layer)
     environment = env_layer(env)
     wanted = profile or None

@@ -1,10 +1,13 @@
 """The trust model: a workspace's own `.coi/config.toml` comes with the repository, so it is
 *untrusted* (an agent inside the container can write it for the next session). At load:
 
-- weakening the sandbox is ignored with a warning: network downgrades, turning the monitor or
-  the protected paths off, and keys only the user may set (git identity, env commands, ...);
+- a project may set only what PROJECT_KEYS lists (its agent, image, limits, more protection,
+  a stricter network) and, for STRICTER_ONLY keys, only the stricter values; anything else is
+  ignored with a warning (an allowlist: a new key is the user's until it is listed);
+- [[remotes]] and [tui] (USER_ONLY_TABLES) are read from the user's files only;
 - reaching out of the sandbox is *gated*: mounts outside the workspace, sockets, published
-  ports, credentials, forwarded host environment variables and the SSH agent are applied only
+  ports, credentials, forwarded host environment variables, the agent's environment (it can
+  point the agent's API at another server) and the SSH agent are applied only
   once the user approved exactly that set with `coi trust` (stored in ~/.coi/trust.toml with
   a sha256 fingerprint of the set, so any change needs a new approval). COI_TRUST_ALL=1
   skips the gate (CI).
@@ -24,43 +27,66 @@ from typing import Any
 
 UNTRUSTED_LABEL = "project config"
 
-# Values that weaken isolation: ignored from untrusted config.
-DOWNGRADES: dict[str, Any] = {
-    "network.mode": "open",
-    "network.allow_local_network_access": True,
-    "network.block_private_networks": False,
-    "network.block_metadata_endpoint": False,
-    "security.disable_protection": True,
-    "git.writable_hooks": True,
-    "monitoring.enabled": False,
-    "monitoring.auto_pause_on_high": False,
-    "monitoring.auto_kill_on_critical": False,
-}
-# Keys only the user may set (COI's list, plus the monitor's thresholds).
-STRIPPED_PREFIXES = (
-    "defaults.env_commands",
-    "defaults.env_command_timeout",
-    "defaults.profile",
-    "prompts",
-    "network.hosts",
-    "network.dns_servers",
-    "network.allowed_ports",
-    "git.name",
-    "git.email",
-    "git.readonly",
-    "git.protected_branches",
-    "tool.context_file",
-    "tool.context_json_file",
-    "tool.pre_launch",
-    "tool.binary",
-    "container.session_name",
-    "security.writable_paths",
-    "security.reduce_kernel_surface",
-    "monitoring.",
-    "incus.",
+# What a project may set: an allowlist, so a key added later is the user's until it is listed
+# here. Exact paths, or prefixes ending in ".". A project picks its agent and model, its image
+# and how to build it, resource limits, more protection, a stricter network; never where
+# data goes or what runs on the host.
+PROJECT_KEYS = (
+    "tool.name",
+    "tool.auto_context",
+    "tool.context_json",
+    "tool.claude.",
+    "tool.codex.",
+    "container.image",
+    "container.build.",
+    "container.shutdown_timeout",
+    "container.ready_timeout",
+    "container.stale_base_check",
+    "network.allowed_domains",
+    "network.refresh_interval_minutes",
+    "security.protected_paths",
+    "security.additional_protected_paths",
+    "security.secret_paths",
+    "limits.",
+    "timezone.",
+    "mounts",  # those outside the workspace are gated below
+    "inherits",  # a project profile's parent
+    "context",  # a project profile's context file
 )
-# Gated: reaching out of the sandbox.
-GATED_KEYS = ("sockets", "ports.map", "credentials", "forward_env", "ssh.forward_agent")
+# Allowed only with these values: the ones that tighten the sandbox.
+STRICTER_ONLY: dict[str, tuple[Any, ...]] = {
+    "tool.permission_mode": ("interactive",),
+    "network.mode": ("restricted", "allowlist"),
+    "container.docker": (False,),
+    "container.persistent": (False,),
+    "monitoring.enabled": (True,),
+    "monitoring.auto_pause_on_high": (True,),
+    "monitoring.auto_kill_on_critical": (True,),
+    "security.disable_protection": (False,),
+    "git.writable_hooks": (False,),
+    "network.block_private_networks": (True,),
+    "network.block_metadata_endpoint": (True,),
+    "network.allow_local_network_access": (False,),
+}
+# Gated: reaching out of the sandbox (`environment` too: ANTHROPIC_BASE_URL and the like send
+# the agent's credentials wherever a repository points them).
+GATED_KEYS = (
+    "sockets",
+    "ports.map",
+    "credentials",
+    "forward_env",
+    "ssh.forward_agent",
+    "environment",
+)
+# Tables another module reads ([[remotes]]: where sessions run; [tui]: the dashboard's keys,
+# e.g. which key confirms a kill): from the user's files only, whatever `coi trust` says.
+USER_ONLY_TABLES = ("remotes", "tui")
+
+
+def project_may_set(path: str, value: Any) -> bool:
+    if path in STRICTER_ONLY:
+        return value in STRICTER_ONLY[path]
+    return any(path == key or (key.endswith(".") and path.startswith(key)) for key in PROJECT_KEYS)
 
 
 @dataclass
@@ -141,17 +167,19 @@ def sanitize(
         return report
     for path in list(values):
         value = values[path]
-        if path in DOWNGRADES and value == DOWNGRADES[path]:
-            report.ignored.append(f"{path} = {json.dumps(value)} (weakens the sandbox)")
-            del values[path]
-        elif path == "security.protected_paths":
+        if path in GATED_KEYS:
+            continue
+        if path == "security.protected_paths":
             from coi_tui.config.schema import DEFAULT_PROTECTED_PATHS
 
             missing = [p for p in DEFAULT_PROTECTED_PATHS if p not in value]
             if missing:
                 values[path] = [*value, *missing]
                 report.ignored.append(f"removing {', '.join(missing)} from protected_paths")
-        elif path.startswith(STRIPPED_PREFIXES):
+        elif path in STRICTER_ONLY and not project_may_set(path, value):
+            report.ignored.append(f"{path} = {json.dumps(value)} (weakens the sandbox)")
+            del values[path]
+        elif not project_may_set(path, value):
             report.ignored.append(f"{path} (only your own config may set it)")
             del values[path]
     gated: list[tuple[str, Any]] = []

@@ -4,20 +4,18 @@ remembered theme (~/.coi/tui-state.json)."""
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from coi_tui.config.settings import trusted_config_files
 from coi_tui.paths import coi_home
 
 
 def config_paths(cwd: Path | None = None) -> list[Path]:
-    """Same order as the settings: ~/.coi, ./.coi, then $COI_CONFIG; later files win."""
-    paths = [coi_home() / "config.toml", (cwd or Path.cwd()) / ".coi" / "config.toml"]
-    if os.environ.get("COI_CONFIG"):
-        paths.append(Path(os.environ["COI_CONFIG"]).expanduser())
-    return paths
+    """The user's files, as the settings order them; never the project's (a repository must
+    not choose which key confirms a kill)."""
+    return trusted_config_files(cwd)
 
 
 def _tui_table(path: Path) -> dict[str, Any]:

@@ -107,10 +107,11 @@ def load_remotes(extra_files: list[Path] | None = None) -> dict[str, Remote]:
 
 
 def _config_files() -> list[Path]:
-    files = [coi_home() / "config.toml", Path.cwd() / ".coi" / "config.toml"]
-    if os.environ.get("COI_CONFIG"):
-        files.append(Path(os.environ["COI_CONFIG"]).expanduser())
-    return files
+    """The user's config files only: a repository's .coi/config.toml must not redirect a
+    remote (its sessions, credentials and prompts) to its own server."""
+    from coi_tui.config.settings import trusted_config_files
+
+    return trusted_config_files()
 
 
 def get_remote(name: str) -> Remote:
