@@ -31,3 +31,31 @@ def logs_dir() -> Path:
     path = coi_home() / "logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def read_regular_text(path: Path, limit: int) -> str:
+    """A config-named file's text: a regular file of at most `limit` bytes, UTF-8. A FIFO,
+    a device (/dev/zero) or a huge file is refused, never waited on or read whole: a
+    repository names such files to hang or exhaust every coi command run in it. Raises
+    OSError (strerror says why) or UnicodeDecodeError."""
+    import errno
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
+    return data.decode("utf-8")

@@ -46,11 +46,12 @@ from coi_tui.config.schema import (
     sections,
 )
 from coi_tui.errors import CoiError, UsageError
-from coi_tui.paths import coi_home
+from coi_tui.paths import coi_home, read_regular_text
 
 __all__ = ["DEFAULT_BRIDGE", "DEFAULT_IMAGE", "DEFAULT_POOL", "Mount", "Settings", "load_settings"]
 
 WORKSPACE = "/workspace"
+PROMPT_FILE_LIMIT = 1024 * 1024  # [prompts] { file = ... }: a prompt, not a data set
 
 
 def _check_remotes(value: Any, where: str) -> None:
@@ -452,7 +453,7 @@ class FileParser:
         path = Path(value["file"]).expanduser()
         path = path if path.is_absolute() else self.path.parent / path
         try:
-            return path.read_text(encoding="utf-8")
+            return read_regular_text(path, PROMPT_FILE_LIMIT)
         except (OSError, UnicodeDecodeError) as exc:
             reason = getattr(exc, "strerror", None) or "not UTF-8 text"
             raise self.fail(f"{dotted}.{name}", f"cannot read {path}: {reason}") from None

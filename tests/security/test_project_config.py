@@ -139,3 +139,27 @@ def test_project_keys_that_weaken_the_session_are_ignored(coi: CoiRunner, tmp_pa
     name = container_name(coi.prefix, str(repo), 1)
     listed = json.loads(coi.ok("list", "--all", "--json").stdout)
     assert name not in json.dumps(listed)
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "fifo", "huge"])
+def test_a_prompt_file_cannot_hang_or_exhaust_coi(
+    coi: CoiRunner, tmp_path: Path, target: str
+) -> None:
+    """`[prompts] x = { file = ... }` naming /dev/zero, a FIFO or a huge file: every coi
+    command in the repository used to read it whole at load (MemoryError) or block on it."""
+    import os
+
+    repo = tmp_path / "repo"
+    (repo / ".coi").mkdir(parents=True)
+    if target == "fifo":
+        os.mkfifo(repo / "prompt.fifo")
+        target = str(repo / "prompt.fifo")
+    elif target == "huge":
+        with open(repo / "huge.txt", "wb") as handle:
+            handle.truncate(4 << 30)  # sparse: 4 GiB of zeros
+        target = str(repo / "huge.txt")
+    (repo / ".coi" / "config.toml").write_text(f'[prompts]\nx = {{ file = "{target}" }}\n')
+    result = coi("config", "show", cwd=repo, timeout=30)
+    # One clear line, promptly (a FIFO would block, /dev/zero would fill memory).
+    assert result.returncode != 0
+    assert "cannot read" in result.stderr and len(result.stderr.strip().splitlines()) == 1
