@@ -18,7 +18,14 @@ from coi_tui.errors import CoiError
 from coi_tui.incus import Incus, IncusError, InstanceNotFound
 from coi_tui.network import netctl
 from coi_tui.network.firewall import Firewall, Policy, iface_for
-from coi_tui.network.resolve import Resolved, hosts_block, merge_hosts, refresh_seconds, resolve
+from coi_tui.network.resolve import (
+    Resolved,
+    hosts_block,
+    merge_hosts,
+    public_host,
+    refresh_seconds,
+    resolve,
+)
 from coi_tui.paths import coi_home, logs_dir
 from coi_tui.sessions.hooks import LaunchContext, SessionHook
 from coi_tui.sessions.slots import file_lock
@@ -62,8 +69,9 @@ def resolve_allowlist(name: str, domains: list[str]) -> Resolved:
         with suppress(OSError, ValueError):
             cached = json.loads(path.read_text())
             for entry in resolved.failed:
-                if entry in cached:
-                    resolved.addresses[entry] = list(cached[entry])
+                kept = [a for a in cached.get(entry, []) if public_host(a)]
+                if kept and entry not in resolved.private:
+                    resolved.addresses[entry] = kept
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(resolved.addresses, indent=1))
     return resolved
@@ -154,8 +162,13 @@ class NetworkHook(SessionHook):
         resolved = None
         if mode == "allowlist":
             resolved = resolve_allowlist(name, settings.allowed_domains)
+            for entry in resolved.private:
+                manager.say(
+                    f"warning: allowlist: {entry} resolves to a private address, which stays "
+                    "blocked (open it with [[network.hosts]] in your own config)"
+                )
             for entry in resolved.failed:
-                if entry not in resolved.addresses:
+                if entry not in resolved.addresses and entry not in resolved.private:
                     manager.say(f"warning: allowlist: cannot resolve {entry}; it stays blocked")
             self.resolved[name] = resolved
         try:

@@ -88,6 +88,26 @@ def check_cidr(text: str) -> str:
     return str(net.network_address) if net.prefixlen == 32 else str(net)
 
 
+def check_public_host(text: str) -> str:
+    """An allowlist entry: one public IPv4 address (public_host). A network, or an address
+    in a range the rules drop, is refused: an allowlist must never be a way onto the LAN or
+    the cloud metadata service ([[network.hosts]] opens a private host on purpose, through
+    --host)."""
+    address = check_cidr(text)
+    if "/" in address:
+        raise NetctlError(f"--allow {text}: single hosts only, not networks")
+    if not public_host(address):
+        raise NetctlError(f"--allow {text}: not a public address")
+    return address
+
+
+def public_host(address: str) -> bool:
+    """Outside every range the rules drop: private, shared, benchmark, link-local
+    (metadata), loopback, "this network", multicast and reserved."""
+    ip = ipaddress.IPv4Address(address)
+    return not any(ip in ipaddress.IPv4Network(net) for net in (*PRIVATE, METADATA, *SPECIAL))
+
+
 def host_addresses() -> list[str]:
     """This host's own IPv4 addresses: routed-to-self traffic is 'local network' too."""
     try:
@@ -170,13 +190,14 @@ def container_rules(
         if others:
             rules.append(f"ip daddr {elements(others)} drop")
     if mode == "allowlist":
+        # Before the allowed set: whatever it holds, it never opens the LAN or metadata.
+        if not allow_local:
+            rules.append(f"ip daddr {elements([*local, METADATA, *SPECIAL])} drop")
         if allowed_ports:
             rules += capped(f"ip daddr @{set_name}", allowed_ports)
         else:
             rules.append(f"ip daddr @{set_name} meta l4proto {{ tcp, udp }} accept")
         rules.append(f"ip daddr @{set_name} icmp type echo-request limit rate 10/second accept")
-        if not allow_local:
-            rules.append(f"ip daddr {elements([*local, METADATA])} drop")
         rules.append("drop")
         return rules
     if block_private and not allow_local:
@@ -298,7 +319,7 @@ def parse_apply(argv: list[str]) -> tuple[str, str, str, dict[str, object], list
         elif word == "--no-block-metadata":
             flags["block_metadata"] = False
         elif word == "--allow" and rest:
-            allowed.append(check_cidr(rest.pop(0)))
+            allowed.append(check_public_host(rest.pop(0)))
         elif word == "--host" and rest:  # IP or IP:PORTS
             address, _, spec = rest.pop(0).partition(":")
             hosts.append((check_ipv4(address), check_ports(spec) if spec else []))

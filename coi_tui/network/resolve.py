@@ -12,19 +12,21 @@ import os
 import secrets
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from coi_tui.errors import CoiError
+from coi_tui.network.netctl import public_host  # what an allowlist may open: one list
 
 MIN_REFRESH = 60  # seconds: never re-resolve more often, whatever the TTLs say
 
 
 @dataclass
 class Resolved:
-    addresses: dict[str, list[str]]  # entry -> IPv4 addresses or CIDRs
-    min_ttl: int | None  # None: nothing had a TTL (only IPs/CIDRs)
+    addresses: dict[str, list[str]]  # entry -> public IPv4 addresses
+    min_ttl: int | None  # None: nothing had a TTL (only literal addresses)
     failed: list[str]
+    private: list[str] = field(default_factory=list)  # names that resolved into the LAN
 
     def cidrs(self) -> list[str]:
         return sorted({a for addrs in self.addresses.values() for a in addrs})
@@ -59,13 +61,32 @@ def check_entry(entry: str) -> str:
     return entry
 
 
+def is_address(entry: str) -> bool:
+    try:
+        ipaddress.IPv4Network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def literal(entry: str) -> str | None:
-    """An IPv4 address or CIDR needs no resolution."""
+    """An IPv4 address needs no resolution; it must be a public host. A network is refused:
+    "0.0.0.0/0" or "192.168.0.0/16" would turn the allowlist into the LAN."""
     try:
         net = ipaddress.IPv4Network(entry, strict=False)
     except ValueError:
         return None
-    return str(net.network_address) if net.prefixlen == 32 else str(net)
+    if net.prefixlen != 32:
+        raise CoiError(
+            f"[network] allowed_domains: {entry!r} is a network; list single hosts or names"
+        )
+    address = str(net.network_address)
+    if not public_host(address):
+        raise CoiError(
+            f"[network] allowed_domains: {address} is not a public address; open a private "
+            "host with [[network.hosts]] in your own config"
+        )
+    return address
 
 
 def build_query(name: str, ident: int) -> bytes:
@@ -141,10 +162,13 @@ def resolve(entries: list[str]) -> Resolved:
         except OSError:
             result.failed.append(entry)
             continue
-        if not addresses:
+        public = sorted({a for a in addresses if public_host(a)})
+        if len(public) < len(set(addresses)):
+            result.private.append(entry)  # a name that points into the LAN opens nothing there
+        if not public:
             result.failed.append(entry)
             continue
-        result.addresses[entry] = sorted(set(addresses))
+        result.addresses[entry] = public
         if ttl is not None:
             result.min_ttl = ttl if result.min_ttl is None else min(result.min_ttl, ttl)
     return result
@@ -164,7 +188,7 @@ def refresh_seconds(min_ttl: int | None, interval_minutes: int) -> float | None:
 def hosts_block(resolved: Resolved) -> str:
     lines = ["# coi allowlist begin (managed by coi: names resolved on the host)"]
     for entry, addresses in sorted(resolved.addresses.items()):
-        if literal(entry) is None:
+        if not is_address(entry):
             lines += [f"{address}\t{entry}" for address in addresses]
     lines.append("# coi allowlist end")
     return "\n".join(lines) + "\n"

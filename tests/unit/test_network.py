@@ -17,6 +17,7 @@ from coi_tui.network.resolve import (
     merge_hosts,
     parse_answer,
     refresh_seconds,
+    resolve,
 )
 
 
@@ -177,3 +178,26 @@ def test_dhcp_leases_leave_the_top_of_the_subnet_free() -> None:
     assert dhcp_range("10.199.0.1/24") == "10.199.0.2-10.199.0.199"
     low, high = dhcp_range("10.2.2.1/28").split("-")
     assert low == "10.2.2.2" and high < "10.2.2.14"
+
+
+def test_an_allowlist_never_opens_a_network_or_a_private_host() -> None:
+    """allowed_domains = ["0.0.0.0/0"], a LAN address, the metadata service: refused at
+    resolve time and again by coi-netctl (root), and the allowlist chain drops the LAN and
+    metadata before its allowed set, whatever the set holds."""
+    for entry in ("0.0.0.0/0", "192.168.0.0/16", "8.8.8.0/24"):
+        with pytest.raises(CoiError, match="is a network"):
+            resolve([entry])
+    for entry in ("192.168.1.10", "169.254.169.254", "10.0.0.1", "127.0.0.1", "100.64.0.1"):
+        with pytest.raises(CoiError, match="not a public address"):
+            resolve([entry])
+    assert resolve(["203.0.113.7"]).addresses == {"203.0.113.7": ["203.0.113.7"]}
+    for bad in ("0.0.0.0/0", "10.0.0.0/8", "169.254.169.254", "192.168.1.1"):
+        with pytest.raises(netctl.NetctlError, match="--allow"):
+            netctl.parse_apply(["coiv00c0ffee00", "allowlist", "10.1.2.1", "--allow", bad])
+    assert netctl.parse_apply(
+        ["coiv00c0ffee00", "allowlist", "10.1.2.1", "--allow", "203.0.113.7"]
+    )[4] == ["203.0.113.7"]
+    rules = netctl.container_rules("allowlist", "10.1.2.1", set_name="allow_veth1")
+    drop = next(i for i, r in enumerate(rules) if r.startswith("ip daddr { 10.0.0.0/8,"))
+    assert "169.254.0.0/16" in rules[drop]
+    assert drop < min(i for i, r in enumerate(rules) if "@allow_veth1" in r)
