@@ -277,7 +277,7 @@ MINER_ARGS = re.compile(
     r"--coin[= ](monero|xmr)|pool\.(minexmr|supportxmr|hashvault)"
 )
 SECRET_FILE = re.compile(
-    r"\.ssh/(id_|\S*_key\b|authorized_keys)|\.aws/(credentials|config)|\.config/gcloud/|"
+    r"\.ssh/(id_|[^\s/]*+_key\b|authorized_keys)|\.aws/(credentials|config)|\.config/gcloud/|"
     r"\.azure/|\.docker/config\.json|\.kube/config|\.netrc|\.git-credentials|\.pgpass|"
     r"\.npmrc|\.pypirc|/proc/[^/\s]+/environ|/etc/(shadow|passwd)|\.(ssh|aws|gnupg|kube)/?(\s|$)|(^|[\s/=@'\"])\.env(\s|$|['\"])"
 )
@@ -417,7 +417,7 @@ def _pipeline_exfil(script: str) -> str:
             ):
                 return command.strip()
             if _sender(words, tainted):
-                subst = re.findall(r"\$\(([^)]*)\)|`([^`]*)`", " ".join(words))
+                subst = re.findall(r"\$\(([^()]*+)\)|`([^`]*+)`", " ".join(words))
                 if any(_secret_source((a or b).split(), tainted) for a, b in subst):
                     return command.strip()
                 if tainted and any(w.lstrip("@<").split("=@")[-1] in tainted for w in words):
@@ -495,16 +495,39 @@ REVSHELL_WIRING = re.compile(
     r"exec\s+\d*\s*<>|<>\s*/dev/|[0-9]?>&\s*/dev/(tcp|udp)|&>\s*/dev/(tcp|udp)|0\s*>&\s*1|"
     r"0\s*<&|<&\s*\d|>&\s*\d|\s-i\b|while\s+read|"
     r"\b(ba|z|da|k)?sh\b(\s+-[abd-z]+)*\s*[<>]\s*/dev/(tcp|udp)|"
-    r"/dev/(tcp|udp)/\S+\s*\|\s*(/bin/)?(ba|z|da)?sh\b"
+    r"/dev/(tcp|udp)/[^\s|]++\s*+\|\s*(/bin/)?(ba|z|da)?sh\b"
 )
-PERSIST_RC = re.compile(
-    r"(>>?|tee\s+(-a\s+)?)\s*\S*(\.bashrc|\.bash_profile|\.profile|\.zshrc|"
-    r"/etc/profile\S*|/etc/bash\.bashrc)"
-)
-PAYLOAD = re.compile(
-    r"/dev/(tcp|udp)/|\b(nc|ncat|socat)\b.*\s-e\b|(curl|wget)\s[^|]*\|\s*(ba)?sh\b|"
-    r"base64\s+(-d|--decode)|mkfifo|python3?\s+-c\s.*socket"
-)
+# Rules see whole argv strings (up to 128 KiB each, the kernel's limit) from a hostile agent:
+# every pattern here must run in linear time. No `\S*` before a fixed suffix and no `.*`
+# between two parts (a run of ">" or of repeated words made those quadratic, and one
+# 120 k-character `sh -c` stalled the monitor for minutes): targets are taken as whole
+# tokens, and "A then later B" is two searches.
+REDIRECT_TARGET = re.compile(r"(?:>>?|\btee\s++(?:-a\s++)?)\s*+([^\s<>|;&]++)")
+SHELL_RC = re.compile(r"\.bashrc|\.bash_profile|\.profile|\.zshrc|/etc/profile|/etc/bash\.bashrc")
+
+
+def redirect_targets(text: str) -> list[str]:
+    """The files `>`, `>>` and `tee [-a]` write to."""
+    return [match.group(1) for match in REDIRECT_TARGET.finditer(text)]
+
+
+def then(text: str, first: str, later: str) -> bool:
+    """`first` occurs, and `later` occurs somewhere after its first occurrence."""
+    match = re.search(first, text)
+    return match is not None and re.search(later, text[match.end() :]) is not None
+
+
+def payload_in(line: str) -> bool:
+    """A line that also carries a shell payload (network, decoder, FIFO)."""
+    return bool(
+        "/dev/tcp/" in line
+        or "/dev/udp/" in line
+        or "mkfifo" in line
+        or re.search(r"base64\s+(-d|--decode)", line)
+        or then(line, r"\b(nc|ncat|socat)\b", r"\s-e\b")
+        or then(line, r"(curl|wget)\s", r"\|\s*(ba)?sh\b")
+        or then(line, r"python3?\s+-c\s", r"socket")
+    )
 
 
 def script_threats(
@@ -556,7 +579,7 @@ def script_threats(
             "Reverse shell detected",
             "named pipe looping a shell through a network tool",
         )
-    if re.search(r"base64\s+(-d|--decode|-D)\b.*\|\s*(/bin/)?(ba|z|da)?sh\b", script):
+    if then(script, r"base64\s+(-d|--decode|-D)\b", r"\|\s*(/bin/)?(ba|z|da)?sh\b"):
         hit(
             "proc.decode-to-shell",
             "warning",
@@ -564,7 +587,7 @@ def script_threats(
             "Decoded payload piped to a shell",
             "base64-decoded text executed by a shell",
         )
-    if re.search(r"\b(curl|wget)\s[^|;&]*\|\s*(sudo\s+)?(/bin/)?(ba|z|da)?sh\b", script):
+    if then(script, r"\b(curl|wget)\s", r"\|\s*(sudo\s+)?(/bin/)?(ba|z|da)?sh\b"):
         hit(
             "proc.download-to-shell",
             "warning",
@@ -590,7 +613,7 @@ def script_threats(
             "writing /etc/ld.so.preload",
         )
     for line in script.splitlines():
-        if PERSIST_RC.search(line) and PAYLOAD.search(line):
+        if any(SHELL_RC.search(t) for t in redirect_targets(line)) and payload_in(line):
             hit(
                 "persist.shell-rc",
                 "high",
@@ -599,7 +622,8 @@ def script_threats(
                 f"payload added to a shell startup file: {line.strip()[:120]}",
             )
             break
-    if re.search(r"(>>?|tee\s+(-a\s+)?)\s*\S*\.ssh/authorized_keys", script):
+    targets = redirect_targets(script)
+    if any(".ssh/authorized_keys" in t for t in targets):
         hit(
             "persist.authorized-keys",
             "warning",
@@ -613,10 +637,10 @@ def script_threats(
         re.M,
     ):
         hit("persist.cron", "warning", "persistence", "Cron job installed", "cron entry written")
-    if re.search(
-        r"(>>?|tee\s+(-a\s+)?|cp\s+\S+\s+)\s*\S*(/etc/systemd/system/|"
-        r"\.config/systemd/user/)\S+\.(service|timer)",
-        script,
+    copied = [m.group(1) for m in re.finditer(r"\bcp\s++\S++\s++(\S++)", script)]
+    if any(
+        re.search(r"(/etc/systemd/system/|\.config/systemd/user/)\S+\.(service|timer)", t)
+        for t in [*targets, *copied]
     ):
         hit(
             "persist.systemd",
@@ -668,7 +692,10 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
             break
     if name not in SSH_TOOLS and not is_shell(name):  # a shell's script: judged per command
         for arg in args:
-            if re.search(r"\.ssh/(id_|.*_key$|authorized_keys)|^/etc/ssh/ssh_host_.*_key$", arg):
+            if (
+                ".ssh/" in arg
+                and (arg.endswith("_key") or re.search(r"\.ssh/(id_|authorized_keys)", arg))
+            ) or (arg.startswith("/etc/ssh/ssh_host_") and arg.endswith("_key")):
                 hit("cred.ssh-key", "SSH key access", f"{name} on {arg[:120]}")
                 break
             # listing or copying a whole key directory (`ls ~/.ssh`, `tar cz ~/.aws`)
@@ -692,7 +719,7 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
             if not words or base(words[0]) not in READERS:
                 continue
             rest = " ".join(words[1:])
-            if re.search(r"\.ssh/(id_|\S*_key\b)", rest):
+            if re.search(r"\.ssh/id_", rest) or then(rest, r"\.ssh/", r"_key\b"):
                 hit("cred.ssh-key", "SSH key access", f"{command.strip()[:120]}")
             elif any(marker in rest for marker in CLOUD_FILES):
                 hit("cred.cloud-file", "Credential file access", f"{command.strip()[:120]}")

