@@ -107,6 +107,7 @@ def launch_request(args: argparse.Namespace, settings: Settings) -> LaunchReques
         image=settings.image,
         resume=resume,
         profile=settings.profile,
+        allow_home=bool(getattr(args, "force", False)),
     )
 
 

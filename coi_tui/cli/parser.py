@@ -118,6 +118,9 @@ def add_format(
     parser.add_argument("--json", action="store_true", help="same as --format json")
 
 
+FORCE_HOME_HELP = "mount the workspace even when it is your home directory or contains it"
+
+
 def session_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
@@ -191,6 +194,7 @@ def build_parser() -> CoiParser:
         "--background", action="store_true", help="start detached; attach later with 'coi attach'"
     )
     p.add_argument("--debug", action="store_true", help="start bash instead of the agent")
+    p.add_argument("--force", action="store_true", help=FORCE_HOME_HELP)
     p.add_argument(
         "--container",
         metavar="NAME",
@@ -213,6 +217,7 @@ def build_parser() -> CoiParser:
         "coi's exit code. Without a command, runs ./coi-run. --prompt* runs the agent "
         'headless on a prompt instead (claude, with permission_mode = "bypass").',
     )
+    p.add_argument("--force", action="store_true", help=FORCE_HOME_HELP)
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", metavar="TEXT", help="run the agent headless on TEXT")
     prompt.add_argument("--prompt-file", metavar="PATH", help="... on the prompt in PATH")

@@ -118,6 +118,15 @@ class LaunchRequest:
     resume: str | None = None  # None, "auto" or a session id
     profile: str = ""
     debug: bool = False
+    allow_home: bool = False  # --force: mount a workspace that is, or holds, the home directory
+
+
+def exposes_home(workspace: str) -> bool:
+    """The workspace is the user's home directory or an ancestor of it: mounting it hands the
+    agent ~/.ssh, ~/.aws, the shell's startup files and every other secret there."""
+    home = os.path.realpath(os.path.expanduser("~"))
+    real = os.path.realpath(workspace)
+    return home == real or home.startswith(real.rstrip("/") + "/")
 
 
 @dataclass
@@ -228,6 +237,12 @@ class SessionManager:
         saved session's, and the session goes back to its original slot when that is free or
         still holds its own container: a stopped persistent one is restarted in place, a
         running one is reused as it is (the agent starts or is attached there)."""
+        if not req.allow_home and exposes_home(req.workspace):
+            raise CoiError(
+                f"workspace '{req.workspace}' is your home directory or contains it: the agent "
+                "would see ~/.ssh and every secret there; pick a project directory (or pass "
+                "--force)"
+            )
         self.incus.ping()
         self.incus.require_image(req.image)
         self.guard_privileged()

@@ -163,3 +163,23 @@ def test_a_prompt_file_cannot_hang_or_exhaust_coi(
     # One clear line, promptly (a FIFO would block, /dev/zero would fill memory).
     assert result.returncode != 0
     assert "cannot read" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["home", "parent"])
+def test_a_workspace_that_holds_the_home_directory_is_refused(
+    coi: CoiRunner, tmp_path: Path, where: str
+) -> None:
+    """`coi run` in ~ (or above it) would mount ~/.ssh into the agent's container."""
+    home = tmp_path / "home" / "dev"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE\n")
+    workspace = home if where == "home" else home.parent
+    probe = ["run", "-w", str(workspace), "--", "cat", "/workspace/dev/.ssh/id_ed25519"]
+    refused = coi(*probe, env={"HOME": str(home)}, timeout=120)
+    assert refused.returncode == 1
+    assert "is your home directory or contains it" in refused.stderr
+    assert "PRIVATE" not in refused.stdout
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    forced = coi(*probe[:1], "--force", *probe[1:], env={"HOME": str(home)}, timeout=240)
+    assert forced.returncode in (0, 1), forced.stderr  # mounted on purpose: it runs
+    assert "is your home directory" not in forced.stderr
