@@ -12,12 +12,6 @@ from coi_tui.config.settings import trusted_config_files
 from coi_tui.paths import coi_home
 
 
-def config_paths(cwd: Path | None = None) -> list[Path]:
-    """The user's files, as the settings order them; never the project's (a repository must
-    not choose which key confirms a kill)."""
-    return trusted_config_files(cwd)
-
-
 def _tui_table(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text())
@@ -28,9 +22,10 @@ def _tui_table(path: Path) -> dict[str, Any]:
 
 
 def load_keymap(cwd: Path | None = None) -> dict[str, str]:
-    """{binding id: "key[,key...]"} from every config file's [tui.keymap]."""
+    """{binding id: "key[,key...]"} from the user's config files' [tui.keymap], never the
+    project's (a repository must not choose which key confirms a kill)."""
     keymap: dict[str, str] = {}
-    for path in config_paths(cwd):
+    for path in trusted_config_files(cwd):
         table = _tui_table(path).get("keymap")
         if isinstance(table, dict):
             keymap.update({str(k): str(v) for k, v in table.items() if isinstance(v, str)})
