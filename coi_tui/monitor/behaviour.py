@@ -27,21 +27,30 @@ DEPTH = 3
 
 @dataclass
 class ContainerView:
-    """One pass over a container's processes (built lazily: most passes stop at stdio)."""
+    """One pass over a container's processes (built lazily: most passes stop at stdio).
+
+    A socket is judged by the kernel's own word only: its protocol name (sockfs) and the inet
+    tables (/proc/<pid>/net/tcp, tcp6, udp, udp6), which hold addresses and inodes and no
+    text a process chooses. /proc/<pid>/net/unix is never read: a unix socket's name is the
+    container's to pick, and one holding a newline and a forged line made a reverse shell's
+    TCP socket look like a unix socket."""
 
     init_pid: int
     pids: list[int]
-    known_unix: set[int] = field(default_factory=set)  # shared with later passes
-    _inet: dict[int, procfs.Conn] | None = None
-    _unix: set[int] | None = None
+    # inodes the kernel named unix or netlink sockets (shared with later passes)
+    known_local: set[int] = field(default_factory=set)
+    _tables: dict[str, dict[int, procfs.Conn]] = field(default_factory=dict)
     fds: dict[int, list[procfs.Fd]] = field(default_factory=dict)
     procs: dict[int, procfs.Proc | None] = field(default_factory=dict)
 
     @property
     def inet(self) -> dict[int, procfs.Conn]:
-        if self._inet is None:
-            self._inet = procfs.inet_sockets(self.init_pid)
-        return self._inet
+        return self._table(self.init_pid, "init")
+
+    def _table(self, pid: int, key: str) -> dict[int, procfs.Conn]:
+        if key not in self._tables:
+            self._tables[key] = procfs.inet_sockets(pid)
+        return self._tables[key]
 
     def proc(self, pid: int) -> procfs.Proc | None:
         if pid not in self.procs:
@@ -53,20 +62,29 @@ class ContainerView:
             self.fds[pid] = procfs.list_fds(pid)
         return self.fds[pid]
 
-    def outbound(self, fd: procfs.Fd | None) -> procfs.Conn | None:
+    def connection(self, pid: int, fd: procfs.Fd | None) -> procfs.Conn | None:
+        """The inet connection behind socket fd `fd` of `pid`, or None."""
         if fd is None or fd.kind != "socket":
             return None
         inode = fd.key[1]
-        # /proc/<pid>/net/tcp walks the host's whole TCP table (milliseconds): first rule
-        # out unix sockets (journald's stdout, dbus...), remembered across passes
-        if inode in self.known_unix:
+        if inode in self.known_local:
             return None
-        if self._unix is None:
-            self._unix = procfs.unix_inodes(self.init_pid)
-        if inode in self._unix:
-            self.known_unix.add(inode)
+        # /proc/<pid>/net/tcp walks the host's whole TCP table (milliseconds): the kernel's
+        # protocol name rules out unix sockets (journald's stdout, dbus...) first
+        protocol = procfs.socket_protocol(pid, fd.num, inode)
+        if procfs.is_local_protocol(protocol):
+            self.known_local.add(inode)
             return None
         conn = self.inet.get(inode)
+        if conn is None and pid != self.init_pid:
+            # a process in a network namespace of its own (container root can make one)
+            netns = procfs.net_ns(pid)
+            if netns and netns != procfs.net_ns(self.init_pid):
+                conn = self._table(pid, netns).get(inode)
+        return conn
+
+    def outbound(self, pid: int, fd: procfs.Fd | None) -> procfs.Conn | None:
+        conn = self.connection(pid, fd)
         return conn if conn is not None and conn.outbound else None
 
 
@@ -106,9 +124,9 @@ def analyse(view: ContainerView, only: set[int] | None = None) -> list[Threat]:
         # stdout on a connection: a shell answering a remote peer. stdin alone on one is also
         # `bash -c '</dev/tcp/db/5432'` (a wait-for-port probe): only a shell or interpreter
         # that reads its commands from that stdin counts then.
-        conn = view.outbound(fd1)
+        conn = view.outbound(pid, fd1)
         if conn is None:
-            inbound = view.outbound(fd0)
+            inbound = view.outbound(pid, fd0)
             if inbound is not None and reads_commands(view.proc(pid)):
                 conn = inbound
         if conn is not None:
@@ -205,7 +223,7 @@ def _net_holders(view: ContainerView) -> dict[int, procfs.Conn]:
     holders: dict[int, procfs.Conn] = {}
     for pid in view.pids:
         for fd in view.all_fds(pid):
-            conn = view.outbound(fd)
+            conn = view.outbound(pid, fd)
             if conn is not None:
                 if not is_agent(view.proc(pid)):
                     holders[pid] = conn

