@@ -28,6 +28,8 @@ DEFAULT_PROTECTED_PATHS = (
     ".coi",
     ".claude/settings.json",
     ".claude/settings.local.json",
+    ".codex/config.toml",
+    ".envrc",
 )
 PERMISSION_MODES = ("bypass", "interactive")
 GTFOBINS_SOURCE = "https://github.com/GTFOBins/GTFOBins.github.io.git"

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 HOOK_MODULES: tuple[str, ...] = (
     "coi_tui.sessions.host_hook",
     "coi_tui.sessions.protect_hook",
+    "coi_tui.sessions.guard_hook",
     "coi_tui.sessions.config_hook",
     "coi_tui.network.hook",
     "coi_tui.monitor.hook",

@@ -1,0 +1,49 @@
+"""The workspace guard in a session's life (sessions/workspace_guard.py): the baseline when a
+session starts, the check and repair when it ends. Local sessions only: a remote's workspace
+lives on its own host."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from coi_tui.incus import InstanceNotFound
+from coi_tui.sessions.hooks import LaunchContext, SessionHook
+from coi_tui.sessions.protect_hook import WORKSPACE, protected_paths
+from coi_tui.sessions.workspace_guard import Guard, join, leave
+
+if TYPE_CHECKING:
+    from coi_tui.sessions.manager import SessionManager
+
+ALIVE = ("Running", "Frozen", "Starting", "Stopping")
+
+
+class GuardHook(SessionHook):
+    def before_start(self, ctx: LaunchContext) -> None:
+        manager = ctx.manager
+        settings = manager.settings
+        if manager.incus.remote is not None or settings.disable_protection:
+            return
+        mounted = ctx.devices.get("workspace", {}).get("path") or WORKSPACE
+
+        def alive(name: str) -> bool:
+            try:
+                return manager.incus.status(name) in ALIVE
+            except InstanceNotFound:
+                return False
+
+        guard = Guard(
+            ctx.request.workspace,
+            protected_paths(settings),
+            manager.say,
+            mounted,
+            bool(getattr(settings, "git_writable_hooks", False)),
+        )
+        join(guard, ctx.session.container, alive)
+
+    def container_ended(self, manager: SessionManager, name: str, removed: bool) -> None:
+        if manager.incus.remote is not None:
+            return
+        leave(name, manager.settings.container_prefix, manager.say)
+
+
+HOOK = GuardHook()
