@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from coi_tui import __version__
@@ -20,6 +21,7 @@ from coi_tui.dashboard.threats import AuditTail, ThreatSource
 from coi_tui.errors import CoiError
 from coi_tui.screens.confirm import ConfirmScreen
 from coi_tui.screens.main import MainScreen
+from coi_tui.text import clean
 from coi_tui.themes import APP_CSS_PATH, COI_THEME, THEMES
 from coi_tui.widgets.terminal_view import TerminalView
 
@@ -75,6 +77,27 @@ class CoiApp(App[None]):
         saved = load_state().get("theme") if remember_theme else None
         self.theme = saved if saved in self.available_themes else COI_THEME.name
         self.set_keymap(load_keymap() if keymap is None else keymap)
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = True,
+    ) -> None:
+        """Every notification is plain text: messages quote container names, errors and
+        output, so markup is never rendered (`markup` is ignored) and control, bidi and
+        zero-width characters are shown as escapes. Widget.notify comes here as well."""
+        del markup
+        super().notify(
+            clean(message, 2000, newlines=True),
+            title=clean(title, 200),
+            severity=severity,
+            timeout=timeout,
+            markup=False,
+        )
 
     def get_default_screen(self) -> Screen[None]:
         return MainScreen(

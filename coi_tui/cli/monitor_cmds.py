@@ -12,6 +12,7 @@ the only container of the workspace (-w, default the current directory).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -518,22 +519,32 @@ def recent_threats(name: str, count: int = 20) -> list[dict[str, Any]]:
     from coi_tui.monitor.events import audit_path
 
     try:
-        lines = audit_path(name).read_text().splitlines()[-count:]
+        with open(audit_path(name), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - (256 << 10)))  # the tail is enough for the last records
+            lines = f.read().decode("utf-8", "replace").splitlines()[-count:]
     except OSError:
         return []
     out = []
     for line in lines:
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out
 
 
 def format_snapshot(snap: dict[str, Any]) -> str:
+    """COI's text snapshot. Every string that came from the container (process commands and
+    user names, audit titles and descriptions, addresses) goes through `clean`: control,
+    bidi and zero-width characters shown as escapes, lengths capped."""
+    from coi_tui.text import clean
+
     lines = []
     ip = snap.get("container_ip")
-    lines.append(f"Container: {snap['container']}" + (f" ({ip})" if ip else ""))
+    lines.append(f"Container: {clean(snap['container'])}" + (f" ({clean(ip)})" if ip else ""))
     lines.append(f"Timestamp: {snap['timestamp'][:19]}")
     lines.append("━" * 70)
     lines.append("")
@@ -548,11 +559,12 @@ def format_snapshot(snap: dict[str, Any]) -> str:
         lines.append("")
         lines.append("RECENT THREATS")
         for t in threats:
-            stamp = str(t.get("timestamp", ""))[11:19]
-            lines.append(f"  [{stamp}] {t.get('level', '').upper():<8}  {t.get('title', '')}")
-            lines.append(f"                      {t.get('description', '')}")
+            stamp = clean(str(t.get("timestamp", ""))[11:19])
+            level = clean(str(t.get("level", "")).upper(), 16)
+            lines.append(f"  [{stamp}] {level:<8}  {clean(t.get('title', ''))}")
+            lines.append(f"                      {clean(t.get('description', ''))}")
             if t.get("action") not in (None, "", "logged"):
-                lines.append(f"                      → Action: {t['action']}")
+                lines.append(f"                      → Action: {clean(t['action'])}")
         lines.append("")
     net = snap["network"]
     head = f"NETWORK ({net['active_connections']} active connections"
@@ -564,8 +576,8 @@ def format_snapshot(snap: dict[str, Any]) -> str:
         for c in net["connections"]:
             mark = f"⚠ SUSPICIOUS ({c['suspect_reason']})" if c["suspicious"] else "✓ Normal"
             lines.append(
-                f"  {c['protocol']:<8}  {c['local_addr']:<18}  {c['remote_addr']:<18}  "
-                f"{c['state']:<11}  {mark}"
+                f"  {clean(c['protocol']):<8}  {clean(c['local_addr']):<18}  "
+                f"{clean(c['remote_addr']):<18}  {clean(c['state']):<11}  {clean(mark)}"
             )
     else:
         lines.append("  No active connections")
@@ -575,9 +587,11 @@ def format_snapshot(snap: dict[str, Any]) -> str:
         lines.append(f"PROCESSES ({procs['total_count']} running)")
         lines.append("  PID    User   Command                                  Flags")
         for p in procs["processes"]:
-            command = p["command"] if len(p["command"]) <= 40 else p["command"][:37] + "..."
+            command = clean(p["command"])
+            command = command if len(command) <= 40 else command[:37] + "..."
             flags = "⚠ ENV SCAN" if p["env_access"] else ""
-            lines.append(f"  {p['pid']:<6} {p['user']:<6} {command:<40} {flags}".rstrip())
+            user = clean(p["user"], 32)
+            lines.append(f"  {p['pid']:<6} {user:<6} {command:<40} {flags}".rstrip())
     else:
         lines.append("PROCESSES")
         lines.append("  Not available")
@@ -621,17 +635,22 @@ def format_snapshot(snap: dict[str, Any]) -> str:
     if snap["errors"]:
         lines.append("")
         lines.append("ERRORS")
-        lines += [f"  - {e}" for e in snap["errors"]]
+        lines += [f"  - {clean(e)}" for e in snap["errors"]]
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------- audit
 def _audit_line(record: dict[str, Any]) -> str:
+    """One readable line; every field cleaned (the record quotes the container's argv)."""
+    from coi_tui.text import clean
+
+    def field(key: str, limit: int = 200) -> str:
+        return clean(record.get(key, ""), limit)
+
     return (
-        f"{str(record.get('timestamp', ''))[:23]} {str(record.get('level', '')).upper():<8} "
-        f"{record.get('container', '')} {record.get('rule_id', '')} "
-        f"[{record.get('action', '')}] {record.get('title', '')}: "
-        f"{record.get('description', '')}"
+        f"{field('timestamp', 23)[:23]} {field('level', 16).upper():<8} "
+        f"{field('container')} {field('rule_id')} "
+        f"[{field('action')}] {field('title')}: {field('description', 2000)}"
     )
 
 
@@ -656,24 +675,37 @@ def cmd_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 raise
         path = audit_path(name)
     offset = 0
+    inode = -1
+
+    def emit(complete: bytes) -> None:
+        for raw in complete.splitlines():
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                # json.dumps escapes every control and non-ASCII character: inert as well
+                print(_audit_line(record) if text else json.dumps(record), flush=True)
 
     def show() -> None:
-        nonlocal offset
+        nonlocal offset, inode
         try:
             with open(path, "rb") as f:
+                info = os.fstat(f.fileno())
+                if info.st_ino != inode or info.st_size < offset:  # rotated or truncated
+                    inode, offset = info.st_ino, 0
                 f.seek(offset)
                 data = f.read()
         except FileNotFoundError:
             return
         complete = data[: data.rfind(b"\n") + 1]
         offset += len(complete)
-        for raw in complete.splitlines():
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            print(_audit_line(record) if text else json.dumps(record), flush=True)
+        emit(complete)
 
+    if not args.file:  # the rotated parts first, oldest first (<c>.jsonl.2, .1)
+        for index in range(9, 0, -1):
+            with contextlib.suppress(OSError):
+                emit(path.with_name(f"{path.name}.{index}").read_bytes())
     show()
     if not args.follow:
         return 0

@@ -348,11 +348,13 @@ def cmd_top(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.json:
             print(json.dumps([asdict(r) for r in prows], indent=2))
             return 0
+        from coi_tui.text import clean  # the command line is the container's: escapes shown
+
         print(f"{'CONTAINER':<24} {'PID':>8} {'USER':<8} {'CPU%':>6} {'MEM':>9}  COMMAND")
         for r in prows:
             print(
                 f"{r.container:<24} {r.pid:>8} {r.user:<8} {r.cpu_percent:>6.1f} "
-                f"{r.memory_mb:>7.1f}M  {r.command[:80]}"
+                f"{r.memory_mb:>7.1f}M  {clean(r.command, 80)}"
             )
         return 0
     before = [sample_container(incus, i) for i in running]

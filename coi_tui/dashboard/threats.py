@@ -14,8 +14,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coi_tui.paths import coi_home
+from coi_tui.text import clean
 
 LEVELS = ("info", "warning", "high", "critical")
+TEXT_FIELDS = {
+    "id": 64,
+    "timestamp": 40,
+    "level": 16,
+    "category": 64,
+    "title": 200,
+    "description": 2000,
+    "container": 128,
+    "action": 64,
+    "rule_id": 128,
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,17 @@ class ThreatEvent:
     action: str = ""
     rule_id: str = ""
     evidence: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        # Every text field may quote the container (its argv, its process names): control,
+        # bidi and zero-width characters become visible escapes here, once, so no widget,
+        # notification or filter ever sees them raw. Widgets still show these as plain text,
+        # never as markup.
+        for name, limit in TEXT_FIELDS.items():
+            value = getattr(self, name)
+            cleaned = clean(value, limit)
+            if cleaned != value:
+                object.__setattr__(self, name, cleaned)
 
     @classmethod
     def from_record(cls, record: dict[str, Any], container: str = "") -> ThreatEvent:
@@ -76,6 +99,9 @@ def container_of(path: Path) -> str:
     return stem[: -len("-nft")] if stem.endswith("-nft") else stem
 
 
+READ_LIMIT = 4 << 20  # per file and poll: a huge log is read in slices, never whole
+
+
 class AuditTail:
     """Follows every *.jsonl file in the audit directory: complete lines only, new files
     picked up as they appear. The first read returns at most `history` old events."""
@@ -84,6 +110,7 @@ class AuditTail:
         self.directory = directory or audit_dir()
         self.history = history
         self._offsets: dict[Path, int] = {}
+        self._inodes: dict[Path, int] = {}
         self._partial: dict[Path, bytes] = {}
         self._started = False
         self.bad_lines = 0
@@ -105,15 +132,17 @@ class AuditTail:
     def _read_file(self, path: Path) -> list[ThreatEvent]:
         offset = self._offsets.get(path, 0)
         try:
-            size = os.path.getsize(path)
-            if size < offset:  # truncated or rotated: start over
-                offset = 0
-                self._partial.pop(path, None)
-            if size == offset:
-                return []
             with open(path, "rb") as handle:
+                info = os.fstat(handle.fileno())
+                size = info.st_size
+                if size < offset or info.st_ino != self._inodes.get(path, info.st_ino):
+                    offset = 0  # truncated or rotated (<c>.jsonl.1): start over
+                    self._partial.pop(path, None)
+                self._inodes[path] = info.st_ino
+                if size == offset:
+                    return []
                 handle.seek(offset)
-                data = handle.read(size - offset)
+                data = handle.read(min(size - offset, READ_LIMIT))
         except OSError:
             return []
         self._offsets[path] = offset + len(data)

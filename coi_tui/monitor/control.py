@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from coi_tui import nofollow
 from coi_tui.errors import CoiError
 from coi_tui.monitor.daemon import running_pid
 from coi_tui.paths import coi_home, logs_dir
@@ -52,7 +53,7 @@ def start(home: Path | None = None, wait: float = 10.0) -> int:
         argv, env = ["sudo", "-n", str(LAUNCHER)], dict(os.environ)
     else:
         raise CoiError("the threat monitor needs root: run 'sudo coi setup' once to install it")
-    log = open(logs_dir() / "monitor.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open_log(home)
     try:
         subprocess.Popen(
             argv,
@@ -64,7 +65,7 @@ def start(home: Path | None = None, wait: float = 10.0) -> int:
             cwd="/",
         )
     finally:
-        log.close()
+        os.close(log)
     deadline = time.monotonic() + wait
     sock = socket_path(home)
     while time.monotonic() < deadline:
@@ -73,6 +74,41 @@ def start(home: Path | None = None, wait: float = 10.0) -> int:
             return pid
         time.sleep(0.05)
     raise CoiError(f"the threat monitor did not start: see {logs_dir() / 'monitor.log'}")
+
+
+def open_log(home: Path, owner: tuple[int, int] | None = None) -> int:
+    """An O_APPEND fd on <home>/logs/monitor.log. As root the home is the user's: the
+    directory is walked and the file opened without following a symlink (a link planted at
+    monitor.log is replaced, its target never written); `owner` gets what root creates."""
+    if os.geteuid() != 0:
+        return os.open(logs_dir() / "monitor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    logs = nofollow.open_dir(home / "logs", create=True, mode=0o755, owner=owner)
+    try:
+        return nofollow.open_append(logs, "monitor.log", 0o644, owner)
+    finally:
+        os.close(logs)
+
+
+def launch(argv: list[str]) -> int:
+    """The launcher's entry point (root, `python3 -I`): the daemon's stdout and stderr go to
+    the user's monitor.log, opened here without following a symlink (the launcher used to
+    let the shell open it as root with `>>`), then the daemon runs with `argv`."""
+    from coi_tui.monitor.daemon import main
+
+    home = Path(argv[argv.index("--home") + 1]) if "--home" in argv else coi_home()
+    owner = None
+    if "--owner" in argv:
+        uid, _, gid = argv[argv.index("--owner") + 1].partition(":")
+        owner = (int(uid), int(gid))
+    try:
+        fd = open_log(home, owner)
+    except (OSError, ValueError) as exc:
+        print(f"coi-monitor-daemon: cannot open {home}/logs/monitor.log: {exc}", file=sys.stderr)
+    else:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    return main(argv)
 
 
 def stop(home: Path | None = None, wait: float = 10.0) -> bool:
@@ -92,14 +128,15 @@ def stop(home: Path | None = None, wait: float = 10.0) -> bool:
 
 LAUNCHER_TEXT = """#!/bin/sh
 # coi threat monitor launcher (installed by 'coi setup'). Runs the root-owned copy of coi's
-# monitor for the invoking user's ~/.coi; takes no arguments.
+# monitor for the invoking user's ~/.coi; takes no arguments. The user's monitor.log is
+# opened by the daemon without following a symlink (never by this shell as root).
 [ "$#" -eq 0 ] || { echo "coi-monitor-daemon: takes no arguments" >&2; exit 2; }
 [ -n "$SUDO_USER" ] || { echo "coi-monitor-daemon: run through sudo" >&2; exit 2; }
 HOME_DIR=$(getent passwd "$SUDO_USER" | cut -d: -f6)
 cd / && exec /usr/bin/python3 -I -c 'import sys; sys.path.insert(0, "{lib}"); \\
-from coi_tui.monitor.daemon import main; sys.exit(main(sys.argv[1:]))' \\
+from coi_tui.monitor.control import launch; sys.exit(launch(sys.argv[1:]))' \\
   --home "$HOME_DIR/.coi" --owner "$SUDO_UID:$SUDO_GID" \\
-  </dev/null >>"$HOME_DIR/.coi/logs/monitor.log" 2>&1 &
+  </dev/null >/dev/null 2>&1 &
 """
 
 

@@ -66,6 +66,7 @@ from coi_tui.screens.messages import (
     ThreatsArrived,
 )
 from coi_tui.screens.new_slot import NewSlotRequest, NewSlotScreen
+from coi_tui.text import clean_block
 from coi_tui.widgets.slot_tree import HostRow, SlotTree
 from coi_tui.widgets.terminal_view import TerminalView
 from coi_tui.widgets.threat_feed import ThreatFeed
@@ -575,7 +576,8 @@ class MainScreen(Screen[None]):
     @on(ProcessesLoaded)
     def _processes_loaded(self, message: ProcessesLoaded) -> None:
         if message.name == self.selected:
-            self.query_one("#processes", Static).update(message.text)
+            # `ps` runs in the container, which may replace it: plain text, escapes visible
+            self.query_one("#processes", Static).update(clean_block(message.text))
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
