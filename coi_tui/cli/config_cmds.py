@@ -282,6 +282,9 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         notes = dict.fromkeys(not_enforced(), NOT_ENFORCED)
         lines = render_lines(config_values(settings), args.sources, header, notes)
         if args.sources:
+            from coi_tui.config.profiles import ProfileSet
+
+            ProfileSet.discover(Path.cwd().absolute())  # reports project profiles it ignores
             lines += untrusted_lines()
         print("\n".join(lines))
         return 0
@@ -474,7 +477,7 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     every = getattr(args, "all_profiles", False)
     if not getattr(args, "profile", "") and not every:
         return commands.cmd_build(args, parser)
-    from coi_tui.config.build import build_profile_image
+    from coi_tui.config.build import build_profile_image, builder_for
     from coi_tui.config.profiles import ProfileSet
     from coi_tui.config.settings import load_settings
     from coi_tui.errors import CoiError, UsageError
@@ -502,7 +505,13 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for name in names:
         try:
             settings = load_settings(profile=name)
-            build_profile_image(incus, settings, name, alias=args.alias, force=args.force)
+            # Whose recipe this is: a repository's may not publish over images it did not build.
+            cwd = Path.cwd().absolute()
+            chain = ProfileSet.discover(cwd).resolve(name).profiles
+            builder = builder_for(settings, name, [p.scope for p in chain], cwd)
+            build_profile_image(
+                incus, settings, name, alias=args.alias, force=args.force, builder=builder
+            )
         except CoiError as exc:
             if not every:
                 raise

@@ -1,51 +1,214 @@
 """`coi build --profile NAME`: the profile's image. A temporary container from
 [container.build] base runs the profile's script (or commands) as root, then is published as
 the profile's [container] image. The recipe hash is stored on the image, so an unchanged
-profile is not rebuilt."""
+profile is not rebuilt.
+
+Who built an image is stored on it too (BUILT_BY_PROPERTY). A recipe that comes with a
+repository (a project profile, or build keys from the project's .coi/config.toml) is untrusted:
+it may publish only to a name coi does not own (coi-default, coi-lean) and never over an image
+it did not build itself (another project's, the user's, or one made outside coi). A user's own
+profile is trusted: it may replace any image, as `incus publish` could.
+
+The build container gets the session's network policy (the same coi-netctl rules, keyed on its
+host-side interface, applied before it starts and removed when it is gone): a build script is
+the repository's code running as root, so it must not reach the LAN or the metadata service
+either. Without the coi bridge it gets no network at all (an Incus profile's NIC would be
+unfiltered), unless the user chose open mode."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coi_tui.config.settings import Settings
 from coi_tui.errors import CoiError
 from coi_tui.incus import Incus, IncusError, InstanceNotFound
 
+if TYPE_CHECKING:
+    from coi_tui.network.firewall import Firewall
+    from coi_tui.network.resolve import Resolved
+
 RECIPE_PROPERTY = "coi.profile.recipe"
+BUILT_BY_PROPERTY = "coi.built_by"
+# What decides what is built and where it is published.
+RECIPE_KEYS = (
+    "container.image",
+    "container.build.base",
+    "container.build.script",
+    "container.build.commands",
+)
 
 
-def profile_recipe(incus: Incus, settings: Settings) -> str:
+@dataclass(frozen=True)
+class Builder:
+    """Whose recipe a build runs: recorded on the image as BUILT_BY_PROPERTY."""
+
+    label: str
+    trusted: bool
+
+
+def builder_for(settings: Settings, profile: str, scopes: list[str], workspace: Path) -> Builder:
+    """`scopes`: where each profile of the chain was found (user, project, config)."""
+    from coi_tui.config.trust import UNTRUSTED_LABEL
+
+    from_project = [k for k in RECIPE_KEYS if settings.source(k).startswith(UNTRUSTED_LABEL)]
+    if "project" in scopes or from_project:
+        return Builder(f"project {workspace} profile {profile}", trusted=False)
+    return Builder(f"user profile {profile}", trusted=True)
+
+
+def coi_images() -> set[str]:
+    """The names coi builds itself: a repository may not take them, even before they exist."""
+    from coi_tui.config.schema import BY_PATH
+    from coi_tui.images.build import VARIANT_ALIASES
+
+    return {str(BY_PATH["container.image"].default), *VARIANT_ALIASES.values()}
+
+
+def check_owner(incus: Incus, alias: str, builder: Builder, profile: str) -> None:
+    """A repository's recipe publishes only over an image it built itself."""
+    if builder.trusted:
+        return
+    hint = "move the profile to ~/.coi/profiles to build it as your own"
+    if alias in coi_images():
+        raise CoiError(
+            f'profile "{profile}" comes with the repository: it may not publish "{alias}", '
+            f"coi's own image ({hint})"
+        )
+    if not incus.image_exists(alias):
+        return
+    built_by = incus.get_image(alias).properties.get(BUILT_BY_PROPERTY, "")
+    if built_by != builder.label:
+        owner = f"by {built_by}" if built_by else "outside coi"
+        raise CoiError(
+            f'profile "{profile}" comes with the repository: it may not replace image '
+            f'"{alias}", which was built {owner} ({hint})'
+        )
+
+
+def build_script(settings: Settings) -> bytes:
+    from coi_tui.config.profiles import read_script
+
+    return read_script(settings.build_script) if settings.build_script else b""
+
+
+def profile_recipe(incus: Incus, settings: Settings, script: bytes | None = None) -> str:
     digest = hashlib.sha256(incus.get_image(settings.build_base).fingerprint.encode())
     if settings.build_script:
-        try:
-            digest.update(Path(settings.build_script).read_bytes())
-        except OSError as exc:
-            raise CoiError(f"build script {settings.build_script}: {exc.strerror}") from None
+        digest.update(build_script(settings) if script is None else script)
     for command in settings.build_commands:
         digest.update(b"\0" + command.encode())
     return digest.hexdigest()[:16]
 
 
+class BuildNetwork:
+    """A session's network policy for a build container (see network/hook.py)."""
+
+    def __init__(
+        self,
+        incus: Incus,
+        settings: Settings,
+        name: str,
+        *,
+        firewall: Firewall | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        from coi_tui.network.firewall import Firewall
+        from coi_tui.network.hook import check_mode
+
+        self.incus, self.settings, self.name, self.say = incus, settings, name, say
+        self.mode = check_mode(settings)
+        self.firewall = firewall or Firewall()
+        self.resolved: Resolved | None = None
+        self.applied = False
+        self.has_nic = False
+
+    def devices(self) -> dict[str, dict[str, str]]:
+        from coi_tui.network.firewall import iface_for
+        from coi_tui.network.hook import NIC_HARDENING
+
+        if self.incus.get_network(self.settings.bridge) is None:
+            # No coi bridge: mask any NIC an Incus profile would add (it has no rules).
+            return {} if self.mode == "open" else {"eth0": {"type": "none"}}
+        self.has_nic = True
+        return {
+            "eth0": {
+                "type": "nic",
+                "network": self.settings.bridge,
+                "name": "eth0",
+                "host_name": iface_for(self.name),
+                **NIC_HARDENING,
+            }
+        }
+
+    def before_start(self) -> None:
+        """The rules exist before the interface does: the first packet meets them."""
+        from coi_tui.network.hook import policy_for, resolve_allowlist
+
+        if not self.has_nic:
+            return
+        if self.mode == "allowlist":
+            self.resolved = resolve_allowlist(self.name, self.settings.allowed_domains)
+        try:
+            self.firewall.apply(
+                self.name, policy_for(self.incus, self.settings, self.resolved, self.name)
+            )
+            self.applied = True
+        except CoiError as exc:
+            if self.mode != "open":
+                raise CoiError(f"{exc} (the build fails closed in {self.mode} mode)") from None
+            self.say(f"warning: {exc} (open mode continues without rules)")
+
+    def after_start(self) -> None:
+        from coi_tui.network.hook import write_hosts
+
+        if self.resolved is not None:
+            write_hosts(self.incus, self.name, self.resolved)
+
+    def close(self) -> None:
+        from coi_tui.network.hook import cache_path
+
+        if self.applied:
+            try:
+                self.firewall.remove(self.name)
+            except CoiError as exc:
+                self.say(f"warning: {exc}; 'coi clean --orphans' removes leftovers")
+        if self.resolved is not None:
+            with suppress(OSError):
+                cache_path(self.name).unlink()
+
+
 def build_profile_image(
-    incus: Incus, settings: Settings, profile: str, *, alias: str | None, force: bool
+    incus: Incus,
+    settings: Settings,
+    profile: str,
+    *,
+    alias: str | None,
+    force: bool,
+    builder: Builder | None = None,
 ) -> int:
     alias = alias or settings.image
+    builder = builder or Builder(f"user profile {profile}", trusted=True)
     if not settings.build_script and not settings.build_commands:
         raise CoiError(
             f'profile "{profile}" has nothing to build: add build.sh, or [container.build] '
             "script or commands"
         )
+    check_owner(incus, alias, builder, profile)
     if alias == settings.build_base:
         raise CoiError(
             f'profile "{profile}": [container] image must name the image to build, not its '
             f'base "{settings.build_base}"'
         )
     incus.require_image(settings.build_base)
-    recipe = profile_recipe(incus, settings)
+    script = build_script(settings)
+    recipe = profile_recipe(incus, settings, script)
     if (
         not force
         and incus.image_exists(alias)
@@ -55,23 +218,23 @@ def build_profile_image(
         return 0
     started = time.monotonic()
     name = f"{settings.container_prefix}build-{uuid.uuid4().hex[:8]}"
-    devices: dict[str, dict[str, str]] = {}
-    if incus.get_network(settings.bridge) is not None:
-        devices["eth0"] = {"type": "nic", "network": settings.bridge, "name": "eth0"}
+    network = BuildNetwork(incus, settings, name)
+    devices = network.devices()
     if settings.storage_pool:
         devices["root"] = {"type": "disk", "path": "/", "pool": settings.storage_pool}
     print(f"Building {alias} for profile {profile} from {settings.build_base}...", flush=True)
-    incus.create_instance(
-        name,
-        settings.build_base,
-        config={"security.idmap.isolated": "true", "security.guestapi": "false"},
-        devices=devices,
-    )
     try:
+        incus.create_instance(
+            name,
+            settings.build_base,
+            config={"security.idmap.isolated": "true", "security.guestapi": "false"},
+            devices=devices,
+        )
+        network.before_start()
         incus.start(name)
+        network.after_start()
         steps: list[list[str]] = []
         if settings.build_script:
-            script = Path(settings.build_script).read_bytes()
             incus.push_file(name, "/tmp/coi-build.sh", script, mode=0o755)
             steps.append(["bash", "/tmp/coi-build.sh"])
         else:
@@ -81,11 +244,16 @@ def build_profile_image(
             if code != 0:
                 raise CoiError(f"profile {profile}: '{' '.join(argv)}' failed with exit {code}")
         incus.stop(name, timeout=30)
+        check_owner(incus, alias, builder, profile)  # again: an image may have appeared since
         old = incus.get_image(alias).fingerprint if incus.image_exists(alias) else None
         fingerprint = incus.publish(
             name,
             alias,
-            {RECIPE_PROPERTY: recipe, "description": f"coi profile {profile}"},
+            {
+                RECIPE_PROPERTY: recipe,
+                BUILT_BY_PROPERTY: builder.label,
+                "description": f"coi profile {profile}",
+            },
             # [container.build] compression; unset: none (a local image imports faster)
             compression=settings.build_compression or "none",
         )
@@ -95,5 +263,6 @@ def build_profile_image(
     finally:
         with suppress(InstanceNotFound):
             incus.delete_instance(name, force=True)
+        network.close()
     print(f"Image {alias} ready ({time.monotonic() - started:.1f}s)")
     return 0

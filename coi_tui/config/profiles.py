@@ -7,13 +7,25 @@ Inheritance (parent -> child), as in the original:
 - arrays (forward_env, mounts, allowed_domains, ...) are replaced when the child defines them;
 - [environment] maps merge, the child wins, and "" deletes the key;
 - chains are at most MAX_DEPTH profiles long; a cycle is an error that names it.
+
+A project's profiles come with the repository, so they are untrusted (see config/trust.py):
+- a project folder named like a built-in ("default", "hardened") is ignored with a warning
+  (the user's own ~/.coi/profiles may replace a built-in);
+- a project profile's context file and build script must resolve, symlinks followed, inside
+  that profile's own folder, or the profile is an error (one line; the file is never read);
+- a context file is read once, at session start, through `read_context`: a regular file of at
+  most CONTEXT_LIMIT bytes, opened without following a final symlink, and only if the opened
+  file is still the one that was checked.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +34,12 @@ from coi_tui.config.settings import FileParser, Layer, home_dir
 from coi_tui.errors import CoiError, UsageError
 
 MAX_DEPTH = 10
+CONTEXT_LIMIT = 256 * 1024  # a profile's CONTEXT.md
+SCRIPT_LIMIT = 1024 * 1024  # a profile's build script
 BUILTIN = "default"  # the fully merged global config; may be inherited, never edited
 HARDENED = "hardened"
 # Built-in profiles: "default" adds nothing to the merged config; "hardened" is COI's fixed
-# preset. A disk profile of the same name replaces either.
+# preset. A user's disk profile of the same name replaces either; a project's is ignored.
 PRESETS: dict[str, dict[str, object]] = {
     BUILTIN: {},
     HARDENED: {
@@ -207,18 +221,31 @@ class Profile:
     @property
     def layer(self) -> Layer:
         if self._layer is None:
+            if self.scope == "project":
+                workspace = self.directory.parent.parent.parent  # <ws>/.coi/profiles/<name>
+                if not inside(str(self.directory), workspace):  # a symlink out of the repository
+                    raise CoiError(
+                        f'project profile "{self.name}": its folder {self.directory} leads out '
+                        f"of {workspace}; its files were not read"
+                    )
             layer = FileParser(self.config, f"profile {self.name}", profile=True).parse()
             context = self.directory / "CONTEXT.md"
-            if "context" not in layer.values and context.is_file():
-                layer.values["context"] = str(context)
+            if "context" not in layer.values and os.path.lexists(context):
+                layer.values["context"] = str(context.resolve())
             build = self.directory / "build.sh"
             if (
                 "container.build.script" not in layer.values
                 and "container.build.commands" not in layer.values
-                and build.is_file()
+                and os.path.lexists(build)
             ):
-                layer.values["container.build.script"] = str(build)
+                layer.values["container.build.script"] = str(build.resolve())
             if self.scope == "project":  # comes with the repository: see config/trust.py
+                for path, what in (
+                    ("context", "context file"),
+                    ("container.build.script", "build script"),
+                ):
+                    if layer.values.get(path):
+                        self.check_inside(str(layer.values[path]), what)
                 from coi_tui.config import trust
 
                 workspace = self.directory.parent.parent.parent  # <ws>/.coi/profiles/<name>
@@ -227,6 +254,80 @@ class Profile:
                 trust.REPORTS[f"{workspace}#profile:{self.name}"] = report
             self._layer = layer
         return self._layer
+
+    def check_inside(self, path: str, what: str) -> None:
+        """A project profile's file must be in its own folder (symlinks followed): a
+        repository must not name ~/.ssh/id_ed25519 or ../../x to have it copied in."""
+        if not inside(path, self.directory):
+            raise CoiError(
+                f'project profile "{self.name}": its {what} must be inside {self.directory}, '
+                f"not {json.dumps(path)}; the file was not read"
+            )
+
+
+def inside(path: str, root: Path) -> bool:
+    try:
+        real = Path(os.path.realpath(path, strict=False))
+        base = Path(os.path.realpath(root, strict=True))
+    except (OSError, RuntimeError, ValueError):  # a loop, a NUL: fail closed
+        return False
+    return base in real.parents
+
+
+def open_checked(path: str, limit: int) -> bytes:
+    """The bytes of the file at `path`, a resolved path checked earlier: a regular file of at
+    most `limit` bytes, opened without following a final symlink, and refused when what was
+    opened is no longer at `path` (a folder on the way was swapped for a symlink since).
+    Raises OSError (strerror says why)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symbolic link") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
+        try:
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            opened = path  # no /proc: the O_NOFOLLOW open is the check
+        if opened != os.path.abspath(path):
+            raise OSError(errno.EXDEV, f"moved while being opened (now {json.dumps(opened)})")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
+    return data
+
+
+def read_context(path: str) -> str:
+    """A profile's context file, for the session's SANDBOX_CONTEXT.md (see open_checked).
+    Raises CoiError with one line."""
+    try:
+        return open_checked(path, CONTEXT_LIMIT).decode("utf-8")
+    except OSError as exc:
+        raise CoiError(f"profile context {path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CoiError(f"profile context {path}: cannot read: not UTF-8 text") from None
+
+
+def read_script(path: str) -> bytes:
+    """A profile's build script (see open_checked). Raises CoiError with one line."""
+    try:
+        return open_checked(path, SCRIPT_LIMIT)
+    except OSError as exc:
+        raise CoiError(f"build script {path}: {exc.strerror}") from None
 
 
 @dataclass
@@ -281,10 +382,26 @@ class ProfileSet:
             if not directory.is_dir():
                 continue
             for entry in sorted(directory.iterdir()):
-                if entry.is_dir() and (entry / "config.toml").is_file():
-                    self.found.setdefault(entry.name, []).append(
-                        Profile(entry.name, entry, scope, env=env)
-                    )
+                if not (entry.is_dir() and (entry / "config.toml").is_file()):
+                    continue
+                if scope == "project" and entry.name in PRESETS:
+                    self.shadowing(entry)
+                    continue
+                self.found.setdefault(entry.name, []).append(
+                    Profile(entry.name, entry, scope, env=env)
+                )
+
+    @staticmethod
+    def shadowing(entry: Path) -> None:
+        """A repository's .coi/profiles/hardened would replace the preset the user asked for
+        by name: ignored, with a warning (shown by coi shell/run and config show --sources)."""
+        from coi_tui.config import trust
+
+        workspace = entry.parent.parent.parent  # <ws>/.coi/profiles/<name>
+        report = trust.TrustReport(
+            ignored=[f'profile "{entry.name}" (a project cannot replace the built-in profile)']
+        )
+        trust.REPORTS[f"{workspace}#profile:{entry.name}"] = report
 
     @classmethod
     def discover(cls, cwd: Path, env: dict[str, str] | None = None) -> ProfileSet:
@@ -381,6 +498,11 @@ class ProfileSet:
         if name in self.found:
             raise CoiError(f'profile "{name}" already exists at {self.found[name][0].directory}')
         directory = self.create_dir(scope, cwd, env) / name
+        if name in PRESETS and directory.parent == cwd / ".coi" / "profiles":
+            raise CoiError(
+                f'"{name}" is a built-in profile: a project cannot replace it; '
+                f"'coi profile create {name} --user' makes your own copy"
+            )
         directory.mkdir(parents=True, exist_ok=False)
         # The documented starter (every key). `coi profile create default` writes it too: a
         # disk profile named "default" then replaces the built-in one.

@@ -301,13 +301,10 @@ class HostHook(SessionHook):
         settings = ctx.manager.settings
         session = ctx.session
         context = ""
-        if settings.profile_context:
-            try:
-                context = Path(settings.profile_context).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise CoiError(
-                    f"profile context {settings.profile_context}: cannot read: {exc.strerror}"
-                ) from None
+        if settings.profile_context:  # a regular file, size-capped, no symlink swapped in
+            from coi_tui.config.profiles import read_context
+
+            context = read_context(settings.profile_context)
         protected = (
             []
             if settings.disable_protection
