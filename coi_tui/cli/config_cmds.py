@@ -350,6 +350,11 @@ def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
                 if len(profiles.found[name]) > 1:
                     row["error"] = "defined in multiple locations"
                 rows.append(row)
+        for folder in profiles.ignored:  # a repository's "hardened": listed, never used
+            row = {"name": folder.name, "image": "", "persistent": ""}
+            row["source"] = str(folder / "config.toml")
+            row["error"] = "ignored: a project cannot replace the built-in profile"
+            rows.append(row)
         if wants_json(args):
             emit_json(rows)
             return 0

@@ -18,6 +18,7 @@ unfiltered), unless the user chose open mode."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -55,9 +56,17 @@ class Builder:
 
 def builder_for(settings: Settings, profile: str, scopes: list[str], workspace: Path) -> Builder:
     """`scopes`: where each profile of the chain was found (user, project, config)."""
+    from coi_tui.config.profiles import inside
     from coi_tui.config.trust import UNTRUSTED_LABEL
 
     from_project = [k for k in RECIPE_KEYS if settings.source(k).startswith(UNTRUSTED_LABEL)]
+    if "container.build.script" in from_project:  # the project's .coi/config.toml names it
+        folder = workspace / ".coi"
+        if not (inside(str(folder), workspace) and inside(settings.build_script, folder)):
+            raise CoiError(
+                f"{settings.source('container.build.script')}: the build script must be inside "
+                f"{folder}, not {json.dumps(settings.build_script)}; the file was not read"
+            )
     if "project" in scopes or from_project:
         return Builder(f"project {workspace} profile {profile}", trusted=False)
     return Builder(f"user profile {profile}", trusted=True)

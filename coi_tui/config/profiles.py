@@ -378,6 +378,7 @@ class ProfileSet:
     ) -> None:
         self.locations = locations
         self.found: dict[str, list[Profile]] = {}
+        self.ignored: list[Path] = []  # project folders named like a built-in
         for scope, directory in locations:
             if not directory.is_dir():
                 continue
@@ -385,6 +386,7 @@ class ProfileSet:
                 if not (entry.is_dir() and (entry / "config.toml").is_file()):
                     continue
                 if scope == "project" and entry.name in PRESETS:
+                    self.ignored.append(entry)
                     self.shadowing(entry)
                     continue
                 self.found.setdefault(entry.name, []).append(

@@ -62,6 +62,7 @@ def test_a_project_profile_cannot_replace_a_builtin(
     assert load_settings(repo, env, profile="default").image == "coi-default"
     ignored = trust.REPORTS[f"{repo}#profile:hardened"].ignored
     assert ignored == ['profile "hardened" (a project cannot replace the built-in profile)']
+    assert [p.name for p in ProfileSet.discover(repo, env).ignored] == ["default", "hardened"]
 
 
 def test_the_users_own_profile_still_replaces_a_builtin(
@@ -331,3 +332,23 @@ def test_a_build_fails_closed_when_the_rules_cannot_be_applied(
         network.before_start()
     network.close()
     assert incus.calls == []  # nothing applied, nothing to remove
+
+
+def test_a_build_script_from_the_project_config_stays_in_its_folder(
+    dirs: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """The user's own profile, built in a repository whose .coi/config.toml names the script:
+    a host file there would be pushed into the build container (and the published image)."""
+    home, repo, env = dirs
+    profile(home, "mine", "[container]\nimage = 'x'\n")
+    (repo / ".coi").mkdir()
+    secret = tmp_path / "host-secret"
+    secret.write_text("HOST-PRIVATE-KEY\n")
+    (repo / ".coi" / "config.toml").write_text(f"[container.build]\nscript = '{secret}'\n")
+    settings = load_settings(repo, env, profile="mine")
+    with pytest.raises(CoiError, match=r"the build script must be inside .*; the file was not"):
+        builder_for(settings, "mine", ["user"], repo)
+    (repo / ".coi" / "build.sh").write_text("true\n")
+    (repo / ".coi" / "config.toml").write_text("[container.build]\nscript = 'build.sh'\n")
+    settings = load_settings(repo, env, profile="mine")
+    assert not builder_for(settings, "mine", ["user"], repo).trusted
