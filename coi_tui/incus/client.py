@@ -637,6 +637,10 @@ class Incus:
             status = self.status(name)
             if status in ("Running", "Frozen"):
                 self._set_state(name, "stop", force=True)
+            elif status != "Stopped":
+                # "Stopping" also follows a start that failed half-way: stop it for good
+                with contextlib.suppress(IncusError):
+                    self._set_state(name, "stop", force=True)
         try:
             self.request("DELETE", f"{API}/instances/{quote(name)}")
         except NotFound:

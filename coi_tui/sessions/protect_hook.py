@@ -12,6 +12,12 @@ and protected, so the agent cannot create one that git on the host would then ru
 Per-worktree `.git/worktrees/*/config.worktree` files are found and protected too. Symlinks, and
 paths whose real location is outside the workspace, are never mounted.
 
+The mounts' sources are coi-owned copies (~/.coi/protect/<container>/), read without following
+any link: Incus resolves a source path later than coi checks it, and another slot's agent could
+swap a link in between (a protected `.claude` turned into a link to ~/.ssh would mount the host's
+keys). Container root can unmount these mounts; the host-side guard (workspace_guard.py) is what
+keeps the promise after the session.
+
 Secret masking: each match of a `[security] secret_paths` glob (workspace-relative; `**`
 recurses) is covered by an empty read-only file or directory from ~/.coi/masks, so its content
 is neither visible nor changeable inside. A protected path inside a masked one is left to the
@@ -23,12 +29,19 @@ import glob
 import hashlib
 import os
 import re
+import shutil
+import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coi_tui.config import Settings
 from coi_tui.errors import CoiError
 from coi_tui.paths import coi_home
 from coi_tui.sessions.hooks import LaunchContext, SessionHook
+from coi_tui.sessions.workspace_guard import list_dir, open_dir, parent_of, read_file, split
+
+if TYPE_CHECKING:
+    from coi_tui.sessions.manager import SessionManager
 
 WORKSPACE = "/workspace"
 GIT_HOOKS = ".git/hooks"
@@ -36,6 +49,8 @@ GIT_HOOKS = ".git/hooks"
 GIT_PLACEHOLDERS = {GIT_HOOKS: True, ".git/config.worktree": False, ".git/info/attributes": False}
 MAX_DEVICE_NAME = 60
 MAX_MASKS = 64
+MAX_COPY = 64 << 20  # bytes of protected files copied per session
+MAX_COPY_ENTRIES = 20_000
 
 
 def clean(path: str) -> str:
@@ -153,6 +168,66 @@ def mask_sources(home: Path | None = None) -> tuple[str, str]:
     return str(empty_file), str(empty_dir)
 
 
+def copies_dir(container: str, home: Path | None = None) -> Path:
+    return (home or coi_home()) / "protect" / container
+
+
+def snapshot(workspace: str, path: str, dest: Path) -> bool:
+    """Copy workspace/path (a file or a tree) to dest, never through a link: links and
+    special files inside are left out. False when the path is missing or is a link."""
+    budget = [MAX_COPY, MAX_COPY_ENTRIES]
+    root = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        parts = split(path)
+        try:
+            parent = open_dir(root, parts[:-1])
+        except OSError:
+            return False
+        try:
+            kind = {name: k for name, k, _ in list_dir(parent)}.get(parts[-1])
+        finally:
+            os.close(parent)
+        if kind == "file":
+            copy_file(root, path, dest, budget)
+            return True
+        if kind != "dir":
+            return False
+        pending = [(path, dest)]
+        while pending:
+            rel, target = pending.pop()
+            target.mkdir(parents=True, exist_ok=True)
+            fd = open_dir(root, split(rel))
+            try:
+                entries = list_dir(fd)
+            finally:
+                os.close(fd)
+            for name, entry_kind, _ in entries:
+                budget[1] -= 1
+                if budget[1] < 0:
+                    raise CoiError(
+                        f"protected path {path} has more than {MAX_COPY_ENTRIES} entries"
+                    )
+                if entry_kind == "dir":
+                    pending.append((f"{rel}/{name}", target / name))
+                elif entry_kind == "file":
+                    copy_file(root, f"{rel}/{name}", target / name, budget)
+        return True
+    finally:
+        os.close(root)
+
+
+def copy_file(root: int, rel: str, dest: Path, budget: list[int]) -> None:
+    with parent_of(root, rel) as (dfd, name):
+        mode = stat.S_IMODE(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+    data = read_file(root, rel, budget[0])
+    if data is None:
+        raise CoiError(f"protected path {rel} is not a regular file or is over {MAX_COPY} bytes")
+    budget[0] -= len(data)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+    dest.chmod(mode & 0o555 | 0o444)  # a read-only copy, never setuid
+
+
 class ProtectHook(SessionHook):
     def prepare_instance(self, ctx: LaunchContext) -> None:
         workspace = ctx.request.workspace
@@ -171,18 +246,27 @@ class ProtectHook(SessionHook):
                     "path": f"{mounted}/{path}",
                     "readonly": "true",
                 }
-        for path in session_paths(workspace, settings):
+        copies = copies_dir(ctx.session.container)
+        shutil.rmtree(copies, ignore_errors=True)
+        for index, path in enumerate(session_paths(workspace, settings)):
             if any(path == top or path.startswith(top + "/") for top in secrets):
                 continue  # the mask covers it
+            source = copies / str(index) / os.path.basename(path)
+            if not snapshot(workspace, path, source):
+                continue  # became a link or vanished since it was listed
             device = {
                 "type": "disk",
-                "source": os.path.join(workspace, path),
+                "source": str(source),
                 "path": f"{mounted}/{path}",
                 "readonly": "true",
             }
             if shift:
                 device["shift"] = shift
             ctx.devices[device_name(path)] = device
+
+    def container_ended(self, manager: SessionManager, name: str, removed: bool) -> None:
+        if removed:
+            shutil.rmtree(copies_dir(name), ignore_errors=True)
 
 
 HOOK = ProtectHook()
