@@ -51,7 +51,43 @@ RECENT_BYTES = 4096
 # huge command lines never holds back intake, the behavioural checks, timers or scans; at
 # most RULE_BACKLOG execs wait (the oldest are then judged by behaviour only, and counted).
 RULE_BUDGET_SEC = 0.05
-RULE_BACKLOG = 4096
+RULE_BACKLOG = 256
+# What the capture process forwards of a command line (the rules' input): all of it up to
+# RULE_ARGV_BYTES; beyond, the first arguments up to RULE_HEAD_BYTES and the last up to the
+# rest, each argument longer than RULE_ARG_BYTES cut to its first 3/4 and last 1/4 of that
+# (a payload at either end of a padded `sh -c` is kept).
+RULE_ARGV_BYTES = 65536
+RULE_HEAD_BYTES = 49152
+RULE_ARG_BYTES = 16384
+
+
+def bound_argv(argv: list[str]) -> list[str]:
+    """A command line cut to the rules' input bounds (see RULE_ARGV_BYTES)."""
+    if sum(len(a) + 1 for a in argv) <= RULE_ARGV_BYTES:
+        return argv
+
+    def cut(arg: str) -> str:
+        if len(arg) <= RULE_ARG_BYTES:
+            return arg
+        head = RULE_ARG_BYTES * 3 // 4
+        return arg[:head] + "\n" + arg[-(RULE_ARG_BYTES - head) :]
+
+    head: list[str] = []
+    room = RULE_HEAD_BYTES
+    index = 0
+    while index < len(argv) and room > 0:
+        head.append(cut(argv[index])[:room])
+        room -= len(head[-1]) + 1
+        index += 1
+    tail: list[str] = []
+    room = RULE_ARGV_BYTES - RULE_HEAD_BYTES
+    last = len(argv) - 1
+    while last >= index and room > 0:
+        arg = cut(argv[last])
+        tail.insert(0, arg[-room:])
+        room -= len(tail[0]) + 1
+        last -= 1
+    return head + tail
 
 
 def clip_argv(argv: list[str]) -> list[str]:
@@ -272,6 +308,7 @@ class Daemon:
         # execs whose command-line rules are still to run (see RULE_BUDGET_SEC)
         self.rule_queue: deque[tuple[Watched, int, int, list[str], str, float]] = deque()
         self.rules_skipped = 0
+        self.capture_r = -1
         self.capture_buffer = b""
         self.capture_ctl = -1
         self.dump_requested = False
@@ -442,7 +479,7 @@ class Daemon:
         """Lines from the capture process: one exec or fork each (see capture_main). False
         when it has exited."""
         try:
-            data = os.read(fd, 1 << 20)
+            data = os.read(fd, 4 << 20)
         except BlockingIOError:
             return True
         if not data:
@@ -487,7 +524,7 @@ class Daemon:
         watched.execs += 1
         proc = procfs.read_proc(pid)
         exe = proc.exe if proc is not None else ""
-        argv = argv or (proc.cmdline if proc else [])
+        argv = argv or bound_argv(proc.cmdline if proc else [])
         if not argv:
             watched.execs_without_argv += 1
         watched.recent.append((now, pid, parent, clip_argv(argv), *stdio))
@@ -519,8 +556,15 @@ class Daemon:
                     if watched.scripts:
                         self.schedule(watched.name, 0.03)
                 self.respond(watched, found, time.monotonic())
-            if time.monotonic() >= deadline:
-                break
+            if time.monotonic() >= deadline or self.capture_ready():
+                break  # intake first: the next exec may be a reverse shell
+
+    def capture_ready(self) -> bool:
+        if self.capture_r < 0:
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            return bool(select.select([self.capture_r], [], [], 0)[0])
+        return False
 
     def read_scripts(self, watched: Watched) -> list[Threat]:
         """Shell scripts run from a file: judged from the shell's open descriptor of the
@@ -739,6 +783,7 @@ class Daemon:
         self.gateway = str((network.get("config") or {}).get("ipv4.address", "")).split("/")[0]
         self.broadcaster = Broadcaster(self.home / "monitor.sock", self.owner)
         capture_r, capture_pid, self.capture_ctl = start_capture()
+        self.capture_r = capture_r
         wake_r, wake_w = os.pipe()
         self.wake_w = wake_w
         os.set_blocking(wake_r, False)
@@ -786,6 +831,7 @@ class Daemon:
                             os.waitpid(capture_pid, 0)
                         os.close(self.capture_ctl)
                         capture_r, capture_pid, self.capture_ctl = start_capture()
+                        self.capture_r = capture_r
                         self.tell_capture()
                     elif source is wake_r:
                         with contextlib.suppress(BlockingIOError):
@@ -877,7 +923,7 @@ def capture_main(out: int, ctl: int = -1) -> None:
             continue
         for event in parse_proc_events(data):
             if event.kind == "exec":
-                argv = procfs.read_cmdline(event.pid)
+                argv = bound_argv(procfs.read_cmdline(event.pid))
                 stdio = (fd_link(event.pid, 0), fd_link(event.pid, 1))
                 at = time.monotonic()
                 pending.append(("exec", event.pid, parents.get(event.pid, 0), argv, at, stdio))

