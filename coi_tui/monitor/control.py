@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -33,6 +34,14 @@ SUDOERS = SUDOERS_DIR / "coi-monitor"
 
 def socket_path(home: Path | None = None) -> Path:
     return (home or coi_home()) / "monitor.sock"
+
+
+def is_socket(path: Path) -> bool:
+    """The daemon's socket itself is there (a symlink to something else is not it)."""
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def is_running(home: Path | None = None) -> bool:
@@ -70,7 +79,7 @@ def start(home: Path | None = None, wait: float = 10.0) -> int:
     sock = socket_path(home)
     while time.monotonic() < deadline:
         pid = running_pid(home)
-        if pid > 0 and sock.exists():
+        if pid > 0 and is_socket(sock):
             return pid
         time.sleep(0.05)
     raise CoiError(f"the threat monitor did not start: see {logs_dir() / 'monitor.log'}")

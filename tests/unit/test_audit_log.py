@@ -165,3 +165,30 @@ def test_the_event_socket_replaces_a_planted_symlink(tmp_path: Path) -> None:
     finally:
         broadcaster.close()
     assert not (home / "monitor.sock").exists()
+
+
+def test_the_launcher_never_opens_the_users_log_as_root_through_a_symlink(
+    tmp_path: Path,
+) -> None:
+    from coi_tui.monitor import control
+
+    # the shell no longer redirects into the user's home as root: the daemon opens the log
+    assert ">>" not in control.LAUNCHER_TEXT and ".coi/logs" not in control.LAUNCHER_TEXT
+    assert "from coi_tui.monitor.control import launch" in control.LAUNCHER_TEXT
+    if os.geteuid() != 0:
+        pytest.skip("the no-follow path is the root one")
+    target = tmp_path / "shadow"
+    target.write_text("root:x:0:0\n")
+    target.chmod(0o600)
+    home = tmp_path / "home"
+    (home / "logs").mkdir(parents=True)
+    (home / "logs" / "monitor.log").symlink_to(target)
+    fd = control.open_log(home, (4242, 4242))
+    try:
+        os.write(fd, b"started\n")
+    finally:
+        os.close(fd)
+    assert target.read_text() == "root:x:0:0\n" and target.stat().st_uid == 0
+    log = home / "logs" / "monitor.log"
+    assert not log.is_symlink() and log.read_text() == "started\n"
+    assert log.stat().st_uid == 4242
