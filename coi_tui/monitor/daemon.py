@@ -51,6 +51,7 @@ RECENT_BYTES = 4096
 # huge command lines never holds back intake, the behavioural checks, timers or scans; at
 # most RULE_BACKLOG execs wait (the oldest are then judged by behaviour only, and counted).
 RULE_BUDGET_SEC = 0.05
+RULE_YIELD_SEC = 0.005  # after this long, they also stop as soon as new execs are waiting
 RULE_BACKLOG = 256
 # What the capture process forwards of a command line (the rules' input): all of it up to
 # RULE_ARGV_BYTES; beyond, the first arguments up to RULE_HEAD_BYTES and the last up to the
@@ -542,8 +543,9 @@ class Daemon:
         self.schedule(watched.name, 0.15)
 
     def run_rules(self, budget: float = RULE_BUDGET_SEC) -> None:
-        """Command-line rules of queued execs, for at most `budget` seconds (at least one)."""
-        deadline = time.monotonic() + budget
+        """Command-line rules of queued execs, for at most `budget` seconds (at least one),
+        or RULE_YIELD_SEC once new execs wait in the capture pipe."""
+        started = time.monotonic()
         while self.rule_queue:
             watched, pid, parent, argv, exe, at = self.rule_queue.popleft()
             if watched.status != "Killed" and self.watched.get(watched.name) is watched:
@@ -555,8 +557,9 @@ class Daemon:
                     found += self.read_scripts(watched)
                     if watched.scripts:
                         self.schedule(watched.name, 0.03)
-                self.respond(watched, found, time.monotonic())
-            if time.monotonic() >= deadline or self.capture_ready():
+                self.respond(watched, found, at)
+            spent = time.monotonic() - started
+            if spent >= budget or (spent >= RULE_YIELD_SEC and self.capture_ready()):
                 break  # intake first: the next exec may be a reverse shell
 
     def capture_ready(self) -> bool:
