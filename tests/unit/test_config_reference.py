@@ -630,11 +630,17 @@ def protect_settings(**values: Any) -> Settings:
     return settings
 
 
+@pytest.fixture(autouse=True)
+def coi_home_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COI_HOME", str(tmp_path / "coi-home"))  # the protect hook's copies
+
+
 def run_hook(workspace: Path, settings: Settings) -> dict[str, dict[str, str]]:
     ctx = SimpleNamespace(
         request=SimpleNamespace(workspace=str(workspace)),
         devices={"workspace": {"shift": "true"}},
         manager=SimpleNamespace(settings=settings),
+        session=SimpleNamespace(container="coitest-unit-1"),
     )
     protect_hook.HOOK.prepare_instance(ctx)  # type: ignore[arg-type]
     return {k: v for k, v in ctx.devices.items() if k.startswith(("protect-", "mask-"))}
@@ -667,9 +673,11 @@ def test_protect_hook_files_dirs_missing_and_placeholders(tmp_path: Path) -> Non
     assert not (ws / ".coi").exists() and not (ws / ".claude" / "settings.local.json").exists()
     for device in devices.values():
         assert device["readonly"] == "true" and device["shift"] == "true"
-        assert device["source"].startswith(str(ws)) and os.path.exists(device["source"])
+        # a coi-owned copy: Incus never opens a path an agent could swap for a link
+        assert not device["source"].startswith(str(ws)) and os.path.exists(device["source"])
     assert all(len(name) <= 60 for name in devices)
-    assert devices["protect-claude-settings-json"]["source"] == str(ws / ".claude/settings.json")
+    copy = Path(devices["protect-claude-settings-json"]["source"])
+    assert copy.read_text() == "{}" and not copy.stat().st_mode & 0o222
 
 
 def test_protect_hook_no_git_dir_or_git_file_creates_nothing(tmp_path: Path) -> None:
@@ -871,6 +879,7 @@ def test_protect_hook_follows_the_workspace_mount_path(tmp_path: Path) -> None:
         request=SimpleNamespace(workspace=str(ws)),
         devices={"workspace": {"path": str(ws)}},
         manager=SimpleNamespace(settings=Settings()),
+        session=SimpleNamespace(container="coitest-unit-2"),
     )
     protect_hook.HOOK.prepare_instance(ctx)  # type: ignore[arg-type]
     assert ctx.devices["protect-vscode"]["path"] == f"{ws}/.vscode"
