@@ -30,6 +30,9 @@ DEFAULT_PROTECTED_PATHS = (
     ".claude/settings.local.json",
     ".codex/config.toml",
     ".envrc",
+    ".claude/hooks",
+    ".mcp.json",
+    ".devcontainer",
 )
 PERMISSION_MODES = ("bypass", "interactive")
 GTFOBINS_SOURCE = "https://github.com/GTFOBins/GTFOBins.github.io.git"

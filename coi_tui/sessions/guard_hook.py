@@ -38,12 +38,18 @@ class GuardHook(SessionHook):
             mounted,
             bool(getattr(settings, "git_writable_hooks", False)),
         )
-        join(guard, ctx.session.container, alive)
+        try:
+            join(guard, ctx.session.container, alive)
+        except Exception as exc:  # the session still starts; say what is not guarded
+            manager.say(f"workspace guard: no baseline for this session ({exc})")
 
     def container_ended(self, manager: SessionManager, name: str, removed: bool) -> None:
         if manager.incus.remote is not None:
             return
-        leave(name, manager.settings.container_prefix, manager.say)
+        try:
+            leave(name, manager.settings.container_prefix, manager.say)
+        except Exception as exc:  # never keep the other hooks from releasing what they hold
+            manager.say(f"workspace guard: the check after {name} failed ({exc})")
 
 
 HOOK = GuardHook()

@@ -155,17 +155,40 @@ class SessionManager:
         self.say = say
 
     # ------------------------------------------------------------------ container shape
-    def idmap(self) -> tuple[dict[str, str], dict[str, str]]:
+    def idmap(self, workspace: str) -> tuple[dict[str, str], dict[str, str]]:
         """(instance config, workspace device extras) so files written by `code` belong to the
-        host user: idmapped mount (shift) when the uids match, raw.idmap otherwise."""
+        host user. raw.idmap maps only `code`: container root stays an unprivileged host uid on
+        the workspace, so it can neither write host-root files nor make a setuid-root one. An
+        idmapped mount (shift) would map container root to host root there; it is used only
+        where raw.idmap is not allowed yet (a uid-1000 user before `sudo coi setup`), with a
+        warning. Run as root, coi maps `code` to the workspace's owner when that is a user."""
         mode = os.environ.get("COI_IDMAP", "auto")
         uid, gid, code = os.getuid(), os.getgid(), self.settings.code_uid
         if self.incus.remote is not None:
             # Our uid means nothing on another host: files keep the agent's uid there.
             return {}, {"shift": "true"}
-        if mode == "shift" or (mode == "auto" and uid == code and gid == code):
+        if mode == "shift":
             return {}, {"shift": "true"}
-        if uid != 0 and not (subid_allows(uid, "/etc/subuid") and subid_allows(gid, "/etc/subgid")):
+        if uid == 0:
+            try:
+                owner = os.stat(workspace)
+            except OSError:
+                owner = None
+            if (
+                owner is not None
+                and owner.st_uid != 0
+                and subid_allows(owner.st_uid, "/etc/subuid")
+                and subid_allows(owner.st_gid, "/etc/subgid")
+            ):
+                uid, gid = owner.st_uid, owner.st_gid
+        elif not (subid_allows(uid, "/etc/subuid") and subid_allows(gid, "/etc/subgid")):
+            if uid == code and gid == code:
+                self.say(
+                    "warning: container root can write the workspace as host root (an "
+                    f"idmapped mount); 'sudo coi setup --user {pwd_name(uid)}' once lets coi "
+                    "map only the agent"
+                )
+                return {}, {"shift": "true"}
             raise CoiError(
                 f"Incus may not map your uid {uid} into containers yet: run "
                 f"'sudo coi setup --user {pwd_name(uid)}' once (it adds root:{uid}:1 to "
@@ -182,7 +205,7 @@ class SessionManager:
     def instance_spec(
         self, req: LaunchRequest, slot: int, session_id: str
     ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
-        idmap_config, ws_extra = self.idmap()
+        idmap_config, ws_extra = self.idmap(req.workspace)
         config = {
             "user.coi.managed": "true",
             "user.coi.workspace": req.workspace,

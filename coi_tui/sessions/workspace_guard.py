@@ -25,6 +25,7 @@ guard read or write outside the workspace."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -42,14 +43,17 @@ from pathlib import Path
 from coi_tui.paths import coi_home
 from coi_tui.sessions.naming import parse_container_name, workspace_hash
 from coi_tui.sessions.slots import file_lock
+from coi_tui.text import clean
 
 Say = Callable[[str], None]
 
-MAX_ENTRIES = 2_000_000  # directory entries walked per scan
+MAX_DEPTH = 256  # directory levels walked; a deeper tree is moved aside (nothing real is)
 MAX_BLOB = 1 << 20  # a control file kept for restoring (bigger ones are hashed only)
 MAX_QUARANTINE = 64 << 20  # bytes copied to the quarantine per check
 QUARANTINE_DAYS = 30
 SETID = stat.S_ISUID | stat.S_ISGID
+# An unfinished rebase, cherry-pick or am: `git rebase --continue` runs its `exec` lines.
+GIT_STATE_DIRS = ("rebase-merge", "rebase-apply", "sequencer")
 
 # Git config keys that run nothing and point git at nothing outside: the agent may change
 # these (a commit, a branch, a remote). Everything else must stay as it was.
@@ -99,24 +103,42 @@ GIT_ENV = {
 }
 
 
+URL_KEY = re.compile(r"(remote\..+\.(url|pushurl)|submodule\..+\.url)\Z", re.DOTALL)
+NETWORK_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/]|[^/:]+@?[^/:]*:[^/]")
+
+
 def safe_key(key: str) -> bool:
     return key in SAFE_KEYS or SAFE_PATTERN.match(key) is not None
+
+
+def safe_pair(key: str, value: str) -> bool:
+    """A key that runs nothing, with a value that points nowhere on this host: a remote URL
+    naming a local path (or file://) would make the user's next fetch copy a private host
+    repository into the workspace for the agent to read."""
+    if not safe_key(key):
+        return False
+    if URL_KEY.match(key):
+        return NETWORK_URL.match(value) is not None and not value.lower().startswith("file:")
+    return True
 
 
 # ---------------------------------------------------------------------------- git's parser
 def parse_config(data: bytes) -> list[tuple[str, str]] | None:
     """(key, value) pairs as git reads them; None when git rejects the file."""
-    with tempfile.TemporaryDirectory(prefix="coi-guard-") as tmp:
-        path = os.path.join(tmp, "config")
-        with open(path, "wb") as handle:
-            handle.write(data)
-        result = subprocess.run(
-            ["git", "config", "--file", path, "--no-includes", "--list", "-z"],
-            cwd=tmp,
-            env=GIT_ENV,
-            capture_output=True,
-            timeout=30,
-        )
+    try:
+        with tempfile.TemporaryDirectory(prefix="coi-guard-") as tmp:
+            path = os.path.join(tmp, "config")
+            with open(path, "wb") as handle:
+                handle.write(data)
+            result = subprocess.run(
+                ["git", "config", "--file", path, "--no-includes", "--list", "-z"],
+                cwd=tmp,
+                env=GIT_ENV,
+                capture_output=True,
+                timeout=30,
+            )
+    except (OSError, subprocess.SubprocessError):
+        return None  # no room for a temporary file, no git: judged as unreadable
     if result.returncode != 0:
         return None
     pairs = []
@@ -128,7 +150,7 @@ def parse_config(data: bytes) -> list[tuple[str, str]] | None:
 
 
 def unsafe_part(pairs: list[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
-    return None if pairs is None else sorted(p for p in pairs if not safe_key(p[0]))
+    return None if pairs is None else sorted(p for p in pairs if not safe_pair(*p))
 
 
 def render_config(base: bytes, safe: list[tuple[str, str]]) -> bytes:
@@ -147,7 +169,7 @@ def render_config(base: bytes, safe: list[tuple[str, str]]) -> bytes:
                 timeout=30,
             )
 
-        for key in sorted({k for k, _ in parse_config(base) or [] if safe_key(k)}):
+        for key in sorted({k for k, v in parse_config(base) or [] if safe_pair(k, v)}):
             git("--unset-all", key)
         for key, value in safe:
             git("--add", key, value)
@@ -221,7 +243,11 @@ def file_state(root: int, rel: str) -> dict[str, object] | None:
             if not stat.S_ISREG(info.st_mode):
                 return {"type": "other"}
             digest = hashlib.sha256()
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+            except PermissionError:
+                # chmod 0111: git still runs it as a hook; we cannot look, so it counts changed
+                return {"type": "unreadable", "sha": f"ino:{info.st_ino}:{info.st_mtime_ns}"}
             try:
                 while data := os.read(fd, 1 << 20):
                     digest.update(data)
@@ -235,6 +261,27 @@ def file_state(root: int, rel: str) -> dict[str, object] | None:
             }
     except OSError:
         return None
+
+
+def tree_state(root: int, rel: str, limit: int = MAX_BLOB) -> dict[str, object] | None:
+    """A directory's state as one digest of its names and small files (git's rebase and
+    sequencer state: a todo list and a few small files)."""
+    try:
+        fd = open_dir(root, split(rel))
+    except OSError:
+        return file_state(root, rel)
+    digest = hashlib.sha256()
+    try:
+        for name, kind, _ in sorted(list_dir(fd)):
+            digest.update(os.fsencode(name) + b"\0" + kind.encode() + b"\0")
+            if kind == "file":
+                data = read_file(fd, name, limit)
+                digest.update(hashlib.sha256(data or b"?").digest())
+    except OSError:
+        digest.update(b"unreadable")
+    finally:
+        os.close(fd)
+    return {"type": "tree", "sha": digest.hexdigest()}
 
 
 def same(a: dict[str, object] | None, b: dict[str, object] | None) -> bool:
@@ -285,8 +332,10 @@ def protected_parent(rel: str, protected: list[str]) -> bool:
 class Scan:
     controls: dict[str, str] = field(default_factory=dict)  # rel -> kind
     git_dirs: list[str] = field(default_factory=list)
+    listed: set[str] = field(default_factory=set)  # every directory the walk read
+    unlistable: set[str] = field(default_factory=set)  # directories it could not read
+    too_deep: set[str] = field(default_factory=set)
     setid: set[str] = field(default_factory=set)
-    truncated: bool = False
 
 
 def join_rel(parent: str, name: str) -> str:
@@ -297,73 +346,124 @@ def list_dir(fd: int) -> list[tuple[str, str, int]]:
     """(name, 'dir'|'link'|'file'|'other', mode of a file) for each entry, read while the
     directory's fd is open (a DirEntry of an fd-listing stats through that fd)."""
     out = []
-    try:
-        for entry in os.scandir(fd):
-            try:
-                if entry.is_symlink():
-                    out.append((entry.name, "link", 0))
-                elif entry.is_dir(follow_symlinks=False):
-                    out.append((entry.name, "dir", 0))
-                elif entry.is_file(follow_symlinks=False):
-                    out.append((entry.name, "file", entry.stat(follow_symlinks=False).st_mode))
-                else:
-                    out.append((entry.name, "other", 0))
-            except OSError:
-                continue
-    except OSError:
-        pass
+    for entry in os.scandir(fd):
+        try:
+            if entry.is_symlink():
+                out.append((entry.name, "link", 0))
+            elif entry.is_dir(follow_symlinks=False):
+                out.append((entry.name, "dir", 0))
+            elif entry.is_file(follow_symlinks=False):
+                out.append((entry.name, "file", entry.stat(follow_symlinks=False).st_mode))
+            else:
+                out.append((entry.name, "other", 0))
+        except OSError:
+            out.append((entry.name, "other", 0))
     return out
 
 
+def list_own_dir(fd: int) -> list[tuple[str, str, int]]:
+    """list_dir, giving ourselves read access first to a directory we own that the agent
+    made unreadable (chmod 0111: git can still walk through it, we could not look)."""
+    try:
+        return list_dir(fd)
+    except PermissionError:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise
+        os.fchmod(fd, stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
+        return list_dir(fd)
+
+
+def open_child(parent: int, name: str) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    except PermissionError:
+        info = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if info.st_uid != os.geteuid():
+            raise
+        os.chmod(name, stat.S_IMODE(info.st_mode) | stat.S_IRWXU, dir_fd=parent)
+        return os.open(name, flags, dir_fd=parent)
+
+
+def classify(
+    scan: Scan, rel: str, entries: list[tuple[str, str, int]], protected: list[str], hooks: bool
+) -> bool:
+    """Record the control files among one directory's entries; True for a git directory."""
+    names = {name for name, _, _ in entries}
+    git_dir = is_git_dir(names)
+    if git_dir:
+        scan.git_dirs.append(rel)
+    for name, kind, mode in entries:
+        path = join_rel(rel, name)
+        is_dir, is_link = kind == "dir", kind == "link"
+        if hooks and name.endswith(".sample"):
+            pass  # git never runs a sample
+        elif git_dir and name in ("config", "config.worktree"):
+            scan.controls[path] = "config"
+        elif git_dir and name == "commondir":
+            scan.controls[path] = "commondir"
+        elif git_dir and name in GIT_STATE_DIRS:
+            scan.controls[path] = "state"
+        elif (git_dir and name == "hooks" and is_link) or (
+            hooks and not name.endswith(".sample") and not is_dir
+        ):
+            scan.controls[path] = "hook"
+        elif name == ".git" and not is_dir:
+            scan.controls[path] = "gitlink"
+        elif not is_dir and (
+            protected_match(path, protected) or (is_link and protected_parent(path, protected))
+        ):
+            scan.controls[path] = "protected"
+        if kind == "file" and mode & SETID:
+            scan.setid.add(path)
+    return git_dir
+
+
 def walk(root: int, protected: list[str]) -> Scan:
-    """Every control file of the workspace (by kind), git directories and setuid files. The
-    walk never follows a link; each directory is reopened from the root (O_NOFOLLOW per
-    component), so a deep tree costs no fds and a swapped link leads nowhere."""
+    """Every control file of the workspace (by kind), its git directories, setuid files, and
+    what could not be read. Depth first with one fd per level (each directory opened from its
+    parent with O_NOFOLLOW: linear time, and a swapped link leads nowhere); a tree deeper than
+    MAX_DEPTH is reported, not walked."""
     scan = Scan()
-    hook_dirs: set[str] = set()
-    pending = [""]
-    seen = 0
-    while pending:
-        rel = pending.pop()
+    stack: list[tuple[int, str, list[tuple[str, bool]]]] = []
+
+    def enter(fd: int, rel: str, hooks: bool) -> None:
         try:
-            fd = open_dir(root, split(rel))
+            entries = list_own_dir(fd)
         except OSError:
-            continue
-        try:
-            entries = list_dir(fd)
-        finally:
             os.close(fd)
-        seen += len(entries)
-        if seen > MAX_ENTRIES:
-            scan.truncated = True
-            break
-        names = {name for name, _, _ in entries}
-        git_dir = is_git_dir(names)
-        if git_dir:
-            scan.git_dirs.append(rel)
-            hook_dirs.add(join_rel(rel, "hooks"))
-        in_hooks = rel in hook_dirs
-        for name, kind, mode in entries:
+            scan.unlistable.add(rel)
+            return
+        scan.listed.add(rel)
+        git_dir = classify(scan, rel, entries, protected, hooks)
+        children = [
+            (name, git_dir and name == "hooks") for name, kind, _ in entries if kind == "dir"
+        ]
+        stack.append((fd, rel, children))
+
+    enter(os.dup(root), "", False)
+    try:
+        while stack:
+            fd, rel, children = stack[-1]
+            if not children:
+                os.close(fd)
+                stack.pop()
+                continue
+            name, hooks = children.pop()
             path = join_rel(rel, name)
-            is_dir, is_link = kind == "dir", kind == "link"
-            if git_dir and name in ("config", "config.worktree"):
-                scan.controls[path] = "config"
-            elif git_dir and name == "commondir":
-                scan.controls[path] = "commondir"
-            elif (git_dir and name == "hooks" and is_link) or (
-                in_hooks and not name.endswith(".sample") and not is_dir
-            ):
-                scan.controls[path] = "hook"
-            elif name == ".git" and not is_dir:
-                scan.controls[path] = "gitlink"
-            elif not is_dir and (
-                protected_match(path, protected) or (is_link and protected_parent(path, protected))
-            ):
-                scan.controls[path] = "protected"
-            if is_dir:
-                pending.append(path)
-            elif kind == "file" and mode & SETID:
-                scan.setid.add(path)
+            if len(stack) >= MAX_DEPTH:
+                scan.too_deep.add(path)
+                continue
+            try:
+                child = open_child(fd, name)
+            except OSError:
+                scan.unlistable.add(path)
+                continue
+            enter(child, path, hooks)
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
     return scan
 
 
@@ -372,12 +472,13 @@ def inside(rel_dir: str, target: str, workspace: str, mounted: str) -> str | Non
     Targets written inside the container name the mount point (/workspace)."""
     if target.startswith("/"):
         for top in (mounted, workspace):
-            if target == top or target.startswith(top.rstrip("/") + "/"):
-                target = target[len(top.rstrip("/")) :].lstrip("/")
+            top = top.rstrip("/")
+            if target == top or target.startswith(top + "/"):
+                target = target[len(top) :].lstrip("/")
                 break
         else:
             return None
-        norm = os.path.normpath(target)
+        norm = os.path.normpath(target) if target else "."
     else:
         norm = os.path.normpath(os.path.join(rel_dir, target))
     if norm in (".", ""):
@@ -387,17 +488,20 @@ def inside(rel_dir: str, target: str, workspace: str, mounted: str) -> str | Non
     return norm
 
 
-def pointer_target(kind: str, rel: str, state: dict[str, object], data: bytes | None) -> str:
-    """What a .git file ('gitdir: X'), .git link or commondir points at, as written."""
+def pointer_target(kind: str, state: dict[str, object], data: bytes | None) -> str | None:
+    """What a .git file ('gitdir: X'), .git link or commondir points at, as written; None
+    when it cannot be told."""
     if state.get("type") == "link":
         return str(state.get("target", ""))
-    text = (data or b"").decode("utf-8", "replace").strip()
+    if data is None:
+        return None
+    text = data.decode("utf-8", "surrogateescape").strip()
     if kind == "gitlink":
-        return text[len("gitdir:") :].strip() if text.startswith("gitdir:") else "\0"
-    return text
+        return text[len("gitdir:") :].strip() if text.startswith("gitdir:") else None
+    return text or None
 
 
-def config_hook_dirs(
+def config_paths(
     pairs: list[tuple[str, str]], git_dir: str, workspace: str, mounted: str
 ) -> tuple[list[str], list[str]]:
     """(in-workspace hooksPath dirs, in-workspace include files) named by one config."""
@@ -416,7 +520,8 @@ def config_hook_dirs(
 
 
 def global_hooks_path() -> str | None:
-    """A relative core.hooksPath in the user's own git config applies in every repository."""
+    """core.hooksPath from the user's own git config: relative, it names a folder in every
+    repository's work tree; absolute, it may lie in this workspace."""
     try:
         result = subprocess.run(
             ["git", "config", "--global", "--get", "core.hooksPath"],
@@ -427,8 +532,13 @@ def global_hooks_path() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    value = result.stdout.strip()
-    return value if result.returncode == 0 and value and not value.startswith("/") else None
+    value = os.path.expanduser(result.stdout.strip())
+    return value if result.returncode == 0 and value else None
+
+
+def shown(rel: str) -> str:
+    """A workspace path in a report line: the agent chose it, so no escape reaches a terminal."""
+    return clean(rel, 300)
 
 
 # ---------------------------------------------------------------------------- the guard
@@ -449,45 +559,47 @@ class Guard:
     def state_dir(self) -> Path:
         return state_dir(self.home, self.key)
 
+    @classmethod
+    def from_baseline(cls, baseline: dict, say: Say, home: Path) -> Guard:
+        """The guard as it was when the baseline was taken (its paths, not the caller's)."""
+        return cls(
+            str(baseline["workspace"]),
+            list(baseline.get("protected", [])),
+            say,
+            str(baseline.get("mounted", "/workspace")),
+            bool(baseline.get("hooks_writable", False)),
+            home,
+        )
+
     # ------------------------------------------------------------------ collect
-    def collect(self, root: int, baseline: dict | None) -> tuple[dict, Scan]:
-        """Control files now, with their states and parsed configs. Extra controls named by
-        configs (hooksPath, includes) come from the baseline's configs and from the user's."""
+    def collect(self, root: int, configs: dict[str, list]) -> tuple[dict, Scan]:
+        """Control files now, with their states and parsed configs. Hook folders and include
+        files named by `configs` (the baseline's) and by the user's own git config count."""
         scan = walk(root, self.protected)
-        extra_hook_dirs: set[str] = set()
-        extra_includes: set[str] = set()
+        hook_dirs: set[str] = set()
+        includes: set[str] = set()
         global_hooks = global_hooks_path()
         for git_dir in scan.git_dirs:
+            tree = os.path.dirname(git_dir) if os.path.basename(git_dir) == ".git" else git_dir
             if global_hooks:
-                tree = os.path.dirname(git_dir) if os.path.basename(git_dir) == ".git" else git_dir
-                found = inside(tree, global_hooks, self.workspace, self.mounted)
+                found = inside(tree, global_hooks, self.workspace, self.workspace)
                 if found is not None:
-                    extra_hook_dirs.add(found)
-        for rel, pairs in (baseline or {}).get("configs", {}).items():
-            hooks, includes = config_hook_dirs(
-                [tuple(p) for p in pairs], os.path.dirname(rel), self.workspace, self.mounted
+                    hook_dirs.add(found)
+        for rel, pairs in configs.items():
+            found_hooks, found_includes = config_paths(
+                [(str(k), str(v)) for k, v in pairs],
+                os.path.dirname(rel),
+                self.workspace,
+                self.mounted,
             )
-            extra_hook_dirs.update(hooks)
-            extra_includes.update(includes)
-        entries: dict[str, dict] = {}
-        configs: dict[str, list] = {}
-        for rel, kind in scan.controls.items():
-            entries[rel] = {"kind": kind}
-        for rel in extra_includes:
+            hook_dirs.update(found_hooks)
+            includes.update(found_includes)
+        entries: dict[str, dict] = {rel: {"kind": kind} for rel, kind in scan.controls.items()}
+        for rel in includes:
             entries.setdefault(rel, {"kind": "config"})
-        for hook_dir in extra_hook_dirs:
-            try:
-                fd = open_dir(root, split(hook_dir))
-            except OSError:
-                continue
-            try:
-                names = [e.name for e in os.scandir(fd) if not e.name.endswith(".sample")]
-            finally:
-                os.close(fd)
-            for name in names:
-                entries.setdefault(join_rel(hook_dir, name), {"kind": "hook"})
+        now_configs: dict[str, list] = {}
         for rel, entry in list(entries.items()):
-            state = file_state(root, rel)
+            state = tree_state(root, rel) if entry["kind"] == "state" else file_state(root, rel)
             if state is None or state["type"] == "dir":
                 del entries[rel]
                 continue
@@ -496,8 +608,33 @@ class Guard:
                 data = self.read(root, rel)
                 pairs = parse_config(data) if data is not None else None
                 if pairs is not None:
-                    configs[rel] = pairs
-        return {"entries": entries, "configs": configs}, scan
+                    now_configs[rel] = pairs
+            if entry["kind"] == "hook" and state["type"] == "link" and rel.endswith("hooks"):
+                # .git/hooks as a link to a tracked folder: its files are the hooks
+                found = inside(
+                    os.path.dirname(rel), str(state["target"]), self.workspace, self.mounted
+                )
+                if found is not None:
+                    hook_dirs.add(found)
+        for hook_dir in sorted(hook_dirs):
+            try:
+                fd = open_dir(root, split(hook_dir))
+            except OSError:
+                continue
+            try:
+                names = [n for n, kind, _ in list_dir(fd) if kind != "dir"]
+            except OSError:
+                names = []
+            finally:
+                os.close(fd)
+            for name in names:
+                rel = join_rel(hook_dir, name)
+                if name.endswith(".sample") or rel in entries:
+                    continue
+                state = file_state(root, rel)
+                if state is not None:
+                    entries[rel] = {"kind": "hook", **state}
+        return {"entries": entries, "configs": now_configs, "listed": scan.listed}, scan
 
     def read(self, root: int, rel: str, limit: int = MAX_BLOB) -> bytes | None:
         try:
@@ -527,9 +664,12 @@ class Guard:
     def take(self, holders: list[str]) -> dict:
         root = self.open_root()
         try:
-            now, scan = self.collect(root, None)
-            # a second pass with the configs' own hooksPath/includes known
-            now, scan = self.collect(root, now)
+            configs: dict[str, list] = {}
+            for _ in range(10):  # until includes of includes are all known
+                now, scan = self.collect(root, configs)
+                if now["configs"].keys() == configs.keys():
+                    break
+                configs = now["configs"]
             blobs = self.state_dir / "blobs"
             blobs.mkdir(parents=True, exist_ok=True)
             for rel, entry in now["entries"].items():
@@ -539,38 +679,37 @@ class Guard:
                         (blobs / str(entry["sha"])).write_bytes(data)
         finally:
             os.close(root)
-        if scan.truncated:
-            self.say(
-                f"workspace guard: {self.workspace} has more than {MAX_ENTRIES} entries; "
-                "only the first were recorded"
-            )
-        baseline = {
+        return {
             "workspace": self.workspace,
             "protected": self.protected,
             "mounted": self.mounted,
             "hooks_writable": self.hooks_writable,
             "holders": holders,
             "entries": now["entries"],
-            "configs": {k: now["configs"][k] for k in now["configs"]},
+            "configs": now["configs"],
             "setid": sorted(scan.setid),
+            "unlistable": sorted(scan.unlistable),
+            "too_deep": sorted(scan.too_deep),
             "taken": time.time(),
         }
-        return baseline
 
     def open_root(self) -> int:
         return os.open(self.workspace, os.O_RDONLY | os.O_DIRECTORY)
 
     # ------------------------------------------------------------------ check and repair
     def check(self, baseline: dict) -> list[str]:
-        """Repair what the sessions changed; returns one line per repair (also said)."""
+        """Repair what the sessions changed; returns one line per repair (also said). Every
+        path is repaired on its own: one that fails is set aside, never stops the check."""
         try:
             root = self.open_root()
-        except OSError:
-            return []
+        except OSError as exc:
+            line = f"could not open {self.workspace}: {exc.strerror}"
+            self.say(f"workspace guard: {line}")
+            return [line]
         report: list[str] = []
         quarantine = Quarantine(self.home, self.key)
         try:
-            now, scan = self.collect(root, baseline)
+            now, scan = self.collect(root, baseline.get("configs", {}))
             before: dict[str, dict] = baseline.get("entries", {})
             after: dict[str, dict] = now["entries"]
             for rel in sorted(set(before) | set(after)):
@@ -582,35 +721,27 @@ class Guard:
                     continue
                 try:
                     line = self.repair(root, rel, kind, old, new, baseline, now, quarantine)
-                except OSError as exc:
-                    line = f"could not repair {rel}: {exc.strerror or exc}"
-                    self.neutralise(root, rel, quarantine)
+                except Exception as exc:  # one path must never stop the rest
+                    line = f"could not repair {shown(rel)} ({exc}); "
+                    line += self.neutralise(root, rel, quarantine)
                 if line:
                     report.append(line)
             for rel in sorted(scan.setid - set(baseline.get("setid", []))):
-                try:
-                    with parent_of(root, rel) as (dfd, name):
-                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
-                        try:
-                            info = os.fstat(fd)
-                            if stat.S_ISREG(info.st_mode):
-                                os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~SETID)
-                        finally:
-                            os.close(fd)
-                    report.append(f"cleared the setuid/setgid bits of {rel}")
-                except OSError as exc:
-                    report.append(f"could not clear the setuid bit of {rel}: {exc.strerror}")
-            if scan.truncated:
-                report.append(f"the workspace has more than {MAX_ENTRIES} entries; checked part")
+                report.append(self.clear_setid(root, rel, quarantine))
+            hidden = (scan.unlistable - set(baseline.get("unlistable", []))) | (
+                scan.too_deep - set(baseline.get("too_deep", []))
+            )
+            for rel in sorted(hidden):
+                # git can walk into what we cannot see: fail closed
+                report.append(f"{shown(rel)} could not be checked; " + self.set_aside(root, rel))
         finally:
             os.close(root)
         if report:
-            where = quarantine.path if quarantine.used else None
             for line in report:
                 self.say(f"workspace guard: {line}")
-            if where:
-                self.say(f"workspace guard: the agent's versions are in {where}")
-                (where / "REPORT.txt").write_text("\n".join(report) + "\n", encoding="utf-8")
+            if quarantine.used:
+                self.say(f"workspace guard: the agent's versions are in {quarantine.path}")
+                quarantine.write_report(report)
         return report
 
     def blob(self, entry: dict | None) -> bytes | None:
@@ -632,99 +763,168 @@ class Guard:
         now: dict,
         quarantine: Quarantine,
     ) -> str:
+        mode = int((old or new or {}).get("mode", 0o644))
         if kind == "config":
-            before = unsafe_part([tuple(p) for p in baseline.get("configs", {}).get(rel, [])])
-            if old is None and new is not None:
-                before = []
-            base_pairs = [tuple(p) for p in baseline.get("configs", {}).get(rel, [])]
-            pairs = now["configs"].get(rel) if new is not None else None
-            if new is not None and new.get("type") == "file" and unsafe_part(pairs) == before:
-                return ""  # only keys that run nothing changed (a branch, a remote, ...)
+            return self.repair_config(root, rel, old, new, baseline, now, quarantine, mode)
+        if kind == "state":
             if new is None:
-                data = self.blob(old)
-                if data is None:
-                    return ""
-                self.write(root, rel, data, int(old.get("mode", 0o644)))  # type: ignore[union-attr]
-                return f"restored {rel}, which the session had removed"
-            quarantine.take(root, rel, new)
-            # git could not read it: keep the baseline's own safe keys
-            safe = [p for p in (base_pairs if pairs is None else pairs) if safe_key(p[0])]
-            base = self.blob(old) or b""
-            self.write(root, rel, render_config(base, safe), int((old or new).get("mode", 0o644)))
-            what = "restored" if old else "kept only the safe keys of"
-            return f"{what} {rel} (it had changed git settings that run commands)"
+                return ""
+            return "an unfinished rebase or cherry-pick: " + self.set_aside(root, rel)
         if (
             kind in ("gitlink", "commondir")
             and new is not None
-            and self.leads_inside(root, rel, kind, new)
+            and self.leads_inside(root, rel, kind, new, now)
         ):
             return ""  # leads into the workspace, whose repositories are checked too
         if new is None:
-            if kind == "protected":
-                data = self.blob(old)
-                if data is not None:
-                    self.write(root, rel, data, int(old.get("mode", 0o644)))  # type: ignore[union-attr]
-                    return f"restored {rel}, which the session had removed"
-            return ""  # a removed hook or pointer runs nothing
+            data = self.blob(old)
+            if data is not None and kind in ("protected", "hook"):
+                self.write(root, rel, data, mode)
+                return f"restored {shown(rel)}, which the session had removed"
+            return ""  # a removed pointer runs nothing
         quarantine.take(root, rel, new)
         data = self.blob(old)
-        if data is not None and old is not None:
-            self.write(root, rel, data, int(old.get("mode", 0o644)))
-            return f"restored {rel} (the session had changed it)"
+        if data is not None:
+            self.write(root, rel, data, mode)
+            return f"restored {shown(rel)} (the session had changed it)"
         self.remove(root, rel)
-        return f"removed {rel} (the session had {'changed' if old else 'added'} it)"
+        return f"removed {shown(rel)} (the session had {'changed' if old else 'added'} it)"
 
-    def leads_inside(self, root: int, rel: str, kind: str, new: dict) -> bool:
-        """A .git file, .git link or commondir whose target is a place in this workspace (as the
-        kernel resolves it, not only as written): the walk checks what is there."""
+    def repair_config(
+        self,
+        root: int,
+        rel: str,
+        old: dict | None,
+        new: dict | None,
+        baseline: dict,
+        now: dict,
+        quarantine: Quarantine,
+        mode: int,
+    ) -> str:
+        base_pairs = [(str(k), str(v)) for k, v in baseline.get("configs", {}).get(rel, [])]
+        before = unsafe_part(base_pairs) if old is not None else []
+        pairs = now["configs"].get(rel) if new is not None else None
+        if new is not None and new.get("type") == "file" and unsafe_part(pairs) == before:
+            return ""  # only keys that run nothing changed (a branch, a remote, ...)
+        if new is None:
+            data = self.blob(old)
+            if data is None:
+                return ""
+            self.write(root, rel, data, mode)
+            return f"restored {shown(rel)}, which the session had removed"
+        quarantine.take(root, rel, new)
+        # git could not read it: keep the baseline's own safe keys
+        safe = [p for p in (base_pairs if pairs is None else pairs) if safe_pair(*p)]
+        self.write(root, rel, render_config(self.blob(old) or b"", safe), mode)
+        what = "restored" if old else "kept only the safe keys of"
+        return f"{what} {shown(rel)} (it had changed git settings that run commands)"
+
+    def leads_inside(self, root: int, rel: str, kind: str, new: dict, now: dict) -> bool:
+        """A .git file, .git link or commondir whose target is a directory in this workspace
+        that the walk read (as the kernel resolves it, not only as written)."""
         base_dir = os.path.dirname(rel)
         if new.get("type") == "file":
-            target = pointer_target(kind, rel, new, self.read(root, rel))
+            target = pointer_target(kind, new, self.read(root, rel))
         elif new.get("type") == "link" and kind == "gitlink":
-            target = str(new.get("target", ""))
+            target = pointer_target(kind, new, None)
         else:
             return False
-        found = None if "\0" in target else inside(base_dir, target, self.workspace, self.mounted)
-        if found is None:
+        if target is None or "\0" in target:
             return False
-        raw = target
-        if target.startswith("/"):
-            raw = os.path.join(self.workspace, found)
+        found = inside(base_dir, target, self.workspace, self.mounted)
+        if found is None or found not in now.get("listed", set()):
+            return False
+        raw = os.path.join(self.workspace, found) if target.startswith("/") else target
         real = os.path.realpath(os.path.join(self.workspace, base_dir, raw))
-        if real != os.path.join(os.path.realpath(self.workspace), found).rstrip("/"):
-            return False  # a link on the way leads elsewhere
-        if new.get("type") == "link":
-            state = file_state(root, found) if found else {"type": "dir"}
-            return state is not None and state["type"] == "dir"
-        return True
+        return real == os.path.join(os.path.realpath(self.workspace), found).rstrip("/")
 
-    def neutralise(self, root: int, rel: str, quarantine: Quarantine) -> None:
-        """Last resort when a repair failed: take the file out of git's way."""
+    def clear_setid(self, root: int, rel: str, quarantine: Quarantine) -> str:
+        try:
+            with parent_of(root, rel) as (dfd, name):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+                try:
+                    info = os.fstat(fd)
+                    if stat.S_ISREG(info.st_mode):
+                        os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~SETID)
+                finally:
+                    os.close(fd)
+            return f"cleared the setuid/setgid bits of {shown(rel)}"
+        except OSError as exc:
+            # not ours to change (another owner): take the file away instead
+            return f"setuid {shown(rel)} ({exc.strerror}): " + self.neutralise(
+                root, rel, quarantine
+            )
+
+    def neutralise(self, root: int, rel: str, quarantine: Quarantine) -> str:
+        """Last resort when a repair failed: take the file out of git's way, or failing
+        that, the nearest folder around it that can be moved."""
         try:
             state = file_state(root, rel)
             if state is not None:
                 quarantine.take(root, rel, state)
-                self.remove(root, rel)
-        except OSError:
+            self.remove(root, rel)
+            return f"removed {shown(rel)}"
+        except Exception:  # try the folders around it next
             pass
+        parts = split(rel)
+        for end in range(len(parts) - 1, 0, -1):
+            line = self.set_aside(root, "/".join(parts[:end]))
+            if line.startswith("moved"):
+                return line
+        return f"COULD NOT REMOVE {shown(rel)}: do not run git there before checking it"
+
+    def set_aside(self, root: int, rel: str) -> str:
+        """Rename rel within its folder to an inert name (a rename needs no room, and no
+        permission on a directory that is not ours)."""
+        aside = f"{split(rel)[-1]}.coi-quarantined-{int(time.time())}"
+        try:
+            with parent_of(root, rel) as (dfd, name):
+                self.retry_writable(
+                    dfd, lambda: os.rename(name, aside, src_dir_fd=dfd, dst_dir_fd=dfd)
+                )
+        except Exception as exc:  # reported, the check goes on
+            return f"could not move {shown(rel)} aside ({exc})"
+        return f"moved {shown(rel)} aside to {shown(aside)}"
+
+    @staticmethod
+    def retry_writable(dfd: int, action: Callable[[], object]) -> None:
+        """Run action; when a folder of ours is read-only (the agent's chmod 0555), make it
+        writable for us and run it again."""
+        try:
+            action()
+        except PermissionError:
+            info = os.fstat(dfd)
+            if info.st_uid != os.geteuid():
+                raise
+            os.fchmod(dfd, stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
+            action()
 
     def write(self, root: int, rel: str, data: bytes, mode: int) -> None:
         with parent_of(root, rel, create=True) as (dfd, name):
-            tmp = f".coi-guard-{os.getpid()}-{name}"[:200]
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd
-            )
+            tmp = f".coi-guard-{os.getpid()}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:12]}"
+
+            def put() -> None:
+                fd = os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd
+                )
+                try:
+                    os.write(fd, data)
+                    os.fchmod(fd, mode & 0o777 & ~SETID)
+                finally:
+                    os.close(fd)
+
+            self.retry_writable(dfd, put)
             try:
-                os.write(fd, data)
-                os.fchmod(fd, mode & 0o777)
-            finally:
-                os.close(fd)
-            self.remove_at(dfd, name)
-            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                self.remove_at(dfd, name)
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
 
     def remove(self, root: int, rel: str) -> None:
         with parent_of(root, rel) as (dfd, name):
-            self.remove_at(dfd, name)
+            self.retry_writable(dfd, lambda: self.remove_at(dfd, name))
 
     @staticmethod
     def remove_at(dfd: int, name: str) -> None:
@@ -734,43 +934,56 @@ class Guard:
             return
         if stat.S_ISDIR(info.st_mode):
             # not ours to delete: move it aside under an inert name
-            os.rename(
-                name, f"{name}.coi-quarantined-{int(time.time())}", src_dir_fd=dfd, dst_dir_fd=dfd
-            )
+            aside = f"{name}.coi-quarantined-{int(time.time())}"
+            os.rename(name, aside, src_dir_fd=dfd, dst_dir_fd=dfd)
         else:
             os.unlink(name, dir_fd=dfd)
 
 
 class Quarantine:
-    """~/.coi/quarantine/<time>-<workspace>/: the agent's versions of what was repaired."""
+    """~/.coi/quarantine/<time>-<workspace>/: the agent's versions of what was repaired,
+    stored flat under a digest of their path (a copied tree could itself be a repository git
+    would run), with MANIFEST.txt naming each (escaped)."""
 
     def __init__(self, home: Path, key: str) -> None:
         self.base = home / "quarantine"
         self.path = self.base / f"{time.strftime('%Y%m%dT%H%M%S')}-{key}"
         self.copied = 0
         self.used = False
+        self.manifest: list[str] = []
 
     def take(self, root: int, rel: str, state: dict) -> None:
-        self.prune()
-        target = self.path / rel.replace("..", "_")
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.used = True
-        if state.get("type") == "link":
-            target.with_name(target.name + ".symlink").write_text(str(state.get("target")))
+        """Best effort: a full disk or an odd name loses the copy, never the repair."""
+        try:
+            self.prune()
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.used = True
+            name = hashlib.sha256(os.fsencode(rel)).hexdigest()[:16]
+            target = self.path / name
+            if state.get("type") == "link":
+                target.write_bytes(os.fsencode(str(state.get("target", ""))))
+                self.manifest.append(f"{name}  link  {shown(rel)}")
+                return
+            room = MAX_QUARANTINE - self.copied
+            data = None
+            if room > 0:
+                with contextlib.suppress(OSError):
+                    data = read_file(root, rel, room)
+            if data is None:
+                self.manifest.append(f"{name}  not kept (too large or unreadable)  {shown(rel)}")
+                return
+            self.copied += len(data)
+            target.write_bytes(data)
+            target.chmod(0o600)
+            self.manifest.append(f"{name}  file  {shown(rel)}")
+        except Exception:  # the quarantine is a courtesy
             return
-        room = MAX_QUARANTINE - self.copied
-        data = None
-        if room > 0:
-            try:
-                data = read_file(root, rel, room)
-            except OSError:
-                data = None
-        if data is None:
-            target.with_name(target.name + ".not-kept").write_text("too large or unreadable\n")
-            return
-        self.copied += len(data)
-        target.write_bytes(data)
-        target.chmod(0o600)
+
+    def write_report(self, report: list[str]) -> None:
+        with contextlib.suppress(OSError):
+            (self.path / "MANIFEST.txt").write_text(
+                "\n".join(self.manifest) + "\n\n" + "\n".join(report) + "\n", encoding="utf-8"
+            )
 
     def prune(self) -> None:
         if self.used or not self.base.is_dir():
@@ -791,14 +1004,20 @@ def state_dir(home: Path, key: str) -> Path:
 
 def join(guard: Guard, name: str, alive: Callable[[str], bool]) -> None:
     """A session of this workspace starts: take the baseline, or join the running sessions'.
-    Sessions recorded as running that are gone (ended without coi) are checked first."""
+    Sessions recorded as running that are gone (ended without coi) are checked first, with
+    the paths of their own baseline."""
+    workspace = os.path.realpath(guard.workspace)
+    if os.path.realpath(guard.home).startswith(workspace.rstrip("/") + "/"):
+        # the agent could rewrite the baseline itself (a workspace holding ~/.coi: --force)
+        guard.say(f"workspace guard: off, {guard.home} lies inside the workspace")
+        return
     with file_lock(f"guard-{guard.key}"):
         baseline = guard.load()
         if baseline is not None:
             others = [h for h in baseline.get("holders", []) if h != name]
             live = [h for h in others if alive(h)]
             if live != others or not live:
-                guard.check(baseline)
+                Guard.from_baseline(baseline, guard.say, guard.home).check(baseline)
             if live:
                 baseline["holders"] = [*live, name]
                 guard.store(baseline)
@@ -821,19 +1040,9 @@ def leave(name: str, prefix: str, say: Say, home: Path | None = None) -> list[st
             )
         except (OSError, ValueError):
             return []
-        holders = list(baseline.get("holders", []))
-        if name not in holders:
-            return []
-        guard = Guard(
-            str(baseline["workspace"]),
-            list(baseline.get("protected", [])),
-            say,
-            str(baseline.get("mounted", "/workspace")),
-            bool(baseline.get("hooks_writable", False)),
-            home,
-        )
+        guard = Guard.from_baseline(baseline, say, home)
         report = guard.check(baseline)
-        holders.remove(name)
+        holders = [h for h in baseline.get("holders", []) if h != name]
         if holders:
             baseline["holders"] = holders
             guard.store(baseline)

@@ -124,8 +124,12 @@ def test_attacks_on_git_config_are_repaired_and_safe_work_kept(
     assert not (ws / "out" / ".git").exists()
     assert (ws / "sub" / ".git").exists()  # leads into the workspace, whose repo is cleaned
     assert not stat.S_IMODE(suid.stat().st_mode) & stat.S_ISUID
-    kept = list((home / "quarantine").rglob("*"))
-    assert any(p.name == ".envrc" for p in kept), kept
+    manifest = next((home / "quarantine").rglob("MANIFEST.txt")).read_text()
+    assert "file  .envrc" in manifest, manifest
+    # stored flat: the agent's files can never form a repository there
+    assert not [
+        p for p in (home / "quarantine").rglob("*") if p.is_dir() and p.parent.name != "quarantine"
+    ]
     assert not (home / "guard").exists() or not any((home / "guard").iterdir())
 
 
