@@ -191,3 +191,47 @@ def test_the_guard_never_writes_through_a_link(
     leave(name, PREFIX, lambda _m: None, home=home)
     assert (outside / "settings.local.json").read_text() == "host file\n"
     assert not (ws / ".claude").is_symlink() or (ws / ".claude").resolve() != outside
+
+
+def test_rebase_state_hook_folders_and_local_remotes(env: tuple[Path, Path, Path]) -> None:
+    ws, home, marker = env
+    (ws / "githooks").mkdir()
+    (ws / "githooks" / "pre-commit").write_text("#!/bin/sh\nexit 0\n")
+    hooks = ws / ".git" / "hooks"
+    subprocess.run(["rm", "-rf", str(hooks)], check=True)
+    hooks.symlink_to("../githooks")  # a common setup: hooks kept in the repository
+    name = f"{PREFIX}{Guard(str(ws), [], print).key}-1"
+    start(ws, home, name)
+    (ws / "githooks" / "pre-commit").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    todo = ws / ".git" / "rebase-merge"
+    todo.mkdir()
+    (todo / "git-rebase-todo").write_text(f"exec touch {marker}\n")
+    git(ws, "config", "remote.origin.url", "/root/private-repo")
+    git(ws, "config", "branch.main.remote", "origin")
+    report = leave(name, PREFIX, lambda _m: None, home=home)
+    assert (ws / "githooks" / "pre-commit").read_text() == "#!/bin/sh\nexit 0\n", report
+    assert not todo.exists() and any(".git/rebase-merge" in line for line in report)
+    keys = dict(parse_config((ws / ".git" / "config").read_bytes()) or [])
+    assert "remote.origin.url" not in keys  # a local path would copy a host repository in
+
+
+def test_a_very_deep_tree_is_walked_quickly_and_set_aside(env: tuple[Path, Path, Path]) -> None:
+    import time
+
+    ws, home, _ = env
+    name = f"{PREFIX}{Guard(str(ws), [], print).key}-1"
+    start(ws, home, name)
+    deep = ws / "d"
+    fd = os.open(ws, os.O_RDONLY)
+    os.mkdir("d", dir_fd=fd)
+    for _ in range(3000):  # deeper than PATH_MAX allows by path: made by fd, as an agent can
+        nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        os.mkdir("d", dir_fd=nxt)
+        fd = nxt
+    os.close(fd)
+    began = time.monotonic()
+    report = leave(name, PREFIX, lambda _m: None, home=home)
+    assert time.monotonic() - began < 10
+    assert any("could not be checked" in line and "moved" in line for line in report), report
+    assert deep.is_dir()  # only the part past MAX_DEPTH levels went aside
