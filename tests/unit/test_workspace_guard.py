@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,37 @@ def test_a_very_deep_tree_is_walked_quickly_and_set_aside(env: tuple[Path, Path,
     assert time.monotonic() - began < 10
     assert any("could not be checked" in line and "moved" in line for line in report), report
     assert deep.is_dir()  # only the part past MAX_DEPTH levels went aside
+
+
+def test_what_the_agent_hides_from_a_user_by_chmod_is_still_repaired() -> None:
+    """As an unprivileged host user (coi on a desktop): root's DAC override hides this."""
+    import shutil
+    import tempfile
+
+    assert os.getuid() == 0, "switches to an unprivileged uid: run as root (make test does)"
+    base = Path(tempfile.mkdtemp(prefix="coi-guard-user-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        os.chown(base, 4242, 4242)
+        result = subprocess.run(
+            [
+                "setpriv",
+                "--reuid",
+                "4242",
+                "--regid",
+                "4242",
+                "--clear-groups",
+                sys.executable,
+                "-m",
+                "tests.unit.guard_as_user",
+                str(base),
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwx", str(base)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
