@@ -65,6 +65,8 @@ echo '{{"hooks":{{"SessionStart":[{{"command":"{run}"}}]}}}}' > .claude/settings
 cp .claude/settings.local.json app/.claude/settings.json
 # setuid, as container root
 cp /bin/sh ./rootshell && sudo chown root:root rootshell && sudo chmod 4755 rootshell
+# kept from the review: no Incus guest API to ask the host anything
+test -e /dev/incus/sock && echo guestapi=open || echo guestapi=closed
 echo done
 """
 
@@ -85,6 +87,7 @@ def test_host_git_runs_nothing_the_agent_planted(
     )
     assert result.returncode == 0, result.stderr
     assert "done" in result.stdout and "unmounted /workspace/.git/config" in result.stdout
+    assert "guestapi=closed" in result.stdout
 
     for place in (workspace, workspace / "nested", workspace / "pointer"):
         for args in (("status",), ("diff",), ("log", "-1"), ("checkout", "-q", "main")):
