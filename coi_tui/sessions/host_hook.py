@@ -123,6 +123,24 @@ def mount_devices(
     return devices
 
 
+def check_mount_sources(settings: Settings, workspace: str) -> None:
+    """A [[mounts]] source the agent can write to (inside the workspace, or inside another
+    writable mount) is refused: Incus opens the path later than coi checks it, and another
+    slot's agent could swap it for a link to any host directory in between."""
+    writable = [os.path.realpath(workspace)] + [
+        os.path.realpath(m.host) for m in settings.mounts if not m.readonly
+    ]
+    for mount in settings.mounts:
+        real = os.path.realpath(mount.host)
+        for top in writable:
+            if real != top and real.startswith(top.rstrip("/") + "/"):
+                raise CoiError(
+                    f'mount source "{mount.host}" lies inside the workspace or another writable '
+                    "mount, where an agent could swap it for a link to any host directory "
+                    "before it is mounted; mount a path outside them"
+                )
+
+
 def host_timezone() -> str | None:
     """The host's IANA zone name, or None when it cannot be told."""
     candidates = [os.environ.get("TZ", "").lstrip(":")]
@@ -185,6 +203,7 @@ class HostHook(SessionHook):
     def prepare_instance(self, ctx: LaunchContext) -> None:
         settings = ctx.manager.settings
         check_mounts(settings.mounts, sources_exist=True)
+        check_mount_sources(settings, ctx.request.workspace)
         ctx.config.update(desired_config(settings, self.timezone(ctx)))
         ctx.devices.update(mount_devices(settings, ctx.devices.get("workspace", {})))
         disk = root_limits(settings)

@@ -1,7 +1,8 @@
-"""Attack: swap a protected path for a link between coi's check and Incus's mount (issue 16,
-class 12). Another slot's agent turns the workspace's `.vscode` into a link to a host secret
-directory at the worst moment: after coi chose what to mount, before the new container starts.
-The container must see the original protected content, never the host's secret."""
+"""Attack: swap a protected path (or a mount source) for a link between coi's check and
+Incus's mount (issue 16, class 12). Another slot's agent turns the workspace's `.vscode` into a
+link to a host secret directory at the worst moment: after coi chose what to mount, before the
+new container starts. The container must see the original protected content, never the host's
+secret; a mount source an agent could swap is refused before anything is created."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from coi_tui.config import Settings
 from coi_tui.incus import IncusError
 from coi_tui.sessions.hooks import LaunchContext
 from coi_tui.sessions.protect_hook import HOOK, copies_dir
+from tests.conftest import CoiRunner
 
 pytestmark = pytest.mark.incus
 
@@ -62,3 +64,22 @@ def test_a_link_swapped_in_after_the_check_mounts_nothing_of_the_host(
         HOOK.container_ended(SimpleNamespace(), name, True)  # type: ignore[arg-type]
     assert not copies_dir(name).exists()
     assert (secret / "id_ed25519").read_text() == "PRIVATE KEY\n"
+
+
+def test_a_mount_source_the_agent_can_swap_is_refused(
+    coi: CoiRunner, workspace: Path, tmp_path: Path
+) -> None:
+    """[[mounts]] from inside the workspace (or another writable mount): one line, no session."""
+    (workspace / "data").mkdir()
+    shared = tmp_path / "shared"
+    (shared / "cache").mkdir(parents=True)
+    for source in (workspace / "data", shared / "cache"):
+        config = tmp_path / "user.toml"
+        config.write_text(
+            f'[[mounts]]\nhost = "{shared}"\ncontainer = "/mnt/shared"\n'
+            f'[[mounts]]\nhost = "{source}"\ncontainer = "/mnt/data"\n'
+        )
+        result = coi("run", "-w", str(workspace), "--", "true", env={"COI_CONFIG": str(config)})
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "where an agent could swap it" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
