@@ -174,6 +174,48 @@ def _run_client_inner(cmd: list[str], env: dict[str, str], last_try: bool) -> tu
     return code, transient and code != 0
 
 
+@dataclass(frozen=True)
+class PullLimits:
+    """Bounds on copying a directory tree out of an instance (pull_tree): its content is the
+    agent's, so its size, shape and the time it takes are all the agent's choice."""
+
+    max_file: int = 1 << 30  # bytes of one file
+    max_total: int = 4 << 30  # bytes in all
+    max_entries: int = 100_000  # paths looked at (files, directories, links...)
+    max_depth: int = 64  # directory levels below the root
+    max_seconds: float = 600.0  # the whole copy
+    request_timeout: float = 30.0  # one request to Incus
+    max_messages: int = 20  # 'not saved' lines; the rest are counted
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+class _LeftOut:
+    """The 'not saved' lines of one pull: the first few said one by one, the rest counted.
+    Paths come from the instance, so control characters are replaced before they are shown."""
+
+    def __init__(self, say: Callable[[str], None] | None, limit: int) -> None:
+        self.say = say
+        self.limit = limit
+        self.count = 0
+
+    def add(self, line: str) -> None:
+        self.count += 1
+        if self.say is not None and self.count <= self.limit:
+            clean = "".join(c if c.isprintable() else "?" for c in line)
+            self.say(clean if len(clean) <= 300 else clean[:297] + "...")
+
+    def finish(self) -> None:
+        if self.say is not None and self.count > self.limit:
+            self.say(f"... and {self.count - self.limit} more paths not saved")
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     """HTTP over the daemon's unix socket."""
 
@@ -895,23 +937,170 @@ class Incus:
                 count += 1
         return count
 
-    def pull_tree(self, name: str, remote: str, local: Path) -> int:
-        """Copy an instance directory to the host. Symlinks and special files are dropped."""
-        kind, content, mode = self.pull_entry(name, remote)
-        if kind == "directory":
-            local.mkdir(parents=True, exist_ok=True)
-            os.chmod(local, (mode & 0o777) | 0o700)
-            count = 0
-            assert isinstance(content, list)
-            for child in content:
-                count += self.pull_tree(name, f"{remote.rstrip('/')}/{child}", local / child)
-            return count
-        if kind != "file":
-            return 0
-        assert isinstance(content, bytes)
-        local.write_bytes(content)
-        os.chmod(local, mode & 0o777)
-        return 1
+    def stat_path(self, name: str, path: str, timeout: float | None = None) -> tuple[str, int, int]:
+        """(type, size, mode) of one path from a HEAD request: nothing is opened or read.
+
+        A FIFO, a device and an empty file all look alike here (type 'file', size 0)."""
+        response = self.request(
+            "HEAD",
+            f"{API}/instances/{quote(name)}/files",
+            params={"path": path},
+            raw=True,
+            timeout=timeout,
+        )
+        kind = response.headers.get("X-Incus-type") or response.headers.get("X-LXD-type") or ""
+        mode = int(
+            response.headers.get("X-Incus-mode") or response.headers.get("X-LXD-mode") or "644", 8
+        )
+        try:
+            size = int(response.headers.get("Content-Length") or -1) if kind == "file" else 0
+        except ValueError:
+            size = -1
+        return kind, size, mode
+
+    def _pull_regular(
+        self, name: str, path: str, fd: int, size: int, deadline: float, timeout: float
+    ) -> str:
+        """Stream one regular file of known size into fd, at most `size` bytes, before the
+        deadline; runs of zeros stay holes. Returns '' when complete, else why it stopped."""
+        query = {"path": path}
+        if self.project and self.project != "default":
+            query["project"] = self.project
+        target = f"{API}/instances/{quote(name)}/files?{urlencode(query)}"
+        wait = max(0.1, min(timeout, deadline - time.monotonic()))
+        if self.remote is not None:
+            conn: http.client.HTTPConnection = self._https_connection(wait)
+        else:
+            self._check_socket()
+            conn = UnixHTTPConnection(self.socket_path, timeout=wait)
+        try:
+            conn.request("GET", target)
+            reply = conn.getresponse()
+            if reply.status >= 400:
+                return f"Incus answered {reply.status}"
+            length = reply.getheader("Content-Length")
+            if length is None or not length.isdigit() or int(length) > size:
+                return "it changed size while being saved"
+            left = int(length)
+            while left > 0:
+                if time.monotonic() > deadline:
+                    return "the time limit was reached"
+                chunk = reply.read(min(left, 1 << 20))
+                if not chunk:
+                    return "it was cut short"
+                left -= len(chunk)
+                if chunk.count(0) == len(chunk):
+                    os.lseek(fd, len(chunk), os.SEEK_CUR)
+                else:
+                    os.write(fd, chunk)
+            os.ftruncate(fd, int(length))
+            return ""
+        except TimeoutError:
+            return "reading it timed out"
+        except (OSError, http.client.HTTPException) as exc:
+            return f"reading it failed ({type(exc).__name__})"
+        finally:
+            conn.close()
+
+    def pull_tree(
+        self,
+        name: str,
+        remote: str,
+        local: Path,
+        *,
+        limits: PullLimits | None = None,
+        say: Callable[[str], None] | None = None,
+    ) -> int:
+        """Copy an instance directory to the host; returns the number of files copied.
+
+        Only directories and regular files are copied, each path's type read first with a HEAD
+        request: a file is read only when it has a size (a FIFO or a device reports size 0 and
+        would block the read forever, holding Incus's forkfile and the container), so empty
+        files are created empty. Symlinks and anything else are dropped. The walk is iterative
+        and bounded by `limits`; what is left out is named through `say`, one line each."""
+        limits = limits or PullLimits()
+        report = _LeftOut(say, limits.max_messages)
+        deadline = time.monotonic() + limits.max_seconds
+        total = 0
+        count = 0
+        entries = 0
+        stack: list[tuple[str, Path, int]] = [(remote, local, 0)]
+        while stack:
+            path, target, depth = stack.pop()
+            entries += 1
+            left = deadline - time.monotonic()
+            if entries > limits.max_entries or left <= 0:
+                why = "too many entries" if left > 0 else "the time limit was reached"
+                report.add(f"{path} and {len(stack)} more: not saved ({why})")
+                break
+            try:
+                kind, size, mode = self.stat_path(
+                    name, path, timeout=max(0.1, min(limits.request_timeout, left))
+                )
+            except NotFound:
+                continue
+            except DaemonUnavailable:
+                raise
+            except IncusError as exc:
+                report.add(f"{path}: not saved ({str(exc)[:80]})")
+                continue
+            if kind == "directory":
+                if depth >= limits.max_depth:
+                    report.add(f"{path}: not saved (deeper than {limits.max_depth} levels)")
+                    continue
+                try:
+                    if target.is_symlink():
+                        raise OSError(0, "a link is in the way on the host")
+                    target.mkdir(parents=depth == 0, exist_ok=True)
+                    os.chmod(target, (mode & 0o777) | 0o700)
+                    wait = max(0.1, min(limits.request_timeout, deadline - time.monotonic()))
+                    listing = self._files("GET", name, path, timeout=wait).json().get("metadata")
+                except NotFound:
+                    continue
+                except (OSError, ValueError, AttributeError) as exc:
+                    report.add(f"{path}: not saved ({getattr(exc, 'strerror', '') or exc})")
+                    continue
+                children = sorted(str(child) for child in listing or [])
+                for child in reversed(children):
+                    if child in ("", ".", "..") or "/" in child or "\0" in child:
+                        report.add(f"{path}/{child}: not saved (not a valid name)")
+                        continue
+                    stack.append((f"{path.rstrip('/')}/{child}", target / child, depth + 1))
+                continue
+            if kind != "file":
+                continue  # symlinks: never followed, never copied
+            if size < 0:
+                report.add(f"{path}: not saved (no size)")
+                continue
+            if size > limits.max_file:
+                cap = _size(limits.max_file)
+                report.add(f"{path}: not saved ({_size(size)}, over the {cap} limit per file)")
+                continue
+            if total + size > limits.max_total:
+                cap = _size(limits.max_total)
+                report.add(f"{path}: not saved ({_size(size)}, over the {cap} limit in all)")
+                continue
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            except OSError as exc:
+                report.add(f"{path}: not saved ({exc.strerror or exc})")
+                continue
+            try:
+                why = ""
+                if size > 0:
+                    why = self._pull_regular(name, path, fd, size, deadline, limits.request_timeout)
+                if not why:
+                    os.fchmod(fd, mode & 0o777)
+            finally:
+                os.close(fd)
+            if why:
+                os.unlink(target)
+                report.add(f"{path}: not saved ({why})")
+                continue
+            total += size
+            count += 1
+        report.finish()
+        return count
 
     # ------------------------------------------------------------------ snapshots
     def create_snapshot(self, name: str, snapshot: str, *, stateful: bool = False) -> None:

@@ -731,9 +731,12 @@ class SessionManager:
         store = SessionStore(tool)
         self.say(f"Saving session data to {store.path(meta.session_id)}")
         ok = store.save_from(
-            lambda remote, local: self.incus.pull_tree(instance.name, remote, local),
+            lambda remote, local, **bounds: self.incus.pull_tree(
+                instance.name, remote, local, **bounds
+            ),
             instance.name,
             meta,
+            say=self.say,
         )
         self.say("Session data saved successfully" if ok else "No session data to save")
         return ok

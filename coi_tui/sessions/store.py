@@ -10,15 +10,28 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from coi_tui.errors import CoiError
+from coi_tui.incus.client import PullLimits
 from coi_tui.paths import coi_home, sessions_dir
 from coi_tui.sessions.naming import parse_container_name, workspace_hash
 from coi_tui.tools import TOOLS, Tool
+
+# What a session save copies out of the container's tool config directory (~/.claude...):
+# the agent fills it, so every dimension is bounded. Real transcripts stay far below these.
+SAVE_LIMITS = PullLimits(
+    max_file=256 << 20,
+    max_total=1 << 30,
+    max_entries=50_000,
+    max_depth=48,
+    max_seconds=120.0,
+    request_timeout=20.0,
+)
 
 
 @dataclass
@@ -118,32 +131,64 @@ class SessionStore:
             )
         return meta
 
-    def save_from(self, pull: Any, container: str, meta: SessionMeta) -> bool:
+    def save_from(
+        self,
+        pull: Any,
+        container: str,
+        meta: SessionMeta,
+        say: Callable[[str], None] | None = None,
+    ) -> bool:
         """Pull <home>/<config dir> out of the container into the session folder, atomically.
 
-        `pull(remote_dir, local_dir)` does the copy (the Incus adapter's pull_tree)."""
+        `pull(remote_dir, local_dir, limits=, say=)` does the copy (the Incus adapter's
+        pull_tree): regular files and directories only, within SAVE_LIMITS, what it leaves out
+        named through `say`. The directory is the agent's to fill, so a failure here is one
+        line and False, never an exception: the caller goes on to delete the container and
+        its network rules."""
         if not self.tool.config_dir:
             meta.saved_at = now_rfc3339()
             self.write_meta(meta)
             return True
+        say = say or (lambda line: None)
         target = self.config_copy(meta.session_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target.parent))
+        staging: Path | None = None
         try:
-            pull(f"/home/code/{self.tool.config_dir}", staging / "copy")
-        except CoiError:
-            shutil.rmtree(staging, ignore_errors=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=target.parent))
+            copy = staging / "copy"
+            pull(f"/home/code/{self.tool.config_dir}", copy, limits=SAVE_LIMITS, say=say)
+            if not copy.is_dir() or copy.is_symlink():
+                return False
+            old = target.with_name(target.name + ".old")
+            if target.exists() or target.is_symlink():
+                _remove(old)
+                os.replace(target, old)
+            os.replace(copy, target)
+            _remove(old)
+            meta.saved_at = now_rfc3339()
+            self.write_meta(meta)
+            return True
+        except CoiError as exc:
+            say(f"warning: could not save session data of {container}: {exc}")
             return False
-        old = target.with_name(target.name + ".old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(staging / "copy", target)
-        shutil.rmtree(old, ignore_errors=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        meta.saved_at = now_rfc3339()
-        self.write_meta(meta)
-        return True
+        except Exception as exc:  # the container's content must never stop the teardown
+            say(
+                f"warning: could not save session data of {container}: "
+                f"{type(exc).__name__}: {str(exc)[:120]}"
+            )
+            return False
+        finally:
+            if staging is not None:
+                _remove(staging)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or tree the pull wrote, without following links and without recursion
+    limits (the tree's depth is the agent's choice, capped by SAVE_LIMITS)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def all_saved_sessions() -> list[tuple[Tool, SessionMeta]]:

@@ -20,7 +20,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SessionStore:
 
 
 def fake_pull(content: str):  # type: ignore[no-untyped-def]
-    def pull(remote: str, local: Path) -> int:
+    def pull(remote: str, local: Path, **_: object) -> int:
         (local / "projects").mkdir(parents=True)
         (local / "projects" / "s.jsonl").write_text(content)
         return 1
@@ -43,7 +43,7 @@ def test_failed_pull_keeps_the_previous_copy(store: SessionStore) -> None:
     meta = SessionMeta("sid-2", "coi-aaaaaaaa-1", False, "/ws")
     store.save_from(fake_pull("good"), "c", meta)
 
-    def broken(remote: str, local: Path) -> int:
+    def broken(remote: str, local: Path, **_: object) -> int:
         local.mkdir(parents=True)
         raise CoiError("container vanished")
 

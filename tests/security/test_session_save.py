@@ -1,0 +1,177 @@
+"""Attack: the agent fills its tool config directory (~/.claude) with things that used to hang or
+flood the session save (issue 16, class 8): a FIFO (a read of it never ends, and the root
+forkfile Incus starts for it keeps the stopped container from being deleted), a 20 GB sparse
+file (read whole into memory, written densely), and a directory tree 1200 levels deep (an
+uncaught RecursionError that left the container and its network rules behind).
+
+`coi shutdown` must end within a bound, save what is sane, name what it left out, and remove the
+container and its rules whatever the save met."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from coi_tui.errors import CoiError
+from coi_tui.incus import Incus
+from coi_tui.network import netctl
+from coi_tui.network.firewall import iface_for
+from coi_tui.sessions.store import SessionMeta, SessionStore
+from coi_tui.tools import get_tool
+from tests.conftest import CoiRunner
+
+SHUTDOWN_BOUND = 60.0  # seconds; the save of this directory takes about one
+
+PLANT = r"""
+set -e
+cd /home/code/.claude
+echo kept > marker.txt
+mkfifo pipe
+: > empty.txt
+truncate -s 20G huge.bin
+mkdir deep
+cd deep
+i=0
+while [ $i -lt 1200 ]; do mkdir d; cd d; i=$((i + 1)); done
+echo bottom > last.txt
+"""
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def rules_for(name: str) -> bool:
+    return iface_for(name) in netctl.interfaces(netctl.table_state())
+
+
+def forkfiles_of(name: str) -> list[int]:
+    """Incus's forkfile helpers that hold this container's root file system open."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"forkfile" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fds = os.listdir(f"/proc/{pid}/fd")
+            targets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
+        except OSError:
+            continue
+        if any(t.endswith(f"/containers/{name}/rootfs") for t in targets):
+            found.append(int(pid))
+    return found
+
+
+@contextlib.contextmanager
+def regression_net(name: str) -> Iterator[None]:
+    """Safety net for a regression, so the suite does not hang behind it: a save that opened
+    the FIFO or read the giant left Incus's forkfile (host root, the stopped container's root
+    file system mounted) waiting or spinning, and `incus delete` waits behind it. Unblock the
+    FIFO, then end that one helper by its pid."""
+    try:
+        yield
+    finally:
+        pattern = f"/var/lib/incus/storage-pools/*/containers/{name}/rootfs/home/code/.claude/pipe"
+        for path in glob.glob(pattern):
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        for pid in forkfiles_of(name):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.incus
+def test_shutdown_survives_a_fifo_a_sparse_giant_and_a_deep_tree(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    result = coi.ok("shell", "--background", "--tool", "dummy", "-w", str(workspace))
+    name = next(x for x in result.stderr.splitlines() if x.startswith("Container: ")).split(": ")[1]
+    wait_for(lambda: "dummy>" in coi("tmux", "capture", name).stdout, what="the agent prompt")
+    assert rules_for(name), "the session should have network rules to be removed"
+    # The agent plants its traps as `code`, in its own config directory.
+    planted = incus.exec_capture(name, ["su", "code", "-c", PLANT], timeout=120)
+    assert planted.ok, planted.stderr
+
+    with regression_net(name):
+        started = time.monotonic()
+        ended = coi("shutdown", name, "--timeout", "5", timeout=SHUTDOWN_BOUND + 30)
+        took = time.monotonic() - started
+    output = ended.stdout + ended.stderr
+    assert ended.returncode == 0, output
+    assert took < SHUTDOWN_BOUND, f"coi shutdown took {took:.1f} s"
+
+    # The container and its rules are gone.
+    assert not incus.instance_exists(name)
+    assert not rules_for(name)
+
+    # What was left out is named, one line each.
+    lines = output.splitlines()
+    assert any("huge.bin: not saved" in line and "limit per file" in line for line in lines)
+    assert any("deep/d/d" in line and "deeper than" in line for line in lines), output
+    assert "Traceback" not in output
+
+    # The saved copy: the sane content, no FIFO, no giant, the deep tree cut.
+    copies = list((coi.home / "sessions-dummy").glob("*/.claude"))
+    assert len(copies) == 1, copies
+    copy = copies[0]
+    assert (copy / "marker.txt").read_text() == "kept\n"
+    assert (copy / "empty.txt").is_file() and (copy / "empty.txt").stat().st_size == 0
+    assert not (copy / "huge.bin").exists()
+    pipe = copy / "pipe"
+    assert not pipe.exists() or stat.S_ISREG(pipe.lstat().st_mode)
+    depth = 0
+    total = 0
+    for root, dirs, files in os.walk(copy):
+        depth = max(depth, len(Path(root).relative_to(copy).parts))
+        for entry in dirs + files:
+            mode = os.lstat(os.path.join(root, entry)).st_mode
+            assert stat.S_ISDIR(mode) or stat.S_ISREG(mode), (root, entry)
+        total += sum(os.lstat(os.path.join(root, f)).st_blocks * 512 for f in files)
+    assert 10 < depth < 1200
+    assert total < 1 << 20
+
+    # Nothing is left holding the session's lock.
+    again = coi("kill", "--force", name, timeout=30)
+    assert again.returncode == 0 and "already gone" in again.stdout
+
+
+def test_a_failing_save_is_one_line_and_keeps_the_last_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the pull raises (a RecursionError, a full disk, an Incus error), save_from
+    answers False with one line and keeps the previous copy: the caller goes on to delete the
+    container and its network rules."""
+    monkeypatch.setenv("COI_HOME", str(tmp_path))
+    store = SessionStore(get_tool("dummy"))
+    meta = SessionMeta("sid", "coi-aaaaaaaa-1", False, "/ws")
+
+    def good(remote: str, local: Path, **_: object) -> int:
+        local.mkdir()
+        (local / "s.jsonl").write_text("good")
+        return 1
+
+    assert store.save_from(good, "c", meta)
+    for failure in (RecursionError("deep"), OSError(28, "No space left"), CoiError("gone")):
+
+        def broken(remote: str, local: Path, failure: BaseException = failure, **_: object) -> int:
+            local.mkdir()
+            raise failure
+
+        said: list[str] = []
+        assert not store.save_from(broken, "c", meta, say=said.append)
+        assert len(said) == 1 and "could not save session data" in said[0], said
+        assert (store.config_copy("sid") / "s.jsonl").read_text() == "good"
+        assert [p.name for p in store.path("sid").iterdir() if p.name.startswith(".")] == [
+            ".claude"
+        ]
