@@ -33,6 +33,7 @@ DEFAULT_PROTECTED_PATHS = (
     ".claude/hooks",
     ".mcp.json",
     ".devcontainer",
+    ".devcontainer.json",
 )
 PERMISSION_MODES = ("bypass", "interactive")
 GTFOBINS_SOURCE = "https://github.com/GTFOBins/GTFOBins.github.io.git"

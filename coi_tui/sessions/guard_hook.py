@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from coi_tui.errors import CoiError
 from coi_tui.incus import InstanceNotFound
 from coi_tui.sessions.hooks import LaunchContext, SessionHook
 from coi_tui.sessions.protect_hook import WORKSPACE, protected_paths
@@ -40,8 +41,10 @@ class GuardHook(SessionHook):
         )
         try:
             join(guard, ctx.session.container, alive)
-        except Exception as exc:  # the session still starts; say what is not guarded
-            manager.say(f"workspace guard: no baseline for this session ({exc})")
+        except CoiError:
+            raise
+        except Exception as exc:  # fail closed: an unguarded session must not start
+            raise CoiError(f"the workspace guard could not start: {exc}") from None
 
     def container_ended(self, manager: SessionManager, name: str, removed: bool) -> None:
         if manager.incus.remote is not None:

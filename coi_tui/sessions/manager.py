@@ -61,6 +61,16 @@ def sanitize_term(term: str | None) -> str:
     return "xterm-256color"
 
 
+def delegated_id(host_id: int, path: str) -> bool:
+    """A host id given to root one by one (`root:<id>:1`, what `coi setup --user` writes):
+    an id inside root's container ranges is some container's, never a project owner's."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.strip() == f"root:{host_id}:1" for line in lines)
+
+
 def warn_old_kernel(say: Say, release: str | None = None) -> bool:
     """Kernels before 5.15 lack pieces of the isolation we rely on: say so, do not refuse."""
     import platform
@@ -158,10 +168,10 @@ class SessionManager:
     def idmap(self, workspace: str) -> tuple[dict[str, str], dict[str, str]]:
         """(instance config, workspace device extras) so files written by `code` belong to the
         host user. raw.idmap maps only `code`: container root stays an unprivileged host uid on
-        the workspace, so it can neither write host-root files nor make a setuid-root one. An
-        idmapped mount (shift) would map container root to host root there; it is used only
-        where raw.idmap is not allowed yet (a uid-1000 user before `sudo coi setup`), with a
-        warning. Run as root, coi maps `code` to the workspace's owner when that is a user."""
+        the workspace, so it can neither write host-root files nor make a setuid-root one (an
+        idmapped mount, shift, would map container root to host root there: only on request,
+        COI_IDMAP=shift, and for remotes). Run as root, `code` works as the workspace's owner,
+        which must then be a delegated user; root's own projects map `code` to root."""
         mode = os.environ.get("COI_IDMAP", "auto")
         uid, gid, code = os.getuid(), os.getgid(), self.settings.code_uid
         if self.incus.remote is not None:
@@ -174,25 +184,23 @@ class SessionManager:
                 owner = os.stat(workspace)
             except OSError:
                 owner = None
-            if (
-                owner is not None
-                and owner.st_uid != 0
-                and subid_allows(owner.st_uid, "/etc/subuid")
-                and subid_allows(owner.st_gid, "/etc/subgid")
-            ):
+            if owner is not None and owner.st_uid != 0:
+                # never host root for a user's project: the agent works as its owner
+                if not (
+                    delegated_id(owner.st_uid, "/etc/subuid")
+                    and delegated_id(owner.st_gid, "/etc/subgid")
+                ):
+                    raise CoiError(
+                        f"workspace {workspace} belongs to uid {owner.st_uid}: run 'coi setup "
+                        f"--user {pwd_name(owner.st_uid)}' once so the agent can work as that "
+                        "user (coi will not give it host root over someone else's files)"
+                    )
                 uid, gid = owner.st_uid, owner.st_gid
         elif not (subid_allows(uid, "/etc/subuid") and subid_allows(gid, "/etc/subgid")):
-            if uid == code and gid == code:
-                self.say(
-                    "warning: container root can write the workspace as host root (an "
-                    f"idmapped mount); 'sudo coi setup --user {pwd_name(uid)}' once lets coi "
-                    "map only the agent"
-                )
-                return {}, {"shift": "true"}
             raise CoiError(
                 f"Incus may not map your uid {uid} into containers yet: run "
                 f"'sudo coi setup --user {pwd_name(uid)}' once (it adds root:{uid}:1 to "
-                "/etc/subuid and /etc/subgid)"
+                "/etc/subuid and /etc/subgid, so only the agent is mapped to you)"
             )
         return {"raw.idmap": f"uid {uid} {code}\ngid {gid} {code}"}, {}
 

@@ -172,10 +172,11 @@ def copies_dir(container: str, home: Path | None = None) -> Path:
     return (home or coi_home()) / "protect" / container
 
 
-def snapshot(workspace: str, path: str, dest: Path) -> bool:
+def snapshot(workspace: str, path: str, dest: Path, budget: list[int] | None = None) -> bool:
     """Copy workspace/path (a file or a tree) to dest, never through a link: links and
-    special files inside are left out. False when the path is missing or is a link."""
-    budget = [MAX_COPY, MAX_COPY_ENTRIES]
+    special files inside are left out. False when the path is missing or is a link.
+    `budget` ([bytes, entries]) is shared by one session's paths."""
+    budget = budget if budget is not None else [MAX_COPY, MAX_COPY_ENTRIES]
     root = os.open(workspace, os.O_RDONLY | os.O_DIRECTORY)
     try:
         parts = split(path)
@@ -248,12 +249,19 @@ class ProtectHook(SessionHook):
                 }
         copies = copies_dir(ctx.session.container)
         shutil.rmtree(copies, ignore_errors=True)
+        budget = [MAX_COPY, MAX_COPY_ENTRIES]
         for index, path in enumerate(session_paths(workspace, settings)):
             if any(path == top or path.startswith(top + "/") for top in secrets):
                 continue  # the mask covers it
             source = copies / str(index) / os.path.basename(path)
-            if not snapshot(workspace, path, source):
-                continue  # became a link or vanished since it was listed
+            try:
+                if not snapshot(workspace, path, source, budget):
+                    continue  # became a link or vanished since it was listed
+            except (CoiError, OSError) as exc:
+                # an agent can bloat or lock a protected folder: that must not stop the next
+                # session; the workspace guard still checks the path when the session ends
+                ctx.manager.say(f"warning: {path} is not mounted read-only ({exc})")
+                continue
             device = {
                 "type": "disk",
                 "source": str(source),

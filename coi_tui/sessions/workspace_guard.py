@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import subprocess
@@ -40,6 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coi_tui.errors import CoiError
 from coi_tui.paths import coi_home
 from coi_tui.sessions.naming import parse_container_name, workspace_hash
 from coi_tui.sessions.slots import file_lock
@@ -49,6 +51,7 @@ Say = Callable[[str], None]
 
 MAX_DEPTH = 256  # directory levels walked; a deeper tree is moved aside (nothing real is)
 MAX_BLOB = 1 << 20  # a control file kept for restoring (bigger ones are hashed only)
+MAX_HASH = 64 << 20  # past this a control file is compared by size, inode and times (sparse!)
 MAX_QUARANTINE = 64 << 20  # bytes copied to the quarantine per check
 QUARANTINE_DAYS = 30
 SETID = stat.S_ISUID | stat.S_ISGID
@@ -91,7 +94,7 @@ SAFE_KEYS = frozenset(
 )
 SAFE_PATTERN = re.compile(
     r"(branch\..+\.(remote|merge|rebase|pushremote|description)"
-    r"|remote\..+\.(url|pushurl|fetch|push|tagopt|prune|mirror)"
+    r"|remote\..+\.(url|pushurl|fetch|tagopt|prune)"
     r"|submodule\..+\.(url|active|branch))\Z",
     re.DOTALL,
 )
@@ -103,6 +106,8 @@ GIT_ENV = {
 }
 
 
+BRANCH_REMOTE = re.compile(r"branch\..+\.(remote|pushremote)\Z", re.DOTALL)
+REMOTE_NAME = re.compile(r"\.|[A-Za-z0-9_-][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\Z")
 URL_KEY = re.compile(r"(remote\..+\.(url|pushurl)|submodule\..+\.url)\Z", re.DOTALL)
 NETWORK_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/]|[^/:]+@?[^/:]*:[^/]")
 
@@ -119,6 +124,9 @@ def safe_pair(key: str, value: str) -> bool:
         return False
     if URL_KEY.match(key):
         return NETWORK_URL.match(value) is not None and not value.lower().startswith("file:")
+    if BRANCH_REMOTE.match(key):
+        # a remote's name (or "." for this repository), never a path or URL of its own
+        return REMOTE_NAME.match(value) is not None
     return True
 
 
@@ -242,6 +250,14 @@ def file_state(root: int, rel: str) -> dict[str, object] | None:
                 return {"type": "dir"}
             if not stat.S_ISREG(info.st_mode):
                 return {"type": "other"}
+            if info.st_size > MAX_HASH:
+                meta = f"big:{info.st_size}:{info.st_ino}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+                return {
+                    "type": "file",
+                    "sha": meta,
+                    "mode": stat.S_IMODE(info.st_mode),
+                    "size": info.st_size,
+                }
             digest = hashlib.sha256()
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
@@ -276,7 +292,10 @@ def tree_state(root: int, rel: str, limit: int = MAX_BLOB) -> dict[str, object] 
             digest.update(os.fsencode(name) + b"\0" + kind.encode() + b"\0")
             if kind == "file":
                 data = read_file(fd, name, limit)
-                digest.update(hashlib.sha256(data or b"?").digest())
+                if data is None:  # too big to read: its metadata stands for it
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    data = f"{info.st_size}:{info.st_ino}:{info.st_mtime_ns}".encode()
+                digest.update(hashlib.sha256(data).digest())
     except OSError:
         digest.update(b"unreadable")
     finally:
@@ -379,11 +398,34 @@ def open_child(parent: int, name: str) -> int:
     try:
         return os.open(name, flags, dir_fd=parent)
     except PermissionError:
+        # chmod the very inode we looked at (an O_PATH fd), never a name a slot could swap
+        pinned = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY, dir_fd=parent)
+        try:
+            info = os.fstat(pinned)
+            if info.st_uid != os.geteuid() or not stat.S_ISDIR(info.st_mode):
+                raise
+            os.chmod(f"/proc/self/fd/{pinned}", stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
+            return os.open(f"/proc/self/fd/{pinned}", flags & ~os.O_NOFOLLOW)
+        finally:
+            os.close(pinned)
+
+
+def hidden_from_us(parent: int, name: str) -> bool:
+    """A folder we may walk through but not list (x without r): git gets in, we cannot
+    look. One we cannot enter at all is as closed to the user's git as to us."""
+    try:
         info = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        if info.st_uid != os.geteuid():
-            raise
-        os.chmod(name, stat.S_IMODE(info.st_mode) | stat.S_IRWXU, dir_fd=parent)
-        return os.open(name, flags, dir_fd=parent)
+    except OSError:
+        return False
+    if not stat.S_ISDIR(info.st_mode):
+        return False
+    if info.st_uid == os.geteuid():
+        bits = (info.st_mode >> 6) & 7
+    elif info.st_gid in (os.getegid(), *os.getgroups()):
+        bits = (info.st_mode >> 3) & 7
+    else:
+        bits = info.st_mode & 7
+    return bool(bits & 1) and not bits & 4
 
 
 def classify(
@@ -458,7 +500,8 @@ def walk(root: int, protected: list[str]) -> Scan:
             try:
                 child = open_child(fd, name)
             except OSError:
-                scan.unlistable.add(path)
+                if hidden_from_us(fd, name):
+                    scan.unlistable.add(path)
                 continue
             enter(child, path, hooks)
     finally:
@@ -536,6 +579,13 @@ def global_hooks_path() -> str | None:
     return value if result.returncode == 0 and value else None
 
 
+def rename_noreplace(dfd: int, old: str, new: str) -> None:
+    """renameat2(RENAME_NOREPLACE): never onto something the agent put there first."""
+    if os.path.lexists(f"/proc/self/fd/{dfd}/{new}"):
+        raise FileExistsError(new)
+    os.rename(old, new, src_dir_fd=dfd, dst_dir_fd=dfd)
+
+
 def shown(rel: str) -> str:
     """A workspace path in a report line: the agent chose it, so no escape reaches a terminal."""
     return clean(rel, 300)
@@ -550,6 +600,7 @@ class Guard:
     mounted: str = "/workspace"
     hooks_writable: bool = False  # [git] writable_hooks: the user lets the agent write hooks
     home: Path = field(default_factory=coi_home)
+    complete: bool = True  # False after a check that could not walk the workspace
 
     @property
     def key(self) -> str:
@@ -663,6 +714,7 @@ class Guard:
 
     def take(self, holders: list[str]) -> dict:
         root = self.open_root()
+        identity = os.fstat(root)
         try:
             configs: dict[str, list] = {}
             for _ in range(10):  # until includes of includes are all known
@@ -681,6 +733,8 @@ class Guard:
             os.close(root)
         return {
             "workspace": self.workspace,
+            "real": os.path.realpath(self.workspace),
+            "root": [identity.st_dev, identity.st_ino],
             "protected": self.protected,
             "mounted": self.mounted,
             "hooks_writable": self.hooks_writable,
@@ -693,17 +747,37 @@ class Guard:
             "taken": time.time(),
         }
 
-    def open_root(self) -> int:
-        return os.open(self.workspace, os.O_RDONLY | os.O_DIRECTORY)
+    def open_root(self, expect: list[int] | None = None) -> int:
+        """The workspace's fd: made listable for us if the agent chmod-ed it (it is ours),
+        and refused when it is not the directory the baseline was taken of (a link swapped
+        in by another workspace's agent would make us repair some other folder)."""
+        try:
+            fd = os.open(self.workspace, os.O_RDONLY | os.O_DIRECTORY)
+        except PermissionError:
+            pinned = os.open(self.workspace, os.O_PATH | os.O_DIRECTORY)
+            try:
+                info = os.fstat(pinned)
+                if info.st_uid != os.geteuid():
+                    raise
+                os.chmod(f"/proc/self/fd/{pinned}", stat.S_IMODE(info.st_mode) | stat.S_IRWXU)
+                fd = os.open(f"/proc/self/fd/{pinned}", os.O_RDONLY | os.O_DIRECTORY)
+            finally:
+                os.close(pinned)
+        info = os.fstat(fd)
+        if expect and [info.st_dev, info.st_ino] != list(expect):
+            os.close(fd)
+            raise OSError(f"{self.workspace} is no longer the directory it was (a link?)")
+        return fd
 
     # ------------------------------------------------------------------ check and repair
     def check(self, baseline: dict) -> list[str]:
         """Repair what the sessions changed; returns one line per repair (also said). Every
         path is repaired on its own: one that fails is set aside, never stops the check."""
+        self.complete = False
         try:
-            root = self.open_root()
+            root = self.open_root(baseline.get("root"))
         except OSError as exc:
-            line = f"could not open {self.workspace}: {exc.strerror}"
+            line = f"NOT CHECKED: could not open {self.workspace}: {exc.strerror or exc}"
             self.say(f"workspace guard: {line}")
             return [line]
         report: list[str] = []
@@ -728,12 +802,10 @@ class Guard:
                     report.append(line)
             for rel in sorted(scan.setid - set(baseline.get("setid", []))):
                 report.append(self.clear_setid(root, rel, quarantine))
-            hidden = (scan.unlistable - set(baseline.get("unlistable", []))) | (
-                scan.too_deep - set(baseline.get("too_deep", []))
-            )
-            for rel in sorted(hidden):
+            for rel in sorted(scan.unlistable | scan.too_deep):
                 # git can walk into what we cannot see: fail closed
                 report.append(f"{shown(rel)} could not be checked; " + self.set_aside(root, rel))
+            self.complete = True
         finally:
             os.close(root)
         if report:
@@ -867,24 +939,31 @@ class Guard:
         except Exception:  # try the folders around it next
             pass
         parts = split(rel)
-        for end in range(len(parts) - 1, 0, -1):
-            line = self.set_aside(root, "/".join(parts[:end]))
-            if line.startswith("moved"):
-                return line
-        return f"COULD NOT REMOVE {shown(rel)}: do not run git there before checking it"
+        return (
+            self.set_aside(root, "/".join(parts[:-1]))
+            if len(parts) > 1
+            else (f"COULD NOT REMOVE {shown(rel)}: check it before running git there")
+        )
 
     def set_aside(self, root: int, rel: str) -> str:
-        """Rename rel within its folder to an inert name (a rename needs no room, and no
-        permission on a directory that is not ours)."""
-        aside = f"{split(rel)[-1]}.coi-quarantined-{int(time.time())}"
-        try:
-            with parent_of(root, rel) as (dfd, name):
-                self.retry_writable(
-                    dfd, lambda: os.rename(name, aside, src_dir_fd=dfd, dst_dir_fd=dfd)
-                )
-        except Exception as exc:  # reported, the check goes on
-            return f"could not move {shown(rel)} aside ({exc})"
-        return f"moved {shown(rel)} aside to {shown(aside)}"
+        """Rename rel within its folder to an inert, unpredictable name (a rename needs no
+        room, and no permission on a directory that is not ours); when that folder will not
+        let us, move the folder around it instead."""
+        parts = split(rel)
+        failure: Exception | None = None
+        for end in range(len(parts), 0, -1):
+            target = "/".join(parts[:end])
+            aside = f"{parts[end - 1]}.coi-quarantined-{secrets.token_hex(6)}"
+            try:
+                with parent_of(root, target) as (dfd, name):
+                    self.retry_writable(
+                        dfd, lambda d=dfd, n=name, a=aside: rename_noreplace(d, n, a)
+                    )
+            except Exception as exc:  # reported below when nothing around it moves either
+                failure = exc
+                continue
+            return f"moved {shown(target)} aside to {shown(aside)}"
+        return f"COULD NOT MOVE {shown(rel)} aside ({failure}): check it before running git there"
 
     @staticmethod
     def retry_writable(dfd: int, action: Callable[[], object]) -> None:
@@ -934,8 +1013,7 @@ class Guard:
             return
         if stat.S_ISDIR(info.st_mode):
             # not ours to delete: move it aside under an inert name
-            aside = f"{name}.coi-quarantined-{int(time.time())}"
-            os.rename(name, aside, src_dir_fd=dfd, dst_dir_fd=dfd)
+            rename_noreplace(dfd, name, f"{name}.coi-quarantined-{secrets.token_hex(6)}")
         else:
             os.unlink(name, dir_fd=dfd)
 
@@ -947,7 +1025,7 @@ class Quarantine:
 
     def __init__(self, home: Path, key: str) -> None:
         self.base = home / "quarantine"
-        self.path = self.base / f"{time.strftime('%Y%m%dT%H%M%S')}-{key}"
+        self.path = self.base / f"{time.strftime('%Y%m%dT%H%M%S')}-{key}-{secrets.token_hex(3)}"
         self.copied = 0
         self.used = False
         self.manifest: list[str] = []
@@ -1002,33 +1080,71 @@ def state_dir(home: Path, key: str) -> Path:
     return home / "guard" / key
 
 
+def overlapping(guard: Guard, alive: Callable[[str], bool]) -> str | None:
+    """A running session's workspace that is this one under another path, or holds it, or
+    lies inside it: two baselines of one tree would each bless what the other's agent did."""
+    mine = os.path.realpath(guard.workspace).rstrip("/")
+    for path in (guard.home / "guard").glob("*/baseline.json"):
+        if path.parent.name == guard.key:
+            continue
+        try:
+            other = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        theirs = str(other.get("real") or other.get("workspace", "")).rstrip("/")
+        related = theirs == mine or theirs.startswith(mine + "/") or mine.startswith(theirs + "/")
+        if related and any(alive(h) for h in other.get("holders", [])):
+            return str(other.get("workspace"))
+    return None
+
+
 def join(guard: Guard, name: str, alive: Callable[[str], bool]) -> None:
     """A session of this workspace starts: take the baseline, or join the running sessions'.
     Sessions recorded as running that are gone (ended without coi) are checked first, with
-    the paths of their own baseline."""
+    the paths of their own baseline. Raises CoiError when the workspace cannot be guarded
+    (the session must not start)."""
     workspace = os.path.realpath(guard.workspace)
     if os.path.realpath(guard.home).startswith(workspace.rstrip("/") + "/"):
         # the agent could rewrite the baseline itself (a workspace holding ~/.coi: --force)
         guard.say(f"workspace guard: off, {guard.home} lies inside the workspace")
         return
     with file_lock(f"guard-{guard.key}"):
+        other = overlapping(guard, alive)
+        if other is not None:
+            raise CoiError(
+                f"a running session's workspace {other} overlaps {guard.workspace}; end it "
+                "first (the workspace guard cannot tell one agent's changes from the other's)"
+            )
         baseline = guard.load()
         if baseline is not None:
             others = [h for h in baseline.get("holders", []) if h != name]
             live = [h for h in others if alive(h)]
             if live != others or not live:
-                Guard.from_baseline(baseline, guard.say, guard.home).check(baseline)
+                stale = Guard.from_baseline(baseline, guard.say, guard.home)
+                stale.check(baseline)
+                if not stale.complete:
+                    raise CoiError(
+                        "the workspace guard could not check what the last session left "
+                        f"in {guard.workspace} (see above); fix that before starting another"
+                    )
             if live:
                 baseline["holders"] = [*live, name]
                 guard.store(baseline)
                 return
         guard.discard()
-        guard.store(guard.take([name]))
+        try:
+            guard.store(guard.take([name]))
+        except OSError as exc:
+            guard.discard()
+            raise CoiError(
+                f"the workspace guard could not record {guard.workspace}: {exc.strerror or exc}"
+            ) from None
 
 
 def leave(name: str, prefix: str, say: Say, home: Path | None = None) -> list[str]:
     """A session ended (its container removed or stopped): check and repair the workspace;
-    the last one out drops the baseline."""
+    the last one out drops the baseline (kept when the check could not complete, so the next
+    session's start checks again)."""
     parsed = parse_container_name(prefix, name)
     if parsed is None:
         return []
@@ -1043,7 +1159,7 @@ def leave(name: str, prefix: str, say: Say, home: Path | None = None) -> list[st
         guard = Guard.from_baseline(baseline, say, home)
         report = guard.check(baseline)
         holders = [h for h in baseline.get("holders", []) if h != name]
-        if holders:
+        if holders or not guard.complete:
             baseline["holders"] = holders
             guard.store(baseline)
         else:

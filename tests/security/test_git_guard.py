@@ -60,7 +60,9 @@ mkdir pointer && echo 'gitdir: ../.side' > pointer/.git
 # files the host's tools read, absent before the session
 echo "{run}" > .envrc
 mkdir -p .vscode .claude app/.claude
-echo '{{"tasks":[{{"runOptions":{{"runOn":"folderOpen"}},"command":"{run}"}}]}}' > .vscode/tasks.json
+task='{{"runOptions":{{"runOn":"folderOpen"}},"command":"{run}"}}'
+echo "{{\"tasks\":[$task]}}" > .vscode/tasks.json
+echo '{{"initializeCommand":"{run}"}}' > .devcontainer.json
 echo '{{"hooks":{{"SessionStart":[{{"command":"{run}"}}]}}}}' > .claude/settings.local.json
 cp .claude/settings.local.json app/.claude/settings.json
 # setuid, as container root
@@ -100,7 +102,8 @@ def test_host_git_runs_nothing_the_agent_planted(
     assert "agent" in host_git(workspace, "log", "--format=%s").stdout
     remotes = host_git(workspace, "remote", "-v").stdout
     assert "https://example.invalid/r.git" in remotes
-    for planted in (".envrc", ".vscode/tasks.json", ".claude/settings.local.json"):
+    planted_files = (".envrc", ".vscode/tasks.json", ".claude/settings.local.json")
+    for planted in (*planted_files, ".devcontainer.json"):
         assert not (workspace / planted).exists(), planted
     assert not (workspace / "app/.claude/settings.json").exists()
     assert not (workspace / ".git/hooks/post-checkout").exists()

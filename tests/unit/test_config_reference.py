@@ -364,6 +364,7 @@ def test_reference_defaults() -> None:
         ".claude/hooks",
         ".mcp.json",
         ".devcontainer",
+        ".devcontainer.json",
     ]
     assert settings.monitoring_c2_ports == [4444, 5555, 1234, 31337, 12345, 6666, 6667, 6697, 8080]
     assert settings.refresh_interval_minutes == 30 and settings.use_sudo is True
