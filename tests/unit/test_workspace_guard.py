@@ -274,3 +274,47 @@ def test_what_the_agent_hides_from_a_user_by_chmod_is_still_repaired() -> None:
     finally:
         subprocess.run(["chmod", "-R", "u+rwx", str(base)], check=False)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_overlapping_workspaces_and_a_swapped_root_are_refused(
+    env: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    from coi_tui.errors import CoiError
+
+    ws, home, _ = env
+    running: set[str] = set()
+    outer = Guard(str(ws), list(DEFAULT_PROTECTED_PATHS), lambda _m: None, home=home)
+    outer_name = f"{PREFIX}{outer.key}-1"
+    join(outer, outer_name, lambda n: n in running)
+    running.add(outer_name)
+    (ws / "pkg").mkdir()
+    alias = tmp_path / "alias"
+    alias.symlink_to(ws)
+    for other in (ws / "pkg", alias):  # a package inside it, the same tree by another path
+        guard = Guard(str(other), list(DEFAULT_PROTECTED_PATHS), lambda _m: None, home=home)
+        with pytest.raises(CoiError, match="overlaps"):
+            join(guard, f"{PREFIX}{guard.key}-1", lambda n: n in running)
+    # the workspace path now leads to another folder: nothing there is touched
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".envrc").write_text("the user's own\n")
+    os.rename(ws, tmp_path / "moved")
+    ws.symlink_to(elsewhere)
+    report = leave(outer_name, PREFIX, lambda _m: None, home=home)
+    assert any("NOT CHECKED" in line for line in report), report
+    assert (elsewhere / ".envrc").read_text() == "the user's own\n"
+    # kept, and checked again before the next session may start
+    guard = Guard(str(ws), list(DEFAULT_PROTECTED_PATHS), lambda _m: None, home=home)
+    with pytest.raises(CoiError, match="could not check"):
+        join(guard, f"{PREFIX}{guard.key}-2", lambda n: False)
+
+
+def test_a_branch_upstream_may_only_name_a_remote(env: tuple[Path, Path, Path]) -> None:
+    ws, home, _ = env
+    name = f"{PREFIX}{Guard(str(ws), [], print).key}-1"
+    start(ws, home, name)
+    git(ws, "config", "branch.main.remote", "/root/private")
+    git(ws, "config", "branch.other.remote", ".")
+    leave(name, PREFIX, lambda _m: None, home=home)
+    keys = dict(parse_config((ws / ".git" / "config").read_bytes()) or [])
+    assert "branch.main.remote" not in keys and keys["branch.other.remote"] == "."
