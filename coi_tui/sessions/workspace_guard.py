@@ -769,6 +769,20 @@ class Guard:
             raise OSError(f"{self.workspace} is no longer the directory it was (a link?)")
         return fd
 
+    def replaced(self, baseline: dict) -> bool:
+        """The workspace path holds a new real directory (no link on the way), not the one
+        of the baseline: the user removed the old tree and made a new one there."""
+        path = self.workspace
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return True  # gone: nothing left to repair
+        return (
+            stat.S_ISDIR(info.st_mode)
+            and os.path.realpath(path) == baseline.get("real", os.path.realpath(path))
+            and [info.st_dev, info.st_ino] != list(baseline.get("root") or [])
+        )
+
     # ------------------------------------------------------------------ check and repair
     def check(self, baseline: dict) -> list[str]:
         """Repair what the sessions changed; returns one line per repair (also said). Every
@@ -777,6 +791,10 @@ class Guard:
         try:
             root = self.open_root(baseline.get("root"))
         except OSError as exc:
+            if self.replaced(baseline):
+                # deleted and made again (a fresh clone): nothing of the old tree is left
+                self.complete = True
+                return []
             line = f"NOT CHECKED: could not open {self.workspace}: {exc.strerror or exc}"
             self.say(f"workspace guard: {line}")
             return [line]

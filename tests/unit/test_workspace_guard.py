@@ -318,3 +318,14 @@ def test_a_branch_upstream_may_only_name_a_remote(env: tuple[Path, Path, Path]) 
     leave(name, PREFIX, lambda _m: None, home=home)
     keys = dict(parse_config((ws / ".git" / "config").read_bytes()) or [])
     assert "branch.main.remote" not in keys and keys["branch.other.remote"] == "."
+
+
+def test_a_workspace_removed_and_made_again_starts_afresh(env: tuple[Path, Path, Path]) -> None:
+    ws, home, _ = env
+    guard = Guard(str(ws), list(DEFAULT_PROTECTED_PATHS), lambda _m: None, home=home)
+    join(guard, f"{PREFIX}{guard.key}-1", lambda n: False)
+    subprocess.run(["rm", "-rf", str(ws)], check=True)
+    ws.mkdir()  # a fresh clone at the same path, the old session gone without coi
+    (ws / ".envrc").write_text("the user's own\n")
+    join(guard, f"{PREFIX}{guard.key}-2", lambda n: False)
+    assert (ws / ".envrc").read_text() == "the user's own\n"
