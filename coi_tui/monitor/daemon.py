@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import heapq
 import json
@@ -23,6 +24,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -32,10 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coi_tui import nofollow
 from coi_tui.monitor import behaviour, procfs, rules
 from coi_tui.monitor.config import MonitorConfig, load_monitor_config
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
+from coi_tui.text import clean
 
 LOG_PREFIX = "coimon"
 # Spawn storms: live processes are counted (one /proc walk) at most this often during a fork
@@ -283,7 +287,7 @@ class Responder:
                     if incus.status(name) != "Frozen":
                         raise
             else:
-                self.daemon.kill(name)
+                self.daemon.kill(name, expect_id=watched.uuid)
         except Exception as exc:
             self.daemon.log(f"{wanted} {name} failed: {exc}")
 
@@ -296,7 +300,7 @@ class Daemon:
         self.config = config
         self.owner = owner
         self.incus = Incus()
-        self.audit = AuditLog(home, owner)
+        self.audit = AuditLog(home, owner, say=self.log)
         self.watched: dict[str, Watched] = {}
         self.by_ns: dict[str, Watched] = {}
         self.by_ifindex: dict[int, Watched] = {}
@@ -327,12 +331,16 @@ class Daemon:
 
     # ------------------------------------------------------------------ output
     def emit(self, watched: Watched, record: dict[str, Any]) -> None:
-        self.audit.write(watched.name, record)
+        failures = self.audit.failures
+        if not self.audit.write(watched.name, record) and self.audit.failures == failures:
+            # rate-limited (counted in the audit log's summary record): a flood is not sent
+            # to the dashboards nor logged either. A record the log failed to write still is.
+            return
         self.broadcaster.publish(record)
         if LEVEL_RANK.get(record["level"], 0) >= 1:
-            self.log(
+            self.log(  # the description quotes the container's command lines: one line
                 f"{record['level'].upper()} {watched.name} {record['rule_id']}: "
-                f"{record['description']} -> {record['action']}"
+                f"{clean(record['description'])} -> {record['action']}"
             )
 
     def same_container(self, watched: Watched) -> bool:
@@ -347,12 +355,16 @@ class Daemon:
             return False
         return current == watched.uuid
 
-    def kill(self, name: str) -> None:
+    def kill(self, name: str, expect_id: str = "") -> None:
+        """Kill `name` the way `coi kill` does (session saved), but only if it is still the
+        instance `expect_id` (its volatile.uuid; checked under the session lock)."""
         from coi_tui.config.settings import load_settings
         from coi_tui.sessions.manager import SessionManager
 
         try:
-            SessionManager(self.incus, load_settings(Path("/")), say=self.log).kill(name)
+            manager = SessionManager(self.incus, load_settings(Path("/")), say=self.log)
+            if not manager.kill(name, expect_id=expect_id):
+                self.log(f"kill {name}: gone or another container by now; not acting")
         finally:
             if self.owner is not None:
                 chown_created(self.home, self.owner)
@@ -764,12 +776,12 @@ class Daemon:
             }
             for name, w in self.watched.items()
         }
-        path = self.home / "monitor.stats.json"
-        temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps(stats))
-        if self.owner is not None:
-            os.chown(temp, *self.owner)
-        temp.replace(path)
+        try:  # in the user's ~/.coi: a symlink there is replaced, never written through
+            nofollow.write_file(
+                self.home, "monitor.stats.json", json.dumps(stats).encode(), 0o644, self.owner
+            )
+        except OSError as exc:
+            self.log(f"monitor.stats.json: {exc}")
 
     def request_dump(self, _signum: int, _frame: object) -> None:
         self.dump_requested = True
@@ -803,6 +815,7 @@ class Daemon:
                 now = time.monotonic()
                 if now >= next_refresh:
                     self.refresh()
+                    self.audit.flush()  # a flood's summary record, once the flood stopped
                     next_refresh = now + 1.0
                     if not self.watched and now - self.idle_since > self.config.idle_exit_sec:
                         self.log("no coi containers: exiting")
@@ -1045,26 +1058,48 @@ def pid_path(home: Path) -> Path:
     return home / "monitor.pid"
 
 
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 def running_pid(home: Path) -> int:
-    """The pid of the daemon holding this home's lock, or 0."""
-    path = lock_path(home)
-    if not path.exists():
-        return 0
+    """The pid of the daemon holding this home's lock, or 0. Neither file is followed if it
+    is a symlink (root runs this too): a symlink or a FIFO at the lock is no daemon."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(lock_path(home), READ_FLAGS)
     except OSError:
         return 0
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return 0  # nobody holds it
     except BlockingIOError:
         try:
-            return int(pid_path(home).read_text().strip() or 0)
+            pid_fd = os.open(pid_path(home), READ_FLAGS)
+            try:
+                if not stat.S_ISREG(os.fstat(pid_fd).st_mode):
+                    return -1
+                return int(os.read(pid_fd, 64).decode().strip() or 0)
+            finally:
+                os.close(pid_fd)
         except (OSError, ValueError):
             return -1  # held, pid not written yet
     finally:
         os.close(fd)
+
+
+def open_lock(home_fd: int, owner: tuple[int, int] | None) -> int:
+    """monitor.lock in the home, never through a symlink: one planted there (or a FIFO, a
+    hard link, another user's file) is removed and a fresh file made, handed to `owner`."""
+    flags = os.O_RDWR | os.O_CREAT
+    try:
+        return nofollow.open_nofollow(home_fd, "monitor.lock", flags, 0o644, owner)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EINVAL, errno.EMLINK, errno.EPERM, errno.ENXIO):
+            raise
+    nofollow.unlink(home_fd, "monitor.lock")
+    return nofollow.open_nofollow(home_fd, "monitor.lock", flags | os.O_EXCL, 0o644, owner)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1077,22 +1112,31 @@ def main(argv: list[str] | None = None) -> int:
     from coi_tui.paths import coi_home
 
     home = coi_home()
-    home.mkdir(parents=True, exist_ok=True)
-    owner = tuple(int(x) for x in args.owner.split(":")) if args.owner else None
+    owner: tuple[int, int] | None = None
+    if args.owner:
+        uid, _, gid = args.owner.partition(":")
+        owner = (int(uid), int(gid))
     if os.geteuid() != 0:
         print("coi-monitor-daemon: needs root (proc connector, NFLOG, nftables)", file=sys.stderr)
         return 1
-    fd = os.open(lock_path(home), os.O_RDWR | os.O_CREAT, 0o644)
+    # The user's ~/.coi, walked and kept open without following a symlink they planted;
+    # what root creates there is handed to them (they can remove it).
+    home_fd = nofollow.open_dir(home, create=True, owner=owner)
+    try:
+        fd = open_lock(home_fd, owner)
+    except BaseException:
+        os.close(home_fd)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        os.close(fd)
+        os.close(home_fd)
         return 0  # already running: a second start is a no-op
-    pid_path(home).write_text(f"{os.getpid()}\n")
-    if owner is not None:  # the user's own home: leave nothing there they cannot remove
-        os.fchown(fd, *owner)
-        os.chown(pid_path(home), *owner)
+    pid = f"{os.getpid()}\n".encode()
+    nofollow.write_file(home_fd, "monitor.pid", pid, 0o644, owner)
     config = load_monitor_config(_settings(), warn=lambda line: print(line, file=sys.stderr))
-    daemon = Daemon(home, config, owner)  # type: ignore[arg-type]
+    daemon = Daemon(home, config, owner)
 
     def stop(_signum: int, _frame: object) -> None:
         daemon.stop = True
@@ -1105,8 +1149,9 @@ def main(argv: list[str] | None = None) -> int:
         daemon.run()
     finally:
         with contextlib.suppress(OSError):
-            pid_path(home).unlink()
+            nofollow.unlink(home_fd, "monitor.pid")
         os.close(fd)
+        os.close(home_fd)
     return 0
 
 

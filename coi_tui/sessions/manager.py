@@ -783,12 +783,16 @@ class SessionManager:
             self.save_session(instance)
             self.remove_container(name)
 
-    def kill(self, name: str) -> bool:
-        """Force stop, save what can be saved, delete. False when it was already gone."""
+    def kill(self, name: str, *, expect_id: str = "") -> bool:
+        """Force stop, save what can be saved, delete. False when it was already gone, or
+        when `expect_id` is given and `name` is now another instance (its volatile.uuid
+        differs: a successor that took the name is never touched)."""
         with file_lock(f"session-{name}"):
             try:
                 instance = self.incus.get_instance(name)
             except InstanceNotFound:
+                return False
+            if expect_id and instance.config.get("volatile.uuid", "") != expect_id:
                 return False
             if instance.status in ("Running", "Frozen"):
                 self.incus.stop(name, force=True)

@@ -6,9 +6,11 @@ itself without following a symlink: the target is untouched and the user gets a 
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import time
 import uuid
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from coi_tui.monitor import control
+from coi_tui.monitor.daemon import running_pid
 
 pytestmark = [
     pytest.mark.incus,
@@ -38,10 +41,42 @@ def admin_user() -> Iterator[str]:
     try:
         yield name
     finally:
-        pid_file = Path(pwd.getpwnam(name).pw_dir) / ".coi" / "monitor.pid"
-        if pid_file.exists() and int(pid_file.read_text() or 0) > 0:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        pid = running_pid(Path(pwd.getpwnam(name).pw_dir) / ".coi")  # never follows a link
+        if pid > 0:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
         subprocess.run(["userdel", "-r", name], capture_output=True)
+
+
+def root_only_file(path: Path) -> os.stat_result:
+    """A file only root may read or write; the user can name it (its folder is 0755)."""
+    path.write_text("root secret\n")
+    path.chmod(0o600)
+    path.parent.chmod(0o755)
+    return path.stat()
+
+
+def assert_untouched(path: Path, before: os.stat_result) -> None:
+    after = path.stat()
+    assert path.read_text() == "root secret\n", path
+    assert (after.st_uid, after.st_gid, after.st_mode, after.st_size) == (
+        before.st_uid,
+        before.st_gid,
+        before.st_mode,
+        before.st_size,
+    ), path
+
+
+def start_as(user: str, home: Path) -> None:
+    """Start the root monitor through its sudo rule, as `user`; wait for its socket."""
+    started = as_user(user, f"sudo -n {control.LAUNCHER}")
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 15
+    while not control.is_socket(home / "monitor.sock"):
+        assert time.monotonic() < deadline, "the daemon did not start"
+        time.sleep(0.05)
 
 
 def test_the_launcher_does_not_follow_a_planted_log_symlink(
@@ -76,3 +111,41 @@ def test_the_launcher_does_not_follow_a_planted_log_symlink(
         before.st_size,
     )
     assert not log.is_symlink() and log.stat().st_uid == pwd.getpwnam(admin_user).pw_uid
+
+
+def test_the_daemon_does_not_follow_planted_lock_pid_or_stats_symlinks(
+    admin_user: str, tmp_path: Path
+) -> None:
+    """monitor.lock used to be opened (O_CREAT) and fchowned to the user, monitor.pid
+    written and chowned, and the stats dump written to monitor.stats.tmp, all as root
+    through whatever symlink the user had put there: a root-only file handed to the user,
+    truncated or overwritten. Each is now replaced by a plain file of the user's."""
+    if not Path("/usr/bin/sudo").exists():
+        pytest.skip("no sudo on this machine: the launcher path does not exist")
+    control.install()
+    names = ("monitor.lock", "monitor.pid", "monitor.stats.json", "monitor.stats.tmp")
+    targets = {name: tmp_path / f"target-{name}" for name in names}
+    before = {name: root_only_file(target) for name, target in targets.items()}
+    user = pwd.getpwnam(admin_user)
+    home = Path(user.pw_dir) / ".coi"
+    links = " && ".join(f"ln -s {targets[name]} ~/.coi/{name}" for name in names)
+    planted = as_user(admin_user, f"mkdir -p ~/.coi && {links}")
+    assert planted.returncode == 0, planted.stderr
+    start_as(admin_user, home)
+    for name in ("monitor.lock", "monitor.pid"):
+        assert_untouched(targets[name], before[name])
+        info = (home / name).lstat()
+        assert stat.S_ISREG(info.st_mode) and info.st_uid == user.pw_uid, name
+    pid = running_pid(home)
+    assert pid > 0 and Path(f"/proc/{pid}").exists()
+    stats = home / "monitor.stats.json"
+    os.kill(pid, signal.SIGUSR1)  # the stats dump (what bench/bench_monitor.py asks for)
+    deadline = time.monotonic() + 15
+    while stats.is_symlink() and os.readlink(stats) == str(targets[stats.name]):
+        assert time.monotonic() < deadline, "no stats dump"
+        time.sleep(0.05)
+    for name in names:
+        assert_untouched(targets[name], before[name])
+    info = stats.lstat()
+    assert stat.S_ISREG(info.st_mode) and info.st_uid == user.pw_uid
+    assert isinstance(json.loads(stats.read_text()), dict)

@@ -693,7 +693,7 @@ def test_a_slot_started_again_under_the_same_name_is_watched_anew(
     daemon.broadcaster = types.SimpleNamespace(publish_event=lambda event: None)
     daemon.log = lambda message: None  # type: ignore[method-assign]
     daemon.scan = lambda watched, full, nsmap=None: None  # type: ignore[method-assign]
-    daemon.kill = killed.append  # type: ignore[method-assign]
+    daemon.kill = lambda name, expect_id="": killed.append(f"{name}@{expect_id}")  # type: ignore
     monkeypatch.setattr(daemon_mod, "tag_for", lambda home: "abc123")
 
     daemon.refresh()
@@ -713,7 +713,7 @@ def test_a_slot_started_again_under_the_same_name_is_watched_anew(
     responder._incus_action(first, "kill")
     assert killed == []
     responder._incus_action(second, "kill")
-    assert killed == ["c"]
+    assert killed == ["c@uuid-2"]
     # de-duplication is per container: the successor's first threat is acted on
     assert first.identity != second.identity
     responder.pool.shutdown()
