@@ -738,14 +738,30 @@ class SessionManager:
         tool, meta = found
         store = SessionStore(tool)
         self.say(f"Saving session data to {store.path(meta.session_id)}")
-        ok = store.save_from(
-            lambda remote, local, **bounds: self.incus.pull_tree(
-                instance.name, remote, local, **bounds
-            ),
-            instance.name,
-            meta,
-            say=self.say,
-        )
+        # A running container is frozen while it is read: its agent cannot swap a file for a
+        # FIFO between the type check and the read (which would hang Incus's forkfile).
+        frozen = False
+        try:
+            if self.incus.status(instance.name) == "Running":
+                self.incus.freeze(instance.name)
+                frozen = True
+        except IncusError:
+            pass
+        try:
+            ok = store.save_from(
+                lambda remote, local, **bounds: self.incus.pull_tree(
+                    instance.name, remote, local, **bounds
+                ),
+                instance.name,
+                meta,
+                say=self.say,
+            )
+        finally:
+            if frozen:
+                try:
+                    self.incus.unfreeze(instance.name)
+                except IncusError as exc:
+                    self.say(f"warning: could not unfreeze {instance.name}: {exc}")
         self.say("Session data saved successfully" if ok else "No session data to save")
         return ok
 

@@ -17,13 +17,17 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 
+from coi_tui.config.settings import load_settings
 from coi_tui.errors import CoiError
 from coi_tui.incus import Incus
+from coi_tui.incus.client import PullLimits
 from coi_tui.network import netctl
 from coi_tui.network.firewall import iface_for
+from coi_tui.sessions.manager import SessionManager
 from coi_tui.sessions.store import SessionMeta, SessionStore
 from coi_tui.tools import get_tool
 from tests.conftest import CoiRunner
@@ -93,7 +97,11 @@ def regression_net(name: str) -> Iterator[None]:
 
 @pytest.mark.incus
 def test_shutdown_survives_a_fifo_a_sparse_giant_and_a_deep_tree(
-    coi: CoiRunner, workspace: Path, incus: Incus
+    coi: CoiRunner,
+    workspace: Path,
+    incus: Incus,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     result = coi.ok("shell", "--background", "--tool", "dummy", "-w", str(workspace))
     name = next(x for x in result.stderr.splitlines() if x.startswith("Container: ")).split(": ")[1]
@@ -102,6 +110,44 @@ def test_shutdown_survives_a_fifo_a_sparse_giant_and_a_deep_tree(
     # The agent plants its traps as `code`, in its own config directory.
     planted = incus.exec_capture(name, ["su", "code", "-c", PLANT], timeout=120)
     assert planted.ok, planted.stderr
+
+    # While the container runs, the agent can swap a file for a FIFO after its HEAD: the read
+    # then ends at the request timeout, the file is named as left out, nothing else is lost.
+    real_stat = incus.stat_path
+
+    def swapped(container: str, path: str, timeout: float | None = None) -> tuple[str, int, int]:
+        kind, size, mode = real_stat(container, path, timeout)
+        return (kind, 10, mode) if path.endswith("/pipe") else (kind, size, mode)
+
+    said: list[str] = []
+    race = tmp_path / "race"
+    limits = PullLimits(max_depth=2, request_timeout=2)
+    with patch.object(incus, "stat_path", swapped):
+        started = time.monotonic()
+        incus.pull_tree(name, "/home/code/.claude", race, limits=limits, say=said.append)
+    assert time.monotonic() - started < 15
+    assert any("pipe: not saved (reading it timed out)" in line for line in said), said
+    assert (race / "marker.txt").read_text() == "kept\n" and not (race / "pipe").exists()
+    # That read still waits inside the container (a running container's forkfile then blocks
+    # a graceful stop): the agent's own write ends it here. coi's save never races like this,
+    # it freezes a running container while reading it (checked next).
+    released = incus.exec_capture(
+        name, ["timeout", "10", "sh", "-c", "echo > /home/code/.claude/pipe"], timeout=30
+    )
+    assert released.ok, released.stderr
+
+    # A save of the running session (what a signal to `coi shell` does): frozen while read,
+    # running again afterwards, the traps left out.
+    monkeypatch.setenv("COI_HOME", str(coi.home))
+    said.clear()
+    manager = SessionManager(incus, load_settings(workspace, env=coi.env), say=said.append)
+    froze: list[str] = []
+    real_freeze = incus.freeze
+    with patch.object(incus, "freeze", lambda c: (froze.append(c), real_freeze(c))[1]):
+        assert manager.save_session(incus.get_instance(name)), said
+    assert froze == [name]
+    assert incus.status(name) == "Running"
+    assert any("huge.bin: not saved" in line for line in said), said
 
     with regression_net(name):
         started = time.monotonic()
