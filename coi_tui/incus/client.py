@@ -961,8 +961,9 @@ class Incus:
     def _pull_regular(
         self, name: str, path: str, fd: int, size: int, deadline: float, timeout: float
     ) -> str:
-        """Stream one regular file of known size into fd, at most `size` bytes, before the
-        deadline; runs of zeros stay holes. Returns '' when complete, else why it stopped."""
+        """Stream one regular file into fd if it is at most `size` bytes (it may have grown
+        since its HEAD), before the deadline; runs of zeros stay holes. Returns '' when
+        complete, else why it stopped."""
         query = {"path": path}
         if self.project and self.project != "default":
             query["project"] = self.project
@@ -979,8 +980,10 @@ class Incus:
             if reply.status >= 400:
                 return f"Incus answered {reply.status}"
             length = reply.getheader("Content-Length")
-            if length is None or not length.isdigit() or int(length) > size:
-                return "it changed size while being saved"
+            if length is None or not length.isdigit():
+                return "Incus gave no size"
+            if int(length) > size:
+                return "it grew past the limit while being saved"
             left = int(length)
             while left > 0:
                 if time.monotonic() > deadline:
@@ -1088,9 +1091,11 @@ class Incus:
             try:
                 why = ""
                 if size > 0:
-                    why = self._pull_regular(name, path, fd, size, deadline, limits.request_timeout)
+                    cap = min(limits.max_file, limits.max_total - total)
+                    why = self._pull_regular(name, path, fd, cap, deadline, limits.request_timeout)
                 if not why:
                     os.fchmod(fd, mode & 0o777)
+                    size = os.fstat(fd).st_size
             finally:
                 os.close(fd)
             if why:
