@@ -41,6 +41,8 @@ echo kept > marker.txt
 mkfifo pipe
 : > empty.txt
 truncate -s 20G huge.bin
+truncate -s 4M holes.bin
+printf x >> holes.bin
 mkdir deep
 cd deep
 i=0
@@ -174,6 +176,8 @@ def test_shutdown_survives_a_fifo_a_sparse_giant_and_a_deep_tree(
     assert (copy / "marker.txt").read_text() == "kept\n"
     assert (copy / "empty.txt").is_file() and (copy / "empty.txt").stat().st_size == 0
     assert not (copy / "huge.bin").exists()
+    holes = (copy / "holes.bin").stat()
+    assert holes.st_size == (4 << 20) + 1 and holes.st_blocks * 512 < 1 << 20
     pipe = copy / "pipe"
     assert not pipe.exists() or stat.S_ISREG(pipe.lstat().st_mode)
     depth = 0
@@ -221,3 +225,62 @@ def test_a_failing_save_is_one_line_and_keeps_the_last_copy(
         assert [p.name for p in store.path("sid").iterdir() if p.name.startswith(".")] == [
             ".claude"
         ]
+
+
+class FakeTree(Incus):
+    """An Incus whose files API answers from a dict: path -> list of children or file size."""
+
+    def __init__(self, tree: dict[str, list[str] | int]) -> None:
+        super().__init__(socket_path="/nonexistent")
+        self.tree = tree
+        self.read: list[str] = []
+
+    def stat_path(self, name: str, path: str, timeout: float | None = None) -> tuple[str, int, int]:
+        entry = self.tree[path]
+        return ("directory", 0, 0o755) if isinstance(entry, list) else ("file", entry, 0o644)
+
+    def _files(self, method: str, name: str, path: str, **kwargs: object) -> object:
+        listing = self.tree[path]
+
+        class Reply:
+            def json(self) -> dict[str, object]:
+                return {"metadata": listing}
+
+        return Reply()
+
+    def _pull_regular(
+        self, name: str, path: str, fd: int, size: int, deadline: float, timeout: float
+    ) -> str:
+        self.read.append(path)
+        os.write(fd, b"x" * int(self.tree[path]))  # type: ignore[call-overload]
+        return ""
+
+
+def test_pull_limits_total_entries_and_messages(tmp_path: Path) -> None:
+    files: dict[str, list[str] | int] = {f"/r/f{i:02}": 100 for i in range(30)}
+    tree: dict[str, list[str] | int] = {"/r": sorted(p[3:] for p in files), **files}
+    said: list[str] = []
+    fake = FakeTree(tree)
+    limits = PullLimits(max_total=1000, max_messages=5)
+    assert fake.pull_tree("c", "/r", tmp_path / "a", limits=limits, say=said.append) == 10
+    assert (
+        len(fake.read) == 10 and sum(f.stat().st_size for f in (tmp_path / "a").iterdir()) == 1000
+    )
+    assert len(said) == 6 and all("limit in all" in line for line in said[:5])
+    assert said[5] == "... and 15 more paths not saved"
+
+    said.clear()
+    limits = PullLimits(max_entries=5)
+    assert FakeTree(tree).pull_tree("c", "/r", tmp_path / "b", limits=limits, say=said.append) == 4
+    assert said == ["/r/f04 and 25 more: not saved (too many entries)"]
+
+    # Names no directory can hold are refused, never joined into a host path; a name's
+    # escape sequences never reach the terminal.
+    evil = "e\x1b]52;c;QUFB\x07"
+    tree = {"/r": ["..", "a/b", "ok", evil], "/r/ok": 1, f"/r/{evil}": 2 << 30}
+    said.clear()
+    assert FakeTree(tree).pull_tree("c", "/r", tmp_path / "c", say=said.append) == 1
+    assert len(said) == 3 and not any("\x1b" in line or "\x07" in line for line in said)
+    assert "/r/e?]52;c;QUFB?: not saved (2.0 GiB, over the 1.0 GiB limit per file)" in said
+    assert "/r/..: not saved (not a valid name)" in said
+    assert "/r/a/b: not saved (not a valid name)" in said
