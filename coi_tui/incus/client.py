@@ -665,7 +665,12 @@ class Incus:
             raise
         except IncusError:
             if self.status(name) != "Stopped":
-                self._set_state(name, "stop", force=True)
+                try:
+                    self._set_state(name, "stop", force=True)
+                except IncusError:
+                    # it stopped on its own between our look and the forced stop
+                    if self.status(name) != "Stopped":
+                        raise
 
     def freeze(self, name: str) -> None:
         self._set_state(name, "freeze")
@@ -909,6 +914,11 @@ class Incus:
         return kind, response.content, mode
 
     def pull_file(self, name: str, path: str) -> bytes:
+        # Over this API a FIFO or a device looks like an empty file, and reading one blocks
+        # Incus's root forkfile: read nothing that does not show a size.
+        kind, size, _ = self.stat_path(name, path)
+        if kind == "file" and size <= 0:
+            return b""
         kind, content, _ = self.pull_entry(name, path)
         if kind == "directory":
             raise IncusError(f"{path} in '{name}' is a directory: use recursive pull (-r)")
