@@ -33,21 +33,37 @@ def logs_dir() -> Path:
     return path
 
 
-def read_regular_text(path: Path, limit: int) -> str:
-    """A config-named file's text: a regular file of at most `limit` bytes, UTF-8. A FIFO,
-    a device (/dev/zero) or a huge file is refused, never waited on or read whole: a
-    repository names such files to hang or exhaust every coi command run in it. Raises
-    OSError (strerror says why) or UnicodeDecodeError."""
+def read_regular(path: str | Path, limit: int, *, checked: bool = False) -> bytes:
+    """A config-named file's bytes: a regular file of at most `limit` bytes. A FIFO, a device
+    (/dev/zero) or a huge file is refused, never waited on or read whole: a repository names
+    such files to hang or exhaust every coi command run in it. `checked`: `path` is a
+    resolved path checked earlier, so a final symlink is refused, and so is a file that is no
+    longer at `path` once opened (a folder on the way swapped for a link since). Raises
+    OSError (strerror says why)."""
     import errno
+    import json
     import stat
 
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | (os.O_NOFOLLOW if checked else 0))
+    except OSError as exc:
+        if checked and exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "is a symbolic link") from None
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
         if info.st_size > limit:
             raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
+        if checked:
+            try:
+                opened = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                opened = os.path.abspath(path)  # no /proc: the O_NOFOLLOW open is the check
+            if opened != os.path.abspath(path):
+                raise OSError(errno.EXDEV, f"moved while being opened (now {json.dumps(opened)})")
         data = b""
         while len(data) <= limit:
             chunk = os.read(fd, limit + 1 - len(data))
@@ -58,4 +74,9 @@ def read_regular_text(path: Path, limit: int) -> str:
         os.close(fd)
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
-    return data.decode("utf-8")
+    return data
+
+
+def read_regular_text(path: Path, limit: int) -> str:
+    """read_regular as UTF-8 text (raises UnicodeDecodeError too)."""
+    return read_regular(path, limit).decode("utf-8")

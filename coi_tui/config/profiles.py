@@ -20,18 +20,17 @@ A project's profiles come with the repository, so they are untrusted (see config
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import shutil
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from coi_tui.config.schema import BY_PATH, ENVIRONMENT, KEYS, Key
 from coi_tui.config.settings import FileParser, Layer, home_dir
 from coi_tui.errors import CoiError, UsageError
+from coi_tui.paths import read_regular
 
 MAX_DEPTH = 10
 CONTEXT_LIMIT = 256 * 1024  # a profile's CONTEXT.md
@@ -274,48 +273,11 @@ def inside(path: str, root: Path) -> bool:
     return base in real.parents
 
 
-def open_checked(path: str, limit: int) -> bytes:
-    """The bytes of the file at `path`, a resolved path checked earlier: a regular file of at
-    most `limit` bytes, opened without following a final symlink, and refused when what was
-    opened is no longer at `path` (a folder on the way was swapped for a symlink since).
-    Raises OSError (strerror says why)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, "is a symbolic link") from None
-        raise
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        if info.st_size > limit:
-            raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
-        try:
-            opened = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            opened = path  # no /proc: the O_NOFOLLOW open is the check
-        if opened != os.path.abspath(path):
-            raise OSError(errno.EXDEV, f"moved while being opened (now {json.dumps(opened)})")
-        data = b""
-        while len(data) <= limit:
-            chunk = os.read(fd, limit + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise OSError(errno.EFBIG, f"larger than {limit // 1024} KiB")
-    return data
-
-
 def read_context(path: str) -> str:
-    """A profile's context file, for the session's SANDBOX_CONTEXT.md (see open_checked).
+    """A profile's context file, for the session's SANDBOX_CONTEXT.md (see paths.read_regular).
     Raises CoiError with one line."""
     try:
-        return open_checked(path, CONTEXT_LIMIT).decode("utf-8")
+        return read_regular(path, CONTEXT_LIMIT, checked=True).decode("utf-8")
     except OSError as exc:
         raise CoiError(f"profile context {path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -323,9 +285,9 @@ def read_context(path: str) -> str:
 
 
 def read_script(path: str) -> bytes:
-    """A profile's build script (see open_checked). Raises CoiError with one line."""
+    """A profile's build script (see paths.read_regular). Raises CoiError with one line."""
     try:
-        return open_checked(path, SCRIPT_LIMIT)
+        return read_regular(path, SCRIPT_LIMIT, checked=True)
     except OSError as exc:
         raise CoiError(f"build script {path}: {exc.strerror}") from None
 

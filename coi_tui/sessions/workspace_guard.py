@@ -771,7 +771,9 @@ class Guard:
 
     def replaced(self, baseline: dict) -> bool:
         """The workspace path holds a new real directory (no link on the way), not the one
-        of the baseline: the user removed the old tree and made a new one there."""
+        of the baseline: the user removed the old tree and made a new one there. (A new one
+        that reuses the old inode is checked as the old: its new protected files are then
+        set aside, not lost.)"""
         path = self.workspace
         try:
             info = os.lstat(path)

@@ -324,8 +324,10 @@ def test_a_workspace_removed_and_made_again_starts_afresh(env: tuple[Path, Path,
     ws, home, _ = env
     guard = Guard(str(ws), list(DEFAULT_PROTECTED_PATHS), lambda _m: None, home=home)
     join(guard, f"{PREFIX}{guard.key}-1", lambda n: False)
-    subprocess.run(["rm", "-rf", str(ws)], check=True)
-    ws.mkdir()  # a fresh clone at the same path, the old session gone without coi
+    # the old tree moved away (kept, so the new folder cannot reuse its inode), a fresh clone
+    # at the same path, and the old session gone without coi
+    os.rename(ws, ws.with_name("old tree"))
+    ws.mkdir()
     (ws / ".envrc").write_text("the user's own\n")
     join(guard, f"{PREFIX}{guard.key}-2", lambda n: False)
     assert (ws / ".envrc").read_text() == "the user's own\n"
