@@ -19,7 +19,9 @@ from coi_tui.paths import locks_dir
 from coi_tui.sessions.hooks import run_hooks
 from coi_tui.sessions.manager import SessionManager
 from coi_tui.sessions.slots import file_lock
+from coi_tui.sessions.workspace_guard import patrol
 
+GUARD_PATROL_SECONDS = 10.0
 STOP_ACTIONS = {"instance-stopped", "instance-shutdown", "instance-deleted", "instance-restarted"}
 
 
@@ -102,6 +104,15 @@ def enforce_runtime_limit(incus: Incus, name: str, started: float) -> None:
         return
 
 
+def patrol_workspace(name: str, prefix: str, stop: threading.Event) -> None:
+    """The workspace guard's check every GUARD_PATROL_SECONDS while the session runs."""
+    while not stop.wait(GUARD_PATROL_SECONDS):
+        try:
+            patrol(name, prefix, say)
+        except Exception as exc:  # a failed round is said; the next one tries again
+            say(f"workspace guard: {exc}")
+
+
 def main(argv: list[str]) -> int:
     name = argv[0]
     lock_fd = os.open(locks_dir() / f"supervisor-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -113,6 +124,13 @@ def main(argv: list[str]) -> int:
     incus = Incus(settings.socket or None, settings.project)
     manager = SessionManager(incus, settings, say)
     say(f"watching {name}")
+    stop_patrol = threading.Event()
+    if incus.remote is None:
+        threading.Thread(
+            target=patrol_workspace,
+            args=(name, settings.container_prefix, stop_patrol),
+            daemon=True,
+        ).start()
     try:
         while True:
             enforce_runtime_limit(incus, name, time.monotonic())
@@ -136,6 +154,8 @@ def main(argv: list[str]) -> int:
     except CoiError as exc:
         say(f"error: {exc}")
         return 1
+    finally:
+        stop_patrol.set()
     return 0
 
 

@@ -1185,3 +1185,23 @@ def leave(name: str, prefix: str, say: Say, home: Path | None = None) -> list[st
         else:
             guard.discard()
         return report
+
+
+def patrol(name: str, prefix: str, say: Say, home: Path | None = None) -> list[str]:
+    """The same check while a session runs (its supervisor calls it every few seconds), so a
+    host tool that runs git in the workspace meets what the agent planted for seconds, not
+    for the rest of the session. The baseline stays as it is."""
+    parsed = parse_container_name(prefix, name)
+    if parsed is None:
+        return []
+    home = home or coi_home()
+    with file_lock(f"guard-{parsed[0]}"):
+        try:
+            baseline = json.loads(
+                (state_dir(home, parsed[0]) / "baseline.json").read_text(encoding="utf-8")
+            )
+        except (OSError, ValueError):
+            return []
+        if name not in baseline.get("holders", []):
+            return []
+        return Guard.from_baseline(baseline, say, home).check(baseline)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from coi_tui.sessions.naming import container_name
 from tests.conftest import CoiRunner
 
 pytestmark = pytest.mark.incus
@@ -112,3 +115,35 @@ def test_host_git_runs_nothing_the_agent_planted(
             assert not path.stat().st_mode & (stat.S_ISUID | stat.S_ISGID), path
     manifest = next((coi.home / "quarantine").rglob("MANIFEST.txt")).read_text()
     assert "file  .envrc" in manifest, "the agent's versions are kept for the operator"
+
+
+def test_what_the_agent_plants_is_repaired_while_the_session_runs(
+    coi: CoiRunner, workspace: Path, incus: Any, tmp_path: Path
+) -> None:
+    """A git-aware prompt on the host runs git in the workspace all the time: the session's
+    supervisor repairs within seconds, not only when the session ends."""
+    marker = tmp_path / "marker"
+    host_git(workspace, "init", "-q", "-b", "main")
+    coi.ok("shell", "--background", "--tool", "dummy", "-w", str(workspace))
+    name = container_name(coi.prefix, str(workspace), 1)
+    planted = incus.exec_capture(
+        name,
+        [
+            "sh",
+            "-c",
+            "sudo umount /workspace/.git/config && git -C /workspace config "
+            f"core.fsmonitor 'touch {marker}' && echo planted",
+        ],
+        user=1000,
+        env={"HOME": "/home/code"},
+    )
+    assert "planted" in planted.stdout, planted.stderr
+    config = workspace / ".git" / "config"
+    assert "fsmonitor" in config.read_text()
+    deadline = time.monotonic() + 60
+    while "fsmonitor" in config.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "fsmonitor" not in config.read_text(), "not repaired while the session ran"
+    assert incus.status(name) == "Running"
+    host_git(workspace, "status")
+    assert not marker.exists()
