@@ -105,12 +105,16 @@ def enforce_runtime_limit(incus: Incus, name: str, started: float) -> None:
 
 
 def patrol_workspace(name: str, prefix: str, stop: threading.Event) -> None:
-    """The workspace guard's check every GUARD_PATROL_SECONDS while the session runs."""
-    while not stop.wait(GUARD_PATROL_SECONDS):
+    """The workspace guard's check every GUARD_PATROL_SECONDS while the session runs; a
+    workspace whose walk takes long is checked less often (at most a tenth of our time)."""
+    wait = GUARD_PATROL_SECONDS
+    while not stop.wait(wait):
+        began = time.monotonic()
         try:
             patrol(name, prefix, say)
         except Exception as exc:  # a failed round is said; the next one tries again
             say(f"workspace guard: {exc}")
+        wait = max(GUARD_PATROL_SECONDS, 10 * (time.monotonic() - began))
 
 
 def main(argv: list[str]) -> int:
