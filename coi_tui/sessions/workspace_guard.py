@@ -320,21 +320,6 @@ def is_git_dir(names: set[str]) -> bool:
     } <= names
 
 
-def protected_match(rel: str, protected: list[str]) -> bool:
-    for path in protected:
-        if path.startswith(".git/"):
-            if rel == path or rel.startswith(path + "/"):
-                return True
-        elif (
-            rel == path
-            or rel.startswith(path + "/")
-            or rel.endswith("/" + path)
-            or f"/{path}/" in rel
-        ):
-            return True
-    return False
-
-
 def protected_parent(rel: str, protected: list[str]) -> bool:
     """rel is a directory on the way to a protected path (`.claude` for
     `.claude/settings.json`): a link there would hand the host another file."""
@@ -428,14 +413,45 @@ def hidden_from_us(parent: int, name: str) -> bool:
     return bool(bits & 1) and not bits & 4
 
 
+class Protected:
+    """Protected paths as sets, for a walk that costs a few set lookups per entry: a path
+    matches where its components end in one of them (`.envrc`, `.claude/settings.json` at any
+    depth), or lie below a folder that does; `.git/...` entries count at the top only."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.anywhere = {p for p in paths if not p.startswith(".git/")}
+        self.top = [p for p in paths if p.startswith(".git/")]
+        self.depth = max((len(split(p)) for p in self.anywhere), default=1)
+
+    def ends_in(self, tail: list[str], name: str) -> bool:
+        """tail: the last components of the folder holding `name`."""
+        parts = [*tail, name]
+        return any(
+            "/".join(parts[-k:]) in self.anywhere for k in range(1, min(len(parts), self.depth) + 1)
+        )
+
+    def at_top(self, rel: str) -> bool:
+        return rel.startswith(".git/") and any(
+            rel == p or rel.startswith(p + "/") for p in self.top
+        )
+
+
 def classify(
-    scan: Scan, rel: str, entries: list[tuple[str, str, int]], protected: list[str], hooks: bool
+    scan: Scan,
+    rel: str,
+    entries: list[tuple[str, str, int]],
+    protected: Protected,
+    hooks: bool,
+    below: bool,
+    raw: list[str],
 ) -> bool:
-    """Record the control files among one directory's entries; True for a git directory."""
+    """Record the control files among one directory's entries; True for a git directory.
+    `below`: this folder lies under a protected path."""
     names = {name for name, _, _ in entries}
     git_dir = is_git_dir(names)
     if git_dir:
         scan.git_dirs.append(rel)
+    tail = split(rel)[-(protected.depth - 1) :] if protected.depth > 1 else []
     for name, kind, mode in entries:
         path = join_rel(rel, name)
         is_dir, is_link = kind == "dir", kind == "link"
@@ -454,7 +470,10 @@ def classify(
         elif name == ".git" and not is_dir:
             scan.controls[path] = "gitlink"
         elif not is_dir and (
-            protected_match(path, protected) or (is_link and protected_parent(path, protected))
+            below
+            or protected.ends_in(tail, name)
+            or protected.at_top(path)
+            or (is_link and protected_parent(path, raw))
         ):
             scan.controls[path] = "protected"
         if kind == "file" and mode & SETID:
@@ -462,15 +481,16 @@ def classify(
     return git_dir
 
 
-def walk(root: int, protected: list[str]) -> Scan:
+def walk(root: int, paths: list[str]) -> Scan:
     """Every control file of the workspace (by kind), its git directories, setuid files, and
     what could not be read. Depth first with one fd per level (each directory opened from its
     parent with O_NOFOLLOW: linear time, and a swapped link leads nowhere); a tree deeper than
     MAX_DEPTH is reported, not walked."""
     scan = Scan()
-    stack: list[tuple[int, str, list[tuple[str, bool]]]] = []
+    protected = Protected(paths)
+    stack: list[tuple[int, str, list[tuple[str, bool, bool]]]] = []
 
-    def enter(fd: int, rel: str, hooks: bool) -> None:
+    def enter(fd: int, rel: str, hooks: bool, below: bool) -> None:
         try:
             entries = list_own_dir(fd)
         except OSError:
@@ -478,13 +498,20 @@ def walk(root: int, protected: list[str]) -> Scan:
             scan.unlistable.add(rel)
             return
         scan.listed.add(rel)
-        git_dir = classify(scan, rel, entries, protected, hooks)
+        git_dir = classify(scan, rel, entries, protected, hooks, below, paths)
+        tail = split(rel)[-(protected.depth - 1) :] if protected.depth > 1 else []
         children = [
-            (name, git_dir and name == "hooks") for name, kind, _ in entries if kind == "dir"
+            (
+                name,
+                git_dir and name == "hooks",
+                below or protected.ends_in(tail, name) or protected.at_top(join_rel(rel, name)),
+            )
+            for name, kind, _ in entries
+            if kind == "dir"
         ]
         stack.append((fd, rel, children))
 
-    enter(os.dup(root), "", False)
+    enter(os.dup(root), "", False, False)
     try:
         while stack:
             fd, rel, children = stack[-1]
@@ -492,7 +519,7 @@ def walk(root: int, protected: list[str]) -> Scan:
                 os.close(fd)
                 stack.pop()
                 continue
-            name, hooks = children.pop()
+            name, hooks, below = children.pop()
             path = join_rel(rel, name)
             if len(stack) >= MAX_DEPTH:
                 scan.too_deep.add(path)
@@ -503,7 +530,7 @@ def walk(root: int, protected: list[str]) -> Scan:
                 if hidden_from_us(fd, name):
                     scan.unlistable.add(path)
                 continue
-            enter(child, path, hooks)
+            enter(child, path, hooks, below)
     finally:
         for fd, _, _ in stack:
             os.close(fd)
