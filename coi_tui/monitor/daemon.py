@@ -599,7 +599,8 @@ class Daemon:
     def correlate(
         self, watched: Watched, pid: int, parent: int, argv: list[str], now: float
     ) -> list[Threat]:
-        return correlate_pipeline(watched.recent, pid, parent, now)
+        found = correlate_pipeline(watched.recent, pid, parent, now)
+        return found or rules.dump_then_send(watched.recent, pid, argv, now)
 
     def on_fork(self, watched: Watched, pid: int, at: float) -> None:
         """`at`: when the capture process saw the fork (the rate is the container's, not how

@@ -90,7 +90,6 @@ SECRET_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 BROAD_SECRET_WORDS = re.compile(r"password|passwd|secret|api[_-]?key|token|credential", re.I)
-ENV_DUMP = re.compile(r"(^|[;&|(]\s*)(env|printenv)\s*($|[;&|>)])", re.M)
 LOCAL_NAMES = ("localhost", "127.", "0.0.0.0", "::1", "[::1]")
 PRIVATE = [
     ipaddress.ip_network(n)
@@ -221,6 +220,19 @@ def cmdline_threats(pid: int, argv: list[str], exe: str) -> list[Threat]:
                 "Secrets sent to the network",
                 f"{name} one-liner sending the whole environment over the network",
             )
+    family, inline = interpreter_code(argv, exe)
+    if (
+        inline
+        and env_dump_code(inline, family)
+        and not any(t.rule_id == "exfil.secrets-to-network" for t in out)
+    ):
+        hit(
+            "cred.env-dump",
+            "warning",
+            "credential_access",
+            "Environment variable scanning detected",
+            f"{name} one-liner reading the whole environment",
+        )
     if name in MINERS or exe_name in MINERS or any(MINER_ARGS.search(a) for a in lowered):
         hit("proc.miner", "critical", "process", "Crypto miner detected", "miner binary or pool")
     if name in SENDERS and _sends_secret_file(name, argv):
@@ -355,9 +367,10 @@ def _secret_source(words: list[str], tainted: set[str] | None = None) -> bool:
     if tainted and name in READERS and any(w.lstrip("<") in tainted for w in words[1:]):
         return True
     words = _strip_redirects(words)  # `env > FILE` is still a dump
-    if name in ("env", "printenv") and all(w.startswith("-") for w in words[1:]):
+    if shell_env_dump(words) or keyword_scan(words):
         return True
-    if name in ("set", "declare", "export") and all(w in ("-p", "-x", "-px") for w in words[1:]):
+    family, code = interpreter_code(words)
+    if code and env_dump_code(code, family):
         return True
     if name in READERS or name in (
         "gzip",
@@ -677,13 +690,30 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
         )
 
     args = argv[1:]
-    dump = name in ("env", "printenv") and all(a.startswith("-") for a in args)
-    # a shell's script too: `env` alone is over within a millisecond, its script is not
+    dump = shell_env_dump(argv) if name in ("env", "printenv") else ""
+    # a shell's script too: `env` alone is over within a millisecond, its script is not,
+    # and `set`, `export -p`, `declare -x` are builtins that start no process at all
     script = _inline_code(argv, ("-c",)) if is_shell(name) else ""
-    if dump or ENV_DUMP.search(script):
-        hit("cred.env-dump", "Environment variable scanning detected", "environment dumped")
+    dump = dump or (script_env_dump(script) if script else "")
+    if dump:
+        hit(
+            "cred.env-dump",
+            "Environment variable scanning detected",
+            f"environment dumped ({dump})",
+        )
+    own = ("/proc/self/environ", "/proc/thread-self/environ", "/proc/$$/environ")
     for arg in args:
-        if "/proc/" in arg and "environ" in arg and "/proc/self/" not in arg:
+        if "/proc/" in arg and "environ" in arg:
+            if any(o in arg for o in own) and not re.search(
+                r"/proc/(?!self/|thread-self/|\$\$/)[^/\s]++/environ", arg
+            ):
+                if not dump:
+                    hit(
+                        "cred.env-dump",
+                        "Environment variable scanning detected",
+                        "environment dumped (through /proc/self/environ)",
+                    )
+                break
             hit(
                 "cred.proc-environ",
                 "Environment variable scanning detected",
@@ -706,7 +736,8 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
     if is_shell(name) and script:
         # the shell's script, because `cat ~/.ssh/id_rsa` itself may be gone before we look:
         # a reading command and a secret store within one simple command
-        for command in re.split(r"[;&|\n]+", script):
+        # `\|` is grep's alternation (`grep 'token\|secret' ~/.config`), not a pipe
+        for command in re.split(r"[;&\n]++|(?<!\\)\|++", script):
             words = command.split()
             if words and base(words[0]) in SEARCHERS and SECRET_PATTERNS.search(command):
                 # `grep -r 'BEGIN ... PRIVATE' ~` is as short-lived as a `cat`
@@ -714,6 +745,13 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
                     "cred.secret-search",
                     "Searching for private keys or credentials",
                     f"{command.strip()[:120]}",
+                )
+                continue
+            if keyword_scan(words):
+                hit(
+                    "cred.secret-search",
+                    "Searching for credentials",
+                    f"secret keywords searched in config files: {command.strip()[:120]}",
                 )
                 continue
             if not words or base(words[0]) not in READERS:
@@ -736,6 +774,12 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
                 "Searching for private keys or credentials",
                 f"{name} searching for key material",
             )
+        elif keyword_scan(argv):
+            hit(
+                "cred.secret-search",
+                "Searching for credentials",
+                f"{name} searching config files or home directories for secret keywords",
+            )
         elif (
             BROAD_SECRET_WORDS.search(joined)
             and any(
@@ -751,6 +795,307 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
                 f"{name} recursively searching system or home directories for secrets",
             )
     return out
+
+
+# --------------------------------------------------------------------------- environment dumps
+# Reading the whole environment at once (where agents' API keys and forwarded tokens live).
+# One variable, a membership test, or handing the environment to a child
+# (`env=os.environ`, `{...process.env}`, `os.environ.copy()`) is not a dump. Every pattern
+# is linear: fixed words around one name, possessive runs of blanks, no gap between parts.
+_ENV_CODE = {
+    "python": re.compile(
+        r"\benvironb?\s*+\.\s*+(?:items|values|__repr__|__str__)\b|"
+        r"\b(?:print|pprint|pp|str|repr|dumps?|write|format)\s*+\(\s*+(?:dict\s*+\(\s*+)?"
+        r"(?:os\s*+\.\s*+)?environb?\s*+[),]|"
+        r"\bdict\s*+\(\s*+(?:os\s*+\.\s*+)?environb?\s*+\)|"
+        r"\bfor\s++\w++(?:\s*+,\s*+\w++)?\s++in\s++(?:sorted\s*+\(\s*+)?(?:os\s*+\.\s*+)?"
+        r"environb?\b(?!\s*+\[)"
+    ),
+    "node": re.compile(
+        r"\b(?:stringify|inspect|entries|values|log|dir|info|error|warn|debug|table|write|"
+        r"send|end|assign)\s*+\(\s*+(?:\{\s*+\}\s*+,\s*+)?(?:process|Bun)\s*+\.\s*+env\s*+[),]|"
+        r"\bDeno\s*+\.\s*+env\s*+\.\s*+toObject\b|"
+        r"\bfor\s*+\(\s*+(?:(?:const|let|var)\s++)?\w++\s++in\s++(?:process|Bun)\s*+\.\s*+env\b"
+        r"(?!\s*+[.\[])"
+    ),
+    "ruby": re.compile(
+        r"\bENV\s*+\.\s*+(?:to_h|to_hash|to_a|to_s|to_json|each|each_pair|inspect|values|map|"
+        r"select|filter|filter_map|sort|sort_by|entries|reject|collect|find_all|group_by)\b|"
+        r"\b(?:p|pp|puts|print|dump|generate|inspect)\s*+\(?\s*+ENV\b(?!\s*+[\[.])"
+    ),
+    "perl": re.compile(r"%ENV\b(?!\s*+=(?![=~]))"),
+    "php": re.compile(
+        r"\bgetenv\s*+\(\s*+\)|\$_ENV\b(?!\s*+\[)|\$_SERVER\b(?!\s*+\[)|\bphpinfo\s*+\("
+    ),
+    "awk": re.compile(r"\bfor\s*+\(\s*+\w++\s++in\s++ENVIRON\b"),
+}
+# `subprocess.run(..., env=dict(os.environ))`, `spawn(cmd, {env: process.env})`
+_ENV_HANDED_ON = re.compile(r"\benv(?:iron(?:ment)?)?\s*+[=:]\s*+$")
+_ENV_SEND_WINDOW = 60.0  # seconds between a dump written to a file and its upload
+_ENV_SEND_CANDIDATES = 64  # recent dumps to a file looked at per upload (bounded work)
+
+
+def interpreter_family(name: str) -> str:
+    stem = re.sub(r"[\d.]+$", "", name)
+    if stem.startswith(("python", "pypy")):
+        return "python"
+    if stem in ("node", "nodejs", "bun", "deno"):
+        return "node"
+    if stem in ("ruby", "irb", "jruby"):
+        return "ruby"
+    if stem in ("awk", "gawk", "mawk", "nawk"):
+        return "awk"
+    return stem if stem in ("perl", "php") else ""
+
+
+def env_dump_code(code: str, family: str) -> bool:
+    """Inline code (`python3 -c`, `node -e`, `ruby -e`, `perl -e`, `php -r`, an awk program)
+    that reads the whole environment, rather than one variable of it."""
+    pattern = _ENV_CODE.get(family)
+    if pattern is None:
+        return False
+    if family == "node" and re.fullmatch(r"\s*+(?:process|Bun)\s*+\.\s*+env\s*+;?\s*+", code):
+        return True  # node -p process.env
+    for match in pattern.finditer(code):
+        if not _ENV_HANDED_ON.search(code[max(0, match.start() - 16) : match.start()]):
+            return True
+    return False
+
+
+def interpreter_code(argv: list[str], exe: str = "") -> tuple[str, str]:
+    """(family, inline code) of an interpreter's command line, or ('', '')."""
+    if not argv:
+        return "", ""
+    family = interpreter_family(base(argv[0])) or interpreter_family(base(exe))
+    if not family:
+        return "", ""
+    flags = ("-c", "-e", "-r", "-E", "--eval", "-R")
+    if family == "node":
+        flags += ("-p", "--print")
+    code = "\n".join(_inline_codes(argv, flags))
+    if not code and family == "awk":
+        code = next((a for a in argv[1:] if not a.startswith("-")), "")
+    return family, code
+
+
+_BUILTIN_PREFIX = {"{", "!", "then", "do", "else", "elif", "if", "while", "until", "time",
+                   "command", "builtin", "exec", "nohup", "sudo", "eval"}  # fmt: skip
+
+
+_DUMPERS = {"env", "printenv", "set", "export", "declare", "typeset"}
+
+
+def shell_env_dump(words: list[str]) -> str:
+    """A simple command that prints the environment: `env`, `printenv` (no names), `set`
+    (no arguments), `export`/`export -p`, `declare -x|-p`, `typeset -x|-p`. `env FOO=1 cmd`
+    and `env cmd` run a command; `printenv HOME` prints one variable. The matched name, or ''."""
+    start = 0
+    while start < len(words) and (
+        words[start] in _BUILTIN_PREFIX or re.match(r"^[A-Za-z_]\w*+=", words[start])
+    ):
+        start += 1
+    if start >= len(words) or base(words[start]) not in _DUMPERS:
+        return ""
+    words = _strip_redirects(words[start:])
+    name, args = base(words[0]), words[1:]
+    if name in ("env", "printenv"):
+        rest, skip = [], False
+        for arg in args:
+            if skip:
+                skip = False
+            elif arg in ("-u", "--unset", "-C", "--chdir"):
+                skip = True
+            elif not arg.startswith("-") and not re.match(r"^[A-Za-z_]\w*+=", arg):
+                rest.append(arg)  # a command (or a name for printenv); NAME=value only adds
+        return name if not rest else ""
+    if name == "set":
+        return "set" if not args else ""
+    if name == "export":
+        return "export -p" if all(a == "-p" for a in args) else ""
+    if name in ("declare", "typeset"):
+        flags = [a for a in args if a.startswith("-")]
+        if len(flags) == len(args) and all(set(f[1:]) <= {"p", "x"} for f in flags):
+            return f"{name} {' '.join(args)}".strip()
+    return ""
+
+
+def script_env_dump(script: str) -> str:
+    """The first simple command of a shell script that prints the environment, or ''."""
+    for command in re.split(r"[;&|\n()`]++", script):
+        found = shell_env_dump(command.split())
+        if found:
+            return found
+    return ""
+
+
+# --------------------------------------------------------------------------- keyword scans
+KEYWORD_SEARCHERS = {"grep", "egrep", "fgrep", "rg", "ag", "ack", "awk", "gawk", "mawk", "sed"}
+# where secrets are kept: `/`, home directories, /etc, /proc, mounted secrets, a dot file
+# or directory (`.config`, `.env`, `.aws`), config files by suffix
+CONFIG_TARGET = re.compile(
+    r"^['\"]?(?:/|~|\$\{?HOME\}?|/root|/home(?:/[^/\s]++)?|/etc|/proc|/run/secrets|"
+    r"/var/run/secrets)/?['\"]?$|"
+    r"^['\"]?(?:~|\$\{?HOME\}?)/|^['\"]?/(?:etc|root|proc|run/secrets|var/run/secrets)/|"
+    r"(?:^|/)\.(?!\.?(?:/|$)|git(?:hub|lab)?\b)[^/\s]|"
+    r"\.(?:env|conf|cfg|ini|ya?ml|toml|properties|tfvars|tfstate|netrc|npmrc|pypirc)['\"]?$|"
+    r"(?:^|/)credentials['\"]?$"
+)
+_VALUE_OPTIONS = {"-m", "-A", "-B", "-C", "-d", "-D", "-g", "-t", "--type", "--glob",
+                  "--max-count", "--context", "-j", "--threads"}  # fmt: skip
+_AWK_VALUE_OPTIONS = {"-F", "-v", "-l", "--field-separator", "--assign"}
+
+
+def keyword_scan(words: list[str]) -> str:
+    """grep/rg/ag/awk/sed (or `git grep`) with a secret keyword (token, password, api_key,
+    ...) over config files, home directories or `/`. The target searched, or ''. Searching a
+    project (`grep -r token src/`) or reading stdin is not a scan."""
+    if not words:
+        return ""
+    name = base(words[0])
+    args = words[1:]
+    if name == "git" and args[:1] == ["grep"]:
+        name, args = "grep", args[1:]
+    if name not in KEYWORD_SEARCHERS:
+        return ""
+    awk_like = name in ("awk", "gawk", "mawk", "sed")
+    patterns: list[str] = []
+    positional: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            positional += args[i + 1 :]
+            break
+        if arg in ("-e", "--regexp", "--expression", "-f", "--file"):
+            if i + 1 < len(args):
+                patterns.append(args[i + 1])
+            i += 2
+            continue
+        if arg in (_AWK_VALUE_OPTIONS if awk_like else _VALUE_OPTIONS):
+            i += 2
+            continue
+        if arg.startswith("-e") and len(arg) > 2 and not awk_like:
+            patterns.append(arg[2:])
+        elif not arg.startswith("-") or arg == "-":
+            positional.append(arg)
+        i += 1
+    if not patterns and positional:
+        patterns, positional = positional[:1], positional[1:]
+    if not any(BROAD_SECRET_WORDS.search(p) or SECRET_PATTERNS.search(p) for p in patterns):
+        return ""
+    return next((t for t in positional if CONFIG_TARGET.search(t)), "")
+
+
+def _refers_to(arg: str, path: str) -> bool:
+    """An argument naming `path` (a link target, absolute): itself, `@path`, `x=@path`,
+    `<path`, or a relative name that ends it."""
+    arg = arg.strip("'\"")
+    for mark in ("=@", "@", "<"):
+        if mark in arg:
+            arg = arg.rsplit(mark, 1)[1]
+            break
+    if not arg or arg == "-":
+        return False
+    if arg.startswith("/"):
+        return arg == path
+    arg = arg.removeprefix("./")
+    return bool(arg) and path.endswith("/" + arg)
+
+
+def _upload_args(argv: list[str]) -> list[str]:
+    """The arguments a sender may read and send (never what it downloads into)."""
+    out, skip = [], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-o", "--output", "-O", "--output-document", "-a", "--append-output"):
+            skip = True
+            continue
+        if arg.startswith(("--output=", "--output-document=", "-o/", "-O/")):
+            continue
+        out.append(arg)
+    return out
+
+
+def _interpreter_sends(code: str) -> bool:
+    low = code.lower()
+    network = re.search(
+        r"urlopen|requests\.(post|put|get)|http\.client|httpconnection|socket|fetch\(|"
+        r"https?\.request|net::http|lwp::|io::socket|curl_exec|file_get_contents\(['\"]http",
+        low,
+    )
+    hosts = re.findall(r"https?://([^/:'\"\s]++)|['\"](\d{1,3}(?:\.\d{1,3}){3})['\"]", code)
+    return bool(network) and any(not _local_host(a or b) for a, b in hosts)
+
+
+def dump_then_send(
+    recent: deque[tuple[float, int, int, list[str], str, str]],
+    pid: int,
+    argv: list[str],
+    now: float,
+    window: float = _ENV_SEND_WINDOW,
+) -> list[Threat]:
+    """An environment dump or secret search written to a file (its stdout, as the exec
+    recorded it) and, within `window` seconds, that file uploaded to a remote host by a
+    network tool or an interpreter one-liner (as an argument or as its stdin), from any
+    process of the container. HIGH: the secret left. Work is bounded: only for an exec that
+    sends, at most _ENV_SEND_CANDIDATES recorded dumps looked at."""
+    if not argv:
+        return []
+    name = base(argv[0])
+    family, code = interpreter_code(argv)
+    remote_copy = name in ("scp", "rsync", "sftp") and any(
+        re.match(r"^[^/\s:]++:", a) and not a.startswith("-") for a in argv[1:]
+    )
+    if family:
+        if not code or not _interpreter_sends(code):
+            return []
+    elif not (remote_copy or _sender(argv)):
+        return []
+    files: dict[str, list[str]] = {}
+    looked, stdin = 0, ""
+    for at, other, _parent, words, fd0, fd1 in reversed(recent):
+        if other == pid:
+            stdin = stdin or fd0
+            continue
+        if now - at > window or at > now:
+            continue
+        if not fd1.startswith("/") or fd1.startswith(("/dev/", "/proc/")) or fd1 in files:
+            continue
+        looked += 1
+        if looked > _ENV_SEND_CANDIDATES:
+            break
+        if _secret_source(words) or keyword_scan(words):
+            files[fd1] = words
+    if not files:
+        return []
+    if family:
+        sent = next(
+            (f for f in files if f in code or re.search(rf"['\"/]{re.escape(base(f))}['\"]", code)),
+            "",
+        )
+    else:
+        sent = stdin if stdin in files else ""
+        args = _upload_args(argv)
+        sent = sent or next((f for f in files for a in args if _refers_to(a, f)), "")
+    if not sent:
+        return []
+    source = " ".join(files[sent])[:140]
+    command = " ".join(argv)[:140]
+    why = f"secrets written to {sent[:80]} by `{source[:80]}`, then sent by {name}"
+    evidence = {"process": {"pid": pid, "command": command, "pattern": why}}
+    return [
+        threat(
+            "exfil.secrets-to-network",
+            "high",
+            "credential_access",
+            "Secrets sent to the network",
+            why,
+            evidence,
+            f"file:{sent[:80]}:{command[:60]}",
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- network

