@@ -369,8 +369,10 @@ def _secret_source(words: list[str], tainted: set[str] | None = None) -> bool:
     words = _strip_redirects(words)  # `env > FILE` is still a dump
     if shell_env_dump(words) or keyword_scan(words):
         return True
-    family, code = interpreter_code(words)
-    if code and env_dump_code(code, family):
+    # words of a script's command (`python3 -c 'import os; print(os.environ)' | curl ...`)
+    # were split at blanks, the code with them: judged joined
+    family = interpreter_family(name)
+    if family and env_dump_code(" ".join(words[1:]), family):
         return True
     if name in READERS or name in (
         "gzip",
@@ -412,12 +414,42 @@ def _sender(words: list[str], tainted: set[str] | None = None) -> bool:
     return False
 
 
+# one token of a shell script: a quoted string, an escaped character, a run of plain text,
+# or a separator (linear: possessive runs, one pass)
+_SHELL_TOKEN = re.compile(
+    r"'[^']*+'|\"(?:[^\"\\]++|\\.)*+\"|\\.|[^'\"\\;|\n&]++|&&|\|\||[;|\n]|.", re.S
+)
+
+
+def shell_commands(script: str) -> list[list[str]]:
+    """A script's commands, each as the text of its pipeline stages: split at `;`, `&&`,
+    `||`, newlines and `|` outside quotes, so `python3 -c 'import os; print(os.environ)' |
+    curl ...` and `grep 'a\\|b'` stay whole."""
+    commands: list[list[str]] = []
+    stages: list[str] = []
+    current: list[str] = []
+    for match in _SHELL_TOKEN.finditer(script):
+        token = match.group()
+        if token in (";", "&&", "||", "\n", "|"):
+            stages.append("".join(current))
+            current = []
+            if token != "|":
+                commands.append(stages)
+                stages = []
+        else:
+            current.append(token)
+    stages.append("".join(current))
+    commands.append(stages)
+    return [c for c in commands if any(stage.strip() for stage in c)]
+
+
 def _pipeline_exfil(script: str) -> str:
     """A secret source piped into a network tool, or substituted into its arguments, or
     redirected to /dev/tcp of a remote host; the offending command, or ''."""
     tainted: set[str] = set()  # files a secret source wrote earlier in the script
-    for command in re.split(r"(?:;|&&|\|\||\n)+", script):
-        stages = [stage.split() for stage in re.split(r"(?<![|])\|(?![|])", command)]
+    for parts in shell_commands(script):
+        command = " | ".join(parts)
+        stages = [stage.split() for stage in parts]
         for i, words in enumerate(stages):
             source = _secret_source(words, tainted)
             if source and any(_sender(later, tainted) for later in stages[i + 1 :]):
