@@ -733,6 +733,14 @@ def credential_threats(pid: int, name: str, argv: list[str], command: str) -> li
             "Environment variable scanning detected",
             f"environment dumped ({dump})",
         )
+    if name == "ps" and args[:1] and args[0].isalpha() and "e" in args[0]:
+        # BSD-style `e` in the first word (`ps eww`, `ps auxe`; not a value as in `ps -u code`)
+        # prints every process's environment
+        hit(
+            "cred.proc-environ",
+            "Environment variable scanning detected",
+            "other processes' environments listed by ps",
+        )
     own = ("/proc/self/environ", "/proc/thread-self/environ", "/proc/$$/environ")
     for arg in args:
         if "/proc/" in arg and "environ" in arg:
