@@ -690,7 +690,7 @@ def load_settings(
         if label == "project config":  # comes with the repository: see config/trust.py
             from coi_tui.config import trust
 
-            report = trust.sanitize(layer.values, cwd, env)
+            report = trust.sanitize(layer.values, cwd, env, floor=settings)
             report.ignored += [
                 f"[{name}] (only your own config may set it)" for name in layer.user_only
             ]

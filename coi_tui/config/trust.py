@@ -78,6 +78,9 @@ GATED_KEYS = (
     "ssh.forward_agent",
     "environment",
 )
+# network.mode from the widest to the narrowest: a project may only move it narrower than what
+# the user's own config already chose (restricted is wider than allowlist).
+MODE_ORDER = ("open", "restricted", "allowlist")
 # Tables another module reads ([[remotes]]: where sessions run; [tui]: the dashboard's keys,
 # e.g. which key confirms a kill): from the user's files only, whatever `coi trust` says.
 USER_ONLY_TABLES = ("remotes", "tui")
@@ -157,10 +160,16 @@ def fingerprint(items: list[str]) -> str:
 
 
 def sanitize(
-    values: dict[str, Any], workspace: Path, env: dict[str, str], kind: str = "config"
+    values: dict[str, Any],
+    workspace: Path,
+    env: dict[str, str],
+    kind: str = "config",
+    floor: Any = None,
 ) -> TrustReport:
     """Edit an untrusted layer's values in place; returns what was ignored or gated.
-    COI_TRUST_ALL=1 trusts it as it is (CI, or a repository that is your own)."""
+    `floor`: the settings the user's own files made so far; the project may only narrow
+    their network (mode and allowed names). COI_TRUST_ALL=1 trusts it as it is (CI, or a
+    repository that is your own)."""
     report = TrustReport()
     if env.get("COI_TRUST_ALL", "") in ("1", "true", "yes"):
         report.approved = True
@@ -179,10 +188,24 @@ def sanitize(
         elif path in STRICTER_ONLY and not project_may_set(path, value):
             report.ignored.append(f"{path} = {json.dumps(value)} (weakens the sandbox)")
             del values[path]
+        elif (
+            path == "network.mode"
+            and floor is not None
+            and value in MODE_ORDER
+            and MODE_ORDER.index(value) < MODE_ORDER.index(floor.network_mode)
+        ):
+            report.ignored.append(
+                f"{path} = {json.dumps(value)} (wider than your own {floor.network_mode!r})"
+            )
+            del values[path]
         elif not project_may_set(path, value):
             report.ignored.append(f"{path} (only your own config may set it)")
             del values[path]
     gated: list[tuple[str, Any]] = []
+    domains = values.get("network.allowed_domains")
+    if floor is not None and domains is not None and set(domains) - set(floor.allowed_domains):
+        # names beyond the user's own list open the network: the user approves them
+        gated.append(("network.allowed_domains", values.pop("network.allowed_domains")))
     mounts = values.get("mounts") or []
     outside = [m for m in mounts if not inside(m.host, workspace)]
     if outside:

@@ -34,7 +34,13 @@ def test_a_repository_cannot_open_the_lan_through_the_allowlist(
     (repo / ".coi" / "config.toml").write_text(
         f'[network]\nmode = "allowlist"\nallowed_domains = ["{entry}"]\n'
     )
-    result = coi("run", "-w", str(repo), "--", "true", cwd=repo, timeout=240)
+    # Names beyond the user's own list wait for 'coi trust'...
+    shown = coi.ok("config", "show", "--sources", cwd=repo).stdout
+    assert f"waiting for 'coi trust': network.allowed_domains = [\"{entry}\"]" in shown
+    # ...and even trusted, a network or a private address is refused.
+    result = coi(
+        "run", "-w", str(repo), "--", "true", cwd=repo, timeout=240, env={"COI_TRUST_ALL": "1"}
+    )
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]

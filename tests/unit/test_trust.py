@@ -163,3 +163,21 @@ def test_the_users_remotes_and_keymap_still_count(
     from coi_tui.dashboard.prefs import load_keymap
 
     assert load_keymap(project) == {"app.quit": "x"}
+
+
+def test_a_project_may_only_narrow_the_users_network(project: Path) -> None:
+    """restricted is wider than allowlist: a repository cannot undo the user's allowlist, and
+    names beyond the user's list wait for `coi trust`."""
+    (project.parent / "home" / "config.toml").write_text(
+        '[network]\nmode = "allowlist"\nallowed_domains = ["api.anthropic.com", "pypi.org"]\n'
+    )
+    config = project / ".coi" / "config.toml"
+    config.write_text('[network]\nmode = "restricted"\nallowed_domains = ["attacker.example"]\n')
+    settings = load_settings(project, env())
+    assert settings.network_mode == "allowlist"
+    assert settings.allowed_domains == ["api.anthropic.com", "pypi.org"]
+    report = trust.REPORTS[str(project)]
+    assert any("wider than your own 'allowlist'" in item for item in report.ignored)
+    assert any("attacker.example" in item for item in report.gated)
+    config.write_text('[network]\nallowed_domains = ["pypi.org"]\n')  # narrower: applied
+    assert load_settings(project, env()).allowed_domains == ["pypi.org"]
