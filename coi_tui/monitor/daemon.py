@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import errno
 import fcntl
+import functools
 import heapq
 import json
 import os
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from coi_tui import nofollow
-from coi_tui.monitor import behaviour, procfs, rules
+from coi_tui.monitor import behaviour, membership, procfs, rules
 from coi_tui.monitor.config import MonitorConfig, load_monitor_config
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
@@ -302,7 +303,7 @@ class Daemon:
         self.incus = Incus()
         self.audit = AuditLog(home, owner, say=self.log)
         self.watched: dict[str, Watched] = {}
-        self.by_ns: dict[str, Watched] = {}
+        self.by_ns: dict[str, Watched] = {}  # by the pid namespace of the container's init
         self.by_ifindex: dict[int, Watched] = {}
         self.by_ip: dict[str, Watched] = {}
         self.timers: list[tuple[float, str]] = []
@@ -470,13 +471,23 @@ class Daemon:
         self.broadcaster.publish_event({"type": "unwatch", "container": watched.name})
         self.log(f"stopped watching {watched.name} (id {watched.uuid or 'unknown'})")
 
+    @functools.cached_property
+    def owners(self) -> membership.PidnsOwners:
+        """Which watched container a pid namespace nested in one belongs to."""
+        return membership.PidnsOwners()
+
     def container_pids(self, watched: Watched, nsmap: dict[int, str] | None = None) -> list[int]:
+        """The container's processes, those of pid namespaces nested in its own included
+        (`nsmap`: pid -> its pid namespace, read once for a pass over every container)."""
         if nsmap is None:
-            return [p for p in procfs.all_pids() if procfs.pid_ns(p) == watched.pidns]
-        return [p for p, ns in nsmap.items() if ns == watched.pidns]
+            nsmap = {p: procfs.pid_ns(p) for p in procfs.all_pids()}
+        owner, by_ns = self.owners.owner, self.by_ns
+        return [p for p, ns in nsmap.items() if owner(p, ns, by_ns) == watched.pidns]
 
     def owner_of(self, pid: int) -> Watched | None:
-        return self.by_ns.get(procfs.pid_ns(pid)) if self.by_ns else None
+        if not self.by_ns:
+            return None
+        return self.by_ns.get(self.owners.owner(pid, procfs.pid_ns(pid), self.by_ns))
 
     # ------------------------------------------------------------------ event handlers
     def tell_capture(self) -> None:
@@ -902,8 +913,10 @@ def start_capture() -> tuple[int, int, int]:
 
 def capture_main(out: int, ctl: int = -1) -> None:
     """The capture process: proc connector events in, one JSON line per exec/fork of a
-    process outside the host's pid namespace out. The command line is read before anything
-    else; a process already gone is attributed through its parent (from fork events)."""
+    process of a watched container out, attributed to the container's pid namespace (its
+    init's) also when it runs in a namespace nested in it (PidnsOwners). The command line is
+    read before anything else; a process already gone is attributed through its parent
+    (from fork events)."""
     import ctypes
 
     with contextlib.suppress(Exception):  # die with the daemon (PR_SET_PDEATHSIG)
@@ -921,7 +934,7 @@ def capture_main(out: int, ctl: int = -1) -> None:
             os.nice(-10)
     if os.getppid() == 1:
         return
-    host_ns = procfs.pid_ns(os.getpid())
+    owners = membership.PidnsOwners()
     if ctl >= 0:
         os.set_blocking(ctl, False)
     watched: set[str] | None = None  # None: no list yet, forward every container's events
@@ -967,23 +980,38 @@ def capture_main(out: int, ctl: int = -1) -> None:
             if complete:
                 with contextlib.suppress(ValueError):
                     watched = set(json.loads(complete[-1]))
-        # a fork's namespace is its parent's, looked up once per parent and batch (a build
+        # a fork's container is its parent's, looked up once per parent and batch (a build
         # forks hundreds of times from one make); an exec's is always read
         by_parent: dict[int, str] = {}
+        now = time.monotonic()
         for kind, pid, parent, argv, at, (fd0, fd1) in pending:
             if kind == "exec":
-                pidns = procfs.pid_ns(pid) or (procfs.pid_ns(parent) if parent else "")
+                pidns = capture_owner(owners, (pid, parent), watched, now)
             else:
                 pidns = by_parent.get(parent, "")
                 if not pidns:
-                    pidns = by_parent[parent] = procfs.pid_ns(parent) or procfs.pid_ns(pid)
-            if pidns and pidns != host_ns and (watched is None or pidns in watched):
+                    pidns = by_parent[parent] = capture_owner(owners, (parent, pid), watched, now)
+            if pidns:
                 record = [kind, pid, parent, pidns, argv, at, fd0, fd1]
                 lines.append(json.dumps(record, separators=(",", ":")))
         pending.clear()
         out_data = ("\n".join(lines) + "\n").encode() if lines else b""
         while out_data:
             out_data = out_data[os.write(out, out_data) :]
+
+
+def capture_owner(
+    owners: membership.PidnsOwners, pids: tuple[int, int], watched: set[str] | None, now: float
+) -> str:
+    """The watched container's pid namespace of the first of `pids` still there (an exec's
+    process, else its parent), "" when neither is a watched container's."""
+    for pid in pids:
+        pidns = procfs.pid_ns(pid) if pid else ""
+        if pidns:
+            owner = owners.owner(pid, pidns, watched, now)
+            if owner:
+                return owner
+    return ""
 
 
 def correlate_pipeline(
