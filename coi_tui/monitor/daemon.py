@@ -825,6 +825,10 @@ class Daemon:
         try:
             while not self.stop:
                 now = time.monotonic()
+                if self.dump_requested:
+                    # asked before the wake pipe existed (a signal right after the socket)
+                    self.dump_requested = False
+                    self.dump_stats()
                 if now >= next_refresh:
                     self.refresh()
                     self.audit.flush()  # a flood's summary record, once the flood stopped
