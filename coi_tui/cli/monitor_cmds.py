@@ -228,6 +228,7 @@ class Collector:
     def collect(self) -> dict[str, Any]:
         from coi_tui.incus import InstanceNotFound
         from coi_tui.monitor import procfs
+        from coi_tui.monitor.membership import PidnsOwners
 
         errors: list[str] = []
         try:
@@ -250,7 +251,12 @@ class Collector:
             if not pidns:
                 errors.append("cannot read the container's processes (needs root)")
             uid_map = read_id_map(pid)
-            members = [p for p in procfs.all_pids() if pidns and procfs.pid_ns(p) == pidns]
+            owners = PidnsOwners()  # processes in nested pid namespaces are the container's too
+            members = [
+                p
+                for p in procfs.all_pids()
+                if pidns and owners.owner(p, procfs.pid_ns(p), {pidns}) == pidns
+            ]
             inner = {p: ns_pid(p) for p in members}
             for p in members:
                 proc = procfs.read_proc(p)
