@@ -15,6 +15,7 @@ shape; processes named like a known agent are therefore not counted as relays (d
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from coi_tui.monitor import procfs
@@ -69,6 +70,16 @@ class ContainerView:
         inode = fd.key[1]
         if inode in self.known_local:
             return None
+        # the socket itself first: the tables only list a socket in the network namespace it
+        # was made in, which the process may have left (setns) or handed it out of
+        kind, asked = procfs.socket_conn(pid, fd.num, inode)
+        if kind == "inet":
+            return asked
+        if kind == "local":
+            self.known_local.add(inode)
+            return None
+        if kind == "other":
+            return None
         # /proc/<pid>/net/tcp walks the host's whole TCP table (milliseconds): the kernel's
         # protocol name rules out unix sockets (journald's stdout, dbus...) first
         protocol = procfs.socket_protocol(pid, fd.num, inode)
@@ -119,16 +130,22 @@ def analyse(view: ContainerView, only: set[int] | None = None) -> list[Threat]:
     pipe_suspects: list[int] = []
     pair_suspects: list[int] = []
     tty_suspects: list[int] = []
+    stdin_net: dict[int, procfs.Conn] = {}
     for pid, fds in stdio.items():
         fd0, fd1, fd2 = fds
-        # stdout on a connection: a shell answering a remote peer. stdin alone on one is also
-        # `bash -c '</dev/tcp/db/5432'` (a wait-for-port probe): only a shell or interpreter
-        # that reads its commands from that stdin counts then.
-        conn = view.outbound(pid, fd1)
+        # stdout or stderr on a connection: a shell answering a remote peer (`sh -s x` answers
+        # on stderr with stdout on /dev/null). stdin alone on one is also
+        # `bash -c '</dev/tcp/db/5432'` (a wait-for-port probe): only a process that reads its
+        # commands from that stdin counts then, or a shell or interpreter whose output flows
+        # through pipes to a process holding a connection (judged below).
+        conn = view.outbound(pid, fd1) or view.outbound(pid, fd2)
         if conn is None:
             inbound = view.outbound(pid, fd0)
-            if inbound is not None and reads_commands(view.proc(pid)):
-                conn = inbound
+            if inbound is not None:
+                if reads_commands(view.proc(pid)):
+                    conn = inbound
+                elif any(f is not None and f.kind == "fifo" for f in (fd1, fd2)):
+                    stdin_net[pid] = inbound
         if conn is not None:
             threats.append(
                 _report(
@@ -150,20 +167,52 @@ def analyse(view: ContainerView, only: set[int] | None = None) -> list[Threat]:
         elif (
             fd0 is not None
             and fd0.kind == "socket"
-            and fd1 is not None
-            and fd1.kind == "socket"
+            and any(f is not None and f.kind == "socket" for f in (fd1, fd2))
             and reads_commands(view.proc(pid))
         ):
             pair_suspects.append(pid)  # socketpairs (node's child_process, libuv)
         elif fd0 is not None and fd0.kind == "tty" and "/pts/" in fd0.target:
             tty_suspects.append(pid)
-    if not pipe_suspects and not tty_suspects and not pair_suspects:
+    if not pipe_suspects and not tty_suspects and not pair_suspects and not stdin_net:
         return threats
     holders = _net_holders(view)
     if not holders:
         return threats
+    readers, writers = _pipe_ends(view)
+    for pid, inbound in stdin_net.items():
+        proc = view.proc(pid)
+        if not _shell_like(proc):
+            continue
+        down = _walk(view, pid, 1, readers, holders, upstream=False) or _walk(
+            view, pid, 2, readers, holders, upstream=False
+        )
+        if down is not None:
+            threats.append(
+                _report(
+                    view,
+                    pid,
+                    "proc.revshell-socket-stdio",
+                    f"standard input is a network connection, output piped to process {down} "
+                    "holding a network connection",
+                    inbound,
+                )
+            )
     for pid in pair_suspects:
-        # a unix socketpair's peer is not in /proc: the holder that spawned it is
+        # the kernel's record of who is at the other end of the shell's unix socket (the
+        # listener it connected to, or the maker of a socketpair), then its ancestors
+        fd0 = stdio[pid][0]
+        peer = procfs.socket_peer_pid(pid, 0, fd0.key[1]) if fd0 is not None else 0
+        if peer and peer != pid and peer in holders:
+            threats.append(
+                _report(
+                    view,
+                    pid,
+                    "proc.revshell-pipe-relay",
+                    f"stdin is a unix socket to process {peer} holding a network connection",
+                    holders[peer],
+                )
+            )
+            continue
         ancestor = view.proc(pid)
         for _ in range(DEPTH):
             if ancestor is None or ancestor.ppid <= 1:
@@ -181,13 +230,12 @@ def analyse(view: ContainerView, only: set[int] | None = None) -> list[Threat]:
                 )
                 break
             ancestor = view.proc(ancestor.ppid)
-    readers, writers = _pipe_ends(view)
     for pid in pipe_suspects:
         if pid in holders:
             continue
-        up = _walk(view, pid, 0, writers, holders, DEPTH, upstream=True)
-        down = _walk(view, pid, 1, readers, holders, DEPTH, upstream=False) or _walk(
-            view, pid, 2, readers, holders, DEPTH, upstream=False
+        up = _walk(view, pid, 0, writers, holders, upstream=True)
+        down = _walk(view, pid, 1, readers, holders, upstream=False) or _walk(
+            view, pid, 2, readers, holders, upstream=False
         )
         if up is not None and down is not None:
             threats.append(
@@ -219,12 +267,32 @@ def analyse(view: ContainerView, only: set[int] | None = None) -> list[Threat]:
     return threats
 
 
+def _shell_like(proc: procfs.Proc | None) -> bool:
+    if proc is None:
+        return False
+    names = {base(proc.exe), base(proc.cmdline[0]) if proc.cmdline else "", proc.comm}
+    return any(n and (is_shell(n) or is_interpreter(n)) for n in names)
+
+
+def reaches_out(conn: procfs.Conn) -> bool:
+    """A socket that can carry a remote peer's bytes: connected to another machine, or an
+    inet socket not bound to loopback that is not connected (UDP sendto/recvfrom to any
+    address). Listening sockets are not: what they accept is a socket of its own."""
+    if conn.outbound:
+        return True
+    if conn.state in ("LISTEN", "CLOSE") or conn.remote_port != 0:
+        return False
+    return not (conn.local.startswith("127.") or conn.local in ("::1", "::ffff:127.0.0.1"))
+
+
 def _net_holders(view: ContainerView) -> dict[int, procfs.Conn]:
     holders: dict[int, procfs.Conn] = {}
     for pid in view.pids:
         for fd in view.all_fds(pid):
-            conn = view.outbound(pid, fd)
-            if conn is not None:
+            if fd.kind != "socket":
+                continue
+            conn = view.connection(pid, fd)
+            if conn is not None and reaches_out(conn):
                 if not is_agent(view.proc(pid)):
                     holders[pid] = conn
                 break
@@ -254,7 +322,6 @@ def _walk(
     num: int,
     ends: dict[tuple[int, int], set[int]],
     holders: dict[int, procfs.Conn],
-    depth: int,
     upstream: bool,
 ) -> int | None:
     """Follow fd `num` of pid through pipes and FIFOs (to their writers upstream, readers
@@ -264,7 +331,7 @@ def _walk(
     fd = next((f for f in view.all_fds(pid) if f.num == num), None)
     if fd is None or fd.kind != "fifo":
         return None
-    return _follow(view, pid, fd.key, ends, holders, depth, upstream, {pid})
+    return _follow(view, pid, fd.key, ends, holders, upstream)
 
 
 def _follow(
@@ -273,26 +340,27 @@ def _follow(
     key: tuple[int, int],
     ends: dict[tuple[int, int], set[int]],
     holders: dict[int, procfs.Conn],
-    depth: int,
     upstream: bool,
-    visited: set[int],
 ) -> int | None:
-    for other in sorted(ends.get(key, set()) - visited):
-        if other in holders:
-            return other
-        if depth <= 1:
-            continue
-        wanted = (0, 2) if upstream else (1, 2)
-        for fd in view.all_fds(other):
-            if fd.kind != "fifo" or fd.key == key:
-                continue
-            if procfs.fd_mode(other, fd.num) not in wanted:
-                continue
-            found = _follow(
-                view, other, fd.key, ends, holders, depth - 1, upstream, visited | {other}
-            )
-            if found is not None:
-                return found
+    """Breadth-first over the pipe graph, each process and pipe expanded once (linear in
+    the container's fds, no depth limit: a relay chain may be any length)."""
+    wanted = (0, 2) if upstream else (1, 2)
+    seen_pids = {pid}
+    seen_keys = {key}
+    queue = deque([key])
+    while queue:
+        current = queue.popleft()
+        for other in sorted(ends.get(current, set()) - seen_pids):
+            if other in holders:
+                return other
+            seen_pids.add(other)
+            for fd in view.all_fds(other):
+                if fd.kind != "fifo" or fd.key in seen_keys:
+                    continue
+                if procfs.fd_mode(other, fd.num) not in wanted:
+                    continue
+                seen_keys.add(fd.key)
+                queue.append(fd.key)
     return None
 
 
