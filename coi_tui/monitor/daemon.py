@@ -206,6 +206,8 @@ class Watched:
     burst_seen: float = -1e9  # when the fork rate was last above the threshold
     execs: int = 0
     execs_without_argv: int = 0
+    unjudged: int = 0  # execs whose command-line rules were dropped from a full queue
+    unjudged_reported: float = -1e9
     forks: deque[float] = field(default_factory=deque)
     pids: set[int] = field(default_factory=set)
     local_sockets: set[int] = field(default_factory=set)  # inodes the kernel named unix
@@ -557,13 +559,34 @@ class Daemon:
         view = behaviour.ContainerView(watched.init_pid, [pid], known_local=watched.local_sockets)
         self.respond(watched, behaviour.analyse(view, only={pid}), now)
         if len(self.rule_queue) >= RULE_BACKLOG:
-            self.rule_queue.popleft()
+            dropped = self.rule_queue.popleft()
             self.rules_skipped += 1
             if self.rules_skipped in (1, 100) or self.rules_skipped % 10000 == 0:
                 self.log(f"command-line rules behind: {self.rules_skipped} execs left unjudged")
+            self.report_unjudged(dropped[0], now)
         self.rule_queue.append((watched, pid, parent, argv, exe, now))
         # pipes and sockets are often wired up just after the exec: look again shortly
         self.schedule(watched.name, 0.15)
+
+    def report_unjudged(self, watched: Watched, now: float) -> None:
+        """Never drop silently: a container whose command lines come faster than the rules
+        can judge them gets an audit record (WARNING, once a minute): a flood of costly
+        command lines may be hiding one that matters. Not HIGH: a big build's long compiler
+        lines can do this too."""
+        watched.unjudged += 1
+        if now - watched.unjudged_reported < 60:
+            return
+        watched.unjudged_reported = now
+        found = rules.threat(
+            "monitor.rules-behind",
+            "warning",
+            "evasion",
+            "Command lines arrive faster than the monitor can judge them",
+            f"{watched.unjudged} execs judged by behaviour only (their command lines were not)",
+            {"unjudged": watched.unjudged},
+            f"{watched.name}:{int(now // 60)}",
+        )
+        self.respond(watched, [found], now)
 
     def run_rules(self, budget: float = RULE_BUDGET_SEC) -> None:
         """Command-line rules of queued execs, for at most `budget` seconds (at least one),

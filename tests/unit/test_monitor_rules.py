@@ -934,3 +934,29 @@ def test_environment_rules_run_in_linear_time_on_hostile_argv(text: str) -> None
     )
     rules.dump_then_send(recent, 1, ["curl", "-T", text, f"http://{H}/"], 11.0)
     assert time.perf_counter() - started < 2.0
+
+
+def test_execs_dropped_from_a_full_rule_queue_are_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood of costly command lines can fill the rule queue: what falls out is reported
+    (WARNING, once a minute per container), never dropped silently."""
+    from coi_tui.monitor import daemon as daemon_mod
+    from coi_tui.monitor.daemon import Daemon, Watched
+
+    monkeypatch.setattr(daemon_mod.behaviour, "analyse", lambda view, only=None: [])
+    monkeypatch.setattr(daemon_mod, "RULE_BACKLOG", 4)
+    daemon = Daemon.__new__(Daemon)
+    daemon.config = MonitorConfig()
+    daemon.timers, daemon.pending = [], set()
+    daemon.rule_queue, daemon.rules_skipped, daemon.capture_r = daemon_mod.deque(), 0, -1
+    daemon.log = lambda message: None  # type: ignore[method-assign]
+    found: list[rules.Threat] = []
+    daemon.respond = lambda watched, threats, now: found.extend(threats)  # type: ignore[method-assign]
+    watched = Watched("c", 1, "pid:[1]", "", "", 0, Path("/"), "uuid-1")
+    daemon.watched = {"c": watched}
+    for pid in range(100, 110):
+        daemon.on_exec(watched, pid, ["sh", "-c", "true"], time.monotonic(), 1)
+    behind = [t for t in found if t.rule_id == "monitor.rules-behind"]
+    assert len(behind) == 1 and behind[0].level == "warning"
+    assert watched.unjudged == 6
