@@ -1,16 +1,24 @@
 """Reverse shells judged by behaviour, not by command line (so renamed binaries, base64
 wrappers and unusual interpreters change nothing):
 
-- proc.revshell-socket-stdio: a process whose stdin or stdout is an inet socket connected to
-  another machine (bash >& /dev/tcp, nc -e, python dup2, socat exec, ...);
-- proc.revshell-pipe-relay: a process whose stdin is fed, through pipes or FIFOs, by a process
-  holding such a connection, and whose stdout/stderr flow back to one (the mkfifo loop,
-  interpreter loops that run commands with pipes);
+- proc.revshell-socket-stdio: a process whose stdout or stderr is an inet socket connected to
+  another machine, or whose stdin is and which reads its commands there (bash >& /dev/tcp,
+  nc -e, python dup2, socat exec, `sh -s x` answering on stderr...), or a shell or
+  interpreter with stdin on one and its output piped to a process holding one;
+- proc.revshell-pipe-relay: a process whose stdin is fed, through pipes or FIFOs of any
+  length, by a process holding such a connection, and whose stdout/stderr flow back to one
+  (the mkfifo loop, interpreter loops that run commands with pipes), or whose stdio is a
+  unix socket to such a process (its peer as the kernel recorded it, or an ancestor);
 - proc.revshell-pty-relay: a shell or interpreter on a pseudo-terminal whose master side is held
   by a process with such a connection (python pty.spawn, socat pty, script).
 
+A holder is a process with an inet socket that can carry a remote peer's bytes: connected to
+another machine, or not connected and not bound to loopback (UDP sendto/recvfrom). Sockets are
+asked what they are (a copy of the descriptor), whatever network namespace made them.
+
 The coding agent itself talks to its API and runs commands through pipes, which is the same
-shape; processes named like a known agent are therefore not counted as relays (documented gap).
+shape; processes named like a known agent are therefore not counted as relays (documented gap:
+the name is the process's own choice, so a relay named like the agent is not a holder).
 """
 
 from __future__ import annotations

@@ -354,3 +354,27 @@ def test_the_pipe_walk_is_linear_on_a_long_chain(monkeypatch: pytest.MonkeyPatch
     assert found == holder
     assert len(calls) <= 2 * n
     assert elapsed < 1.0
+
+
+def test_an_mptcp_socket_is_asked_itself() -> None:
+    """Any IPv4/IPv6 protocol is judged from the socket (family, protocol, peer): MPTCP here
+    (SCTP takes the same path where the kernel has it)."""
+    try:
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    except OSError:
+        pytest.skip("no MPTCP in this kernel")
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)
+    try:
+        client.connect(server.getsockname())
+        inode = os.fstat(client.fileno()).st_ino
+        kind, conn = procfs.socket_conn(os.getpid(), client.fileno(), inode)
+        assert kind == "inet" and conn is not None, kind
+        assert conn.proto == "mptcp" and conn.remote_port == server.getsockname()[1]
+        assert conn.state == "ESTABLISHED"
+        # a descriptor that no longer holds the inode asked about answers nothing
+        assert procfs.socket_conn(os.getpid(), client.fileno(), inode + 1) == ("", None)
+    finally:
+        client.close()
+        server.close()
