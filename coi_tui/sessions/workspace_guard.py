@@ -1188,22 +1188,31 @@ def join(guard: Guard, name: str, alive: Callable[[str], bool]) -> None:
             ) from None
 
 
+@contextmanager
+def locked_baseline(name: str, prefix: str, home: Path | None) -> Iterator[dict | None]:
+    """The baseline of the workspace a coi container belongs to (None: none is kept), under
+    the guard's lock for that workspace."""
+    parsed = parse_container_name(prefix, name)
+    if parsed is None:
+        yield None
+        return
+    with file_lock(f"guard-{parsed[0]}"):
+        path = state_dir(home or coi_home(), parsed[0]) / "baseline.json"
+        try:
+            baseline = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            baseline = None
+        yield baseline  # what the caller raises passes through
+
+
 def leave(name: str, prefix: str, say: Say, home: Path | None = None) -> list[str]:
     """A session ended (its container removed or stopped): check and repair the workspace;
     the last one out drops the baseline (kept when the check could not complete, so the next
     session's start checks again)."""
-    parsed = parse_container_name(prefix, name)
-    if parsed is None:
-        return []
-    home = home or coi_home()
-    with file_lock(f"guard-{parsed[0]}"):
-        try:
-            baseline = json.loads(
-                (state_dir(home, parsed[0]) / "baseline.json").read_text(encoding="utf-8")
-            )
-        except (OSError, ValueError):
+    with locked_baseline(name, prefix, home) as baseline:
+        if baseline is None:
             return []
-        guard = Guard.from_baseline(baseline, say, home)
+        guard = Guard.from_baseline(baseline, say, home or coi_home())
         report = guard.check(baseline)
         holders = [h for h in baseline.get("holders", []) if h != name]
         if holders or not guard.complete:
@@ -1218,17 +1227,7 @@ def patrol(name: str, prefix: str, say: Say, home: Path | None = None) -> list[s
     """The same check while a session runs (its supervisor calls it every few seconds), so a
     host tool that runs git in the workspace meets what the agent planted for seconds, not
     for the rest of the session. The baseline stays as it is."""
-    parsed = parse_container_name(prefix, name)
-    if parsed is None:
-        return []
-    home = home or coi_home()
-    with file_lock(f"guard-{parsed[0]}"):
-        try:
-            baseline = json.loads(
-                (state_dir(home, parsed[0]) / "baseline.json").read_text(encoding="utf-8")
-            )
-        except (OSError, ValueError):
+    with locked_baseline(name, prefix, home) as baseline:
+        if baseline is None or name not in baseline.get("holders", []):
             return []
-        if name not in baseline.get("holders", []):
-            return []
-        return Guard.from_baseline(baseline, say, home).check(baseline)
+        return Guard.from_baseline(baseline, say, home or coi_home()).check(baseline)
