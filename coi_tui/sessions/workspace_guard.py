@@ -45,6 +45,7 @@ from coi_tui.errors import CoiError
 from coi_tui.paths import coi_home
 from coi_tui.sessions.naming import parse_container_name, workspace_hash
 from coi_tui.sessions.slots import file_lock
+from coi_tui.sessions.store import atomic_write
 from coi_tui.text import clean
 
 Say = Callable[[str], None]
@@ -731,10 +732,7 @@ class Guard:
             return None
 
     def store(self, baseline: dict) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.baseline_path().with_suffix(".tmp")
-        tmp.write_text(json.dumps(baseline), encoding="utf-8")
-        os.replace(tmp, self.baseline_path())
+        atomic_write(self.baseline_path(), json.dumps(baseline))
 
     def discard(self) -> None:
         shutil.rmtree(self.state_dir, ignore_errors=True)
