@@ -520,20 +520,12 @@ def sibling_exfil_threat(pid: int, source: list[str], sender: list[str]) -> Thre
 
 def interpreter_env_exfil(code: str) -> bool:
     """A one-liner that serialises the whole environment and sends it somewhere."""
-    low = code.lower()
     whole_env = re.search(
         r"environ\s*\)|environ\.items|environ\.copy|dict\(os\.environ|str\(os\.environ|"
         r"stringify\(process\.env|process\.env\s*\)|%env\b|env\.to_h|env\.to_a|getenv\(\)",
-        low,
+        code.lower(),
     )
-    network = re.search(
-        r"urlopen|requests\.(post|put|get)|http\.client|httpconnection|socket|fetch\(|"
-        r"https?\.request|net::http|lwp::|io::socket|curl_exec|file_get_contents\(['\"]http",
-        low,
-    )
-    hosts = re.findall(r"https?://([^/:'\"\s]+)|['\"](\d{1,3}(?:\.\d{1,3}){3})['\"]", code)
-    remote = any(not _local_host(a or b) for a, b in hosts)
-    return bool(whole_env and network and remote)
+    return bool(whole_env) and _interpreter_sends(code)
 
 
 REVSHELL_WIRING = re.compile(
