@@ -46,10 +46,12 @@ def evasion_mon(
         yield monitor
 
 
-def frozen_after_connection(mon: Monitor, name: str, listener: Listener) -> float:
+def frozen_after_connection(
+    mon: Monitor, name: str, listener: Listener, timeout: float = 30
+) -> float:
     """Waits for the container's kill; seconds from the shell's connection to the freeze
     (the kill record is sent once the container is frozen)."""
-    record = mon.first_critical(name, timeout=30)
+    record = mon.first_critical(name, timeout=timeout)
     assert record["action"] == "killed", record
     assert record["category"] == "process", record
     wait_until(lambda: listener.accepted, 5, "the shell's connection")
@@ -109,5 +111,20 @@ def test_a_forged_unix_socket_name_does_not_hide_a_reverse_shell(evasion_mon: Mo
         script = FORGED.format(host=GATEWAY, port=listener.port)
         mon.trigger(name, run_file("/tmp/forged.py", script, "python3"))
         assert frozen_after_connection(mon, name, listener) < SHELL_TO_FROZEN_SEC
+    finally:
+        listener.close()
+
+
+def test_a_reverse_shell_in_a_nested_pid_namespace_is_killed(evasion_mon: Monitor) -> None:
+    """A process in a pid namespace nested in the container (`sudo unshare -pf`, or docker
+    inside the session) was never watched: only the container's own namespace was."""
+    mon = evasion_mon
+    name = mon.container()
+    listener = Listener()
+    try:
+        shell = PY_DUP2.format(host=GATEWAY, port=listener.port)
+        runner = "su code -c 'sudo unshare -pf --mount-proc python3 /tmp/p.py' #"
+        mon.trigger(name, run_file("/tmp/p.py", shell, runner))
+        assert frozen_after_connection(mon, name, listener, timeout=20) < SHELL_TO_FROZEN_SEC
     finally:
         listener.close()
