@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -250,8 +249,19 @@ def test_what_the_agent_hides_from_a_user_by_chmod_is_still_repaired() -> None:
     assert os.getuid() == 0, "switches to an unprivileged uid: run as root (make test does)"
     base = Path(tempfile.mkdtemp(prefix="coi-guard-user-", dir="/tmp"))
     try:
+        # The user may not reach this checkout or its venv (a clone in a 0700 folder): run a
+        # copy of the package with the system Python, as tests/integration/test_users.py does.
+        repo = Path(__file__).resolve().parents[2]
+        code = base / "code"
+        shutil.copytree(
+            repo / "coi_tui", code / "coi_tui", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        shutil.copy(Path(__file__).with_name("guard_as_user.py"), code / "guard_as_user.py")
+        subprocess.run(["chmod", "-R", "a+rX", str(code)], check=True)
+        work = base / "work"
+        work.mkdir()
         base.chmod(0o755)
-        os.chown(base, 4242, 4242)
+        os.chown(work, 4242, 4242)
         result = subprocess.run(
             [
                 "setpriv",
@@ -260,12 +270,13 @@ def test_what_the_agent_hides_from_a_user_by_chmod_is_still_repaired() -> None:
                 "--regid",
                 "4242",
                 "--clear-groups",
-                sys.executable,
-                "-m",
-                "tests.unit.guard_as_user",
-                str(base),
+                "/usr/bin/python3",
+                "-S",
+                str(code / "guard_as_user.py"),
+                str(work),
             ],
-            cwd=Path(__file__).resolve().parents[2],
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(code), "LANG": "C.UTF-8"},
             capture_output=True,
             text=True,
             timeout=120,
