@@ -65,6 +65,11 @@ RULE_BACKLOG = 256
 RULE_ARGV_BYTES = 65536
 RULE_HEAD_BYTES = 49152
 RULE_ARG_BYTES = 16384
+# A fire-drill container (`coi health --drill`, monitor/drill.py): its threats are logged, never
+# acted on. Trusted only with the drill's own name shape and this key set at creation (no coi
+# config writes user.* keys, and a container cannot set its own config).
+DRILL_KEY = "user.coi.drill"
+DRILL_INFIX = "drill-"
 
 
 def bound_argv(argv: list[str]) -> list[str]:
@@ -245,6 +250,23 @@ class Responder:
         self.daemon = daemon
         self.seen: dict[tuple[str, str], float] = {}
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="respond")
+        self.drills: dict[str, bool] = {}  # instance identity -> a fire-drill container
+
+    def is_drill(self, watched: Watched) -> bool:
+        """Named `<prefix>drill-...` (never a session slot's shape) and labelled DRILL_KEY on
+        this very instance (its volatile.uuid); asked of Incus once per container."""
+        if not watched.uuid or not watched.name.startswith(
+            self.daemon.config.container_prefix + DRILL_INFIX
+        ):
+            return False
+        if watched.identity not in self.drills:
+            try:
+                config = self.daemon.incus.get_instance(watched.name).config
+            except Exception:
+                return False  # asked again at the next threat
+            labelled = config.get(DRILL_KEY) == "true"
+            self.drills[watched.identity] = labelled and config.get("volatile.uuid") == watched.uuid
+        return self.drills[watched.identity]
 
     def handle(self, watched: Watched, threat: Threat) -> None:
         config = self.daemon.config
@@ -259,6 +281,8 @@ class Responder:
             self.seen = {k: t for k, t in self.seen.items() if now - t < config.dedup_window_sec}
         threat.container = watched.name
         wanted = config.actions.get(threat.level, "log")
+        if wanted in ("pause", "kill") and self.is_drill(watched):
+            wanted = "log"  # the drill's probes must be seen, not stopped
         action = {"log": "logged", "alert": "alerted", "pause": "paused", "kill": "killed"}[wanted]
         extra: dict[str, Any] = {}
         if wanted in ("pause", "kill"):
