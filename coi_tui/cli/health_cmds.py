@@ -1,4 +1,4 @@
-"""`coi health [--format text|json] [--verbose] [--fix [--dry-run]]`.
+"""`coi health [--format text|json] [--verbose] [--fix [--dry-run]] [--drill]`.
 
 Exit 0 healthy, 1 degraded (a warning), 2 unhealthy (a failure)."""
 
@@ -34,6 +34,13 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.add_argument(
         "--dry-run", action="store_true", help="with --fix: only say what would be repaired"
     )
+    p.add_argument(
+        "--drill",
+        action="store_true",
+        help="fire drill: start a throwaway container, trigger one harmless probe per threat "
+        "detector and show whether each was detected, the rule and the latency (exit 0 only "
+        "if every probe that ran was detected, 2 if one was missed)",
+    )
     p.set_defaults(handler=cmd_health)
 
 
@@ -46,6 +53,10 @@ def cmd_health(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
     if args.dry_run and not args.fix:
         raise UsageError("--dry-run only goes with --fix")
+    if args.drill:
+        if args.fix or args.verbose:
+            raise UsageError("--drill does not go with --fix or --verbose")
+        return cmd_drill(args)
     try:
         settings = load_settings()
     except CoiError:
@@ -85,6 +96,30 @@ def cmd_health(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     else:
         print_text(results, status)
     return EXIT_CODES[status]
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    """`coi health --drill`: a progress line per probe, then the table (or one JSON object)."""
+    from coi_tui.cli.parser import wants_json
+    from coi_tui.config import load_settings
+    from coi_tui.incus import Incus
+    from coi_tui.monitor.drill import format_table, run_drill
+
+    settings = load_settings()
+    as_json = wants_json(args)
+    out = sys.stderr if as_json else sys.stdout  # JSON stdout stays one document
+    print("Fire drill: one harmless probe per threat detector", file=out, flush=True)
+    drill = run_drill(
+        settings,
+        Incus(settings.socket or None, settings.project),
+        progress=lambda line: print(line, file=out, flush=True),
+    )
+    if as_json:
+        print(json.dumps(drill.as_dict(), indent=2))
+    else:
+        print()
+        print("\n".join(format_table(drill)))
+    return 0 if drill.ok else 2
 
 
 def report(results: list[Any], status: str) -> dict[str, Any]:
