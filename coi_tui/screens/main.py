@@ -73,7 +73,7 @@ from coi_tui.widgets.threat_feed import ThreatFeed
 
 # Actions that change something: greyed out with --read-only.
 MUTATING = frozenset(
-    {"toggle_pause", "kill", "snapshot", "restore", "branch", "new_slot", "attach"}
+    {"toggle_pause", "kill", "snapshot", "restore", "branch", "new_slot", "attach", "fire_drill"}
 )
 SLOT_ACTIONS = frozenset({"toggle_pause", "kill", "snapshot", "attach", "focus_terminal"})
 SNAPSHOT_ACTIONS = frozenset({"restore", "branch"})
@@ -168,6 +168,14 @@ class MainScreen(Screen[None]):
             "Filter",
             id="filter",
             tooltip="Filter the slots or the threat feed (! inverts)",
+        ),
+        Binding(
+            "f",
+            "fire_drill",
+            "Fire drill",
+            id="health.drill",
+            show=False,
+            tooltip="Check every threat detector with a throwaway container (coi health --drill)",
         ),
         Binding("ctrl+r", "refresh", "Refresh", id="refresh", show=False),
         Binding("1", "focus_pane(1)", "Workspaces", show=False, id="focus.1"),
@@ -315,6 +323,8 @@ class MainScreen(Screen[None]):
             return None if self.read_only else True
         if action == "filter":
             return area in ("workspaces", "threats", "")
+        if action == "fire_drill":
+            return None if self.read_only else True
         return True
 
     def on_descendant_focus(self) -> None:
@@ -340,6 +350,8 @@ class MainScreen(Screen[None]):
                 prefix = "go"
             elif name in ("filter", "refresh"):
                 prefix = "view"
+            elif name == "fire_drill":
+                prefix = "health"
             out.append((f"{prefix}: {binding.description}", binding.tooltip or "", action))
         return out
 
@@ -934,6 +946,11 @@ class MainScreen(Screen[None]):
         slot, snap = self.slot, self.selected_snapshot()
         if slot is not None and snap is not None:
             self._start_op("branch", slot.name, lambda: self.backend.branch(slot.name, snap.name))
+
+    def action_fire_drill(self) -> None:
+        from coi_tui.screens.drill import DrillScreen
+
+        self.app.push_screen(DrillScreen())
 
     def action_new_slot(self) -> None:
         workspace = self.slot.workspace if self.slot and self.slot.workspace else self.workspace
