@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from coi_tui import nofollow
-from coi_tui.monitor import behaviour, membership, procfs, rules
+from coi_tui.monitor import behaviour, filewatch, membership, procfs, rules
 from coi_tui.monitor.config import MonitorConfig, load_monitor_config
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
@@ -216,6 +216,8 @@ class Watched:
     forks: deque[float] = field(default_factory=deque)
     pids: set[int] = field(default_factory=set)
     local_sockets: set[int] = field(default_factory=set)  # inodes the kernel named unix
+    files: filewatch.ContainerFiles | None = None  # its sensitive-file marks
+    files_lost: int = 0  # file events the kernel dropped (queue overflow), reported
 
     @property
     def identity(self) -> str:
@@ -462,6 +464,10 @@ class Daemon:
                 self.nft.add(veth)
             except RuntimeError as exc:
                 self.log(f"{name}: {exc}")
+        try:
+            watched.files = filewatch.ContainerFiles(pid, self.canary_paths(watched))
+        except OSError as exc:
+            self.log(f"{name}: sensitive-file watcher unavailable: {exc}")
         watched.pids = set(self.container_pids(watched))
         for pid in watched.pids:
             watched.rchar[pid] = procfs.io_counters(pid)[0]
@@ -493,6 +499,9 @@ class Daemon:
         self.tell_capture()
         if watched.veth:
             self.nft.discard(watched.veth)
+        if watched.files is not None:
+            watched.files.close()
+            watched.files = None
         self.rule_queue = deque(e for e in self.rule_queue if e[0] is not watched)
         self.broadcaster.publish_event({"type": "unwatch", "container": watched.name})
         self.log(f"stopped watching {watched.name} (id {watched.uuid or 'unknown'})")
@@ -686,6 +695,92 @@ class Daemon:
             self.judge_spawns(watched, len(self.container_pids(watched)), now)
         else:
             self.schedule(watched.name, wait)  # its pass counts them (see scan)
+
+    def canary_paths(self, watched: Watched) -> tuple[str, ...]:
+        """The decoy credentials planted in this container (none until they are)."""
+        return ()
+
+    def on_file_events(self, watched: Watched, now: float) -> None:
+        """Opens and writes of sensitive files (monitor/filewatch.py), judged by who did them."""
+        files = watched.files
+        if files is None or watched.status == "Killed":
+            return
+        found: list[Threat] = []
+        for event in files.events():
+            opener = self.opener(watched, event.pid)
+            if opener is None:
+                continue  # a host process (Incus pushing a file), not the container
+            if not opener.alive and event.spec.package_managed:
+                opener.package_manager = self.package_manager_running(watched)
+            verdict = filewatch.judge(event, opener, event.spec.rule == "canary.open")
+            if verdict is None:
+                continue
+            level, why = verdict
+            spec = event.spec
+            evidence: dict[str, Any] = {
+                "sensitive_file": {"path": event.path, "access": event.access, "pid": event.pid},
+                "process": {
+                    "pid": opener.pid,
+                    "command": clean(opener.command),
+                    "exe": clean(opener.exe),
+                },
+            }
+            if spec.judge_content and event.access == "write" and LEVEL_RANK[level] >= 1:
+                # what a start-up file, crontab or unit now runs: a reverse shell there is one
+                content = rules.script_threats(event.pid, files.read(event.path), event.path)
+                worst = max(content, key=lambda t: LEVEL_RANK[t.level], default=None)
+                if worst is not None and LEVEL_RANK[worst.level] > LEVEL_RANK[level]:
+                    level = worst.level
+                    why += f"; it now runs: {worst.title.lower()}"
+                    evidence["content_rule"] = worst.rule_id
+            key = f"{watched.name}:{event.path}:{opener.exe or opener.command[:60]}"
+            found.append(
+                rules.threat(spec.rule, level, spec.category, spec.title, why, evidence, key)
+            )
+        if files.overflowed > watched.files_lost:
+            watched.files_lost = files.overflowed
+            found.append(
+                rules.threat(
+                    "monitor.file-events-lost",
+                    "warning",
+                    "evasion",
+                    "Sensitive-file events were lost",
+                    f"the kernel's fanotify queue overflowed {files.overflowed} time(s)",
+                    {"overflows": files.overflowed},
+                    f"{watched.name}:{int(now // 60)}",
+                )
+            )
+        if found:
+            self.respond(watched, found, now)
+
+    def opener(self, watched: Watched, pid: int) -> filewatch.Opener | None:
+        """Who caused a file event: None for a process outside the container; a gone one
+        keeps the command line the exec capture saw."""
+        if pid <= 0:
+            return filewatch.Opener(0, False)
+        proc = procfs.read_proc(pid)
+        if proc is None or not proc.exe:
+            argv = next((r[3] for r in reversed(watched.recent) if r[1] == pid), [])
+            return filewatch.Opener(pid, False, argv=list(argv))
+        if self.owner_of(pid) is not watched:
+            return None
+        ancestors: list[str] = []
+        parent = proc.ppid
+        for _ in range(16):
+            above = procfs.read_proc(parent) if parent > 1 else None
+            if above is None or self.owner_of(parent) is not watched:
+                break
+            ancestors.append(above.exe)
+            parent = above.ppid
+        return filewatch.Opener(pid, True, proc.exe, proc.cmdline, ancestors)
+
+    def package_manager_running(self, watched: Watched) -> bool:
+        for pid in self.container_pids(watched):
+            with contextlib.suppress(OSError):
+                exe = os.readlink(f"/proc/{pid}/exe")
+                if filewatch.system_tool(exe, filewatch.PACKAGE_MANAGERS):
+                    return True
+        return False
 
     def judge_spawns(self, watched: Watched, live: int, now: float) -> None:
         """A fork burst that ended at most SPAWN_BURST_LINGER_SEC ago, judged with `live`
@@ -898,12 +993,15 @@ class Daemon:
                     self.run_rules()
                 due = min(next_scan, next_refresh, self.timers[0][0] if self.timers else 1e18)
                 timeout = 0.0 if self.rule_queue else max(0.0, due - time.monotonic())
+                groups = {w.files.fileno(): w for w in self.watched.values() if w.files}
                 ready, _, _ = select.select(
-                    [capture_r, wake_r, nflog, self.broadcaster], [], [], timeout
+                    [capture_r, wake_r, nflog, self.broadcaster, *groups], [], [], timeout
                 )
                 now = time.monotonic()
                 for source in ready:
-                    if source is capture_r and not self.on_capture(capture_r):
+                    if isinstance(source, int) and source in groups:
+                        self.on_file_events(groups[source], now)
+                    elif source is capture_r and not self.on_capture(capture_r):
                         self.log("exec capture process exited: restarting it")
                         os.close(capture_r)
                         with contextlib.suppress(ChildProcessError):

@@ -616,10 +616,10 @@ def test_credential_scanning_is_alerted(mon: Monitor) -> None:
     name = mon.container()
     mon.sh(
         name,
-        "mkdir -p /root/.ssh /root/.aws && echo fake > /root/.ssh/id_ed25519 && "
-        "echo '[default]' > /root/.aws/credentials && "
-        "env > /dev/null; cat /proc/1/environ > /dev/null; cat /root/.ssh/id_ed25519 >/dev/null;"
-        " cat /root/.aws/credentials > /dev/null; grep -r 'BEGIN OPENSSH PRIVATE' /root || true;"
+        # command lines only: the files do not exist (opening real ones is HIGH, see
+        # test_monitor_files.py)
+        "env > /dev/null; cat /proc/1/environ > /dev/null; cat /root/.ssh/id_ed25519 2>/dev/null;"
+        " cat /root/.aws/credentials 2>/dev/null; grep -r 'BEGIN OPENSSH PRIVATE' /root || true;"
         " sleep 1",  # keeps the script observable (see the developer-workload test)
     )
     wanted = {

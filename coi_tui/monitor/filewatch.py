@@ -1,0 +1,802 @@
+"""Sensitive-file watcher: fanotify from the host on chosen files and directories of each
+watched container, so opens and writes are seen, not only execs (a python one-liner that
+appends to ~/.bashrc starts no process the exec rules could judge).
+
+One fanotify group per container (closing it drops every mark), reporting the parent
+directory and name of each event (FAN_REPORT_DFID_NAME: no file descriptor is opened for us,
+and the directory's handle tells which container and path it was). Marks are inode marks:
+- reads: FAN_OPEN on each existing credential file (/etc/shadow, SSH private keys, cloud
+  credentials, keyrings, the session's canaries), re-marked when one is replaced;
+- writes: FAN_CLOSE_WRITE, FAN_CREATE and FAN_MOVED_TO on the children of the directories
+  that hold persistence and account files (/etc, /etc/sudoers.d, crontabs, shell start-up
+  files, systemd units, ~/.ssh), so `sed -i` (a new file renamed over the old) is seen too.
+A directory that does not exist yet is awaited through its nearest existing ancestor, and
+what was already written in it when it appears is judged then.
+
+The container's tree is hostile: every path is walked from the container's root one
+component at a time with O_NOFOLLOW (an absolute symlink must never lead to the host's
+files), and file contents are read only from regular files, bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fnmatch
+import os
+import stat
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+# fanotify(7) and fcntl.h
+FAN_CLOEXEC = 0x1
+FAN_NONBLOCK = 0x2
+FAN_REPORT_DFID_NAME = 0xC00
+FAN_CLOSE_WRITE = 0x08
+FAN_OPEN = 0x20
+FAN_MOVED_TO = 0x80
+FAN_CREATE = 0x100
+FAN_Q_OVERFLOW = 0x4000
+FAN_EVENT_ON_CHILD = 0x08000000
+FAN_ONDIR = 0x40000000
+FAN_MARK_ADD = 0x1
+FAN_MARK_DONT_FOLLOW = 0x4
+INFO_DFID_NAME = 2
+AT_EMPTY_PATH = 0x1000
+O_PATH = getattr(os, "O_PATH", 0o10000000)
+
+ENTRY_EVENTS = FAN_CREATE | FAN_MOVED_TO  # a name appears in a directory
+WRITE_EVENTS = FAN_CLOSE_WRITE | ENTRY_EVENTS
+MAX_CONTENT = 64 * 1024  # bytes of a written start-up file or crontab judged by the rules
+MAX_DIR_ENTRIES = 4096  # entries looked at in one directory (a hostile one may hold millions)
+EVENT_HEADER = struct.Struct("IBBHQii")
+
+
+@dataclass(frozen=True)
+class Sensitive:
+    """Files in one directory that matter. `dir`: a container path, "~" standing for each
+    home (/root and /home/*); `names`: fnmatch patterns; `access`: "read" (any open) or
+    "write" (written, created, renamed into place)."""
+
+    dir: str
+    names: tuple[str, ...]
+    access: str
+    rule: str
+    level: str
+    category: str
+    title: str
+    skip: tuple[str, ...] = ()
+    judge_content: bool = False  # also run the script rules over what was written
+    package_managed: bool = False  # dpkg/apt write these too (INFO while they do)
+
+
+STARTUP_FILES = (
+    ".bashrc",
+    ".profile",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".zshrc",
+    ".zprofile",
+    ".zshenv",
+    ".zlogin",
+    ".pam_environment",
+)
+CLOUD_CREDENTIALS = (
+    ("~/.aws", ("credentials",)),
+    (
+        "~/.config/gcloud",
+        ("credentials.db", "access_tokens.db", "application_default_credentials.json"),
+    ),
+    ("~/.azure", ("accessTokens.json", "msal_token_cache.json", "msal_token_cache.bin")),
+    ("~/.kube", ("config",)),
+    ("~/.docker", ("config.json",)),
+    ("~/.config/gh", ("hosts.yml",)),
+    ("~", (".netrc", ".git-credentials", ".pgpass")),
+)
+KEYRINGS = (
+    ("~/.local/share/keyrings", ("*",)),
+    ("~/.mozilla/firefox/*", ("logins.json", "key4.db", "cookies.sqlite")),
+    ("~/.config/google-chrome/*", ("Login Data", "Cookies")),
+    ("~/.config/chromium/*", ("Login Data", "Cookies")),
+)
+
+# The one list of what the watcher watches (SECURITY.md "Sensitive files" names it).
+SENSITIVE: tuple[Sensitive, ...] = (
+    Sensitive(
+        "/etc",
+        ("shadow", "gshadow"),
+        "read",
+        "file.shadow-read",
+        "high",
+        "credential_access",
+        "Password hashes read",
+    ),
+    Sensitive(
+        "~/.ssh",
+        ("id_*", "*.pem", "*_key", "*.key"),
+        "read",
+        "file.ssh-key-read",
+        "high",
+        "credential_access",
+        "SSH private key read",
+        skip=("*.pub",),
+    ),
+    *(
+        Sensitive(
+            folder,
+            names,
+            "read",
+            "file.credential-read",
+            "high",
+            "credential_access",
+            "Cloud or tool credential file read",
+        )
+        for folder, names in CLOUD_CREDENTIALS
+    ),
+    *(
+        Sensitive(
+            folder,
+            names,
+            "read",
+            "file.keyring-read",
+            "high",
+            "credential_access",
+            "Browser or keyring secret store read",
+        )
+        for folder, names in KEYRINGS
+    ),
+    Sensitive(
+        "/etc",
+        ("sudoers",),
+        "write",
+        "file.sudoers-write",
+        "critical",
+        "privilege",
+        "sudoers changed",
+        package_managed=True,
+    ),
+    Sensitive(
+        "/etc/sudoers.d",
+        ("*",),
+        "write",
+        "file.sudoers-write",
+        "critical",
+        "privilege",
+        "sudoers changed",
+        package_managed=True,
+    ),
+    Sensitive(
+        "/etc",
+        ("shadow", "gshadow", "passwd", "group"),
+        "write",
+        "file.account-write",
+        "critical",
+        "persistence",
+        "Account database changed",
+        package_managed=True,
+    ),
+    Sensitive(
+        "~/.ssh",
+        ("authorized_keys", "authorized_keys2"),
+        "write",
+        "file.authorized-keys-write",
+        "critical",
+        "persistence",
+        "SSH authorized_keys changed",
+    ),
+    Sensitive(
+        "~/.ssh",
+        ("rc", "environment"),
+        "write",
+        "file.ssh-rc-write",
+        "high",
+        "persistence",
+        "SSH login script changed",
+        judge_content=True,
+    ),
+    Sensitive(
+        "/etc",
+        ("ld.so.preload",),
+        "write",
+        "file.ld-preload-write",
+        "critical",
+        "persistence",
+        "ld.so.preload changed: every program would load a library",
+    ),
+    Sensitive(
+        "/etc/ld.so.conf.d",
+        ("*",),
+        "write",
+        "file.ld-conf-write",
+        "high",
+        "persistence",
+        "Dynamic linker search path changed",
+        package_managed=True,
+    ),
+    *(
+        Sensitive(
+            folder,
+            names,
+            "write",
+            "file.cron-write",
+            "high",
+            "persistence",
+            "Scheduled job added or changed",
+            judge_content=True,
+            package_managed=True,
+        )
+        for folder, names in (
+            ("/etc", ("crontab", "anacrontab")),
+            ("/etc/cron.d", ("*",)),
+            ("/etc/cron.hourly", ("*",)),
+            ("/etc/cron.daily", ("*",)),
+            ("/etc/cron.weekly", ("*",)),
+            ("/etc/cron.monthly", ("*",)),
+            ("/var/spool/cron/crontabs", ("*",)),
+        )
+    ),
+    Sensitive(
+        "~",
+        STARTUP_FILES,
+        "write",
+        "file.startup-write",
+        "high",
+        "persistence",
+        "Shell start-up file changed",
+        judge_content=True,
+    ),
+    *(
+        Sensitive(
+            folder,
+            names,
+            "write",
+            "file.startup-write",
+            "high",
+            "persistence",
+            "Shell start-up file changed",
+            judge_content=True,
+            package_managed=True,
+        )
+        for folder, names in (
+            ("/etc", ("profile", "bash.bashrc", "environment", "zshenv", "zshrc")),
+            ("/etc/profile.d", ("*",)),
+            ("/etc/zsh", ("*",)),
+        )
+    ),
+    *(
+        Sensitive(
+            folder,
+            ("*",),
+            "write",
+            "file.systemd-unit-write",
+            "high",
+            "persistence",
+            "systemd unit added or changed",
+            judge_content=True,
+            package_managed=True,
+        )
+        for folder in (
+            "/etc/systemd/system",
+            "/etc/systemd/system/multi-user.target.wants",
+            "/etc/systemd/system/default.target.wants",
+            "/etc/systemd/user",
+            "/usr/lib/systemd/system",
+            "~/.config/systemd/user",
+            "~/.config/systemd/user/default.target.wants",
+        )
+    ),
+    Sensitive(
+        "/etc/pam.d",
+        ("*",),
+        "write",
+        "file.pam-write",
+        "high",
+        "persistence",
+        "PAM configuration changed",
+        package_managed=True,
+    ),
+)
+
+# Programs whose opens of these files are their job (by the executable's path in the
+# container, checked while the process lives; see Opener.exempt).
+AUTH_TOOLS = frozenset(
+    {
+        "sudo",
+        "su",
+        "unix_chkpwd",
+        "login",
+        "sshd",
+        "passwd",
+        "chage",
+        "chpasswd",
+        "chsh",
+        "chfn",
+        "newgrp",
+        "gpasswd",
+        "cron",
+        "pwck",
+        "grpck",
+        "pwconv",
+        "grpconv",
+        "useradd",
+        "usermod",
+        "userdel",
+        "groupadd",
+        "groupmod",
+        "groupdel",
+        "newusers",
+        "expiry",
+    }
+)
+ACCOUNT_TOOLS = frozenset(
+    {
+        "useradd",
+        "usermod",
+        "userdel",
+        "groupadd",
+        "groupmod",
+        "groupdel",
+        "passwd",
+        "chpasswd",
+        "chsh",
+        "chfn",
+        "gpasswd",
+        "newusers",
+        "pwconv",
+        "grpconv",
+        "chage",
+    }
+)
+SSH_TOOLS = frozenset({"ssh", "ssh-add", "ssh-keygen", "scp", "sftp", "ssh-agent"})
+PACKAGE_MANAGERS = frozenset({"dpkg", "apt", "apt-get", "aptitude", "unattended-upgrade"})
+SYSTEM_DIRS = ("/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/", "/usr/lib/", "/usr/libexec/")
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """One event of a watched container: the file's container path and what happened."""
+
+    path: str
+    access: str  # "read" | "write"
+    pid: int
+    spec: Sensitive
+
+
+@dataclass
+class Opener:
+    """The process behind an event, as far as it can still be seen (`alive` False: it had
+    exited when the event was read; only the command line the exec capture saw is left)."""
+
+    pid: int
+    alive: bool
+    exe: str = ""
+    argv: list[str] = field(default_factory=list)
+    ancestors: list[str] = field(default_factory=list)  # exe paths of its parents
+    package_manager: bool = False  # gone, but dpkg/apt ran in the container at the time
+
+    @property
+    def command(self) -> str:
+        return " ".join(self.argv)[:300]
+
+    def runs(self, tools: frozenset[str]) -> bool:
+        """Whether the process is one of `tools` by its executable (a system path: a copy
+        of cat named `sudo` in /tmp is not sudo). Without a live process nothing is."""
+        return self.alive and system_tool(self.exe, tools)
+
+    def under(self, tools: frozenset[str]) -> bool:
+        return self.runs(tools) or any(system_tool(exe, tools) for exe in self.ancestors)
+
+
+def system_tool(exe: str, tools: frozenset[str]) -> bool:
+    exe = exe.removesuffix(" (deleted)")
+    return exe.startswith(SYSTEM_DIRS) and os.path.basename(exe) in tools
+
+
+def judge(event: FileEvent, opener: Opener, canary: bool) -> tuple[str, str] | None:
+    """(level, why) for an event, or None when it is the file's own tools doing their job.
+    Canaries have no legitimate reader at all."""
+    spec = event.spec
+    if canary:
+        return spec.level, "a decoy credential planted for this session was opened"
+    if spec.access == "read":
+        sudoedit = os.path.basename(opener.exe) == "sudo" and _sudo_edits(opener.argv)
+        if spec.rule == "file.shadow-read" and opener.runs(AUTH_TOOLS) and not sudoedit:
+            return None
+        if spec.rule == "file.ssh-key-read" and opener.runs(SSH_TOOLS):
+            return None
+        if _searching(opener.argv, event.path):
+            return "warning", f"{event.path} opened by a recursive search"
+        return spec.level, f"{event.path} opened"
+    if spec.package_managed and (opener.package_manager or opener.under(PACKAGE_MANAGERS)):
+        return "info", f"{event.path} written by the package manager"
+    if spec.rule == "file.account-write" and opener.runs(ACCOUNT_TOOLS):
+        return "warning", f"{event.path} changed by {os.path.basename(opener.exe)}"
+    return spec.level, f"{event.path} written"
+
+
+SEARCH_TOOLS = frozenset({"grep", "egrep", "fgrep", "rg", "ag", "ack", "find", "ugrep"})
+
+
+def _searching(argv: list[str], path: str) -> bool:
+    """A recursive search that walked into the file (`grep -rn TODO /etc`) rather than a
+    command that names it (`grep root /etc/shadow`, `cat /etc/shadow`)."""
+    if not argv or os.path.basename(argv[0]) not in SEARCH_TOOLS:
+        return False
+    name = os.path.basename(path)
+    if any(name in arg for arg in argv[1:]):
+        return False
+    recursive = os.path.basename(argv[0]) in ("rg", "ag", "ack", "find") or any(
+        arg in ("--recursive", "--dereference-recursive")
+        or (arg.startswith("-") and not arg.startswith("--") and ("r" in arg or "R" in arg))
+        for arg in argv[1:]
+    )
+    return recursive
+
+
+def _sudo_edits(argv: list[str]) -> bool:
+    """sudoedit copies the file as root: its read of /etc/shadow is not an authentication."""
+    if argv and os.path.basename(argv[0]) == "sudoedit":
+        return True
+    for arg in argv[1:]:
+        if arg in ("-e", "--edit") or (
+            arg.startswith("-") and not arg.startswith("--") and "e" in arg[1:]
+        ):
+            return True
+        if not arg.startswith("-"):
+            break
+    return False
+
+
+# ------------------------------------------------------------------------------ fanotify
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+_libc.fanotify_mark.argtypes = [
+    ctypes.c_int,
+    ctypes.c_uint,
+    ctypes.c_uint64,
+    ctypes.c_int,
+    ctypes.c_char_p,
+]
+_libc.name_to_handle_at.argtypes = [
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_int),
+    ctypes.c_int,
+]
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+    return result
+
+
+def handle_of(fd: int) -> bytes:
+    """The file handle of an open file (type and bytes, as fanotify reports it)."""
+    buffer = ctypes.create_string_buffer(8 + 128)
+    struct.pack_into("Ii", buffer, 0, 128, 0)
+    mount_id = ctypes.c_int()
+    _check(
+        _libc.name_to_handle_at(fd, b"", buffer, ctypes.byref(mount_id), AT_EMPTY_PATH),
+        "name_to_handle_at",
+    )
+    size, kind = struct.unpack_from("Ii", buffer, 0)
+    return struct.pack("i", kind) + buffer.raw[8 : 8 + size]
+
+
+def parse_events(data: bytes) -> Iterable[tuple[int, int, bytes, str]]:
+    """(mask, pid, directory handle, name) of each event in a read of the group."""
+    offset = 0
+    while offset + EVENT_HEADER.size <= len(data):
+        length, _version, _reserved, meta_len, mask, _fd, pid = EVENT_HEADER.unpack_from(
+            data, offset
+        )
+        if length < EVENT_HEADER.size:
+            return
+        info, handle, name = offset + meta_len, b"", ""
+        end = offset + length
+        while info + 4 <= end:
+            kind, _pad, size = struct.unpack_from("BBH", data, info)
+            if size < 4:
+                break
+            if kind == INFO_DFID_NAME and size >= 20:
+                body = data[info + 4 : info + size]
+                hsize, htype = struct.unpack_from("Ii", body, 8)
+                handle = struct.pack("i", htype) + body[16 : 16 + hsize]
+                name = body[16 + hsize :].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            info += size
+        yield mask, pid, handle, name
+        offset = end
+
+
+@dataclass
+class Watched:
+    path: str
+    fd: int  # O_PATH descriptor of the directory (reads and new marks go through it)
+
+
+class ContainerFiles:
+    """The marks of one container: open with `open(root_pid, extra)`, `fileno()` for
+    select, `events()` when readable, `close()` when the container is forgotten."""
+
+    def __init__(self, root_pid: int, canaries: Iterable[str] = ()) -> None:
+        self.root = os.open(f"/proc/{root_pid}/root", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.group = -1
+        try:
+            self.group = _check(
+                _libc.fanotify_init(
+                    FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME,
+                    os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC,
+                ),
+                "fanotify_init",
+            )
+            self.root_dev = os.fstat(self.root).st_dev
+            self.canaries = frozenset(canaries)
+            self.specs = self._expand(canaries)
+            self.dirs: dict[bytes, Watched] = {}
+            self.by_path: dict[str, Watched] = {}
+            self.awaited: dict[str, set[str]] = {}  # existing ancestor -> targets below it
+            self.overflowed = 0
+            self.marked_files = 0
+            self.pending: list[FileEvent] = []
+            for folder in {spec.dir for spec in self.specs}:
+                self._ensure(folder, initial=True)
+        except BaseException:
+            self.close()
+            raise
+
+    # -------------------------------------------------------------- what is watched
+    def _homes(self) -> list[str]:
+        homes = ["/root"]
+        with contextlib.suppress(OSError):
+            fd = self._open_dir("/home")
+            try:
+                homes += [f"/home/{name}" for name in sorted(os.listdir(_listable(fd)))[:64]]
+            finally:
+                os.close(fd)
+        return homes
+
+    def _expand(self, canaries: Iterable[str]) -> list[Sensitive]:
+        """SENSITIVE with "~" and globbed directories made concrete, plus the canaries."""
+        homes = self._homes()
+        out: list[Sensitive] = []
+        for spec in SENSITIVE:
+            folders = (
+                [spec.dir.replace("~", home, 1) for home in homes]
+                if spec.dir.startswith("~")
+                else [spec.dir]
+            )
+            for folder in folders:
+                for concrete in self._glob(folder):
+                    out.append(_replace(spec, dir=concrete))
+        for path in canaries:
+            folder, name = os.path.split(path)
+            out.append(
+                Sensitive(
+                    folder,
+                    (name,),
+                    "read",
+                    "canary.open",
+                    "high",
+                    "canary",
+                    "Decoy credential opened",
+                )
+            )
+        return out
+
+    def _glob(self, folder: str) -> list[str]:
+        if "*" not in folder:
+            return [folder]
+        head, _, tail = folder.partition("*")
+        parent = head.rstrip("/") or "/"
+        try:
+            fd = self._open_dir(parent)
+        except OSError:
+            return []
+        try:
+            names = sorted(os.listdir(_listable(fd)))[:MAX_DIR_ENTRIES]
+        finally:
+            os.close(fd)
+        return [f"{parent}/{name}{tail}" for name in names if "*" not in tail][:16]
+
+    # ------------------------------------------------------------------ container tree
+    def _open_dir(self, path: str) -> int:
+        """An O_PATH descriptor of a container directory, never through a symlink."""
+        fd = os.dup(self.root)
+        try:
+            for part in [p for p in path.split("/") if p]:
+                child = os.open(
+                    part, O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+                )
+                os.close(fd)
+                fd = child
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _mark(self, dir_fd: int, mask: int, name: str = ".") -> None:
+        """Mark `name` in a directory (itself by default); a symlink there is marked as
+        itself, never followed (fanotify takes no O_PATH descriptor alone)."""
+        flags = FAN_MARK_ADD | FAN_MARK_DONT_FOLLOW
+        path = name.encode("utf-8", "surrogateescape")
+        _check(_libc.fanotify_mark(self.group, flags, mask, dir_fd, path), "fanotify_mark")
+
+    def _dir_mask(self, folder: str) -> int:
+        mask = 0
+        for spec in self.specs:
+            if spec.dir == folder:
+                mask |= (
+                    WRITE_EVENTS | FAN_EVENT_ON_CHILD if spec.access == "write" else ENTRY_EVENTS
+                )
+        return mask
+
+    def _ensure(self, folder: str, initial: bool = False) -> None:
+        """Mark `folder` (and the files to read-watch in it); if it does not exist, await
+        it through its nearest existing ancestor."""
+        if folder in self.by_path:
+            return
+        parts = [p for p in folder.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            path = "/" + "/".join(parts[:depth])
+            try:
+                fd = self._open_dir(path)
+            except OSError:
+                continue
+            if depth == len(parts):
+                self._adopt(folder, fd, initial)
+            else:
+                try:
+                    # the ancestor's own marks stay; this one tells when the next part appears
+                    self._mark(fd, ENTRY_EVENTS | FAN_ONDIR)
+                    self.dirs.setdefault(handle_of(fd), Watched(path, fd))
+                    self.awaited.setdefault(path, set()).add(folder)
+                except OSError:
+                    os.close(fd)
+            return
+
+    def _adopt(self, folder: str, fd: int, initial: bool) -> None:
+        try:
+            self._mark(fd, self._dir_mask(folder) | FAN_ONDIR)
+            key = handle_of(fd)
+        except OSError:
+            os.close(fd)
+            return
+        old = self.dirs.get(key)
+        if old is not None and old.fd != fd:
+            os.close(old.fd)
+        watched = Watched(folder, fd)
+        self.dirs[key] = watched
+        self.by_path[folder] = watched
+        try:
+            names = sorted(os.listdir(_listable(fd)))[:MAX_DIR_ENTRIES]
+        except OSError:
+            names = []
+        for name in names:
+            for spec in self._specs_for(folder, name):
+                if spec.access == "read":
+                    self._mark_file(watched, name)
+                elif not initial:
+                    # written before the directory was marked (it appeared just now)
+                    self.pending.append(FileEvent(f"{folder}/{name}", "write", 0, spec))
+
+    def _mark_file(self, folder: Watched, name: str) -> None:
+        try:
+            info = os.stat(name, dir_fd=folder.fd, follow_symlinks=False)
+            # a regular file of the container's own filesystem (a user's mounted credential
+            # is the user's choice: not judged here)
+            canary = f"{folder.path}/{name}" in self.canaries
+            if stat.S_ISREG(info.st_mode) and (canary or info.st_dev == self.root_dev):
+                self._mark(folder.fd, FAN_OPEN, name)
+                self.marked_files += 1
+        except OSError:
+            pass
+
+    def _specs_for(self, folder: str, name: str) -> list[Sensitive]:
+        return [
+            spec
+            for spec in self.specs
+            if spec.dir == folder
+            and any(fnmatch.fnmatchcase(name, pattern) for pattern in spec.names)
+            and not any(fnmatch.fnmatchcase(name, pattern) for pattern in spec.skip)
+        ]
+
+    # ---------------------------------------------------------------------- events
+    def fileno(self) -> int:
+        return self.group
+
+    def events(self) -> list[FileEvent]:
+        """Everything the group has, judged against the specs (and new directories or
+        replaced files marked on the way)."""
+        out, self.pending = self.pending, []
+        while True:
+            try:
+                data = os.read(self.group, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not data:
+                break
+            for mask, pid, handle, name in parse_events(data):
+                if mask & FAN_Q_OVERFLOW:
+                    self.overflowed += 1
+                    continue
+                folder = self.dirs.get(handle)
+                if folder is None or not name:
+                    continue
+                path = f"{folder.path.rstrip('/')}/{name}"
+                if mask & ENTRY_EVENTS:
+                    self._appeared(folder, name, path)
+                    out += self.pending
+                    self.pending = []
+                access = "read" if mask & FAN_OPEN and not mask & WRITE_EVENTS else "write"
+                if mask & FAN_ONDIR:
+                    continue
+                specs = self._specs_for(folder.path, name)
+                if path in self.canaries:  # a decoy: only its own rule speaks
+                    specs = [spec for spec in specs if spec.rule == "canary.open"]
+                out += [FileEvent(path, access, pid, s) for s in specs if s.access == access]
+        return out
+
+    def _appeared(self, folder: Watched, name: str, path: str) -> None:
+        for target in sorted(self.awaited.get(folder.path, ())):
+            if target == path or target.startswith(path + "/"):
+                self.awaited[folder.path].discard(target)
+                self._ensure(target)
+        if any(s.access == "read" for s in self._specs_for(folder.path, name)):
+            self._mark_file(folder, name)
+
+    def read(self, path: str) -> str:
+        """The start of a container file (regular files only; "" otherwise)."""
+        folder, name = os.path.split(path)
+        try:
+            dir_fd = self._open_dir(folder)
+        except OSError:
+            return ""
+        try:
+            fd = os.open(
+                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+            )
+        except OSError:
+            return ""
+        finally:
+            os.close(dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
+            return os.read(fd, MAX_CONTENT).decode("utf-8", "replace")
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for watched in getattr(self, "dirs", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(watched.fd)
+        self.dirs = {}
+        self.by_path = {}
+        for fd in (self.group, self.root):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.group = self.root = -1
+
+
+def _listable(fd: int) -> str:
+    """listdir cannot take an O_PATH descriptor: list through /proc/self/fd."""
+    return f"/proc/self/fd/{fd}"
+
+
+def _replace(spec: Sensitive, **changes: str) -> Sensitive:
+    from dataclasses import replace
+
+    return replace(spec, **changes)
+
+
+OpenerLookup = Callable[[int], Opener]

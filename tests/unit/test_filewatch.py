@@ -1,0 +1,83 @@
+"""The sensitive-file watcher's pure parts: event parsing and who may touch what."""
+
+from __future__ import annotations
+
+import struct
+
+from coi_tui.monitor import filewatch
+from coi_tui.monitor.filewatch import FileEvent, Opener, judge
+
+
+def spec(rule: str, access: str) -> filewatch.Sensitive:
+    return next(s for s in filewatch.SENSITIVE if s.rule == rule and s.access == access)
+
+
+def event(path: str, rule: str, access: str) -> FileEvent:
+    return FileEvent(path, access, 42, spec(rule, access))
+
+
+def alive(exe: str, *argv: str, ancestors: tuple[str, ...] = ()) -> Opener:
+    return Opener(42, True, exe, list(argv) or [exe], list(ancestors))
+
+
+SHADOW = event("/etc/shadow", "file.shadow-read", "read")
+
+
+def test_sudo_reading_shadow_is_its_job_but_sudoedit_and_copies_are_not() -> None:
+    assert judge(SHADOW, alive("/usr/bin/sudo", "sudo", "-n", "true"), False) is None
+    assert judge(SHADOW, alive("/usr/bin/sudo", "sudo", "-e", "/etc/shadow"), False)
+    assert judge(SHADOW, alive("/usr/bin/sudo", "sudoedit", "/etc/shadow"), False)
+    # a copy of a tool outside the system directories, or a process already gone
+    assert judge(SHADOW, alive("/tmp/sudo", "sudo", "true"), False) == (
+        "high",
+        "/etc/shadow opened",
+    )
+    assert judge(SHADOW, Opener(42, False, argv=["sudo", "true"]), False)
+    assert judge(SHADOW, alive("/usr/bin/cat", "cat", "/etc/shadow"), False)
+
+
+def test_a_recursive_search_is_a_warning_and_naming_the_file_is_not() -> None:
+    assert judge(SHADOW, alive("/usr/bin/grep", "grep", "-rn", "TODO", "/etc"), False) == (
+        "warning",
+        "/etc/shadow opened by a recursive search",
+    )
+    level, _ = judge(SHADOW, alive("/usr/bin/grep", "grep", "-r", "root", "/etc/shadow"), False)
+    assert level == "high"
+    level, _ = judge(SHADOW, alive("/usr/bin/grep", "grep", "root", "/etc/shadow"), False)
+    assert level == "high"
+
+
+def test_package_manager_writes_are_info_except_where_packages_never_write() -> None:
+    cron = event("/etc/cron.d/x", "file.cron-write", "write")
+    dpkg = alive("/usr/bin/cp", "cp", ancestors=("/usr/bin/dpkg",))
+    assert judge(cron, dpkg, False)[0] == "info"
+    assert judge(cron, alive("/usr/bin/python3.12", "python3"), False)[0] == "high"
+    keys = event("/home/code/.ssh/authorized_keys", "file.authorized-keys-write", "write")
+    assert judge(keys, dpkg, False)[0] == "critical"
+    gone = Opener(0, False, package_manager=True)
+    assert judge(cron, gone, False)[0] == "info"
+
+
+def test_account_tools_change_accounts_at_warning_anything_else_is_critical() -> None:
+    passwd = event("/etc/passwd", "file.account-write", "write")
+    assert judge(passwd, alive("/usr/sbin/useradd", "useradd", "x"), False)[0] == "warning"
+    assert judge(passwd, alive("/usr/bin/python3", "python3"), False)[0] == "critical"
+
+
+def test_a_canary_has_no_legitimate_reader() -> None:
+    canary = FileEvent("/home/code/.ssh/id_deploy", "read", 42, spec("file.ssh-key-read", "read"))
+    assert judge(canary, alive("/usr/bin/ssh", "ssh"), True)[0] == "high"
+    assert judge(canary, alive("/usr/bin/ssh", "ssh"), False) is None
+
+
+def test_parse_events_reads_directory_handle_and_name_and_stops_on_garbage() -> None:
+    handle = b"\x01\x02\x03\x04\x05\x06\x07\x08"
+    body = b"F" * 8 + struct.pack("Ii", len(handle), 77) + handle + b"shadow\0\0"
+    info = struct.pack("BBH", filewatch.INFO_DFID_NAME, 0, 4 + len(body)) + body
+    meta = filewatch.EVENT_HEADER.size
+    header = filewatch.EVENT_HEADER.pack(meta + len(info), 3, 0, meta, filewatch.FAN_OPEN, -1, 99)
+    events = list(filewatch.parse_events(header + info + b"\0" * 5))
+    assert events == [(filewatch.FAN_OPEN, 99, struct.pack("i", 77) + handle, "shadow")]
+    # a record claiming a zero length ends the parse instead of looping
+    bad = filewatch.EVENT_HEADER.pack(0, 3, 0, meta, filewatch.FAN_OPEN, -1, 99)
+    assert list(filewatch.parse_events(bad)) == []
