@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coi_tui.errors import CoiError
+from coi_tui.incus.errors import IncusError
 from coi_tui.monitor.config import MonitorConfig
 from coi_tui.monitor.daemon import DRILL_INFIX, DRILL_KEY
 from coi_tui.monitor.events import LEVEL_RANK
@@ -609,6 +610,19 @@ class Drill:
         result.note = skip_reason(probe, values, reasons)
         if result.note:
             return result
+        try:
+            return self.probe(probe, values, events, listeners, result)
+        except IncusError as exc:
+            raise self.explain(exc) from None
+
+    def probe(
+        self,
+        probe: Probe,
+        values: Mapping[str, str],
+        events: MonitorEvents,
+        listeners: Sequence[Listener],
+        result: ProbeResult,
+    ) -> ProbeResult:
         uid = self.settings.code_uid
         if probe.setup:
             done = self.incus.exec_capture(
@@ -648,6 +662,8 @@ class Drill:
             result.note = f"no {'/'.join(sorted(probe.rules))} within {probe.timeout:g}s" + (
                 f"; seen: {', '.join(seen)}" if seen else ""
             )
+            if events.closed:
+                result.note += "; the monitor closed its event socket (did it stop?)"
         # end the probe: its connections, then every process of the code user
         for listener in listeners:
             listener.drop_connections()
@@ -659,6 +675,22 @@ class Drill:
             if error:
                 result.note += f"; the probe said: {error}"
         return result
+
+    def explain(self, exc: IncusError) -> CoiError:
+        """An exec into the drill container failed: most likely the monitor paused or killed
+        it (a daemon started by a coi without the drill exemption is still running)."""
+        try:
+            status = self.incus.status(self.name)
+        except IncusError:
+            status = "Gone"
+        if status in ("Frozen", "Gone"):
+            done = "paused" if status == "Frozen" else "deleted"
+            return CoiError(
+                f"the threat monitor {done} the drill container instead of logging its threats "
+                "(a daemon started by an older coi?): stop it with 'coi monitor --stop' and run "
+                "the drill again"
+            )
+        return exc
 
     def start_exec(self, argv: list[str], uid: int) -> str:
         """Start a command in the container without waiting for it; the operation's path."""
