@@ -37,9 +37,13 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         "of one container: NAME (or alias), else $COI_CONTAINER, else the workspace's only "
         "container. --watch N refreshes every N seconds (text only). --all shows every "
         "running coi container. --daemon starts the host monitor daemon (a no-op when it "
-        "runs); --stop stops it.",
+        "runs); --stop stops it. 'coi monitor rules list [--json]' shows the process rule "
+        "packs the daemon loads (bundled, Sigma, GTFOBins) and what was skipped; 'coi monitor "
+        "rules update --from DIR' imports a downloaded Sigma or GTFOBins pack.",
     )
-    p.add_argument("name", nargs="?", help="container name or alias")
+    p.add_argument("name", nargs="?", help="container name or alias (or 'rules')")
+    p.add_argument("rules_action", nargs="?", metavar="list|update", help=argparse.SUPPRESS)
+    p.add_argument("--from", dest="rules_from", metavar="DIR", help="rules update: the pack")
     add_format(p)
     p.add_argument(
         "--watch",
@@ -143,6 +147,10 @@ def cmd_monitor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     from coi_tui.cli.parser import wants_json
     from coi_tui.errors import UsageError
 
+    if args.name == "rules" and not (args.stop or args.daemon or args.all):
+        return cmd_rules(args)
+    if args.rules_action or args.rules_from:
+        raise UsageError("unexpected arguments: see 'coi monitor --help'")
     if args.stop or args.daemon:
         from coi_tui.monitor import control
 
@@ -743,4 +751,62 @@ def cmd_unfreeze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         err(f"Resuming {name}...")
         incus.unfreeze(name)
     err(f"Resumed {len(names)} container(s)")
+    return 0
+
+
+# ---------------------------------------------------------------------- rule packs
+def cmd_rules(args: argparse.Namespace) -> int:
+    """`coi monitor rules list [--json]` and `coi monitor rules update --from DIR`."""
+    from coi_tui.cli.parser import wants_json
+    from coi_tui.config.settings import load_settings
+    from coi_tui.errors import CoiError, UsageError
+    from coi_tui.monitor import rulepacks
+    from coi_tui.paths import coi_home
+    from coi_tui.text import clean
+
+    action = args.rules_action or "list"
+    if action not in ("list", "update"):
+        raise UsageError(f"unknown 'coi monitor rules' action {action!r}: list or update")
+    settings = load_settings(Path("/"))  # what the daemon reads: no project config
+    if action == "update":
+        if not args.rules_from:
+            raise UsageError("coi monitor rules update needs --from DIR (a downloaded pack)")
+        try:
+            done = rulepacks.import_pack(Path(args.rules_from).expanduser(), settings, coi_home())
+        except (OSError, ValueError) as exc:
+            raise CoiError(f"rules update: {clean(exc)}") from None
+        print(
+            f"imported {done.rules} {done.kind} rules from {len(done.files)} files into "
+            f"{done.target} ({len(done.skipped)} skipped)"
+        )
+        for skip in done.skipped:
+            print(f"  skipped {clean(skip.line())}")
+        print("The monitor loads rule packs when it starts: restart it to use them.")
+        return 0
+    if args.rules_from:
+        raise UsageError("--from is for 'coi monitor rules update'")
+    packs, errors = rulepacks.load_configured(settings, coi_home())
+    if wants_json(args):
+        report = {
+            "counts": packs.counts,
+            "sources": {k: vars(v) for k, v in packs.sources.items()},
+            "rules": [
+                {"rule_id": r.rule_id, "level": r.level, "source": r.source, "title": r.title}
+                for r in packs.rules
+            ],
+            "skipped": [vars(s) for s in packs.skipped],
+            "errors": errors,
+        }
+        print(json.dumps(report, indent=2))
+        return 0
+    for source in rulepacks.SOURCES:
+        state = packs.sources.get(source)
+        where = f" from {state.path} ({state.state}, {state.files} files)" if state else ""
+        print(f"{source}: {packs.counts[source]} rules{where}")
+    for line in errors:
+        print(f"error: {line}")
+    if packs.skipped:
+        print(f"skipped: {len(packs.skipped)}")
+        for skip in packs.skipped:
+            print(f"  {clean(skip.line())}")
     return 0

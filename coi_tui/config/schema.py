@@ -724,9 +724,9 @@ KEYS: tuple[Key, ...] = (
     K("timezone.mode", "timezone_mode", "enum", "host", "host", "fixed", "utc"),
     K("timezone.name", "timezone_name", "str", ""),
     N("detection.gtfobins_source", "gtfobins_source", "str", GTFOBINS_SOURCE),
-    N("detection.gtfobins_dir", "gtfobins_dir", "str", "~/.coi/gtfobins"),
+    K("detection.gtfobins_dir", "gtfobins_dir", "str", "~/.coi/gtfobins"),
     N("detection.sigma_source", "sigma_source", "str", SIGMA_SOURCE),
-    N("detection.sigma_dir", "sigma_dir", "str", "~/.coi/sigma"),
+    K("detection.sigma_dir", "sigma_dir", "str", "~/.coi/sigma"),
     N("ports.pool", "ports_pool", "int", 0, min=0, max=10),
     K("ports.map", "port_maps", "port_maps", [], merge="by_name"),
     # root-level tables and lists

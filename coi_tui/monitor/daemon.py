@@ -353,6 +353,9 @@ class Daemon:
         self.responder = Responder(self)
         self.idle_since = time.monotonic()
         self.dropped = 0
+        from coi_tui.monitor import rulepacks  # loaded once: bundled, Sigma, GTFOBins rules
+
+        self.packs = rulepacks.load_for_daemon(home, owner, self.log)
 
     def log(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -629,6 +632,7 @@ class Daemon:
             watched, pid, parent, argv, exe, at = self.rule_queue.popleft()
             if watched.status != "Killed" and self.watched.get(watched.name) is watched:
                 found = rules.cmdline_threats(pid, argv, exe)
+                found += self.packs.match(pid, argv, exe, parent)
                 found += self.correlate(watched, pid, parent, argv, at)
                 script = rules.script_file(argv, exe)
                 if script:

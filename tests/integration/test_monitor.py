@@ -272,13 +272,19 @@ def mon(
 
 @contextlib.contextmanager
 def running_monitor(
-    prefix: str, incus: Any, image: str, tmp_path_factory: pytest.TempPathFactory
+    prefix: str,
+    incus: Any,
+    image: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    settings: str = "",
 ) -> Iterator[Monitor]:
     """A monitor daemon of a COI home of its own serving `prefix`, with two containers kept
-    booting ahead of the tests."""
+    booting ahead of the tests (`settings`: more config.toml text for the daemon, e.g. a
+    [detection] table)."""
     home = tmp_path_factory.mktemp("monitor-home")
     (home / "config.toml").write_text(
         "[monitoring]\nidle_exit_sec = 60\nexfil_threshold_mb = 20\nspawn_rate_per_sec = 150\n"
+        + settings
     )
     env = {
         **os.environ,
