@@ -100,15 +100,23 @@ def cmd_health(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 def cmd_drill(args: argparse.Namespace) -> int:
     """`coi health --drill`: a progress line per probe, then the table (or one JSON object)."""
+    from coi_tui.cli.commands import install_signal_handlers
     from coi_tui.cli.parser import wants_json
     from coi_tui.config import load_settings
     from coi_tui.incus import Incus
     from coi_tui.monitor.drill import format_table, run_drill
 
+    install_signal_handlers()  # SIGTERM/SIGHUP unwind too: the drill container is deleted
     settings = load_settings()
     as_json = wants_json(args)
     out = sys.stderr if as_json else sys.stdout  # JSON stdout stays one document
     print("Fire drill: one harmless probe per threat detector", file=out, flush=True)
+    if not settings.monitoring_enabled:
+        print(
+            "note: [monitoring] enabled = false: sessions are not watched (the drill checks "
+            "the detectors anyway)",
+            file=out,
+        )
     drill = run_drill(
         settings,
         Incus(settings.socket or None, settings.project),
