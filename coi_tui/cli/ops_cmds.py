@@ -101,7 +101,13 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.set_defaults(handler=cmd_tool_spec)
 
     p = sub.add_parser("update", help="update coi (not done in place: see the message)")
-    p.add_argument("what", nargs="?", choices=["core", "patterns"])
+    p.add_argument(
+        "what",
+        nargs="?",
+        choices=["core", "patterns"],
+        help="patterns: clone [detection] gtfobins_source and sigma_source (git) and import "
+        "them as the monitor's rule packs (--dry-run: only validate)",
+    )
     p.add_argument("--force", action="store_true")
     p.add_argument("--check", action="store_true")
     p.add_argument("--dry-run", action="store_true")
@@ -615,8 +621,7 @@ def cmd_update(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from coi_tui import __version__
 
     if args.what == "patterns":
-        print("Detection rules are built into coi-tui's monitor; there is nothing to download.")
-        return 0
+        return update_patterns(args.dry_run)
     if args.check:
         print(f"coi-tui v{__version__} (update checks need the network; none was made)")
         return 0
@@ -624,3 +629,37 @@ def cmd_update(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         "coi-tui does not replace itself: update the checkout ('git pull') and run "
         "'make setup', or 'pip install -U coi-tui'"
     )
+
+
+def update_patterns(dry_run: bool) -> int:
+    """`coi update patterns [--dry-run]`: a sparse clone of [detection] gtfobins_source and
+    sigma_source, each imported as `coi monitor rules update --from` does (validated; only
+    the rule files copied into gtfobins_dir/sigma_dir). Only this explicit command fetches."""
+    import tempfile
+
+    from coi_tui.config.settings import load_settings
+    from coi_tui.monitor import rulepacks
+    from coi_tui.paths import coi_home
+
+    settings = load_settings(Path("/"))  # the user's config only, as the monitor reads it
+    failed = 0
+    for kind, source in (
+        ("gtfobins", settings.gtfobins_source),
+        ("sigma", settings.sigma_source),
+    ):
+        with tempfile.TemporaryDirectory(prefix="coi-patterns-") as work:
+            try:
+                checkout = rulepacks.clone_pack(source, kind, Path(work) / "checkout")
+                done = rulepacks.import_pack(checkout, settings, coi_home(), dry_run=dry_run)
+            except (OSError, ValueError) as exc:
+                print(f"{kind}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+        verb = "would import" if dry_run else "imported"
+        print(
+            f"{kind}: {verb} {done.rules} rules from {len(done.files)} files of {source} "
+            f"into {done.target} ({len(done.skipped)} skipped)"
+        )
+    if not dry_run and failed < 2:
+        print("The monitor loads rule packs when it starts: restart it to use them.")
+    return 1 if failed else 0

@@ -1386,11 +1386,12 @@ def pack_kind(source: Path) -> str:
     )
 
 
-def import_pack(source: Path, settings: Any, home: Path) -> Imported:
+def import_pack(source: Path, settings: Any, home: Path, *, dry_run: bool = False) -> Imported:
     """Validate the pack in `source` (a downloaded SigmaHQ or GTFOBins checkout, or a folder
     of rule files) and make it the one the daemon loads: only the files that give rules are
     copied, into a new folder that then replaces `[detection] sigma_dir`/`gtfobins_dir`
-    (two renames). Nothing is fetched. ValueError (one line) when nothing usable is there."""
+    (two renames); `dry_run`: validate only. Nothing is fetched. ValueError (one line) when
+    nothing usable is there."""
     import shutil
 
     if not source.is_dir():
@@ -1410,6 +1411,8 @@ def import_pack(source: Path, settings: Any, home: Path) -> Imported:
     if not files:
         first = f" (first: {packs.skipped[0].line()})" if packs.skipped else ""
         raise ValueError(f"no usable {kind} rules in {source}: {len(packs.skipped)} skipped{first}")
+    if dry_run:
+        return Imported(kind, target, packs.counts[kind], files, packs.skipped)
     target.parent.mkdir(parents=True, exist_ok=True)
     fresh = target.parent / f".{target.name}.new-{os.getpid()}"
     stale = target.parent / f".{target.name}.old-{os.getpid()}"
@@ -1428,3 +1431,30 @@ def import_pack(source: Path, settings: Any, home: Path) -> Imported:
         shutil.rmtree(fresh, ignore_errors=True)
         shutil.rmtree(stale, ignore_errors=True)
     return Imported(kind, target, packs.counts[kind], files, packs.skipped)
+
+
+# What `coi update patterns` checks out of each source (a sparse, shallow clone).
+SPARSE = {"sigma": "/".join(SIGMA_LAYOUT), "gtfobins": "_gtfobins"}
+
+
+def clone_pack(source: str, kind: str, into: Path) -> Path:
+    """A shallow sparse git checkout of `source` (a URL or a local repository) into `into`,
+    only the part rule packs use: for `coi update patterns`, an explicit user command; the
+    daemon never fetches. ValueError (one line) when git fails."""
+    import subprocess
+
+    if not source or source.startswith("-"):
+        raise ValueError(f"not a git source: {source!r}")
+    steps = [
+        ["git", "clone", "--quiet", "--depth", "1", "--filter=blob:none", "--sparse", "--",
+         source, str(into)],
+        ["git", "-C", str(into), "sparse-checkout", "set", SPARSE[kind]],
+    ]  # fmt: skip
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    for argv in steps:
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            last = lines[-1] if lines else f"exit status {done.returncode}"
+            raise ValueError(f"git {argv[1] if argv[1] != '-C' else argv[3]}: {clean(last)}")
+    return into

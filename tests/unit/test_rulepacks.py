@@ -3,7 +3,10 @@ skipped), GTFOBins front matter, the bundled set, loading from folders and hosti
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -428,3 +431,73 @@ def test_resolve_dir() -> None:
         "detection.sigma_dir: must be an absolute path or start with ~/ (got 'relative')"
     ]
     assert packs.sources["gtfobins"].path == str(home / "gtfobins")
+
+
+def git_repo(path: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_text(text)
+    for argv in (
+        ["init", "-q"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "pack"],
+    ):
+        subprocess.run(["git", "-C", str(path), *argv], check=True, capture_output=True)
+    return path
+
+
+def test_update_patterns_and_rules_update_import_validated_packs(tmp_path: Path) -> None:
+    """`coi update patterns` clones the configured sources (local repositories here: no
+    network) and imports them; `coi monitor rules update --from` imports a folder."""
+    gtfobins = git_repo(tmp_path / "gtf", {"_gtfobins/nc": GTFO_NEW, "README.md": "x"})
+    sigma_repo = git_repo(
+        tmp_path / "sig",
+        {"rules/linux/process_creation/p.yml": RULE, "rules/windows/w.yml": RULE},
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[detection]\ngtfobins_source = "{gtfobins}"\nsigma_source = "{sigma_repo}"\n'
+    )
+    env = {**os.environ, "COI_HOME": str(home)}
+    env.pop("COI_CONFIG", None)
+
+    def coi(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "coi_tui.cli.main", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+
+    dry = coi("update", "patterns", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "gtfobins: would import 1 rules" in dry.stdout and "sigma: would import 1" in dry.stdout
+    assert not (home / "gtfobins").exists() and not (home / "sigma").exists()
+    done = coi("update", "patterns")
+    assert done.returncode == 0, done.stderr
+    assert (home / "gtfobins" / "_gtfobins" / "nc").read_text() == GTFO_NEW
+    assert sorted(p.name for p in (home / "sigma").rglob("*.yml")) == ["p.yml"]
+    listed = json.loads(coi("monitor", "rules", "list", "--json").stdout)
+    assert listed["counts"]["sigma"] == 1 and listed["counts"]["gtfobins"] == 1
+    # a folder import replaces the pack whole; an unusable one changes nothing
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.yml").write_text(RULE.replace("test-rule", "a"))
+    (flat / "b.yml").write_text(RULE.replace("level: high", "level: severe"))
+    imported = coi("monitor", "rules", "update", "--from", str(flat))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 1 sigma rules from 1 files" in imported.stdout and "b.yml" in imported.stdout
+    assert sorted(p.name for p in (home / "sigma").rglob("*.yml")) == ["a.yml"]
+    (flat / "a.yml").write_text("title: [broken\n")
+    refused = coi("monitor", "rules", "update", "--from", str(flat))
+    assert refused.returncode == 1 and refused.stderr.startswith("Error: rules update: no usable")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in (home / "sigma").rglob("*.yml")) == ["a.yml"]
+    broken = home / "config.toml"
+    broken.write_text('[detection]\ngtfobins_source = "/nonexistent/repo"\nsigma_source = "-x"\n')
+    failed = coi("update", "patterns")
+    assert failed.returncode == 1
+    assert [line.split(":")[0] for line in failed.stderr.splitlines()] == ["gtfobins", "sigma"]
