@@ -282,7 +282,7 @@ def probe_values(
     if rate <= 0:
         reasons["spawn_count"] = "spawn_rate_per_sec is 0 (off)"
     else:
-        count = max(spawn_live_min(), rate) + 60
+        count = max(spawn_live_min(), rate) + 100  # margin: some exit or start late
         if count > MAX_PROBE_PROCESSES:
             reasons["spawn_count"] = f"spawn_rate_per_sec {rate} needs over {count} processes"
         else:
