@@ -72,6 +72,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "monitoring.auto_pause_on_high": True,
         "monitoring.auto_kill_on_critical": True,
         "monitoring.nft.enabled": True,
+        "monitoring.canaries": True,
         "limits.runtime.max_duration": "4h",
     },
 }

@@ -43,6 +43,9 @@ MONITOR_ACTIONS = ("log", "alert", "pause", "kill")
 # plus 1337 and 9001
 MONITOR_C2_PORTS = (4444, 5555, 1234, 31337, 12345, 6666, 6667, 6697, 8080)  # COI's list
 MONITOR_METADATA_ADDRESSES = ("169.254.169.254", "169.254.170.2", "100.100.100.200")
+# decoy credentials (monitor/canary.py CANARY_KINDS): AWS credentials, an SSH key, a .env,
+# the GitHub CLI's hosts.yml
+MONITOR_CANARY_KINDS = ("aws", "ssh", "env", "gh")
 
 
 class Invalid(ValueError):
@@ -157,9 +160,12 @@ def check_tool(key: Key, value: Any) -> str:
 
 def check_list(key: Key, value: Any) -> list[str]:
     if isinstance(value, str):  # environment variables: comma separated
-        return [part.strip() for part in value.split(",") if part.strip()]
+        value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise Invalid(f"expected a list of strings, got {describe(value)}")
+    unknown = [item for item in value if key.choices and item not in key.choices]
+    if unknown:  # a list of names from a fixed set
+        raise Invalid(f"{describe(unknown[0])} is not one of {', '.join(key.choices)}")
     return list(value)
 
 
@@ -692,6 +698,14 @@ KEYS: tuple[Key, ...] = (
     K("monitoring.dns_name_max", "monitoring_dns_name_max", "int", 52, min=1),
     K("monitoring.dns_entropy_bits", "monitoring_dns_entropy_bits", "float", 3.5, min=0),
     K("monitoring.spawn_rate_per_sec", "monitoring_spawn_rate_per_sec", "int", 100, min=0),
+    K("monitoring.canaries", "monitoring_canaries", "bool", False),
+    K(
+        "monitoring.canary_kinds",
+        "monitoring_canary_kinds",
+        "list",
+        list(MONITOR_CANARY_KINDS),
+        *MONITOR_CANARY_KINDS,
+    ),
     # [monitoring.nft]: the reference's nftables flow logging (our NFLOG path is always on)
     N("monitoring.nft.enabled", "monitoring_nft_enabled", "bool", False),
     N("monitoring.nft.rate_limit_per_second", "monitoring_nft_rate_limit", "int", 100, min=0),

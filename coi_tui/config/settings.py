@@ -34,6 +34,7 @@ from coi_tui.config.schema import (
     GTFOBINS_SOURCE,
     LEGACY_PROFILE,
     MONITOR_C2_PORTS,
+    MONITOR_CANARY_KINDS,
     MONITOR_METADATA_ADDRESSES,
     MOUNT_FIELDS,
     MOUNTS,
@@ -164,6 +165,8 @@ class Settings:
     monitoring_dns_name_max: int = 52
     monitoring_dns_entropy_bits: float = 3.5
     monitoring_spawn_rate_per_sec: int = 100
+    monitoring_canaries: bool = False
+    monitoring_canary_kinds: list[str] = field(default_factory=lambda: list(MONITOR_CANARY_KINDS))
     # [limits.*]
     limit_cpu_count: str = ""
     limit_cpu_allowance: str = ""

