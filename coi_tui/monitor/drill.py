@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,7 @@ MAX_PROBE_PROCESSES = 4000
 MAX_PROBE_READ_MB = 1024
 WATCH_TIMEOUT_SEC = 20.0  # the daemon lists containers once a second
 ADDRESS_TIMEOUT_SEC = 60.0  # DHCP in a booting container
+STALE_DRILL_SEC = 3600.0  # a drill container this old was left by a killed drill
 
 
 @dataclass(frozen=True)
@@ -502,6 +504,7 @@ class Drill:
         if gateway in ("", "none", "auto"):
             gateway = ""
         dns_domain = str(net_config.get("dns.domain") or "incus")
+        self.remove_stale()
         self.progress("starting the threat monitor")
         control.start(self.home)
         events = MonitorEvents(control.socket_path(self.home))
@@ -532,6 +535,29 @@ class Drill:
             events.close()
         report.duration_sec = time.monotonic() - started
         return report
+
+    def remove_stale(self) -> None:
+        """Drill containers of this COI home left by a drill that was killed (SIGKILL, power
+        loss) before it could delete its own: older than STALE_DRILL_SEC, so a drill running
+        in parallel keeps its container."""
+        from coi_tui.paths import home_tag
+
+        tag = home_tag(self.home)
+        now = datetime.now(UTC)
+        for instance in self.incus.list_instances(self.settings.container_prefix + DRILL_INFIX):
+            if (
+                instance.config.get(DRILL_KEY) != "true"
+                or instance.config.get("user.coi.home") != tag
+            ):
+                continue
+            try:
+                created = datetime.fromisoformat(instance.created_at.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if (now - created).total_seconds() > STALE_DRILL_SEC:
+                self.progress(f"deleting {instance.name}, left by an earlier drill")
+                with contextlib.suppress(IncusError):
+                    self.incus.delete_instance(instance.name, force=True)
 
     @contextlib.contextmanager
     def container(self, events: MonitorEvents, needs_address: bool) -> Iterator[None]:

@@ -217,3 +217,52 @@ def test_a_drill_container_incus_cannot_confirm_is_acted_on() -> None:
     incus.config = {DRILL_KEY: "true", "volatile.uuid": "u-1"}
     assert judge.is_drill(watched("coi-drill-0a1b2c3d")) is True  # asked again, not cached
     assert judge.is_drill(watched("coi-drill-0a1b2c3d", uuid="")) is False
+
+
+# ---------------------------------------------------------------------------- leftovers
+class ListingIncus:
+    def __init__(self, instances: list[Any]) -> None:
+        self.instances = instances
+        self.deleted: list[str] = []
+
+    def list_instances(self, prefix: str = "") -> list[Any]:
+        return [i for i in self.instances if i.name.startswith(prefix)]
+
+    def delete_instance(self, name: str, *, force: bool = False) -> None:
+        self.deleted.append(name)
+
+
+def test_drill_containers_left_by_a_killed_drill_are_removed(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from coi_tui.config.settings import Settings
+    from coi_tui.monitor.drill import Drill
+    from coi_tui.paths import home_tag
+
+    def stamp(age: timedelta) -> str:
+        return (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%S.%f123Z")
+
+    ours = {DRILL_KEY: "true", "user.coi.home": home_tag(tmp_path)}
+    old, new = timedelta(hours=2), timedelta(minutes=1)
+    incus = ListingIncus(
+        [
+            SimpleNamespace(name="coi-drill-00000001", config=ours, created_at=stamp(old)),
+            SimpleNamespace(name="coi-drill-00000002", config=ours, created_at=stamp(new)),
+            SimpleNamespace(  # another COI home's drill
+                name="coi-drill-00000003",
+                config={**ours, "user.coi.home": "ffffff"},
+                created_at=stamp(old),
+            ),
+            SimpleNamespace(  # named like one, not labelled
+                name="coi-drill-00000004",
+                config={"user.coi.home": ours["user.coi.home"]},
+                created_at=stamp(old),
+            ),
+            SimpleNamespace(name="coi-0a1b2c3d-1", config=ours, created_at=stamp(old)),
+        ]
+    )
+    lines: list[str] = []
+    drill = Drill(Settings(), incus, MonitorConfig(), tmp_path, lines.append)  # type: ignore[arg-type]
+    drill.remove_stale()
+    assert incus.deleted == ["coi-drill-00000001"]
+    assert lines == ["deleting coi-drill-00000001, left by an earlier drill"]
