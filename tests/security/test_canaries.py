@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -133,3 +134,27 @@ def test_opening_a_canary_is_paused_listing_its_folder_is_not(mon: Monitor) -> N
     earlier = [t for t in mon.events.threats(name) if t["timestamp"] < record["timestamp"]]
     assert not [t for t in earlier if t["level"] in HIGH_OR_WORSE], earlier
     mon.assert_status(name, "Frozen")
+
+
+def test_a_session_plants_its_canaries_and_forgets_them(coi: Any, workspace: Any) -> None:
+    """The real path: `coi run` with [monitoring] canaries on plants the chosen kinds before
+    the command runs (code's, 0600 in 0700 folders) and drops the registry with the
+    container."""
+    (coi.home / "config.toml").write_text(
+        '[monitoring]\ncanaries = true\ncanary_kinds = ["aws", "gh"]\n'
+    )
+    script = (
+        "cd ~ && stat -c '%n %U %a' .aws .aws/credentials .config/gh .config/gh/hosts.yml; "
+        "cat .aws/credentials; test ! -e .ssh/id_ed25519_deploy && echo no-ssh-canary"
+    )
+    shown = coi.ok("run", "-w", str(workspace), "--", "sh", "-c", script).stdout
+    for line in (
+        ".aws code 700",
+        ".aws/credentials code 600",
+        ".config/gh code 700",
+        ".config/gh/hosts.yml code 600",
+        "no-ssh-canary",
+    ):
+        assert line in shown, shown
+    assert re.search(r"aws_access_key_id = AKIA[A-Z2-7]{16}\n", shown), shown
+    assert not list((coi.home / "canaries").glob("*.json")), "registry left behind"

@@ -519,3 +519,128 @@ def test_find_is_cheap_enough_for_every_logged_packet() -> None:
     # 200 logged segments a second at most (the nft rule): well under a tenth of a core
     assert per_packet < 0.0005, per_packet
     assert json.loads(canary.registry_text("c1", "u", []))["canaries"] == []
+
+
+class FakeIncus:
+    """The Incus calls plant() makes, over a dict of container paths -> type."""
+
+    def __init__(self, paths: dict[str, str], devices: dict[str, dict[str, str]]) -> None:
+        from coi_tui.incus import Instance
+
+        self.paths = dict(paths)
+        self.instance = Instance(
+            "c1", "Running", config={"volatile.uuid": "uuid-7"}, expanded_devices=devices
+        )
+        self.pushed: dict[str, tuple[bytes, int, int]] = {}
+        self.calls: list[str] = []
+        self.remote = None
+
+    def get_instance(self, name: str) -> object:
+        return self.instance
+
+    def stat_path(self, name: str, path: str) -> tuple[str, int, int]:
+        from coi_tui.incus import NotFound
+
+        if path not in self.paths:
+            raise NotFound(f"{path}: not found")
+        return self.paths[path], 0, 0o755
+
+    def make_dir(self, name: str, path: str, *, uid: int, gid: int, mode: int) -> None:
+        self.calls.append(f"mkdir {path} {mode:o}")
+        self.paths[path] = "directory"
+
+    def push_file(
+        self, name: str, path: str, content: bytes, *, uid: int, gid: int, mode: int
+    ) -> None:
+        self.calls.append(f"push {path} {mode:o}")
+        self.pushed[path] = (content, uid, mode)
+
+
+HOME_ONLY = {"/home/code": "directory"}
+
+
+def test_plant_writes_the_registry_then_the_files_as_code(tmp_path: Path) -> None:
+    from coi_tui.sessions.canary_hook import plant
+
+    incus = FakeIncus({**HOME_ONLY, "/home/code/.config": "directory"}, {})
+    made = plant(incus, "c1", canary.CANARY_KINDS, uid=1000, home=tmp_path)
+    assert [c.kind for c in made] == list(canary.CANARY_KINDS)
+    assert "mkdir /home/code/.config 700" not in incus.calls  # an existing folder is kept
+    for folder in ("/home/code/.aws", "/home/code/.ssh", "/home/code/.config/gh"):
+        assert f"mkdir {folder} 700" in incus.calls
+    for item in made:
+        assert incus.pushed[item.path] == (item.content.encode(), 1000, 0o600)
+    path = canary.registry_path(tmp_path, "c1")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    registry = canary.read_registry(tmp_path, "c1", (os.getuid(), os.getgid()))
+    assert registry.instance == "uuid-7"
+    assert [v for _k, _p, v in registry.entries] == [c.values for c in made]
+
+
+def test_plant_never_overwrites_nor_follows_nor_enters_a_mount(tmp_path: Path) -> None:
+    from coi_tui.sessions.canary_hook import plant
+
+    paths = {
+        **HOME_ONLY,
+        "/home/code/.aws": "directory",
+        "/home/code/.aws/credentials": "file",  # a real credential
+        "/home/code/.ssh": "symlink",  # never written through
+        "/home/code/.config": "directory",
+    }
+    devices = {"gh": {"type": "disk", "path": "/home/code/.config/gh", "source": "/host/gh"}}
+    incus = FakeIncus(paths, devices)
+    said: list[str] = []
+    made = plant(incus, "c1", canary.CANARY_KINDS, home=tmp_path, say=said.append)
+    assert [c.kind for c in made] == ["env"]
+    assert list(incus.pushed) == ["/home/code/.env"]
+    assert [line.split(":")[0] for line in said] == ["canary aws", "canary ssh", "canary gh"]
+    assert "a real credential wins" in said[0] and "symlink" in said[1] and "mount" in said[2]
+
+
+def test_a_persistent_slot_started_again_keeps_its_canaries(tmp_path: Path) -> None:
+    from coi_tui.sessions.canary_hook import plant
+
+    incus = FakeIncus(HOME_ONLY, {})
+    first = plant(incus, "c1", ["aws", "gh"], home=tmp_path)
+    assert len(incus.pushed) == 2
+    # the same instance started again: the files are there, and they are ours
+    restarted = FakeIncus(incus.paths | dict.fromkeys(incus.pushed, "file"), {})
+    again = plant(restarted, "c1", ["aws", "gh"], home=tmp_path)
+    assert [c.values for c in again] == [c.values for c in first] and not restarted.pushed
+    # a registry written for another instance id proves nothing: files there are left alone
+    restarted.instance.config["volatile.uuid"] = "uuid-8"
+    assert plant(restarted, "c1", ["aws"], home=tmp_path) == [] and not restarted.pushed
+
+
+def test_the_hook_warns_and_never_fails_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from coi_tui.sessions import canary_hook
+
+    monkeypatch.setenv("COI_HOME", str(tmp_path))
+    said: list[str] = []
+    broken = FakeIncus(HOME_ONLY, {})
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("the files API said no")
+
+    broken.push_file = refuse  # type: ignore[method-assign]
+    settings = SimpleNamespace(
+        monitoring_canaries=True, monitoring_canary_kinds=["aws"], code_uid=1000
+    )
+    manager = SimpleNamespace(incus=broken, settings=settings, say=said.append)
+    ctx = SimpleNamespace(manager=manager, session=SimpleNamespace(container="c1"))
+    canary_hook.HOOK.before_agent(ctx)  # type: ignore[arg-type]
+    assert said == ["warning: canaries not planted: the files API said no"]
+    settings.monitoring_canaries = False
+    said.clear()
+    canary_hook.HOOK.before_agent(ctx)  # type: ignore[arg-type]
+    assert said == []
+    assert canary.registry_path(tmp_path, "c1").exists()
+    canary_hook.HOOK.container_ended(manager, "c1", removed=False)  # type: ignore[arg-type]
+    assert canary.registry_path(tmp_path, "c1").exists()  # kept with a kept container
+    canary_hook.HOOK.container_ended(manager, "c1", removed=True)  # type: ignore[arg-type]
+    assert not canary.registry_path(tmp_path, "c1").exists()
