@@ -41,6 +41,7 @@ from coi_tui.monitor.canary import PAYLOAD_BYTES, NetworkMatcher, canary_paths, 
 from coi_tui.monitor.config import MonitorConfig, load_monitor_config
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
+from coi_tui.monitor.privilege import PrivilegeWatch, parse_uid_detail, uid_detail
 from coi_tui.text import clean
 
 LOG_PREFIX = "coimon"
@@ -210,6 +211,7 @@ class Watched:
     large_read: tuple[float, float, float, float, str] | None = None  # when, MB, window,
     # threshold MB, reader
     scans: rules.ScanWatch = field(default_factory=rules.ScanWatch)
+    privilege: PrivilegeWatch | None = None  # uid changes, setuid baseline, auth logs
     # recent execs (monotonic time, pid, parent, argv clipped by clip_argv, stdin, stdout
     # link targets): pipeline correlation and a debugging record
     recent: deque[tuple[float, int, int, list[str], str, str]] = field(
@@ -466,6 +468,7 @@ class Daemon:
         )
         watched = Watched(name, pid, pidns, ip, veth, procfs.ifindex(veth), self.home, uuid)
         watched.dns = rules.DnsWatch(self.config)
+        watched.privilege = PrivilegeWatch.start(pid)  # its setuid programs, as they are now
         self.watched[name] = watched
         self.by_ns[pidns] = watched
         self.tell_capture()
@@ -564,7 +567,9 @@ class Daemon:
                 kind, pid, parent, pidns, argv, at, fd0, fd1 = json.loads(line)
             except ValueError:
                 continue
-            if pidns in self.by_ns:
+            if pidns in self.by_ns and kind in ("uid", "exit"):
+                self.on_privilege(self.by_ns[pidns], kind, pid, parent, argv, at)
+            elif pidns in self.by_ns:
                 event = ProcEvent(kind, pid, parent)
                 self.proc_queue.append((event, argv, pidns, at, parent, (fd0, fd1)))
         self.on_proc_events()
@@ -614,6 +619,26 @@ class Daemon:
         self.rule_queue.append((watched, pid, parent, argv, exe, now))
         # pipes and sockets are often wired up just after the exec: look again shortly
         self.schedule(watched.name, 0.15)
+
+    def on_privilege(
+        self, watched: Watched, kind: str, pid: int, parent: int, detail: list[str], at: float
+    ) -> None:
+        """A uid change (detail: privilege.uid_detail) or the exit of a process that had
+        one (detail: [wait status]); see monitor/privilege.py."""
+        state = watched.privilege
+        if state is None or watched.status == "Killed":
+            return
+
+        def command(of: int) -> str:
+            argv = next((e[3] for e in reversed(watched.recent) if e[1] == of), None)
+            return " ".join(argv if argv is not None else procfs.read_cmdline(of))
+
+        if kind == "uid":
+            change = parse_uid_detail(detail)
+            found = state.on_uid(pid, parent, change, command) if change else []
+        else:
+            found = state.on_exit(pid, int(detail[0]) if detail else 0, command)
+        self.respond(watched, found, at)
 
     def report_unjudged(self, watched: Watched, now: float) -> None:
         """Never drop silently: a container whose command lines come faster than the rules
@@ -860,6 +885,8 @@ class Daemon:
         if watched.scripts:
             found += self.read_scripts(watched)
         if full:
+            if watched.privilege is not None:
+                found += watched.privilege.read_logs()  # auth logs, from where they were left
             found += self.volumes(watched, pids, now)
             count = self.config.process_count_threshold
             if count and len(pids) > count:
@@ -1112,6 +1139,7 @@ def capture_main(out: int, ctl: int = -1) -> None:
     ctl_buffer = b""
     procs = ProcConnector()
     parents: dict[int, int] = {}
+    changed_uid: set[int] = set()  # processes whose exit status is forwarded (privilege.py)
     pending: list[tuple[str, int, int, list[str], float, tuple[str, str]]] = []
     while True:
         # one datagram (one event) at a time, its command line read at once; everything
@@ -1133,8 +1161,19 @@ def capture_main(out: int, ctl: int = -1) -> None:
                     parents.clear()
                 parents[event.pid] = event.parent
                 pending.append(("fork", event.pid, event.parent, [], time.monotonic(), ("", "")))
+            elif event.kind == "uid":  # its program read at once, as an exec's command line
+                detail = uid_detail(event.pid, event.ruid, event.euid)
+                if len(changed_uid) > 65536:
+                    changed_uid.clear()
+                changed_uid.add(event.pid)
+                at = time.monotonic()
+                pending.append(("uid", event.pid, parents.get(event.pid, 0), detail, at, ("", "")))
             else:
-                parents.pop(event.pid, None)
+                parent = parents.pop(event.pid, 0)
+                if event.pid in changed_uid:
+                    changed_uid.discard(event.pid)
+                    at = time.monotonic()
+                    pending.append(("exit", event.pid, parent, [str(event.status)], at, ("", "")))
         if data and len(pending) < 256:
             continue
         lines = []
@@ -1156,7 +1195,7 @@ def capture_main(out: int, ctl: int = -1) -> None:
         by_parent: dict[int, str] = {}
         now = time.monotonic()
         for kind, pid, parent, argv, at, (fd0, fd1) in pending:
-            if kind == "exec":
+            if kind != "fork":  # exec, uid, exit: the process's own (else its parent's)
                 pidns = capture_owner(owners, (pid, parent), watched, now)
             else:
                 pidns = by_parent.get(parent, "")

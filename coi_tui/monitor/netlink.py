@@ -26,6 +26,7 @@ NLMSG_ERROR = 2
 
 PROC_EVENT_FORK = 0x00000001
 PROC_EVENT_EXEC = 0x00000002
+PROC_EVENT_UID = 0x00000004
 PROC_EVENT_EXIT = 0x80000000
 
 NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
@@ -35,9 +36,12 @@ PROC_HDR = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 
 @dataclass(frozen=True)
 class ProcEvent:
-    kind: str  # fork | exec | exit
+    kind: str  # fork | exec | exit | uid
     pid: int  # the process (child for fork)
     parent: int = 0  # fork only
+    ruid: int = -1  # uid only: the new real and effective uid (host view)
+    euid: int = -1
+    status: int = 0  # exit only: the wait status
 
 
 class ProcConnector:
@@ -91,9 +95,12 @@ def parse_proc_events(data: bytes) -> list[ProcEvent]:
                 if cpid == ctgid:  # a new process, not a thread
                     events.append(ProcEvent("fork", ctgid, ptgid))
             elif what == PROC_EVENT_EXIT:
-                pid, tgid = struct.unpack_from("=ii", data, payload)
+                pid, tgid, status = struct.unpack_from("=iiI", data, payload)
                 if pid == tgid:
-                    events.append(ProcEvent("exit", tgid))
+                    events.append(ProcEvent("exit", tgid, status=status))
+            elif what == PROC_EVENT_UID:  # a setuid exec or setuid() call (any thread)
+                _pid, tgid, ruid, euid = struct.unpack_from("=iiII", data, payload)
+                events.append(ProcEvent("uid", tgid, ruid=ruid, euid=euid))
         offset += (length + 3) & ~3
     return events
 

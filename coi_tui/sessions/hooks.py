@@ -26,6 +26,7 @@ HOOK_MODULES: tuple[str, ...] = (
     "coi_tui.sessions.canary_hook",  # after config_hook: a pushed real credential wins
     "coi_tui.network.hook",
     "coi_tui.monitor.hook",
+    "coi_tui.monitor.sudo_log_hook",
     "coi_tui.sessions.docker_hook",
 )
 
