@@ -56,6 +56,7 @@ DNS_LABEL_LIMIT = 63  # RFC 1035
 # What a harmless probe may do at most (beyond, the probe is skipped and says why).
 MAX_PROBE_PROCESSES = 4000
 MAX_PROBE_READ_MB = 1024
+MAX_PROBE_DNS_QUERIES = 2000
 WATCH_TIMEOUT_SEC = 20.0  # the daemon lists containers once a second
 ADDRESS_TIMEOUT_SEC = 60.0  # DHCP in a booting container
 STALE_DRILL_SEC = 3600.0  # a drill container this old was left by a killed drill
@@ -87,13 +88,15 @@ PY_CONNECT = (
     "python3 -c 'import socket, sys; "
     "socket.create_connection((sys.argv[1], int(sys.argv[2])), 5).close()' {gateway} {c2_port}"
 )
+# one UDP query (TXT) to the bridge resolver per name: `{dns_query} NAME...`
 PY_DNS_QUERY = (
-    "python3 -c 'import socket, struct, sys; "
-    'labels = b"".join(bytes([len(x)]) + x.encode() for x in sys.argv[1].split(".")); '
-    'query = struct.pack(">6H", 4660, 256, 1, 0, 0, 0) + labels; '
-    'query += b"\\0" + struct.pack(">2H", 16, 1); '
-    "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(query, (sys.argv[2], 53))' "
-    "{dns_name} {gateway}"
+    "python3 -c 'import socket, struct, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for i, name in enumerate(sys.argv[2:]):\n"
+    '    labels = b"".join(bytes([len(x)]) + x.encode() for x in name.split("."))\n'
+    '    question = labels + b"\\0" + struct.pack(">2H", 16, 1)\n'
+    '    query = struct.pack(">6H", i, 256, 1, 0, 0, 0) + question\n'
+    "    s.sendto(query, (sys.argv[1], 53))' {gateway}"
 )
 # A reverse shell no command-line rule can see: a script file connects, puts the socket on
 # stdio and becomes `sh -i` (only the behavioural rules judge it).
@@ -150,11 +153,25 @@ PROBES: tuple[Probe, ...] = (
         "{home}/.ssh/id_ed25519",
     ),
     Probe(
-        "DNS tunnelling",
+        "DNS tunnelling (long label)",
         "long-random-label",
-        PY_DNS_QUERY,
+        PY_DNS_QUERY + " {dns_name}",
         frozenset({"dns.tunnel-label"}),
         "high",
+    ),
+    Probe(
+        "DNS tunnelling (many names)",
+        "random-names",
+        PY_DNS_QUERY + " {dns_random_names}",
+        frozenset({"dns.tunnel-volume"}),
+        "high",
+    ),
+    Probe(
+        "DNS query rate",
+        "query-burst",
+        PY_DNS_QUERY + " {dns_burst_names}",
+        frozenset({"dns.rate"}),
+        "warning",
     ),
     Probe(
         "spawn storm",
@@ -273,13 +290,28 @@ def probe_values(
         values["gateway"] = gateway
     else:
         reasons["gateway"] = "the bridge has no IPv4 address"
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"  # base32, as tunnels encode
     label_length = max(40, config.dns_label_max + 8)
     if config.dns_label_max >= DNS_LABEL_LIMIT or label_length > DNS_LABEL_LIMIT:
         reasons["dns_name"] = f"dns_label_max {config.dns_label_max} leaves no room under 63"
     else:
-        alphabet = "abcdefghijklmnopqrstuvwxyz234567"  # base32, as tunnels encode
         label = "".join(secrets.choice(alphabet) for _ in range(label_length))
         values["dns_name"] = f"{label}.drill.{dns_domain}"
+    # a tunnel keeping its labels short: many distinct random names under one domain
+    # (rules.DnsWatch._volume: 30 names in a minute, 12 characters on average)
+    short = min(16, config.dns_label_max)
+    if short < 12:
+        reasons["dns_random_names"] = f"dns_label_max {config.dns_label_max} is below 12"
+    else:
+        values["dns_random_names"] = " ".join(
+            "".join(secrets.choice(alphabet) for _ in range(short)) + f".drill.{dns_domain}"
+            for _ in range(40)
+        )
+    burst = config.dns_rate_per_min + 20
+    if burst > MAX_PROBE_DNS_QUERIES:
+        reasons["dns_burst_names"] = f"dns_rate_per_min {config.dns_rate_per_min} is too big"
+    else:
+        values["dns_burst_names"] = " ".join(f"www{i}.drill.{dns_domain}" for i in range(burst))
     rate = config.spawn_rate_per_sec
     if rate <= 0:
         reasons["spawn_count"] = "spawn_rate_per_sec is 0 (off)"

@@ -131,6 +131,9 @@ def test_probes_are_sized_from_the_thresholds() -> None:
     assert int(values["read_mb"]) > 80
     label, rest = values["dns_name"].split(".", 1)
     assert len(label) > 45 and len(label) <= 63 and rest == "drill.lab"
+    names = values["dns_random_names"].split()
+    assert len(set(names)) >= 30 and all(12 <= len(n.split(".")[0]) <= 45 for n in names)
+    assert len(values["dns_burst_names"].split()) > config.dns_rate_per_min
     # the default live-process floor of a spawn storm (rules.SPAWN_LIVE_MIN) is met too
     values, _ = probe_values(MonitorConfig(), "10.199.0.1", "incus", "/home/code")
     assert int(values["spawn_count"]) > 250
@@ -143,6 +146,8 @@ def test_probes_are_sized_from_the_thresholds() -> None:
         (MonitorConfig(spawn_rate_per_sec=9000), "spawn_count", "needs over"),
         (MonitorConfig(), "process_count", "process_count_threshold is 0"),
         (MonitorConfig(dns_label_max=63), "dns_name", "no room under 63"),
+        (MonitorConfig(dns_label_max=10), "dns_random_names", "below 12"),
+        (MonitorConfig(dns_rate_per_min=5000), "dns_burst_names", "too big"),
         (MonitorConfig(file_read_threshold_mb=5000), "read_mb", "too big"),
     ],
 )
@@ -158,7 +163,7 @@ def test_a_probe_that_cannot_run_is_skipped_with_the_reason(
 def test_no_gateway_skips_the_network_probes() -> None:
     values, reasons = probe_values(MonitorConfig(), "", "incus", "/home/code")
     skipped = {p.name for p in PROBES if skip_reason(p, values, reasons)}
-    assert {"bash-dev-tcp", "connect-c2-port", "long-random-label"} <= skipped
+    assert {"bash-dev-tcp", "connect-c2-port", "long-random-label", "query-burst"} <= skipped
     assert "env" not in skipped
 
 
