@@ -71,6 +71,7 @@ RULE_ARG_BYTES = 16384
 # acted on. Trusted only with the drill's own name shape and this key set at creation (no coi
 # config writes user.* keys, and a container cannot set its own config).
 DRILL_KEY = "user.coi.drill"
+EXES_KEPT = 4096  # programs of recent execs kept per container (file events name them)
 DRILL_INFIX = "drill-"
 
 
@@ -231,6 +232,13 @@ class Watched:
     local_sockets: set[int] = field(default_factory=set)  # inodes the kernel named unix
     files: filewatch.ContainerFiles | None = None  # its sensitive-file marks
     files_lost: int = 0  # file events the kernel dropped (queue overflow), reported
+    exes: dict[int, str] = field(default_factory=dict)  # pid -> program, read at its exec
+
+    def remember_exe(self, pid: int, exe: str) -> None:
+        if len(self.exes) >= EXES_KEPT:
+            del self.exes[next(iter(self.exes))]  # the oldest
+        self.exes.pop(pid, None)
+        self.exes[pid] = exe
 
     @property
     def identity(self) -> str:
@@ -564,12 +572,14 @@ class Daemon:
         self.capture_buffer = lines.pop()
         for line in lines:
             try:
-                kind, pid, parent, pidns, argv, at, fd0, fd1 = json.loads(line)
+                kind, pid, parent, pidns, argv, at, fd0, fd1, *exe = json.loads(line)
             except ValueError:
                 continue
             if pidns in self.by_ns and kind in ("uid", "exit"):
                 self.on_privilege(self.by_ns[pidns], kind, pid, parent, argv, at)
             elif pidns in self.by_ns:
+                if kind == "exec" and exe and exe[0]:
+                    self.by_ns[pidns].remember_exe(pid, exe[0])
                 event = ProcEvent(kind, pid, parent)
                 self.proc_queue.append((event, argv, pidns, at, parent, (fd0, fd1)))
         self.on_proc_events()
@@ -801,8 +811,12 @@ class Daemon:
             return filewatch.Opener(0, False)
         proc = procfs.read_proc(pid)
         if proc is None or not proc.exe:
+            # gone: its program as the exec capture read it (a record may still be in the pipe)
+            if pid not in watched.exes and self.capture_r >= 0:
+                self.on_capture(self.capture_r)
             argv = next((r[3] for r in reversed(watched.recent) if r[1] == pid), [])
-            return filewatch.Opener(pid, False, argv=list(argv))
+            exe = watched.exes.get(pid, "")
+            return filewatch.Opener(pid, bool(exe), exe, list(argv))
         if self.owner_of(pid) is not watched:
             return None
         ancestors: list[str] = []
@@ -1153,7 +1167,9 @@ def capture_main(out: int, ctl: int = -1) -> None:
         for event in parse_proc_events(data):
             if event.kind == "exec":
                 argv = bound_argv(procfs.read_cmdline(event.pid))
-                stdio = (fd_link(event.pid, 0), fd_link(event.pid, 1))
+                # its program too, while it lives: what opened a sensitive file after its exec
+                # is judged by it (monitor/filewatch.py), never by an argv[0] it chose
+                stdio = (fd_link(event.pid, 0), fd_link(event.pid, 1), exe_link(event.pid))
                 at = time.monotonic()
                 pending.append(("exec", event.pid, parents.get(event.pid, 0), argv, at, stdio))
             elif event.kind == "fork":
@@ -1194,7 +1210,7 @@ def capture_main(out: int, ctl: int = -1) -> None:
         # forks hundreds of times from one make); an exec's is always read
         by_parent: dict[int, str] = {}
         now = time.monotonic()
-        for kind, pid, parent, argv, at, (fd0, fd1) in pending:
+        for kind, pid, parent, argv, at, (fd0, fd1, *exe) in pending:
             if kind != "fork":  # exec, uid, exit: the process's own (else its parent's)
                 pidns = capture_owner(owners, (pid, parent), watched, now)
             else:
@@ -1202,7 +1218,7 @@ def capture_main(out: int, ctl: int = -1) -> None:
                 if not pidns:
                     pidns = by_parent[parent] = capture_owner(owners, (parent, pid), watched, now)
             if pidns:
-                record = [kind, pid, parent, pidns, argv, at, fd0, fd1]
+                record = [kind, pid, parent, pidns, argv, at, fd0, fd1, *exe]
                 lines.append(json.dumps(record, separators=(",", ":")))
         pending.clear()
         out_data = ("\n".join(lines) + "\n").encode() if lines else b""
@@ -1263,6 +1279,13 @@ def correlate_pipeline(
         return []
     sender = chain[roles.index("send", first + 1)]
     return [rules.sibling_exfil_threat(pid, chain[first][3], sender[3])]
+
+
+def exe_link(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
 
 
 def fd_link(pid: int, num: int) -> str:

@@ -305,7 +305,10 @@ AUTH_TOOLS = frozenset(
     {
         "sudo",
         "su",
+        "runuser",
         "unix_chkpwd",
+        "systemd",  # a user's systemd manager opening its PAM session (su, login)
+        "sshd-session",
         "login",
         "sshd",
         "passwd",
@@ -366,8 +369,9 @@ class FileEvent:
 
 @dataclass
 class Opener:
-    """The process behind an event, as far as it can still be seen (`alive` False: it had
-    exited when the event was read; only the command line the exec capture saw is left)."""
+    """The process behind an event, as far as it can still be seen. `alive`: its program
+    is known from the kernel (read while it lived, here or by the exec capture); False when
+    all that is left is a command line, whose argv[0] the process chose."""
 
     pid: int
     alive: bool

@@ -68,8 +68,16 @@ def test_shadow_read_pauses_and_its_look_alikes_do_not(files_mon: Monitor) -> No
     mon.trigger(
         name, as_code(run_file("/tmp/r.py", "print(open('/etc/shadow').read())", "sudo -n python3"))
     )
-    record = mon.threat(name, {"file.shadow-read"})
-    assert record["level"] == "high" and record["action"] == "paused", record
+    record = mon.events.wait(
+        lambda m: (
+            m.get("container") == name
+            and m.get("rule_id") == "file.shadow-read"
+            and m.get("level") == "high"
+        ),
+        20,
+        "the shadow read",
+    )
+    assert record["action"] == "paused", record
     assert record["category"] == "credential_access"
     sensitive = record["evidence"]["sensitive_file"]
     assert sensitive["path"] == "/etc/shadow" and sensitive["access"] == "read"
