@@ -746,6 +746,21 @@ class Daemon:
         else:
             self.schedule(watched.name, wait)  # its pass counts them (see scan)
 
+    def canaries(self, watched: Watched) -> NetworkMatcher:
+        if watched.canaries is None:  # its registry is read when first needed
+            home, owner = self.home, self.owner
+            watched.canaries = NetworkMatcher(home, watched.name, watched.uuid, owner, self.log)
+        return watched.canaries
+
+    def planted(self, watched: Watched, path: str, now: float) -> bool:
+        """Whether this container's session planted a canary at `path` (its registry
+        says so): a file there in another container may be a real credential."""
+        matcher = self.canaries(watched)
+        if matcher.index is None:
+            matcher.tried = -1e9  # rare events: look now, whatever the reload pace
+        matcher.load(now)
+        return path in matcher.paths.values()
+
     def canary_paths(self, watched: Watched) -> tuple[str, ...]:
         """Where decoy credentials go in any container (monitor/canary.py): all of them,
         since a session plants its canaries after the daemon has found its container."""
@@ -758,12 +773,15 @@ class Daemon:
             return
         found: list[Threat] = []
         for event in files.events():
+            canary = self.planted(watched, event.path, now) if files.is_canary(event) else False
+            if (event.spec.rule == "canary.open") != canary:
+                continue  # a decoy speaks only as one; a real file there by its own rules
             opener = self.opener(watched, event.pid)
             if opener is None:
                 continue  # a host process (Incus pushing a file), not the container
             if not opener.alive and event.spec.package_managed:
                 opener.package_manager = self.package_manager_running(watched)
-            verdict = filewatch.judge(event, opener, event.spec.rule == "canary.open")
+            verdict = filewatch.judge(event, opener, canary)
             if verdict is None:
                 continue
             level, why = verdict
@@ -854,10 +872,7 @@ class Daemon:
         watched = self.by_ifindex.get(physindev) or self.by_ip.get(pkt.src)
         if watched is None or watched.status == "Killed":
             return
-        if watched.canaries is None:  # its registry is read when first needed
-            home, owner = self.home, self.owner
-            watched.canaries = NetworkMatcher(home, watched.name, watched.uuid, owner, self.log)
-        self.respond(watched, watched.canaries.threats(pkt, payload, now), now)
+        self.respond(watched, self.canaries(watched).threats(pkt, payload, now), now)
         if mid_stream(payload):
             return  # logged for the canary match only: its SYN was judged
         found = rules.packet_threats(pkt, self.config, self.gateway)

@@ -742,10 +742,12 @@ class ContainerFiles:
                 if mask & FAN_ONDIR:
                     continue
                 specs = self._specs_for(folder.path, name)
-                if path in self.canaries:  # a decoy: only its own rule speaks
-                    specs = [spec for spec in specs if spec.rule == "canary.open"]
                 out += [FileEvent(path, access, pid, s) for s in specs if s.access == access]
         return out
+
+    def is_canary(self, event: FileEvent) -> bool:
+        """At a canary's path (whether one was planted there is the registry's to say)."""
+        return event.path in self.canaries
 
     def _appeared(self, folder: Watched, name: str, path: str) -> None:
         for target in sorted(self.awaited.get(folder.path, ())):
