@@ -5,8 +5,9 @@ set."""
 
 from __future__ import annotations
 
+import json
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,46 @@ def apply_table(config: MonitorConfig, table: dict[str, Any], where: str) -> Non
         if wrong and not same_list:
             raise ValueError(f"{where}: [monitoring] {key} has the wrong type")
         setattr(config, key, type(current)(value) if not isinstance(current, list) else value)
+
+
+# What a session's own settings (its profile, its project) decide for its container: the
+# thresholds and the actions. Stored on the instance at creation (SESSION_KEY, which only
+# coi sets: a container cannot change its own config), applied by the daemon when it finds
+# the container. The daemon's own knobs (prefix, bridge, scan pace, NFLOG group) stay global.
+SESSION_KEY = "user.coi.monitoring"
+SESSION_FIELDS = (
+    "actions",
+    "file_read_threshold_mb",
+    "file_read_rate_mb_per_sec",
+    "exfil_threshold_mb",
+    "exfil_window_sec",
+    "exfil_correlate_mb",
+    "dns_rate_per_min",
+    "dns_label_max",
+    "dns_name_max",
+    "dns_entropy_bits",
+    "spawn_rate_per_sec",
+    "process_count_threshold",
+    "c2_ports",
+    "metadata_addresses",
+)
+
+
+def session_config_text(config: MonitorConfig) -> str:
+    return json.dumps({name: getattr(config, name) for name in SESSION_FIELDS}, sort_keys=True)
+
+
+def for_session(config: MonitorConfig, text: str) -> MonitorConfig:
+    """`config` with a session's own values (session_config_text) applied; raises
+    ValueError for anything malformed."""
+    if not text:
+        return config
+    try:
+        table = json.loads(text)
+    except ValueError:
+        raise ValueError("not JSON") from None
+    if not isinstance(table, dict) or not set(table) <= set(SESSION_FIELDS):
+        raise ValueError("unknown keys")
+    merged = replace(config, actions=dict(config.actions))
+    apply_table(merged, table, SESSION_KEY)
+    return merged

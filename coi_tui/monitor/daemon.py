@@ -38,7 +38,7 @@ from typing import Any
 from coi_tui import nofollow
 from coi_tui.monitor import behaviour, filewatch, membership, procfs, rules
 from coi_tui.monitor.canary import PAYLOAD_BYTES, NetworkMatcher, canary_paths, mid_stream
-from coi_tui.monitor.config import MonitorConfig, load_monitor_config
+from coi_tui.monitor.config import SESSION_KEY, MonitorConfig, for_session, load_monitor_config
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
 from coi_tui.monitor.privilege import PrivilegeWatch, parse_uid_detail, uid_detail
@@ -233,6 +233,8 @@ class Watched:
     files: filewatch.ContainerFiles | None = None  # its sensitive-file marks
     files_lost: int = 0  # file events the kernel dropped (queue overflow), reported
     exes: dict[int, str] = field(default_factory=dict)  # pid -> program, read at its exec
+    # the daemon's config with this session's own thresholds and actions (SESSION_KEY)
+    config: MonitorConfig = field(default_factory=MonitorConfig)
 
     def remember_exe(self, pid: int, exe: str) -> None:
         if len(self.exes) >= EXES_KEPT:
@@ -303,7 +305,7 @@ class Responder:
         if len(self.seen) > 1000:  # forget old keys
             self.seen = {k: t for k, t in self.seen.items() if now - t < config.dedup_window_sec}
         threat.container = watched.name
-        wanted = config.actions.get(threat.level, "log")
+        wanted = watched.config.actions.get(threat.level, "log")
         if wanted in ("pause", "kill") and self.is_drill(watched):
             wanted = "log"  # the drill's probes must be seen, not stopped
         action = {"log": "logged", "alert": "alerted", "pause": "paused", "kill": "killed"}[wanted]
@@ -428,7 +430,7 @@ class Daemon:
         own = tag_for(self.home)
         try:
             listed = {
-                i.name: (i.status, i.config.get("volatile.uuid", ""))
+                i.name: (i.status, i.config.get("volatile.uuid", ""), i.config.get(SESSION_KEY, ""))
                 for i in self.incus.list_instances(prefix)
                 # Sessions of another COI home belong to that home's daemon (no tag: older).
                 if i.config.get("user.coi.home", own) == own
@@ -436,9 +438,9 @@ class Daemon:
         except Exception as exc:
             self.log(f"listing instances failed: {exc}")
             return
-        instances = {name: status for name, (status, _uuid) in listed.items()}
+        instances = {name: entry[0] for name, entry in listed.items()}
         for name in list(self.watched):
-            status, uuid = listed.get(name, (None, ""))
+            status, uuid, _session = listed.get(name, (None, "", ""))
             watched = self.watched[name]
             if status is None or status == "Stopped":
                 self.forget(watched)
@@ -453,13 +455,14 @@ class Daemon:
                 )
         for name, status in instances.items():
             if status == "Running" and name not in self.watched:
-                self.watch(name, listed[name][1])
+                self.watch(name, listed[name][1], listed[name][2])
         if self.watched:
             self.idle_since = time.monotonic()
 
-    def watch(self, name: str, uuid: str = "") -> None:
+    def watch(self, name: str, uuid: str = "", session: str = "") -> None:
         """Start watching a running container (`uuid`: its instance id as listed; a container
-        replaced meanwhile is caught by the next refresh), and judge at once the processes,
+        replaced meanwhile is caught by the next refresh; `session`: its SESSION_KEY, the
+        thresholds and actions of its session's settings), and judge at once the processes,
         descriptors and sockets it already has."""
         try:
             state = self.incus.instance_state(name)
@@ -475,7 +478,12 @@ class Daemon:
             (a["address"] for a in eth.get("addresses") or [] if a.get("family") == "inet"), ""
         )
         watched = Watched(name, pid, pidns, ip, veth, procfs.ifindex(veth), self.home, uuid)
-        watched.dns = rules.DnsWatch(self.config)
+        try:
+            watched.config = for_session(self.config, session)
+        except ValueError as exc:
+            self.log(f"{name}: its session's monitor settings refused ({exc}); using the defaults")
+            watched.config = self.config
+        watched.dns = rules.DnsWatch(watched.config)
         watched.privilege = PrivilegeWatch.start(pid)  # its setuid programs, as they are now
         self.watched[name] = watched
         self.by_ns[pidns] = watched
@@ -732,7 +740,7 @@ class Daemon:
         forks.append(at)
         while forks and forks[0] < at - 1.0:
             forks.popleft()
-        rate = self.config.spawn_rate_per_sec
+        rate = watched.config.spawn_rate_per_sec
         if rate <= 0 or len(forks) <= rate:
             return
         now = time.monotonic()
@@ -862,7 +870,7 @@ class Daemon:
         if not watched.burst_peak or now - watched.burst_seen > SPAWN_BURST_LINGER_SEC:
             return
         watched.live_checked, watched.live = now, live
-        rate = self.config.spawn_rate_per_sec
+        rate = watched.config.spawn_rate_per_sec
         self.respond(watched, rules.spawn_threat(watched.burst_peak, rate, live), now)
 
     def on_packet(self, payload: bytes, physindev: int, now: float) -> None:
@@ -875,7 +883,7 @@ class Daemon:
         self.respond(watched, self.canaries(watched).threats(pkt, payload, now), now)
         if mid_stream(payload):
             return  # logged for the canary match only: its SYN was judged
-        found = rules.packet_threats(pkt, self.config, self.gateway)
+        found = rules.packet_threats(pkt, watched.config, self.gateway)
         if pkt.proto == "udp" and pkt.dport == 53 and watched.dns is not None:
             found += watched.dns.feed(pkt, now)
         elif pkt.proto in ("tcp", "udp", "icmp"):
@@ -917,7 +925,7 @@ class Daemon:
             if watched.privilege is not None:
                 found += watched.privilege.read_logs()  # auth logs, from where they were left
             found += self.volumes(watched, pids, now)
-            count = self.config.process_count_threshold
+            count = watched.config.process_count_threshold
             if count and len(pids) > count:
                 found.append(
                     rules.threat(
@@ -954,7 +962,7 @@ class Daemon:
             if delta > top_bytes:
                 top, top_bytes = pid, delta
         watched.rchar = current
-        config = self.config
+        config = watched.config
         mib = 1 << 20
         fast = watched.reads.add(now, watched.read_total)
         slow = watched.reads_slow.add(now, watched.read_total)

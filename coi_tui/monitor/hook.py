@@ -21,6 +21,16 @@ class MonitorHook(SessionHook):
         from coi_tui.paths import home_tag
 
         ctx.config[OWNER_KEY] = home_tag()
+        # this session's thresholds and actions (its profile's, its project's), for the
+        # daemon, whose own config is the user's global one
+        from coi_tui.monitor.config import SESSION_KEY, load_monitor_config, session_config_text
+
+        try:
+            config = load_monitor_config(ctx.manager.settings)
+        except ValueError as exc:
+            ctx.manager.say(f"warning: monitor settings of this session not applied: {exc}")
+            return
+        ctx.config[SESSION_KEY] = session_config_text(config)
 
     def after_start(self, ctx: LaunchContext) -> None:
         if not ctx.manager.settings.monitoring_enabled:

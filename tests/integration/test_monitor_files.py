@@ -134,3 +134,35 @@ def test_persistence_write_is_stopped(files_mon: Monitor, attack: str) -> None:
     assert record["level"] == level, record
     assert record["evidence"]["sensitive_file"]["access"] == "write"
     mon.assert_status(name, "Gone" if level == "critical" else "Frozen")
+
+
+def test_a_sessions_own_thresholds_apply_to_its_container_only(files_mon: Monitor) -> None:
+    """A profile's [monitoring] thresholds reach the daemon through the instance (the
+    session hook writes SESSION_KEY at creation): the same process count trips the session
+    that asked for a low threshold, not the one under the user's global config (off)."""
+    from coi_tui.monitor.config import SESSION_KEY, MonitorConfig, session_config_text
+    from coi_tui.paths import home_tag
+
+    mon = files_mon
+    plain = mon.container()
+    strict = f"{mon.prefix}strict{os.getpid() % 1000}"
+    config = MonitorConfig(process_count_threshold=30, spawn_rate_per_sec=0)
+    mon.incus.create_instance(
+        strict,
+        mon.image,
+        config={"user.coi.home": home_tag(mon.home), SESSION_KEY: session_config_text(config)},
+        devices={"eth0": {"type": "nic", "network": "coibr0", "name": "eth0"}},
+        start=True,
+    )
+    mon.events.wait(
+        lambda m: m.get("type") == "watch" and m.get("container") == strict, 60, "watch"
+    )
+    many = "for i in $(seq 60); do sleep 60 & done; sleep 60"
+    mon.trigger(plain, many)
+    mon.sh(plain, "until [ $(pgrep -c sleep) -ge 60 ]; do sleep 0.1; done")
+    mon.trigger(strict, many)
+    record = mon.threat(strict, {"proc.count"})
+    assert record["level"] == "high" and record["action"] == "paused", record
+    assert record["evidence"]["process_count"]["threshold"] == 30
+    # the pass that judged `strict` walked `plain` too, with its 60 processes
+    assert not [t for t in mon.events.threats(plain) if t["rule_id"] == "proc.count"]
