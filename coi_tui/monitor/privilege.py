@@ -60,9 +60,10 @@ SUDOERS_TEXT = (
     f"Defaults logfile={SUDO_LOG}\n"
     "Defaults loglinelen=0\n"
 )
-# Files tailed, relative to the container's root. Sudo's lines are taken from the syslog
-# files only when coi's own sudo log does not exist (else each would be reported twice).
-AUTH_LOGS = (SUDO_LOG.lstrip("/"), "var/log/auth.log", "var/log/secure", "var/log/syslog")
+# Files tailed, in the container's /var/log. Sudo's lines are taken from the syslog files
+# only when coi's own sudo log does not exist (else each would be reported twice).
+LOG_DIR = "var/log"
+AUTH_LOGS = (os.path.basename(SUDO_LOG), "auth.log", "secure", "syslog")
 READ_CHUNK = 256 << 10  # per file and pass: a flood is read over several passes
 LINE_LIMIT = 4096  # longer lines are cut (a line is judged on its first 4 KiB)
 EVIDENCE_LINE = 300
@@ -284,26 +285,34 @@ class LogTail:
 
 
 def read_new(
-    root: int, relative: str, tail: LogTail | None, since: float
+    log_dir: int, name: str, tail: LogTail | None, since: float
 ) -> tuple[LogTail | None, list[str]]:
-    """New complete lines of a log file since `tail` (at most READ_CHUNK bytes). A file
-    first seen now is read from its start if it changed after `since`, else from its end
-    (a daemon restarted does not report again what it reported before)."""
+    """New complete lines of the log file `name` in the directory fd `log_dir` since `tail`
+    (at most READ_CHUNK bytes). A file first seen now is read from its start if it changed
+    after `since`, else from its end (a daemon restarted does not report again what it
+    reported before). One fstatat when nothing changed; a symlink, FIFO or device at the
+    name is never opened for reading."""
     try:
-        handle = open_path(root, relative)
+        info = os.stat(name, dir_fd=log_dir, follow_symlinks=False)
+    except OSError:
+        return tail, []
+    if not stat.S_ISREG(info.st_mode):
+        return tail, []
+    identity = (info.st_dev, info.st_ino)
+    if tail is None or tail.identity != identity:
+        start = 0 if (tail is not None or info.st_mtime >= since) else info.st_size
+        tail = LogTail(identity, start)
+    if info.st_size < tail.offset:  # truncated: start again
+        tail.offset, tail.partial = 0, b""
+    if info.st_size == tail.offset:
+        return tail, []
+    try:
+        handle = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=log_dir)
     except OSError:
         return tail, []
     try:
-        info = os.fstat(handle)
-        if not stat.S_ISREG(info.st_mode):
-            return tail, []
-        identity = (info.st_dev, info.st_ino)
-        if tail is None or tail.identity != identity:
-            start = 0 if (tail is not None or info.st_mtime >= since) else info.st_size
-            tail = LogTail(identity, start)
-        if info.st_size < tail.offset:  # truncated: start again
-            tail.offset, tail.partial = 0, b""
-        if info.st_size == tail.offset:
+        again = os.fstat(handle)  # the same regular file as just seen (not swapped since)
+        if not stat.S_ISREG(again.st_mode) or (again.st_dev, again.st_ino) != identity:
             return tail, []
         fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
@@ -501,16 +510,20 @@ class PrivilegeWatch:
         found: list[Threat] = []
         try:
             with container_root(self.init_pid) as root:
-                for relative in AUTH_LOGS:
-                    tail, lines = read_new(root, relative, self.tails.get(relative), self.since)
-                    self.tails[relative] = tail
-                    if not lines:
-                        continue
-                    sudo_lines = relative == AUTH_LOGS[0] or self.tails.get(AUTH_LOGS[0]) is None
-                    for line in lines:
-                        threat = judge_line(line, "/" + relative, sudo_lines)
-                        if threat is not None:
-                            found.append(threat)
+                log_dir = open_path(root, LOG_DIR)
         except OSError:
-            pass
+            return found
+        try:
+            for name in AUTH_LOGS:
+                tail, lines = read_new(log_dir, name, self.tails.get(name), self.since)
+                self.tails[name] = tail
+                if not lines:
+                    continue
+                sudo_lines = name == AUTH_LOGS[0] or self.tails.get(AUTH_LOGS[0]) is None
+                for line in lines:
+                    threat = judge_line(line, f"/{LOG_DIR}/{name}", sudo_lines)
+                    if threat is not None:
+                        found.append(threat)
+        finally:
+            os.close(log_dir)
         return found

@@ -175,9 +175,19 @@ def fake_root(tmp_path: Path) -> Path:
 def read(
     fake_root: Path, tail: privilege.LogTail | None, since: float = 0.0
 ) -> tuple[privilege.LogTail | None, list[str]]:
-    with privilege.container_root(os.getpid()) as root:
-        relative = str(fake_root / "var/log/coi-sudo.log").lstrip("/")
-        return privilege.read_new(root, relative, tail, since)
+    """What the daemon does each pass: the log folder opened from the root without
+    following links, then the file read through it."""
+    root = os.open(fake_root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        log_dir = privilege.open_path(root, privilege.LOG_DIR)
+    except OSError:
+        return tail, []
+    finally:
+        os.close(root)
+    try:
+        return privilege.read_new(log_dir, "coi-sudo.log", tail, since)
+    finally:
+        os.close(log_dir)
 
 
 def test_tail_reads_complete_lines_from_where_it_left(fake_root: Path) -> None:
