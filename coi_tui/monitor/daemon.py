@@ -810,19 +810,23 @@ class Daemon:
                     level = worst.level
                     why += f"; it now runs: {worst.title.lower()}"
                     evidence["content_rule"] = worst.rule_id
-            key = f"{watched.name}:{event.path}:{opener.exe or opener.command[:60]}"
+            # the level too: a write seen first half-done (MODIFY) and judged again complete
+            # (CLOSE_WRITE) must not have its worse verdict dropped as a repeat
+            key = f"{watched.name}:{event.path}:{opener.exe or opener.command[:60]}:{level}"
             found.append(
                 rules.threat(spec.rule, level, spec.category, spec.title, why, evidence, key)
             )
         if files.overflowed > watched.files_lost:
             watched.files_lost = files.overflowed
+            # no workload floods these directories; one that does may be hiding a write
             found.append(
                 rules.threat(
                     "monitor.file-events-lost",
-                    "warning",
+                    "high",
                     "evasion",
                     "Sensitive-file events were lost",
-                    f"the kernel's fanotify queue overflowed {files.overflowed} time(s)",
+                    f"the kernel's fanotify queue overflowed {files.overflowed} time(s): "
+                    "the container flooded directories that hold start-up or account files",
                     {"overflows": files.overflowed},
                     f"{watched.name}:{int(now // 60)}",
                 )

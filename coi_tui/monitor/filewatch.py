@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
 FAN_REPORT_DFID_NAME = 0xC00
+FAN_MODIFY = 0x02
 FAN_CLOSE_WRITE = 0x08
 FAN_OPEN = 0x20
 FAN_MOVED_TO = 0x80
@@ -47,9 +48,12 @@ AT_EMPTY_PATH = 0x1000
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 ENTRY_EVENTS = FAN_CREATE | FAN_MOVED_TO  # a name appears in a directory
-WRITE_EVENTS = FAN_CLOSE_WRITE | ENTRY_EVENTS
+# MODIFY too: a writer that keeps its descriptor open is seen at its first write, not at a
+# close that may never come (the kernel merges a run of them on one file)
+WRITE_EVENTS = FAN_MODIFY | FAN_CLOSE_WRITE | ENTRY_EVENTS
 MAX_CONTENT = 64 * 1024  # bytes of a written start-up file or crontab judged by the rules
 MAX_DIR_ENTRIES = 4096  # entries looked at in one directory (a hostile one may hold millions)
+READS_PER_TURN = 16  # reads of the group per call: a flood waits its turn behind other sources
 EVENT_HEADER = struct.Struct("IBBHQii")
 
 
@@ -717,7 +721,7 @@ class ContainerFiles:
         """Everything the group has, judged against the specs (and new directories or
         replaced files marked on the way)."""
         out, self.pending = self.pending, []
-        while True:
+        for _ in range(READS_PER_TURN):
             try:
                 data = os.read(self.group, 65536)
             except BlockingIOError:

