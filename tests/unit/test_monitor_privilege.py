@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -279,3 +281,48 @@ def test_setuid_programs_of_a_root(tmp_path: Path) -> None:
     assert sorted(p for _s, _m, p in found.values()) == ["/usr/bin/sudo", "/usr/lib/helper/chkpwd"]
     info = os.stat(tmp_path / "usr/bin/sudo")
     assert found[(info.st_dev, info.st_ino)][:2] == (info.st_size, info.st_mtime_ns)
+
+
+def test_the_session_hook_installs_the_drop_in_only_with_monitoring_on() -> None:
+    from types import SimpleNamespace
+
+    from coi_tui.incus import IncusError
+    from coi_tui.monitor.sudo_log_hook import HOOK
+
+    pushed: list[tuple[str, str, bytes, dict[str, int]]] = []
+
+    class FakeIncus:
+        def push_file(self, name: str, path: str, content: bytes, **owner: int) -> None:
+            if name == "no-sudo":
+                raise IncusError("no such directory")
+            pushed.append((name, path, content, owner))
+
+    def ctx(container: str, enabled: bool) -> Any:
+        settings = SimpleNamespace(monitoring_enabled=enabled)
+        manager = SimpleNamespace(incus=FakeIncus(), settings=settings)
+        return SimpleNamespace(manager=manager, session=SimpleNamespace(container=container))
+
+    HOOK.before_agent(ctx("off", False))
+    assert pushed == []
+    HOOK.before_agent(ctx("no-sudo", True))  # an image without sudo: left alone
+    HOOK.before_agent(ctx("on", True))
+    assert pushed == [
+        (
+            "on",
+            privilege.SUDOERS_DROP_IN,
+            privilege.SUDOERS_TEXT.encode(),
+            {"uid": 0, "gid": 0, "mode": 0o440},
+        )
+    ]
+    assert f"Defaults logfile={privilege.SUDO_LOG}\n" in privilege.SUDOERS_TEXT
+
+
+@pytest.mark.skipif(shutil.which("visudo") is None, reason="no visudo on this machine")
+def test_the_drop_in_is_valid_sudoers(tmp_path: Path) -> None:
+    drop_in = tmp_path / "zz-coi-log"
+    drop_in.write_text(privilege.SUDOERS_TEXT)
+    drop_in.chmod(0o440)
+    checked = subprocess.run(
+        ["visudo", "-c", "-f", str(drop_in)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
