@@ -4,6 +4,8 @@ the agent's ordinary sudo asserted logged at INFO and never HIGH.
 
 - a setuid-root copy of bash planted by root and run by the code user (uid 1000): the
   kernel's uid event names a program that is not one of the image's setuid programs;
+- a python copy with file capabilities (cap_setuid) run by the code user calling
+  setuid(0): no setuid bit, the same uid event;
 - sudo by a user who is not a sudoer (nobody: adding a user would trip the file watcher):
   sudo's own log (the session hook's sudoers drop-in, installed here the way the hook
   does) says "a password is required";
@@ -66,6 +68,20 @@ def test_planted_setuid_root_binary_run_by_the_agent_is_high(priv_mon: Monitor) 
     assert record["level"] == "high" and record["action"] == "paused", record
     process = record["evidence"]["process"]
     assert process["exe"] == "/tmp/.x" and process["uid"] == CODE_UID, process
+    mon.assert_status(name, "Frozen")
+
+
+def test_setuid_call_by_a_program_with_file_capabilities_is_high(priv_mon: Monitor) -> None:
+    """No setuid bit anywhere: a python copy given cap_setuid by root, run by the code
+    user, calls setuid(0). The kernel's uid event still names it."""
+    mon = priv_mon
+    name = mon.container()
+    mon.sh(name, "cp /usr/bin/python3 /tmp/py && setcap cap_setuid+ep /tmp/py")
+    as_user(mon, name, '/tmp/py -c \'import os; os.setuid(0); open("/tmp/got-root", "w")\'')
+    record = mon.threat(name, {"priv.setuid-root"})
+    assert record["level"] == "high" and record["action"] == "paused", record
+    process = record["evidence"]["process"]
+    assert process["exe"] == "/tmp/py" and process["how"] == "setuid() call", process
     mon.assert_status(name, "Frozen")
 
 
