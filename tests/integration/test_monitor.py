@@ -157,6 +157,7 @@ class Monitor:
     env: dict[str, str]
     ready: queue.Queue[str] = field(default_factory=queue.Queue)
     triggers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    config: dict[str, str] = field(default_factory=dict)  # more instance config per launch
 
     def coi(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -179,7 +180,7 @@ class Monitor:
         self.incus.create_instance(
             name,
             self.image,
-            config={"user.coi.home": home_tag(self.home)},
+            config={"user.coi.home": home_tag(self.home), **self.config},
             devices={"eth0": nic},
             start=True,
         )
@@ -277,10 +278,11 @@ def running_monitor(
     image: str,
     tmp_path_factory: pytest.TempPathFactory,
     settings: str = "",
+    config: dict[str, str] | None = None,
 ) -> Iterator[Monitor]:
     """A monitor daemon of a COI home of its own serving `prefix`, with two containers kept
     booting ahead of the tests (`settings`: more config.toml text for the daemon, e.g. a
-    [detection] table)."""
+    [detection] table; `config`: instance config the containers get, e.g. docker's keys)."""
     home = tmp_path_factory.mktemp("monitor-home")
     (home / "config.toml").write_text(
         "[monitoring]\nidle_exit_sec = 60\nexfil_threshold_mb = 20\nspawn_rate_per_sec = 150\n"
@@ -316,6 +318,7 @@ def running_monitor(
         pid = int((home / "monitor.pid").read_text())
         os.kill(pid, 0)
         monitor = Monitor(incus, home, prefix, image, Subscriber(home / "monitor.sock"), env)
+        monitor.config.update(config or {})
 
         def launcher() -> None:  # keep two containers booting ahead of the tests
             while not stop.is_set():
