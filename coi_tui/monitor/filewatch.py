@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 # fanotify(7) and fcntl.h
 FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
+FAN_REPORT_FID = 0x200
 FAN_REPORT_DFID_NAME = 0xC00
 FAN_MODIFY = 0x02
 FAN_CLOSE_WRITE = 0x08
@@ -43,6 +44,7 @@ FAN_EVENT_ON_CHILD = 0x08000000
 FAN_ONDIR = 0x40000000
 FAN_MARK_ADD = 0x1
 FAN_MARK_DONT_FOLLOW = 0x4
+INFO_FID = 1
 INFO_DFID_NAME = 2
 AT_EMPTY_PATH = 0x1000
 O_PATH = getattr(os, "O_PATH", 0o10000000)
@@ -54,6 +56,7 @@ WRITE_EVENTS = FAN_MODIFY | FAN_CLOSE_WRITE | ENTRY_EVENTS
 MAX_CONTENT = 64 * 1024  # bytes of a written start-up file or crontab judged by the rules
 MAX_DIR_ENTRIES = 4096  # entries looked at in one directory (a hostile one may hold millions)
 READS_PER_TURN = 16  # reads of the group per call: a flood waits its turn behind other sources
+MAX_DIRS = 1024  # directories marked per container (a loop re-creating one must not exhaust fds)
 EVENT_HEADER = struct.Struct("IBBHQii")
 
 
@@ -483,21 +486,25 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def handle_of(fd: int) -> bytes:
-    """The file handle of an open file (type and bytes, as fanotify reports it)."""
+def handle_of(fd: int, name: str = "") -> bytes:
+    """The file handle (type and bytes, as fanotify reports it) of an open file, or of
+    `name` in that directory (a symlink there is not followed)."""
     buffer = ctypes.create_string_buffer(8 + 128)
     struct.pack_into("Ii", buffer, 0, 128, 0)
     mount_id = ctypes.c_int()
+    path = name.encode("utf-8", "surrogateescape")
+    flags = 0 if name else AT_EMPTY_PATH
     _check(
-        _libc.name_to_handle_at(fd, b"", buffer, ctypes.byref(mount_id), AT_EMPTY_PATH),
+        _libc.name_to_handle_at(fd, path, buffer, ctypes.byref(mount_id), flags),
         "name_to_handle_at",
     )
     size, kind = struct.unpack_from("Ii", buffer, 0)
     return struct.pack("i", kind) + buffer.raw[8 : 8 + size]
 
 
-def parse_events(data: bytes) -> Iterable[tuple[int, int, bytes, str]]:
-    """(mask, pid, directory handle, name) of each event in a read of the group."""
+def parse_events(data: bytes) -> Iterable[tuple[int, int, bytes, str, bytes]]:
+    """(mask, pid, directory handle, name, the object's own handle) of each event in a
+    read of the group."""
     offset = 0
     while offset + EVENT_HEADER.size <= len(data):
         length, _version, _reserved, meta_len, mask, _fd, pid = EVENT_HEADER.unpack_from(
@@ -505,19 +512,24 @@ def parse_events(data: bytes) -> Iterable[tuple[int, int, bytes, str]]:
         )
         if length < EVENT_HEADER.size:
             return
-        info, handle, name = offset + meta_len, b"", ""
+        info, handle, name, own = offset + meta_len, b"", "", b""
         end = offset + length
         while info + 4 <= end:
             kind, _pad, size = struct.unpack_from("BBH", data, info)
             if size < 4:
                 break
-            if kind == INFO_DFID_NAME and size >= 20:
+            if kind in (INFO_DFID_NAME, INFO_FID) and size >= 20:
                 body = data[info + 4 : info + size]
                 hsize, htype = struct.unpack_from("Ii", body, 8)
-                handle = struct.pack("i", htype) + body[16 : 16 + hsize]
-                name = body[16 + hsize :].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                found = struct.pack("i", htype) + body[16 : 16 + hsize]
+                if kind == INFO_FID:
+                    own = found
+                else:
+                    handle = found
+                    rest = body[16 + hsize :].split(b"\0", 1)[0]
+                    name = rest.decode("utf-8", "surrogateescape")
             info += size
-        yield mask, pid, handle, name
+        yield mask, pid, handle, name, own
         offset = end
 
 
@@ -537,7 +549,9 @@ class ContainerFiles:
         try:
             self.group = _check(
                 _libc.fanotify_init(
-                    FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME,
+                    # the object's own handle too: a file opened through a hard link or a
+                    # bind mount elsewhere is still the marked file
+                    FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME | FAN_REPORT_FID,
                     os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC,
                 ),
                 "fanotify_init",
@@ -547,6 +561,7 @@ class ContainerFiles:
             self.specs = self._expand(canaries)
             self.dirs: dict[bytes, Watched] = {}
             self.by_path: dict[str, Watched] = {}
+            self.files: dict[bytes, tuple[str, str]] = {}  # marked file -> (folder, name)
             self.awaited: dict[str, set[str]] = {}  # existing ancestor -> targets below it
             self.overflowed = 0
             self.marked_files = 0
@@ -685,22 +700,36 @@ class ContainerFiles:
         except OSError:
             names = []
         for name in names:
-            for spec in self._specs_for(folder, name):
-                if spec.access == "read":
-                    self._mark_file(watched, name)
-                elif not initial:
+            specs = self._specs_for(folder, name)
+            if specs:
+                self._mark_file(watched, name)
+            for spec in specs:
+                if spec.access == "write" and not initial:
                     # written before the directory was marked (it appeared just now)
                     self.pending.append(FileEvent(f"{folder}/{name}", "write", 0, spec))
 
     def _mark_file(self, folder: Watched, name: str) -> None:
+        """Mark the file itself (opens for a read-watched one, writes for a write-watched
+        one), so it is recognised by its handle whatever path it is reached by."""
+        mask = 0
+        for spec in self._specs_for(folder.path, name):
+            mask |= FAN_OPEN if spec.access == "read" else FAN_MODIFY | FAN_CLOSE_WRITE
+        if not mask or folder.fd < 0:
+            return
         try:
             info = os.stat(name, dir_fd=folder.fd, follow_symlinks=False)
-            # a regular file of the container's own filesystem (a user's mounted credential
-            # is the user's choice: not judged here)
+            if not stat.S_ISREG(info.st_mode):
+                return
+            # a read-watched file of another filesystem is a user's mounted credential: the
+            # user's choice, not judged here
             canary = f"{folder.path}/{name}" in self.canaries
-            if stat.S_ISREG(info.st_mode) and (canary or info.st_dev == self.root_dev):
-                self._mark(folder.fd, FAN_OPEN, name)
-                self.marked_files += 1
+            if mask & FAN_OPEN and not canary and info.st_dev != self.root_dev:
+                mask &= ~FAN_OPEN
+                if not mask:
+                    return
+            self._mark(folder.fd, mask, name)
+            self.files[handle_of(folder.fd, name)] = (folder.path, name)
+            self.marked_files += 1
         except OSError:
             pass
 
@@ -730,16 +759,20 @@ class ContainerFiles:
                 break
             if not data:
                 break
-            for mask, pid, handle, name in parse_events(data):
+            for mask, pid, handle, name, own in parse_events(data):
                 if mask & FAN_Q_OVERFLOW:
                     self.overflowed += 1
                     continue
-                folder = self.dirs.get(handle)
+                if own in self.files:  # a marked file, by whatever path it was reached
+                    where, name = self.files[own]
+                    folder = self.by_path.get(where) or Watched(where, -1)
+                else:
+                    folder = self.dirs.get(handle)
                 if folder is None or not name:
                     continue
                 path = f"{folder.path.rstrip('/')}/{name}"
-                if mask & ENTRY_EVENTS:
-                    self._appeared(folder, name, path)
+                if mask & ENTRY_EVENTS and own not in self.files:
+                    self._appeared(folder, name, path, bool(mask & FAN_ONDIR))
                     out += self.pending
                     self.pending = []
                 access = "read" if mask & FAN_OPEN and not mask & WRITE_EVENTS else "write"
@@ -753,13 +786,26 @@ class ContainerFiles:
         """At a canary's path (whether one was planted there is the registry's to say)."""
         return event.path in self.canaries
 
-    def _appeared(self, folder: Watched, name: str, path: str) -> None:
-        for target in sorted(self.awaited.get(folder.path, ())):
-            if target == path or target.startswith(path + "/"):
-                self.awaited[folder.path].discard(target)
+    def _appeared(self, folder: Watched, name: str, path: str, is_dir: bool) -> None:
+        """A name created or moved into a watched directory: a directory on the way to a
+        watched one (awaited, or put in place of one already marked: `mv ~/.ssh x; mkdir
+        ~/.ssh`) is marked now; a file to watch gets its own mark."""
+        if is_dir:
+            waiting = self.awaited.get(folder.path, set())
+            for target in sorted({spec.dir for spec in self.specs}):
+                if target != path and not target.startswith(path + "/"):
+                    continue
+                waiting.discard(target)
+                replaced = self.by_path.pop(target, None)
+                if replaced is not None and replaced.fd >= 0:
+                    os.close(replaced.fd)  # its marks stay on the old directory
+                    replaced.fd = -1
+                if len(self.dirs) >= MAX_DIRS:
+                    self.overflowed += 1  # reported like lost events
+                    continue
                 self._ensure(target)
-        if any(s.access == "read" for s in self._specs_for(folder.path, name)):
-            self._mark_file(folder, name)
+            return
+        self._mark_file(folder, name)
 
     def read(self, path: str) -> str:
         """The start of a container file (regular files only; "" otherwise)."""

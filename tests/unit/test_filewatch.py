@@ -77,7 +77,14 @@ def test_parse_events_reads_directory_handle_and_name_and_stops_on_garbage() -> 
     meta = filewatch.EVENT_HEADER.size
     header = filewatch.EVENT_HEADER.pack(meta + len(info), 3, 0, meta, filewatch.FAN_OPEN, -1, 99)
     events = list(filewatch.parse_events(header + info + b"\0" * 5))
-    assert events == [(filewatch.FAN_OPEN, 99, struct.pack("i", 77) + handle, "shadow")]
+    assert events == [(filewatch.FAN_OPEN, 99, struct.pack("i", 77) + handle, "shadow", b"")]
+    # with the object's own handle (FAN_REPORT_FID) after it: both are read
+    own = b"\x09" * 8
+    fid = b"F" * 8 + struct.pack("Ii", len(own), 77) + own
+    info += struct.pack("BBH", filewatch.INFO_FID, 0, 4 + len(fid)) + fid
+    header = filewatch.EVENT_HEADER.pack(meta + len(info), 3, 0, meta, filewatch.FAN_OPEN, -1, 99)
+    (event,) = filewatch.parse_events(header + info)
+    assert event[3:] == ("shadow", struct.pack("i", 77) + own)
     # a record claiming a zero length ends the parse instead of looping
     bad = filewatch.EVENT_HEADER.pack(0, 3, 0, meta, filewatch.FAN_OPEN, -1, 99)
     assert list(filewatch.parse_events(bad)) == []
