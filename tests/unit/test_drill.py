@@ -271,3 +271,17 @@ def test_drill_containers_left_by_a_killed_drill_are_removed(tmp_path: Path) -> 
     drill.remove_stale()
     assert incus.deleted == ["coi-drill-00000001"]
     assert lines == ["deleting coi-drill-00000001, left by an earlier drill"]
+
+
+def test_a_probe_whose_tool_the_image_lacks_is_skipped(tmp_path: Path) -> None:
+    from coi_tui.config.settings import Settings
+    from coi_tui.monitor.drill import Drill
+
+    drill = Drill(Settings(), None, MonitorConfig(), tmp_path)  # type: ignore[arg-type]
+    drill.missing = {"python3"}
+    values, reasons = probe_values(MonitorConfig(), "10.199.0.1", "incus", "/home/code")
+    values.update(dict.fromkeys(LISTENER_PORTS, "1"))
+    probe = next(p for p in PROBES if p.name == "socket-on-stdio")
+    result = drill.run_probe(probe, values, reasons, None, [])  # type: ignore[arg-type]
+    assert (result.status, result.note) == (SKIPPED, "python3 not in the image")
+    assert all("python3" in p.tools for p in PROBES if "python3" in p.command + p.setup)
