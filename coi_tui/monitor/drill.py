@@ -41,6 +41,7 @@ from coi_tui.incus.errors import IncusError
 from coi_tui.monitor.config import MonitorConfig
 from coi_tui.monitor.daemon import DRILL_INFIX, DRILL_KEY
 from coi_tui.monitor.events import LEVEL_RANK
+from coi_tui.monitor.rules import SPAWN_LIVE_MIN, WEB_PORTS
 
 if TYPE_CHECKING:
     from coi_tui.config.settings import Settings
@@ -49,9 +50,6 @@ if TYPE_CHECKING:
 BEHAVIOURAL = frozenset(
     {"proc.revshell-socket-stdio", "proc.revshell-pipe-relay", "proc.revshell-pty-relay"}
 )
-# A port on the C2 list that is also a web port is only a WARNING (rules.WEB_PORTS): those
-# come last when the drill picks one.
-WEB_PORTS = frozenset({80, 443, 3000, 5000, 8000, 8008, 8080, 8443, 8888})
 DNS_LABEL_LIMIT = 63  # RFC 1035
 # What a harmless probe may do at most (beyond, the probe is skipped and says why).
 MAX_PROBE_PROCESSES = 4000
@@ -91,7 +89,7 @@ PY_CONNECT = (
     "python3 -c 'import socket, sys; "
     "socket.create_connection((sys.argv[1], int(sys.argv[2])), 5).close()' {gateway} {c2_port}"
 )
-# one UDP query (TXT) to the bridge resolver per name: `{dns_query} NAME...`
+# one UDP query (TXT) to the bridge resolver per name: PY_DNS_QUERY + " NAME..."
 PY_DNS_QUERY = (
     "python3 -c 'import socket, struct, sys\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
@@ -388,7 +386,7 @@ def probe_values(
     if rate <= 0:
         reasons["spawn_count"] = "spawn_rate_per_sec is 0 (off)"
     else:
-        count = max(spawn_live_min(), rate) + 100  # margin: some exit or start late
+        count = max(SPAWN_LIVE_MIN, rate) + 100  # margin: some exit or start late
         if count > MAX_PROBE_PROCESSES:
             reasons["spawn_count"] = f"spawn_rate_per_sec {rate} needs over {count} processes"
         else:
@@ -413,19 +411,13 @@ def probe_values(
     return values, reasons
 
 
-def spawn_live_min() -> int:
-    """Live processes a spawn storm needs besides its rate (rules.SPAWN_LIVE_MIN)."""
-    from coi_tui.monitor import rules
-
-    return int(getattr(rules, "SPAWN_LIVE_MIN", 250))
-
-
 def shell_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
 def c2_port_order(ports: Sequence[int]) -> list[int]:
-    """Configured C2 ports, the ones that are not also web ports first (those are CRITICAL)."""
+    """Configured C2 ports, those that are not also web ports first: a web port on the list is
+    only a WARNING (rules.packet_threats), the others are CRITICAL."""
     valid = [p for p in dict.fromkeys(ports) if 0 < p < 65536]
     return [p for p in valid if p not in WEB_PORTS] + [p for p in valid if p in WEB_PORTS]
 
