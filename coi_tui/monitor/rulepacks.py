@@ -50,7 +50,7 @@ import re
 import stat
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -589,17 +589,51 @@ class Glob:
         return name or None
 
 
-@dataclass
 class FieldTest:
-    field: str
-    globs: list[Glob]
-    all: bool
+    """One field against its values (any of them; all of them with `all`), compiled once:
+    plain values of one kind become one C-level test (a tuple for startswith/endswith, a set
+    for equality, one alternation for contains), globs are matched one by one."""
+
+    __slots__ = ("all", "check", "field", "globs")
+
+    def __init__(self, field_name: str, globs: list[Glob], all_of: bool) -> None:
+        self.field = field_name
+        self.globs = globs
+        self.all = all_of
+        self.check = self._compile()
+
+    def _compile(self) -> Callable[[str], bool]:
+        globs = self.globs
+        kinds = {(g.start, g.end) for g in globs}
+        plain = all(len(g.segments) == 1 and g.segments[0].regex is None for g in globs)
+        if not plain or len(kinds) != 1:
+            if self.all:
+                return lambda text: all(g.match(text) for g in globs)
+            return lambda text: any(g.match(text) for g in globs)
+        texts = [g.segments[0].text for g in globs]
+        start, end = kinds.pop()
+        if self.all:
+            if (start, end) == (False, False):
+                return lambda text: all(t in text for t in texts)
+            return lambda text: all(g.match(text) for g in globs)
+        if start and end:
+            exact = frozenset(texts)
+            return exact.__contains__
+        if start:
+            prefixes = tuple(texts)
+            return lambda text: text.startswith(prefixes)
+        if end:
+            suffixes = tuple(texts)
+            return lambda text: text.endswith(suffixes)
+        if len(texts) == 1:
+            needle = texts[0]
+            return lambda text: needle in text
+        # literals only, no repetition: the search is linear in the text times the values
+        search = re.compile("|".join(map(re.escape, texts)), re.DOTALL).search
+        return lambda text: search(text) is not None
 
     def match(self, values: Fields) -> bool:
-        text = values.get(self.field)
-        if self.all:
-            return all(g.match(text) for g in self.globs)
-        return any(g.match(text) for g in self.globs)
+        return self.check(values.get(self.field))
 
     def describe(self) -> str:
         joiner = " + " if self.all else " | "
@@ -749,15 +783,25 @@ def _condition(text: str, names: list[str]) -> Node:
     return node
 
 
-def _evaluate(node: Node, selections: dict[str, Selection], values: Fields) -> bool:
+Test = Callable[[Fields], bool]
+
+
+def _compile_node(node: Node, selections: dict[str, Selection]) -> Test:
+    """The condition as nested closures, built once (no tree walk per exec)."""
     kind = node[0]
     if kind == "sel":
-        return any(all(t.match(values) for t in alt) for alt in selections[node[1]])
+        alternatives = selections[node[1]]
+        if len(alternatives) == 1 and len(alternatives[0]) == 1:
+            (only,) = alternatives[0]
+            return only.match
+        return lambda v: any(all(t.match(v) for t in alt) for alt in alternatives)
     if kind == "not":
-        return not _evaluate(node[1], selections, values)
+        inner = _compile_node(node[1], selections)
+        return lambda v: not inner(v)
+    parts = [_compile_node(n, selections) for n in node[1]]
     if kind == "and":
-        return all(_evaluate(n, selections, values) for n in node[1])
-    return any(_evaluate(n, selections, values) for n in node[1])
+        return lambda v: all(part(v) for part in parts)
+    return lambda v: any(part(v) for part in parts)
 
 
 def _required_names(node: Node, selections: dict[str, Selection]) -> frozenset[str] | None:
@@ -806,8 +850,8 @@ class SigmaRule(Rule):
     selections: dict[str, Selection] = field(default_factory=dict)
     condition: Node = ("or", [])
 
-    def test(self, values: Fields) -> bool:
-        return _evaluate(self.condition, self.selections, values)
+    def __post_init__(self) -> None:
+        self.test = _compile_node(self.condition, self.selections)  # type: ignore[method-assign]
 
 
 @dataclass
