@@ -567,6 +567,21 @@ def payload_in(line: str) -> bool:
     )
 
 
+def _fifo_loop(line: str, wiring: re.Pattern[str]) -> bool:
+    """A named pipe made on this line and used on it (redirected from or to, or read by
+    cat/tail) alongside a shell pipe or a network tool: the loop of a FIFO reverse shell. A
+    line that merely names mkfifo and nc (a list of busybox applets) is not one."""
+    made = re.search(r"\b(?:mkfifo|mknod)\s++(?:-m\s*+\S++\s++)?+([^\s;&|<>]++)", line)
+    if made is None:
+        return False
+    path = re.escape(made.group(1))
+    rest = line[made.end() :]
+    used = re.search(rf"[<>]\s*+{path}(?![^\s;&|)])", rest) or re.search(
+        rf"\b(?:cat|tail)\s++(?:-\S++\s++)*+{path}(?![^\s;&|)])", rest
+    )
+    return used is not None and wiring.search(line) is not None
+
+
 def script_threats(
     pid: int, script: str, command: str, with_credentials: bool = False
 ) -> list[Threat]:
@@ -606,9 +621,7 @@ def script_threats(
         r"\|\s*(/bin/|/usr/bin/)?(ba|z|da)?sh\b|\b(nc|ncat|netcat|telnet|openssl|socat)\b|"
         r"/dev/(tcp|udp)/"
     )
-    if any(
-        re.search(r"mkfifo|mknod\s+\S+\s+p\b", line) and fifo_shell.search(line) for line in lines
-    ):
+    if any(_fifo_loop(line, fifo_shell) for line in lines):
         hit(
             "proc.fifo-shell",
             "critical",

@@ -338,6 +338,8 @@ def test_attack_variants(argv: list[str], rule: str, level: str) -> None:
         sh("cat /etc/passwd | grep code"),
         ["scp", "dist/app.tgz", "deploy@build.example:/srv/"],
         sh("mkfifo /tmp/f; (cat /tmp/f | gzip > out.gz) & seq 100 > /tmp/f; wait"),
+        # busybox applet links: mkfifo, sh and nc named on one line, no pipe looped
+        sh("for a in sh env nc ls wc mkfifo; do ln -s busybox /tmp/mini/bin/$a; done"),
     ],
 )
 def test_benign_look_alikes_raise_nothing_high(argv: list[str]) -> None:
@@ -684,6 +686,7 @@ def test_a_slot_started_again_under_the_same_name_is_watched_anew(
     daemon.watched, daemon.by_ns, daemon.by_ifindex, daemon.by_ip = {}, {}, {}, {}
     daemon.timers, daemon.pending, daemon.capture_ctl = [], set(), -1
     daemon.rule_queue = daemon_mod.deque()
+    daemon.settled, daemon.listed_at, daemon.foreign = None, -1e9, set()  # refresh() asks
     daemon.incus = types.SimpleNamespace(
         list_instances=lambda prefix: listing,
         instance_state=lambda name: {"pid": init[0], "network": {}},
