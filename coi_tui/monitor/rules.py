@@ -1522,15 +1522,20 @@ def volume_threats(
 
 
 # a fork bomb keeps what it forks alive; ./configure or `make -j` fork as fast but their
-# processes exit, so a high fork rate is a storm only with this many live processes
+# processes exit, so a high fork rate is a storm only with this many live processes (fewer
+# when a profile asks for a lower rate: 2.5 times its threshold, as 250 is for the default 100)
 SPAWN_LIVE_MIN = 250
+
+
+def spawn_live_min(threshold: int) -> int:
+    return min(SPAWN_LIVE_MIN, -(-threshold * 5 // 2))
 
 
 def spawn_threat(count: int, threshold: int, live: int | None = None) -> list[Threat]:
     """`count` forks within one second; `live` processes in the container (None: unknown)."""
     if threshold <= 0 or count <= threshold:
         return []
-    if live is not None and live < SPAWN_LIVE_MIN:
+    if live is not None and live < spawn_live_min(threshold):
         return []
     evidence = {"process_count": {"count": count, "threshold": threshold, "delta": count}}
     if live is not None:

@@ -155,6 +155,9 @@ def test_volume_and_spawn_thresholds() -> None:
     assert rules.spawn_threat(151, 150)[0].rule_id == "proc.spawn-storm"
     assert rules.spawn_threat(900, 150, live=40) == []  # ./configure: fast, short-lived
     assert rules.spawn_threat(900, 150, live=600)[0].level == "high"  # a fork bomb
+    # a profile that asks for a low rate (COI's tests trip at tens) lowers the live floor too
+    assert rules.spawn_threat(30, 20, live=60)[0].rule_id == "proc.spawn-storm"
+    assert rules.spawn_threat(30, 20, live=40) == []
 
 
 def test_monitor_knobs_from_the_main_config(
