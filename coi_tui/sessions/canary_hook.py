@@ -150,6 +150,11 @@ class CanaryHook(SessionHook):
         if manager.incus.remote is not None:
             return  # the monitor watching a remote's containers runs on that host
         kinds = list(getattr(settings, "monitoring_canary_kinds", canary.CANARY_KINDS))
+        if not getattr(settings, "monitoring_enabled", False):
+            manager.say(
+                "warning: [monitoring] canaries is on but enabled is off: the decoys are "
+                "planted and nothing watches them"
+            )
         try:
             plant(
                 manager.incus,

@@ -128,6 +128,10 @@ def test_opening_a_canary_is_paused_listing_its_folder_is_not(mon: Monitor) -> N
     """canary.open is the file watcher's rule (monitor/filewatch.py, fed canary_paths())."""
     name, _made = planted(mon)
     mon.sh(name, "ls -la ~code/.aws ~code/.ssh ~code/.config/gh > /dev/null; stat ~code/.env")
+    # the listing's own WARNING (a command-line rule) comes after the daemon handled the
+    # file events of the planting, so the new canaries are marked by then
+    listed = mon.threat(name, {"cred.cloud-file"})
+    assert listed["level"] == "warning"
     mon.trigger(name, "cat /home/code/.aws/credentials > /dev/null; sleep 30")
     record = mon.threat(name, {"canary.open"})
     assert record["level"] == "high" and record["action"] == "paused"
@@ -147,7 +151,9 @@ def test_a_session_plants_its_canaries_and_forgets_them(coi: Any, workspace: Any
         "cd ~ && stat -c '%n %U %a' .aws .aws/credentials .config/gh .config/gh/hosts.yml; "
         "cat .aws/credentials; test ! -e .ssh/id_ed25519_deploy && echo no-ssh-canary"
     )
-    shown = coi.ok("run", "-w", str(workspace), "--", "sh", "-c", script).stdout
+    ran = coi.ok("run", "-w", str(workspace), "--", "sh", "-c", script)
+    shown = ran.stdout
+    assert "canaries is on but enabled is off" in ran.stdout + ran.stderr  # no monitor here
     for line in (
         ".aws code 700",
         ".aws/credentials code 600",
