@@ -14,6 +14,7 @@ from coi_tui.config.settings import load_settings
 from coi_tui.errors import CoiError
 from coi_tui.monitor import netlink, rules
 from coi_tui.monitor.config import MonitorConfig, load_monitor_config
+from coi_tui.monitor.rulepacks import load_packs
 
 GW = "10.199.0.1"
 
@@ -640,6 +641,7 @@ def test_recent_execs_are_capped_and_rules_never_hold_back_intake(
     daemon.config = MonitorConfig()
     daemon.timers, daemon.pending = [], set()
     daemon.rule_queue, daemon.rules_skipped, daemon.capture_r = daemon_mod.deque(), 0, -1
+    daemon.packs = load_packs(None, None)  # the bundled rule packs
     found: list[rules.Threat] = []
     daemon.respond = lambda watched, threats, now: found.extend(threats)  # type: ignore[method-assign]
     watched = Watched("c", 1, "pid:[1]", "", "", 0, Path("/"), "uuid-1")
