@@ -235,9 +235,12 @@ def make_canary(kind: str) -> Canary:
             f"DATABASE_URL=postgres://app:{password}@db.internal:5432/app\n"
         )
         return Canary(kind, path, content, (api_key, password))
-    seed = secrets.token_bytes(32)  # ssh
-    pem, body = openssh_ed25519(seed, "deploy@ci-runner")
-    return Canary(kind, path, pem, _key_markers(body, seed, ed25519_public(seed)))
+    while True:  # ssh; a key whose random parts show no long plain run is drawn again
+        seed = secrets.token_bytes(32)
+        pem, body = openssh_ed25519(seed, "deploy@ci-runner")
+        found = _key_markers(body, seed, ed25519_public(seed))
+        if len(found) == 2:
+            return Canary(kind, path, pem, found)
 
 
 def make_canaries(kinds: Iterable[str]) -> list[Canary]:
