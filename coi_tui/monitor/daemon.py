@@ -41,7 +41,7 @@ from coi_tui.monitor.canary import PAYLOAD_BYTES, NetworkMatcher, canary_paths, 
 from coi_tui.monitor.config import SESSION_KEY, MonitorConfig, for_session, load_monitor_config
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
-from coi_tui.monitor.privilege import PrivilegeWatch, parse_uid_detail, uid_detail
+from coi_tui.monitor.privilege import PrivilegeWatch, id_detail, parse_id_detail
 from coi_tui.text import clean
 
 LOG_PREFIX = "coimon"
@@ -583,7 +583,7 @@ class Daemon:
                 kind, pid, parent, pidns, argv, at, fd0, fd1, *exe = json.loads(line)
             except ValueError:
                 continue
-            if pidns in self.by_ns and kind in ("uid", "exit"):
+            if pidns in self.by_ns and kind in ("uid", "gid", "exit"):
                 self.on_privilege(self.by_ns[pidns], kind, pid, parent, argv, at)
             elif pidns in self.by_ns:
                 if kind == "exec" and exe and exe[0]:
@@ -641,8 +641,8 @@ class Daemon:
     def on_privilege(
         self, watched: Watched, kind: str, pid: int, parent: int, detail: list[str], at: float
     ) -> None:
-        """A uid change (detail: privilege.uid_detail) or the exit of a process that had
-        one (detail: [wait status]); see monitor/privilege.py."""
+        """A uid or gid change (detail: privilege.id_detail) or the exit of a process that
+        changed uid (detail: [wait status]); see monitor/privilege.py."""
         state = watched.privilege
         if state is None or watched.status == "Killed":
             return
@@ -651,9 +651,11 @@ class Daemon:
             argv = next((e[3] for e in reversed(watched.recent) if e[1] == of), None)
             return " ".join(argv if argv is not None else procfs.read_cmdline(of))
 
+        change = parse_id_detail(detail) if kind != "exit" else None
         if kind == "uid":
-            change = parse_uid_detail(detail)
             found = state.on_uid(pid, parent, change, command) if change else []
+        elif kind == "gid":
+            found = state.on_gid(pid, parent, change) if change else []
         else:
             found = state.on_exit(pid, int(detail[0]) if detail else 0, command)
         self.respond(watched, found, at)
@@ -1204,13 +1206,15 @@ def capture_main(out: int, ctl: int = -1) -> None:
                     parents.clear()
                 parents[event.pid] = event.parent
                 pending.append(("fork", event.pid, event.parent, [], time.monotonic(), ("", "")))
-            elif event.kind == "uid":  # its program read at once, as an exec's command line
-                detail = uid_detail(event.pid, event.ruid, event.euid)
+            elif event.kind in ("uid", "gid"):  # its program read at once, as an exec's argv
+                detail = id_detail(event.pid, event.real, event.effective)
                 if len(changed_uid) > 65536:
                     changed_uid.clear()
-                changed_uid.add(event.pid)
+                if event.kind == "uid":
+                    changed_uid.add(event.pid)
                 at = time.monotonic()
-                pending.append(("uid", event.pid, parents.get(event.pid, 0), detail, at, ("", "")))
+                parent = parents.get(event.pid, 0)
+                pending.append((event.kind, event.pid, parent, detail, at, ("", "")))
             else:
                 parent = parents.pop(event.pid, 0)
                 if event.pid in changed_uid:
@@ -1238,7 +1242,7 @@ def capture_main(out: int, ctl: int = -1) -> None:
         by_parent: dict[int, str] = {}
         now = time.monotonic()
         for kind, pid, parent, argv, at, (fd0, fd1, *exe) in pending:
-            if kind != "fork":  # exec, uid, exit: the process's own (else its parent's)
+            if kind != "fork":  # exec, uid, gid, exit: the process's own (else its parent's)
                 pidns = capture_owner(owners, (pid, parent), watched, now)
             else:
                 pidns = by_parent.get(parent, "")

@@ -27,6 +27,7 @@ NLMSG_ERROR = 2
 PROC_EVENT_FORK = 0x00000001
 PROC_EVENT_EXEC = 0x00000002
 PROC_EVENT_UID = 0x00000004
+PROC_EVENT_GID = 0x00000040
 PROC_EVENT_EXIT = 0x80000000
 
 NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
@@ -36,11 +37,11 @@ PROC_HDR = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
 
 @dataclass(frozen=True)
 class ProcEvent:
-    kind: str  # fork | exec | exit | uid
+    kind: str  # fork | exec | exit | uid | gid
     pid: int  # the process (child for fork)
     parent: int = 0  # fork only
-    ruid: int = -1  # uid only: the new real and effective uid (host view)
-    euid: int = -1
+    real: int = -1  # uid and gid only: the new real and effective id (host view)
+    effective: int = -1
     status: int = 0  # exit only: the wait status
 
 
@@ -98,9 +99,10 @@ def parse_proc_events(data: bytes) -> list[ProcEvent]:
                 pid, tgid, status = struct.unpack_from("=iiI", data, payload)
                 if pid == tgid:
                     events.append(ProcEvent("exit", tgid, status=status))
-            elif what == PROC_EVENT_UID:  # a setuid exec or setuid() call (any thread)
-                _pid, tgid, ruid, euid = struct.unpack_from("=iiII", data, payload)
-                events.append(ProcEvent("uid", tgid, ruid=ruid, euid=euid))
+            elif what in (PROC_EVENT_UID, PROC_EVENT_GID):  # a set[ug]id exec or call
+                _pid, tgid, real, effective = struct.unpack_from("=iiII", data, payload)
+                kind = "uid" if what == PROC_EVENT_UID else "gid"
+                events.append(ProcEvent(kind, tgid, real=real, effective=effective))
         offset += (length + 3) & ~3
     return events
 

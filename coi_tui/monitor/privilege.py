@@ -2,11 +2,11 @@
 than through the image's own setuid programs, and failed attempts (su, sudo) from the logs.
 
 Sources, all read from the host, trusting nothing in the container:
-- the proc connector's uid events (`PROC_EVENT_UID`): the kernel sends one whenever a task's
-  real or effective uid changes, at a setuid exec as at a setuid() call, with the new real
-  and effective uid as the host sees them. The capture process reads the process's
+- the proc connector's uid and gid events (`PROC_EVENT_UID`/`GID`): the kernel sends one
+  whenever a task's real or effective id changes, at a setuid exec as at a setuid() call,
+  with the new real and effective id as the host sees them. The capture process reads the process's
   executable (the file, by device and inode) at once, before anything else, and forwards
-  the event (`uid_detail`), and forwards the exit status of every process it saw change uid.
+  the event (`id_detail`), and forwards the exit status of every process it saw change uid.
   No per-exec cost: an exec that changes no uid sends no uid event.
 - a baseline of the image's setuid/setgid programs, taken at watch time through
   /proc/<init>/root: (device, inode, size, mtime) each, so a program planted later, or one
@@ -27,7 +27,10 @@ Judgement (container root = the host uid the container's init runs as):
   programs it is expected (su is followed to its end, sudo's command is logged by sudo);
   through anything else (a setuid copy of bash the agent planted, a program with file
   capabilities calling setuid(0)) it is HIGH `priv.setuid-root`; when the process is gone
-  before its executable could be read, WARNING `priv.root-unverified`.
+  before its executable could be read, WARNING `priv.root-unverified`. Likewise a
+  non-root process taking another group (a setgid exec: gid events) through a program
+  that is not one of the image's is HIGH `priv.setgid` (a setgid-shadow cat reads hashes),
+  WARNING `priv.setgid-unverified` when it was gone before its program could be read.
 - `su` by a non-root user that exits non-zero without ever switching user (no child of it
   changed uid) is HIGH `priv.su-failed`: the image's users have no passwords, and su's own
   failure message goes to journald (binary, not read here), so its exit is the signal.
@@ -100,40 +103,41 @@ INCUSD_PATHS = (
 
 
 @dataclass(frozen=True)
-class UidChange:
-    """A uid event as the capture process forwards it (host uids)."""
+class IdChange:
+    """A uid or gid event as the capture process forwards it (host ids)."""
 
-    ruid: int
-    euid: int
+    real: int
+    effective: int
     exe: str  # the executable's path as the kernel names it ("" when gone)
     identity: tuple[int, int, int, int] | None  # (dev, ino, size, mtime_ns) of the exe
 
 
-def uid_detail(pid: int, ruid: int, euid: int) -> list[str]:
-    """What the capture process forwards of a uid event, read at once: the process's
-    executable, by the file it runs (a path can be swapped, the inode cannot)."""
+def id_detail(pid: int, real: int, effective: int) -> list[str]:
+    """What the capture process forwards of a uid or gid event (the new real and effective
+    id), read at once: the process's executable, by the file it runs (a path can be
+    swapped, the inode cannot)."""
     try:
         info = os.stat(f"/proc/{pid}/exe")
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
-        return [str(ruid), str(euid)]
+        return [str(real), str(effective)]
     return [
-        str(ruid),
-        str(euid),
+        str(real),
+        str(effective),
         exe,
         *(str(v) for v in (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)),
     ]
 
 
-def parse_uid_detail(detail: list[str]) -> UidChange | None:
+def parse_id_detail(detail: list[str]) -> IdChange | None:
     try:
-        ruid, euid = int(detail[0]), int(detail[1])
+        real, effective = int(detail[0]), int(detail[1])
         if len(detail) < 7:
-            return UidChange(ruid, euid, "", None)
+            return IdChange(real, effective, "", None)
         dev, ino, size, mtime = (int(v) for v in detail[3:7])
     except (ValueError, IndexError, TypeError):
         return None
-    return UidChange(ruid, euid, str(detail[2]), (dev, ino, size, mtime))
+    return IdChange(real, effective, str(detail[2]), (dev, ino, size, mtime))
 
 
 @functools.cache
@@ -149,12 +153,12 @@ def host_helpers() -> frozenset[tuple[int, int]]:
     return frozenset(found)
 
 
-def proc_uids(pid: int) -> tuple[int, int] | None:
-    """(real, effective) uid of a process, None when it is gone."""
+def proc_uids(pid: int, field: bytes = b"Uid:") -> tuple[int, int] | None:
+    """(real, effective) uid of a process (`field` b"Gid:": gid), None when it is gone."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
-                if line.startswith(b"Uid:"):
+                if line.startswith(field):
                     fields = line.split()
                     return int(fields[1]), int(fields[2])
     except (OSError, ValueError, IndexError):
@@ -376,6 +380,7 @@ class PrivilegeWatch:
 
     init_pid: int
     root_uid: int = -1  # host uid of the container's root
+    root_gid: int = -1  # and its gid
     baseline: dict[tuple[int, int], tuple[int, int, str]] = field(default_factory=dict)
     creds: dict[int, tuple[int, int]] = field(default_factory=dict)  # pid -> (ruid, euid)
     su: dict[int, SuAttempt] = field(default_factory=dict)
@@ -385,10 +390,11 @@ class PrivilegeWatch:
     @classmethod
     def start(cls, init_pid: int, since: float = STARTED) -> PrivilegeWatch:
         """At watch time: the container's root uid and its setuid programs."""
-        uids = proc_uids(init_pid)
-        return cls(init_pid, uids[0] if uids else -1, setuid_baseline(init_pid), since=since)
+        uids, gids = proc_uids(init_pid), proc_uids(init_pid, b"Gid:")
+        root_uid, root_gid = (uids or (-1, -1))[0], (gids or (-1, -1))[0]
+        return cls(init_pid, root_uid, root_gid, setuid_baseline(init_pid), since=since)
 
-    def expected(self, change: UidChange) -> str:
+    def expected(self, change: IdChange) -> str:
         """The baseline path of the program that made the change, "" when it is not one
         of the image's setuid programs as they were at watch time."""
         if change.identity is None:
@@ -400,7 +406,7 @@ class PrivilegeWatch:
         return known[2]
 
     def on_uid(
-        self, pid: int, parent: int, change: UidChange, command: Callable[[int], str]
+        self, pid: int, parent: int, change: IdChange, command: Callable[[int], str]
     ) -> list[Threat]:
         """One uid event of a process of this container (`command`: its command line as
         far as the daemon knows it)."""
@@ -408,14 +414,14 @@ class PrivilegeWatch:
         before = self.creds.pop(pid, None)
         if len(self.creds) >= CREDS_KEPT:
             self.creds.clear()
-        self.creds[pid] = (change.ruid, change.euid)
+        self.creds[pid] = (change.real, change.effective)
         if change.identity is not None and change.identity[:2] in host_helpers():
             return []  # the host's Incus entering the container (`incus exec`, file push)
         parent = parent or proc_parent(pid)
         attempt = self.su.get(parent)
         if attempt is not None:
             attempt.switched = True  # su's child takes the target's identity after auth
-        if root < 0 or change.euid != root:
+        if root < 0 or change.effective != root:
             return []
         if before is None:
             before = proc_uids(parent) if parent else None
@@ -423,7 +429,8 @@ class PrivilegeWatch:
             # it was root already (a root process taking its euid back), or a host process
             # entering the container (`incus exec` starts as host root: uid 0)
             return []
-        user = change.ruid - root if change.ruid >= root else change.ruid
+        was = before[0] if before is not None else change.real  # its uid before this
+        user = was - root if was >= root else was
         program = self.expected(change)
         if program:
             if os.path.basename(program) != "su":
@@ -447,7 +454,7 @@ class PrivilegeWatch:
                 "uid": user,
                 "euid": 0,
                 "command": clean(command(pid), EVIDENCE_LINE),
-                "how": "setuid exec" if change.ruid != root else "setuid() call",
+                "how": "setuid exec" if change.real != root else "setuid() call",
             }
         }
         if change.identity is None:
@@ -473,6 +480,52 @@ class PrivilegeWatch:
                 f"uid {user} became root through {clean(change.exe, EVIDENCE_LINE)}",
                 evidence,
                 dedup_key=f"priv.setuid-root:{pid}:{change.exe}",
+            )
+        ]
+
+    def on_gid(self, pid: int, parent: int, change: IdChange) -> list[Threat]:
+        """One gid event: a non-root process whose effective gid became other than its
+        real one (a setgid exec) through a program that is not one of the image's setgid
+        programs (a planted `chgrp shadow; chmod g+s` copy of cat) is HIGH. Its uids are
+        the ones its uid events left (in the kernel's order), else its parent's."""
+        if change.effective == change.real:
+            return []  # a full switch or a drop back to its own group: nothing taken
+        if change.identity is not None and change.identity[:2] in host_helpers():
+            return []
+        uids = self.creds.get(pid) or proc_uids(parent or proc_parent(pid))
+        if uids is None or min(uids) <= self.root_uid or self.expected(change):
+            return []  # root (or the host) may take any group
+        group = change.effective - self.root_gid if change.effective >= self.root_gid else -1
+        user = uids[0] - self.root_uid
+        evidence = {
+            "process": {
+                "pid": pid,
+                "exe": clean(change.exe, EVIDENCE_LINE),
+                "uid": user,
+                "egid": group,
+            }
+        }
+        if change.identity is None:  # gone at once (the image's chage -l, or not)
+            return [
+                Threat(
+                    "priv.setgid-unverified",
+                    "warning",
+                    "privilege",
+                    "A process took another group and was gone before its program was read",
+                    f"pid {pid} (uid {user}) took gid {group}",
+                    evidence,
+                    dedup_key=f"priv.setgid-unverified:{pid}",
+                )
+            ]
+        return [
+            Threat(
+                "priv.setgid",
+                "high",
+                "privilege",
+                "A process took a group outside the image's setgid programs",
+                f"uid {user} took gid {group} through {clean(change.exe, EVIDENCE_LINE)}",
+                evidence,
+                dedup_key=f"priv.setgid:{pid}:{change.exe}",
             )
         ]
 

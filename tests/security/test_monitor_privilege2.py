@@ -6,6 +6,7 @@ the agent's ordinary sudo asserted logged at INFO and never HIGH.
   kernel's uid event names a program that is not one of the image's setuid programs;
 - a python copy with file capabilities (cap_setuid) run by the code user calling
   setuid(0): no setuid bit, the same uid event;
+- a setgid-shadow copy of python run by the code user: a gid event;
 - sudo by a user who is not a sudoer (nobody: adding a user would trip the file watcher):
   sudo's own log (the session hook's sudoers drop-in, installed here the way the hook
   does) says "a password is required";
@@ -82,6 +83,25 @@ def test_setuid_call_by_a_program_with_file_capabilities_is_high(priv_mon: Monit
     assert record["level"] == "high" and record["action"] == "paused", record
     process = record["evidence"]["process"]
     assert process["exe"] == "/tmp/py" and process["how"] == "setuid() call", process
+    assert process["uid"] == CODE_UID, process
+    mon.assert_status(name, "Frozen")
+
+
+def test_planted_setgid_shadow_program_run_by_the_agent_is_high(priv_mon: Monitor) -> None:
+    """A copy of python given group shadow and the setgid bit by root: the code user reads
+    the password hashes with it. The kernel's gid event names it. (A program that exits
+    within about a millisecond can be gone before its program is read: then it is only a
+    WARNING, see priv.setgid-unverified.)"""
+    mon = priv_mon
+    name = mon.container()
+    shadow = int(mon.sh(name, "getent group shadow | cut -d: -f3"))
+    mon.sh(name, "cp /usr/bin/python3 /tmp/c && chgrp shadow /tmp/c && chmod 2755 /tmp/c")
+    as_user(mon, name, "/tmp/c -c 'print(open(\"/etc/shadow\").read())' > /tmp/hashes")
+    record = mon.threat(name, {"priv.setgid"})
+    assert record["level"] == "high" and record["action"] == "paused", record
+    process = record["evidence"]["process"]
+    assert process["exe"] == "/tmp/c" and process["uid"] == CODE_UID, process
+    assert process["egid"] == shadow, process
     mon.assert_status(name, "Frozen")
 
 

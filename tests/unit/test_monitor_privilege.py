@@ -1,7 +1,7 @@
 """monitor/privilege.py without containers: uid events judged against a baseline, su
 followed to its exit, auth-log lines, and tailing a hostile root (symlinks, FIFOs, huge
 files, truncation) from the host. Real files in a temporary directory stand in for a
-container's root (read through /proc/<our pid>/root, as the daemon does)."""
+container's root."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from coi_tui.monitor import netlink, privilege
-from coi_tui.monitor.privilege import PrivilegeWatch, UidChange
+from coi_tui.monitor.privilege import IdChange, PrivilegeWatch
 
 ROOT = 1_000_000  # the container's root as the host sees it
 CODE = ROOT + 1000
@@ -27,7 +27,7 @@ SU = (64, 12, 200, 7)
 
 def watch() -> PrivilegeWatch:
     baseline = {SUDO[:2]: (*SUDO[2:], "/usr/bin/sudo"), SU[:2]: (*SU[2:], "/usr/bin/su")}
-    return PrivilegeWatch(os.getpid(), ROOT, baseline)
+    return PrivilegeWatch(os.getpid(), ROOT, ROOT, baseline)
 
 
 def no_command(_pid: int) -> str:
@@ -42,63 +42,85 @@ def test_uid_event_parsing_and_exit_status() -> None:
 
     data = message(netlink.PROC_EVENT_UID, struct.pack("=iiII", 8, 7, CODE, ROOT))
     data += message(netlink.PROC_EVENT_EXIT, struct.pack("=iiIIii", 7, 7, 256, 17, 1, 1))
+    data += message(netlink.PROC_EVENT_GID, struct.pack("=iiII", 9, 9, CODE, ROOT + 42))
     assert netlink.parse_proc_events(data) == [
-        netlink.ProcEvent("uid", 7, ruid=CODE, euid=ROOT),  # a thread's: the process's tgid
+        netlink.ProcEvent("uid", 7, real=CODE, effective=ROOT),  # a thread's: the process's tgid
         netlink.ProcEvent("exit", 7, status=256),
+        netlink.ProcEvent("gid", 9, real=CODE, effective=ROOT + 42),
     ]
 
 
-def test_uid_detail_round_trip_reads_the_program_by_inode() -> None:
-    detail = privilege.uid_detail(os.getpid(), CODE, ROOT)
-    change = privilege.parse_uid_detail(detail)
+def test_id_detail_round_trip_reads_the_program_by_inode() -> None:
+    detail = privilege.id_detail(os.getpid(), CODE, ROOT)
+    change = privilege.parse_id_detail(detail)
     info = os.stat(sys.executable)
     assert change is not None and change.identity is not None
     assert change.identity[:2] == (info.st_dev, info.st_ino)
-    assert (change.ruid, change.euid) == (CODE, ROOT)
-    gone = privilege.parse_uid_detail(privilege.uid_detail(2**22 + 12345, CODE, ROOT))
-    assert gone == UidChange(CODE, ROOT, "", None)
-    assert privilege.parse_uid_detail(["x"]) is None
+    assert (change.real, change.effective) == (CODE, ROOT)
+    gone = privilege.parse_id_detail(privilege.id_detail(2**22 + 12345, CODE, ROOT))
+    assert gone == IdChange(CODE, ROOT, "", None)
+    assert privilege.parse_id_detail(["x"]) is None
 
 
 def test_setuid_exec_of_a_planted_program_is_high_and_the_images_sudo_is_quiet() -> None:
     state = watch()
     before = {10: (CODE, CODE)}
     state.creds.update(before)
-    planted = UidChange(CODE, ROOT, "/tmp/.x", (64, 99, 1000, 5))
+    planted = IdChange(CODE, ROOT, "/tmp/.x", (64, 99, 1000, 5))
     found = state.on_uid(10, 1, planted, lambda pid: "/tmp/.x -p")
     assert [(t.rule_id, t.level) for t in found] == [("priv.setuid-root", "high")]
     assert found[0].evidence["process"]["uid"] == 1000
     assert found[0].evidence["process"]["how"] == "setuid exec"
     state.creds[11] = (CODE, CODE)
-    assert state.on_uid(11, 1, UidChange(CODE, ROOT, "/usr/bin/sudo", SUDO), no_command) == []
+    assert state.on_uid(11, 1, IdChange(CODE, ROOT, "/usr/bin/sudo", SUDO), no_command) == []
     # sudo's own later switches (it is root by then) are not escalations
-    assert state.on_uid(11, 1, UidChange(ROOT, ROOT, "/usr/bin/sudo", SUDO), no_command) == []
+    assert state.on_uid(11, 1, IdChange(ROOT, ROOT, "/usr/bin/sudo", SUDO), no_command) == []
+
+
+def test_setgid_exec_of_a_planted_program_is_high() -> None:
+    state = watch()
+    state.creds[13] = (CODE, CODE)
+    shadow_cat = IdChange(CODE, ROOT + 42, "/tmp/c", (64, 70, 10, 1))
+    found = state.on_gid(13, 1, shadow_cat)
+    assert [(t.rule_id, t.level) for t in found] == [("priv.setgid", "high")]
+    assert found[0].evidence["process"]["egid"] == 42
+    # the image's own setgid program, a drop back, root, the host: nothing
+    ssh_agent = (64, 71, 10, 1)
+    state.baseline[ssh_agent[:2]] = (10, 1, "/usr/bin/ssh-agent")
+    assert state.on_gid(13, 1, IdChange(CODE, ROOT + 100, "/usr/bin/ssh-agent", ssh_agent)) == []
+    assert state.on_gid(13, 1, IdChange(CODE, CODE, "/tmp/c", (64, 70, 10, 1))) == []
+    state.creds[14] = (ROOT, ROOT)
+    assert state.on_gid(14, 1, shadow_cat) == []
+    assert state.on_gid(15, os.getpid(), shadow_cat) == []  # parent: host root
+    gone = state.on_gid(13, 1, IdChange(CODE, ROOT + 42, "", None))
+    assert [(t.rule_id, t.level) for t in gone] == [("priv.setgid-unverified", "warning")]
 
 
 def test_a_replaced_setuid_program_does_not_match_its_baseline() -> None:
     state = watch()
     state.creds[12] = (CODE, CODE)
-    rewritten = UidChange(CODE, ROOT, "/usr/bin/sudo", (64, 11, 1_400_000, 9))  # same inode
+    rewritten = IdChange(CODE, ROOT, "/usr/bin/sudo", (64, 11, 1_400_000, 9))  # same inode
     assert [t.rule_id for t in state.on_uid(12, 1, rewritten, no_command)] == ["priv.setuid-root"]
 
 
 def test_setuid_call_by_a_capability_holder_is_high_and_a_root_daemon_is_not() -> None:
     state = watch()
     state.creds[20] = (CODE, CODE)  # a python with cap_setuid calling setuid(0)
-    python = UidChange(ROOT, ROOT, "/tmp/py", (64, 40, 10, 1))
+    python = IdChange(ROOT, ROOT, "/tmp/py", (64, 40, 10, 1))
     found = state.on_uid(20, 1, python, no_command)
     assert [(t.rule_id, t.evidence["process"]["how"]) for t in found] == [
         ("priv.setuid-root", "setuid() call")
     ]
+    assert found[0].evidence["process"]["uid"] == 1000  # who it was, not who it became
     # a root service dropping its euid and taking it back (systemd's user manager)
     state.creds[21] = (ROOT, ROOT)
     systemd = (64, 50, 10, 1)
     assert (
-        state.on_uid(21, 1, UidChange(ROOT, CODE, "/usr/lib/systemd/systemd", systemd), no_command)
+        state.on_uid(21, 1, IdChange(ROOT, CODE, "/usr/lib/systemd/systemd", systemd), no_command)
         == []
     )
     assert (
-        state.on_uid(21, 1, UidChange(CODE, ROOT, "/usr/lib/systemd/systemd", systemd), no_command)
+        state.on_uid(21, 1, IdChange(CODE, ROOT, "/usr/lib/systemd/systemd", systemd), no_command)
         == []
     )
 
@@ -107,23 +129,23 @@ def test_unknown_before_uses_the_parent_and_host_entry_is_not_an_escalation() ->
     state = watch()
     # no uid event seen for it: its parent's uids stand in (here: this test, uid 0 on the
     # host, as `incus exec` starts as host root)
-    change = UidChange(ROOT, ROOT, "/tmp/anything", (64, 60, 1, 1))
+    change = IdChange(ROOT, ROOT, "/tmp/anything", (64, 60, 1, 1))
     assert state.on_uid(30, os.getpid(), change, no_command) == []
 
 
 def test_a_process_gone_before_its_program_was_read() -> None:
     state = watch()
     state.creds[40] = (CODE, CODE)
-    found = state.on_uid(40, 1, UidChange(CODE, ROOT, "", None), no_command)
+    found = state.on_uid(40, 1, IdChange(CODE, ROOT, "", None), no_command)
     assert [(t.rule_id, t.level) for t in found] == [("priv.root-unverified", "warning")]
     # nothing known before either: nothing to judge
-    assert state.on_uid(41, 2**22 + 7, UidChange(CODE, ROOT, "", None), no_command) == []
+    assert state.on_uid(41, 2**22 + 7, IdChange(CODE, ROOT, "", None), no_command) == []
 
 
 def test_su_that_never_switched_is_high_at_its_exit_and_a_successful_one_is_not() -> None:
     state = watch()
     state.creds[50] = (CODE, CODE)
-    found = state.on_uid(50, 1, UidChange(CODE, ROOT, "/usr/bin/su", SU), no_command)
+    found = state.on_uid(50, 1, IdChange(CODE, ROOT, "/usr/bin/su", SU), no_command)
     assert [(t.rule_id, t.level) for t in found] == [("priv.su", "info")]
     failed = state.on_exit(50, 1 << 8, lambda pid: "su -c id root")
     assert [(t.rule_id, t.level) for t in failed] == [("priv.su-failed", "high")]
@@ -132,8 +154,8 @@ def test_su_that_never_switched_is_high_at_its_exit_and_a_successful_one_is_not(
     # success: a child of su takes the target's identity, then su exits with the shell's
     # status (non-zero here)
     state.creds[60] = (CODE, CODE)
-    state.on_uid(60, 1, UidChange(CODE, ROOT, "/usr/bin/su", SU), no_command)
-    assert state.on_uid(61, 60, UidChange(ROOT, ROOT, "/usr/bin/su", SU), no_command) == []
+    state.on_uid(60, 1, IdChange(CODE, ROOT, "/usr/bin/su", SU), no_command)
+    assert state.on_uid(61, 60, IdChange(ROOT, ROOT, "/usr/bin/su", SU), no_command) == []
     assert state.on_exit(60, 3 << 8, no_command) == []
     assert state.on_exit(61, 0, no_command) == []
 
