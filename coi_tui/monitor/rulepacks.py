@@ -64,6 +64,8 @@ MAX_FILES = 4096  # rule files read per source
 MAX_TOTAL_BYTES = 32 << 20  # per source
 MAX_RULES = 2000  # per source
 MAX_DIR_DEPTH = 8
+MAX_DIRS = 2000  # folders walked per source
+MAX_ENTRIES = 20000  # names read per folder
 MAX_YAML_DEPTH = 24
 MAX_VALUE_CHARS = 1024
 MAX_WILDCARDS = 16  # `*` per value
@@ -1052,9 +1054,11 @@ def _read_files(
     skipped), walked by directory fd without following any symlink (see the module doc)."""
     from coi_tui import nofollow
 
-    used = {"files": 0, "bytes": 0, "stopped": 0}
+    used = {"files": 0, "bytes": 0, "dirs": 0, "stopped": 0}
 
-    def limit() -> str:
+    def limit(folder: bool = False) -> str:
+        if folder and used["dirs"] >= MAX_DIRS:
+            return f"more than {MAX_DIRS} folders"
         if used["files"] >= MAX_FILES:
             return f"more than {MAX_FILES} files"
         if used["bytes"] >= MAX_TOTAL_BYTES:
@@ -1064,12 +1068,25 @@ def _read_files(
         return ""
 
     def walk(fd: int, prefix: str, depth: int) -> Iterator[tuple[str, bytes]]:
+        why = limit(folder=True)  # a tree of other files (sigma_dir = "/") is bounded too
+        if why:
+            used["stopped"] = 1
+            skipped.append(Skip(source, prefix or ".", f"not read, nor anything after it: {why}"))
+            return
+        used["dirs"] += 1
+        entries: list[tuple[str, bool]] = []
         try:
             with os.scandir(fd) as listing:
-                entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in listing)
+                for entry in listing:
+                    if len(entries) >= MAX_ENTRIES:
+                        why = f"more than {MAX_ENTRIES} entries: the rest not read"
+                        skipped.append(Skip(source, prefix or ".", why))
+                        break
+                    entries.append((entry.name, entry.is_dir(follow_symlinks=False)))
         except OSError as exc:
             skipped.append(Skip(source, prefix or ".", f"unreadable: {exc.strerror}"))
             return
+        entries.sort()
         for name, is_dir in entries:
             if used["stopped"]:
                 return

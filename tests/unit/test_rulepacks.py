@@ -393,6 +393,16 @@ def test_hostile_folder_symlinks_big_files_fifos_and_caps(
     packs = rulepacks.load_packs(many, None, bundled=False)
     assert packs.counts["sigma"] == 20
     assert "more than 20 files" in packs.skipped[-1].reason
+    monkeypatch.setattr(rulepacks, "MAX_ENTRIES", 5)
+    packs = rulepacks.load_packs(many, None, bundled=False)
+    assert packs.counts["sigma"] == 5 and "more than 5 entries" in packs.skipped[0].reason
+    wide = tmp_path / "wide"
+    for i in range(6):
+        (wide / f"d{i}").mkdir(parents=True)
+        (wide / f"d{i}" / "r.yml").write_text(RULE.replace("test-rule", f"d{i}"))
+    monkeypatch.setattr(rulepacks, "MAX_DIRS", 4)
+    packs = rulepacks.load_packs(wide, None, bundled=False)
+    assert packs.counts["sigma"] == 3 and "more than 4 folders" in packs.skipped[-1].reason
 
 
 def test_a_symlinked_pack_folder_is_refused(tmp_path: Path) -> None:
