@@ -435,6 +435,8 @@ class PrivilegeWatch:
         if program:
             if os.path.basename(program) != "su":
                 return []  # sudo logs its command itself; passwd, mount... are quiet
+            if len(self.su) >= CREDS_KEPT:  # exits lost (ENOBUFS): never grow without end
+                self.su.clear()
             self.su[pid] = SuAttempt(user)
             return [  # (its command line is not there yet: the exec event comes next)
                 Threat(
