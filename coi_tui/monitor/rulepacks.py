@@ -929,12 +929,12 @@ def compile_sigma(doc: Any, rule_id: str, source: str, *, need_logsource: bool) 
 PLACEHOLDERS = (
     "attacker.com",
     "12345",
-    "$rhost",
-    "$rport",
-    "$lport",
-    "$lhost",
-    "$lfile",
     "$tf",
+    "rhost",  # also as getenv("RHOST") and ENV["RPORT"], not only $RHOST
+    "rport",
+    "lport",
+    "lhost",
+    "lfile",
     "/path/to/",
     "input-file",
     "output-file",

