@@ -268,6 +268,44 @@ def cgroup_freeze(name: str) -> bool:
     return False
 
 
+# Cgroup folders LXC makes for a running container (hybrid hosts, then pure v2): whether one
+# appeared, went or was made again tells refresh() when asking Incus is worth it.
+CGROUP_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+PAYLOAD = "lxc.payload."
+INCUS_LIST_BACKSTOP_SEC = 10.0  # Incus is still asked this often when no cgroup changed
+FULL_SWEEP_SEC = 5.0  # every check of every container at least this often (the backstop)
+
+
+def payload_cgroups(prefix: str) -> dict[str, int]:
+    """Running containers named `prefix`*: name -> inode of its cgroup folder (a container
+    started again under the same name gets another). One readdir per root, no stat."""
+    found: dict[str, int] = {}
+    head = PAYLOAD + prefix
+    for root in CGROUP_ROOTS:
+        with contextlib.suppress(OSError), os.scandir(root) as entries:
+            for entry in entries:
+                if entry.name.startswith(head):
+                    found.setdefault(entry.name[len(PAYLOAD) :], entry.inode())
+    return found
+
+
+def cgroup_thawed(name: str) -> bool:
+    """Whether the freezer cgroup_freeze writes says `name` runs (True when unknown: then
+    Incus is asked)."""
+    for path, frozen in (
+        (f"/sys/fs/cgroup/freezer/{PAYLOAD}{name}/freezer.state", ("FROZEN", "FREEZING")),
+        (f"/sys/fs/cgroup/{PAYLOAD}{name}/cgroup.freeze", ("1",)),
+    ):
+        try:
+            with open(path) as f:
+                return f.read().strip() not in frozen
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True
+    return True
+
+
 class Responder:
     """Level -> action (log, alert, pause, kill), de-duplicated per container and key."""
 
@@ -376,6 +414,15 @@ class Daemon:
         self.responder = Responder(self)
         self.idle_since = time.monotonic()
         self.dropped = 0
+        # refresh(): the cgroups as they were when Incus last left nothing to retry (None:
+        # ask again), when it was asked, and the names it said were another home's
+        self.settled: dict[str, int] | None = None
+        self.listed_at = -1e9
+        self.foreign: set[str] = set()
+        # the periodic pass: per container identity, what its last pass saw (pid -> pid
+        # namespace, exec count) and the containers with a packet or file event since then
+        self.passed: dict[str, tuple[dict[int, str], int]] = {}
+        self.stirred: set[str] = set()
         from coi_tui.monitor import rulepacks  # loaded once: bundled, Sigma, GTFOBins rules
 
         self.packs = rulepacks.load_for_daemon(home, owner, self.log)
@@ -426,18 +473,31 @@ class Daemon:
 
     # ------------------------------------------------------------------ containers
     def refresh(self) -> None:
+        """Every second: ask Incus which containers run only when their cgroups changed
+        (one started, stopped or was made again), something is left to retry, a watched
+        one restarted or was thawed, or INCUS_LIST_BACKSTOP_SEC passed."""
         prefix = self.config.container_prefix
         own = tag_for(self.home)
+        now = time.monotonic()
+        cgroups = payload_cgroups(prefix)
+        if not self.incus_list_due(cgroups, now):
+            if self.watched:
+                self.idle_since = now
+            return
+        self.listed_at = now
+        self.settled = None  # until this listing was acted on
         try:
+            instances_all = self.incus.list_instances(prefix)
             listed = {
                 i.name: (i.status, i.config.get("volatile.uuid", ""), i.config.get(SESSION_KEY, ""))
-                for i in self.incus.list_instances(prefix)
+                for i in instances_all
                 # Sessions of another COI home belong to that home's daemon (no tag: older).
                 if i.config.get("user.coi.home", own) == own
             }
         except Exception as exc:
             self.log(f"listing instances failed: {exc}")
             return
+        self.foreign = {i.name for i in instances_all} - listed.keys()
         instances = {name: entry[0] for name, entry in listed.items()}
         for name in list(self.watched):
             status, uuid, _session = listed.get(name, (None, "", ""))
@@ -458,6 +518,24 @@ class Daemon:
                 self.watch(name, listed[name][1], listed[name][2])
         if self.watched:
             self.idle_since = time.monotonic()
+        # settled when every cgroup is a watched container's or another home's and every
+        # watched container has one; else (one not watched yet: frozen, still starting, its
+        # watch failed) Incus is asked again in a second
+        known = self.watched.keys() | self.foreign
+        if cgroups.keys() <= known and self.watched.keys() <= cgroups.keys():
+            self.settled = cgroups
+
+    def incus_list_due(self, cgroups: dict[str, int], now: float) -> bool:
+        if self.settled is None or cgroups != self.settled:
+            return True
+        if now - self.listed_at >= INCUS_LIST_BACKSTOP_SEC:
+            return True
+        for watched in self.watched.values():
+            if not watched.alive():
+                return True  # restarted, or stopped with its cgroup not yet removed
+            if watched.status == "Frozen" and cgroup_thawed(watched.name):
+                return True  # `coi unfreeze`, `incus start`
+        return False
 
     def watch(self, name: str, uuid: str = "", session: str = "") -> None:
         """Start watching a running container (`uuid`: its instance id as listed; a container
@@ -914,17 +992,74 @@ class Daemon:
         heapq.heappush(self.timers, (due, name))
 
     # ------------------------------------------------------------------ periodic pass
-    def scan(self, watched: Watched, full: bool, nsmap: dict[int, str] | None = None) -> None:
+    def pids_by_container(self) -> dict[str, dict[int, str]]:
+        """One walk of /proc shared out to every watched container (nested pid namespaces
+        included): its init's pid namespace -> {pid: the pid's own namespace}."""
+        groups: dict[str, dict[int, str]] = {}
+        owner, by_ns = self.owners.owner, self.by_ns
+        for pid in procfs.all_pids():
+            pidns = procfs.pid_ns(pid)
+            mine = owner(pid, pidns, by_ns)
+            if mine:
+                groups.setdefault(mine, {})[pid] = pidns
+        return groups
+
+    def quiet(self, watched: Watched) -> bool:
+        """No exec, fork, packet or file event since its last pass: no new process, nothing
+        new on its descriptors that an event would not have announced."""
+        last = self.passed.get(watched.identity)
+        return (
+            last is not None
+            and watched.name not in self.stirred
+            and watched.execs == last[1]
+            and watched.pids <= last[0].keys()
+        )
+
+    def periodic_pass(self, sweep: bool) -> None:
+        """Every scan_interval_sec: volumes, auth logs and counts of every container; the
+        behavioural checks (every descriptor of every process) only for containers where
+        something happened, and for all of them on a `sweep` (every FULL_SWEEP_SEC, the
+        backstop behind the events). /proc is walked only when some container stirred; a
+        quiet one's processes are its last pass's that are still there (a new one would have
+        come with a fork event)."""
+        stirred = {w.identity for w in self.watched.values() if sweep or not self.quiet(w)}
+        groups = self.pids_by_container() if stirred else None
+        for watched in list(self.watched.values()):
+            if groups is not None:
+                pids = groups.get(watched.pidns, {})
+            else:
+                last = self.passed[watched.identity][0]
+                pids = {p: ns for p, ns in last.items() if procfs.pid_ns(p) == ns}
+            self.scan(watched, True, pids=list(pids), behave=watched.identity in stirred)
+            self.passed[watched.identity] = (pids, watched.execs)
+        self.stirred.clear()
+        if len(self.passed) > len(self.watched):
+            live = {w.identity for w in self.watched.values()}
+            self.passed = {k: v for k, v in self.passed.items() if k in live}
+
+    def scan(
+        self,
+        watched: Watched,
+        full: bool,
+        nsmap: dict[int, str] | None = None,
+        pids: list[int] | None = None,
+        behave: bool = True,
+    ) -> None:
+        """`full`: volumes, auth logs and the process count too; `pids`: its processes if
+        already known; `behave`: False skips the behavioural checks (a quiet container)."""
         if watched.status == "Killed":
             return
         now = time.monotonic()
-        pids = self.container_pids(watched, nsmap)
+        if pids is None:
+            pids = self.container_pids(watched, nsmap)
         watched.pids = set(pids)
         self.judge_spawns(watched, len(pids), now)
         if len(watched.local_sockets) > 20000:
             watched.local_sockets.clear()
-        view = behaviour.ContainerView(watched.init_pid, pids, known_local=watched.local_sockets)
-        found = behaviour.analyse(view)
+        found: list[Threat] = []
+        if behave:
+            known = watched.local_sockets
+            found = behaviour.analyse(behaviour.ContainerView(watched.init_pid, pids, known))
         if watched.scripts:
             found += self.read_scripts(watched)
         if full:
@@ -1055,7 +1190,7 @@ class Daemon:
             f"monitor started (pid {os.getpid()}, table bridge {self.nft.table}, "
             f"nflog group {self.nft.group}, prefix {settings.container_prefix!r})"
         )
-        next_scan = next_refresh = time.monotonic()
+        next_scan = next_refresh = next_sweep = time.monotonic()
         try:
             while not self.stop:
                 now = time.monotonic()
@@ -1071,16 +1206,20 @@ class Daemon:
                         self.log("no coi containers: exiting")
                         break
                 if now >= next_scan:
-                    # one walk of /proc for every container
-                    nsmap = {p: procfs.pid_ns(p) for p in procfs.all_pids()}
-                    for watched in list(self.watched.values()):
-                        self.scan(watched, full=True, nsmap=nsmap)
+                    self.periodic_pass(sweep=now >= next_sweep)
+                    if now >= next_sweep:
+                        next_sweep = now + FULL_SWEEP_SEC
                     next_scan = now + self.config.scan_interval_sec
+                walked: dict[str, dict[int, str]] | None = None  # one walk for all timers due
                 while self.timers and self.timers[0][0] <= now:
                     due, name = heapq.heappop(self.timers)
                     self.pending.discard((name, round(due * 10)))
                     if name in self.watched:
-                        self.scan(self.watched[name], full=False)
+                        watched = self.watched[name]
+                        if walked is None:
+                            walked = self.pids_by_container()
+                        pids = list(walked.get(watched.pidns, {}))
+                        self.scan(watched, full=False, pids=pids)
                 if self.rule_queue:
                     self.run_rules()
                 due = min(next_scan, next_refresh, self.timers[0][0] if self.timers else 1e18)
@@ -1092,6 +1231,7 @@ class Daemon:
                 now = time.monotonic()
                 for source in ready:
                     if isinstance(source, int) and source in groups:
+                        self.stirred.add(groups[source].name)
                         self.on_file_events(groups[source], now)
                     elif source is capture_r and not self.on_capture(capture_r):
                         self.log("exec capture process exited: restarting it")
@@ -1110,6 +1250,11 @@ class Daemon:
                             self.dump_stats()
                     elif source is nflog:
                         for packet in nflog.read():
+                            sender = self.by_ifindex.get(packet.physindev)
+                            if sender is None:  # no bridge port known: any of them
+                                self.stirred.update(self.watched)
+                            else:
+                                self.stirred.add(sender.name)
                             self.on_packet(packet.payload, packet.physindev, now)
                     else:
                         self.broadcaster.accept()
