@@ -72,6 +72,8 @@ RULE_ARG_BYTES = 16384
 # config writes user.* keys, and a container cannot set its own config).
 DRILL_KEY = "user.coi.drill"
 EXES_KEPT = 4096  # programs of recent execs kept per container (file events name them)
+EXEC_RECORD_WAIT_SEC = 0.1  # how long a file event waits for its gone process's exec record
+EXEC_WAIT_BUDGET_SEC = 0.2  # ... and all such waits within a second
 DRILL_INFIX = "drill-"
 
 
@@ -407,6 +409,7 @@ class Daemon:
         self.capture_buffer = b""
         self.capture_ctl = -1
         self.dump_requested = False
+        self.exec_wait_since = self.exec_wait_spent = 0.0  # see await_exec_record
         self.wake_w = -1
         self.stop = False
         self.gateway = ""
@@ -921,9 +924,10 @@ class Daemon:
             return filewatch.Opener(0, False)
         proc = procfs.read_proc(pid)
         if proc is None or not proc.exe:
-            # gone: its program as the exec capture read it (a record may still be in the pipe)
-            if pid not in watched.exes and self.capture_r >= 0:
-                self.on_capture(self.capture_r)
+            # gone: its program as the exec capture read it; its record may still be on its
+            # way (the capture reads it as the process starts), so wait for it a little,
+            # within a budget a stream of such processes cannot stretch
+            self.await_exec_record(watched, pid)
             argv = next((r[3] for r in reversed(watched.recent) if r[1] == pid), [])
             exe = watched.exes.get(pid, "")
             return filewatch.Opener(pid, bool(exe), exe, list(argv))
@@ -938,6 +942,24 @@ class Daemon:
             ancestors.append(above.exe)
             parent = above.ppid
         return filewatch.Opener(pid, True, proc.exe, proc.cmdline, ancestors)
+
+    def await_exec_record(self, watched: Watched, pid: int) -> None:
+        now = time.monotonic()
+        if now - self.exec_wait_since > 1.0:
+            self.exec_wait_since, self.exec_wait_spent = now, 0.0
+        while pid not in watched.exes and self.capture_r >= 0:
+            left = min(EXEC_RECORD_WAIT_SEC, EXEC_WAIT_BUDGET_SEC - self.exec_wait_spent)
+            if left <= 0:
+                return
+            started = time.monotonic()
+            with contextlib.suppress(OSError, ValueError):
+                select.select([self.capture_r], [], [], left)
+            if not self.on_capture(self.capture_r):
+                return  # the capture process is gone (the loop restarts it)
+            spent = time.monotonic() - started
+            self.exec_wait_spent += spent
+            if spent >= left:
+                return
 
     def package_manager_running(self, watched: Watched) -> bool:
         for pid in self.container_pids(watched):

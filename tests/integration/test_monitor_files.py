@@ -49,6 +49,8 @@ dpkg-deb -b $d /tmp/look-alike.deb > /dev/null
 """
 LOOK_ALIKES = """set -e
 sudo -n true
+passwd -S code > /dev/null
+newgrp code < /dev/null
 sudo -n dpkg -i /tmp/look-alike.deb > /dev/null
 mkdir -p ~/.ssh && ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519
 sleep 0.5  # the new key file gets its mark
