@@ -529,6 +529,9 @@ class Daemon:
             self.settled = cgroups
 
     def incus_list_due(self, cgroups: dict[str, int], now: float) -> bool:
+        if not self.watched:
+            return True  # nothing to save, and the first container is seen even where
+            # LXC names its cgroups in another way
         if self.settled is None or cgroups != self.settled:
             return True
         if now - self.listed_at >= INCUS_LIST_BACKSTOP_SEC:

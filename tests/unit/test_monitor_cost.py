@@ -60,13 +60,19 @@ def _no_files(*args: object) -> object:
 def test_incus_is_asked_only_when_a_cgroup_changed_or_something_is_unsettled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    listing = [FakeInstance("c", "uuid-1")]
-    cgroups = {"c": 100}
+    listing: list[FakeInstance] = []
+    cgroups: dict[str, int] = {}
     daemon = bare_daemon(monkeypatch, listing)
     monkeypatch.setattr(daemon_mod, "payload_cgroups", lambda prefix: dict(cgroups))
     thawed = [False]
     monkeypatch.setattr(daemon_mod, "cgroup_thawed", lambda name: thawed[0])
+    daemon.refresh()
+    daemon.refresh()
+    assert daemon.lists == 2, "nothing watched: asked every second (any cgroup layout)"
 
+    listing.append(FakeInstance("c", "uuid-1"))
+    cgroups["c"] = 100
+    daemon.lists = 0
     daemon.refresh()
     assert daemon.lists == 1 and "c" in daemon.watched
     for _ in range(3):
