@@ -267,6 +267,31 @@ PROBES: tuple[Probe, ...] = (
         tools=("python3",),
     ),
     Probe(
+        "privilege escalation",
+        "planted-setuid-program",
+        "/var/tmp/drill-suid 1",  # a setuid-root copy of sleep: becomes root, sleeps
+        frozenset({"priv.setuid-root"}),
+        "high",
+        setup="sudo -n cp /bin/sleep /var/tmp/drill-suid && sudo -n chmod 4755 /var/tmp/drill-suid",
+        tools=("sudo",),
+    ),
+    Probe(
+        "failed sudo",
+        "sudo-by-a-non-sudoer",
+        "sudo -n -u nobody sudo -n true 2> /dev/null; true",
+        frozenset({"auth.failed"}),
+        "high",
+        tools=("sudo",),
+    ),
+    Probe(
+        "failed su",
+        "su-without-password",
+        "su -c true root < /dev/null 2> /dev/null; true",
+        frozenset({"priv.su-failed"}),
+        "high",
+        tools=("su",),
+    ),
+    Probe(
         "spawn storm",
         "fork-and-hold",
         SLEEPERS.replace("{count}", "{spawn_count}"),
@@ -702,6 +727,7 @@ class Drill:
     def container(self, events: MonitorEvents, needs_address: bool) -> Iterator[None]:
         """The drill container, running and watched by the monitor; deleted on the way out
         whatever happens (errors, Ctrl-C)."""
+        from coi_tui.monitor.sudo_log_hook import install_sudo_log
         from coi_tui.paths import home_tag
         from coi_tui.sessions.manager import SessionManager
 
@@ -727,6 +753,7 @@ class Drill:
                 devices=devices,
                 start=True,
             )
+            install_sudo_log(self.incus, self.name)  # as a session's hook does: failed sudo
             watched = events.wait(
                 lambda m: m.get("type") == "watch" and m.get("container") == self.name,
                 WATCH_TIMEOUT_SEC,
