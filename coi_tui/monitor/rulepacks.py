@@ -806,6 +806,46 @@ def _compile_node(node: Node, selections: dict[str, Selection]) -> Test:
     return lambda v: any(part(v) for part in parts)
 
 
+def _literal(glob: Glob) -> str:
+    """The longest piece of a value that every text it matches contains ("" under 3)."""
+    pieces = [piece for segment in glob.segments for piece in segment.text.split("\0")]
+    best = max(pieces, key=len, default="")
+    return best if len(best) >= 3 else ""
+
+
+def _test_anchors(test: FieldTest) -> frozenset[str] | None:
+    if test.field not in ("Image", "CommandLine"):
+        return None  # ParentImage is read only when a rule is tested
+    literals = [_literal(g) for g in test.globs]
+    if test.all:
+        best = max(literals, key=len)
+        return frozenset({best}) if best else None
+    return frozenset(literals) if all(literals) else None
+
+
+def _anchors(node: Node, selections: dict[str, Selection]) -> frozenset[str] | None:
+    """Words one of which the Image or the CommandLine of every exec matching `node` holds
+    (None: no such words are known)."""
+    kind = node[0]
+    if kind == "sel":
+        words: set[str] = set()
+        for alternative in selections[node[1]]:
+            options = [a for a in map(_test_anchors, alternative) if a is not None]
+            if not options:
+                return None
+            words |= min(options, key=len)
+        return frozenset(words)
+    if kind == "not":
+        return None
+    found = [_anchors(n, selections) for n in node[1]]
+    if kind == "and":
+        known = [f for f in found if f is not None]
+        return min(known, key=len) if known else None
+    if any(f is None for f in found):
+        return None
+    return frozenset().union(*[f for f in found if f is not None])
+
+
 def _required_names(node: Node, selections: dict[str, Selection]) -> frozenset[str] | None:
     """Executable base names one of which every exec matching `node` has (None: any)."""
     kind = node[0]
@@ -842,6 +882,9 @@ class Rule:
     source: str  # bundled | sigma | gtfobins
     pattern: str  # what the evidence shows as the matched pattern
     names: frozenset[str] | None  # executable base names it needs (None: any)
+    # with names None: words one of which the executable or command line of every exec it
+    # matches holds (None: none known); see PackSet.match
+    anchors: frozenset[str] | None = None
 
     def test(self, values: Fields) -> bool:
         raise NotImplementedError
@@ -919,8 +962,9 @@ def compile_sigma(doc: Any, rule_id: str, source: str, *, need_logsource: bool) 
         source,
         clean(summary, PATTERN_CHARS),
         _required_names(node, selections),
-        selections,
-        node,
+        _anchors(node, selections),
+        selections=selections,
+        condition=node,
     )
 
 
@@ -1009,8 +1053,8 @@ def gtfobins_rules(entries: dict[str, list[str]]) -> tuple[list[TokenRule], list
                 "gtfobins",
                 clean(f"{binary}: {pattern}", PATTERN_CHARS),
                 frozenset({binary}),
-                binary,
-                chosen,
+                binary=binary,
+                examples=chosen,
             )
         )
     return out, empty
@@ -1195,6 +1239,9 @@ class PackSet:
     sources: dict[str, SourceState] = field(default_factory=dict)
     files: dict[str, list[str]] = field(default_factory=dict)  # source -> files that gave rules
     by_name: dict[str, list[Rule]] = field(default_factory=dict)
+    # rules that pin no executable: by the first three characters of each of their anchor
+    # words, else tested on every exec
+    by_trigram: dict[str, list[Rule]] = field(default_factory=dict)
     generic: list[Rule] = field(default_factory=list)
 
     def add(self, rule: Rule) -> bool:
@@ -1202,7 +1249,10 @@ class PackSet:
             return False
         self.counts[rule.source] += 1
         self.rules.append(rule)
-        if rule.names is None:
+        if rule.names is None and rule.anchors:
+            for key in {word[:3] for word in rule.anchors}:
+                self.by_trigram.setdefault(key, []).append(rule)
+        elif rule.names is None:
             self.generic.append(rule)
         else:
             for name in rule.names:
@@ -1221,12 +1271,23 @@ class PackSet:
         if not argv or not self.rules:
             return []
         image = exe.removesuffix(" (deleted)") or argv[0]
+        values = Fields(image, argv, parent)
         candidates = {id(rule): rule for rule in self.generic}
-        for name in {os.path.basename(image).lower(), os.path.basename(argv[0]).lower()}:
+        for name in {os.path.basename(values.image), values.argv0}:
             candidates.update((id(rule), rule) for rule in self.by_name.get(name, ()))
+        if self.by_trigram:
+            # only rules one of whose anchor words can be there: the text's trigrams looked
+            # up (a short text), or each key searched for (a long one)
+            text = f"{values.image}\n{values.command_line}"
+            keys = self.by_trigram
+            if len(text) <= 8 * len(keys):
+                hits: Any = {text[i : i + 3] for i in range(len(text) - 2)} & keys.keys()
+            else:
+                hits = [key for key in keys if key in text]
+            for key in hits:
+                candidates.update((id(rule), rule) for rule in keys[key])
         if not candidates:
             return []
-        values = Fields(image, argv, parent)
         command = " ".join(argv)[:300]
         out: list[Threat] = []
         fired: set[str] = set()

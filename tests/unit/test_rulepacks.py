@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -520,3 +521,45 @@ def test_update_patterns_and_rules_update_import_validated_packs(tmp_path: Path)
     failed = coi("update", "patterns")
     assert failed.returncode == 1
     assert [line.split(":")[0] for line in failed.stderr.splitlines()] == ["gtfobins", "sigma"]
+
+
+def test_the_anchor_lookup_never_drops_a_rule_that_matches() -> None:
+    """PackSet.match tests a rule that pins no executable only when one of its anchor words'
+    first three characters is in the text: on random rules and command lines it finds
+    exactly what testing every rule finds."""
+    rng = random.Random(17)
+    words = ["curl", "wget", "/tmp/", "sh -c", "base64", "nc", "-e", "zz", "a?c", "/dev/tcp/"]
+    modifiers = ["", "|contains", "|startswith", "|endswith", "|contains|all"]
+    packs = rulepacks.PackSet()
+    for number in range(300):
+        selections = ""
+        for name in ("sel1", "sel2", "filter"):
+            field_name = rng.choice(["CommandLine", "CommandLine", "Image"])
+            stars = [(rng.choice(["*", ""]), rng.choice(["*", ""])) for _ in range(3)]
+            values = "".join(
+                f"            - '{head}{rng.choice(words)}{tail}'\n"
+                for head, tail in stars[: rng.randint(1, 3)]
+            )
+            selections += f"    {name}:\n        {field_name}{rng.choice(modifiers)}:\n{values}"
+        condition = rng.choice(
+            [
+                "sel1",
+                "sel1 and sel2",
+                "sel1 or sel2",
+                "1 of sel*",
+                "sel1 and not filter",
+                "not sel2",
+            ]
+        )
+        (doc,) = parse_yaml(sigma(f"{selections}    condition: {condition}\n"))
+        packs.add(rulepacks.compile_sigma(doc, f"r{number}", "sigma", need_logsource=True))
+    keyed = {id(r) for rules in packs.by_trigram.values() for r in rules}
+    assert len(keyed) > 100 and len(packs.generic) > 50  # both kinds of rule are drawn
+    for _ in range(400):
+        argv = [rng.choice(["sh", "bash", "curl", "python3"])] + [
+            rng.choice([*words, "x", "ls", "/tmp/a", "abc"]) for _ in range(rng.randint(0, 6))
+        ]
+        exe = rng.choice(["/usr/bin/curl", "/usr/bin/wget", "/bin/sh", ""])
+        found = {t.rule_id for t in packs.match(1, argv, exe, 0)}
+        values = rulepacks.Fields(exe or argv[0], argv, 0)
+        assert found == {r.rule_id for r in packs.rules if r.test(values)}, argv
