@@ -9,7 +9,6 @@ Network targets: only listeners on the test bridge's own address (10.199.0.1).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from collections.abc import Iterator
@@ -101,15 +100,16 @@ def test_canary_value_in_a_dns_name_is_killed(mon: Monitor) -> None:
     mon.assert_status(name, "Gone")
 
 
-def test_a_look_alike_key_is_not_a_canary(mon: Monitor) -> None:
-    """An AKIA-shaped key that is not this session's canary (a test fixture, a docs example)
-    goes out and raises nothing; the real one sent after it is caught, which shows the
-    look-alike's packets were judged (they are handled in order)."""
+def test_look_alikes_are_not_canaries(mon: Monitor) -> None:
+    """Credentials of every kind shaped like the canaries but not this session's (a test
+    fixture, a docs example, another project's key) go out and raise nothing; the real AWS
+    key id sent after them is caught, which shows their packets were judged (they are
+    handled in order)."""
     name, made = planted(mon)
     sink = Listener()  # answers at once (not HTTP): curl is done as soon as it has sent
     try:
-        look_alike = make_canary("aws").values[0]
-        mon.sh(name, upload(sink.port, f"id={look_alike}&region=us-east-1") + " || true")
+        look_alikes = "\n".join(make_canary(kind).content for kind in CANARY_KINDS)
+        mon.sh(name, upload(sink.port, look_alikes) + " || true")
         mon.trigger(name, upload(sink.port, f"id={made['aws'].values[0]}"))
         record = mon.threat(name, {"canary.network"})
         earlier = [t for t in mon.events.threats(name) if t["timestamp"] < record["timestamp"]]
@@ -120,14 +120,17 @@ def test_a_look_alike_key_is_not_a_canary(mon: Monitor) -> None:
         sink.close()
 
 
-WATCHER = importlib.util.find_spec("coi_tui.monitor.filewatch") is not None
-
-
-@pytest.mark.skipif(not WATCHER, reason="needs the sensitive-file watcher (monitor/filewatch.py)")
 def test_opening_a_canary_is_paused_listing_its_folder_is_not(mon: Monitor) -> None:
     """canary.open is the file watcher's rule (monitor/filewatch.py, fed canary_paths())."""
     name, _made = planted(mon)
-    mon.sh(name, "ls -la ~code/.aws ~code/.ssh ~code/.config/gh > /dev/null; stat ~code/.env")
+    # what an agent does around them: list the folders, read its own ssh config
+    mon.sh(
+        name,
+        "setpriv --reuid=1000 --regid=1000 --init-groups -- sh -c "
+        '\'printf "Host *\\n  ServerAliveInterval 30\\n" > ~code/.ssh/config; '
+        "cat ~code/.ssh/config > /dev/null; stat ~code/.env > /dev/null'; "
+        "ls -la ~code/.aws ~code/.ssh ~code/.config/gh > /dev/null",
+    )
     # the listing's own WARNING (a command-line rule) comes after the daemon handled the
     # file events of the planting, so the new canaries are marked by then
     listed = mon.threat(name, {"cred.cloud-file"})
