@@ -36,9 +36,10 @@ opened by directory fd with O_NOFOLLOW (a symlink is skipped, never followed), o
 files with one link of at most MAX_FILE_BYTES are read; per source at most MAX_FILES files,
 MAX_TOTAL_BYTES, MAX_RULES rules, MAX_DIRS folders (MAX_DIR_DEPTH deep, MAX_ENTRIES names
 each), all within LOAD_BUDGET_SEC. Values and conditions are compiled once; `match` looks
-rules up by the executable's (and argv[0]'s) base name when a rule requires an Image, so an
-exec is tested against few rules, and glob matching is linear (no backtracking). Standard
-library only; never prints (errors are returned as one-line reasons).
+rules up by the executable's (and argv[0]'s) base name when a rule requires an Image, else by
+the trigrams of its anchor words (see PackSet), so an exec is tested against few rules, and
+glob matching is linear (no backtracking). Standard library only; never prints (errors are
+returned as one-line reasons).
 """
 
 from __future__ import annotations
