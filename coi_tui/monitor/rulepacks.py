@@ -1093,10 +1093,16 @@ class SourceState:
 
 
 def _read_files(
-    root: str | Path, suffixes: tuple[str, ...], skipped: list[Skip], source: str, deadline: float
+    root: str | Path,
+    suffixes: tuple[str, ...],
+    skipped: list[Skip],
+    source: str,
+    deadline: float,
+    label: str = "",
 ) -> Iterator[tuple[str, bytes]]:
     """(relative path, bytes) of the regular files named *suffix under `root` (dot entries
-    skipped), walked by directory fd without following any symlink (see the module doc)."""
+    skipped), walked by directory fd without following any symlink (see the module doc).
+    What is skipped is named `label` + its path under `root`."""
     from coi_tui import nofollow
 
     used = {"files": 0, "bytes": 0, "dirs": 0, "stopped": 0}
@@ -1116,7 +1122,9 @@ def _read_files(
         why = limit(folder=True)  # a tree of other files (sigma_dir = "/") is bounded too
         if why:
             used["stopped"] = 1
-            skipped.append(Skip(source, prefix or ".", f"not read, nor anything after it: {why}"))
+            skipped.append(
+                Skip(source, label + prefix or ".", f"not read, nor anything after it: {why}")
+            )
             return
         used["dirs"] += 1
         entries: list[tuple[str, bool]] = []
@@ -1125,11 +1133,11 @@ def _read_files(
                 for entry in listing:
                     if len(entries) >= MAX_ENTRIES:
                         why = f"more than {MAX_ENTRIES} entries: the rest not read"
-                        skipped.append(Skip(source, prefix or ".", why))
+                        skipped.append(Skip(source, label + prefix or ".", why))
                         break
                     entries.append((entry.name, entry.is_dir(follow_symlinks=False)))
         except OSError as exc:
-            skipped.append(Skip(source, prefix or ".", f"unreadable: {exc.strerror}"))
+            skipped.append(Skip(source, label + prefix or ".", f"unreadable: {exc.strerror}"))
             return
         entries.sort()
         for name, is_dir in entries:
@@ -1140,12 +1148,14 @@ def _read_files(
                 continue
             if is_dir:
                 if depth >= MAX_DIR_DEPTH:
-                    skipped.append(Skip(source, rel, f"deeper than {MAX_DIR_DEPTH} folders"))
+                    skipped.append(
+                        Skip(source, label + rel, f"deeper than {MAX_DIR_DEPTH} folders")
+                    )
                     continue
                 try:
                     child = os.open(name, nofollow.DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
                 except OSError as exc:
-                    skipped.append(Skip(source, rel, f"not opened: {exc.strerror}"))
+                    skipped.append(Skip(source, label + rel, f"not opened: {exc.strerror}"))
                     continue
                 try:
                     yield from walk(child, rel + "/", depth + 1)
@@ -1157,13 +1167,13 @@ def _read_files(
             why = limit()
             if why:
                 used["stopped"] = 1
-                skipped.append(Skip(source, rel, f"not read, nor anything after it: {why}"))
+                skipped.append(Skip(source, label + rel, f"not read, nor anything after it: {why}"))
                 return
             used["files"] += 1
             try:
                 data = _read_one(fd, name)
             except OSError as exc:
-                skipped.append(Skip(source, rel, exc.strerror or str(exc)))
+                skipped.append(Skip(source, label + rel, exc.strerror or str(exc)))
                 continue
             used["bytes"] += len(data)
             yield rel, data
@@ -1333,7 +1343,8 @@ def load_sigma(packs: PackSet, directory: Path, deadline: float) -> None:
     root = sigma_root(directory)
     prefix = "" if root == directory else "/".join(SIGMA_LAYOUT) + "/"
     state = packs.sources["sigma"]
-    for rel, data in _read_files(root, (".yml", ".yaml"), packs.skipped, "sigma", deadline):
+    files = _read_files(root, (".yml", ".yaml"), packs.skipped, "sigma", deadline, prefix)
+    for rel, data in files:
         state.files += 1
         path = prefix + rel
         try:
@@ -1365,7 +1376,7 @@ def load_gtfobins(packs: PackSet, directory: Path, deadline: float) -> None:
     state = packs.sources["gtfobins"]
     entries: dict[str, list[str]] = {}
     origin: dict[str, str] = {}
-    for rel, data in _read_files(root, ("",), packs.skipped, "gtfobins", deadline):
+    for rel, data in _read_files(root, ("",), packs.skipped, "gtfobins", deadline, prefix):
         name = rel.rsplit("/", 1)[-1]
         if "." in name and not name.endswith(".md"):
             continue

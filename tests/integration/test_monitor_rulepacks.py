@@ -1,7 +1,8 @@
 """Rule packs in the real daemon: a Sigma rule and a GTFOBins entry dropped into the folders the
 monitor home's config.toml names ([detection] sigma_dir, gtfobins_dir) fire on matching execs
-in a real container, look-alikes stay silent, and an unsupported rule is skipped and counted
-in the daemon's log (see coi_tui/monitor/rulepacks.py)."""
+in a real container, look-alikes stay silent, and an unsupported rule, a planted symlink and a
+FIFO are skipped and counted in the daemon's log, never followed or waited on (see
+coi_tui/monitor/rulepacks.py)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,13 @@ def packs_mon(
     gtfobins = packs / "gtfobins" / "_gtfobins"
     gtfobins.mkdir(parents=True)
     (gtfobins / "true").write_text(GTFOBINS_ENTRY)
+    # what a user could plant for the root daemon: a link to a file outside the pack (a
+    # valid entry there: followed, it would load a rule) and a FIFO (opened blocking, the
+    # daemon would never start)
+    outside = packs / "outside"
+    outside.write_text(GTFOBINS_ENTRY.replace("true --coi", "false --coi"))
+    (gtfobins / "false").symlink_to(outside)
+    os.mkfifo(gtfobins / "cat")
     detection = (
         f'[detection]\nsigma_dir = "{packs / "sigma"}"\ngtfobins_dir = "{packs / "gtfobins"}"\n'
     )
@@ -73,8 +81,10 @@ def pack_threats(mon: Monitor, name: str) -> list[dict[str, Any]]:
 def test_dropped_rule_files_fire_and_look_alikes_stay_silent(packs_mon: Monitor) -> None:
     mon = packs_mon
     log = (mon.home / "logs" / "monitor.log").read_text()
-    assert "rule packs: 1 sigma, 1 gtfobins, " in log and ", 1 skipped" in log, log
+    assert "rule packs: 1 sigma, 1 gtfobins, " in log and ", 3 skipped" in log, log
     assert "regex.yml: modifier 're' is not supported" in log
+    assert "_gtfobins/false: a symbolic link (not followed)" in log
+    assert "_gtfobins/cat: not a regular file" in log
     name = mon.container()
     # look-alikes first, in one script: half the pattern, another binary, the filter; the
     # rule queue is judged in order, so by the time the match is reported they were judged
@@ -99,4 +109,4 @@ def test_dropped_rule_files_fire_and_look_alikes_stay_silent(packs_mon: Monitor)
     assert listed.returncode == 0, listed.stderr
     report = json.loads(listed.stdout)
     assert report["counts"]["sigma"] == 1 and report["counts"]["gtfobins"] == 1
-    assert [Path(s["path"]).name for s in report["skipped"]] == ["regex.yml"]
+    assert sorted(Path(s["path"]).name for s in report["skipped"]) == ["cat", "false", "regex.yml"]
