@@ -865,8 +865,14 @@ class Daemon:
         files = watched.files
         if files is None or watched.status == "Killed":
             return
+        try:
+            events = files.events()
+        except Exception as exc:  # a bug here must not end the watch of every container
+            self.log(f"{watched.name}: sensitive-file events failed: {exc!r}")
+            files.overflowed += 1  # reported as lost events (HIGH): fail closed
+            events = []
         found: list[Threat] = []
-        for event in files.events():
+        for event in events:
             canary = self.planted(watched, event.path, now) if files.is_canary(event) else False
             if (event.spec.rule == "canary.open") != canary:
                 continue  # a decoy speaks only as one; a real file there by its own rules

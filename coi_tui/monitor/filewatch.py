@@ -676,7 +676,11 @@ class ContainerFiles:
                 try:
                     # the ancestor's own marks stay; this one tells when the next part appears
                     self._mark(fd, ENTRY_EVENTS | FAN_ONDIR)
-                    self.dirs.setdefault(handle_of(fd), Watched(path, fd))
+                    key = handle_of(fd)
+                    if key in self.dirs and self.dirs[key].fd >= 0:
+                        os.close(fd)  # already held
+                    else:
+                        self.dirs[key] = Watched(path, fd)
                     self.awaited.setdefault(path, set()).add(folder)
                 except OSError:
                     os.close(fd)
@@ -690,8 +694,9 @@ class ContainerFiles:
             os.close(fd)
             return
         old = self.dirs.get(key)
-        if old is not None and old.fd != fd:
+        if old is not None and old.fd >= 0 and old.fd != fd:
             os.close(old.fd)
+            old.fd = -1  # never closed twice (another record may hold the same object)
         watched = Watched(folder, fd)
         self.dirs[key] = watched
         self.by_path[folder] = watched

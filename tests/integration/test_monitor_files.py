@@ -191,3 +191,38 @@ def test_a_sessions_own_thresholds_apply_to_its_container_only(files_mon: Monito
     assert record["evidence"]["process_count"]["threshold"] == 30
     # the pass that judged `strict` walked `plain` too, with its 60 processes
     assert not [t for t in mon.events.threats(plain) if t["rule_id"] == "proc.count"]
+
+
+CHURN = """set -e
+for i in $(seq 100); do
+  mkdir -p ~/.ssh ~/.aws ~/.config/gh ~/.config/systemd/user
+  mv ~/.ssh ~/.s$i; mv ~/.aws ~/.a$i; mv ~/.config/gh ~/.config/g$i
+  mv ~/.config/systemd ~/.config/d$i
+done
+echo done
+"""
+
+
+def test_watched_folders_made_and_moved_in_a_loop_do_not_stop_the_watch(
+    files_mon: Monitor,
+) -> None:
+    """Folders on the way to watched ones made, moved away and made again: each new one is
+    marked (and the old descriptor closed exactly once); the daemon keeps watching."""
+    mon = files_mon
+    name = mon.container()
+    pid = int((mon.home / "monitor.pid").read_text())
+    assert mon.sh(name, as_code(CHURN), timeout=120).strip().endswith("done")
+    mon.trigger(name, as_code("sudo -n sh -c 'cat /etc/shadow > /dev/null'; sleep 30"))
+    record = mon.events.wait(
+        lambda m: (
+            m.get("container") == name
+            and m.get("rule_id") == "file.shadow-read"
+            and m.get("level") == "high"
+        ),
+        20,
+        "the shadow read after the churn",
+    )
+    assert record["action"] == "paused"
+    os.kill(pid, 0)  # the daemon is still there
+    log = (mon.home / "logs" / "monitor.log").read_text()
+    assert "events failed" not in log and "Traceback" not in log
