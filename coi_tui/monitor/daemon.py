@@ -234,15 +234,16 @@ class Watched:
     local_sockets: set[int] = field(default_factory=set)  # inodes the kernel named unix
     files: filewatch.ContainerFiles | None = None  # its sensitive-file marks
     files_lost: int = 0  # file events the kernel dropped (queue overflow), reported
-    exes: dict[int, str] = field(default_factory=dict)  # pid -> program, read at its exec
+    # pid -> its program (path, and device:inode) as read at its exec
+    exes: dict[int, tuple[str, str]] = field(default_factory=dict)
     # the daemon's config with this session's own thresholds and actions (SESSION_KEY)
     config: MonitorConfig = field(default_factory=MonitorConfig)
 
-    def remember_exe(self, pid: int, exe: str) -> None:
+    def remember_exe(self, pid: int, exe: str, ident: str) -> None:
         if len(self.exes) >= EXES_KEPT:
             del self.exes[next(iter(self.exes))]  # the oldest
         self.exes.pop(pid, None)
-        self.exes[pid] = exe
+        self.exes[pid] = (exe, ident)
 
     @property
     def identity(self) -> str:
@@ -410,6 +411,7 @@ class Daemon:
         self.capture_ctl = -1
         self.dump_requested = False
         self.exec_wait_since = self.exec_wait_spent = 0.0  # see await_exec_record
+        self.package_managers: dict[str, tuple[float, bool]] = {}  # identity -> (when, found)
         self.wake_w = -1
         self.stop = False
         self.gateway = ""
@@ -671,7 +673,8 @@ class Daemon:
                 self.on_privilege(self.by_ns[pidns], kind, pid, parent, argv, at)
             elif pidns in self.by_ns:
                 if kind == "exec" and exe and exe[0]:
-                    self.by_ns[pidns].remember_exe(pid, exe[0])
+                    ident = str(exe[1]) if len(exe) > 1 else ""
+                    self.by_ns[pidns].remember_exe(pid, str(exe[0]), ident)
                 event = ProcEvent(kind, pid, parent)
                 self.proc_queue.append((event, argv, pidns, at, parent, (fd0, fd1)))
         self.on_proc_events()
@@ -876,16 +879,16 @@ class Daemon:
             canary = self.planted(watched, event.path, now) if files.is_canary(event) else False
             if (event.spec.rule == "canary.open") != canary:
                 continue  # a decoy speaks only as one; a real file there by its own rules
-            opener = self.opener(watched, event.pid)
+            opener = self.opener(watched, files, event.pid)
             if opener is None:
                 continue  # a host process (Incus pushing a file), not the container
-            if not opener.alive and event.spec.package_managed:
-                opener.package_manager = self.package_manager_running(watched)
+            spec = event.spec
+            if spec.package_managed and not opener.under(filewatch.PACKAGE_MANAGERS):
+                opener.package_manager = self.package_manager_running(watched, files)
             verdict = filewatch.judge(event, opener, canary)
             if verdict is None:
                 continue
             level, why = verdict
-            spec = event.spec
             evidence: dict[str, Any] = {
                 "sensitive_file": {"path": event.path, "access": event.access, "pid": event.pid},
                 "process": {
@@ -894,8 +897,9 @@ class Daemon:
                     "exe": clean(opener.exe),
                 },
             }
-            if spec.judge_content and event.access == "write" and LEVEL_RANK[level] >= 1:
-                # what a start-up file, crontab or unit now runs: a reverse shell there is one
+            if spec.judge_content and event.access == "write":
+                # what a start-up file, crontab or unit now runs (whoever wrote it, a package
+                # manager too): a reverse shell there is one
                 content = rules.script_threats(event.pid, files.read(event.path), event.path)
                 worst = max(content, key=lambda t: LEVEL_RANK[t.level], default=None)
                 if worst is not None and LEVEL_RANK[worst.level] > LEVEL_RANK[level]:
@@ -926,7 +930,9 @@ class Daemon:
         if found:
             self.respond(watched, found, now)
 
-    def opener(self, watched: Watched, pid: int) -> filewatch.Opener | None:
+    def opener(
+        self, watched: Watched, files: filewatch.ContainerFiles, pid: int
+    ) -> filewatch.Opener | None:
         """Who caused a file event: None for a process outside the container; a gone one
         keeps the command line the exec capture saw."""
         if pid <= 0:
@@ -938,10 +944,12 @@ class Daemon:
             # within a budget a stream of such processes cannot stretch
             self.await_exec_record(watched, pid)
             argv = next((r[3] for r in reversed(watched.recent) if r[1] == pid), [])
-            exe = watched.exes.get(pid, "")
-            return filewatch.Opener(pid, bool(exe), exe, list(argv))
+            exe, ident = watched.exes.get(pid, ("", ""))
+            genuine = files.genuine([(exe, identity(ident))])
+            return filewatch.Opener(pid, bool(exe), exe, list(argv), genuine=genuine)
         if self.owner_of(pid) is not watched:
             return None
+        programs = [(proc.exe, identity(exe_link(pid)[1]))]
         ancestors: list[str] = []
         parent = proc.ppid
         for _ in range(16):
@@ -949,8 +957,10 @@ class Daemon:
             if above is None or self.owner_of(parent) is not watched:
                 break
             ancestors.append(above.exe)
+            programs.append((above.exe, identity(exe_link(parent)[1])))
             parent = above.ppid
-        return filewatch.Opener(pid, True, proc.exe, proc.cmdline, ancestors)
+        genuine = files.genuine(programs)
+        return filewatch.Opener(pid, True, proc.exe, proc.cmdline, ancestors, genuine=genuine)
 
     def await_exec_record(self, watched: Watched, pid: int) -> None:
         now = time.monotonic()
@@ -970,13 +980,23 @@ class Daemon:
             if spent >= left:
                 return
 
-    def package_manager_running(self, watched: Watched) -> bool:
+    def package_manager_running(self, watched: Watched, files: filewatch.ContainerFiles) -> bool:
+        """Whether the genuine dpkg or apt runs in the container now (its maintainer scripts
+        enable units and write cron files; the writer itself may be gone)."""
+        now = time.monotonic()
+        cached = self.package_managers.get(watched.identity)
+        if cached is not None and now - cached[0] < 0.5:
+            return cached[1]  # a stream of writes walks /proc at most twice a second
+        running = False
         for pid in self.container_pids(watched):
-            with contextlib.suppress(OSError):
-                exe = os.readlink(f"/proc/{pid}/exe")
-                if filewatch.system_tool(exe, filewatch.PACKAGE_MANAGERS):
-                    return True
-        return False
+            exe, ident = exe_link(pid)
+            if filewatch.system_tool(exe, filewatch.PACKAGE_MANAGERS) and files.genuine(
+                [(exe, identity(ident))]
+            ):
+                running = True
+                break
+        self.package_managers[watched.identity] = (now, running)
+        return running
 
     def judge_spawns(self, watched: Watched, live: int, now: float) -> None:
         """A fork burst that ended at most SPAWN_BURST_LINGER_SEC ago, judged with `live`
@@ -1374,7 +1394,7 @@ def capture_main(out: int, ctl: int = -1) -> None:
                 argv = bound_argv(procfs.read_cmdline(event.pid))
                 # its program too, while it lives: what opened a sensitive file after its exec
                 # is judged by it (monitor/filewatch.py), never by an argv[0] it chose
-                stdio = (fd_link(event.pid, 0), fd_link(event.pid, 1), exe_link(event.pid))
+                stdio = (fd_link(event.pid, 0), fd_link(event.pid, 1), *exe_link(event.pid))
                 at = time.monotonic()
                 pending.append(("exec", event.pid, parents.get(event.pid, 0), argv, at, stdio))
             elif event.kind == "fork":
@@ -1488,11 +1508,19 @@ def correlate_pipeline(
     return [rules.sibling_exfil_threat(pid, chain[first][3], sender[3])]
 
 
-def exe_link(pid: int) -> str:
+def exe_link(pid: int) -> tuple[str, str]:
+    """A process's program: its path and "device:inode" (what file it really is)."""
     try:
-        return os.readlink(f"/proc/{pid}/exe")
+        path = os.readlink(f"/proc/{pid}/exe")
+        info = os.stat(f"/proc/{pid}/exe")
     except OSError:
-        return ""
+        return "", ""
+    return path, f"{info.st_dev}:{info.st_ino}"
+
+
+def identity(text: str) -> filewatch.Identity | None:
+    dev, _, ino = text.partition(":")
+    return (int(dev), int(ino)) if dev.isdigit() and ino.isdigit() else None
 
 
 def fd_link(pid: int, num: int) -> str:

@@ -56,7 +56,10 @@ WRITE_EVENTS = FAN_MODIFY | FAN_CLOSE_WRITE | ENTRY_EVENTS
 MAX_CONTENT = 64 * 1024  # bytes of a written start-up file or crontab judged by the rules
 MAX_DIR_ENTRIES = 4096  # entries looked at in one directory (a hostile one may hold millions)
 READS_PER_TURN = 16  # reads of the group per call: a flood waits its turn behind other sources
-MAX_DIRS = 1024  # directories marked per container (a loop re-creating one must not exhaust fds)
+MAX_DIRS = 512  # directory descriptors held per container (a loop re-creating one must not
+# exhaust the daemon's descriptors)
+MAX_MARKS = 4096  # file marks per container (the host's fanotify mark limit is shared)
+MAX_NEW_HOMES = 64  # homes made after the watch began that are watched too
 EVENT_HEADER = struct.Struct("IBBHQii")
 
 
@@ -80,6 +83,7 @@ class Sensitive:
 
 STARTUP_FILES = (
     ".bashrc",
+    ".bash_aliases",  # sourced by Debian's .bashrc
     ".profile",
     ".bash_profile",
     ".bash_login",
@@ -113,7 +117,7 @@ KEYRINGS = (
 SENSITIVE: tuple[Sensitive, ...] = (
     Sensitive(
         "/etc",
-        ("shadow", "gshadow"),
+        ("shadow", "gshadow", "shadow-", "gshadow-"),  # and their backups: the same hashes
         "read",
         "file.shadow-read",
         "high",
@@ -306,8 +310,9 @@ SENSITIVE: tuple[Sensitive, ...] = (
     ),
 )
 
-# Programs whose opens of these files are their job (by the executable's path in the
-# container, checked while the process lives; see Opener.exempt).
+# Programs whose opens of these files are their job: known by their exact path in the
+# container AND the file found there when the watch began (device, inode: a copy of python
+# at /usr/lib/x/su, or one put over /usr/bin/su later, is not su). See Opener.runs.
 AUTH_TOOLS = frozenset(
     {
         "sudo",
@@ -359,9 +364,27 @@ ACCOUNT_TOOLS = frozenset(
         "chage",
     }
 )
-SSH_TOOLS = frozenset({"ssh", "ssh-add", "ssh-keygen", "scp", "sftp", "ssh-agent"})
-PACKAGE_MANAGERS = frozenset({"dpkg", "apt", "apt-get", "aptitude", "unattended-upgrade"})
-SYSTEM_DIRS = ("/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/", "/usr/lib/", "/usr/libexec/")
+# not scp/sftp (their -S/-D program receives the file) nor ssh-add (to whatever agent socket)
+SSH_TOOLS = frozenset({"ssh", "ssh-keygen"})
+PACKAGE_MANAGERS = frozenset({"dpkg", "apt", "apt-get", "aptitude"})
+SEARCH_TOOLS = frozenset({"grep", "egrep", "fgrep", "rg", "find"})
+TOOL_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin")
+TOOL_PATHS = (
+    "/usr/lib/systemd/systemd",
+    "/lib/systemd/systemd",
+    "/usr/lib/openssh/sshd-session",
+    "/usr/lib/openssh/sshd-auth",
+)
+ALL_TOOLS = AUTH_TOOLS | ACCOUNT_TOOLS | SSH_TOOLS | PACKAGE_MANAGERS | SEARCH_TOOLS
+# files only dpkg itself may write without a verdict (not what a package's scripts run: an
+# apt hook or a maintainer script is any program the agent chose)
+DPKG_ONLY = frozenset({"file.sudoers-write", "file.account-write"})
+Identity = tuple[int, int]  # (st_dev, st_ino)
+
+
+def tool_paths() -> list[str]:
+    """Every path a tool of ALL_TOOLS may run from."""
+    return [f"{d}/{t}" for d in TOOL_DIRS for t in sorted(ALL_TOOLS)] + list(TOOL_PATHS)
 
 
 @dataclass(frozen=True)
@@ -378,31 +401,41 @@ class FileEvent:
 class Opener:
     """The process behind an event, as far as it can still be seen. `alive`: its program
     is known from the kernel (read while it lived, here or by the exec capture); False when
-    all that is left is a command line, whose argv[0] the process chose."""
+    all that is left is a command line, whose argv[0] the process chose. `genuine`: the
+    programs (its own and its ancestors') that are the tool found at that path when the
+    watch began (ContainerFiles.genuine)."""
 
     pid: int
     alive: bool
     exe: str = ""
     argv: list[str] = field(default_factory=list)
     ancestors: list[str] = field(default_factory=list)  # exe paths of its parents
-    package_manager: bool = False  # gone, but dpkg/apt ran in the container at the time
+    package_manager: bool = False  # dpkg/apt ran in the container at the time
+    genuine: frozenset[str] = frozenset()
 
     @property
     def command(self) -> str:
         return " ".join(self.argv)[:300]
 
     def runs(self, tools: frozenset[str]) -> bool:
-        """Whether the process is one of `tools` by its executable (a system path: a copy
-        of cat named `sudo` in /tmp is not sudo). Without a live process nothing is."""
-        return self.alive and system_tool(self.exe, tools)
+        """Whether the process is one of `tools`: its program is the genuine file at that
+        tool's path. Without a known program nothing is."""
+        return self.alive and _is_tool(self.exe, tools) and self.exe in self.genuine
 
     def under(self, tools: frozenset[str]) -> bool:
-        return self.runs(tools) or any(system_tool(exe, tools) for exe in self.ancestors)
+        return self.runs(tools) or any(
+            _is_tool(exe, tools) and exe in self.genuine for exe in self.ancestors
+        )
+
+
+def _is_tool(exe: str, tools: frozenset[str]) -> bool:
+    folder, name = os.path.split(exe)
+    return name in tools and (folder in TOOL_DIRS or exe in TOOL_PATHS)
 
 
 def system_tool(exe: str, tools: frozenset[str]) -> bool:
-    exe = exe.removesuffix(" (deleted)")
-    return exe.startswith(SYSTEM_DIRS) and os.path.basename(exe) in tools
+    """A program at one of `tools`' paths (by path only: for a quick "is dpkg running")."""
+    return _is_tool(exe.removesuffix(" (deleted)"), tools)
 
 
 def judge(event: FileEvent, opener: Opener, canary: bool) -> tuple[str, str] | None:
@@ -412,52 +445,81 @@ def judge(event: FileEvent, opener: Opener, canary: bool) -> tuple[str, str] | N
     if canary:
         return spec.level, "a decoy credential planted for this session was opened"
     if spec.access == "read":
-        sudoedit = os.path.basename(opener.exe) == "sudo" and _sudo_edits(opener.argv)
+        sudoedit = os.path.basename(opener.exe) == "sudo" and _sudo_edits_shadow(opener.argv)
         if spec.rule == "file.shadow-read" and opener.runs(AUTH_TOOLS) and not sudoedit:
             return None
         if spec.rule == "file.ssh-key-read" and opener.runs(SSH_TOOLS):
             return None
-        if _searching(opener.argv, event.path):
+        if opener.runs(SEARCH_TOOLS) and _searching(opener.argv, event.path):
             return "warning", f"{event.path} opened by a recursive search"
         return spec.level, f"{event.path} opened"
-    if spec.package_managed and (opener.package_manager or opener.under(PACKAGE_MANAGERS)):
-        return "info", f"{event.path} written by the package manager"
+    if spec.package_managed:
+        if spec.rule in DPKG_ONLY:
+            if opener.runs(frozenset({"dpkg"})):
+                return "info", f"{event.path} written by dpkg"
+        elif opener.package_manager or opener.under(PACKAGE_MANAGERS):
+            return "info", f"{event.path} written while a package was installed"
     if spec.rule == "file.account-write" and opener.runs(ACCOUNT_TOOLS):
         return "warning", f"{event.path} changed by {os.path.basename(opener.exe)}"
     return spec.level, f"{event.path} written"
 
 
-SEARCH_TOOLS = frozenset({"grep", "egrep", "fgrep", "rg", "ag", "ack", "find", "ugrep"})
-
-
 def _searching(argv: list[str], path: str) -> bool:
     """A recursive search that walked into the file (`grep -rn TODO /etc`) rather than a
-    command that names it (`grep root /etc/shadow`, `cat /etc/shadow`)."""
-    if not argv or os.path.basename(argv[0]) not in SEARCH_TOOLS:
+    command that names it (`grep root /etc/shadow`, `grep -r --include='s?adow' x /etc`)."""
+    if not argv:
         return False
     name = os.path.basename(path)
-    if any(name in arg for arg in argv[1:]):
-        return False
-    recursive = os.path.basename(argv[0]) in ("rg", "ag", "ack", "find") or any(
+    for arg in argv[1:]:
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if name in value or (any(c in value for c in "*?[") and fnmatch.fnmatch(name, value)):
+            return False
+    return os.path.basename(argv[0]) in ("rg", "find") or any(
         arg in ("--recursive", "--dereference-recursive")
         or (arg.startswith("-") and not arg.startswith("--") and ("r" in arg or "R" in arg))
         for arg in argv[1:]
     )
-    return recursive
 
 
-def _sudo_edits(argv: list[str]) -> bool:
-    """sudoedit copies the file as root: its read of /etc/shadow is not an authentication."""
-    if argv and os.path.basename(argv[0]) == "sudoedit":
-        return True
-    for arg in argv[1:]:
-        if arg in ("-e", "--edit") or (
-            arg.startswith("-") and not arg.startswith("--") and "e" in arg[1:]
-        ):
-            return True
-        if not arg.startswith("-"):
+# sudo's options that take a value (as a separate argument or glued to the letter)
+SUDO_VALUE_OPTIONS = frozenset("CDghprTUu")
+SUDO_VALUE_LONG = ("--chdir", "--close-from", "--group", "--host", "--prompt", "--chroot",
+                   "--role", "--type", "--command-timeout", "--other-user", "--user")  # fmt: skip
+
+
+def _sudo_edits_shadow(argv: list[str]) -> bool:
+    """Whether this sudo is sudoedit of a shadow file (it copies the file as root for the
+    agent's editor): its read of /etc/shadow is then not its own authentication. Options
+    parsed as sudo's getopt does (values, glued letters, unambiguous long prefixes)."""
+    edit = bool(argv) and os.path.basename(argv[0]) == "sudoedit"
+    files: list[str] = []
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            files += argv[i + 1 :]
             break
-    return False
+        if arg.startswith("--"):
+            option = arg.split("=", 1)[0]
+            if len(option) >= 4 and "--edit".startswith(option):
+                edit = True
+            elif "=" not in arg and any(
+                len(option) >= 4 and long.startswith(option) for long in SUDO_VALUE_LONG
+            ):
+                i += 1
+        elif arg.startswith("-") and len(arg) > 1:
+            for at, letter in enumerate(arg[1:], 1):
+                if letter == "e":
+                    edit = True
+                if letter in SUDO_VALUE_OPTIONS:
+                    if at == len(arg) - 1:
+                        i += 1  # the value is the next argument
+                    break
+        else:
+            files += argv[i:]
+            break
+        i += 1
+    return edit and any("shadow" in os.path.basename(f) for f in files)
 
 
 # ------------------------------------------------------------------------------ fanotify
@@ -565,12 +627,41 @@ class ContainerFiles:
             self.awaited: dict[str, set[str]] = {}  # existing ancestor -> targets below it
             self.overflowed = 0
             self.marked_files = 0
+            self.tools = self._tool_identities()
+            self.new_homes = 0
             self.pending: list[FileEvent] = []
             for folder in {spec.dir for spec in self.specs}:
                 self._ensure(folder, initial=True)
         except BaseException:
             self.close()
             raise
+
+    def _tool_identities(self) -> dict[str, Identity]:
+        """The exempt tools' files as the watch begins (a later replacement is not them)."""
+        found: dict[str, Identity] = {}
+        by_dir: dict[str, list[str]] = {}
+        for path in tool_paths():
+            by_dir.setdefault(os.path.dirname(path), []).append(os.path.basename(path))
+        for folder, names in by_dir.items():
+            try:
+                fd = self._open_dir(folder)  # /bin and /sbin: links on merged-/usr images
+            except OSError:
+                continue
+            try:
+                for name in names:
+                    with contextlib.suppress(OSError):
+                        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                        if stat.S_ISREG(info.st_mode):
+                            found[f"{folder}/{name}"] = (info.st_dev, info.st_ino)
+            finally:
+                os.close(fd)
+        return found
+
+    def genuine(self, programs: Iterable[tuple[str, Identity | None]]) -> frozenset[str]:
+        """Which of (path, identity) are the very tool files found when the watch began."""
+        return frozenset(
+            path for path, ident in programs if ident is not None and self.tools.get(path) == ident
+        )
 
     # -------------------------------------------------------------- what is watched
     def _homes(self) -> list[str]:
@@ -583,16 +674,17 @@ class ContainerFiles:
                 os.close(fd)
         return homes
 
-    def _expand(self, canaries: Iterable[str]) -> list[Sensitive]:
-        """SENSITIVE with "~" and globbed directories made concrete, plus the canaries."""
-        homes = self._homes()
+    def _expand(self, canaries: Iterable[str], homes: list[str] | None = None) -> list[Sensitive]:
+        """SENSITIVE with "~" and globbed directories made concrete, plus the canaries
+        (`homes`: only the "~" entries, for these homes)."""
+        only_homes = homes is not None
+        homes = self._homes() if homes is None else homes
         out: list[Sensitive] = []
         for spec in SENSITIVE:
-            folders = (
-                [spec.dir.replace("~", home, 1) for home in homes]
-                if spec.dir.startswith("~")
-                else [spec.dir]
-            )
+            if spec.dir.startswith("~"):
+                folders = [spec.dir.replace("~", home, 1) for home in homes]
+            else:
+                folders = [] if only_homes else [spec.dir]
             for folder in folders:
                 for concrete in self._glob(folder):
                     out.append(_replace(spec, dir=concrete))
@@ -673,18 +765,28 @@ class ContainerFiles:
             if depth == len(parts):
                 self._adopt(folder, fd, initial)
             else:
-                try:
-                    # the ancestor's own marks stay; this one tells when the next part appears
-                    self._mark(fd, ENTRY_EVENTS | FAN_ONDIR)
-                    key = handle_of(fd)
-                    if key in self.dirs and self.dirs[key].fd >= 0:
-                        os.close(fd)  # already held
-                    else:
-                        self.dirs[key] = Watched(path, fd)
-                    self.awaited.setdefault(path, set()).add(folder)
-                except OSError:
-                    os.close(fd)
+                os.close(fd)
+                self.awaited.setdefault(path, set()).add(folder)
+            # every existing ancestor tells when a name appears in it: a folder on the way
+            # made, replaced (`mv /usr/lib/systemd x; mkdir ...`) or made a link
+            for up in range(min(depth, len(parts) - 1), -1, -1):
+                self._mark_ancestor("/" + "/".join(parts[:up]))
             return
+
+    def _mark_ancestor(self, path: str) -> None:
+        try:
+            fd = self._open_dir(path)
+        except OSError:
+            return
+        try:
+            self._mark(fd, ENTRY_EVENTS | FAN_ONDIR)
+            key = handle_of(fd)
+            if key not in self.dirs:
+                self.dirs[key] = Watched(path, -1)  # events only: no descriptor kept
+        except OSError:
+            self.overflowed += 1  # a mark refused (the host's limit): reported as lost
+        finally:
+            os.close(fd)
 
     def _adopt(self, folder: str, fd: int, initial: bool) -> None:
         try:
@@ -721,6 +823,9 @@ class ContainerFiles:
             mask |= FAN_OPEN if spec.access == "read" else FAN_MODIFY | FAN_CLOSE_WRITE
         if not mask or folder.fd < 0:
             return
+        if self.marked_files >= MAX_MARKS:
+            self.overflowed += 1  # a flood of files to mark: reported as lost events
+            return
         try:
             info = os.stat(name, dir_fd=folder.fd, follow_symlinks=False)
             if not stat.S_ISREG(info.st_mode):
@@ -735,8 +840,10 @@ class ContainerFiles:
             self._mark(folder.fd, mask, name)
             self.files[handle_of(folder.fd, name)] = (folder.path, name)
             self.marked_files += 1
+        except FileNotFoundError:
+            pass  # gone again
         except OSError:
-            pass
+            self.overflowed += 1  # a mark refused: reported as lost events
 
     def _specs_for(self, folder: str, name: str) -> list[Sensitive]:
         return [
@@ -777,7 +884,7 @@ class ContainerFiles:
                     continue
                 path = f"{folder.path.rstrip('/')}/{name}"
                 if mask & ENTRY_EVENTS and own not in self.files:
-                    self._appeared(folder, name, path, bool(mask & FAN_ONDIR))
+                    self._appeared(folder, name, path, bool(mask & FAN_ONDIR), pid)
                     out += self.pending
                     self.pending = []
                 access = "read" if mask & FAN_OPEN and not mask & WRITE_EVENTS else "write"
@@ -791,10 +898,14 @@ class ContainerFiles:
         """At a canary's path (whether one was planted there is the registry's to say)."""
         return event.path in self.canaries
 
-    def _appeared(self, folder: Watched, name: str, path: str, is_dir: bool) -> None:
+    def _appeared(self, folder: Watched, name: str, path: str, is_dir: bool, pid: int) -> None:
         """A name created or moved into a watched directory: a directory on the way to a
         watched one (awaited, or put in place of one already marked: `mv ~/.ssh x; mkdir
         ~/.ssh`) is marked now; a file to watch gets its own mark."""
+        if is_dir and folder.path == "/home" and self.new_homes < MAX_NEW_HOMES:
+            # a user made after the watch began (useradd -m): their home is watched too
+            self.new_homes += 1
+            self.specs += self._expand((), homes=[path])
         if is_dir:
             waiting = self.awaited.get(folder.path, set())
             for target in sorted({spec.dir for spec in self.specs}):
@@ -805,10 +916,25 @@ class ContainerFiles:
                 if replaced is not None and replaced.fd >= 0:
                     os.close(replaced.fd)  # its marks stay on the old directory
                     replaced.fd = -1
-                if len(self.dirs) >= MAX_DIRS:
+                if sum(1 for w in self.dirs.values() if w.fd >= 0) >= MAX_DIRS:
                     self.overflowed += 1  # reported like lost events
                     continue
                 self._ensure(target)
+            return
+        if any(t == path or t.startswith(path + "/") for t in {spec.dir for spec in self.specs}):
+            # a link or a file put where a watched folder goes: what is written "in" it
+            # from now on lands where the agent chose
+            target = path in {spec.dir for spec in self.specs}
+            spec = Sensitive(
+                folder.path,
+                (name,),
+                "write",
+                "file.watched-folder-replaced",
+                "high" if target else "warning",
+                "persistence",
+                "A watched folder was replaced by a link or a file",
+            )
+            self.pending.append(FileEvent(path, "write", pid, spec))
             return
         self._mark_file(folder, name)
 

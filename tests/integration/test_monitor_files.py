@@ -45,6 +45,11 @@ printf 'Maintainer: t <t@t>\nDescription: t\n' >> $d/DEBIAN/control
 echo '17 * * * * root true' > $d/etc/cron.d/coi-look-alike
 echo 'export LOOK_ALIKE=1' > $d/etc/profile.d/coi-look-alike.sh
 printf '[Service]\nExecStart=/bin/true\n' > $d/usr/lib/systemd/system/coi-look-alike.service
+# its postinst enables the unit the way packages do (a link in a .wants folder)
+p=$d/DEBIAN/postinst
+printf '#!/bin/sh\nw=/etc/systemd/system/multi-user.target.wants\nmkdir -p $w\n' > $p
+printf 'ln -sf /usr/lib/systemd/system/coi-look-alike.service $w/\n' >> $p
+chmod 755 $p
 dpkg-deb -b $d /tmp/look-alike.deb > /dev/null
 """
 LOOK_ALIKES = """set -e
@@ -226,3 +231,85 @@ def test_watched_folders_made_and_moved_in_a_loop_do_not_stop_the_watch(
     os.kill(pid, 0)  # the daemon is still there
     log = (mon.home / "logs" / "monitor.log").read_text()
     assert "events failed" not in log and "Traceback" not in log
+
+
+EVASIONS = [
+    # (script run as code, rule, level, path): each tried and answered in turn
+    (
+        "sudo -n sh -c 'mkdir -p /usr/lib/x && cp /usr/bin/python3 /usr/lib/x/su' && "
+        "sudo -n /usr/lib/x/su -c \"open('/etc/shadow').read()\"",
+        "file.shadow-read",
+        "high",
+        "/etc/shadow",  # a python put at a path named like su is not su
+    ),
+    ("sudo -n cat /etc/shadow- > /dev/null", "file.shadow-read", "high", "/etc/shadow-"),
+    (
+        run_file(
+            "/tmp/a.py",
+            "import os; open(os.path.expanduser('~/.bash_aliases'), 'a')"
+            ".write(open('/tmp/line').read())",
+            "python3",
+        ),
+        "file.startup-write",
+        "critical",
+        "/home/code/.bash_aliases",
+    ),
+    ("rm -rf ~/.ssh; ln -s /tmp ~/.ssh", "file.watched-folder-replaced", "high", "/home/code/.ssh"),
+    (
+        "sudo -n useradd -m evil && sudo -n sh -c "
+        "'mkdir -p /home/evil/.ssh && cp /tmp/line /home/evil/.ssh/authorized_keys'",
+        "file.authorized-keys-write",
+        "critical",
+        "/home/evil/.ssh/authorized_keys",  # a home made after the watch began
+    ),
+    (
+        "sudo -n sh -c 'cp /bin/bash /usr/lib/x/dpkg' && "
+        "sudo -n /usr/lib/x/dpkg -c 'cp /tmp/rule /etc/sudoers.d/zy'",
+        "file.sudoers-write",
+        "critical",
+        "/etc/sudoers.d/zy",  # a bash named dpkg is not dpkg
+    ),
+    (
+        "sudo -n apt-get -qq -o Dir::Etc::sourcelist=/dev/null -o Dir::Etc::sourceparts=/none "
+        "-o 'APT::Update::Pre-Invoke::=cp /tmp/rule /etc/sudoers.d/zz' update",
+        "file.sudoers-write",
+        "critical",
+        "/etc/sudoers.d/zz",  # an apt hook is any program: only dpkg itself writes sudoers
+    ),
+]
+
+
+def test_evasions_of_the_file_watcher_are_still_seen(files_mon: Monitor) -> None:
+    """Ways around the watcher found by a review, each done in one container whose session
+    asked for alerts only (so it keeps running for the next)."""
+    from coi_tui.monitor.config import SESSION_KEY, MonitorConfig, session_config_text
+    from coi_tui.paths import home_tag
+
+    mon = files_mon
+    name = f"{mon.prefix}ev{os.getpid() % 1000}"
+    alerts = {level: "alert" for level in ("info", "warning", "high", "critical")}
+    mon.incus.create_instance(
+        name,
+        mon.image,
+        config={
+            "user.coi.home": home_tag(mon.home),
+            SESSION_KEY: session_config_text(MonitorConfig(actions=alerts)),
+        },
+        devices={"eth0": {"type": "nic", "network": "coibr0", "name": "eth0"}},
+        start=True,
+    )
+    mon.events.wait(lambda m: m.get("type") == "watch" and m.get("container") == name, 60, "watch")
+    mon.sh(name, run_file("/tmp/line", REVERSE_SHELL_LINE, "chmod 644"))
+    mon.sh(name, "echo '# coi test' > /tmp/rule && chmod 644 /tmp/rule")
+    for script, rule, level, path in EVASIONS:
+        mon.sh(name, as_code(script))
+        record = mon.events.wait(
+            lambda m, r=rule, p=path: (
+                m.get("container") == name
+                and m.get("rule_id") == r
+                and m.get("evidence", {}).get("sensitive_file", {}).get("path") == p
+            ),
+            20,
+            f"{rule} on {path}",
+        )
+        assert record["level"] == level, (script, record)

@@ -16,46 +16,66 @@ def event(path: str, rule: str, access: str) -> FileEvent:
     return FileEvent(path, access, 42, spec(rule, access))
 
 
-def alive(exe: str, *argv: str, ancestors: tuple[str, ...] = ()) -> Opener:
-    return Opener(42, True, exe, list(argv) or [exe], list(ancestors))
+def alive(exe: str, *argv: str, ancestors: tuple[str, ...] = (), genuine: bool = True) -> Opener:
+    """A process running `exe`: the very file found there when the watch began, unless
+    `genuine` is False (a copy put over it)."""
+    programs = frozenset([exe, *ancestors]) if genuine else frozenset()
+    return Opener(42, True, exe, list(argv) or [exe], list(ancestors), genuine=programs)
 
 
 SHADOW = event("/etc/shadow", "file.shadow-read", "read")
+SUDO = "/usr/bin/sudo"
 
 
-def test_sudo_reading_shadow_is_its_job_but_sudoedit_and_copies_are_not() -> None:
-    assert judge(SHADOW, alive("/usr/bin/sudo", "sudo", "-n", "true"), False) is None
-    assert judge(SHADOW, alive("/usr/bin/sudo", "sudo", "-e", "/etc/shadow"), False)
-    assert judge(SHADOW, alive("/usr/bin/sudo", "sudoedit", "/etc/shadow"), False)
-    # a copy of a tool outside the system directories, or a process already gone
+def test_sudo_reading_shadow_is_its_job_but_sudoedit_of_shadow_and_copies_are_not() -> None:
+    assert judge(SHADOW, alive(SUDO, "sudo", "-n", "true"), False) is None
+    assert judge(SHADOW, alive(SUDO, "sudo", "-e", "/etc/shadow"), False)
+    assert judge(SHADOW, alive(SUDO, "sudoedit", "/etc/shadow"), False)
+    # options parsed as sudo does: -u takes a value, long options abbreviate
+    assert judge(SHADOW, alive(SUDO, "sudo", "-n", "-u", "root", "-e", "/etc/shadow"), False)
+    assert judge(SHADOW, alive(SUDO, "sudo", "-nu", "root", "--edi", "/etc/gshadow"), False)
+    # sudoedit of another file: sudo's PAM step still reads shadow, which is its job
+    assert judge(SHADOW, alive(SUDO, "sudoedit", "-n", "/etc/hosts"), False) is None
+    # a copy outside the tool's path, a file put over it, a process already gone
     assert judge(SHADOW, alive("/tmp/sudo", "sudo", "true"), False) == (
         "high",
         "/etc/shadow opened",
     )
+    assert judge(SHADOW, alive("/usr/lib/x/su", "su"), False)
+    assert judge(SHADOW, alive(SUDO, "sudo", "true", genuine=False), False)
     assert judge(SHADOW, Opener(42, False, argv=["sudo", "true"]), False)
     assert judge(SHADOW, alive("/usr/bin/cat", "cat", "/etc/shadow"), False)
 
 
 def test_a_recursive_search_is_a_warning_and_naming_the_file_is_not() -> None:
-    assert judge(SHADOW, alive("/usr/bin/grep", "grep", "-rn", "TODO", "/etc"), False) == (
-        "warning",
-        "/etc/shadow opened by a recursive search",
-    )
-    level, _ = judge(SHADOW, alive("/usr/bin/grep", "grep", "-r", "root", "/etc/shadow"), False)
-    assert level == "high"
-    level, _ = judge(SHADOW, alive("/usr/bin/grep", "grep", "root", "/etc/shadow"), False)
-    assert level == "high"
+    grep = "/usr/bin/grep"
+    level, why = judge(SHADOW, alive(grep, "grep", "-rn", "TODO", "/etc"), False)
+    assert (level, why) == ("warning", "/etc/shadow opened by a recursive search")
+    for argv in (
+        ("grep", "-r", "root", "/etc/shadow"),
+        ("grep", "root", "/etc/shadow"),
+        ("grep", "-rh", "--include=s?adow", ".", "/etc"),  # a pattern picking the file out
+    ):
+        assert judge(SHADOW, alive(grep, *argv), False)[0] == "high", argv
+    # a program that only calls itself grep
+    assert judge(SHADOW, alive("/usr/bin/python3.12", "grep", "-R", "r.py"), False)[0] == "high"
 
 
 def test_package_manager_writes_are_info_except_where_packages_never_write() -> None:
     cron = event("/etc/cron.d/x", "file.cron-write", "write")
-    dpkg = alive("/usr/bin/cp", "cp", ancestors=("/usr/bin/dpkg",))
-    assert judge(cron, dpkg, False)[0] == "info"
+    script = alive("/usr/bin/cp", "cp", ancestors=("/usr/bin/dpkg",))
+    assert judge(cron, script, False)[0] == "info"
     assert judge(cron, alive("/usr/bin/python3.12", "python3"), False)[0] == "high"
     keys = event("/home/code/.ssh/authorized_keys", "file.authorized-keys-write", "write")
-    assert judge(keys, dpkg, False)[0] == "critical"
-    gone = Opener(0, False, package_manager=True)
-    assert judge(cron, gone, False)[0] == "info"
+    assert judge(keys, script, False)[0] == "critical"
+    assert judge(cron, Opener(0, False, package_manager=True), False)[0] == "info"
+    # sudoers: only dpkg itself, never what a package's scripts or an apt hook run
+    sudoers = event("/etc/sudoers.d/x", "file.sudoers-write", "write")
+    assert judge(sudoers, script, False)[0] == "critical"
+    assert judge(sudoers, alive("/usr/bin/dpkg", "dpkg", "-i", "x.deb"), False)[0] == "info"
+    # a bash copied to a package manager's name is not one
+    fake = alive("/usr/bin/sh", "sh", ancestors=("/usr/lib/x/dpkg",))
+    assert judge(cron, fake, False)[0] == "high"
 
 
 def test_account_tools_change_accounts_at_warning_anything_else_is_critical() -> None:
@@ -64,13 +84,15 @@ def test_account_tools_change_accounts_at_warning_anything_else_is_critical() ->
     assert judge(passwd, alive("/usr/bin/python3", "python3"), False)[0] == "critical"
 
 
-def test_a_canary_has_no_legitimate_reader() -> None:
-    canary = FileEvent("/home/code/.ssh/id_deploy", "read", 42, spec("file.ssh-key-read", "read"))
-    assert judge(canary, alive("/usr/bin/ssh", "ssh"), True)[0] == "high"
-    assert judge(canary, alive("/usr/bin/ssh", "ssh"), False) is None
+def test_a_canary_has_no_legitimate_reader_and_scp_is_no_ssh_tool() -> None:
+    key = FileEvent("/home/code/.ssh/id_deploy", "read", 42, spec("file.ssh-key-read", "read"))
+    assert judge(key, alive("/usr/bin/ssh", "ssh"), True)[0] == "high"
+    assert judge(key, alive("/usr/bin/ssh", "ssh"), False) is None
+    # scp hands the file to whatever program -S names
+    assert judge(key, alive("/usr/bin/scp", "scp", "-S", "./x", "k", "h:y"), False)
 
 
-def test_parse_events_reads_directory_handle_and_name_and_stops_on_garbage() -> None:
+def test_parse_events_reads_both_handles_and_the_name_and_stops_on_garbage() -> None:
     handle = b"\x01\x02\x03\x04\x05\x06\x07\x08"
     body = b"F" * 8 + struct.pack("Ii", len(handle), 77) + handle + b"shadow\0\0"
     info = struct.pack("BBH", filewatch.INFO_DFID_NAME, 0, 4 + len(body)) + body
@@ -83,8 +105,8 @@ def test_parse_events_reads_directory_handle_and_name_and_stops_on_garbage() -> 
     fid = b"F" * 8 + struct.pack("Ii", len(own), 77) + own
     info += struct.pack("BBH", filewatch.INFO_FID, 0, 4 + len(fid)) + fid
     header = filewatch.EVENT_HEADER.pack(meta + len(info), 3, 0, meta, filewatch.FAN_OPEN, -1, 99)
-    (event,) = filewatch.parse_events(header + info)
-    assert event[3:] == ("shadow", struct.pack("i", 77) + own)
+    (parsed,) = filewatch.parse_events(header + info)
+    assert parsed[3:] == ("shadow", struct.pack("i", 77) + own)
     # a record claiming a zero length ends the parse instead of looping
     bad = filewatch.EVENT_HEADER.pack(0, 3, 0, meta, filewatch.FAN_OPEN, -1, 99)
     assert list(filewatch.parse_events(bad)) == []
