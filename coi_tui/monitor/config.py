@@ -53,6 +53,9 @@ class MonitorConfig:
     dns_entropy_bits: float = 3.5
     spawn_rate_per_sec: int = 100  # new processes within one second
     process_count_threshold: int = 0  # 0: off
+    # credential files the session was given on purpose ([[credentials]]): reading them is
+    # its own business, not the sensitive-file watcher's
+    own_credentials: list[str] = field(default_factory=list)
 
 
 def extra_config_path() -> Path:
@@ -157,6 +160,7 @@ SESSION_FIELDS = (
     "process_count_threshold",
     "c2_ports",
     "metadata_addresses",
+    "own_credentials",
 )
 
 

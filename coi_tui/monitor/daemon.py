@@ -584,7 +584,9 @@ class Daemon:
             except RuntimeError as exc:
                 self.log(f"{name}: {exc}")
         try:
-            watched.files = filewatch.ContainerFiles(pid, self.canary_paths(watched))
+            watched.files = filewatch.ContainerFiles(
+                pid, self.canary_paths(watched), watched.config.own_credentials
+            )
         except OSError as exc:
             self.log(f"{name}: sensitive-file watcher unavailable: {exc}")
         watched.pids = set(self.container_pids(watched))

@@ -605,7 +605,10 @@ class ContainerFiles:
     """The marks of one container: open with `open(root_pid, extra)`, `fileno()` for
     select, `events()` when readable, `close()` when the container is forgotten."""
 
-    def __init__(self, root_pid: int, canaries: Iterable[str] = ()) -> None:
+    def __init__(
+        self, root_pid: int, canaries: Iterable[str] = (), own: Iterable[str] = ()
+    ) -> None:
+        """`own`: files the session was given on purpose (not read-watched)."""
         self.root = os.open(f"/proc/{root_pid}/root", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.group = -1
         try:
@@ -620,6 +623,7 @@ class ContainerFiles:
             )
             self.root_dev = os.fstat(self.root).st_dev
             self.canaries = frozenset(canaries)
+            self.own = frozenset(own) - self.canaries
             self.specs = self._expand(canaries)
             self.dirs: dict[bytes, Watched] = {}
             self.by_path: dict[str, Watched] = {}
@@ -833,7 +837,8 @@ class ContainerFiles:
             # a read-watched file of another filesystem is a user's mounted credential: the
             # user's choice, not judged here
             canary = f"{folder.path}/{name}" in self.canaries
-            if mask & FAN_OPEN and not canary and info.st_dev != self.root_dev:
+            mine = f"{folder.path}/{name}" in self.own
+            if mask & FAN_OPEN and not canary and (mine or info.st_dev != self.root_dev):
                 mask &= ~FAN_OPEN
                 if not mask:
                     return

@@ -30,6 +30,11 @@ class MonitorHook(SessionHook):
         except ValueError as exc:
             ctx.manager.say(f"warning: monitor settings of this session not applied: {exc}")
             return
+        config.own_credentials = sorted(
+            str(entry["container"])
+            for entry in getattr(ctx.manager.settings, "credentials", [])
+            if entry.get("container")
+        )
         ctx.config[SESSION_KEY] = session_config_text(config)
 
     def after_start(self, ctx: LaunchContext) -> None:

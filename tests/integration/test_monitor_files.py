@@ -293,7 +293,9 @@ def test_evasions_of_the_file_watcher_are_still_seen(files_mon: Monitor) -> None
         mon.image,
         config={
             "user.coi.home": home_tag(mon.home),
-            SESSION_KEY: session_config_text(MonitorConfig(actions=alerts)),
+            SESSION_KEY: session_config_text(
+                MonitorConfig(actions=alerts, own_credentials=["/home/code/.netrc"])
+            ),
         },
         devices={"eth0": {"type": "nic", "network": "coibr0", "name": "eth0"}},
         start=True,
@@ -313,3 +315,13 @@ def test_evasions_of_the_file_watcher_are_still_seen(files_mon: Monitor) -> None
             f"{rule} on {path}",
         )
         assert record["level"] == level, (script, record)
+    # a credential the session was given on purpose is its own to read; another is not
+    mon.sh(name, as_code("echo machine x > ~/.netrc; mkdir -p ~/.kube; echo x > ~/.kube/config"))
+    mon.sh(name, as_code("sleep 0.5; cat ~/.netrc ~/.kube/config > /dev/null"))
+    mon.events.wait(
+        lambda m: m.get("container") == name and m.get("rule_id") == "file.credential-read",
+        20,
+        "the kube config read",
+    )
+    reads = [t for t in mon.events.threats(name) if t["rule_id"] == "file.credential-read"]
+    assert [t["evidence"]["sensitive_file"]["path"] for t in reads] == ["/home/code/.kube/config"]

@@ -42,3 +42,21 @@ def test_session_values_are_checked_and_leave_the_daemons_own_knobs_alone() -> N
                 '{"process_count_threshold": "many"}'):  # fmt: skip
         with pytest.raises(ValueError):
             for_session(daemon, bad)
+
+
+def test_credentials_the_session_was_given_are_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A credential pushed on purpose ([[credentials]]) is read by its tools all day (pip
+    reads ~/.netrc on every request): the file watcher leaves it alone."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[[credentials]]\nhost = "/etc/hostname"\ncontainer = "/home/code/.netrc"\n'
+    )
+    monkeypatch.setenv("COI_HOME", str(home))
+    settings = load_settings(tmp_path)
+    ctx = SimpleNamespace(config={}, manager=SimpleNamespace(settings=settings, say=print))
+    MonitorHook().prepare_instance(ctx)  # type: ignore[arg-type]
+    applied = for_session(MonitorConfig(), ctx.config[SESSION_KEY])
+    assert applied.own_credentials == ["/home/code/.netrc"]
