@@ -1381,7 +1381,8 @@ def capture_main(out: int, ctl: int = -1) -> None:
     procs = ProcConnector()
     parents: dict[int, int] = {}
     changed_uid: set[int] = set()  # processes whose exit status is forwarded (privilege.py)
-    pending: list[tuple[str, int, int, list[str], float, tuple[str, str]]] = []
+    # (kind, pid, parent, argv, when, (stdin, stdout[, program, its device:inode]))
+    pending: list[tuple[str, int, int, list[str], float, tuple[str, ...]]] = []
     while True:
         # one datagram (one event) at a time, its command line read at once; everything
         # else (namespaces, output) waits until the socket is empty or the batch is big
