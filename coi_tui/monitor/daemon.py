@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from coi_tui import nofollow
-from coi_tui.monitor import behaviour, filewatch, membership, procfs, rules
+from coi_tui.monitor import behaviour, filewatch, membership, mounts, procfs, rules
 from coi_tui.monitor.canary import PAYLOAD_BYTES, NetworkMatcher, canary_paths, mid_stream
 from coi_tui.monitor.config import SESSION_KEY, MonitorConfig, for_session, load_monitor_config
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
@@ -233,6 +233,7 @@ class Watched:
     pids: set[int] = field(default_factory=set)
     local_sockets: set[int] = field(default_factory=set)  # inodes the kernel named unix
     files: filewatch.ContainerFiles | None = None  # its sensitive-file marks
+    mount_table: mounts.MountWatch | None = None  # its init's mounts, compared each pass
     files_lost: int = 0  # file events the kernel dropped (queue overflow), reported
     # pid -> its program (path, and device:inode) as read at its exec
     exes: dict[int, tuple[str, str]] = field(default_factory=dict)
@@ -571,6 +572,7 @@ class Daemon:
             watched.config = self.config
         watched.dns = rules.DnsWatch(watched.config)
         watched.privilege = PrivilegeWatch.start(pid)  # its setuid programs, as they are now
+        watched.mount_table = mounts.MountWatch.start(pid)  # a mount over a watched path: CRITICAL
         self.watched[name] = watched
         self.by_ns[pidns] = watched
         self.tell_capture()
@@ -1118,6 +1120,7 @@ class Daemon:
         if full:
             if watched.privilege is not None:
                 found += watched.privilege.read_logs()  # auth logs, from where they were left
+            found += watched.mount_table.check() if watched.mount_table is not None else []
             found += self.volumes(watched, pids, now)
             count = watched.config.process_count_threshold
             if count and len(pids) > count:
@@ -1602,6 +1605,21 @@ def open_lock(home_fd: int, owner: tuple[int, int] | None) -> int:
     return nofollow.open_nofollow(home_fd, "monitor.lock", flags | os.O_EXCL, 0o644, owner)
 
 
+def detach() -> None:
+    """Leave the caller's session and never lead one. A session leader without a controlling
+    terminal that opens a terminal without O_NOCTTY gets it as its controlling terminal: a
+    container's root can bind-mount a pty over a file this daemon reads, and ^C, ^\\ or ^Z
+    typed on its master would then signal the daemon. Fork, new session (no terminal kept
+    from the caller, e.g. through sudo), fork again: the daemon is the second child, in a
+    session whose leader has exited, and no process of it can acquire a terminal. Before
+    the lock and the pid file: both are the daemon's own."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="coi-monitor-daemon")
     parser.add_argument("--home", help="the COI home to serve (default $COI_HOME or ~/.coi)")
@@ -1619,6 +1637,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("coi-monitor-daemon: needs root (proc connector, NFLOG, nftables)", file=sys.stderr)
         return 1
+    detach()
     # The user's ~/.coi, walked and kept open without following a symlink they planted;
     # what root creates there is handed to them (they can remove it).
     home_fd = nofollow.open_dir(home, create=True, owner=owner)
@@ -1641,9 +1660,10 @@ def main(argv: list[str] | None = None) -> int:
     def stop(_signum: int, _frame: object) -> None:
         daemon.stop = True
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, stop)  # `coi monitor --stop`
+    # what only a terminal sends (the daemon has none; see detach): never a way to stop it
+    for name in ("SIGINT", "SIGQUIT", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGHUP"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, daemon.request_dump)
     try:
         daemon.run()

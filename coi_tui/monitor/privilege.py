@@ -318,7 +318,9 @@ def read_new(
         again = os.fstat(handle)  # the same regular file as just seen (not swapped since)
         if not stat.S_ISREG(again.st_mode) or (again.st_dev, again.st_ino) != identity:
             return tail, []
-        fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        # O_NOCTTY: never a terminal's controlling process, whatever is found there
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+        fd = os.open(f"/proc/self/fd/{handle}", flags)
     except OSError:
         return tail, []
     finally:
