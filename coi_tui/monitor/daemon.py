@@ -429,6 +429,7 @@ class Daemon:
         # namespace, exec count) and the containers with a packet or file event since then
         self.passed: dict[str, tuple[dict[int, str], int]] = {}
         self.stirred: set[str] = set()
+        self.mount_polls: dict[str, tuple[int, select.poll]] = {}  # see mounts_changed
         from coi_tui.monitor import rulepacks  # loaded once: bundled, Sigma, GTFOBins rules
 
         self.packs = rulepacks.load_for_daemon(home, owner, self.log)
@@ -1070,6 +1071,27 @@ class Daemon:
             and watched.pids <= last[0].keys()
         )
 
+    def mounts_changed(self, watched: Watched) -> bool:
+        """Whether the mount table of the container's init changed since the last call (the
+        kernel flags a held /proc/<pid>/mountinfo with POLLPRI; no read, no parse). True
+        when it cannot be told: its table is then read."""
+        held = self.mount_polls.get(watched.identity)
+        if held is None:
+            try:
+                fd = os.open(
+                    f"/proc/{watched.init_pid}/mountinfo", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
+                )
+            except OSError:
+                return True
+            poller = select.poll()
+            poller.register(fd, select.POLLPRI)
+            self.mount_polls[watched.identity] = held = (fd, poller)
+            return True  # changes before the open are not flagged on it
+        try:
+            return bool(held[1].poll(0))
+        except OSError:
+            return True
+
     def periodic_pass(self, sweep: bool) -> None:
         """Every scan_interval_sec: volumes, auth logs and counts of every container; the
         behavioural checks (every descriptor of every process) only for containers where
@@ -1077,7 +1099,12 @@ class Daemon:
         backstop behind the events). /proc is walked only when some container stirred; a
         quiet one's processes are its last pass's that are still there (a new one would have
         come with a fork event)."""
-        stirred = {w.identity for w in self.watched.values() if sweep or not self.quiet(w)}
+        stirred = {
+            w.identity
+            for w in self.watched.values()
+            # the mount poll first: it is also reset by the call
+            if self.mounts_changed(w) or sweep or not self.quiet(w)
+        }
         groups = self.pids_by_container() if stirred else None
         for watched in list(self.watched.values()):
             if groups is not None:
@@ -1088,9 +1115,11 @@ class Daemon:
             self.scan(watched, True, pids=list(pids), behave=watched.identity in stirred)
             self.passed[watched.identity] = (pids, watched.execs)
         self.stirred.clear()
-        if len(self.passed) > len(self.watched):
+        if len(self.passed) > len(self.watched) or len(self.mount_polls) > len(self.watched):
             live = {w.identity for w in self.watched.values()}
             self.passed = {k: v for k, v in self.passed.items() if k in live}
+            for identity in [k for k in self.mount_polls if k not in live]:
+                os.close(self.mount_polls.pop(identity)[0])
 
     def scan(
         self,
@@ -1100,8 +1129,9 @@ class Daemon:
         pids: list[int] | None = None,
         behave: bool = True,
     ) -> None:
-        """`full`: volumes, auth logs and the process count too; `pids`: its processes if
-        already known; `behave`: False skips the behavioural checks (a quiet container)."""
+        """`full`: volumes, auth logs, mounts and the process count too; `pids`: its
+        processes if already known; `behave`: False skips the behavioural and mount-table
+        checks (a quiet container whose mount table did not change)."""
         if watched.status == "Killed":
             return
         now = time.monotonic()
@@ -1120,7 +1150,8 @@ class Daemon:
         if full:
             if watched.privilege is not None:
                 found += watched.privilege.read_logs()  # auth logs, from where they were left
-            found += watched.mount_table.check() if watched.mount_table is not None else []
+            if behave and watched.mount_table is not None:
+                found += watched.mount_table.check()
             found += self.volumes(watched, pids, now)
             count = watched.config.process_count_threshold
             if count and len(pids) > count:

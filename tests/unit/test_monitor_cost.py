@@ -6,6 +6,8 @@ nothing happened, with a periodic sweep of everything behind it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ def bare_daemon(monkeypatch: pytest.MonkeyPatch, listing: list[FakeInstance]) ->
     daemon.timers, daemon.pending, daemon.capture_ctl = [], set(), -1
     daemon.rule_queue = daemon_mod.deque()
     daemon.settled, daemon.listed_at, daemon.foreign = None, -1e9, set()
-    daemon.passed, daemon.stirred = {}, set()
+    daemon.passed, daemon.stirred, daemon.mount_polls = {}, set(), {}
     daemon.lists = 0
 
     def list_instances(prefix: str) -> list[FakeInstance]:
@@ -128,6 +130,8 @@ def test_the_pass_skips_behaviour_and_the_proc_walk_of_quiet_containers(
         return {pidns: {os.getpid(): pidns}}
 
     monkeypatch.setattr(daemon, "pids_by_container", walk)
+    moved = [False]
+    monkeypatch.setattr(daemon, "mounts_changed", lambda watched: moved[0])
     monkeypatch.setattr(daemon, "volumes", lambda watched, pids, now: [])
     monkeypatch.setattr(daemon, "respond", lambda watched, found, now: None)
     monkeypatch.setattr(
@@ -152,5 +156,42 @@ def test_the_pass_skips_behaviour_and_the_proc_walk_of_quiet_containers(
     assert (len(walks), len(analysed)) == (4, 4)
     daemon.periodic_pass(sweep=False)
     assert (len(walks), len(analysed)) == (4, 4)
-    daemon.periodic_pass(sweep=True)  # the backstop: everything, quiet or not
+    moved[0] = True  # a mount in its init's namespace (mounts_changed)
+    daemon.periodic_pass(sweep=False)
     assert (len(walks), len(analysed)) == (5, 5)
+    moved[0] = False
+    daemon.periodic_pass(sweep=True)  # the backstop: everything, quiet or not
+    assert (len(walks), len(analysed)) == (6, 6)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts in a namespace of its own need root")
+def test_a_mount_in_the_inits_namespace_is_flagged_without_reading_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    daemon = bare_daemon(monkeypatch, [])
+    init = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "60"])
+    try:
+        pidns = procfs.pid_ns(init.pid)
+        watched = Watched("c", init.pid, pidns, "", "", 0, daemon.home, "uuid-1")
+
+        def mounted() -> bool:  # unshare has exec'd sleep in its own mount namespace
+            return os.readlink(f"/proc/{init.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+
+        deadline = time.monotonic() + 10
+        while not mounted() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert daemon.mounts_changed(watched), "first look: its table is read"
+        assert not daemon.mounts_changed(watched)
+        target = f"/proc/{init.pid}/root/mnt"
+        subprocess.run(
+            ["nsenter", "-t", str(init.pid), "-m", "mount", "-t", "tmpfs", "none", "/mnt"],
+            check=True,
+        )
+        assert os.path.exists(target)
+        assert daemon.mounts_changed(watched), "a mount is flagged"
+        assert not daemon.mounts_changed(watched), "once"
+    finally:
+        init.kill()
+        init.wait()
+        for fd, _poller in daemon.mount_polls.values():
+            os.close(fd)
