@@ -49,8 +49,9 @@ def is_running(home: Path | None = None) -> bool:
 
 
 def start(home: Path | None = None, wait: float = 10.0) -> int:
-    """Start the daemon for this COI home unless it runs; return its pid. The child gets a
-    session of its own, so it outlives the `coi` process that started it."""
+    """Start the daemon for this COI home unless it runs; return its pid. The process started
+    here exits at once (daemon.detach: the daemon is a grandchild in a session of its own,
+    so it outlives the `coi` process that started it); it is reaped while waiting."""
     home = home or coi_home()
     pid = running_pid(home)
     if pid:
@@ -64,7 +65,7 @@ def start(home: Path | None = None, wait: float = 10.0) -> int:
         raise CoiError("the threat monitor needs root: run 'sudo coi setup' once to install it")
     log = open_log(home)
     try:
-        subprocess.Popen(
+        child = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -78,6 +79,7 @@ def start(home: Path | None = None, wait: float = 10.0) -> int:
     deadline = time.monotonic() + wait
     sock = socket_path(home)
     while time.monotonic() < deadline:
+        child.poll()  # no zombie left in a long-lived `coi`
         pid = running_pid(home)
         if pid > 0 and is_socket(sock):
             return pid

@@ -7,7 +7,9 @@ namespace, read from the host as /proc/<init>/mountinfo) is recorded when the wa
 and compared on every full pass: a new or changed mount on, above or over a watched path
 (filewatch.SENSITIVE: its directories, "~" being /root and /home/*, and their watched names
 below them) is CRITICAL `file.mount-over`; any other new mount is INFO `file.mount` (docker
-in a session mounts overlays under /var/lib/docker and /run).
+in a session mounts overlays under /var/lib/docker), except the init system's own under
+/proc, /sys, /dev and /run and on /tmp (systemd mounts those while the container boots,
+which is when the watch begins): these are not recorded.
 
 Limits: mounts made in another mount namespace (`unshare -m`) are not in init's table; a
 mount made and removed between two passes (about a second) is not seen.
@@ -30,6 +32,10 @@ MAX_TABLE_BYTES = 2 << 20  # one mountinfo read; a container can make ~100,000 m
 MAX_MOUNTS = 10000  # entries compared; more is reported (HIGH), never silently skipped
 READ_CHUNK = 256 * 1024
 SHOWN = 300  # characters of a mount point or source in a record
+# where an init system mounts while it boots (credentials, mqueue, cgroups, /run/user/N):
+# a mount there hides no watched file, and an INFO per boot mount would be noise
+BOOT_PLACES = ("/proc", "/sys", "/dev", "/run")
+BOOT_POINTS = ("/tmp",)
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,13 @@ def watched_paths() -> list[tuple[list[str], tuple[str, ...]]]:
 WATCHED = watched_paths()
 
 
+def booted(point: str) -> bool:
+    """A place the init system mounts on while the container boots."""
+    return point in BOOT_POINTS or any(
+        point == place or point.startswith(place + "/") for place in BOOT_PLACES
+    )
+
+
 def covers(point: str) -> bool:
     """Whether a mount at `point` puts other inodes where the watcher looks: on a watched
     directory or an ancestor of one, or over a watched name inside one (a file bind-mounted
@@ -180,6 +193,8 @@ class MountWatch:
         found: list[Threat] = []
         for mount_id, mount in table.items():
             if self.known.get(mount_id) == mount:
+                continue
+            if booted(mount.point) and not covers(mount.point):
                 continue
             found.append(self.judge(mount, changed=mount_id in self.known))
         # Cut short: mounts past the cap are not compared, and are not dropped from what is

@@ -86,3 +86,18 @@ def test_a_table_past_the_cap_is_reported_once_and_keeps_what_was_known(monkeypa
 def test_escape_characters_from_the_container_are_cleaned() -> None:
     threat = MountWatch(1).judge(Mount(9, "/mnt/\x1b[31mx", "tmpfs", "a\u202eb", "/"), False)
     assert "\x1b" not in threat.description and "\u202e" not in str(threat.evidence)
+
+
+def test_the_init_systems_boot_mounts_are_not_recorded(monkeypatch: Any) -> None:
+    base = {1: Mount(1, "/", "ext4", "/dev/sda", "/")}
+    boot = [
+        Mount(2, "/run/credentials/systemd-sysctl.service", "ramfs", "ramfs", "/"),
+        Mount(3, "/dev/mqueue", "mqueue", "mqueue", "/"),
+        Mount(4, "/run/user/1000", "tmpfs", "tmpfs", "/"),
+        Mount(5, "/sys/fs/cgroup/memory", "cgroup", "cgroup", "/"),
+        Mount(6, "/tmp", "tmpfs", "tmpfs", "/"),
+    ]
+    monkeypatch.setattr(
+        mounts, "read_table", lambda pid: ({**base, **{m.mount_id: m for m in boot}}, False)
+    )
+    assert MountWatch(1, dict(base)).check() == []
