@@ -90,6 +90,7 @@ FAILURE_PATTERNS = (
     ("authentication failure", "authentication failure"),
 )
 O_PATH = getattr(os, "O_PATH", 0o10000000)
+CONTAINER_IDS = 65536  # host ids from the container's root up: its users (Incus's map)
 # Where the host's Incus daemon may be installed: its helpers (`incusd forkexec` for
 # `incus exec`, forkfile, forkstart) enter a container as host root and switch to its root.
 INCUSD_PATHS = (
@@ -432,7 +433,12 @@ class PrivilegeWatch:
             # entering the container (`incus exec` starts as host root: uid 0)
             return []
         was = before[0] if before is not None else change.real  # its uid before this
-        user = was - root if was >= root else was
+        if not root < was < root + CONTAINER_IDS:
+            # not one of the container's users: a host process entering it (LXC's attach
+            # and start helpers run as host root, from a memfd copy named liblxc), whose
+            # history was not seen
+            return []
+        user = was - root
         program = self.expected(change)
         if program:
             if os.path.basename(program) != "su":

@@ -131,6 +131,10 @@ def test_unknown_before_uses_the_parent_and_host_entry_is_not_an_escalation() ->
     # host, as `incus exec` starts as host root)
     change = IdChange(ROOT, ROOT, "/tmp/anything", (64, 60, 1, 1))
     assert state.on_uid(30, os.getpid(), change, no_command) == []
+    # nothing known of it and its parent gone: LXC's attach helper (host root, run from a
+    # memfd copy) switching to the container's root is not a container user's escalation
+    lxc = IdChange(0, ROOT, "/memfd:liblxc (deleted)", (9, 9, 1, 1))
+    assert state.on_uid(31, 2**22 + 7, lxc, no_command) == []
 
 
 def test_a_process_gone_before_its_program_was_read() -> None:
