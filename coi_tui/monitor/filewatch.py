@@ -951,16 +951,22 @@ class ContainerFiles:
         except OSError:
             return ""
         try:
-            fd = os.open(
-                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
-            )
+            # O_PATH first: a device or a FIFO is never opened, a tty never becomes ours
+            handle = os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         except OSError:
             return ""
         finally:
             os.close(dir_fd)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
                 return ""
+            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            fd = os.open(f"/proc/self/fd/{handle}", flags)
+        except OSError:
+            return ""
+        finally:
+            os.close(handle)
+        try:
             return os.read(fd, MAX_CONTENT).decode("utf-8", "replace")
         except OSError:
             return ""
