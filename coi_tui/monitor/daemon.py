@@ -593,8 +593,8 @@ class Daemon:
         except OSError as exc:
             self.log(f"{name}: sensitive-file watcher unavailable: {exc}")
         watched.pids = set(self.container_pids(watched))
-        for pid in watched.pids:
-            watched.rchar[pid] = procfs.io_counters(pid)[0]
+        for member in watched.pids:
+            watched.rchar[member] = procfs.io_counters(member)[0]
         watched.sent.add(time.monotonic(), procfs.net_tx_bytes(veth))
         watched.received_total = procfs.net_rx_bytes(veth)
         watched.received.add(time.monotonic(), watched.received_total)
