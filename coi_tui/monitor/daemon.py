@@ -412,6 +412,8 @@ class Daemon:
         self.capture_ctl = -1
         self.dump_requested = False
         self.exec_wait_since = self.exec_wait_spent = 0.0  # see await_exec_record
+        self.faults = 0  # times the loop was started again after a fault (run_restarting)
+        self.interrupted: set[str] = set()  # containers whose watch a fault interrupted
         self.package_managers: dict[str, tuple[float, bool]] = {}  # identity -> (when, found)
         self.wake_w = -1
         self.stop = False
@@ -603,6 +605,18 @@ class Daemon:
             f"watching {name} (init {pid}, {ip or 'no ip'}, {veth or 'no veth'}, "
             f"id {uuid or 'unknown'})"
         )
+        if watched.identity in self.interrupted:
+            self.interrupted.discard(watched.identity)
+            gap = rules.threat(
+                "monitor.interrupted",
+                "warning",
+                "evasion",
+                "The monitor's watch of this container was interrupted",
+                "the daemon met a fault and started again; events in between were not seen",
+                {"faults": self.faults},
+                f"{name}:{self.faults}",
+            )
+            self.respond(watched, [gap], time.monotonic())
         # what ran before the watch began (behavioural rules: a live connection on stdio,
         # a relay; an idle container has none of these)
         self.scan(watched, full=False)
@@ -1697,13 +1711,47 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, daemon.request_dump)
     try:
-        daemon.run()
+        run_restarting(daemon)
     finally:
         with contextlib.suppress(OSError):
             nofollow.unlink(home_fd, "monitor.pid")
         os.close(fd)
         os.close(home_fd)
     return 0
+
+
+RESTARTS_PER_MINUTE = 5  # a fault that comes back faster ends the daemon
+
+
+def run_restarting(daemon: Daemon) -> None:
+    """The daemon's loop, started again after a fault (an exception in any handler would
+    otherwise end the watch of every container of this home, whatever caused it): what it
+    knew of each container is dropped, and the next listing watches them all anew, with a
+    record for each saying the watch was interrupted."""
+    import traceback
+
+    faults: deque[float] = deque()
+    while True:
+        try:
+            daemon.run()
+            return
+        except Exception as exc:
+            now = time.monotonic()
+            faults.append(now)
+            while faults and faults[0] < now - 60:
+                faults.popleft()
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            daemon.log(
+                f"fault: {exc!r} at {Path(where.filename).name}:{where.lineno}; "
+                + ("giving up" if len(faults) > RESTARTS_PER_MINUTE else "starting again")
+            )
+            if len(faults) > RESTARTS_PER_MINUTE:
+                raise
+            for watched in list(daemon.watched.values()):
+                daemon.interrupted.add(watched.identity)
+                daemon.forget(watched)
+            daemon.responder.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="respond")
+            daemon.faults += 1
 
 
 def _settings() -> Any:
