@@ -908,6 +908,20 @@ class Daemon:
             if verdict is None:
                 continue
             level, why = verdict
+            if spec.rule == "file.startup-write" and event.access == "write":
+                change = files.startup_change(event.path)  # (its snapshot kept up to date)
+                if change == "skel" and LEVEL_RANK[level] >= 1:
+                    level, why = "info", f"{event.path} is now the copy of /etc/skel's"
+                elif change == "settings" and LEVEL_RANK[level] >= 2:
+                    level, why = "warning", f"{event.path}: only plain settings appended"
+            if (
+                spec.rule == "file.systemd-unit-write"
+                and LEVEL_RANK[level] >= 2
+                and opener.runs(frozenset({"systemd"}))
+                and files.link_target(event.path).startswith(filewatch.PACKAGED_UNITS)
+            ):
+                # `systemctl enable` of a unit a package installed (systemd makes the link)
+                level, why = "warning", f"{event.path}: a packaged unit enabled"
             evidence: dict[str, Any] = {
                 "sensitive_file": {"path": event.path, "access": event.access, "pid": event.pid},
                 "process": {
@@ -979,7 +993,27 @@ class Daemon:
             programs.append((above.exe, identity(exe_link(parent)[1])))
             parent = above.ppid
         genuine = files.genuine(programs)
-        return filewatch.Opener(pid, True, proc.exe, proc.cmdline, ancestors, genuine=genuine)
+        opener = filewatch.Opener(pid, True, proc.exe, proc.cmdline, ancestors, genuine=genuine)
+        opener.debconf = self.runs_debconf(files, opener)
+        return opener
+
+    def runs_debconf(self, files: filewatch.ContainerFiles, opener: filewatch.Opener) -> bool:
+        """The genuine perl running one of debconf's genuine scripts (apt runs
+        dpkg-preconfigure on every install), with no perl options injected through its
+        environment (sudo passes them with SETENV)."""
+        if opener.exe != filewatch.PERL or filewatch.PERL not in opener.genuine:
+            return False
+        script = next((a for a in opener.argv[1:] if not a.startswith("-")), "")
+        if script not in filewatch.DEBCONF_SCRIPTS:
+            return False
+        if files.identity_now(script) != files.tools.get(script):
+            return False
+        try:
+            with open(f"/proc/{opener.pid}/environ", "rb") as f:
+                environ = f.read(1 << 20)
+        except OSError:
+            return False
+        return not any(entry.startswith(filewatch.PERL_INJECTION) for entry in environ.split(b"\0"))
 
     def await_exec_record(self, watched: Watched, pid: int) -> None:
         now = time.monotonic()

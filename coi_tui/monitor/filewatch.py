@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import fnmatch
 import os
+import re
 import stat
 import struct
 from collections.abc import Callable, Iterable
@@ -273,6 +274,7 @@ SENSITIVE: tuple[Sensitive, ...] = (
         for folder, names in (
             ("/etc", ("profile", "bash.bashrc", "environment", "zshenv", "zshrc")),
             ("/etc/profile.d", ("*",)),
+            ("/etc/skel", STARTUP_FILES),  # what every new home gets
             ("/etc/zsh", ("*",)),
         )
     ),
@@ -369,12 +371,59 @@ SSH_TOOLS = frozenset({"ssh", "ssh-keygen"})
 PACKAGE_MANAGERS = frozenset({"dpkg", "apt", "apt-get", "aptitude"})
 SEARCH_TOOLS = frozenset({"grep", "egrep", "fgrep", "rg", "find"})
 TOOL_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin")
+# debconf's scripts (apt runs dpkg-preconfigure on every install): perl as root reads shadow
+# whenever it looks a user up
+DEBCONF_SCRIPTS = (
+    "/usr/sbin/dpkg-preconfigure",
+    "/usr/sbin/dpkg-reconfigure",
+    "/usr/sbin/adduser",
+    "/usr/sbin/deluser",
+    "/usr/sbin/addgroup",
+    "/usr/share/debconf/frontend",
+)
+PERL = "/usr/bin/perl"
+PERL_INJECTION = (b"PERL5OPT=", b"PERL5LIB=", b"PERLLIB=", b"PERL5DB=", b"PERL_HASH_SEED_DEBUG=")
+# a credential file read by its own program (every `gh` call reads hosts.yml)
+OWNERS = {
+    "hosts.yml": "/usr/bin/gh",
+    "config.json": "/usr/bin/docker",
+    "config": "/usr/bin/kubectl",
+}
+GIT = "/usr/lib/git-core/git"
+GIT_REMOTES = ("/usr/lib/git-core/git-remote-http", "/usr/lib/git-core/git-remote-https")
 TOOL_PATHS = (
     "/usr/lib/systemd/systemd",
     "/lib/systemd/systemd",
     "/usr/lib/openssh/sshd-session",
     "/usr/lib/openssh/sshd-auth",
+    PERL,
+    *DEBCONF_SCRIPTS,
+    *OWNERS.values(),
+    GIT,
+    *GIT_REMOTES,
 )
+PACKAGED_UNITS = ("/usr/lib/systemd/system/", "/lib/systemd/system/")
+# a line an installer appends to a start-up file (rustup, uv, pyenv): a plain setting, an
+# alias or sourcing a file in the home; nothing that runs a command, hooks the shell or
+# puts a world-writable folder ahead in PATH (then HIGH, as any other change)
+_PLAIN = r"""[^\s"'`$\\;&|<>()]"""  # a character of an unquoted value that runs nothing
+_VAR = r"\$\{?[A-Za-z_]+\}?"  # a variable in it ($HOME, ${PATH})
+_VALUE = (
+    rf'(?:"(?:{_PLAIN}|[ \'])*(?:{_VAR}(?:{_PLAIN}|[ \'])*)*"'
+    rf"|'[^']*'|{_PLAIN}*(?:{_VAR}{_PLAIN}*)*)"
+)
+_HOOKS = (
+    r"(?:LD_[A-Z_]+|PROMPT_COMMAND|BASH_ENV|ENV|PS[0-4]|PERL5OPT|PERL5LIB|PYTHONSTARTUP"
+    r"|NODE_OPTIONS|IFS|SHELLOPTS|BASHOPTS)"
+)
+_SHADOWED = r"(?:sudo|su|ssh|git|cd|ls|cat|echo|exit|command|builtin)"
+BENIGN_LINE = re.compile(
+    rf"#.*|(?:export\s+)?(?!{_HOOKS}=)[A-Za-z_][A-Za-z0-9_]*={_VALUE}"
+    rf"""|alias\s+(?!{_SHADOWED}=)[A-Za-z0-9_.-]+=(?:'[^'`$;&|<>]*'|"[^"`$;&|<>]*")"""
+    r"""|(?:source|\.)\s+"?(?:\$HOME|\$\{HOME\}|~)/[A-Za-z0-9_./-]+"?"""
+)
+# a PATH that puts a world-writable or relative folder ahead (a hijack of sudo, git...)
+UNSAFE_PATH = re.compile(r"""^(?:export\s+)?PATH=["']?(?:/tmp|/var/tmp|/dev/shm|\.|[^/$~"'])""")
 ALL_TOOLS = AUTH_TOOLS | ACCOUNT_TOOLS | SSH_TOOLS | PACKAGE_MANAGERS | SEARCH_TOOLS
 # files only dpkg itself may write without a verdict (not what a package's scripts run: an
 # apt hook or a maintainer script is any program the agent chose)
@@ -412,6 +461,7 @@ class Opener:
     ancestors: list[str] = field(default_factory=list)  # exe paths of its parents
     package_manager: bool = False  # dpkg/apt ran in the container at the time
     genuine: frozenset[str] = frozenset()
+    debconf: bool = False  # the genuine perl running a genuine debconf script, no injection
 
     @property
     def command(self) -> str:
@@ -442,16 +492,22 @@ def judge(event: FileEvent, opener: Opener, canary: bool) -> tuple[str, str] | N
     """(level, why) for an event, or None when it is the file's own tools doing their job.
     Canaries have no legitimate reader at all."""
     spec = event.spec
+    if spec.access == "read":
+        owner = _owner_reads(event.path, opener)
+        if owner:
+            return "warning", f"{event.path} read by {owner}"
+        if opener.runs(SEARCH_TOOLS) and _searching(opener.argv, event.path):
+            return "warning", f"{event.path} opened by a recursive search"
     if canary:
         return spec.level, "a decoy credential planted for this session was opened"
     if spec.access == "read":
+        if spec.rule == "file.shadow-read" and opener.debconf:
+            return "warning", f"{event.path} read by debconf (a package install or removal)"
         sudoedit = os.path.basename(opener.exe) == "sudo" and _sudo_edits_shadow(opener.argv)
         if spec.rule == "file.shadow-read" and opener.runs(AUTH_TOOLS) and not sudoedit:
             return None
         if spec.rule == "file.ssh-key-read" and opener.runs(SSH_TOOLS):
             return None
-        if opener.runs(SEARCH_TOOLS) and _searching(opener.argv, event.path):
-            return "warning", f"{event.path} opened by a recursive search"
         return spec.level, f"{event.path} opened"
     if spec.package_managed:
         if spec.rule in DPKG_ONLY:
@@ -462,6 +518,28 @@ def judge(event: FileEvent, opener: Opener, canary: bool) -> tuple[str, str] | N
     if spec.rule == "file.account-write" and opener.runs(ACCOUNT_TOOLS):
         return "warning", f"{event.path} changed by {os.path.basename(opener.exe)}"
     return spec.level, f"{event.path} written"
+
+
+def _owner_reads(path: str, opener: Opener) -> str:
+    """The genuine program whose own credential file this is, reading it: gh its
+    hosts.yml, docker its config.json, git's credential-store answering a remote helper."""
+    if not opener.alive or opener.exe not in opener.genuine:
+        return ""
+    folder, name = os.path.split(path)
+    owner = OWNERS.get(name, "")
+    expected = {"hosts.yml": "/.config/gh", "config.json": "/.docker", "config": "/.kube"}
+    if owner == opener.exe and folder.endswith(expected.get(name, "\0")):
+        return os.path.basename(owner)
+    remote = opener.ancestors[0] if opener.ancestors else ""
+    if (
+        name == ".git-credentials"
+        and opener.exe == GIT
+        and opener.argv[1:3] == ["credential-store", "get"]
+        and remote in GIT_REMOTES
+        and remote in opener.genuine
+    ):
+        return "git's credential store (for a remote)"
+    return ""
 
 
 def _searching(argv: list[str], path: str) -> bool:
@@ -628,6 +706,8 @@ class ContainerFiles:
             self.dirs: dict[bytes, Watched] = {}
             self.by_path: dict[str, Watched] = {}
             self.files: dict[bytes, tuple[str, str]] = {}  # marked file -> (folder, name)
+            self.snapshots: dict[str, str] = {}  # start-up file -> its text when last seen
+            self.last_change: dict[str, str] = {}  # ... and how it had changed then
             self.awaited: dict[str, set[str]] = {}  # existing ancestor -> targets below it
             self.overflowed = 0
             self.marked_files = 0
@@ -660,6 +740,65 @@ class ContainerFiles:
             finally:
                 os.close(fd)
         return found
+
+    def identity_now(self, path: str) -> Identity | None:
+        """The file at a container path now (no link followed anywhere on the way)."""
+        folder, name = os.path.split(path)
+        try:
+            fd = self._open_dir(folder)
+        except OSError:
+            return None
+        try:
+            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return (info.st_dev, info.st_ino) if stat.S_ISREG(info.st_mode) else None
+
+    def link_target(self, path: str) -> str:
+        """Where a symlink at a container path points ("" when it is none)."""
+        folder, name = os.path.split(path)
+        try:
+            fd = self._open_dir(folder)
+        except OSError:
+            return ""
+        try:
+            return os.readlink(name, dir_fd=fd)
+        except OSError:
+            return ""
+        finally:
+            os.close(fd)
+
+    def startup_change(self, path: str) -> str:
+        """How a shell start-up file changed since it was last seen: "skel" (it is now the
+        copy of /etc/skel's, as useradd -m makes it), "settings" (lines only appended, each
+        a plain setting: what installers add, see BENIGN_LINE), or "" (anything else)."""
+        text = self.read(path)
+        old = self.snapshots.get(path)
+        if old is not None and text == old:  # the same write seen again (MODIFY, then CLOSE)
+            return self.last_change.get(path, "")
+        self.snapshots[path] = text
+        self.last_change[path] = change = self._startup_change(path, text, old)
+        return change
+
+    def _startup_change(self, path: str, text: str, old: str | None) -> str:
+        name = os.path.basename(path)
+        if (
+            path.startswith(("/home/", "/root/"))
+            and text
+            and text == self.read(f"/etc/skel/{name}")
+        ):
+            return "skel"
+        if old is None or not text.startswith(old):
+            return ""
+        added = [line.strip() for line in text[len(old) :].splitlines()]
+        if added and all(
+            not line or (BENIGN_LINE.fullmatch(line) and not UNSAFE_PATH.match(line))
+            for line in added
+        ):
+            return "settings"
+        return ""
 
     def genuine(self, programs: Iterable[tuple[str, Identity | None]]) -> frozenset[str]:
         """Which of (path, identity) are the very tool files found when the watch began."""
@@ -814,6 +953,8 @@ class ContainerFiles:
             specs = self._specs_for(folder, name)
             if specs:
                 self._mark_file(watched, name)
+            if any(spec.rule == "file.startup-write" for spec in specs) and initial:
+                self.snapshots[f"{folder}/{name}"] = self.read(f"{folder}/{name}")
             for spec in specs:
                 if spec.access == "write" and not initial:
                     # written before the directory was marked (it appeared just now)

@@ -62,6 +62,15 @@ sleep 0.5  # the new key file gets its mark
 ssh-keygen -y -f ~/.ssh/id_ed25519 > /dev/null
 cat ~/.ssh/config 2>/dev/null || true; ls -la ~/.ssh > /dev/null
 sudo -n grep -rs 'coi-no-such-text' /etc > /dev/null || true
+# debconf (perl as root, reads shadow to look users up) as apt runs it on every install
+sudo -n DEBIAN_FRONTEND=noninteractive dpkg-reconfigure tzdata > /dev/null 2>&1
+# what installers append to start-up files; a user made with a home copied from /etc/skel
+echo 'export PATH="$HOME/.local/bin:$PATH"' >> ~/.bashrc
+printf '. "$HOME/.cargo/env"\n' >> ~/.profile
+sudo -n useradd -m tester
+# docker and gh reading their own config files
+mkdir -p ~/.docker && echo '{}' > ~/.docker/config.json && sleep 0.5
+docker context ls > /dev/null 2>&1 || true
 echo done
 """
 

