@@ -360,6 +360,12 @@ def test_bundled_pack_loads_whole_and_fires() -> None:
     assert [t.rule_id for t in hits] == ["bundled.kernel-module-load"]
     assert packs.match(1, ["ls", "-la"], "/usr/bin/ls") == []
     assert packs.match(1, ["modprobe", "--list"], "/usr/bin/kmod") == []
+    token = packs.match(1, ["gh", "auth", "token"], "/usr/bin/gh")
+    assert [t.rule_id for t in token] == ["bundled.token-printed"]
+    shown = packs.match(1, ["gh", "auth", "status", "--show-token"], "/usr/bin/gh")
+    assert [t.rule_id for t in shown] == ["bundled.token-printed"]
+    assert packs.match(1, ["gh", "auth", "status"], "/usr/bin/gh") == []
+    assert packs.match(1, ["gh", "pr", "list"], "/usr/bin/gh") == []
 
 
 def test_hostile_folder_symlinks_big_files_fifos_and_caps(
