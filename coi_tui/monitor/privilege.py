@@ -370,6 +370,26 @@ def judge_line(line: str, log_file: str, sudo_lines: bool) -> Threat | None:
     return None
 
 
+SU_VALUE_OPTIONS = frozenset({"-c", "--command", "-s", "--shell", "-g", "--group", "-G",
+                              "--supp-group", "-w", "--whitelist-environment", "-C",
+                              "--session-command"})  # fmt: skip
+
+
+def su_target(argv: list[str]) -> str:
+    """The user su was asked to become (root when none is named)."""
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in SU_VALUE_OPTIONS:
+            next(args, None)
+        elif arg == "--":
+            return next(args, "root")
+        elif arg == "-" or arg.startswith("-"):
+            continue
+        else:
+            return arg
+    return "root"
+
+
 # ---------------------------------------------------------------------- one container
 @dataclass
 class SuAttempt:
@@ -545,12 +565,16 @@ class PrivilegeWatch:
         attempt = self.su.pop(pid, None)
         if attempt is None or attempt.switched or status == 0:
             return []
-        line = clean(command(pid) or "su", EVIDENCE_LINE)
+        raw = command(pid) or "su"
+        line = clean(raw, EVIDENCE_LINE)
         code = status >> 8 if status & 0x7F == 0 else -(status & 0x7F)
+        # to root (the default) it is an escalation attempt; to another user (`su - code`
+        # by code itself, `su postgres`) it is not one: a WARNING
+        level = "high" if su_target(raw.split()) in ("root", "0") else "warning"
         return [
             Threat(
                 "priv.su-failed",
-                "high",
+                level,
                 "auth",
                 "su by a non-root user failed",
                 f"uid {attempt.uid}: {line} "

@@ -155,6 +155,11 @@ def test_su_that_never_switched_is_high_at_its_exit_and_a_successful_one_is_not(
     assert [(t.rule_id, t.level) for t in failed] == [("priv.su-failed", "high")]
     assert failed[0].evidence["process"]["exit"] == 1
     assert failed[0].evidence["auth"]["line"] == "su -c id root"
+    # su to another user (here the caller itself: `su - code`) seeks no root: a WARNING
+    state.on_uid(51, 1, IdChange(CODE, ROOT, "/usr/bin/su", SU), no_command)
+    to_self = state.on_exit(51, 1 << 8, lambda pid: "su - code -c true")
+    assert [(t.rule_id, t.level) for t in to_self] == [("priv.su-failed", "warning")]
+    assert privilege.su_target(["su", "-s", "/bin/sh", "-c", "id"]) == "root"
     # success: a child of su takes the target's identity, then su exits with the shell's
     # status (non-zero here)
     state.creds[60] = (CODE, CODE)
