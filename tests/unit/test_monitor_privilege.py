@@ -156,6 +156,7 @@ def test_su_that_never_switched_is_high_at_its_exit_and_a_successful_one_is_not(
     assert failed[0].evidence["process"]["exit"] == 1
     assert failed[0].evidence["auth"]["line"] == "su -c id root"
     # su to another user (here the caller itself: `su - code`) seeks no root: a WARNING
+    state.creds[51] = (CODE, CODE)
     state.on_uid(51, 1, IdChange(CODE, ROOT, "/usr/bin/su", SU), no_command)
     to_self = state.on_exit(51, 1 << 8, lambda pid: "su - code -c true")
     assert [(t.rule_id, t.level) for t in to_self] == [("priv.su-failed", "warning")]
