@@ -36,6 +36,7 @@ def bare_daemon(monkeypatch: pytest.MonkeyPatch, listing: list[FakeInstance]) ->
     daemon.rule_queue = daemon_mod.deque()
     daemon.settled, daemon.listed_at, daemon.foreign = None, -1e9, set()
     daemon.passed, daemon.stirred, daemon.mount_polls = {}, set(), {}
+    daemon.interrupted = set()
     daemon.lists = 0
 
     def list_instances(prefix: str) -> list[FakeInstance]:
