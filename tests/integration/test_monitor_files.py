@@ -169,8 +169,15 @@ def test_persistence_write_is_stopped(files_mon: Monitor, attack: str) -> None:
     code, rule, level = ATTACKS[attack]
     mon.sh(name, run_file("/tmp/line", REVERSE_SHELL_LINE, "chmod 644"))
     mon.trigger(name, as_code(run_file("/tmp/w.py", code, "python3")))
-    record = mon.threat(name, {rule})
-    assert record["level"] == level, record
+    # a write is judged at its first MODIFY and again complete: a start-up file may be HIGH
+    # half-written and CRITICAL once its reverse shell is in; the verdict awaited is the last
+    record = mon.events.wait(
+        lambda m: (
+            m.get("container") == name and m.get("rule_id") == rule and m.get("level") == level
+        ),
+        20,
+        f"{rule} at {level}",
+    )
     assert record["evidence"]["sensitive_file"]["access"] == "write"
     mon.assert_status(name, "Gone" if level == "critical" else "Frozen")
 
@@ -314,16 +321,16 @@ def test_evasions_of_the_file_watcher_are_still_seen(files_mon: Monitor) -> None
     mon.sh(name, "echo '# coi test' > /tmp/rule && chmod 644 /tmp/rule")
     for script, rule, level, path in EVASIONS:
         mon.sh(name, as_code(script))
-        record = mon.events.wait(
-            lambda m, r=rule, p=path: (
+        mon.events.wait(
+            lambda m, r=rule, p=path, lv=level: (
                 m.get("container") == name
                 and m.get("rule_id") == r
+                and m.get("level") == lv
                 and m.get("evidence", {}).get("sensitive_file", {}).get("path") == p
             ),
             20,
             f"{rule} on {path}",
         )
-        assert record["level"] == level, (script, record)
     # a credential the session was given on purpose is its own to read; another is not
     mon.sh(name, as_code("echo machine x > ~/.netrc; mkdir -p ~/.kube; echo x > ~/.kube/config"))
     mon.sh(name, as_code("sleep 0.5; cat ~/.netrc ~/.kube/config > /dev/null"))

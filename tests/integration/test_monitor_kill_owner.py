@@ -4,6 +4,7 @@ not to root. Driven with the daemon's --owner, as the sudo launcher runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -42,18 +43,22 @@ def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[P
     env.pop("COI_CONFIG", None)
     argv = [sys.executable, "-m", "coi_tui.monitor.daemon", "--home", str(home)]
     argv += ["--owner", f"{OWNER[0]}:{OWNER[1]}"]
-    proc = subprocess.Popen(argv, env=env, cwd="/", start_new_session=True, stderr=subprocess.PIPE)
+    # the daemon detaches (daemon.detach): the process started here exits at once
+    # (no pipes: the daemon keeps what it inherited, so a pipe would never end)
+    errors = tmp_path / "daemon.err"
+    with errors.open("w") as err:
+        started = subprocess.run(argv, env=env, cwd="/", stdout=err, stderr=err, timeout=30)
+    assert started.returncode == 0, errors.read_text()
+    pid = 0
     try:
-        wait_until(lambda: (home / "monitor.sock").exists() or proc.poll() is not None, 20, "start")
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        wait_until(lambda: (home / "monitor.sock").exists(), 20, "the daemon's socket")
+        pid = int((home / "monitor.pid").read_text())
         yield home, prefix, port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 15, "the daemon to stop")
         cleanup_test_leftovers(incus, prefix)
 
 

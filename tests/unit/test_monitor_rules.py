@@ -692,6 +692,7 @@ def test_a_slot_started_again_under_the_same_name_is_watched_anew(
     daemon.timers, daemon.pending, daemon.capture_ctl = [], set(), -1
     daemon.rule_queue = daemon_mod.deque()
     daemon.settled, daemon.listed_at, daemon.foreign = None, -1e9, set()  # refresh() asks
+    daemon.interrupted, daemon.faults = set(), 0  # watch() asks (run_restarting)
     daemon.incus = types.SimpleNamespace(
         list_instances=lambda prefix: listing,
         instance_state=lambda name: {"pid": init[0], "network": {}},
