@@ -260,8 +260,9 @@ PROBES: tuple[Probe, ...] = (
     Probe(
         "sensitive file write",
         "python-appends-bashrc",
-        # no command line names the file: only the file watcher sees it
-        'python3 -c \'import os; open(os.path.expanduser("~/.bashrc"), "a").write("#\\n")\'',
+        # no command line names the file: only the file watcher sees it (a command, `true`:
+        # plain settings appended are only a WARNING)
+        'python3 -c \'import os; open(os.path.expanduser("~/.bashrc"), "a").write("true\\n")\'',
         frozenset({"file.startup-write"}),
         "high",
         tools=("python3",),
