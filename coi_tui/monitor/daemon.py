@@ -982,7 +982,14 @@ class Daemon:
             return filewatch.Opener(pid, bool(exe), exe, list(argv), genuine=genuine)
         if self.owner_of(pid) is not watched:
             return None
-        programs = [(proc.exe, identity(exe_link(pid)[1]))]
+        ident = identity(exe_link(pid)[1])
+        if ident is None:
+            # gone since /proc was read (ssh-keygen -y lives a millisecond): its program as
+            # the exec capture read it
+            self.await_exec_record(watched, pid)
+            if watched.exes.get(pid, ("", ""))[0] == proc.exe:
+                ident = identity(watched.exes[pid][1])
+        programs = [(proc.exe, ident)]
         ancestors: list[str] = []
         parent = proc.ppid
         for _ in range(16):

@@ -170,9 +170,10 @@ def test_coi_tui_in_tmux_drives_real_sessions(monitored: CoiRunner, tmp_path: Pa
         # (through the adapter, which retries Incus's transient exec failure; a retry must not
         # move the reference, so the earliest stamp counts).
         incus = Incus()
+        # (the command line only: a real key opened is HIGH and would pause the container)
         script = (
-            "mkdir -p /root/.ssh && echo fake > /root/.ssh/id_ed25519 && "
-            "date +%s.%N >> /root/trigger-times && cat /root/.ssh/id_ed25519 > /dev/null; sleep 1"
+            "date +%s.%N >> /root/trigger-times && "
+            "cat /root/.ssh/id_ed25519 > /dev/null 2>&1; sleep 1"
         )
         with ThreadPoolExecutor(1) as pool:
             run = pool.submit(incus.exec_capture, second, ["bash", "-c", script], timeout=30)
