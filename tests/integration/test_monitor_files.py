@@ -261,9 +261,9 @@ EVASIONS = [
     ("sudo -n cat /etc/shadow- > /dev/null", "file.shadow-read", "high", "/etc/shadow-"),
     (
         run_file(
-            "/tmp/a.py",
+            "/var/tmp/a.py",
             "import os; open(os.path.expanduser('~/.bash_aliases'), 'a')"
-            ".write(open('/tmp/line').read())",
+            ".write(open('/var/tmp/line').read())",
             "python3",
         ),
         "file.startup-write",
@@ -273,21 +273,21 @@ EVASIONS = [
     ("rm -rf ~/.ssh; ln -s /tmp ~/.ssh", "file.watched-folder-replaced", "high", "/home/code/.ssh"),
     (
         "sudo -n useradd -m evil && sudo -n sh -c "
-        "'mkdir -p /home/evil/.ssh && cp /tmp/line /home/evil/.ssh/authorized_keys'",
+        "'mkdir -p /home/evil/.ssh && cp /var/tmp/line /home/evil/.ssh/authorized_keys'",
         "file.authorized-keys-write",
         "critical",
         "/home/evil/.ssh/authorized_keys",  # a home made after the watch began
     ),
     (
         "sudo -n sh -c 'cp /bin/bash /usr/lib/x/dpkg' && "
-        "sudo -n /usr/lib/x/dpkg -c 'cp /tmp/rule /etc/sudoers.d/zy'",
+        "sudo -n /usr/lib/x/dpkg -c 'cp /var/tmp/rule /etc/sudoers.d/zy'",
         "file.sudoers-write",
         "critical",
         "/etc/sudoers.d/zy",  # a bash named dpkg is not dpkg
     ),
     (
         "sudo -n apt-get -qq -o Dir::Etc::sourcelist=/dev/null -o Dir::Etc::sourceparts=/none "
-        "-o 'APT::Update::Pre-Invoke::=cp /tmp/rule /etc/sudoers.d/zz' update",
+        "-o 'APT::Update::Pre-Invoke::=cp /var/tmp/rule /etc/sudoers.d/zz' update",
         "file.sudoers-write",
         "critical",
         "/etc/sudoers.d/zz",  # an apt hook is any program: only dpkg itself writes sudoers
@@ -317,8 +317,9 @@ def test_evasions_of_the_file_watcher_are_still_seen(files_mon: Monitor) -> None
         start=True,
     )
     mon.events.wait(lambda m: m.get("type") == "watch" and m.get("container") == name, 60, "watch")
-    mon.sh(name, run_file("/tmp/line", REVERSE_SHELL_LINE, "chmod 644"))
-    mon.sh(name, "echo '# coi test' > /tmp/rule && chmod 644 /tmp/rule")
+    # (in /var/tmp: the container just started, and systemd may still mount a fresh /tmp)
+    mon.sh(name, run_file("/var/tmp/line", REVERSE_SHELL_LINE, "chmod 644"))
+    mon.sh(name, "echo '# coi test' > /var/tmp/rule && chmod 644 /var/tmp/rule")
     for script, rule, level, path in EVASIONS:
         mon.sh(name, as_code(script))
         mon.events.wait(
