@@ -753,9 +753,12 @@ class Daemon:
         if state is None or watched.status == "Killed":
             return
 
-        def command(of: int) -> str:
+        def argv_of(of: int) -> list[str]:
             argv = next((e[3] for e in reversed(watched.recent) if e[1] == of), None)
-            return " ".join(argv if argv is not None else procfs.read_cmdline(of))
+            return list(argv) if argv is not None else procfs.read_cmdline(of)
+
+        def command(of: int) -> str:
+            return " ".join(argv_of(of))
 
         change = parse_id_detail(detail) if kind != "exit" else None
         if kind == "uid":
@@ -763,7 +766,7 @@ class Daemon:
         elif kind == "gid":
             found = state.on_gid(pid, parent, change) if change else []
         else:
-            found = state.on_exit(pid, int(detail[0]) if detail else 0, command)
+            found = state.on_exit(pid, int(detail[0]) if detail else 0, command, argv_of)
         self.respond(watched, found, at)
 
     def report_unjudged(self, watched: Watched, now: float) -> None:

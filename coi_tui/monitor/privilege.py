@@ -559,8 +559,15 @@ class PrivilegeWatch:
             )
         ]
 
-    def on_exit(self, pid: int, status: int, command: Callable[[int], str]) -> list[Threat]:
-        """A process that had changed uid exited (`status`: its wait status)."""
+    def on_exit(
+        self,
+        pid: int,
+        status: int,
+        command: Callable[[int], str],
+        argv_of: Callable[[int], list[str]] | None = None,
+    ) -> list[Threat]:
+        """A process that had changed uid exited (`status`: its wait status; `argv_of`: its
+        arguments, to tell whom su was asked to become)."""
         self.creds.pop(pid, None)
         attempt = self.su.pop(pid, None)
         if attempt is None or attempt.switched or status == 0:
@@ -570,7 +577,8 @@ class PrivilegeWatch:
         code = status >> 8 if status & 0x7F == 0 else -(status & 0x7F)
         # to root (the default) it is an escalation attempt; to another user (`su - code`
         # by code itself, `su postgres`) it is not one: a WARNING
-        level = "high" if su_target(raw.split()) in ("root", "0") else "warning"
+        argv = argv_of(pid) if argv_of is not None else raw.split()
+        level = "high" if su_target(argv) in ("root", "0") else "warning"
         return [
             Threat(
                 "priv.su-failed",

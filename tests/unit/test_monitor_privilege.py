@@ -161,6 +161,12 @@ def test_su_that_never_switched_is_high_at_its_exit_and_a_successful_one_is_not(
     to_self = state.on_exit(51, 1 << 8, lambda pid: "su - code -c true")
     assert [(t.rule_id, t.level) for t in to_self] == [("priv.su-failed", "warning")]
     assert privilege.su_target(["su", "-s", "/bin/sh", "-c", "id"]) == "root"
+    # a command with spaces (and a redirection) for -c is one argument: the target is root
+    state.creds[52] = (CODE, CODE)
+    state.on_uid(52, 1, IdChange(CODE, ROOT, "/usr/bin/su", SU), no_command)
+    argv = ["su", "-c", "id -u > /tmp/got-root", "root"]
+    quoted = state.on_exit(52, 1 << 8, lambda pid: " ".join(argv), lambda pid: argv)
+    assert [(t.rule_id, t.level) for t in quoted] == [("priv.su-failed", "high")]
     # success: a child of su takes the target's identity, then su exits with the shell's
     # status (non-zero here)
     state.creds[60] = (CODE, CODE)
