@@ -15,13 +15,13 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from coi_tui import __version__
+from coi_tui.core.errors import CoiError
+from coi_tui.core.text import clean
 from coi_tui.dashboard.backend import Backend
 from coi_tui.dashboard.prefs import load_keymap, load_state, save_state
 from coi_tui.dashboard.threats import AuditTail, ThreatSource
-from coi_tui.errors import CoiError
 from coi_tui.screens.confirm import ConfirmScreen
 from coi_tui.screens.main import MainScreen
-from coi_tui.text import clean
 from coi_tui.themes import APP_CSS_PATH, COI_THEME, THEMES
 from coi_tui.widgets.terminal_view import TerminalView
 

@@ -18,7 +18,7 @@ from typing import Any
 from coi_tui import __version__
 from coi_tui.cli.parser import wants_json
 from coi_tui.config import Settings, load_settings
-from coi_tui.errors import CoiError, Terminated, UsageError
+from coi_tui.core.errors import CoiError, Terminated, UsageError
 from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.sessions.manager import (
     LaunchRequest,

@@ -318,7 +318,7 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.parser import wants_json
     from coi_tui.config.profiles import PRESETS, ProfileSet, builtin
-    from coi_tui.errors import CoiError
+    from coi_tui.core.errors import CoiError
 
     cwd = Path.cwd()
     env = dict(os.environ)
@@ -435,7 +435,7 @@ def edit_profile(profiles: Any, name: str, cwd: Path, env: dict[str, str]) -> in
     import subprocess
 
     from coi_tui.config.profiles import ProfileSet, builtin, check_name
-    from coi_tui.errors import CoiError
+    from coi_tui.core.errors import CoiError
 
     check_name(name)
     if builtin(name, profiles.found):
@@ -485,7 +485,7 @@ def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.config.build import build_profile_image, builder_for
     from coi_tui.config.profiles import ProfileSet
     from coi_tui.config.settings import load_settings
-    from coi_tui.errors import CoiError, UsageError
+    from coi_tui.core.errors import CoiError, UsageError
     from coi_tui.incus import Incus
 
     if every and args.profile:

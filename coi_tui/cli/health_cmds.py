@@ -47,7 +47,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 def cmd_health(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.parser import wants_json
     from coi_tui.config import Settings, load_settings
-    from coi_tui.errors import CoiError, UsageError
+    from coi_tui.core.errors import CoiError, UsageError
     from coi_tui.health.checks import EXIT_CODES, HealthChecker, overall
     from coi_tui.incus import Incus
 

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from coi_tui import timing as _timing  # noqa: F401  (anchors COI_TIMING_DEBUG offsets at start)
-from coi_tui.errors import CoiError, Terminated
+from coi_tui.core import timing as _timing  # noqa: F401  (anchors COI_TIMING_DEBUG offsets at start)
+from coi_tui.core.errors import CoiError, Terminated
 
 EXIT_INTERRUPTED = 130
 LEADING: list[dict[str, str]] = [{}]  # session options given before the command name

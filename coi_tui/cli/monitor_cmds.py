@@ -105,7 +105,7 @@ def _context() -> tuple[Any, Any]:
 def resolve(manager: Any, name: str | None, workspace: str) -> str:
     """NAME or alias, then $COI_CONTAINER, then the workspace's only container (by the
     workspace hash in the name, or the workspace recorded on the container)."""
-    from coi_tui.errors import CoiError
+    from coi_tui.core.errors import CoiError
     from coi_tui.sessions.manager import resolve_workspace, workspace_of
     from coi_tui.sessions.naming import parse_container_name, workspace_hash
 
@@ -145,7 +145,7 @@ def resolve(manager: Any, name: str | None, workspace: str) -> str:
 # ---------------------------------------------------------------------- monitor
 def cmd_monitor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.parser import wants_json
-    from coi_tui.errors import UsageError
+    from coi_tui.core.errors import UsageError
 
     if args.name == "rules" and not (args.stop or args.daemon or args.all):
         return cmd_rules(args)
@@ -244,7 +244,7 @@ class Collector:
             live = status in ("Running", "Frozen")
             instance = self.incus.get_instance(self.name, with_state=live)
         except InstanceNotFound:
-            from coi_tui.errors import CoiError
+            from coi_tui.core.errors import CoiError
 
             raise CoiError(f"container '{self.name}' not found") from None
         pid = instance.pid if live else 0
@@ -554,7 +554,7 @@ def format_snapshot(snap: dict[str, Any]) -> str:
     """COI's text snapshot. Every string that came from the container (process commands and
     user names, audit titles and descriptions, addresses) goes through `clean`: control,
     bidi and zero-width characters shown as escapes, lengths capped."""
-    from coi_tui.text import clean
+    from coi_tui.core.text import clean
 
     lines = []
     ip = snap.get("container_ip")
@@ -656,7 +656,7 @@ def format_snapshot(snap: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------- audit
 def _audit_line(record: dict[str, Any]) -> str:
     """One readable line; every field cleaned (the record quotes the container's argv)."""
-    from coi_tui.text import clean
+    from coi_tui.core.text import clean
 
     def field(key: str, limit: int = 200) -> str:
         return clean(record.get(key, ""), limit)
@@ -669,7 +669,7 @@ def _audit_line(record: dict[str, Any]) -> str:
 
 
 def cmd_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from coi_tui.errors import CoiError
+    from coi_tui.core.errors import CoiError
     from coi_tui.monitor.events import audit_path
 
     text = args.format == "text" and not args.json
@@ -733,7 +733,7 @@ def cmd_audit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 # ---------------------------------------------------------------------- unfreeze
 def cmd_unfreeze(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from coi_tui.errors import CoiError
+    from coi_tui.core.errors import CoiError
 
     incus, manager = _context()
     if args.name:
@@ -759,10 +759,10 @@ def cmd_rules(args: argparse.Namespace) -> int:
     """`coi monitor rules list [--json]` and `coi monitor rules update --from DIR`."""
     from coi_tui.cli.parser import wants_json
     from coi_tui.config.settings import load_settings
-    from coi_tui.errors import CoiError, UsageError
+    from coi_tui.core.errors import CoiError, UsageError
+    from coi_tui.core.paths import coi_home
+    from coi_tui.core.text import clean
     from coi_tui.monitor import rulepacks
-    from coi_tui.paths import coi_home
-    from coi_tui.text import clean
 
     action = args.rules_action or "list"
     if action not in ("list", "update"):

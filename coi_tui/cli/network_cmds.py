@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]

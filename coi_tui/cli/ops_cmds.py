@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coi_tui.errors import CoiError, UsageError
+from coi_tui.core.errors import CoiError, UsageError
 
 if TYPE_CHECKING:
     from coi_tui.incus import Incus, Instance
@@ -354,7 +354,7 @@ def cmd_top(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if args.json:
             print(json.dumps([asdict(r) for r in prows], indent=2))
             return 0
-        from coi_tui.text import clean  # the command line is the container's: escapes shown
+        from coi_tui.core.text import clean  # the command line is the container's: escapes shown
 
         print(f"{'CONTAINER':<24} {'PID':>8} {'USER':<8} {'CPU%':>6} {'MEM':>9}  COMMAND")
         for r in prows:
@@ -483,7 +483,7 @@ def cmd_overview(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 # ---------------------------------------------------------------------- logs
 def log_paths(name: str) -> list[tuple[Path, str]]:
-    from coi_tui.paths import logs_dir
+    from coi_tui.core.paths import logs_dir
 
     directory = logs_dir()
     return [(directory / f"{name}.stdout.log", ""), (directory / f"{name}.stderr.log", "[ERR] ")]
@@ -638,8 +638,8 @@ def update_patterns(dry_run: bool) -> int:
     import tempfile
 
     from coi_tui.config.settings import load_settings
+    from coi_tui.core.paths import coi_home
     from coi_tui.monitor import rulepacks
-    from coi_tui.paths import coi_home
 
     settings = load_settings(Path("/"))  # the user's config only, as the monitor reads it
     failed = 0

@@ -55,7 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 
 def cmd_add(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from coi_tui.errors import CoiError, UsageError
+    from coi_tui.core.errors import CoiError, UsageError
     from coi_tui.incus import Incus
     from coi_tui.incus.remotes import (
         Remote,
@@ -127,7 +127,7 @@ def cmd_add(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.parser import wants_json
-    from coi_tui.errors import CoiError
+    from coi_tui.core.errors import CoiError
     from coi_tui.incus import Incus
     from coi_tui.incus.remotes import _config_files, load_remotes
 
@@ -160,7 +160,7 @@ def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from coi_tui.errors import CoiError
+    from coi_tui.core.errors import CoiError
     from coi_tui.incus.remotes import load_remotes, save_remotes, server_cert_path
 
     remotes = load_remotes()

@@ -132,7 +132,7 @@ def cmd_schema(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 def cmd_validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.config.profiles import ProfileSet
-    from coi_tui.errors import CoiError
+    from coi_tui.core.errors import CoiError
 
     profiles = ProfileSet.discover(Path.cwd(), dict(os.environ))
     names = args.names or profiles.names()

@@ -75,7 +75,7 @@ def _context(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def resolve_container(manager, args: argparse.Namespace) -> str:  # type: ignore[no-untyped-def]
-    from coi_tui.errors import CoiError
+    from coi_tui.core.errors import CoiError
     from coi_tui.sessions.manager import resolve_workspace, workspace_of
 
     if args.container:
@@ -173,7 +173,7 @@ def cmd_restore(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 def cmd_delete(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.commands import confirm
-    from coi_tui.errors import UsageError
+    from coi_tui.core.errors import UsageError
     from coi_tui.sessions import snapshots
 
     if not args.name and not args.all:

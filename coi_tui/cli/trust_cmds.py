@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]

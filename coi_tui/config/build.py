@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coi_tui.config.settings import Settings
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.incus import Incus, IncusError, InstanceNotFound
 
 if TYPE_CHECKING:

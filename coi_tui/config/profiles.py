@@ -29,8 +29,8 @@ from pathlib import Path
 
 from coi_tui.config.schema import BY_PATH, ENVIRONMENT, KEYS, Key
 from coi_tui.config.settings import FileParser, Layer, home_dir
-from coi_tui.errors import CoiError, UsageError
-from coi_tui.paths import read_regular
+from coi_tui.core.errors import CoiError, UsageError
+from coi_tui.core.paths import read_regular
 
 MAX_DEPTH = 10
 CONTEXT_LIMIT = 256 * 1024  # a profile's CONTEXT.md

@@ -46,8 +46,8 @@ from coi_tui.config.schema import (
     known_paths,
     sections,
 )
-from coi_tui.errors import CoiError, UsageError
-from coi_tui.paths import coi_home, read_regular_text
+from coi_tui.core.errors import CoiError, UsageError
+from coi_tui.core.paths import coi_home, read_regular_text
 
 __all__ = ["DEFAULT_BRIDGE", "DEFAULT_IMAGE", "DEFAULT_POOL", "Mount", "Settings", "load_settings"]
 

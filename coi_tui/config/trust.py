@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from coi_tui.core.fs import atomic_write
 
 UNTRUSTED_LABEL = "project config"
 
@@ -105,7 +106,7 @@ REPORTS: dict[str, TrustReport] = {}
 
 
 def trust_path() -> Path:
-    from coi_tui.paths import coi_home
+    from coi_tui.core.paths import coi_home
 
     return coi_home() / "trust.toml"
 
@@ -147,12 +148,7 @@ def save_approvals(entries: dict[str, dict[str, Any]]) -> None:
             f"items = {json.dumps(list(entry.get('items', [])))}",
             "",
         ]
-    path = trust_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines))
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    atomic_write(trust_path(), "\n".join(lines), 0o600)
 
 
 def fingerprint(items: list[str]) -> str:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coi_tui.config import Settings, load_settings
+from coi_tui.core.errors import CoiError
 from coi_tui.dashboard.attach import SessionState
-from coi_tui.errors import CoiError
 from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.sessions.naming import parse_container_name, tmux_session
 from coi_tui.terminal.transport import PtyTransport, Transport

@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
+from coi_tui.core.errors import CoiError
 from coi_tui.dashboard.attach import SessionState
 from coi_tui.dashboard.backend import Backend, EventCallback, SlotInfo, SnapshotInfo
-from coi_tui.errors import CoiError
 from coi_tui.terminal.transport import Transport
 
 LOCAL = ""  # the host key of the local daemon

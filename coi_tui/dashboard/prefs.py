@@ -3,13 +3,15 @@ remembered theme (~/.coi/tui-state.json)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from coi_tui.config.settings import trusted_config_files
-from coi_tui.paths import coi_home
+from coi_tui.core.fs import atomic_write
+from coi_tui.core.paths import coi_home
 
 
 def _tui_table(path: Path) -> dict[str, Any]:
@@ -49,10 +51,5 @@ def save_state(**changes: Any) -> None:
     state = load_state()
     state.update(changes)
     path = state_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(path)
-    except OSError:
-        pass  # not remembering a theme is not worth an error
+    with contextlib.suppress(OSError):  # not remembering a theme is not worth an error
+        atomic_write(path, json.dumps(state, indent=2), 0o644)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from coi_tui.paths import coi_home
-from coi_tui.text import clean
+from coi_tui.core.paths import coi_home
+from coi_tui.core.text import clean
 
 LEVELS = ("info", "warning", "high", "critical")
 TEXT_FIELDS = {

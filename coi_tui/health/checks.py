@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from coi_tui.config import Settings
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
+from coi_tui.core.paths import coi_home
 from coi_tui.incus import Incus, IncusError
 from coi_tui.incus.errors import SocketPermissionDenied
-from coi_tui.paths import coi_home
 
 OK, WARN, FAIL = "ok", "warning", "failed"
 MIN_KERNEL = (5, 15)
@@ -771,7 +771,7 @@ class HealthChecker:
         )
 
     def check_sessions_directory(self) -> None:
-        from coi_tui.paths import sessions_dir
+        from coi_tui.core.paths import sessions_dir
         from coi_tui.tools import get_tool
 
         tool = get_tool(self.settings.tool)
@@ -1122,7 +1122,7 @@ class HealthChecker:
         return out
 
     def _fix_directories(self) -> str:
-        from coi_tui.paths import sessions_dir
+        from coi_tui.core.paths import sessions_dir
         from coi_tui.tools import get_tool
 
         made = []

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coi_tui.errors import UsageError
+from coi_tui.core.errors import UsageError
 
 Say = Callable[[str], None]
 

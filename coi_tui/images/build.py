@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.images.agents import (
     AgentStager,
     default_agents,

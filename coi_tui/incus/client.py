@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from coi_tui.core.timing import span
 from coi_tui.incus.errors import (
     Conflict,
     DaemonUnavailable,
@@ -38,7 +39,6 @@ from coi_tui.incus.errors import (
     SocketPermissionDenied,
 )
 from coi_tui.incus.remotes import Remote
-from coi_tui.timing import span
 
 DEFAULT_SOCKET = "/var/lib/incus/unix.socket"
 # Incus sometimes fails to start an exec ("Failed to retrieve PID of executing child process")

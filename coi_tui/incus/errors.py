@@ -1,6 +1,6 @@
 """Incus failures, turned into one-line messages that say what to do."""
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 
 
 class IncusError(CoiError):

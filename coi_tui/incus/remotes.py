@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from coi_tui.errors import CoiError, UsageError
-from coi_tui.paths import coi_home
+from coi_tui.core.errors import CoiError, UsageError
+from coi_tui.core.paths import coi_home
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -130,7 +130,7 @@ def _toml_string(value: str) -> str:
 
 
 def save_remotes(remotes: dict[str, Remote]) -> None:
-    from coi_tui.sessions.store import atomic_write
+    from coi_tui.core.fs import atomic_write
 
     lines = ["# Managed by 'coi remote add|remove'.", ""]
     for remote in remotes.values():
@@ -254,7 +254,7 @@ def incus_client_config(remote: Remote) -> Path:
             temporary.unlink(missing_ok=True)
             temporary.symlink_to(os.path.abspath(source))
             temporary.replace(link)
-    from coi_tui.sessions.store import atomic_write
+    from coi_tui.core.fs import atomic_write
 
     pinned = server_cert_path(remote.name)
     if pinned.exists():

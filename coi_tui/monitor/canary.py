@@ -15,7 +15,7 @@ any appearance of one of their values on the network is CRITICAL (`canary.networ
   names are case-insensitive; DNS names are matched with their dots removed, so a value split
   across labels is still found).
 - The registry `~/.coi/canaries/<container>.json` (0600, written by the session start with
-  sessions/store.atomic_write) names the container's instance id and its canaries' values.
+  core/fs.atomic_write) names the container's instance id and its canaries' values.
   The root daemon reads it (NetworkMatcher) without following links, bounded in size, only
   when owned by root or the daemon's user, and deletes nothing.
 
@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coi_tui import nofollow
+from coi_tui.core import nofollow
 from coi_tui.monitor.events import Threat
 from coi_tui.monitor.rules import Packet, threat
 

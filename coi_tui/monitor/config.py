@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from coi_tui.paths import coi_home
+from coi_tui.core.paths import coi_home
 
 LEVELS = ("info", "warning", "high", "critical")
 ACTIONS = ("log", "alert", "pause", "kill")

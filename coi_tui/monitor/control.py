@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from coi_tui import nofollow
-from coi_tui.errors import CoiError
+from coi_tui.core import nofollow
+from coi_tui.core.errors import CoiError
+from coi_tui.core.paths import coi_home, logs_dir
+from coi_tui.core.privilege import ADMIN_GROUP, SUDOERS_DIR, install_root_file, install_sudo_rule
 from coi_tui.monitor.daemon import running_pid
-from coi_tui.paths import coi_home, logs_dir
-from coi_tui.privilege import ADMIN_GROUP, SUDOERS_DIR, install_root_file, install_sudo_rule
 
 LAUNCHER = Path("/usr/local/libexec/coi-monitor-daemon")
 LIB_DIR = Path("/usr/local/lib/coi-monitor")

@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coi_tui import nofollow
+from coi_tui.core import nofollow
+from coi_tui.core.text import clean
 from coi_tui.monitor import behaviour, filewatch, membership, mounts, procfs, rules
 from coi_tui.monitor.canary import PAYLOAD_BYTES, NetworkMatcher, canary_paths, mid_stream
 from coi_tui.monitor.config import SESSION_KEY, MonitorConfig, for_session, load_monitor_config
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
 from coi_tui.monitor.privilege import PrivilegeWatch, id_detail, parse_id_detail
-from coi_tui.text import clean
 
 LOG_PREFIX = "coimon"
 # Spawn storms: live processes are counted (one /proc walk) at most this often during a fork
@@ -119,7 +119,7 @@ def clip_argv(argv: list[str]) -> list[str]:
 
 
 def tag_for(home: Path) -> str:
-    from coi_tui.paths import home_tag
+    from coi_tui.core.paths import home_tag
 
     return home_tag(home)
 
@@ -1716,7 +1716,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.home:
         os.environ["COI_HOME"] = args.home
-    from coi_tui.paths import coi_home
+    from coi_tui.core.paths import coi_home
 
     home = coi_home()
     owner: tuple[int, int] | None = None

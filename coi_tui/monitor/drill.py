@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.incus.errors import IncusError
 from coi_tui.monitor.config import MonitorConfig
 from coi_tui.monitor.daemon import DRILL_INFIX, DRILL_KEY
@@ -729,7 +729,7 @@ class Drill:
         """Drill containers of this COI home left by a drill that was killed (SIGKILL, power
         loss) before it could delete its own: older than STALE_DRILL_SEC, so a drill running
         in parallel keeps its container."""
-        from coi_tui.paths import home_tag
+        from coi_tui.core.paths import home_tag
 
         tag = home_tag(self.home)
         now = datetime.now(UTC)
@@ -752,9 +752,9 @@ class Drill:
     def container(self, events: MonitorEvents, needs_address: bool) -> Iterator[None]:
         """The drill container, running and watched by the monitor; deleted on the way out
         whatever happens (errors, Ctrl-C)."""
+        from coi_tui.core.paths import home_tag
         from coi_tui.monitor.canary import remove_registry
         from coi_tui.monitor.sudo_log_hook import install_sudo_log
-        from coi_tui.paths import home_tag
         from coi_tui.sessions.canary_hook import plant
         from coi_tui.sessions.manager import SessionManager
 
@@ -991,8 +991,8 @@ def run_drill(
     """Run the fire drill for this COI home with the monitor's configuration (the thresholds
     the daemon uses: the main config read as the daemon reads it)."""
     from coi_tui.config.settings import load_settings
+    from coi_tui.core.paths import coi_home
     from coi_tui.monitor.config import load_monitor_config
-    from coi_tui.paths import coi_home
 
     home = home or coi_home()
     if os.geteuid() != 0:

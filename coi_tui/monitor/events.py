@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from coi_tui import nofollow
-from coi_tui.paths import coi_home
+from coi_tui.core import nofollow
+from coi_tui.core.paths import coi_home
 
 LEVEL_RANK = {"info": 0, "warning": 1, "high": 2, "critical": 3}
 
@@ -78,7 +78,7 @@ class AuditLog:
     - High and critical records are fsynced (the responder acted on them); info and warning
       are written without a sync each.
     - The root daemon writes in the user's ~/.coi: the directory is walked without following
-      a user's symlink and the file opened with O_NOFOLLOW (`coi_tui.nofollow`); a symlink,
+      a user's symlink and the file opened with O_NOFOLLOW (`coi_tui.core.nofollow`); a symlink,
       FIFO or hard link planted at the log's name is replaced, never written through.
     `write()` never raises: a failure is counted, kept in `last_error` and said once.
     """

@@ -18,7 +18,7 @@ class MonitorHook(SessionHook):
     def prepare_instance(self, ctx: LaunchContext) -> None:
         # One daemon per COI home watches that home's sessions only: another user's (or
         # another test's) daemon never freezes or kills them.
-        from coi_tui.paths import home_tag
+        from coi_tui.core.paths import home_tag
 
         ctx.config[OWNER_KEY] = home_tag()
         # this session's thresholds and actions (its profile's, its project's), for the
@@ -40,7 +40,7 @@ class MonitorHook(SessionHook):
     def after_start(self, ctx: LaunchContext) -> None:
         if not ctx.manager.settings.monitoring_enabled:
             return
-        from coi_tui.errors import CoiError
+        from coi_tui.core.errors import CoiError
         from coi_tui.monitor import control
 
         try:

@@ -15,7 +15,7 @@ Limits: mounts made in another mount namespace (`unshare -m`) are not in init's 
 mount made and removed between two passes (about a second) is not seen.
 
 The table comes from a hostile container: it is read bounded (bytes and lines), and every
-text shown is cleaned (coi_tui/text.py).
+text shown is cleaned (coi_tui/core/text.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 
+from coi_tui.core.text import clean
 from coi_tui.monitor.events import Threat
 from coi_tui.monitor.filewatch import SENSITIVE
-from coi_tui.text import clean
 
 MAX_TABLE_BYTES = 2 << 20  # one mountinfo read; a container can make ~100,000 mounts
 MAX_MOUNTS = 10000  # entries compared; more is reported (HIGH), never silently skipped

@@ -51,8 +51,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from coi_tui.core.text import clean
 from coi_tui.monitor.events import Threat
-from coi_tui.text import clean
 
 # Written by sudo itself (the sudoers drop-in below), read by the daemon.
 SUDO_LOG = "/var/log/coi-sudo.log"

@@ -56,9 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coi_tui.core.text import clean
 from coi_tui.monitor.events import Threat
 from coi_tui.monitor.rules import threat
-from coi_tui.text import clean
 
 MAX_FILE_BYTES = 256 * 1024
 MAX_FILES = 4096  # rule files read per source
@@ -1103,7 +1103,7 @@ def _read_files(
     """(relative path, bytes) of the regular files named *suffix under `root` (dot entries
     skipped), walked by directory fd without following any symlink (see the module doc).
     What is skipped is named `label` + its path under `root`."""
-    from coi_tui import nofollow
+    from coi_tui.core import nofollow
 
     used = {"files": 0, "bytes": 0, "dirs": 0, "stopped": 0}
 

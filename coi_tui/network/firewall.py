@@ -10,10 +10,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
+from coi_tui.core.privilege import ADMIN_GROUP, SUDOERS_DIR, install_root_file, install_sudo_rule
+from coi_tui.core.timing import span
 from coi_tui.network import netctl
-from coi_tui.privilege import ADMIN_GROUP, SUDOERS_DIR, install_root_file, install_sudo_rule
-from coi_tui.timing import span
 
 HELPER_PATH = Path("/usr/local/libexec/coi-netctl")
 SUDOERS_PATH = SUDOERS_DIR / "coi-netctl"

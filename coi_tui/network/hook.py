@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coi_tui.config import Settings
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
+from coi_tui.core.fs import file_lock
+from coi_tui.core.paths import coi_home, logs_dir
 from coi_tui.incus import Incus, IncusError, InstanceNotFound
 from coi_tui.network import netctl
 from coi_tui.network.firewall import Firewall, Policy, iface_for
@@ -26,9 +28,7 @@ from coi_tui.network.resolve import (
     refresh_seconds,
     resolve,
 )
-from coi_tui.paths import coi_home, logs_dir
 from coi_tui.sessions.hooks import LaunchContext, SessionHook
-from coi_tui.sessions.slots import file_lock
 
 if TYPE_CHECKING:
     from coi_tui.sessions.manager import SessionManager

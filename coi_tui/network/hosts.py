@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coi_tui.errors import CoiError
-from coi_tui.paths import coi_home
+from coi_tui.core.errors import CoiError
+from coi_tui.core.fs import atomic_write
+from coi_tui.core.paths import coi_home
 
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -99,10 +100,7 @@ def save_runtime_hosts(container: str, entries: list[HostEntry]) -> None:
     if not entries:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps([asdict(e) for e in entries], indent=1))
-    tmp.replace(path)
+    atomic_write(path, json.dumps([asdict(e) for e in entries], indent=1), 0o644)
 
 
 def all_hosts(settings: Any, container: str) -> list[HostEntry]:

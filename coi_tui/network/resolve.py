@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.network.netctl import public_host  # what an allowlist may open: one list
 
 MIN_REFRESH = 60  # seconds: never re-resolve more often, whatever the TTLs say

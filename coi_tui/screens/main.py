@@ -37,6 +37,7 @@ from textual.widgets import (
 )
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from coi_tui.core.text import clean_block
 from coi_tui.dashboard.attach import (
     DEFAULT_POLICY,
     AttachPolicy,
@@ -66,7 +67,6 @@ from coi_tui.screens.messages import (
     ThreatsArrived,
 )
 from coi_tui.screens.new_slot import NewSlotRequest, NewSlotScreen
-from coi_tui.text import clean_block
 from coi_tui.widgets.slot_tree import HostRow, SlotTree
 from coi_tui.widgets.terminal_view import TerminalView
 from coi_tui.widgets.threat_feed import ThreatFeed

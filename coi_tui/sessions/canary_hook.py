@@ -87,8 +87,8 @@ def plant(
 ) -> list[canary.Canary]:
     """Plant fresh canaries of `kinds` in container `name` and write its registry first (so
     the daemon knows the values before the files exist). Returns what is watched."""
-    from coi_tui.paths import coi_home
-    from coi_tui.sessions.store import atomic_write
+    from coi_tui.core.fs import atomic_write
+    from coi_tui.core.paths import coi_home
 
     home = home or coi_home()
     instance = incus.get_instance(name)
@@ -169,7 +169,7 @@ class CanaryHook(SessionHook):
 
     def container_ended(self, manager: SessionManager, name: str, removed: bool) -> None:
         if removed:
-            from coi_tui.paths import coi_home
+            from coi_tui.core.paths import coi_home
 
             canary.remove_registry(coi_home(), name)
 

@@ -29,7 +29,7 @@ import subprocess
 from pathlib import Path
 
 from coi_tui.config.schema import parse_duration
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.sessions.hooks import LaunchContext, SessionHook
 
 CODE_HOME = "/home/code"

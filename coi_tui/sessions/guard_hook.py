@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.incus import InstanceNotFound
 from coi_tui.sessions.hooks import LaunchContext, SessionHook
 from coi_tui.sessions.protect_hook import WORKSPACE, protected_paths

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from coi_tui.timing import span
+from coi_tui.core.timing import span
 
 if TYPE_CHECKING:
     from coi_tui.sessions.manager import LaunchRequest, Session, SessionManager

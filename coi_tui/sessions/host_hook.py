@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from coi_tui.config.schema import parse_duration
 from coi_tui.config.settings import Settings, check_mounts
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.incus import IncusError, NotFound
 from coi_tui.sessions.hooks import SessionHook
 from coi_tui.tools.base import CODE_HOME, SANDBOX_CONTEXT

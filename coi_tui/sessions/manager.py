@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coi_tui.config import Settings
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
+from coi_tui.core.fs import file_lock
+from coi_tui.core.paths import logs_dir
 from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.incus.provision import subid_allows
-from coi_tui.paths import logs_dir
 from coi_tui.sessions.hooks import LaunchContext, run_hooks
 from coi_tui.sessions.naming import (
     container_name,
@@ -27,7 +28,7 @@ from coi_tui.sessions.naming import (
     tmux_session,
     workspace_hash,
 )
-from coi_tui.sessions.slots import choose_slot, file_lock, occupied_slots, slot_lock
+from coi_tui.sessions.slots import choose_slot, occupied_slots, slot_lock
 from coi_tui.sessions.store import SessionMeta, SessionStore, now_rfc3339
 from coi_tui.tools import Tool, get_tool
 from coi_tui.tools.base import SANDBOX_CONTEXT

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coi_tui.config import Settings
-from coi_tui.errors import CoiError
-from coi_tui.paths import coi_home
+from coi_tui.core.errors import CoiError
+from coi_tui.core.paths import coi_home
 from coi_tui.sessions.hooks import LaunchContext, SessionHook
 from coi_tui.sessions.workspace_guard import list_dir, open_dir, parent_of, read_file, split
 

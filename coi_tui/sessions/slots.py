@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
+from coi_tui.core.fs import file_lock
 from coi_tui.incus import Instance
-from coi_tui.paths import locks_dir
 from coi_tui.sessions.naming import MAX_SLOTS, parse_container_name
-
-
-@contextmanager
-def file_lock(
-    name: str, waiting: Callable[[], None] | None = None, shared: bool = False
-) -> Iterator[None]:
-    """A lock under ~/.coi/locks, held for the `with` block (released on crash too)."""
-    path = locks_dir() / f"{name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    try:
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting:
-                waiting()
-            fcntl.flock(fd, mode)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def slot_lock(workspace_hash: str) -> Iterator[None]:

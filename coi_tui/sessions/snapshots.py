@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.incus import Incus, NotFound
 from coi_tui.sessions.hooks import run_hooks
 from coi_tui.sessions.manager import LaunchRequest, Session, SessionManager

@@ -13,12 +13,12 @@ import time
 from typing import Any
 
 from coi_tui.config import load_settings
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
+from coi_tui.core.fs import file_lock
+from coi_tui.core.paths import locks_dir
 from coi_tui.incus import Incus, InstanceNotFound
-from coi_tui.paths import locks_dir
 from coi_tui.sessions.hooks import run_hooks
 from coi_tui.sessions.manager import SessionManager
-from coi_tui.sessions.slots import file_lock
 from coi_tui.sessions.workspace_guard import patrol
 
 GUARD_PATROL_SECONDS = 10.0

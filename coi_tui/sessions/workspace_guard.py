@@ -41,12 +41,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coi_tui.errors import CoiError
-from coi_tui.paths import coi_home
+from coi_tui.core.errors import CoiError
+from coi_tui.core.fs import atomic_write, file_lock
+from coi_tui.core.paths import coi_home
+from coi_tui.core.text import clean
 from coi_tui.sessions.naming import parse_container_name, workspace_hash
-from coi_tui.sessions.slots import file_lock
-from coi_tui.sessions.store import atomic_write
-from coi_tui.text import clean
 
 Say = Callable[[str], None]
 

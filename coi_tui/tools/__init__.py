@@ -1,6 +1,6 @@
 """Agents coi can run. Add one: write a module with a Tool instance and list it in TOOLS."""
 
-from coi_tui.errors import UsageError
+from coi_tui.core.errors import UsageError
 from coi_tui.tools.aider import AIDER
 from coi_tui.tools.base import Tool
 from coi_tui.tools.claude import CLAUDE

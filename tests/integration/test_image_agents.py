@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from coi_tui.errors import UsageError
+from coi_tui.core.errors import UsageError
 from coi_tui.images.agents import (
     AGENTS,
     AgentStager,

@@ -173,7 +173,7 @@ class Monitor:
         """Create and start a container (`name`: a given one, e.g. a slot started again).
         Tagged with this monitor's COI home, as sessions are, so no other test's daemon (of
         another home, whose prefix may be a prefix of ours) ever watches it."""
-        from coi_tui.paths import home_tag
+        from coi_tui.core.paths import home_tag
 
         name = name or f"{self.prefix}{uuid.uuid4().hex[:6]}"
         nic = {"type": "nic", "network": BRIDGE, "name": "eth0"}

@@ -186,8 +186,8 @@ def test_a_sessions_own_thresholds_apply_to_its_container_only(files_mon: Monito
     """A profile's [monitoring] thresholds reach the daemon through the instance (the
     session hook writes SESSION_KEY at creation): the same process count trips the session
     that asked for a low threshold, not the one under the user's global config (off)."""
+    from coi_tui.core.paths import home_tag
     from coi_tui.monitor.config import SESSION_KEY, MonitorConfig, session_config_text
-    from coi_tui.paths import home_tag
 
     mon = files_mon
     plain = mon.container()
@@ -298,8 +298,8 @@ EVASIONS = [
 def test_evasions_of_the_file_watcher_are_still_seen(files_mon: Monitor) -> None:
     """Ways around the watcher found by a review, each done in one container whose session
     asked for alerts only (so it keeps running for the next)."""
+    from coi_tui.core.paths import home_tag
     from coi_tui.monitor.config import SESSION_KEY, MonitorConfig, session_config_text
-    from coi_tui.paths import home_tag
 
     mon = files_mon
     name = f"{mon.prefix}ev{os.getpid() % 1000}"

@@ -22,7 +22,7 @@ from unittest.mock import patch
 import pytest
 
 from coi_tui.config.settings import load_settings
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.incus import Incus
 from coi_tui.incus.client import PullLimits
 from coi_tui.network import netctl

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.monitor.drill import DETECTED, MISSED, SKIPPED, DrillReport, ProbeResult, Progress
 from coi_tui.screens import drill as drill_screen
 from coi_tui.screens.drill import DrillScreen

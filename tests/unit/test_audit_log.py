@@ -1,4 +1,4 @@
-"""The audit log under a flood and in a directory the user controls; coi_tui.nofollow.
+"""The audit log under a flood and in a directory the user controls; coi_tui.core.nofollow.
 
 The root daemon writes into the user's ~/.coi: a symlink, FIFO or hard link planted there
 must never make it write, truncate or chown a file elsewhere."""
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from coi_tui import nofollow
+from coi_tui.core import nofollow
 from coi_tui.monitor.events import AuditLog, Broadcaster, Threat
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from coi_tui.cli.main import main, normalise_argv
 from coi_tui.config import load_settings
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import pytest
 from coi_tui.config.profiles import MAX_DEPTH, ProfileSet
 from coi_tui.config.schema import KEYS, parse_duration
 from coi_tui.config.settings import Settings, load_settings, settings_fields
-from coi_tui.errors import CoiError, UsageError
+from coi_tui.core.errors import CoiError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 

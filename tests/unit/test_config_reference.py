@@ -18,7 +18,7 @@ import pytest
 from coi_tui.config.profiles import ProfileSet, documented_starter
 from coi_tui.config.schema import BY_PATH, KEYS
 from coi_tui.config.settings import Settings, load_settings
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.sessions import protect_hook
 
 # A COI user's config: every key of the reference's full key reference, at its default.

@@ -241,8 +241,8 @@ def test_drill_containers_left_by_a_killed_drill_are_removed(tmp_path: Path) -> 
     from datetime import UTC, datetime, timedelta
 
     from coi_tui.config.settings import Settings
+    from coi_tui.core.paths import home_tag
     from coi_tui.monitor.drill import Drill
-    from coi_tui.paths import home_tag
 
     def stamp(age: timedelta) -> str:
         return (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%S.%f123Z")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from coi_tui.config.settings import load_settings
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.monitor import netlink, rules
 from coi_tui.monitor.config import MonitorConfig, load_monitor_config
 from coi_tui.monitor.rulepacks import load_packs

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.incus import Instance
 from coi_tui.sessions.naming import (
     container_name,

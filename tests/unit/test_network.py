@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.network import netctl
 from coi_tui.network.firewall import Firewall, Policy, iface_for
 from coi_tui.network.resolve import (

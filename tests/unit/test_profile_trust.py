@@ -22,7 +22,7 @@ from coi_tui.config.build import (
     check_owner,
 )
 from coi_tui.config.profiles import ProfileSet, read_context
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 
 
 @pytest.fixture

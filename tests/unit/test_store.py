@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
 from coi_tui.sessions.naming import container_name
 from coi_tui.sessions.store import SessionMeta, SessionStore
 from coi_tui.tools import get_tool

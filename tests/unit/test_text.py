@@ -1,4 +1,4 @@
-"""coi_tui.text.clean: container text made inert for terminals and widgets."""
+"""coi_tui.core.text.clean: container text made inert for terminals and widgets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from coi_tui.text import clean, clean_block
+from coi_tui.core.text import clean, clean_block
 
 OSC52 = "\x1b]52;c;ZWNobyBwd25lZA==\x07"
 CSI = "\x1b[2J\x1b[31m"

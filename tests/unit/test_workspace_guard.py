@@ -290,7 +290,7 @@ def test_what_the_agent_hides_from_a_user_by_chmod_is_still_repaired() -> None:
 def test_overlapping_workspaces_and_a_swapped_root_are_refused(
     env: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
-    from coi_tui.errors import CoiError
+    from coi_tui.core.errors import CoiError
 
     ws, home, _ = env
     running: set[str] = set()

@@ -13,7 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from coi_tui.errors import CoiError
+from coi_tui.core.errors import CoiError
+from coi_tui.core.fs import atomic_write
 
 SUDOERS_DIR = Path("/etc/sudoers.d")
 ADMIN_GROUP = "incus-admin"
@@ -47,19 +48,7 @@ def install_root_file(path: Path, text: str, mode: int) -> bool:
         st = path.stat()
         if st.st_uid == 0 and st.st_gid == 0:
             return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chown(tmp, 0, 0)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, text, mode, owner=(0, 0))
     return True
 
 
