@@ -104,7 +104,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from coi_tui.cli.parser import wants_json
     from coi_tui.config import load_settings
     from coi_tui.incus import Incus
-    from coi_tui.monitor.drill import format_table, run_drill
+    from coi_tui.health.drill import format_table, run_drill
 
     install_signal_handlers()  # SIGTERM/SIGHUP unwind too: the drill container is deleted
     settings = load_settings()

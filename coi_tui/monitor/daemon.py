@@ -67,7 +67,7 @@ RULE_BACKLOG = 256
 RULE_ARGV_BYTES = 65536
 RULE_HEAD_BYTES = 49152
 RULE_ARG_BYTES = 16384
-# A fire-drill container (`coi health --drill`, monitor/drill.py): its threats are logged, never
+# A fire-drill container (`coi health --drill`, health/drill.py): its threats are logged, never
 # acted on. Trusted only with the drill's own name shape and this key set at creation (no coi
 # config writes user.* keys, and a container cannot set its own config).
 DRILL_KEY = "user.coi.drill"

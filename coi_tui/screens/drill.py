@@ -1,4 +1,4 @@
-"""The fire drill from the dashboard (`f`): runs monitor/drill.py in a thread worker and shows
+"""The fire drill from the dashboard (`f`): runs health/drill.py in a thread worker and shows
 its progress, then the per-detector table. Escape closes; a drill still running finishes
 (and deletes its container) in the background."""
 
@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, Static
 
-from coi_tui.monitor.drill import DETECTED, MISSED, DrillReport, Progress
+from coi_tui.health.drill import DETECTED, MISSED, DrillReport, Progress
 
 DrillRunner = Callable[[Progress], DrillReport]
 
@@ -24,7 +24,7 @@ def local_drill(progress: Progress) -> DrillReport:
     """The drill on this machine, for the user's COI home (what `coi health --drill` runs)."""
     from coi_tui.config import load_settings
     from coi_tui.incus import Incus
-    from coi_tui.monitor.drill import run_drill
+    from coi_tui.health.drill import run_drill
 
     settings = load_settings()
     return run_drill(settings, Incus(settings.socket or None, settings.project), progress)

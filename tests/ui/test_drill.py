@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from coi_tui.core.errors import CoiError
-from coi_tui.monitor.drill import DETECTED, MISSED, SKIPPED, DrillReport, ProbeResult, Progress
+from coi_tui.health.drill import DETECTED, MISSED, SKIPPED, DrillReport, ProbeResult, Progress
 from coi_tui.screens import drill as drill_screen
 from coi_tui.screens.drill import DrillScreen
 from tests.ui.helpers import screen_text, wait_for

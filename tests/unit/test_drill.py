@@ -1,5 +1,5 @@
 """The fire drill's pure parts: the report table and JSON, the probes' parameters and skip
-reasons, and the daemon's test for a drill container (monitor/drill.py, Responder.is_drill).
+reasons, and the daemon's test for a drill container (health/drill.py, Responder.is_drill).
 The drill itself runs in tests/integration/test_health_drill.py."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from coi_tui.monitor.config import MonitorConfig
 from coi_tui.monitor.daemon import DRILL_KEY, Responder, Watched
-from coi_tui.monitor.drill import (
+from coi_tui.health.drill import (
     DETECTED,
     MISSED,
     PROBES,
@@ -242,7 +242,7 @@ def test_drill_containers_left_by_a_killed_drill_are_removed(tmp_path: Path) -> 
 
     from coi_tui.config.settings import Settings
     from coi_tui.core.paths import home_tag
-    from coi_tui.monitor.drill import Drill
+    from coi_tui.health.drill import Drill
 
     def stamp(age: timedelta) -> str:
         return (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%S.%f123Z")
@@ -275,7 +275,7 @@ def test_drill_containers_left_by_a_killed_drill_are_removed(tmp_path: Path) -> 
 
 def test_a_probe_whose_tool_the_image_lacks_is_skipped(tmp_path: Path) -> None:
     from coi_tui.config.settings import Settings
-    from coi_tui.monitor.drill import Drill
+    from coi_tui.health.drill import Drill
 
     drill = Drill(Settings(), None, MonitorConfig(), tmp_path)  # type: ignore[arg-type]
     drill.missing = {"python3"}
