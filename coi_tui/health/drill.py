@@ -389,8 +389,8 @@ class DrillReport:
 def format_table(report: DrillReport) -> list[str]:
     """The report as text lines: one row per probe, the reasons for skipped and missed
     probes under it, then a verdict line."""
-    header = ("DETECTOR", "PROBE", "DETECTED", "RULE", "LATENCY")
-    rows = [header]
+    header: tuple[str, ...] = ("DETECTOR", "PROBE", "DETECTED", "RULE", "LATENCY")
+    rows: list[tuple[str, ...]] = [header]
     for r in report.results:
         detected = {DETECTED: "yes", MISSED: "no"}.get(r.status, "skipped")
         latency = f"{r.latency_ms:.0f} ms" if r.latency_ms is not None else "-"

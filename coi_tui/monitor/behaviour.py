@@ -386,7 +386,7 @@ def _report(view: ContainerView, pid: int, rule: str, why: str, conn: procfs.Con
     # keyed by the connection: the shell's children share it and are the same incident
     proc = view.proc(pid)
     command = proc.command[:300] if proc else str(pid)
-    evidence = {
+    evidence: dict[str, object] = {
         "process": {
             "pid": pid,
             "command": command,
