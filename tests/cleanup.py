@@ -42,7 +42,7 @@ def cleanup_test_leftovers(
     if removed:
         # Containers deleted directly skip coi's hooks: drop their firewall rules too.
         with contextlib.suppress(Exception):
-            from coi_tui.network.hook import clean_orphans
+            from coi_tui.network.isolation import clean_orphans
 
             clean_orphans(incus, dry_run=False)
     return removed

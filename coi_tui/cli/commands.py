@@ -594,7 +594,7 @@ def cmd_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _, incus, manager = context(args)
     if args.orphans:
-        from coi_tui.network.hook import clean_orphans
+        from coi_tui.network.isolation import clean_orphans
 
         # Rules left by a crashed coi: no confirmation, they belong to no container.
         orphans = clean_orphans(incus, dry_run=args.dry_run)
@@ -893,36 +893,6 @@ def delegate_users(names: list[str]) -> None:
         print(f"  [{'created' if added else 'ok':>7}] id mapping for {name}: {detail}")
 
 
-def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from coi_tui.images.build import VARIANT_ALIASES, ImageBuilder
-
-    settings = load_settings()
-    incus = Incus(settings.socket or None, settings.project)
-    incus.ping()
-    method = "bootstrap" if args.bootstrap else "remote" if args.remote else "auto"
-    from coi_tui.images.agents import parse_agents
-
-    variant = "lean" if args.lean else "full"
-    asked = args.agents if args.agents is not None else os.environ.get("COI_BUILD_AGENTS")
-    agents = None if asked is None else parse_agents(asked)  # None: the variant's default
-    alias = args.alias or (VARIANT_ALIASES["lean"] if args.lean else settings.image)
-    builder = ImageBuilder(incus, progress=lambda line: print(line, flush=True))
-    result = builder.build(
-        alias,
-        force=args.force,
-        method=method,
-        bridge=settings.bridge,
-        pool=settings.storage_pool,
-        agents=agents,
-        variant=variant,
-    )
-    if result.rebuilt:
-        print(
-            f"Image {result.alias} ready: {result.seconds:.1f}s, {result.size_bytes / 1e6:.0f} MB"
-        )
-    return 0
-
-
 def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     settings = load_settings()
     incus = Incus(settings.socket or None, settings.project)
@@ -1093,7 +1063,6 @@ HANDLERS: dict[str, Handler] = {
     "file": cmd_file,
     "tmux": cmd_tmux,
     "setup": cmd_setup,
-    "build": cmd_build,
     "image": cmd_image,
     "images": cmd_image,
     "version": cmd_version,

@@ -107,17 +107,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")
     p.set_defaults(handler=cmd_profile)
 
-    # `coi build --profile NAME` builds the profile's image; plain `coi build` is unchanged.
-    build = sub.choices.get("build")
-    if build is not None:
-        build.add_argument(
-            "--all",
-            dest="all_profiles",
-            action="store_true",
-            help="build every profile that has build.sh or [container.build] script/commands",
-        )
-        build.set_defaults(handler=cmd_build)
-
 
 # ---------------------------------------------------------------------- rendering
 def toml_value(value: Any) -> str:
@@ -473,55 +462,3 @@ def sort_values(values: list[tuple[str, Any, str]]) -> list[tuple[str, Any, str]
         return (1, order.get(path, 10_000))
 
     return sorted(values, key=rank)
-
-
-# ---------------------------------------------------------------------- coi build --profile
-def cmd_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from coi_tui.cli import commands
-
-    every = getattr(args, "all_profiles", False)
-    if not getattr(args, "profile", "") and not every:
-        return commands.cmd_build(args, parser)
-    from coi_tui.config.build import build_profile_image, builder_for
-    from coi_tui.config.profiles import ProfileSet
-    from coi_tui.config.settings import load_settings
-    from coi_tui.core.errors import CoiError, UsageError
-    from coi_tui.incus import Incus
-
-    if every and args.profile:
-        raise UsageError("--all and --profile exclude each other")
-    if every and args.alias:
-        raise UsageError("--alias names one image; it cannot be used with --all")
-    names = [args.profile]
-    if every:
-        profiles = ProfileSet.discover(Path.cwd())
-        names = []
-        for name in profiles.names():
-            values = profiles.resolve(name).layer.values
-            if values.get("container.build.script") or values.get("container.build.commands"):
-                names.append(name)
-        if not names:
-            print(f"No profile has anything to build (looked in {profiles.looked_in()})")
-            return 0
-    settings = load_settings(profile=names[0])
-    incus = Incus(settings.socket or None, settings.project)
-    incus.ping()
-    failed: list[str] = []
-    for name in names:
-        try:
-            settings = load_settings(profile=name)
-            # Whose recipe this is: a repository's may not publish over images it did not build.
-            cwd = Path.cwd().absolute()
-            chain = ProfileSet.discover(cwd).resolve(name).profiles
-            builder = builder_for(settings, name, [p.scope for p in chain], cwd)
-            build_profile_image(
-                incus, settings, name, alias=args.alias, force=args.force, builder=builder
-            )
-        except CoiError as exc:
-            if not every:
-                raise
-            print(f"Error: profile {name}: {exc}", file=sys.stderr)
-            failed.append(name)
-    if failed:
-        raise CoiError(f"{len(failed)} of {len(names)} profile builds failed: {', '.join(failed)}")
-    return 0

@@ -48,13 +48,13 @@ def cmd_hosts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from dataclasses import asdict
 
     from coi_tui.cli.commands import context
-    from coi_tui.network.hook import reapply_rules
     from coi_tui.network.hosts import (
         config_hosts,
         make_entry,
         runtime_hosts,
         save_runtime_hosts,
     )
+    from coi_tui.network.isolation import reapply_rules
 
     settings, incus, _ = context(None)
     name = args.container

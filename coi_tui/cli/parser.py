@@ -7,6 +7,7 @@ import argparse
 import importlib
 
 from coi_tui import __version__
+from coi_tui.cli import build_cmds
 
 MAX_SLOT = 10
 
@@ -410,40 +411,7 @@ def build_parser() -> CoiParser:
         "/etc/subuid and /etc/subgid; default: the user who ran sudo)",
     )
 
-    p = sub.add_parser("build", help="build the coi-default image")
-    p.add_argument("--force", action="store_true", help="rebuild even if the recipe is unchanged")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument(
-        "--bootstrap",
-        action="store_true",
-        help="offline: bootstrap Debian with mmdebstrap from the mirror",
-    )
-    how.add_argument(
-        "--remote",
-        action="store_true",
-        help="start from a remote image server (needs coi setup --nat)",
-    )
-    p.add_argument(
-        "--alias", default=None, help="image alias (default coi-default, or coi-lean with --lean)"
-    )
-    p.add_argument(
-        "--lean",
-        action="store_true",
-        help="the lean variant: no Docker, Node.js, gh, build tools or clients (quick experiments)",
-    )
-    p.add_argument(
-        "--agents",
-        default=None,
-        metavar="LIST",
-        help="real agent CLIs to install from npm/PyPI: claude,opencode,aider, 'all' or "
-        "'none' (default: $COI_BUILD_AGENTS, else all for the full image and none for "
-        "--lean; an agent whose registry does not answer stays a stand-in)",
-    )
-    p.add_argument(
-        "--profile",
-        default="",
-        help="build that profile's image (its build.sh or [container.build])",
-    )
+    build_cmds.add_parsers(sub, common)  # here, so `coi --help` keeps its order
 
     p = sub.add_parser("images", help="list images (legacy name of 'coi image list')")
     p.add_argument("-a", "--all", action="store_true", help="all local images, not only coi's")

@@ -25,15 +25,17 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from coi_tui.config.profiles import inside, read_script
+from coi_tui.config.schema import BY_PATH
 from coi_tui.config.settings import Settings
+from coi_tui.config.trust import UNTRUSTED_LABEL
 from coi_tui.core.errors import CoiError
+from coi_tui.images.build import VARIANT_ALIASES
 from coi_tui.incus import Incus, IncusError, InstanceNotFound
 
-if TYPE_CHECKING:
-    from coi_tui.network.firewall import Firewall
-    from coi_tui.network.resolve import Resolved
+Say = Callable[[str], None]
 
 RECIPE_PROPERTY = "coi.profile.recipe"
 BUILT_BY_PROPERTY = "coi.built_by"
@@ -56,9 +58,6 @@ class Builder:
 
 def builder_for(settings: Settings, profile: str, scopes: list[str], workspace: Path) -> Builder:
     """`scopes`: where each profile of the chain was found (user, project, config)."""
-    from coi_tui.config.profiles import inside
-    from coi_tui.config.trust import UNTRUSTED_LABEL
-
     from_project = [k for k in RECIPE_KEYS if settings.source(k).startswith(UNTRUSTED_LABEL)]
     if "container.build.script" in from_project:  # the project's .coi/config.toml names it
         folder = workspace / ".coi"
@@ -74,9 +73,6 @@ def builder_for(settings: Settings, profile: str, scopes: list[str], workspace: 
 
 def coi_images() -> set[str]:
     """The names coi builds itself: a repository may not take them, even before they exist."""
-    from coi_tui.config.schema import BY_PATH
-    from coi_tui.images.build import VARIANT_ALIASES
-
     return {str(BY_PATH["container.image"].default), *VARIANT_ALIASES.values()}
 
 
@@ -102,8 +98,6 @@ def check_owner(incus: Incus, alias: str, builder: Builder, profile: str) -> Non
 
 
 def build_script(settings: Settings) -> bytes:
-    from coi_tui.config.profiles import read_script
-
     return read_script(settings.build_script) if settings.build_script else b""
 
 
@@ -116,81 +110,14 @@ def profile_recipe(incus: Incus, settings: Settings, script: bytes | None = None
     return digest.hexdigest()[:16]
 
 
-class BuildNetwork:
-    """A session's network policy for a build container (see network/hook.py)."""
+class BuildNetwork(Protocol):
+    """The build container's network policy (network.isolation.BuildNetwork): the rules are
+    applied before it starts and removed once it is gone."""
 
-    def __init__(
-        self,
-        incus: Incus,
-        settings: Settings,
-        name: str,
-        *,
-        firewall: Firewall | None = None,
-        say: Callable[[str], None] = print,
-    ) -> None:
-        from coi_tui.network.firewall import Firewall
-        from coi_tui.network.hook import check_mode
-
-        self.incus, self.settings, self.name, self.say = incus, settings, name, say
-        self.mode = check_mode(settings)
-        self.firewall = firewall or Firewall()
-        self.resolved: Resolved | None = None
-        self.applied = False
-        self.has_nic = False
-
-    def devices(self) -> dict[str, dict[str, str]]:
-        from coi_tui.network.firewall import iface_for
-        from coi_tui.network.hook import NIC_HARDENING
-
-        if self.incus.get_network(self.settings.bridge) is None:
-            # No coi bridge: mask any NIC an Incus profile would add (it has no rules).
-            return {} if self.mode == "open" else {"eth0": {"type": "none"}}
-        self.has_nic = True
-        return {
-            "eth0": {
-                "type": "nic",
-                "network": self.settings.bridge,
-                "name": "eth0",
-                "host_name": iface_for(self.name),
-                **NIC_HARDENING,
-            }
-        }
-
-    def before_start(self) -> None:
-        """The rules exist before the interface does: the first packet meets them."""
-        from coi_tui.network.hook import policy_for, resolve_allowlist
-
-        if not self.has_nic:
-            return
-        if self.mode == "allowlist":
-            self.resolved = resolve_allowlist(self.name, self.settings.allowed_domains)
-        try:
-            self.firewall.apply(
-                self.name, policy_for(self.incus, self.settings, self.resolved, self.name)
-            )
-            self.applied = True
-        except CoiError as exc:
-            if self.mode != "open":
-                raise CoiError(f"{exc} (the build fails closed in {self.mode} mode)") from None
-            self.say(f"warning: {exc} (open mode continues without rules)")
-
-    def after_start(self) -> None:
-        from coi_tui.network.hook import write_hosts
-
-        if self.resolved is not None:
-            write_hosts(self.incus, self.name, self.resolved)
-
-    def close(self) -> None:
-        from coi_tui.network.hook import cache_path
-
-        if self.applied:
-            try:
-                self.firewall.remove(self.name)
-            except CoiError as exc:
-                self.say(f"warning: {exc}; 'coi clean --orphans' removes leftovers")
-        if self.resolved is not None:
-            with suppress(OSError):
-                cache_path(self.name).unlink()
+    def devices(self) -> dict[str, dict[str, str]]: ...
+    def before_start(self) -> None: ...
+    def after_start(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def build_profile_image(
@@ -200,8 +127,12 @@ def build_profile_image(
     *,
     alias: str | None,
     force: bool,
+    network_for: Callable[[str], BuildNetwork],
+    say: Say,
     builder: Builder | None = None,
 ) -> int:
+    """Build and publish the profile's image. `network_for(container)` gives the build
+    container's network policy (the caller's, so config needs no network code)."""
     alias = alias or settings.image
     builder = builder or Builder(f"user profile {profile}", trusted=True)
     if not settings.build_script and not settings.build_commands:
@@ -223,15 +154,15 @@ def build_profile_image(
         and incus.image_exists(alias)
         and incus.get_image(alias).properties.get(RECIPE_PROPERTY) == recipe
     ):
-        print(f"Image {alias} is up to date (profile {profile}); use --force to rebuild")
+        say(f"Image {alias} is up to date (profile {profile}); use --force to rebuild")
         return 0
     started = time.monotonic()
     name = f"{settings.container_prefix}build-{uuid.uuid4().hex[:8]}"
-    network = BuildNetwork(incus, settings, name)
+    network = network_for(name)
     devices = network.devices()
     if settings.storage_pool:
         devices["root"] = {"type": "disk", "path": "/", "pool": settings.storage_pool}
-    print(f"Building {alias} for profile {profile} from {settings.build_base}...", flush=True)
+    say(f"Building {alias} for profile {profile} from {settings.build_base}...")
     try:
         incus.create_instance(
             name,
@@ -273,5 +204,5 @@ def build_profile_image(
         with suppress(InstanceNotFound):
             incus.delete_instance(name, force=True)
         network.close()
-    print(f"Image {alias} ready ({time.monotonic() - started:.1f}s)")
+    say(f"Image {alias} ready ({time.monotonic() - started:.1f}s)")
     return 0

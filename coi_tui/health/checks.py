@@ -952,7 +952,7 @@ class HealthChecker:
 
     def orphan_rules(self) -> list[str]:
         """Network rule sets whose container is gone; [] when they cannot be listed."""
-        from coi_tui.network.hook import orphan_interfaces
+        from coi_tui.network.isolation import orphan_interfaces
 
         try:
             first = orphan_interfaces(self.incus)
@@ -1151,7 +1151,7 @@ class HealthChecker:
         return "; ".join(line.strip() for line in steps) or "nothing was missing"
 
     def _fix_orphans(self) -> str:
-        from coi_tui.network.hook import clean_orphans
+        from coi_tui.network.isolation import clean_orphans
         from coi_tui.sessions.manager import SessionManager
 
         done = []

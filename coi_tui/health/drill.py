@@ -754,9 +754,9 @@ class Drill:
         whatever happens (errors, Ctrl-C)."""
         from coi_tui.core.paths import home_tag
         from coi_tui.monitor.canary import remove_registry
-        from coi_tui.monitor.sudo_log_hook import install_sudo_log
         from coi_tui.sessions.canary_hook import plant
         from coi_tui.sessions.manager import SessionManager
+        from coi_tui.sessions.sudo_log_hook import install_sudo_log
 
         devices: dict[str, dict[str, str]] = {
             "eth0": {"type": "nic", "network": self.settings.bridge, "name": "eth0"}

@@ -19,13 +19,13 @@ import os
 import posixpath
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from coi_tui.core.fs import atomic_write
+from coi_tui.core.paths import coi_home
+from coi_tui.incus import NotFound
 from coi_tui.monitor import canary
-from coi_tui.sessions.hooks import LaunchContext, SessionHook
-
-if TYPE_CHECKING:
-    from coi_tui.sessions.manager import SessionManager
+from coi_tui.sessions.hookspec import LaunchContext, SessionHook, SessionHost
 
 
 def mount_points(devices: dict[str, dict[str, str]]) -> list[str]:
@@ -47,8 +47,6 @@ def under_mount(path: str, mounts: Iterable[str]) -> str:
 
 def _kind_of(incus: Any, name: str, path: str) -> str:
     """'file', 'directory', 'symlink'... of a container path, "" when it does not exist."""
-    from coi_tui.incus import NotFound
-
     try:
         return str(incus.stat_path(name, path)[0])
     except NotFound:
@@ -87,9 +85,6 @@ def plant(
 ) -> list[canary.Canary]:
     """Plant fresh canaries of `kinds` in container `name` and write its registry first (so
     the daemon knows the values before the files exist). Returns what is watched."""
-    from coi_tui.core.fs import atomic_write
-    from coi_tui.core.paths import coi_home
-
     home = home or coi_home()
     instance = incus.get_instance(name)
     uuid = instance.config.get("volatile.uuid", "")
@@ -167,10 +162,8 @@ class CanaryHook(SessionHook):
             detail = str(exc) or type(exc).__name__
             manager.say(f"warning: canaries not planted: {json.dumps(detail)[1:-1][:200]}")
 
-    def container_ended(self, manager: SessionManager, name: str, removed: bool) -> None:
+    def container_ended(self, manager: SessionHost, name: str, removed: bool) -> None:
         if removed:
-            from coi_tui.core.paths import coi_home
-
             canary.remove_registry(coi_home(), name)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from coi_tui.config.schema import parse_duration
 from coi_tui.core.errors import CoiError
-from coi_tui.sessions.hooks import LaunchContext, SessionHook
+from coi_tui.sessions.hookspec import LaunchContext, SessionHook
 
 CODE_HOME = "/home/code"
 DEFAULT_ENV_TIMEOUT = 30

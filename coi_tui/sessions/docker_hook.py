@@ -5,7 +5,7 @@ persistent container)."""
 
 from __future__ import annotations
 
-from coi_tui.sessions.hooks import LaunchContext, SessionHook
+from coi_tui.sessions.hookspec import LaunchContext, SessionHook
 
 DOCKER_KEYS = {
     "security.nesting": "true",

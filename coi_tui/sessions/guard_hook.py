@@ -4,16 +4,11 @@ lives on its own host."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from coi_tui.core.errors import CoiError
 from coi_tui.incus import InstanceNotFound
-from coi_tui.sessions.hooks import LaunchContext, SessionHook
+from coi_tui.sessions.hookspec import LaunchContext, SessionHook, SessionHost
 from coi_tui.sessions.protect_hook import WORKSPACE, protected_paths
 from coi_tui.sessions.workspace_guard import Guard, join, leave
-
-if TYPE_CHECKING:
-    from coi_tui.sessions.manager import SessionManager
 
 ALIVE = ("Running", "Frozen", "Starting", "Stopping")
 
@@ -46,7 +41,7 @@ class GuardHook(SessionHook):
         except Exception as exc:  # fail closed: an unguarded session must not start
             raise CoiError(f"the workspace guard could not start: {exc}") from None
 
-    def container_ended(self, manager: SessionManager, name: str, removed: bool) -> None:
+    def container_ended(self, manager: SessionHost, name: str, removed: bool) -> None:
         if manager.incus.remote is not None:
             return
         try:

@@ -14,13 +14,13 @@ import os
 import posixpath
 import zoneinfo
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from coi_tui.config.profiles import read_context
 from coi_tui.config.schema import parse_duration
 from coi_tui.config.settings import Settings, check_mounts
 from coi_tui.core.errors import CoiError
 from coi_tui.incus import IncusError, NotFound
-from coi_tui.sessions.hooks import SessionHook
+from coi_tui.sessions.hookspec import LaunchContext, SessionHook
 from coi_tui.tools.base import CODE_HOME, SANDBOX_CONTEXT
 from coi_tui.tools.context import (
     ContextFacts,
@@ -29,9 +29,6 @@ from coi_tui.tools.context import (
     render_context,
     with_managed_block,
 )
-
-if TYPE_CHECKING:
-    from coi_tui.sessions.hooks import LaunchContext
 
 SANDBOX_CONTEXT_JSON = f"{CODE_HOME}/SANDBOX_CONTEXT.json"
 SSH_DEVICE = "coi-ssh-agent"
@@ -321,8 +318,6 @@ class HostHook(SessionHook):
         session = ctx.session
         context = ""
         if settings.profile_context:  # a regular file, size-capped, no symlink swapped in
-            from coi_tui.config.profiles import read_context
-
             context = read_context(settings.profile_context)
         protected = (
             []

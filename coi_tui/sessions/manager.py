@@ -10,18 +10,17 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from coi_tui.config import Settings
 from coi_tui.core.errors import CoiError
 from coi_tui.core.fs import file_lock
 from coi_tui.core.paths import logs_dir
-from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
+from coi_tui.incus import ExecResult, Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.incus.provision import subid_allows
-from coi_tui.sessions.hooks import LaunchContext, run_hooks
+from coi_tui.sessions.hooks import run_hooks
+from coi_tui.sessions.hookspec import LaunchContext, LaunchRequest, Say, Session
 from coi_tui.sessions.naming import (
     container_name,
     parse_container_name,
@@ -47,8 +46,6 @@ SAFE_TERMS = (
     "vt220",
     "dumb",
 )
-
-Say = Callable[[str], None]
 
 
 def stderr_say(message: str) -> None:
@@ -119,44 +116,12 @@ def resolve_workspace(path: str) -> str:
     return workspace
 
 
-@dataclass
-class LaunchRequest:
-    workspace: str
-    tool: Tool
-    slot: int = 0
-    persistent: bool = False
-    image: str = "coi-default"
-    resume: str | None = None  # None, "auto" or a session id
-    profile: str = ""
-    debug: bool = False
-    allow_home: bool = False  # --force: mount a workspace that is, or holds, the home directory
-
-
 def exposes_home(workspace: str) -> bool:
     """The workspace is the user's home directory or an ancestor of it: mounting it hands the
     agent ~/.ssh, ~/.aws, the shell's startup files and every other secret there."""
     home = os.path.realpath(os.path.expanduser("~"))
     real = os.path.realpath(workspace)
     return home == real or home.startswith(real.rstrip("/") + "/")
-
-
-@dataclass
-class Session:
-    container: str
-    session_id: str
-    slot: int
-    workspace: str
-    persistent: bool
-    tool: Tool
-    reused: bool = False
-    running: bool = False  # reused while already running (resume of a live session)
-    resume_meta: SessionMeta | None = None
-    notes: list[str] = field(default_factory=list)
-    context: LaunchContext | None = None
-
-    @property
-    def tmux(self) -> str:
-        return tmux_session(self.container)
 
 
 class SessionManager:
@@ -294,7 +259,7 @@ class SessionManager:
         if interactive:
             self.say(f"Setting up session {session_id}...")
         ws_hash = workspace_hash(req.workspace)
-        with slot_lock(ws_hash):
+        with slot_lock(ws_hash, self.say):
             occupied = occupied_slots(self.coi_instances(), self.settings.container_prefix, ws_hash)
             slot = self.resume_slot(req, resume_meta, occupied)
             if slot is None:
@@ -646,7 +611,7 @@ class SessionManager:
         uid = self.settings.code_uid
         return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--init-groups", "--", *argv]
 
-    def exec_as_code(self, name: str, argv: list[str]) -> object:
+    def exec_as_code(self, name: str, argv: list[str]) -> ExecResult:
         return self.incus.exec_capture(
             name,
             self.code_command(argv),

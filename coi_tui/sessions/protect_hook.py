@@ -32,16 +32,12 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from coi_tui.config import Settings
 from coi_tui.core.errors import CoiError
 from coi_tui.core.paths import coi_home
-from coi_tui.sessions.hooks import LaunchContext, SessionHook
+from coi_tui.sessions.hookspec import LaunchContext, SessionHook, SessionHost
 from coi_tui.sessions.workspace_guard import list_dir, open_dir, parent_of, read_file, split
-
-if TYPE_CHECKING:
-    from coi_tui.sessions.manager import SessionManager
 
 WORKSPACE = "/workspace"
 GIT_HOOKS = ".git/hooks"
@@ -272,7 +268,7 @@ class ProtectHook(SessionHook):
                 device["shift"] = shift
             ctx.devices[device_name(path)] = device
 
-    def container_ended(self, manager: SessionManager, name: str, removed: bool) -> None:
+    def container_ended(self, manager: SessionHost, name: str, removed: bool) -> None:
         if removed:
             shutil.rmtree(copies_dir(name), ignore_errors=True)
 

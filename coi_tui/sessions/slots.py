@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Iterator
 
 from coi_tui.core.errors import CoiError
@@ -12,11 +10,9 @@ from coi_tui.incus import Instance
 from coi_tui.sessions.naming import MAX_SLOTS, parse_container_name
 
 
-def slot_lock(workspace_hash: str) -> Iterator[None]:
+def slot_lock(workspace_hash: str, say: Callable[[str], None]) -> Iterator[None]:
     def waiting() -> None:
-        print(
-            "Waiting for another coi launch of this workspace to pick its slot...", file=sys.stderr
-        )
+        say("Waiting for another coi launch of this workspace to pick its slot...")
 
     return file_lock(f"slots-{workspace_hash}", waiting)
 
@@ -61,13 +57,3 @@ def choose_slot(occupied: dict[int, Instance], requested: int, persistent: bool)
 def _reusable(instance: Instance, persistent: bool) -> bool:
     """A stopped container in the requested slot can be reused (persistent) or replaced."""
     return instance.status == "Stopped"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)

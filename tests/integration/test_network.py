@@ -30,7 +30,7 @@ import pytest
 from coi_tui.incus import Incus
 from coi_tui.network import netctl
 from coi_tui.network.firewall import iface_for
-from coi_tui.network.hook import clean_orphans
+from coi_tui.network.isolation import clean_orphans
 from tests.conftest import CoiRunner
 
 pytestmark = pytest.mark.incus
@@ -392,7 +392,7 @@ def test_allowlist_refresh_follows_dns(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from coi_tui.config import load_settings
-    from coi_tui.network.hook import refresh_allowlist
+    from coi_tui.network.isolation import refresh_allowlist
 
     write_allowlist(coi)
     name = start(coi, topology, "allowlist", workspace)

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from coi_tui.monitor.privilege import SUDO_LOG, SUDOERS_DROP_IN
-from coi_tui.monitor.sudo_log_hook import install_sudo_log
+from coi_tui.sessions.sudo_log_hook import install_sudo_log
 from tests.integration.test_monitor import Monitor, running_monitor
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the monitor daemon needs root")

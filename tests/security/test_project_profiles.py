@@ -179,7 +179,7 @@ def test_a_build_script_cannot_reach_the_host_or_the_lan(
     (the default) the gateway (the host, a private address) is dropped like in a session. The
     commands fail either way (exit 7 blocked, 9 reached), so no image is ever published."""
     from coi_tui.config import load_settings
-    from coi_tui.network.hook import gateway_of
+    from coi_tui.network.isolation import gateway_of
 
     coi = untrusted
     gateway = gateway_of(incus, load_settings(tmp_path).bridge)

@@ -850,11 +850,10 @@ def test_env_commands_run_on_the_host(tmp_path: Path) -> None:
 
 
 def test_session_hooks_include_the_config_hook() -> None:
-    from coi_tui.sessions.hooks import HOOK_MODULES
+    from coi_tui.sessions import config_hook, protect_hook
+    from coi_tui.sessions.hooks import SESSION_HOOKS
 
-    assert HOOK_MODULES.index("coi_tui.sessions.config_hook") > HOOK_MODULES.index(
-        "coi_tui.sessions.protect_hook"
-    )
+    assert SESSION_HOOKS.index(config_hook.HOOK) > SESSION_HOOKS.index(protect_hook.HOOK)
 
 
 def test_port_devices() -> None:

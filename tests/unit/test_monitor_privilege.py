@@ -325,7 +325,7 @@ def test_the_session_hook_installs_the_drop_in_only_with_monitoring_on() -> None
     from types import SimpleNamespace
 
     from coi_tui.incus import IncusError
-    from coi_tui.monitor.sudo_log_hook import HOOK
+    from coi_tui.sessions.sudo_log_hook import HOOK
 
     pushed: list[tuple[str, str, bytes, dict[str, int]]] = []
 

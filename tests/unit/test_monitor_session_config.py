@@ -10,7 +10,7 @@ import pytest
 
 from coi_tui.config.settings import load_settings
 from coi_tui.monitor.config import SESSION_KEY, MonitorConfig, for_session, session_config_text
-from coi_tui.monitor.hook import MonitorHook
+from coi_tui.sessions.monitor_hook import MonitorHook
 
 
 def test_a_profiles_thresholds_are_written_on_the_instance(

@@ -16,13 +16,13 @@ from coi_tui.config import load_settings, trust
 from coi_tui.config.build import (
     BUILT_BY_PROPERTY,
     Builder,
-    BuildNetwork,
     build_profile_image,
     builder_for,
     check_owner,
 )
 from coi_tui.config.profiles import ProfileSet, read_context
 from coi_tui.core.errors import CoiError
+from coi_tui.network.isolation import BuildNetwork
 
 
 @pytest.fixture
@@ -276,7 +276,7 @@ def test_who_builds_follows_where_the_recipe_came_from(
 
 
 def test_the_build_records_its_builder_and_gets_the_session_rules(
-    dirs: tuple[Path, Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    dirs: tuple[Path, Path, dict[str, str]],
 ) -> None:
     """The build container's NIC is named and hardened like a session's, its restricted rules
     exist before it starts and go when it is gone; the image says who built it."""
@@ -287,8 +287,20 @@ def test_the_build_records_its_builder_and_gets_the_session_rules(
     settings = load_settings(repo, env, profile="tools")
     incus = FakeIncus({settings.build_base: FakeImage("base")})
     firewall = FakeFirewall(incus.calls)
-    monkeypatch.setattr("coi_tui.network.firewall.Firewall", lambda: firewall)
-    build_profile_image(incus, settings, "tools", alias=None, force=False, builder=REPO_BUILDER)  # type: ignore[arg-type]
+    said: list[str] = []
+    build_profile_image(
+        incus,  # type: ignore[arg-type]
+        settings,
+        "tools",
+        alias=None,
+        force=False,
+        builder=REPO_BUILDER,
+        network_for=lambda name: BuildNetwork(
+            incus, settings, name, say=said.append, firewall=firewall
+        ),  # type: ignore[arg-type]
+        say=said.append,
+    )
+    assert said[-1].startswith("Image tools-img ready")
     order = [call[0] for call in incus.calls]
     assert order.index("create") < order.index("rules") < order.index("start")
     assert order.index("delete") < order.index("unrules")
@@ -309,7 +321,7 @@ def test_without_the_coi_bridge_the_build_has_no_network(
     _home, repo, env = dirs
     settings = load_settings(repo, env)
     incus = FakeIncus({}, bridge=False)
-    network = BuildNetwork(incus, settings, "c", firewall=FakeFirewall(incus.calls))  # type: ignore[arg-type]
+    network = BuildNetwork(incus, settings, "c", say=print, firewall=FakeFirewall(incus.calls))  # type: ignore[arg-type]
     assert network.devices() == {"eth0": {"type": "none"}}
     network.before_start()
     assert incus.calls == []
@@ -326,7 +338,7 @@ def test_a_build_fails_closed_when_the_rules_cannot_be_applied(
             raise CoiError("network isolation: nft: no")
 
     incus = FakeIncus({})
-    network = BuildNetwork(incus, settings, "c", firewall=Broken(incus.calls))  # type: ignore[arg-type]
+    network = BuildNetwork(incus, settings, "c", say=print, firewall=Broken(incus.calls))  # type: ignore[arg-type]
     network.devices()
     with pytest.raises(CoiError, match="fails closed in restricted mode"):
         network.before_start()

@@ -1,25 +1,28 @@
-"""Network isolation as a session hook: NIC hardening before create, rules before start, the
-allowlist's /etc/hosts before the agent, removal when the container ends, and the orphan sweep
-and allowlist refresh that other commands call."""
+"""Network isolation, the parts a session hook (sessions/network_hook.py), `coi build
+--profile`, `coi clean --orphans` and the allowlist refresher share: the policy a container's
+rules are built from, the allowlist resolved on the host and written to its /etc/hosts, the
+NIC hardening, the orphan sweep and the refresh loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from coi_tui.config import Settings
+from coi_tui.config import Settings, load_settings
 from coi_tui.core.errors import CoiError
 from coi_tui.core.fs import file_lock
 from coi_tui.core.paths import coi_home, logs_dir
 from coi_tui.incus import Incus, IncusError, InstanceNotFound
 from coi_tui.network import netctl
 from coi_tui.network.firewall import Firewall, Policy, iface_for
+from coi_tui.network.hosts import all_hosts, check_ports, firewall_hosts, merge_hosts_file
 from coi_tui.network.resolve import (
     Resolved,
     hosts_block,
@@ -28,10 +31,6 @@ from coi_tui.network.resolve import (
     refresh_seconds,
     resolve,
 )
-from coi_tui.sessions.hooks import LaunchContext, SessionHook
-
-if TYPE_CHECKING:
-    from coi_tui.sessions.manager import SessionManager
 
 MODE_KEY = "user.coi.network.mode"
 # Incus' own anti-spoofing on the NIC: source MAC and IPv4 pinned, no L2 to sibling ports.
@@ -80,8 +79,6 @@ def resolve_allowlist(name: str, domains: list[str]) -> Resolved:
 def policy_for(
     incus: Incus, settings: Settings, resolved: Resolved | None, container: str = ""
 ) -> Policy:
-    from coi_tui.network.hosts import all_hosts, check_ports, firewall_hosts
-
     dns = [str(a) for a in getattr(settings, "dns_servers", None) or []]
     if dns and check_mode(settings) == "allowlist":
         raise CoiError(
@@ -103,8 +100,6 @@ def policy_for(
 
 def write_extra_hosts(incus: Incus, settings: Settings, name: str) -> None:
     """[[network.hosts]] and `coi hosts` names in the container's /etc/hosts."""
-    from coi_tui.network.hosts import all_hosts, merge_hosts_file
-
     entries = all_hosts(settings, name)
     try:
         current = incus.pull_file(name, "/etc/hosts").decode()
@@ -124,95 +119,70 @@ def write_hosts(incus: Incus, name: str, resolved: Resolved) -> None:
     incus.push_file(name, "/etc/hosts", merge_hosts(current, hosts_block(resolved)).encode())
 
 
-class NetworkHook(SessionHook):
-    def __init__(self) -> None:
-        self.firewall = Firewall()
-        self.resolved: dict[str, Resolved] = {}
+# ---------------------------------------------------------------------- `coi build --profile`
+class BuildNetwork:
+    """A session's network policy for a build container (see sessions/network_hook.py)."""
 
-    def prepare_instance(self, ctx: LaunchContext) -> None:
-        check_mode(ctx.manager.settings)
-        nic = ctx.devices.get("eth0")
-        if nic is None:
+    def __init__(
+        self,
+        incus: Incus,
+        settings: Settings,
+        name: str,
+        *,
+        say: Callable[[str], None],
+        firewall: Firewall | None = None,
+    ) -> None:
+        self.incus, self.settings, self.name, self.say = incus, settings, name, say
+        self.mode = check_mode(settings)
+        self.firewall = firewall or Firewall()
+        self.resolved: Resolved | None = None
+        self.applied = False
+        self.has_nic = False
+
+    def devices(self) -> dict[str, dict[str, str]]:
+        if self.incus.get_network(self.settings.bridge) is None:
+            # No coi bridge: mask any NIC an Incus profile would add (it has no rules).
+            return {} if self.mode == "open" else {"eth0": {"type": "none"}}
+        self.has_nic = True
+        return {
+            "eth0": {
+                "type": "nic",
+                "network": self.settings.bridge,
+                "name": "eth0",
+                "host_name": iface_for(self.name),
+                **NIC_HARDENING,
+            }
+        }
+
+    def before_start(self) -> None:
+        """The rules exist before the interface does: the first packet meets them."""
+        if not self.has_nic:
             return
-        nic.update({"host_name": iface_for(ctx.session.container), **NIC_HARDENING})
-        ctx.config[MODE_KEY] = check_mode(ctx.manager.settings)
-
-    def _harden(self, incus: Incus, name: str, mode: str) -> bool:
-        """A copy (snapshot branch) carries its source's host_name, and a persistent container
-        may predate isolation: give both this container's own NIC shape, and record the mode,
-        in one read and at most one write before it starts. Returns whether it has a NIC."""
-        instance = incus.get_instance(name)
-        nic = instance.devices.get("eth0")
-        devices: dict[str, dict[str, str] | None] = {}
-        if nic is not None:
-            wanted = {"host_name": iface_for(name), **NIC_HARDENING}
-            if any(nic.get(k) != v for k, v in wanted.items()):
-                devices["eth0"] = {**nic, **wanted}
-        config = {MODE_KEY: mode} if instance.config.get(MODE_KEY) != mode else {}
-        if devices or config:
-            incus.update_instance(name, config=config or None, devices=devices or None)
-        return "eth0" in instance.expanded_devices
-
-    def before_start(self, ctx: LaunchContext) -> None:
-        manager, name = ctx.manager, ctx.session.container
-        settings, incus = manager.settings, manager.incus
-        mode = check_mode(settings)
-        if not self._harden(incus, name, mode):
-            return  # no network at all
-        resolved = None
-        if mode == "allowlist":
-            resolved = resolve_allowlist(name, settings.allowed_domains)
-            for entry in resolved.private:
-                manager.say(
-                    f"warning: allowlist: {entry} resolves to a private address, which stays "
-                    "blocked (open it with [[network.hosts]] in your own config)"
-                )
-            for entry in resolved.failed:
-                if entry not in resolved.addresses and entry not in resolved.private:
-                    manager.say(f"warning: allowlist: cannot resolve {entry}; it stays blocked")
-            self.resolved[name] = resolved
+        if self.mode == "allowlist":
+            self.resolved = resolve_allowlist(self.name, self.settings.allowed_domains)
         try:
-            # Rules key on the interface name, so they exist before the veth does: the first
-            # packet the container sends already meets them.
-            self.firewall.apply(name, policy_for(incus, settings, resolved, name))
+            self.firewall.apply(
+                self.name, policy_for(self.incus, self.settings, self.resolved, self.name)
+            )
+            self.applied = True
         except CoiError as exc:
-            if mode == "open":
-                manager.say(f"warning: {exc} (open mode continues without rules)")
-            else:
-                raise CoiError(f"{exc} ({mode} mode fails closed)") from None
+            if self.mode != "open":
+                raise CoiError(f"{exc} (the build fails closed in {self.mode} mode)") from None
+            self.say(f"warning: {exc} (open mode continues without rules)")
 
-    def before_agent(self, ctx: LaunchContext) -> None:
-        resolved = self.resolved.get(ctx.session.container)
-        if resolved is not None:
-            write_hosts(ctx.manager.incus, ctx.session.container, resolved)
-        if getattr(ctx.manager.settings, "network_hosts", None):
-            write_extra_hosts(ctx.manager.incus, ctx.manager.settings, ctx.session.container)
+    def after_start(self) -> None:
+        if self.resolved is not None:
+            write_hosts(self.incus, self.name, self.resolved)
 
-    def after_start(self, ctx: LaunchContext) -> None:
-        name = ctx.session.container
-        resolved = self.resolved.get(name)
-        if resolved is None:
-            return
-        delay = refresh_seconds(resolved.min_ttl, ctx.manager.settings.refresh_interval_minutes)
-        if delay is not None:
-            spawn_refresher(name, ctx.session.workspace, delay)
-
-    def container_ended(self, manager: SessionManager, name: str, removed: bool) -> None:
-        with file_lock(f"network-{name}"):
+    def close(self) -> None:
+        if self.applied:
             try:
-                self.firewall.remove(name)
+                self.firewall.remove(self.name)
             except CoiError as exc:
-                manager.say(f"warning: {exc}; 'coi clean --orphans' removes leftovers")
-        self.resolved.pop(name, None)
-        from coi_tui.network.hosts import save_runtime_hosts
-
-        save_runtime_hosts(name, [])  # `coi hosts add` entries end with the session
-        if removed:
+                self.say(f"warning: {exc}; 'coi clean --orphans' removes leftovers")
+        if self.resolved is not None:
             with suppress(OSError):
-                cache_path(name).unlink()
-
-
-HOOK = NetworkHook()
+                cache_path(self.name).unlink()
 
 
 # ---------------------------------------------------------------------- orphans (`coi clean`)
@@ -257,8 +227,6 @@ def refresh_allowlist(incus: Incus, settings: Settings, name: str) -> float | No
 def reapply_rules(incus: Incus, settings: Settings, name: str) -> str:
     """A running container's rules and /etc/hosts again, after its extra hosts changed.
     Uses the mode the container was started with. Returns that mode."""
-    import dataclasses
-
     instance = incus.get_instance(name)
     mode = instance.config.get(MODE_KEY) or check_mode(settings)
     settings = dataclasses.replace(settings, network_mode=mode)
@@ -272,11 +240,15 @@ def reapply_rules(incus: Incus, settings: Settings, name: str) -> str:
     return mode
 
 
-def run_refresher(name: str, workspace: str, first_delay: float | None, poll: float = 5.0) -> None:
+def run_refresher(
+    name: str,
+    workspace: str,
+    first_delay: float | None,
+    say: Callable[[str], None],
+    poll: float = 5.0,
+) -> None:
     """Loop until the container stops. The session supervisor may call this in a thread instead
     of spawn_refresher's process; it must not be both."""
-    from coi_tui.config import load_settings
-
     settings = load_settings(Path(workspace))
     incus = Incus(settings.socket or None, settings.project)
     delay = first_delay
@@ -292,7 +264,7 @@ def run_refresher(name: str, workspace: str, first_delay: float | None, poll: fl
         try:
             delay = refresh_allowlist(incus, settings, name)
         except CoiError as exc:
-            print(f"refresh failed: {exc}", file=sys.stderr, flush=True)
+            say(f"refresh failed: {exc}")
             delay = refresh_seconds(None, settings.refresh_interval_minutes)
 
 

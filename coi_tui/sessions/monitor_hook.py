@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from coi_tui.sessions.hooks import SessionHook
-
-if TYPE_CHECKING:
-    from coi_tui.sessions.hooks import LaunchContext
-
+from coi_tui.core.errors import CoiError
+from coi_tui.core.paths import home_tag
+from coi_tui.monitor import control
+from coi_tui.monitor.config import SESSION_KEY, load_monitor_config, session_config_text
+from coi_tui.sessions.hookspec import LaunchContext, SessionHook
 
 OWNER_KEY = "user.coi.home"  # which COI home (so which monitor daemon) a session belongs to
 
@@ -18,13 +16,9 @@ class MonitorHook(SessionHook):
     def prepare_instance(self, ctx: LaunchContext) -> None:
         # One daemon per COI home watches that home's sessions only: another user's (or
         # another test's) daemon never freezes or kills them.
-        from coi_tui.core.paths import home_tag
-
         ctx.config[OWNER_KEY] = home_tag()
         # this session's thresholds and actions (its profile's, its project's), for the
         # daemon, whose own config is the user's global one
-        from coi_tui.monitor.config import SESSION_KEY, load_monitor_config, session_config_text
-
         try:
             config = load_monitor_config(ctx.manager.settings)
         except ValueError as exc:
@@ -40,9 +34,6 @@ class MonitorHook(SessionHook):
     def after_start(self, ctx: LaunchContext) -> None:
         if not ctx.manager.settings.monitoring_enabled:
             return
-        from coi_tui.core.errors import CoiError
-        from coi_tui.monitor import control
-
         try:
             control.start()
         except CoiError as exc:  # the session runs; the user must know it is unwatched

@@ -11,19 +11,13 @@ before it was root (a failed sudo) was read already, within a second.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from coi_tui.incus import Incus, IncusError
 from coi_tui.monitor.privilege import SUDOERS_DROP_IN, SUDOERS_TEXT
-from coi_tui.sessions.hooks import SessionHook
-
-if TYPE_CHECKING:
-    from coi_tui.sessions.hooks import LaunchContext
+from coi_tui.sessions.hookspec import LaunchContext, SessionHook
 
 
-def install_sudo_log(incus: Any, name: str) -> bool:
+def install_sudo_log(incus: Incus, name: str) -> bool:
     """Install the drop-in in container `name`; False when it has no /etc/sudoers.d."""
-    from coi_tui.incus import IncusError
-
     try:
         incus.push_file(name, SUDOERS_DROP_IN, SUDOERS_TEXT.encode(), uid=0, gid=0, mode=0o440)
     except IncusError:
