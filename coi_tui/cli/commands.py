@@ -1032,15 +1032,6 @@ def cmd_version(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
-def cmd_help(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    if not args.topic:
-        parser.print_help()
-        return 0
-    from coi_tui.cli.main import main
-
-    return main([*args.topic, "--help"])
-
-
 def cmd_completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.completion import render
 
@@ -1066,6 +1057,5 @@ HANDLERS: dict[str, Handler] = {
     "image": cmd_image,
     "images": cmd_image,
     "version": cmd_version,
-    "help": cmd_help,
     "completion": cmd_completion,
 }

@@ -127,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse(parser, normalise_argv(args_in))
     apply_leading_options(args, LEADING[0])
-    if args.command is None:
+    if args.command is None or (args.command == "help" and not args.topic):
         parser.print_help()
         return 0
+    if args.command == "help":  # `coi help CMD...` is `coi CMD... --help`
+        return main([*args.topic, "--help"])
     try:
         handler = getattr(args, "handler", None)
         if handler is None:
