@@ -52,9 +52,14 @@ test: setup
 bench: setup
 	@$(BIN)/python -m bench.run $(BENCH)
 
+# Style, the layer contracts (.importlinter), types (pyright, basic mode) and no import circle
+# at all (scripts/import_graph.py counts function-local imports too; exits 1 on a circle).
 lint: venv
 	@$(BIN)/ruff check coi_tui tests
 	@$(BIN)/ruff format --check coi_tui tests
+	@$(BIN)/lint-imports
+	@$(BIN)/pyright
+	@$(BIN)/python scripts/import_graph.py
 
 # Removes leftovers of interrupted test runs (containers named coitest-*).
 clean-test: venv

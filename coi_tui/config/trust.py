@@ -24,7 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from coi_tui.config.schema import DEFAULT_PROTECTED_PATHS
 from coi_tui.core.fs import atomic_write
+from coi_tui.core.paths import coi_home
 
 UNTRUSTED_LABEL = "project config"
 
@@ -106,7 +108,6 @@ REPORTS: dict[str, TrustReport] = {}
 
 
 def trust_path() -> Path:
-    from coi_tui.core.paths import coi_home
 
     return coi_home() / "trust.toml"
 
@@ -175,8 +176,6 @@ def sanitize(
         if path in GATED_KEYS:
             continue
         if path == "security.protected_paths":
-            from coi_tui.config.schema import DEFAULT_PROTECTED_PATHS
-
             missing = [p for p in DEFAULT_PROTECTED_PATHS if p not in value]
             if missing:
                 values[path] = [*value, *missing]

@@ -20,10 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from coi_tui.config import Settings
+from coi_tui.config.settings import config_files, load_settings
 from coi_tui.core.errors import CoiError
-from coi_tui.core.paths import coi_home
+from coi_tui.core.paths import coi_home, sessions_dir
+from coi_tui.images.build import RECIPE_PROPERTY, recipe_hash
 from coi_tui.incus import Incus, IncusError
 from coi_tui.incus.errors import SocketPermissionDenied
+from coi_tui.incus.provision import Provisioner, low_sysctls, raise_sysctls, subid_allows
+from coi_tui.monitor.control import LAUNCHER
+from coi_tui.monitor.daemon import running_pid
+from coi_tui.network.firewall import HELPER_PATH, Firewall, install_helper
+from coi_tui.network.isolation import clean_orphans, orphan_interfaces
+from coi_tui.sessions.host_hook import host_timezone, valid_zone
+from coi_tui.sessions.manager import SessionManager
+from coi_tui.sessions.store import all_saved_sessions
+from coi_tui.tools import TOOLS, get_tool
 
 OK, WARN, FAIL = "ok", "warning", "failed"
 MIN_KERNEL = (5, 15)
@@ -232,7 +243,6 @@ class HealthChecker:
             )
 
     def check_timezone(self) -> None:
-        from coi_tui.sessions.host_hook import host_timezone, valid_zone
 
         host = host_timezone()
         mode = self.settings.timezone_mode
@@ -263,7 +273,6 @@ class HealthChecker:
             )
 
     def check_kernel_limits(self) -> None:
-        from coi_tui.incus.provision import low_sysctls
 
         low = low_sysctls()
         if low:
@@ -331,7 +340,6 @@ class HealthChecker:
             )
 
     def check_id_mapping(self) -> None:
-        from coi_tui.incus.provision import subid_allows
 
         uid = os.getuid()
         if uid in (0, self.settings.code_uid):
@@ -371,7 +379,6 @@ class HealthChecker:
         if not self.incus.image_exists(alias):
             self.add("image_age", WARN, "no image to age", "run 'coi build'")
             return
-        from coi_tui.images.build import RECIPE_PROPERTY, recipe_hash
 
         image = self.incus.get_image(alias)
         created = parse_time(image.created_at or image.uploaded_at)
@@ -559,7 +566,6 @@ class HealthChecker:
     def check_firewall(self) -> None:
         """nftables for the per-container rules (mode-aware), and the bridge's NAT. NAT off is
         coi's secure default, so it is reported as OK, with how to turn it on."""
-        from coi_tui.network.firewall import HELPER_PATH, Firewall
 
         mode = self.settings.network_mode
         network = self._bridge() or {}
@@ -655,8 +661,6 @@ class HealthChecker:
             )
 
     def check_monitoring_configuration(self) -> None:
-        from coi_tui.monitor.control import LAUNCHER
-        from coi_tui.monitor.daemon import running_pid
 
         s = self.settings
         pid = running_pid(coi_home()) if coi_home().is_dir() else 0
@@ -771,8 +775,6 @@ class HealthChecker:
         )
 
     def check_sessions_directory(self) -> None:
-        from coi_tui.core.paths import sessions_dir
-        from coi_tui.tools import get_tool
 
         tool = get_tool(self.settings.tool)
         self._directory(
@@ -867,7 +869,6 @@ class HealthChecker:
 
     # ------------------------------------------------------------------ configuration
     def check_config(self) -> None:
-        from coi_tui.config.settings import config_files, load_settings
 
         loaded = [str(p) for p in config_files(Path.cwd()) if p.is_file()]
         try:
@@ -910,7 +911,6 @@ class HealthChecker:
             )
 
     def check_tool(self) -> None:
-        from coi_tui.tools import TOOLS
 
         name = self.settings.tool
         if name in TOOLS:
@@ -936,7 +936,6 @@ class HealthChecker:
         )
 
     def check_saved_sessions(self) -> None:
-        from coi_tui.sessions.store import all_saved_sessions
 
         sessions = all_saved_sessions()
         self.add("saved_sessions", OK, f"{len(sessions)} saved session(s)", count=len(sessions))
@@ -952,7 +951,6 @@ class HealthChecker:
 
     def orphan_rules(self) -> list[str]:
         """Network rule sets whose container is gone; [] when they cannot be listed."""
-        from coi_tui.network.isolation import orphan_interfaces
 
         try:
             first = orphan_interfaces(self.incus)
@@ -1049,7 +1047,6 @@ class HealthChecker:
             )
 
     def check_process_monitoring(self) -> None:
-        from coi_tui.monitor.control import LAUNCHER
 
         root = os.geteuid() == 0
         readable = os.access("/proc/1/environ", os.R_OK)
@@ -1122,8 +1119,6 @@ class HealthChecker:
         return out
 
     def _fix_directories(self) -> str:
-        from coi_tui.core.paths import sessions_dir
-        from coi_tui.tools import get_tool
 
         made = []
         for path in (
@@ -1137,7 +1132,6 @@ class HealthChecker:
         return "created " + ", ".join(made) if made else "nothing to create"
 
     def _fix_provision(self) -> str:
-        from coi_tui.incus.provision import Provisioner
 
         steps: list[str] = []
         prov = Provisioner(
@@ -1151,8 +1145,6 @@ class HealthChecker:
         return "; ".join(line.strip() for line in steps) or "nothing was missing"
 
     def _fix_orphans(self) -> str:
-        from coi_tui.network.isolation import clean_orphans
-        from coi_tui.sessions.manager import SessionManager
 
         done = []
         manager = SessionManager(self.incus, self.settings, say=lambda *a, **k: None)
@@ -1174,13 +1166,11 @@ def fix_forward() -> str:
 
 
 def fix_limits() -> str:
-    from coi_tui.incus.provision import raise_sysctls
 
     return "raised " + ", ".join(raise_sysctls())
 
 
 def fix_helper() -> str:
-    from coi_tui.network.firewall import install_helper
 
     return "; ".join(line.strip() for line in install_helper())
 

@@ -38,7 +38,7 @@ from coi_tui.incus.errors import (
     RemoteUnavailable,
     SocketPermissionDenied,
 )
-from coi_tui.incus.remotes import Remote
+from coi_tui.incus.remotes import Remote, get_remote, incus_client_config
 
 DEFAULT_SOCKET = "/var/lib/incus/unix.socket"
 # Incus sometimes fails to start an exec ("Failed to retrieve PID of executing child process")
@@ -258,8 +258,6 @@ class Incus:
         if remote is None and socket_path is None and os.environ.get("COI_REMOTE"):
             remote = os.environ["COI_REMOTE"]
         if isinstance(remote, str):
-            from coi_tui.incus.remotes import get_remote
-
             remote = get_remote(remote)
         self.remote: Remote | None = remote
         self.socket_path = socket_path or default_socket_path()
@@ -806,8 +804,6 @@ class Incus:
         knows the remote (its address, our client certificate, its pinned server certificate)."""
         env = dict(os.environ)
         if self.remote is not None:
-            from coi_tui.incus.remotes import incus_client_config
-
             env["INCUS_CONF"] = str(incus_client_config(self.remote))
         else:
             env["INCUS_SOCKET"] = self.socket_path
