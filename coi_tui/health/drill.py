@@ -36,12 +36,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coi_tui.config.settings import load_settings
 from coi_tui.core.errors import CoiError
+from coi_tui.core.paths import coi_home, home_tag
 from coi_tui.incus.errors import IncusError
-from coi_tui.monitor.config import MonitorConfig
+from coi_tui.monitor import control
+from coi_tui.monitor.canary import remove_registry
+from coi_tui.monitor.config import MonitorConfig, load_monitor_config
 from coi_tui.monitor.daemon import DRILL_INFIX, DRILL_KEY
 from coi_tui.monitor.events import LEVEL_RANK
 from coi_tui.monitor.rules import SPAWN_LIVE_MIN, WEB_PORTS
+from coi_tui.sessions.canary_hook import plant
+from coi_tui.sessions.manager import SessionManager
+from coi_tui.sessions.sudo_log_hook import install_sudo_log
 
 if TYPE_CHECKING:
     from coi_tui.config.settings import Settings
@@ -670,7 +677,6 @@ class Drill:
         self.missing: set[str] = set()  # probe tools the image lacks
 
     def run(self) -> DrillReport:
-        from coi_tui.monitor import control
 
         started = time.monotonic()
         self.incus.require_image(self.settings.image)  # Incus down or image missing: one line
@@ -729,7 +735,6 @@ class Drill:
         """Drill containers of this COI home left by a drill that was killed (SIGKILL, power
         loss) before it could delete its own: older than STALE_DRILL_SEC, so a drill running
         in parallel keeps its container."""
-        from coi_tui.core.paths import home_tag
 
         tag = home_tag(self.home)
         now = datetime.now(UTC)
@@ -752,11 +757,6 @@ class Drill:
     def container(self, events: MonitorEvents, needs_address: bool) -> Iterator[None]:
         """The drill container, running and watched by the monitor; deleted on the way out
         whatever happens (errors, Ctrl-C)."""
-        from coi_tui.core.paths import home_tag
-        from coi_tui.monitor.canary import remove_registry
-        from coi_tui.sessions.canary_hook import plant
-        from coi_tui.sessions.manager import SessionManager
-        from coi_tui.sessions.sudo_log_hook import install_sudo_log
 
         devices: dict[str, dict[str, str]] = {
             "eth0": {"type": "nic", "network": self.settings.bridge, "name": "eth0"}
@@ -990,19 +990,12 @@ def run_drill(
 ) -> DrillReport:
     """Run the fire drill for this COI home with the monitor's configuration (the thresholds
     the daemon uses: the main config read as the daemon reads it)."""
-    from coi_tui.config.settings import load_settings
-    from coi_tui.core.paths import coi_home
-    from coi_tui.monitor.config import load_monitor_config
-
     home = home or coi_home()
-    if os.geteuid() != 0:
-        from coi_tui.monitor import control
-
-        if not control.is_running(home) and not control.LAUNCHER.exists():
-            raise CoiError(
-                "the fire drill needs the threat monitor, which needs root: run 'sudo coi "
-                "setup' once (or run the drill as root)"
-            )
+    if os.geteuid() != 0 and not control.is_running(home) and not control.LAUNCHER.exists():
+        raise CoiError(
+            "the fire drill needs the threat monitor, which needs root: run 'sudo coi "
+            "setup' once (or run the drill as root)"
+        )
     try:
         config = load_monitor_config(load_settings(Path("/")))
     except (CoiError, ValueError) as exc:
