@@ -21,9 +21,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from coi_tui.core import cgroups
+
 MB = 1 << 20
 DEFAULT_C2_PORTS = (4444, 5555, 1234, 31337, 12345, 6666, 6667, 6697, 8080)
-USER_HZ = 100
 CLEAR = "\033[2J\033[H"
 
 
@@ -456,42 +457,12 @@ def tmp_usage(pid: int) -> tuple[float, float, float]:
     return (used, total, 100 * used / total if total else 0.0)
 
 
-def cgroup_dir(pid: int) -> tuple[str, str]:
-    """(v1 cpuacct path, v2 path) of the container's cgroup (init.scope stripped)."""
-    v1 = v2 = ""
-    for line in read_text(f"/proc/{pid}/cgroup").splitlines():
-        _, controllers, path = line.split(":", 2)
-        path = path.removesuffix("/init.scope")
-        if "cpuacct" in controllers.split(","):
-            v1 = path
-        elif controllers == "":
-            v2 = path
-    return v1, v2
-
-
-def cpu_split(pid: int) -> tuple[float, float] | None:
-    """(user, system) CPU seconds of the whole container from its cgroup."""
-    v1, v2 = cgroup_dir(pid)
-    if v1:
-        text = read_text(f"/sys/fs/cgroup/cpuacct{v1}/cpuacct.stat")
-        values = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
-        if "user" in values and "system" in values:
-            return int(values["user"]) / USER_HZ, int(values["system"]) / USER_HZ
-    if v2:
-        for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
-            text = read_text(f"{root}{v2}/cpu.stat")
-            values = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
-            if "user_usec" in values and "system_usec" in values:
-                return int(values["user_usec"]) / 1e6, int(values["system_usec"]) / 1e6
-    return None
-
-
 def resources(instance: Any, pid: int, rchar: int, wchar: int) -> dict[str, Any]:
     state = instance.state or {}
     cpu_ns = int((state.get("cpu") or {}).get("usage") or 0)
     memory = int((state.get("memory") or {}).get("usage") or 0)
     limit = parse_size(instance.expanded_config.get("limits.memory", ""))
-    split = cpu_split(pid) if pid else None
+    split = cgroups.cpu_seconds(pid) if pid else None
     user, system = split if split else (0.0, 0.0)
     total = cpu_ns / 1e9 if cpu_ns else user + system
     return {

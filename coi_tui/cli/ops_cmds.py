@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coi_tui.core import cgroups
 from coi_tui.core.errors import CoiError, UsageError
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from coi_tui.sessions.manager import SessionManager
 
 MIB = 1024 * 1024
-CGROUP_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/sys/fs/cgroup/pids")
 SAFE_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -186,56 +186,6 @@ class ProcessRow:
     command: str
 
 
-def cgroup_dir(name: str) -> Path | None:
-    for root in CGROUP_ROOTS:
-        path = Path(root) / f"lxc.payload.{name}"
-        if path.is_dir():
-            return path
-    return None
-
-
-def disk_bytes(name: str) -> tuple[int, int]:
-    """Bytes read and written by the container, from its cgroup (v2 io.stat or v1 blkio)."""
-    directory = cgroup_dir(name)
-    read = write = 0
-    if directory is not None and (directory / "io.stat").is_file():
-        for line in (directory / "io.stat").read_text().splitlines():
-            for field in line.split()[1:]:
-                key, _, value = field.partition("=")
-                if key == "rbytes":
-                    read += int(value)
-                elif key == "wbytes":
-                    write += int(value)
-        return read, write
-    blkio = Path("/sys/fs/cgroup/blkio") / f"lxc.payload.{name}"
-    stats = blkio / "blkio.throttle.io_service_bytes_recursive"
-    try:
-        lines = stats.read_text().splitlines()
-    except OSError:
-        return 0, 0
-    for line in lines:
-        parts = line.split()
-        if len(parts) == 3 and parts[1] == "Read":
-            read += int(parts[2])
-        elif len(parts) == 3 and parts[1] == "Write":
-            write += int(parts[2])
-    return read, write
-
-
-def container_pids(name: str) -> list[int]:
-    """Host PIDs of every process in the container (its cgroup, recursively)."""
-    directory = cgroup_dir(name)
-    if directory is None:
-        return []
-    pids: set[int] = set()
-    for procs in directory.rglob("cgroup.procs"):
-        try:
-            pids.update(int(line) for line in procs.read_text().split())
-        except (OSError, ValueError):
-            continue
-    return sorted(pids)
-
-
 def sample_container(incus: Incus, instance: Instance) -> ContainerSample:
     state = incus.instance_state(instance.name)
     memory = state.get("memory") or {}
@@ -246,7 +196,7 @@ def sample_container(incus: Incus, instance: Instance) -> ContainerSample:
         counters = info.get("counters") or {}
         rx += int(counters.get("bytes_received") or 0)
         tx += int(counters.get("bytes_sent") or 0)
-    read, write = disk_bytes(instance.name)
+    read, write = cgroups.io_bytes(instance.name)
     return ContainerSample(
         name=instance.name,
         alias=instance.config.get("user.coi.alias", ""),
@@ -322,7 +272,7 @@ def process_times(pid: int) -> tuple[int, int, str, str] | None:
 
 def process_rows(names: list[str], seconds: float) -> list[ProcessRow]:
     hertz = os.sysconf("SC_CLK_TCK")
-    first = {(n, p): process_times(p) for n in names for p in container_pids(n)}
+    first = {(n, p): process_times(p) for n in names for p in cgroups.pids(n)}
     time.sleep(seconds)
     rows = []
     for (name, pid), was in first.items():

@@ -16,6 +16,7 @@ from typing import Any
 from coi_tui.core.errors import CoiError
 from coi_tui.core.fs import atomic_write
 from coi_tui.core.paths import coi_home
+from coi_tui.network import netctl
 
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -35,19 +36,16 @@ class HostEntry:
 
 
 def check_ports(values: Any) -> list[str]:
-    """Ports as the firewall takes them: ints or "80", "80,443", "8000-8100" strings."""
+    """Ports as the firewall takes them: ints or "80", "80,443", "8000-8100" strings. The
+    grammar is netctl's, which the root helper applies again to what it is given."""
     items = values if isinstance(values, list) else [values]
     out: list[str] = []
     for item in items:
         for part in str(item).split(","):
-            low, dash, high = part.strip().partition("-")
             try:
-                numbers = [int(low)] + ([int(high)] if dash else [])
-            except ValueError:
+                out += netctl.check_ports(part)
+            except netctl.NetctlError:
                 raise CoiError(f"bad port {part.strip()!r}: ports are numbers 1-65535") from None
-            if any(not 1 <= n <= 65535 for n in numbers) or (dash and numbers[0] > numbers[1]):
-                raise CoiError(f"bad port {part.strip()!r}: ports are 1-65535")
-            out.append("-".join(str(n) for n in numbers))
     return out
 
 

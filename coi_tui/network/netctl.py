@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
+from typing import TypedDict
 
 TABLE = "bridge coi"
 IFACE_PREFIX = "coiv"
@@ -298,13 +299,24 @@ def check_ports(text: str) -> list[str]:
     return out
 
 
-def parse_apply(argv: list[str]) -> tuple[str, str, str, dict[str, object], list[str]]:
+class RuleFlags(TypedDict):
+    """container_rules' keyword arguments, as parsed from the command line."""
+
+    allow_local: bool
+    block_private: bool
+    block_metadata: bool
+    hosts: list[tuple[str, list[str]]]
+    dns_servers: list[str]
+    allowed_ports: list[str]
+
+
+def parse_apply(argv: list[str]) -> tuple[str, str, str, RuleFlags, list[str]]:
     if len(argv) < 3:
         raise NetctlError("usage: coi-netctl apply IFACE MODE GATEWAY [options]")
     iface, mode, gateway = check_iface(argv[0]), argv[1], check_ipv4(argv[2])
     if mode not in MODES:
         raise NetctlError(f"bad mode {mode!r} (want {', '.join(MODES)})")
-    flags: dict[str, object] = {"allow_local": False, "block_private": True, "block_metadata": True}
+    allow_local, block_private, block_metadata = False, True, True
     allowed: list[str] = []
     hosts: list[tuple[str, list[str]]] = []
     dns: list[str] = []
@@ -313,11 +325,11 @@ def parse_apply(argv: list[str]) -> tuple[str, str, str, dict[str, object], list
     while rest:
         word = rest.pop(0)
         if word == "--allow-local":
-            flags["allow_local"] = True
+            allow_local = True
         elif word == "--no-block-private":
-            flags["block_private"] = False
+            block_private = False
         elif word == "--no-block-metadata":
-            flags["block_metadata"] = False
+            block_metadata = False
         elif word == "--allow" and rest:
             allowed.append(check_public_host(rest.pop(0)))
         elif word == "--host" and rest:  # IP or IP:PORTS
@@ -340,7 +352,14 @@ def parse_apply(argv: list[str]) -> tuple[str, str, str, dict[str, object], list
                 raise NetctlError(
                     f"--host {address}: allowlist mode refuses private and metadata addresses"
                 )
-    flags.update(hosts=hosts, dns_servers=sorted(set(dns)), allowed_ports=sorted(set(ports)))
+    flags = RuleFlags(
+        allow_local=allow_local,
+        block_private=block_private,
+        block_metadata=block_metadata,
+        hosts=hosts,
+        dns_servers=sorted(set(dns)),
+        allowed_ports=sorted(set(ports)),
+    )
     return iface, mode, gateway, flags, sorted(set(allowed))
 
 
