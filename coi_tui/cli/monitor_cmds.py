@@ -21,10 +21,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from coi_tui.config.schema import MONITOR_C2_PORTS, MONITOR_METADATA_ADDRESSES
 from coi_tui.core import cgroups
 
 MB = 1 << 20
-DEFAULT_C2_PORTS = (4444, 5555, 1234, 31337, 12345, 6666, 6667, 6697, 8080)
 CLEAR = "\033[2J\033[H"
 
 
@@ -227,9 +227,9 @@ class Collector:
     def __init__(self, incus: Any, name: str, settings: Any = None) -> None:
         self.incus = incus
         self.name = name
-        self.c2_ports = set(getattr(settings, "monitoring_c2_ports", None) or DEFAULT_C2_PORTS)
+        self.c2_ports = set(getattr(settings, "monitoring_c2_ports", None) or MONITOR_C2_PORTS)
         self.metadata = set(
-            getattr(settings, "monitoring_metadata_addresses", None) or ["169.254.169.254"]
+            getattr(settings, "monitoring_metadata_addresses", None) or MONITOR_METADATA_ADDRESSES
         )
         self.previous: tuple[float, float, float] | None = None  # (time, read MB, write MB)
         self._passwd: dict[int, str] | None = None

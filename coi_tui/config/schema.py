@@ -39,9 +39,10 @@ PERMISSION_MODES = ("bypass", "interactive")
 GTFOBINS_SOURCE = "https://github.com/GTFOBins/GTFOBins.github.io.git"
 SIGMA_SOURCE = "https://github.com/SigmaHQ/sigma.git"
 MONITOR_ACTIONS = ("log", "alert", "pause", "kill")
-# COI's port list without 8080 (a common dev-server port: a kill there would hit builds),
-# plus 1337 and 9001
-MONITOR_C2_PORTS = (4444, 5555, 1234, 31337, 12345, 6666, 6667, 6697, 8080)  # COI's list
+# COI's C2 port list: the one list (the monitor's defaults are generated from it,
+# scripts/monitor_defaults.py). 8080 is also a dev-server port: a connection there is only a
+# WARNING (monitor/rules.py WEB_PORTS), the other rules still apply.
+MONITOR_C2_PORTS = (4444, 5555, 1234, 31337, 12345, 6666, 6667, 6697, 8080)
 MONITOR_METADATA_ADDRESSES = ("169.254.169.254", "169.254.170.2", "100.100.100.200")
 # decoy credentials (monitor/canary.py CANARY_KINDS): AWS credentials, an SSH key, a .env,
 # the GitHub CLI's hosts.yml

@@ -15,6 +15,11 @@ make root truncate, chown or append to any file on the host. So:
   single link (a hard link to another file is refused).
 - `open_append`, `write_file` and `bind_socket` build on them; a planted symlink, FIFO or
   hard link at the name is removed (unlinkat never follows) and a fresh file made.
+  `read_file` reads a bounded plain file the same way; `write_existing` writes into a
+  kernel file (a cgroup's freezer) that must already be there.
+
+Every file the root daemon writes, renames or removes goes through this module
+(tests/unit/test_daemon_stdlib.py looks for any other writer in the daemon's modules).
 
 A file root creates is handed to `owner` (uid, gid) with fchown on the open fd, or fchownat
 without following for a socket. Pure stdlib; never prints.
@@ -194,6 +199,59 @@ def bind_socket(
             os.umask(old)
         if owner is not None:
             os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def read_file(
+    dir: str | os.PathLike[str] | int, name: str, limit: int, owner: Owner = None
+) -> bytes:
+    """The bytes of the plain file `name` in `dir`, at most `limit` of them (a larger file is
+    refused with EFBIG, never read whole); a symlink, FIFO, device, hard link or a file of
+    another user than root, us or `owner` is refused (OSError)."""
+    if "/" in name or name in ("", ".", ".."):
+        raise OSError(errno.EINVAL, f"not a plain file name: {name!r}")
+    with directory(dir) as dir_fd:
+        fd = os.open(name, os.O_RDONLY | FILE_FLAGS, dir_fd=dir_fd)
+        try:
+            if _check_plain(fd, owner).st_size > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+            data = b""
+            while len(data) <= limit:
+                chunk = os.read(fd, limit + 1 - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
+    return data
+
+
+def write_existing(dir: str | os.PathLike[str] | int, name: str, data: bytes) -> None:
+    """Write `data` into the file `name` that already exists in `dir` (a kernel file such as
+    a cgroup's freezer): opened relative to the directory fd with O_NOFOLLOW, never created,
+    never truncated through a symlink."""
+    if "/" in name or name in ("", ".", ".."):
+        raise OSError(errno.EINVAL, f"not a plain file name: {name!r}")
+    with directory(dir) as dir_fd:
+        fd = os.open(name, os.O_WRONLY | FILE_FLAGS, dir_fd=dir_fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            os.set_blocking(fd, True)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+
+def rename(dir: str | os.PathLike[str] | int, old: str, new: str) -> None:
+    """Rename `old` to `new` inside `dir` (renameat moves the entry itself: a symlink at
+    either name is moved or replaced, never followed)."""
+    for name in (old, new):
+        if "/" in name or name in ("", ".", ".."):
+            raise OSError(errno.EINVAL, f"not a plain file name: {name!r}")
+    with directory(dir) as dir_fd:
+        os.rename(old, new, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def unlink(dir: str | os.PathLike[str] | int, name: str) -> None:

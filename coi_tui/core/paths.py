@@ -1,6 +1,10 @@
 """Where coi keeps its state on the host (~/.coi unless $COI_HOME says otherwise)."""
 
+import errno
+import hashlib
+import json
 import os
+import stat
 from pathlib import Path
 
 
@@ -11,8 +15,6 @@ def coi_home() -> Path:
 
 def home_tag(home: Path | None = None) -> str:
     """A short id of a COI home: its monitor's nft table and the sessions it owns."""
-    import hashlib
-
     return hashlib.sha256(str((home or coi_home()).resolve()).encode()).hexdigest()[:6]
 
 
@@ -40,10 +42,6 @@ def read_regular(path: str | Path, limit: int, *, checked: bool = False) -> byte
     resolved path checked earlier, so a final symlink is refused, and so is a file that is no
     longer at `path` once opened (a folder on the way swapped for a link since). Raises
     OSError (strerror says why)."""
-    import errno
-    import json
-    import stat
-
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
         fd = os.open(path, flags | (os.O_NOFOLLOW if checked else 0))

@@ -1,93 +1,85 @@
 """Monitor knobs, all from the `[monitoring]` section of the main config (config/schema.py;
 load_settings). `$COI_HOME/monitor.toml` with a `[monitoring]` table, where the daemon's own
 knobs used to live, is still read as a deprecated fallback for keys the main config does not
-set."""
+set.
+
+The root daemon never loads the settings itself (it imports nothing of the package but the
+monitor and core/): the user's `coi` resolves them (`load_monitor_config`) and hands them over
+in `$COI_HOME/monitor.config.json` (`daemon_settings_text`) right before it starts the daemon,
+which reads that file without following a symlink and checks every value
+(`parse_daemon_settings`). The defaults come from the schema (`monitor/defaults.py`, generated).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from coi_tui.core.paths import coi_home
+from coi_tui.monitor import defaults
 
-LEVELS = ("info", "warning", "high", "critical")
-ACTIONS = ("log", "alert", "pause", "kill")
+LEVELS = defaults.LEVELS
+ACTIONS = defaults.ACTIONS
+# On an instance the daemon killed (frozen, then force-stopped): the user's supervisor saves
+# its session and deletes it, persistent or not (sessions/supervisor.py).
+KILLED_KEY = "user.coi.killed-by"
+KILLED_BY_MONITOR = "monitor"
+DAEMON_SETTINGS = "monitor.config.json"  # the hand-off, in the COI home
+DAEMON_SETTINGS_LIMIT = 64 * 1024
+# what a prefix and a bridge name may be (they reach nft scripts and cgroup paths)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+D = defaults.MONITORING
 
 
 @dataclass
 class MonitorConfig:
-    container_prefix: str = "coi-"
-    bridge: str = "coibr0"
+    container_prefix: str = defaults.CONTAINER_PREFIX
+    bridge: str = defaults.BRIDGE
     # what each level does: log | alert | pause | kill
-    actions: dict[str, str] = field(
-        default_factory=lambda: {
-            "info": "log",
-            "warning": "alert",
-            "high": "pause",
-            "critical": "kill",
-        }
-    )
-    dedup_window_sec: float = 30.0
-    scan_interval_sec: float = 1.0  # the /proc pass (behavioural checks, I/O counters)
-    idle_exit_sec: float = 120.0  # no coi container for this long: the daemon exits
-    nflog_group: int = 0  # 0: derived from the COI home, so two homes never share a group
-    c2_ports: list[int] = field(
-        default_factory=lambda: [4444, 5555, 1234, 1337, 31337, 12345, 6666, 6667, 6697, 9001]
-    )
-    metadata_addresses: list[str] = field(
-        default_factory=lambda: ["169.254.169.254", "169.254.170.2", "100.100.100.200"]
-    )
-    file_read_threshold_mb: float = 50.0  # per scan window (2 s) ...
-    file_read_rate_mb_per_sec: float = 10.0  # ... or sustained over 5 s
-    exfil_threshold_mb: float = 20.0  # bytes the container sent within exfil_window_sec
-    exfil_window_sec: float = 10.0
+    actions: dict[str, str] = field(default_factory=lambda: dict(defaults.LEVEL_ACTIONS))
+    dedup_window_sec: float = D["dedup_window_sec"]
+    scan_interval_sec: float = D["scan_interval_sec"]  # the /proc pass (behaviour, I/O)
+    idle_exit_sec: float = D["idle_exit_sec"]  # no coi container for this long: it exits
+    nflog_group: int = D["nflog_group"]  # 0: from the COI home (two homes never share one)
+    c2_ports: list[int] = field(default_factory=lambda: list(D["c2_ports"]))
+    metadata_addresses: list[str] = field(default_factory=lambda: list(D["metadata_addresses"]))
+    file_read_threshold_mb: float = D["file_read_threshold_mb"]  # per scan window (2 s) ...
+    file_read_rate_mb_per_sec: float = D["file_read_rate_mb_per_sec"]  # ... or over 5 s
+    exfil_threshold_mb: float = D["exfil_threshold_mb"]  # sent within exfil_window_sec
+    exfil_window_sec: float = D["exfil_window_sec"]
     # a large read is exfiltration-shaped (HIGH) when the container also sent at least this
     # much, and more than it received, within exfil_window_sec
-    exfil_correlate_mb: float = 1.0
-    dns_rate_per_min: int = 100
-    dns_label_max: int = 30
-    dns_name_max: int = 52
-    dns_entropy_bits: float = 3.5
-    spawn_rate_per_sec: int = 100  # new processes within one second
-    process_count_threshold: int = 0  # 0: off
+    exfil_correlate_mb: float = D["exfil_correlate_mb"]
+    dns_rate_per_min: int = D["dns_rate_per_min"]
+    dns_label_max: int = D["dns_label_max"]
+    dns_name_max: int = D["dns_name_max"]
+    dns_entropy_bits: float = D["dns_entropy_bits"]
+    spawn_rate_per_sec: int = D["spawn_rate_per_sec"]  # new processes within one second
+    process_count_threshold: int = D["process_count_threshold"]  # 0: off
     # credential files the session was given on purpose ([[credentials]]): reading them is
     # its own business, not the sensitive-file watcher's
     own_credentials: list[str] = field(default_factory=list)
 
 
-def extra_config_path() -> Path:
-    return coi_home() / "monitor.toml"
+def extra_config_path(home: Path | None = None) -> Path:
+    return (home or coi_home()) / "monitor.toml"
 
 
 # MonitorConfig field <- Settings attribute ([monitoring] key of the same name)
-FROM_SETTINGS = {
-    "dedup_window_sec": "monitoring_dedup_window_sec",
-    "scan_interval_sec": "monitoring_scan_interval_sec",
-    "idle_exit_sec": "monitoring_idle_exit_sec",
-    "nflog_group": "monitoring_nflog_group",
-    "c2_ports": "monitoring_c2_ports",
-    "metadata_addresses": "monitoring_metadata_addresses",
-    "file_read_threshold_mb": "monitoring_file_read_threshold_mb",
-    "file_read_rate_mb_per_sec": "monitoring_file_read_rate_mb_per_sec",
-    "exfil_threshold_mb": "monitoring_exfil_threshold_mb",
-    "exfil_window_sec": "monitoring_exfil_window_sec",
-    "exfil_correlate_mb": "monitoring_exfil_correlate_mb",
-    "dns_rate_per_min": "monitoring_dns_rate_per_min",
-    "dns_label_max": "monitoring_dns_label_max",
-    "dns_name_max": "monitoring_dns_name_max",
-    "dns_entropy_bits": "monitoring_dns_entropy_bits",
-    "spawn_rate_per_sec": "monitoring_spawn_rate_per_sec",
-    "process_count_threshold": "monitoring_process_count_threshold",
-}
+FROM_SETTINGS = {name: f"monitoring_{name}" for name in D}
 
 
-def load_monitor_config(settings: Any = None, warn: Any = None) -> MonitorConfig:
+def load_monitor_config(
+    settings: Any = None, warn: Any = None, home: Path | None = None
+) -> MonitorConfig:
     """The [monitoring] section of the main config (load_settings), then the deprecated
-    $COI_HOME/monitor.toml [monitoring] table for the keys the main config leaves at their
-    defaults. `warn` (if given) gets one line about the deprecated file."""
+    monitor.toml [monitoring] table of `home` (default $COI_HOME) for the keys the main config
+    leaves at their defaults. `warn` (if given) gets one line about the deprecated file."""
     config = MonitorConfig()
     explicit: set[str] = set()
     if settings is not None:
@@ -105,7 +97,7 @@ def load_monitor_config(settings: Any = None, warn: Any = None) -> MonitorConfig
             config.actions["critical"] = "alert"
         sources = getattr(settings, "sources", {})
         explicit = {p[len("monitoring.") :] for p in sources if p.startswith("monitoring.")}
-    path = extra_config_path()
+    path = extra_config_path(home)
     if path.is_file():
         try:
             table = tomllib.loads(path.read_text()).get("monitoring", {})
@@ -122,7 +114,9 @@ def load_monitor_config(settings: Any = None, warn: Any = None) -> MonitorConfig
 
 
 def apply_table(config: MonitorConfig, table: dict[str, Any], where: str) -> None:
-    known = {f.name: f for f in fields(config)}
+    """Set `table`'s values on `config`, each checked against its field's type (ValueError
+    says which key); the prefix, the bridge and unknown keys are left alone."""
+    known = {f.name for f in fields(config)}
     for key, value in table.items():
         if key == "actions" and isinstance(value, dict):
             for level, action in value.items():
@@ -133,11 +127,21 @@ def apply_table(config: MonitorConfig, table: dict[str, Any], where: str) -> Non
         if key not in known or key in ("container_prefix", "bridge"):
             continue  # keys of the main config (or unknown ones) are not ours to judge here
         current = getattr(config, key)
-        same_list = isinstance(current, list) and isinstance(value, list)
-        wrong = isinstance(current, bool) or not isinstance(value, type(current) | int | float)
-        if wrong and not same_list:
+        if isinstance(current, list):
+            item_type = int if key == "c2_ports" else str
+            good = isinstance(value, list) and all(
+                isinstance(item, item_type) and not isinstance(item, bool) for item in value
+            )
+            if not good:
+                raise ValueError(f"{where}: [monitoring] {key} has the wrong type")
+            setattr(config, key, list(value))
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"{where}: [monitoring] {key} has the wrong type")
-        setattr(config, key, type(current)(value) if not isinstance(current, list) else value)
+        if isinstance(current, int) and value != int(value):
+            raise ValueError(f"{where}: [monitoring] {key} must be a whole number")
+        setattr(config, key, type(current)(value))
 
 
 # What a session's own settings (its profile, its project) decide for its container: the
@@ -182,3 +186,65 @@ def for_session(config: MonitorConfig, text: str) -> MonitorConfig:
     merged = replace(config, actions=dict(config.actions))
     apply_table(merged, table, SESSION_KEY)
     return merged
+
+
+# ---------------------------------------------------------------------- the daemon's hand-off
+@dataclass
+class DaemonSettings:
+    """What the root daemon runs with: the monitor's knobs, the rule-pack folders
+    ([detection] sigma_dir and gtfobins_dir, as written) and lines to log at its start."""
+
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    sigma_dir: str = defaults.SIGMA_DIR
+    gtfobins_dir: str = defaults.GTFOBINS_DIR
+    notes: list[str] = field(default_factory=list)
+
+
+def daemon_settings_text(settings: DaemonSettings) -> str:
+    """The hand-off file's text (`coi` writes it, the daemon reads it)."""
+    monitor = {f.name: getattr(settings.monitor, f.name) for f in fields(settings.monitor)}
+    del monitor["own_credentials"]  # a session's, never global
+    return json.dumps(
+        {
+            "monitor": monitor,
+            "sigma_dir": settings.sigma_dir,
+            "gtfobins_dir": settings.gtfobins_dir,
+            "notes": settings.notes,
+        },
+        indent=1,
+        sort_keys=True,
+    )
+
+
+def parse_daemon_settings(text: str) -> DaemonSettings:
+    """The hand-off file read back, every value checked (ValueError says what is wrong). The
+    file is the user's (as config.toml is): a value of the wrong shape is refused, never
+    used by root."""
+    where = DAEMON_SETTINGS
+    try:
+        table = json.loads(text)
+    except ValueError:
+        raise ValueError(f"{where}: not JSON") from None
+    if not isinstance(table, dict) or not isinstance(table.get("monitor"), dict):
+        raise ValueError(f"{where}: no monitor table")
+    out = DaemonSettings()
+    monitor = dict(table["monitor"])
+    for key in ("container_prefix", "bridge"):
+        value = monitor.pop(key, getattr(out.monitor, key))
+        if not isinstance(value, str) or not NAME_RE.match(value):
+            raise ValueError(f"{where}: {key} {value!r} is not a plain name")
+        setattr(out.monitor, key, value)
+    unknown = set(monitor) - {f.name for f in fields(out.monitor)} - {"own_credentials"}
+    if unknown or "own_credentials" in monitor:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown) or ['own_credentials']}")
+    apply_table(out.monitor, monitor, where)
+    for key in ("sigma_dir", "gtfobins_dir"):
+        value = table.get(key, getattr(out, key))
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: {key} is not a string")
+        setattr(out, key, value)
+    notes = table.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise ValueError(f"{where}: notes is not a list of strings")
+    out.notes = notes[:20]
+    return out

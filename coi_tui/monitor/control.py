@@ -8,6 +8,10 @@ Privilege: the daemon needs root. `coi setup` (run with sudo) installs
   invoking user ($SUDO_USER's ~/.coi, files owned by that user): no arguments are accepted,
 - /etc/sudoers.d/coi-monitor: `%incus-admin ALL=(root) NOPASSWD: <launcher>` and nothing more.
 A non-root `coi` then starts the daemon with `sudo -n <launcher>`.
+
+The daemon loads no settings itself: `start` resolves them here, as the user
+(`config.load_settings`, the schema's defaults) and hands them over in
+`$COI_HOME/monitor.config.json` (monitor/config.py) before it starts the daemon.
 """
 
 from __future__ import annotations
@@ -21,12 +25,46 @@ import sys
 import time
 from pathlib import Path
 
-from coi_tui.core import nofollow
+from coi_tui.config.settings import load_settings
 from coi_tui.core.errors import CoiError
+from coi_tui.core.fs import atomic_write
 from coi_tui.core.paths import coi_home, logs_dir
 from coi_tui.core.privilege import ADMIN_GROUP, SUDOERS_DIR, install_root_file, install_sudo_rule
+from coi_tui.monitor import daemon
+from coi_tui.monitor.config import (
+    DAEMON_SETTINGS,
+    DaemonSettings,
+    daemon_settings_text,
+    load_monitor_config,
+)
 from coi_tui.monitor.daemon import running_pid
 
+# What the root daemon is made of: the only modules of the package it imports (checked by
+# tests/unit/test_daemon_stdlib.py), and all `coi setup` copies for it.
+DAEMON_MODULES = (
+    "coi_tui",
+    "coi_tui.core",
+    "coi_tui.core.nofollow",
+    "coi_tui.core.paths",
+    "coi_tui.core.text",
+    "coi_tui.monitor",
+    "coi_tui.monitor.behaviour",
+    "coi_tui.monitor.canary",
+    "coi_tui.monitor.config",
+    "coi_tui.monitor.daemon",
+    "coi_tui.monitor.defaults",
+    "coi_tui.monitor.events",
+    "coi_tui.monitor.filewatch",
+    "coi_tui.monitor.incus_socket",
+    "coi_tui.monitor.membership",
+    "coi_tui.monitor.mounts",
+    "coi_tui.monitor.netlink",
+    "coi_tui.monitor.privilege",
+    "coi_tui.monitor.procfs",
+    "coi_tui.monitor.rulepacks",
+    "coi_tui.monitor.rules",
+)
+DAEMON_DATA = ("coi_tui/monitor/packs",)  # the bundled rule packs
 LAUNCHER = Path("/usr/local/libexec/coi-monitor-daemon")
 LIB_DIR = Path("/usr/local/lib/coi-monitor")
 SUDOERS = SUDOERS_DIR / "coi-monitor"
@@ -56,6 +94,7 @@ def start(home: Path | None = None, wait: float = 10.0) -> int:
     pid = running_pid(home)
     if pid:
         return pid
+    hand_over_settings(home)
     if os.geteuid() == 0:
         argv = [sys.executable, "-m", "coi_tui.monitor.daemon", "--home", str(home)]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
@@ -87,39 +126,27 @@ def start(home: Path | None = None, wait: float = 10.0) -> int:
     raise CoiError(f"the threat monitor did not start: see {logs_dir() / 'monitor.log'}")
 
 
+def daemon_settings(home: Path) -> DaemonSettings:
+    """What the daemon of `home` runs with: the user's config of that home as `coi` reads it
+    with no project (load_settings from "/"), and its deprecated monitor.toml."""
+    notes: list[str] = []
+    settings = load_settings(Path("/"), {**os.environ, "COI_HOME": str(home)})
+    monitor = load_monitor_config(settings, warn=notes.append, home=home)
+    return DaemonSettings(monitor, settings.sigma_dir, settings.gtfobins_dir, notes)
+
+
+def hand_over_settings(home: Path) -> None:
+    """Write the daemon's settings into `home` (DAEMON_SETTINGS), replacing the file (the
+    daemon reads it without following a symlink)."""
+    atomic_write(home / DAEMON_SETTINGS, daemon_settings_text(daemon_settings(home)), 0o644)
+
+
 def open_log(home: Path, owner: tuple[int, int] | None = None) -> int:
-    """An O_APPEND fd on <home>/logs/monitor.log. As root the home is the user's: the
-    directory is walked and the file opened without following a symlink (a link planted at
-    monitor.log is replaced, its target never written); `owner` gets what root creates."""
-    if os.geteuid() != 0:
-        return os.open(logs_dir() / "monitor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    logs = nofollow.open_dir(home / "logs", create=True, mode=0o755, owner=owner)
-    try:
-        return nofollow.open_append(logs, "monitor.log", 0o644, owner)
-    finally:
-        os.close(logs)
-
-
-def launch(argv: list[str]) -> int:
-    """The launcher's entry point (root, `python3 -I`): the daemon's stdout and stderr go to
-    the user's monitor.log, opened here without following a symlink (the launcher used to
-    let the shell open it as root with `>>`), then the daemon runs with `argv`."""
-    from coi_tui.monitor.daemon import main
-
-    home = Path(argv[argv.index("--home") + 1]) if "--home" in argv else coi_home()
-    owner = None
-    if "--owner" in argv:
-        uid, _, gid = argv[argv.index("--owner") + 1].partition(":")
-        owner = (int(uid), int(gid))
-    try:
-        fd = open_log(home, owner)
-    except (OSError, ValueError) as exc:
-        print(f"coi-monitor-daemon: cannot open {home}/logs/monitor.log: {exc}", file=sys.stderr)
-    else:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-    return main(argv)
+    """An O_APPEND fd on <home>/logs/monitor.log: as root through the daemon's no-follow
+    open (daemon.open_log: the home is a user's), else the user's own file."""
+    if os.geteuid() == 0:
+        return daemon.open_log(home, owner)
+    return os.open(logs_dir() / "monitor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
 
 def stop(home: Path | None = None, wait: float = 10.0) -> bool:
@@ -145,22 +172,21 @@ LAUNCHER_TEXT = """#!/bin/sh
 [ -n "$SUDO_USER" ] || { echo "coi-monitor-daemon: run through sudo" >&2; exit 2; }
 HOME_DIR=$(getent passwd "$SUDO_USER" | cut -d: -f6)
 cd / && exec /usr/bin/python3 -I -c 'import sys; sys.path.insert(0, "{lib}"); \\
-from coi_tui.monitor.control import launch; sys.exit(launch(sys.argv[1:]))' \\
+from coi_tui.monitor.daemon import launch; sys.exit(launch(sys.argv[1:]))' \\
   --home "$HOME_DIR/.coi" --owner "$SUDO_UID:$SUDO_GID" \\
   </dev/null >/dev/null 2>&1 &
 """
 
 
 def install(group: str = ADMIN_GROUP) -> list[str]:
-    """`coi setup` step (root only): the launcher, the package copy and the sudo rule."""
+    """`coi setup` step (root only): the launcher, the daemon's copy and the sudo rule."""
     if os.geteuid() != 0:
         return ["  [skipped] threat monitor privilege path: needs root (sudo coi setup)"]
-    source = Path(__file__).resolve().parents[1]
     target = LIB_DIR / "coi_tui"
     if target.exists():
         shutil.rmtree(target)
     LIB_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    copy_daemon(LIB_DIR)
     for path in [LIB_DIR, *LIB_DIR.rglob("*")]:
         os.chown(path, 0, 0)
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
@@ -175,3 +201,17 @@ def install(group: str = ADMIN_GROUP) -> list[str]:
             group,
         ),
     ]
+
+
+def copy_daemon(into: Path) -> None:
+    """The daemon's modules (DAEMON_MODULES) and data, and nothing else of the package, into
+    `into` (a folder that goes on sys.path)."""
+    repo = Path(__file__).resolve().parents[2]
+    for module in DAEMON_MODULES:
+        rel = Path(*module.split("."))
+        source = repo / rel / "__init__.py" if (repo / rel).is_dir() else repo / f"{rel}.py"
+        target = into / source.relative_to(repo)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    for data in DAEMON_DATA:
+        shutil.copytree(repo / data, into / data, dirs_exist_ok=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import errno
 import fcntl
 import functools
@@ -29,6 +30,7 @@ import stat
 import subprocess
 import sys
 import time
+import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,11 +38,23 @@ from pathlib import Path
 from typing import Any
 
 from coi_tui.core import nofollow
+from coi_tui.core.paths import coi_home, home_tag
 from coi_tui.core.text import clean
-from coi_tui.monitor import behaviour, filewatch, membership, mounts, procfs, rules
+from coi_tui.monitor import behaviour, filewatch, membership, mounts, procfs, rulepacks, rules
 from coi_tui.monitor.canary import PAYLOAD_BYTES, NetworkMatcher, canary_paths, mid_stream
-from coi_tui.monitor.config import SESSION_KEY, MonitorConfig, for_session, load_monitor_config
+from coi_tui.monitor.config import (
+    DAEMON_SETTINGS,
+    DAEMON_SETTINGS_LIMIT,
+    KILLED_BY_MONITOR,
+    KILLED_KEY,
+    SESSION_KEY,
+    DaemonSettings,
+    MonitorConfig,
+    for_session,
+    parse_daemon_settings,
+)
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
+from coi_tui.monitor.incus_socket import IncusFailed, IncusSocket
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
 from coi_tui.monitor.privilege import PrivilegeWatch, id_detail, parse_id_detail
 
@@ -119,8 +133,6 @@ def clip_argv(argv: list[str]) -> list[str]:
 
 
 def tag_for(home: Path) -> str:
-    from coi_tui.core.paths import home_tag
-
     return home_tag(home)
 
 
@@ -261,13 +273,13 @@ def cgroup_freeze(name: str) -> bool:
     sometimes a second): the threat is contained at once, Incus then records the state."""
     # Only the freezer LXC itself uses (v1 on hybrid hosts, else v2), or `incus start` would
     # not thaw it.
-    for path, value in (
-        (f"/sys/fs/cgroup/freezer/lxc.payload.{name}/freezer.state", "FROZEN"),
-        (f"/sys/fs/cgroup/lxc.payload.{name}/cgroup.freeze", "1"),
+    for folder, file, value in (
+        (f"/sys/fs/cgroup/freezer/{PAYLOAD}{name}", "freezer.state", b"FROZEN"),
+        (f"/sys/fs/cgroup/{PAYLOAD}{name}", "cgroup.freeze", b"1"),
     ):
-        if os.path.exists(path):
-            with contextlib.suppress(OSError), open(path, "w") as f:
-                f.write(value)
+        if os.path.exists(f"{folder}/{file}"):
+            with contextlib.suppress(OSError):
+                nofollow.write_existing(folder, file, value)
                 return True
     return False
 
@@ -328,7 +340,7 @@ class Responder:
             return False
         if watched.identity not in self.drills:
             try:
-                config = self.daemon.incus.get_instance(watched.name).config
+                config = self.daemon.incus.instance_config(watched.name)
             except Exception:
                 return False  # asked again at the next threat
             labelled = config.get(DRILL_KEY) == "true"
@@ -387,13 +399,17 @@ class Responder:
 
 
 class Daemon:
-    def __init__(self, home: Path, config: MonitorConfig, owner: tuple[int, int] | None) -> None:
-        from coi_tui.incus import Incus
-
+    def __init__(
+        self,
+        home: Path,
+        config: MonitorConfig,
+        owner: tuple[int, int] | None,
+        packs: rulepacks.PackSet | None = None,
+    ) -> None:
         self.home = home
         self.config = config
         self.owner = owner
-        self.incus = Incus()
+        self.incus = IncusSocket()
         self.audit = AuditLog(home, owner, say=self.log)
         self.watched: dict[str, Watched] = {}
         self.by_ns: dict[str, Watched] = {}  # by the pid namespace of the container's init
@@ -432,13 +448,11 @@ class Daemon:
         self.passed: dict[str, tuple[dict[int, str], int]] = {}
         self.stirred: set[str] = set()
         self.mount_polls: dict[str, tuple[int, select.poll]] = {}  # see mounts_changed
-        from coi_tui.monitor import rulepacks  # loaded once: bundled, Sigma, GTFOBins rules
-
-        self.packs = rulepacks.load_for_daemon(home, owner, self.log)
+        # loaded once (main: the folders the settings name); the bundled rules alone here
+        self.packs = packs if packs is not None else rulepacks.load_packs(None, None)
 
     def log(self, message: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        print(f"{stamp} {message}", file=sys.stderr, flush=True)
+        log_line(message)
 
     # ------------------------------------------------------------------ output
     def emit(self, watched: Watched, record: dict[str, Any]) -> None:
@@ -461,24 +475,33 @@ class Daemon:
         if not watched.uuid:
             return True
         try:
-            current = self.incus.get_instance(watched.name).config.get("volatile.uuid", "")
+            current = self.incus.instance_config(watched.name).get("volatile.uuid", "")
         except Exception:
             return False
         return current == watched.uuid
 
     def kill(self, name: str, expect_id: str = "") -> None:
-        """Kill `name` the way `coi kill` does (session saved), but only if it is still the
-        instance `expect_id` (its volatile.uuid; checked under the session lock)."""
-        from coi_tui.config.settings import load_settings
-        from coi_tui.sessions.manager import SessionManager
-
+        """Kill `name` if it is still the instance `expect_id` (its volatile.uuid): tag it
+        KILLED_KEY, then force-stop it (the cgroup was frozen already). Nothing is saved or
+        deleted here, as root: the session's supervisor, running as the user, sees the stop,
+        saves the session and deletes the container (persistent or not) because of the tag."""
         try:
-            manager = SessionManager(self.incus, load_settings(Path("/")), say=self.log)
-            if not manager.kill(name, expect_id=expect_id):
-                self.log(f"kill {name}: gone or another container by now; not acting")
-        finally:
-            if self.owner is not None:
-                chown_created(self.home, self.owner)
+            current = self.incus.instance_config(name).get("volatile.uuid", "")
+        except IncusFailed:
+            self.log(f"kill {name}: gone by now; not acting")
+            return
+        if expect_id and current != expect_id:
+            self.log(f"kill {name}: another container by now; not acting")
+            return
+        try:
+            self.incus.tag(name, KILLED_KEY, KILLED_BY_MONITOR)
+        except IncusFailed as exc:  # stopped all the same: its supervisor then keeps it
+            self.log(f"kill {name}: tag not set ({exc})")
+        try:
+            self.incus.force_stop(name)
+        except IncusFailed:
+            if self.incus.status(name) != "Stopped":
+                raise
 
     # ------------------------------------------------------------------ containers
     def refresh(self) -> None:
@@ -1317,11 +1340,8 @@ class Daemon:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
-        from coi_tui.config.settings import load_settings
-
-        settings = load_settings(Path("/"))
-        network = self.incus.get_network(self.config.bridge) or {}
-        self.gateway = str((network.get("config") or {}).get("ipv4.address", "")).split("/")[0]
+        network = self.incus.network_config(self.config.bridge)
+        self.gateway = str(network.get("ipv4.address", "")).split("/")[0]
         self.broadcaster = Broadcaster(self.home / "monitor.sock", self.owner)
         capture_r, capture_pid, self.capture_ctl = start_capture()
         self.capture_r = capture_r
@@ -1333,7 +1353,7 @@ class Daemon:
         nflog = NflogReader(self.nft.group, PAYLOAD_BYTES)
         self.log(
             f"monitor started (pid {os.getpid()}, table bridge {self.nft.table}, "
-            f"nflog group {self.nft.group}, prefix {settings.container_prefix!r})"
+            f"nflog group {self.nft.group}, prefix {self.config.container_prefix!r})"
         )
         next_scan = next_refresh = next_sweep = time.monotonic()
         try:
@@ -1448,8 +1468,6 @@ def capture_main(out: int, ctl: int = -1) -> None:
     init's) also when it runs in a namespace nested in it (PidnsOwners). The command line is
     read before anything else; a process already gone is attributed through its parent
     (from fork events)."""
-    import ctypes
-
     with contextlib.suppress(Exception):  # die with the daemon (PR_SET_PDEATHSIG)
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -1625,22 +1643,6 @@ def fd_link(pid: int, num: int) -> str:
         return ""
 
 
-def chown_created(home: Path, owner: tuple[int, int]) -> None:
-    """Give the user back what this root daemon created in their COI home (session data
-    saved by a kill, lock files, metadata). Walks by directory fd and never follows a
-    symlink, so nothing outside the home can be reached through one."""
-    uid, gid = owner
-    try:
-        for _root, dirs, files, dirfd in os.fwalk(home, follow_symlinks=False):
-            for entry in (".", *dirs, *files):
-                with contextlib.suppress(OSError):
-                    st = os.stat(entry, dir_fd=dirfd, follow_symlinks=False)
-                    if st.st_uid == 0 and uid != 0:
-                        os.chown(entry, uid, gid, dir_fd=dirfd, follow_symlinks=False)
-    except OSError:
-        pass
-
-
 # ---------------------------------------------------------------------- single instance
 def lock_path(home: Path) -> Path:
     return home / "monitor.lock"
@@ -1709,6 +1711,38 @@ def detach() -> None:
         os._exit(0)
 
 
+def open_log(home: Path, owner: tuple[int, int] | None = None) -> int:
+    """An O_APPEND fd on <home>/logs/monitor.log. As root the home is the user's: the
+    directory is walked and the file opened without following a symlink (a link planted at
+    monitor.log is replaced, its target never written); `owner` gets what root creates."""
+    logs_fd = nofollow.open_dir(home / "logs", create=True, mode=0o755, owner=owner)
+    try:
+        return nofollow.open_append(logs_fd, "monitor.log", 0o644, owner)
+    finally:
+        os.close(logs_fd)
+
+
+def launch(argv: list[str]) -> int:
+    """The launcher's entry point (root, `python3 -I`, monitor/control.py LAUNCHER_TEXT): the
+    daemon's stdout and stderr go to the user's monitor.log, opened here without following a
+    symlink (the launcher used to let the shell open it as root with `>>`), then the daemon
+    runs with `argv`."""
+    home = Path(argv[argv.index("--home") + 1]) if "--home" in argv else coi_home()
+    owner = None
+    if "--owner" in argv:
+        uid, _, gid = argv[argv.index("--owner") + 1].partition(":")
+        owner = (int(uid), int(gid))
+    try:
+        fd = open_log(home, owner)
+    except (OSError, ValueError) as exc:
+        print(f"coi-monitor-daemon: cannot open {home}/logs/monitor.log: {exc}", file=sys.stderr)
+    else:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    return main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="coi-monitor-daemon")
     parser.add_argument("--home", help="the COI home to serve (default $COI_HOME or ~/.coi)")
@@ -1716,8 +1750,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.home:
         os.environ["COI_HOME"] = args.home
-    from coi_tui.core.paths import coi_home
-
     home = coi_home()
     owner: tuple[int, int] | None = None
     if args.owner:
@@ -1743,8 +1775,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0  # already running: a second start is a no-op
     pid = f"{os.getpid()}\n".encode()
     nofollow.write_file(home_fd, "monitor.pid", pid, 0o644, owner)
-    config = load_monitor_config(_settings(), warn=lambda line: print(line, file=sys.stderr))
-    daemon = Daemon(home, config, owner)
+    settings = read_settings(home_fd, owner)
+    packs = rulepacks.load_for_daemon(
+        home, owner, log_line, settings.sigma_dir, settings.gtfobins_dir
+    )
+    daemon = Daemon(home, settings.monitor, owner, packs)
 
     def stop(_signum: int, _frame: object) -> None:
         daemon.stop = True
@@ -1767,13 +1802,33 @@ def main(argv: list[str] | None = None) -> int:
 RESTARTS_PER_MINUTE = 5  # a fault that comes back faster ends the daemon
 
 
+def log_line(message: str) -> None:
+    """A line of the daemon's log (its stderr: the user's monitor.log)."""
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def read_settings(home_fd: int, owner: tuple[int, int] | None) -> DaemonSettings:
+    """What `coi` handed over in the home (monitor/config.py, DAEMON_SETTINGS), read without
+    following a symlink; the defaults when it is missing or refused (said in the log)."""
+    try:
+        text = nofollow.read_file(home_fd, DAEMON_SETTINGS, DAEMON_SETTINGS_LIMIT, owner)
+        settings = parse_daemon_settings(text.decode("utf-8"))
+    except FileNotFoundError:
+        log_line(f"no {DAEMON_SETTINGS} (not started by coi): the default settings")
+        return DaemonSettings()
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        log_line(f"{DAEMON_SETTINGS} refused ({clean(str(exc))}): the default settings")
+        return DaemonSettings()
+    for note in settings.notes:
+        log_line(clean(note))
+    return settings
+
+
 def run_restarting(daemon: Daemon) -> None:
     """The daemon's loop, started again after a fault (an exception in any handler would
     otherwise end the watch of every container of this home, whatever caused it): what it
     knew of each container is dropped, and the next listing watches them all anew, with a
     record for each saying the watch was interrupted."""
-    import traceback
-
     faults: deque[float] = deque()
     while True:
         try:
@@ -1796,12 +1851,6 @@ def run_restarting(daemon: Daemon) -> None:
                 daemon.forget(watched)
             daemon.responder.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="respond")
             daemon.faults += 1
-
-
-def _settings() -> Any:
-    from coi_tui.config.settings import load_settings
-
-    return load_settings(Path("/"))
 
 
 if __name__ == "__main__":

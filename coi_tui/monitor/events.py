@@ -207,10 +207,8 @@ class AuditLog:
         renames never follow a symlink."""
         for index in range(self.keep - 1, 0, -1):
             with contextlib.suppress(FileNotFoundError):
-                os.rename(
-                    f"{name}.{index}", f"{name}.{index + 1}", src_dir_fd=dir_fd, dst_dir_fd=dir_fd
-                )
-        os.rename(name, f"{name}.1", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                nofollow.rename(dir_fd, f"{name}.{index}", f"{name}.{index + 1}")
+        nofollow.rename(dir_fd, name, f"{name}.1")
 
 
 @dataclass

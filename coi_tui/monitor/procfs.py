@@ -5,6 +5,7 @@ network namespace via /proc/<pid>/net/*) and I/O counters. Root reads every fiel
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import socket
 import stat
@@ -358,8 +359,6 @@ def _pidfd_getfd(pid: int, num: int) -> int:
     if not hasattr(os, "pidfd_open") or os.uname().machine not in ("x86_64", "aarch64"):
         return -1
     if _syscall is None:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall.restype = ctypes.c_long
         libc.syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_uint]

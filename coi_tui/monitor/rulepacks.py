@@ -48,14 +48,18 @@ import errno
 import os
 import pwd
 import re
+import shutil
 import stat
+import subprocess
 import time
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from coi_tui.core import nofollow
 from coi_tui.core.text import clean
 from coi_tui.monitor.events import Threat
 from coi_tui.monitor.rules import threat
@@ -935,8 +939,9 @@ def compile_sigma(doc: Any, rule_id: str, source: str, *, need_logsource: bool) 
     if "timeframe" in detection:
         raise RuleError("timeframe is not supported")
     raw_condition = detection.get("condition")
-    conditions = raw_condition if isinstance(raw_condition, list) else [raw_condition]
-    if not conditions or not all(isinstance(c, str) and c.strip() for c in conditions):
+    listed = raw_condition if isinstance(raw_condition, list) else [raw_condition]
+    conditions = [c for c in listed if isinstance(c, str) and c.strip()]
+    if not conditions or len(conditions) != len(listed):
         raise RuleError("no condition")
     selections = {
         str(name): _selection(str(name), body)
@@ -1103,8 +1108,6 @@ def _read_files(
     """(relative path, bytes) of the regular files named *suffix under `root` (dot entries
     skipped), walked by directory fd without following any symlink (see the module doc).
     What is skipped is named `label` + its path under `root`."""
-    from coi_tui.core import nofollow
-
     used = {"files": 0, "bytes": 0, "dirs": 0, "stopped": 0}
 
     def limit(folder: bool = False) -> str:
@@ -1472,16 +1475,18 @@ def load_configured(
 SHOWN_SKIPS = 10  # skip reasons written to the daemon log (`coi monitor rules list`: all)
 
 
-def load_for_daemon(home: Path, owner: tuple[int, int] | None, say: Any) -> PackSet:
-    """The daemon's packs, loaded once at its start: the folders its settings name; one
-    summary line, then one line per error and per skipped file (the first SHOWN_SKIPS) to
-    `say`. Never raises: a broken pack leaves the bundled rules and the other source."""
+def load_for_daemon(
+    home: Path, owner: tuple[int, int] | None, say: Any, sigma_dir: str, gtfobins_dir: str
+) -> PackSet:
+    """The daemon's packs, loaded once at its start: the folders its settings name
+    ([detection] sigma_dir, gtfobins_dir, as written); one summary line, then one line per
+    error and per skipped file (the first SHOWN_SKIPS) to `say`. Never raises: a broken pack
+    leaves the bundled rules and the other source."""
+    dirs = SimpleNamespace(sigma_dir=sigma_dir, gtfobins_dir=gtfobins_dir)
     try:
-        from coi_tui.config.settings import load_settings
-
-        packs, errors = load_configured(load_settings(Path("/")), home, owner)
-    except Exception as exc:  # a broken config: the bundled rules still apply
-        packs, errors = load_packs(None, None), [f"settings not read: {clean(exc)}"]
+        packs, errors = load_configured(dirs, home, owner)
+    except Exception as exc:  # a broken pack folder: the bundled rules still apply
+        packs, errors = load_packs(None, None), [f"packs not read: {clean(exc)}"]
     say(packs.summary())
     for line in errors:
         say(f"rule packs: {line}")
@@ -1526,8 +1531,6 @@ def import_pack(source: Path, settings: Any, home: Path, *, dry_run: bool = Fals
     copied, into a new folder that then replaces `[detection] sigma_dir`/`gtfobins_dir`
     (two renames); `dry_run`: validate only. Nothing is fetched. ValueError (one line) when
     nothing usable is there."""
-    import shutil
-
     if not source.is_dir():
         raise ValueError(f"{source} is not a folder")
     kind = pack_kind(source)
@@ -1575,8 +1578,6 @@ def clone_pack(source: str, kind: str, into: Path) -> Path:
     """A shallow sparse git checkout of `source` (a URL or a local repository) into `into`,
     only the part rule packs use: for `coi update patterns`, an explicit user command; the
     daemon never fetches. ValueError (one line) when git fails."""
-    import subprocess
-
     if not source or source.startswith("-"):
         raise ValueError(f"not a git source: {source!r}")
     steps = [

@@ -13,6 +13,7 @@ import re
 import struct
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Any
 
 from coi_tui.monitor.config import MonitorConfig
 from coi_tui.monitor.events import Threat
@@ -125,7 +126,7 @@ def threat(
     category: str,
     title: str,
     description: str,
-    evidence: dict[str, object],
+    evidence: dict[str, Any],
     key: str,
 ) -> Threat:
     return Threat(rule, level, category, title, description, evidence, dedup_key=f"{rule}:{key}")

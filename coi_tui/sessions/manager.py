@@ -19,6 +19,7 @@ from coi_tui.core.fs import file_lock
 from coi_tui.core.paths import logs_dir
 from coi_tui.incus import ExecResult, Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.incus.provision import subid_allows
+from coi_tui.monitor.config import KILLED_BY_MONITOR, KILLED_KEY
 from coi_tui.sessions.hooks import run_hooks
 from coi_tui.sessions.hookspec import LaunchContext, LaunchRequest, Say, Session
 from coi_tui.sessions.naming import (
@@ -742,7 +743,10 @@ class SessionManager:
             if instance.status != "Stopped":
                 return "running"
             self.save_session(instance)
-            if instance.config.get("user.coi.persistent") == "true":
+            # the threat monitor's kill (it froze, tagged and force-stopped it, as root)
+            # ends a persistent session too, as `coi kill` does: saved, then deleted here
+            killed = instance.config.get(KILLED_KEY) == KILLED_BY_MONITOR
+            if instance.config.get("user.coi.persistent") == "true" and not killed:
                 run_hooks("container_ended", self, name, False)
                 self.say(
                     f"Container {name} stopped and kept for reuse (persistent): "

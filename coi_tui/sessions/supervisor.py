@@ -1,6 +1,11 @@
 """Per-session supervisor: a detached process that waits for the container to stop (poweroff
 from inside, or the monitor's kill) and then saves the session and removes an ephemeral
 container. `coi shell` starts one for every session; a second one for the same container exits.
+
+The threat monitor's kill ends here: the root daemon only freezes the container, tags it
+(`monitor.config.KILLED_KEY`) and force-stops it; this process, running as the user, saves
+the session and deletes the container, persistent or not (`finalize_if_stopped`), so nothing
+of the session code ever runs as root.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from coi_tui.sessions.manager import SessionManager
 from coi_tui.sessions.workspace_guard import patrol
 
 GUARD_PATROL_SECONDS = 10.0
+TAKEOVER_SECONDS = 10.0  # see take_over
 STOP_ACTIONS = {"instance-stopped", "instance-shutdown", "instance-deleted", "instance-restarted"}
 
 
@@ -117,15 +123,30 @@ def patrol_workspace(name: str, prefix: str, stop: threading.Event) -> None:
         wait = max(GUARD_PATROL_SECONDS, 10 * (time.monotonic() - began))
 
 
+def take_over(lock_fd: int, wait: float = TAKEOVER_SECONDS) -> bool:
+    """The supervisor lock of the container's name. Held by another supervisor, it is waited
+    for a little: a slot killed (by the monitor, `coi kill`) and started again at once gets its
+    new supervisor while the old one may still be finishing the old container's cleanup."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
 def main(argv: list[str]) -> int:
     name = argv[0]
     lock_fd = os.open(locks_dir() / f"supervisor-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not take_over(lock_fd):
         return 0  # another supervisor already watches this container
     settings = load_settings()
-    incus = Incus(settings.socket or None, settings.project)
+    # the daemon of the session: SessionManager.supervisor_env names its remote, if any
+    remote = os.environ.get("COI_REMOTE") or None
+    incus = Incus(settings.socket or None, settings.project, remote=remote)
     manager = SessionManager(incus, settings, say)
     say(f"watching {name}")
     stop_patrol = threading.Event()

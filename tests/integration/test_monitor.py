@@ -157,6 +157,7 @@ class Monitor:
     env: dict[str, str]
     ready: queue.Queue[str] = field(default_factory=queue.Queue)
     triggers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    supervisors: list[subprocess.Popen[bytes]] = field(default_factory=list)
     config: dict[str, str] = field(default_factory=dict)  # more instance config per launch
 
     def coi(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -172,7 +173,9 @@ class Monitor:
     def launch(self, name: str = "") -> str:
         """Create and start a container (`name`: a given one, e.g. a slot started again).
         Tagged with this monitor's COI home, as sessions are, so no other test's daemon (of
-        another home, whose prefix may be a prefix of ours) ever watches it."""
+        another home, whose prefix may be a prefix of ours) ever watches it. Supervised as
+        `coi shell` supervises every session: the monitor's kill only stops a container, its
+        supervisor saves and deletes it."""
         from coi_tui.core.paths import home_tag
 
         name = name or f"{self.prefix}{uuid.uuid4().hex[:6]}"
@@ -183,6 +186,17 @@ class Monitor:
             config={"user.coi.home": home_tag(self.home), **self.config},
             devices={"eth0": nic},
             start=True,
+        )
+        self.supervisors.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "coi_tui.sessions.supervisor", name],
+                env=self.env,
+                cwd=self.home,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         )
         return name
 
@@ -336,6 +350,9 @@ def running_monitor(
         stop.set()
         for proc in getattr(locals().get("monitor"), "triggers", []):
             proc.kill()
+        for proc in getattr(locals().get("monitor"), "supervisors", []):
+            proc.kill()
+            proc.wait()
         subprocess.run(
             [sys.executable, "-m", "coi_tui.cli.main", "monitor", "--stop"],
             env=env,

@@ -1,16 +1,21 @@
-"""The root daemon kills a container for a user: the session data that SessionManager.kill
-saves into that user's COI home (and the lock files it takes there) must belong to the user,
-not to root. Driven with the daemon's --owner, as the sudo launcher runs it."""
+"""The root daemon kills a container for a user: the session is saved into that user's COI
+home and everything there belongs to the user, not to root. Since issue 18 the daemon only
+freezes, tags and force-stops; the session's supervisor, running as the user (as `coi shell`
+starts it), saves and deletes. Driven with the daemon's --owner, as the sudo launcher runs
+it, and with the settings `coi` hands over (monitor.config.json)."""
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +34,11 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the monitor daemon ne
 
 @pytest.fixture
 def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[Path, str, int]]:
-    home = tmp_path / "home" / ".coi"
-    home.mkdir(parents=True)
+    # a folder the user (OWNER) can reach: pytest's own are root's alone
+    base = Path(tempfile.mkdtemp(prefix="coi-kill-owner-"))
+    base.chmod(0o711)
+    home = base / ".coi"
+    home.mkdir()
     # a C2 port of our own choosing (free now), so parallel runs on one host never collide
     # (a plain bind: a Listener's accept thread would keep the port listening after close)
     with socket.socket() as probe:
@@ -41,6 +49,10 @@ def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[P
     env = {**os.environ, "COI_HOME": str(home), "COI_CONTAINER_PREFIX": prefix}
     env["PYTHONPATH"] = str(REPO)
     env.pop("COI_CONFIG", None)
+    # what `coi` hands the daemon before it starts it (the daemon reads no config itself)
+    hand_over = "from coi_tui.monitor.control import hand_over_settings; hand_over_settings("
+    subprocess.run([sys.executable, "-c", f"{hand_over}__import__('pathlib').Path({str(home)!r}))"],
+                   env=env, check=True, timeout=60)  # fmt: skip
     argv = [sys.executable, "-m", "coi_tui.monitor.daemon", "--home", str(home)]
     argv += ["--owner", f"{OWNER[0]}:{OWNER[1]}"]
     # the daemon detaches (daemon.detach): the process started here exits at once
@@ -60,6 +72,31 @@ def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[P
                 os.kill(pid, signal.SIGTERM)
             wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 15, "the daemon to stop")
         cleanup_test_leftovers(incus, prefix)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def supervise_as_owner(home: Path, prefix: str, name: str) -> subprocess.Popen[bytes]:
+    """The session's supervisor, as `coi shell` starts it, run by the user (OWNER, in the
+    Incus admin group), with the system's python3 (the venv's lies under /root)."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home.parent),
+        "COI_HOME": str(home),
+        "COI_CONTAINER_PREFIX": prefix,
+        "PYTHONPATH": str(REPO),
+    }
+    return subprocess.Popen(
+        ["/usr/bin/python3", "-m", "coi_tui.sessions.supervisor", name],
+        env=env,
+        cwd=home.parent,
+        user=OWNER[0],
+        group=OWNER[1],
+        extra_groups=[grp.getgrnam("incus-admin").gr_gid],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def test_session_data_saved_by_a_kill_belongs_to_the_user(
@@ -85,6 +122,7 @@ def test_session_data_saved_by_a_kill_belongs_to_the_user(
     }
     nic = {"type": "nic", "network": "coibr0", "name": "eth0"}
     incus.create_instance(name, image, config=config, devices={"eth0": nic}, start=True)
+    supervisor = supervise_as_owner(home, prefix, name)
     events.wait(lambda m: m.get("type") == "watch" and m.get("container") == name, 60, "watch")
     wait_until(lambda: incus.get_instance(name, with_state=True).ipv4, 60, "an address")
     setup = "mkdir -p /home/code/.claude && echo '{\"x\": 1}' > /home/code/.claude/settings.json"
@@ -112,8 +150,12 @@ def test_session_data_saved_by_a_kill_belongs_to_the_user(
             return False
 
         wait_until(gone, 60, f"{name} to be deleted")
+        # by the supervisor, which then ends
+        assert supervisor.wait(timeout=60) == 0
     finally:
         c2.close()
+        if supervisor.poll() is None:
+            supervisor.kill()
     saved = [p for p in home.rglob("settings.json") if session in str(p)]
     assert saved, sorted(str(p) for p in home.rglob("*"))
     assert json.loads(saved[0].read_text()) == {"x": 1}
@@ -125,5 +167,5 @@ def test_session_data_saved_by_a_kill_belongs_to_the_user(
             if (p.lstat().st_uid, p.lstat().st_gid) != OWNER
         ]
 
-    # the daemon hands the files over right after the kill's save and delete
+    # the supervisor saved as the user; what the root daemon made there it handed over
     wait_until(lambda: not not_owned(), 10, f"the user to own everything: {not_owned()}")

@@ -174,7 +174,7 @@ def test_the_launcher_never_opens_the_users_log_as_root_through_a_symlink(
 
     # the shell no longer redirects into the user's home as root: the daemon opens the log
     assert ">>" not in control.LAUNCHER_TEXT and ".coi/logs" not in control.LAUNCHER_TEXT
-    assert "from coi_tui.monitor.control import launch" in control.LAUNCHER_TEXT
+    assert "from coi_tui.monitor.daemon import launch" in control.LAUNCHER_TEXT
     if os.geteuid() != 0:
         pytest.skip("the no-follow path is the root one")
     target = tmp_path / "shadow"

@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 
-from coi_tui.monitor.config import MonitorConfig
-from coi_tui.monitor.daemon import DRILL_KEY, Responder, Watched
 from coi_tui.health.drill import (
     DETECTED,
     MISSED,
@@ -24,6 +22,8 @@ from coi_tui.health.drill import (
     probe_values,
     skip_reason,
 )
+from coi_tui.monitor.config import MonitorConfig
+from coi_tui.monitor.daemon import DRILL_KEY, Responder, Watched
 
 LISTENER_PORTS = {"shell_port", "sink_port", "c2_port", "scan_ports"}  # bound by the drill
 
@@ -178,11 +178,11 @@ class FakeIncus:
         self.config = config
         self.asked = 0
 
-    def get_instance(self, name: str) -> Any:
+    def instance_config(self, name: str) -> dict[str, str]:
         self.asked += 1
         if self.config is None:
             raise OSError("Incus is down")
-        return SimpleNamespace(config=self.config)
+        return self.config
 
 
 def responder(incus: FakeIncus) -> Responder:

@@ -1,8 +1,9 @@
 """The root daemon's output and kill paths (issue 16), without sockets, capture or nft.
 
 - The delayed kill acts only on the instance it judged: the name may belong to a successor
-  by the time the worker runs, and `SessionManager.kill(expect_id=)` checks the instance id
-  under the session lock, where no `coi` run can swap it any more.
+  by the time the worker runs. It tags the instance and force-stops it, nothing more (issue
+  18): the user's supervisor saves and deletes. `SessionManager.kill(expect_id=)` checks the
+  instance id under the session lock, where no `coi` run can swap it any more.
 - A record the audit log rate-limits is neither broadcast nor logged (a flood must not
   flood the dashboards and monitor.log instead); one the log failed to write still is; the
   description (container text) reaches monitor.log as one escaped line."""
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from coi_tui.incus.client import Instance
+from coi_tui.monitor.config import KILLED_BY_MONITOR, KILLED_KEY
 from coi_tui.monitor.daemon import Daemon, Watched
 from coi_tui.monitor.events import AuditLog, Threat
 from coi_tui.sessions import manager as manager_module
@@ -23,7 +25,8 @@ from coi_tui.sessions.manager import SessionManager
 
 
 class FakeIncus:
-    """One instance under a name; records what was done to it."""
+    """One instance under a name; records what was done to it (the user side's calls and
+    the daemon's IncusSocket calls)."""
 
     remote = None
 
@@ -33,6 +36,15 @@ class FakeIncus:
 
     def get_instance(self, name: str) -> Instance:
         return self.instance
+
+    def instance_config(self, name: str) -> dict[str, str]:
+        return self.instance.config
+
+    def tag(self, name: str, key: str, value: str) -> None:
+        self.done.append(f"tag {name} {key}={value}")
+
+    def force_stop(self, name: str) -> None:
+        self.done.append(f"stop {name}")
 
     def stop(self, name: str, force: bool = False, **_: Any) -> None:
         self.done.append(f"stop {name}")
@@ -70,7 +82,8 @@ def test_the_daemon_never_kills_a_successor_that_took_the_name(tmp_path: Path) -
 def test_the_daemon_kills_the_container_it_judged(tmp_path: Path) -> None:
     incus = FakeIncus("uuid-1")
     daemon_with(incus, [], tmp_path).kill("coi-x-1", expect_id="uuid-1")
-    assert incus.done == ["stop coi-x-1", "delete coi-x-1"]
+    # tagged first, so the supervisor that sees the stop knows it was the monitor's kill
+    assert incus.done == [f"tag coi-x-1 {KILLED_KEY}={KILLED_BY_MONITOR}", "stop coi-x-1"]
 
 
 def test_kill_without_an_expected_id_is_unchanged(tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ def dns_query(name: str) -> bytes:
         ("169.254.169.254", 80, "net.metadata", "critical"),
         ("10.199.0.1", 4444, "net.c2-port", "critical"),
         ("192.0.2.10", 31337, "net.c2-port", "critical"),
-        ("10.199.0.250", 8080, "net.private", "high"),
+        ("10.199.0.250", 8000, "net.private", "high"),  # 8080: on the C2 list too
         ("172.16.5.5", 443, "net.private", "high"),
         ("192.0.2.53", 53, "dns.nonstandard-server", "warning"),
     ],
@@ -696,7 +696,7 @@ def test_a_slot_started_again_under_the_same_name_is_watched_anew(
     daemon.incus = types.SimpleNamespace(
         list_instances=lambda prefix: listing,
         instance_state=lambda name: {"pid": init[0], "network": {}},
-        get_instance=lambda name: listing[0],
+        instance_config=lambda name: listing[0].config,
     )
     daemon.nft = types.SimpleNamespace(add=lambda iface: None, discard=lambda iface: None)
     daemon.broadcaster = types.SimpleNamespace(publish_event=lambda event: None)
