@@ -18,6 +18,7 @@ from coi_tui import __version__
 from coi_tui.core.errors import CoiError
 from coi_tui.core.text import clean
 from coi_tui.dashboard.backend import Backend
+from coi_tui.dashboard.hosts import MultiHostBackend
 from coi_tui.dashboard.prefs import load_keymap, load_state, save_state
 from coi_tui.dashboard.threats import AuditTail, ThreatSource
 from coi_tui.screens.confirm import ConfirmScreen
@@ -59,8 +60,6 @@ class CoiApp(App[None]):
         (None: every configured one), each listed on its own."""
         super().__init__()
         if backend is None:
-            from coi_tui.dashboard.hosts import MultiHostBackend
-
             # Connects on first use only.
             backend = MultiHostBackend.from_config(
                 remotes=remotes, local=local, read_only=read_only

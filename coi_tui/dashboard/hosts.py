@@ -15,9 +15,19 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 
+from coi_tui.config import load_settings
 from coi_tui.core.errors import CoiError
 from coi_tui.dashboard.attach import SessionState
-from coi_tui.dashboard.backend import Backend, EventCallback, SlotInfo, SnapshotInfo
+from coi_tui.dashboard.backend import (
+    Backend,
+    EventCallback,
+    IncusBackend,
+    SlotInfo,
+    SnapshotInfo,
+)
+from coi_tui.incus import Incus
+from coi_tui.incus.client import default_socket_path
+from coi_tui.incus.remotes import _config_files, get_remote, load_remotes
 from coi_tui.terminal.transport import Transport
 
 LOCAL = ""  # the host key of the local daemon
@@ -84,12 +94,6 @@ class MultiHostBackend:
     ) -> MultiHostBackend:
         """The local daemon (unless local=False) and the named remotes (None: every configured
         one). Nothing connects here; the first listing does."""
-        from coi_tui.config import load_settings
-        from coi_tui.dashboard.backend import IncusBackend
-        from coi_tui.incus import Incus
-        from coi_tui.incus.client import default_socket_path
-        from coi_tui.incus.remotes import _config_files, get_remote, load_remotes
-
         settings = load_settings()
         if remotes is None:
             chosen = list(load_remotes(_config_files()).values())

@@ -181,11 +181,3 @@ class PushSource:
             events = list(self._events)
             self._events.clear()
         return events
-
-
-class CombinedSource:
-    def __init__(self, *sources: ThreatSource) -> None:
-        self.sources = sources
-
-    def read_new(self) -> list[ThreatEvent]:
-        return [event for source in self.sources for event in source.read_new()]

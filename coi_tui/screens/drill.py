@@ -11,36 +11,22 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, Static
 
-from coi_tui.health.drill import DETECTED, MISSED, DrillReport, Progress
+from coi_tui.config import load_settings
+from coi_tui.dashboard.poller import one_line
+from coi_tui.health.drill import DETECTED, MISSED, DrillReport, Progress, run_drill
+from coi_tui.incus import Incus
+from coi_tui.screens.messages import DrillDone, DrillProgress
 
 DrillRunner = Callable[[Progress], DrillReport]
 
 
 def local_drill(progress: Progress) -> DrillReport:
     """The drill on this machine, for the user's COI home (what `coi health --drill` runs)."""
-    from coi_tui.config import load_settings
-    from coi_tui.incus import Incus
-    from coi_tui.health.drill import run_drill
-
     settings = load_settings()
     return run_drill(settings, Incus(settings.socket or None, settings.project), progress)
-
-
-class DrillProgress(Message):
-    def __init__(self, line: str) -> None:
-        super().__init__()
-        self.line = line
-
-
-class DrillDone(Message):
-    def __init__(self, report: DrillReport | None, error: str = "") -> None:
-        super().__init__()
-        self.report = report
-        self.error = error
 
 
 class DrillScreen(ModalScreen[None]):
@@ -77,11 +63,13 @@ class DrillScreen(ModalScreen[None]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="drill")
     def run_drill(self) -> None:
         # never touches widgets: everything goes back as messages
+        def progress(line: str) -> None:
+            self.post_message(DrillProgress(line))
+
         try:
-            report = self.runner(lambda line: self.post_message(DrillProgress(line)))
+            report = self.runner(progress)
         except Exception as exc:  # a CoiError's one line; anything else must not crash the app
-            lines = str(exc).strip().splitlines()
-            self.post_message(DrillDone(None, lines[0] if lines else type(exc).__name__))
+            self.post_message(DrillDone(None, one_line(exc)))
             return
         self.post_message(DrillDone(report))
 

@@ -3,24 +3,23 @@ details, and the threat feed. All I/O runs in thread workers that post messages;
 here own every state change.
 
 Slots come from one or more Incus hosts (the local daemon and remotes, see
-dashboard/hosts.py). Each host is listed by a thread of its own on its own poll timer, so a
-remote that does not answer never delays the local listing."""
+dashboard/hosts.py). dashboard/poller.py keeps them current: each host is listed in a thread
+of its own on its own schedule (a remote that does not answer never delays the local listing),
+the local daemon's lifecycle events ask for a listing soon, and the threat feed is polled in a
+thread worker here. Every result comes back as a message (screens/messages.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
@@ -51,13 +50,21 @@ from coi_tui.dashboard.backend import (
     SlotInfo,
     SnapshotInfo,
     describe,
-    is_lifecycle_for,
 )
 from coi_tui.dashboard.hosts import LOCAL, HostBoard, MultiHostBackend
-from coi_tui.dashboard.threats import ThreatSource
+from coi_tui.dashboard.poller import (
+    HostListing,
+    LifecycleWatcher,
+    SlotPoller,
+    ThreatPoller,
+    one_line,
+)
+from coi_tui.dashboard.threats import ThreatEvent, ThreatSource
 from coi_tui.screens.confirm import ConfirmScreen
+from coi_tui.screens.drill import DrillScreen
 from coi_tui.screens.messages import (
-    LifecycleEvent,
+    HostSlotsFailed,
+    HostSlotsLoaded,
     OpFinished,
     ProcessesLoaded,
     SnapshotsLoaded,
@@ -67,6 +74,7 @@ from coi_tui.screens.messages import (
     ThreatsArrived,
 )
 from coi_tui.screens.new_slot import NewSlotRequest, NewSlotScreen
+from coi_tui.terminal.transport import close_in_background
 from coi_tui.widgets.slot_tree import HostRow, SlotTree
 from coi_tui.widgets.terminal_view import TerminalView
 from coi_tui.widgets.threat_feed import ThreatFeed
@@ -78,31 +86,7 @@ MUTATING = frozenset(
 SLOT_ACTIONS = frozenset({"toggle_pause", "kill", "snapshot", "attach", "focus_terminal"})
 SNAPSHOT_ACTIONS = frozenset({"restore", "branch"})
 TABS = ("tab-terminal", "tab-info", "tab-processes", "tab-audit")
-THREAT_POLL_S = 0.2
 TERMINAL_RETRY_S = 3.0  # a terminal that failed to open is tried again after this long
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-class HostSlotsLoaded(Message):
-    """One host's listing."""
-
-    def __init__(self, host: str, slots: list[SlotInfo]) -> None:
-        super().__init__()
-        self.host = host
-        self.slots = slots
-
-
-class HostSlotsFailed(Message):
-    """One host could not be listed (one line)."""
-
-    def __init__(self, host: str, error: str) -> None:
-        super().__init__()
-        self.host = host
-        self.error = error
 
 
 class HostNewSlotScreen(NewSlotScreen):
@@ -203,26 +187,29 @@ class MainScreen(Screen[None]):
         self.board = HostBoard(self.backend.hosts(), offline_after=2 if self.grouped else 1)
         self.threats = threats
         self.workspace = workspace
-        self.refresh_interval = refresh_interval
         self.read_only = read_only
+        # Background work, stopped on unmount: listings, lifecycle events, threat polls.
+        self.poller = SlotPoller(
+            list(self.board.states), self.backend.list_host, self._post_listing, refresh_interval
+        )
+        self.lifecycle = LifecycleWatcher(
+            self.backend.watch_events,
+            self.backend.prefix,
+            # The events stream is the local daemon's.
+            on_change=partial(self.poller.refresh_soon, LOCAL),
+        )
+        self.threat_poller = ThreatPoller(threats) if threats is not None else None
         self.slots: dict[str, SlotInfo] = {}
         self.selected = ""
         self.snapshots: list[SnapshotInfo] = []
-        self.loaded = False
-        self._poll_timers: dict[str, Timer] = {}
-        self._soon_timer: Timer | None = None
-        self._soon_hosts: set[str] | None = set()  # None: every host
+        self.loaded = False  # a host's listing has arrived
         self._terminal_timer: Timer | None = None
-        self._listing: set[str] = set()  # hosts whose listing thread runs
-        self._again: set[str] = set()  # hosts to list again as soon as their listing ends
         self._opening = ""  # the slot a terminal worker is waiting for or attaching to
         self.attach_policy: AttachPolicy = DEFAULT_POLICY
         self._early_ends: dict[str, int] = {}  # slot -> attaches in a row that ended early
         self._gave_up: set[str] = set()  # sessions that really ended: t reconnects
         self._refocus = ""  # the slot whose pane had the keys when its attach ended
-        self._busy: set[str] = set()
         self._filter_target: Widget | None = None
-        self._stop = threading.Event()
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -256,13 +243,16 @@ class MainScreen(Screen[None]):
         self.query_one("#filter", Input).display = False
         self.query_one(SlotTree).focus()
         self._show_info()
-        self.refresh_slots()
-        self._watch_events()
-        if self.threats is not None:
-            self._watch_threats()
+        self.poller.start()
+        self.lifecycle.start()
+        if self.threat_poller is not None:
+            self._watch_threats(self.threat_poller)
 
     def on_unmount(self) -> None:
-        self._stop.set()
+        self.poller.stop()
+        self.lifecycle.stop()
+        if self.threat_poller is not None:
+            self.threat_poller.stop()
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -355,73 +345,16 @@ class MainScreen(Screen[None]):
             out.append((f"{prefix}: {binding.description}", binding.tooltip or "", action))
         return out
 
-    # ------------------------------------------------------------------ slots: poll + events
+    # ------------------------------------------------------------------ slots
     def action_refresh(self) -> None:
-        self.refresh_slots()
+        self.poller.refresh()
 
-    def refresh_slots(self, hosts: Iterable[str] | None = None) -> None:
-        """List these hosts (None: all) now, each in its own thread; a host's next automatic
-        listing is armed when its listing ends. A host still being listed is listed again
-        right after, never twice at once (a dead remote must not pile up threads).
-
-        Listings run in daemon threads of their own, not in thread workers: workers share
-        asyncio's small default executor (cpu + 4 threads, two of them held by the event and
-        threat watchers), where a few hung remotes would queue the local listing behind them,
-        and quitting would wait for their timeouts."""
-        if hosts is None and self._soon_timer is not None:
-            self._soon_timer.stop()
-            self._soon_timer = None
-            self._soon_hosts = set()
-        for host in list(self.board.states) if hosts is None else hosts:
-            if host not in self.board.states:
-                continue
-            timer = self._poll_timers.pop(host, None)
-            if timer is not None:
-                timer.stop()
-            if host in self._listing:
-                self._again.add(host)
-                continue
-            self._listing.add(host)
-            threading.Thread(
-                target=self._list_host, args=(host,), name=f"coi-list-{host}", daemon=True
-            ).start()
-
-    def refresh_soon(self, delay: float = 0.15, host: str | None = None) -> None:
-        # Lifecycle events come in bursts (stop, delete...): one listing per burst.
-        if host is None:
-            self._soon_hosts = None
-        elif self._soon_hosts is not None:
-            self._soon_hosts.add(host)
-        if self._soon_timer is None:
-            self._soon_timer = self.set_timer(delay, self._refresh_soon_now)
-
-    def _refresh_soon_now(self) -> None:
-        hosts, self._soon_hosts, self._soon_timer = self._soon_hosts, set(), None
-        self.refresh_slots(hosts)
-
-    def _list_host(self, host: str) -> None:
-        """A listing thread: I/O only, the result goes back as a message."""
-        try:
-            message: Message = HostSlotsLoaded(host, self.backend.list_host(host))
-        except Exception as exc:  # the daemon is down, a bug...: shown, never fatal
-            message = HostSlotsFailed(host, one_line(exc))
-        if not self._stop.is_set():
-            self.post_message(message)
-
-    def _listed(self, host: str) -> None:
-        """A host's listing ended: list it again now if asked meanwhile, else arm its poll."""
-        self._listing.discard(host)
-        if host in self._again:
-            self._again.discard(host)
-            self.refresh_slots([host])
-            return
-        # One-shot and re-armed per host: a host's polls never overlap.
-        timer = self._poll_timers.pop(host, None)
-        if timer is not None:
-            timer.stop()
-        self._poll_timers[host] = self.set_timer(
-            self.refresh_interval, partial(self.refresh_slots, [host])
-        )
+    def _post_listing(self, listing: HostListing) -> None:
+        """From a listing thread: the result goes to the handlers below as a message."""
+        if listing.ok:
+            self.post_message(HostSlotsLoaded(listing.host, listing.slots))
+        else:
+            self.post_message(HostSlotsFailed(listing.host, listing.error))
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
@@ -431,40 +364,12 @@ class MainScreen(Screen[None]):
                 f"{type(error).__name__}: {error}", title="Unexpected error", severity="error"
             )
 
-    @work(thread=True, exit_on_error=False, group="events")
-    def _watch_events(self) -> None:
-        # The stream blocks in a daemon thread; this worker only watches for cancellation
-        # (app exit), so shutting down never waits on the websocket.
-        worker = get_current_worker()
-        threading.Thread(target=self._event_stream, name="incus-events", daemon=True).start()
-        while not worker.is_cancelled and not self._stop.wait(0.2):
-            pass
-        self._stop.set()
-
-    def _event_stream(self) -> None:
-        prefix = getattr(self.backend, "prefix", "")
-
-        def on_event(event: dict[str, Any]) -> None:
-            if is_lifecycle_for(event, prefix):
-                self.post_message(LifecycleEvent(event))
-
-        while not self._stop.is_set():
-            # A daemon restart ends the stream; the poll keeps the view right meanwhile.
-            with contextlib.suppress(Exception):
-                self.backend.watch_events(on_event, self._stop)
-            self._stop.wait(2.0)
-
-    @on(LifecycleEvent)
-    def _lifecycle(self, message: LifecycleEvent) -> None:
-        self.refresh_soon(host=LOCAL)  # the events stream is the local daemon's
-
     def host_label(self, host: str) -> str:
         state = self.board.states.get(host)
         return state.host.label if state is not None else host or "local"
 
     @on(HostSlotsLoaded)
     def _host_loaded(self, message: HostSlotsLoaded) -> None:
-        self._listed(message.host)
         self.loaded = True
         if self.board.loaded(message.host, message.slots) == "online":
             if self.grouped:
@@ -475,7 +380,6 @@ class MainScreen(Screen[None]):
 
     @on(HostSlotsFailed)
     def _host_failed(self, message: HostSlotsFailed) -> None:
-        self._listed(message.host)
         change = self.board.failed(message.host, message.error)
         if not self.grouped:
             # One daemon: the last listing stays on screen, the failure is said once.
@@ -616,18 +520,14 @@ class MainScreen(Screen[None]):
 
     # ------------------------------------------------------------------ threats
     @work(thread=True, exit_on_error=False, group="threats")
-    def _watch_threats(self) -> None:
-        source = self.threats
-        assert source is not None
+    def _watch_threats(self, poller: ThreatPoller) -> None:
+        """Polls the threat source for as long as the screen lives."""
         worker = get_current_worker()
-        while not self._stop.is_set() and not worker.is_cancelled:
-            try:
-                events = source.read_new()
-            except Exception:
-                events = []
-            if events:
-                self.post_message(ThreatsArrived(events))
-            self._stop.wait(THREAT_POLL_S)
+
+        def deliver(events: list[ThreatEvent]) -> None:
+            self.post_message(ThreatsArrived(events))
+
+        poller.run(deliver, cancelled=lambda: worker.is_cancelled)
 
     @on(ThreatsArrived)
     def _threats_arrived(self, message: ThreatsArrived) -> None:
@@ -683,7 +583,10 @@ class MainScreen(Screen[None]):
         worker = get_current_worker()
 
         def cancelled() -> bool:
-            return worker.is_cancelled or self._stop.is_set()
+            return worker.is_cancelled
+
+        def waiting() -> None:
+            self.post_message(TerminalWaiting(name))
 
         try:
             if delay_s > 0 and pause(delay_s, cancelled):
@@ -693,7 +596,7 @@ class MainScreen(Screen[None]):
                 timeout_s,
                 cancelled,
                 self.attach_policy,
-                on_starting=lambda: self.post_message(TerminalWaiting(name)),
+                on_starting=waiting,
             )
             if state is None:
                 return  # another slot was selected meanwhile, or the app quits
@@ -726,7 +629,7 @@ class MainScreen(Screen[None]):
         self.terminal.ended_at[message.name] = time.monotonic()
         if self.selected == message.name and not self.terminal.connected:
             self.terminal.disconnect(self._ended_text(message.name, message.running))
-        self.refresh_soon()
+        self.poller.refresh_soon()
 
     @on(TerminalOpened)
     def _terminal_opened(self, message: TerminalOpened) -> None:
@@ -734,7 +637,7 @@ class MainScreen(Screen[None]):
             self._opening = ""
         slot = self.slot
         if slot is None or slot.name != message.name or slot.state != "RUNNING":
-            message.transport.close()
+            close_in_background(message.transport)  # it may take a while: never on this thread
             return
         self.terminal.connect(message.transport, message.name)
         # It had the keys before the attach dropped. The tree's focus from then may still be
@@ -752,7 +655,7 @@ class MainScreen(Screen[None]):
         had_keys = self.focused is self.terminal
         if had_keys:
             self.slot_tree.focus()  # keys typed meanwhile must not reach a dead pane
-        self.refresh_soon()
+        self.poller.refresh_soon()
         slot = self.slot
         if not name or slot is None or slot.name != name or slot.state != "RUNNING":
             self.terminal.disconnect(self._ended_text(name, running=False) if name else None)
@@ -844,10 +747,6 @@ class MainScreen(Screen[None]):
         (self._filter_target or self.slot_tree).focus()
 
     # ------------------------------------------------------------------ operations
-    def _start_op(self, op: str, name: str, fn: Callable[[], str | None]) -> None:
-        self._busy.add(name)
-        self._run_op(op, name, fn)
-
     @work(thread=True, exit_on_error=False, group="ops")
     def _run_op(self, op: str, name: str, fn: Callable[[], str | None]) -> None:
         try:
@@ -859,7 +758,6 @@ class MainScreen(Screen[None]):
 
     @on(OpFinished)
     def _op_finished(self, message: OpFinished) -> None:
-        self._busy.discard(message.name)
         if message.op == "terminal":
             if self._opening != message.name:
                 return  # a worker that another selection replaced
@@ -888,16 +786,16 @@ class MainScreen(Screen[None]):
             self.notify(done, title=message.op.capitalize())
         if message.name == self.selected:
             self._load_snapshots(message.name)
-        self.refresh_slots()
+        self.poller.refresh()
 
     def action_toggle_pause(self) -> None:
         slot = self.slot
         if slot is None:
             return
         if slot.state == "FROZEN":
-            self._start_op("resume", slot.name, lambda: self.backend.resume(slot.name))
+            self._run_op("resume", slot.name, lambda: self.backend.resume(slot.name))
         else:
-            self._start_op("pause", slot.name, lambda: self.backend.pause(slot.name))
+            self._run_op("pause", slot.name, lambda: self.backend.pause(slot.name))
 
     def action_kill(self) -> None:
         slot = self.slot
@@ -913,14 +811,14 @@ class MainScreen(Screen[None]):
             if confirmed:
                 if self.terminal.session_name == slot.name:
                     self.terminal.disconnect(f"Killing {slot.name}…")
-                self._start_op("kill", slot.name, lambda: self.backend.kill(slot.name))
+                self._run_op("kill", slot.name, lambda: self.backend.kill(slot.name))
 
         self.app.push_screen(ConfirmScreen(f"Kill {slot.name}", body, "Kill"), answered)
 
     def action_snapshot(self) -> None:
         slot = self.slot
         if slot is not None:
-            self._start_op("snapshot", slot.name, lambda: self.backend.snapshot(slot.name))
+            self._run_op("snapshot", slot.name, lambda: self.backend.snapshot(slot.name))
 
     def action_restore(self) -> None:
         slot, snap = self.slot, self.selected_snapshot()
@@ -936,7 +834,7 @@ class MainScreen(Screen[None]):
             if confirmed:
                 if self.terminal.session_name == slot.name:
                     self.terminal.disconnect(f"Restoring {slot.name}…")
-                self._start_op(
+                self._run_op(
                     "restore", slot.name, lambda: self.backend.restore(slot.name, snap.name)
                 )
 
@@ -945,11 +843,9 @@ class MainScreen(Screen[None]):
     def action_branch(self) -> None:
         slot, snap = self.slot, self.selected_snapshot()
         if slot is not None and snap is not None:
-            self._start_op("branch", slot.name, lambda: self.backend.branch(slot.name, snap.name))
+            self._run_op("branch", slot.name, lambda: self.backend.branch(slot.name, snap.name))
 
     def action_fire_drill(self) -> None:
-        from coi_tui.screens.drill import DrillScreen
-
         self.app.push_screen(DrillScreen())
 
     def action_new_slot(self) -> None:
@@ -960,7 +856,7 @@ class MainScreen(Screen[None]):
 
         def answered(request: NewSlotRequest | None) -> None:
             if request is not None:
-                self._start_op(
+                self._run_op(
                     "new",
                     request.workspace,
                     lambda: self.backend.new_slot(
@@ -976,8 +872,6 @@ class MainScreen(Screen[None]):
         slot = self.slot
         if slot is None:
             return
-        from textual.app import SuspendNotSupported
-
         try:
             with self.app.suspend():
                 self.backend.attach(slot.name)
@@ -985,4 +879,4 @@ class MainScreen(Screen[None]):
             self.notify("Attach needs a real terminal.", severity="warning")
         except Exception as exc:
             self.notify(one_line(exc), title=f"attach failed: {slot.name}", severity="error")
-        self.refresh_slots()
+        self.poller.refresh()

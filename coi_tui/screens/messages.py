@@ -1,25 +1,32 @@
-"""Messages that background workers post to the dashboard (workers never touch widgets)."""
+"""Every message the dashboard's workers and pollers post to its screen (they never touch
+widgets; the screen's handlers own every state change). Widgets' own messages stay nested in
+their classes (TerminalView.Ended, SlotTree.SlotSelected), as Textual's widgets do."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from textual.message import Message
 
 from coi_tui.dashboard.backend import SlotInfo, SnapshotInfo
 from coi_tui.dashboard.threats import ThreatEvent
+from coi_tui.health.drill import DrillReport
 from coi_tui.terminal.transport import Transport
 
 
-class SlotsLoaded(Message):
-    def __init__(self, slots: list[SlotInfo]) -> None:
+class HostSlotsLoaded(Message):
+    """One host's listing."""
+
+    def __init__(self, host: str, slots: list[SlotInfo]) -> None:
         super().__init__()
+        self.host = host
         self.slots = slots
 
 
-class SlotsFailed(Message):
-    def __init__(self, error: str) -> None:
+class HostSlotsFailed(Message):
+    """One host could not be listed (one line)."""
+
+    def __init__(self, host: str, error: str) -> None:
         super().__init__()
+        self.host = host
         self.error = error
 
 
@@ -35,12 +42,6 @@ class ProcessesLoaded(Message):
         super().__init__()
         self.name = name
         self.text = text
-
-
-class LifecycleEvent(Message):
-    def __init__(self, event: dict[str, Any]) -> None:
-        super().__init__()
-        self.event = event
 
 
 class ThreatsArrived(Message):
@@ -87,3 +88,20 @@ class OpFinished(Message):
     @property
     def ok(self) -> bool:
         return not self.error
+
+
+class DrillProgress(Message):
+    """A line of the fire drill's progress."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__()
+        self.line = line
+
+
+class DrillDone(Message):
+    """The fire drill ended: its report, or the one line it failed with."""
+
+    def __init__(self, report: DrillReport | None, error: str = "") -> None:
+        super().__init__()
+        self.report = report
+        self.error = error

@@ -19,15 +19,15 @@ class _CharsFor(dict[str, Char]):
 
     def __init__(self, attrs: Char) -> None:
         super().__init__()
-        self.rest = tuple(attrs)[1:]
+        self.attrs = attrs
 
     def __missing__(self, char: str) -> Char:
-        cell = Char(char, *self.rest)
+        cell = self.attrs._replace(data=char)
         self[char] = cell
         return cell
 
 
-class ReplyingScreen(pyte.Screen):  # type: ignore[misc]
+class ReplyingScreen(pyte.Screen):
     """pyte.Screen that sends DSR/DA replies back to the child and counts what it ignores."""
 
     def __init__(self, columns: int, lines: int, reply: Reply | None = None) -> None:

@@ -23,6 +23,8 @@ from typing import IO, ClassVar, Protocol
 
 # Only a safety net: the feeder bounds the backlog by time (parse rate x allowed lag).
 DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
+CLOSE_TIMEOUT_S = 2.0  # a child still running this long after SIGTERM gets SIGKILL
+KILL_WAIT_S = 1.0  # how long close waits for a child after SIGKILL
 
 
 class ByteQueue:
@@ -135,7 +137,10 @@ class Transport(Protocol):
         """Ask the child to repaint everything (no-op when it cannot); never blocks."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """End the child and release everything; may block for a bounded while (callers on a
+        UI thread use close_in_background)."""
+        ...
 
 
 class FakeTransport:
@@ -245,6 +250,7 @@ class PtyTransport:
     comes (see the module docstring for what bounds it)."""
 
     REDRAW_INTERVAL_S: ClassVar[dict[str, float]] = {"signal": 0.02, "exec": 0.15}
+    close_timeout_s = CLOSE_TIMEOUT_S
 
     def __init__(
         self,
@@ -380,6 +386,9 @@ class PtyTransport:
             self.process.send_signal(signal.SIGWINCH)
 
     def close(self) -> None:
+        """Ends the child: SIGTERM, SIGKILL after close_timeout_s. Blocks at most
+        close_timeout_s + KILL_WAIT_S (a child stuck in the kernel even after SIGKILL is left
+        to subprocess's reaping); UI code calls it through close_in_background."""
         if self._closed:
             return
         self._closed = True
@@ -391,9 +400,29 @@ class PtyTransport:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=2)
+                self.process.wait(timeout=self.close_timeout_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(timeout=KILL_WAIT_S)
         with contextlib.suppress(OSError):
             os.close(self._master)
+
+
+def _close_quietly(transport: Transport) -> None:
+    # A failed close has nobody to tell: a traceback on stderr would land on the dashboard.
+    with contextlib.suppress(Exception):
+        transport.close()
+
+
+def close_in_background(transport: Transport) -> threading.Thread:
+    """Close a transport on a thread of its own and return that thread at once: a close may
+    wait for its child (PtyTransport: up to a few seconds), which the UI thread must never do.
+
+    A plain thread, not a Textual worker: a close must run even when the widget or the app
+    that asked for it goes away (a worker cancelled before it started never runs, and its
+    child would outlive the app). Not a daemon either: quitting waits for the close, which is
+    bounded, so no child is left behind."""
+    thread = threading.Thread(target=_close_quietly, args=(transport,), name="terminal-close")
+    thread.start()
+    return thread

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from rich.style import Style
 from rich.text import Text
 from textual.message import Message
 from textual.widgets import Tree
@@ -209,13 +210,13 @@ class SlotTree(Tree[str]):
             self.move_cursor(target, animate=False)
 
     def _host_label(self, row: HostRow) -> Text:
-        text = Text(row.label, style=self._style("slot-tree--host"))  # type: ignore[arg-type]
+        text = Text(row.label, style=self._style("slot-tree--host"))
         if row.detail:
             component = "slot-tree--offline" if row.offline else "slot-tree--muted"
-            text.append(f"  {row.detail}", style=self._style(component))  # type: ignore[arg-type]
+            text.append(f"  {row.detail}", style=self._style(component))
         return text
 
-    def _style(self, component: str) -> object:
+    def _style(self, component: str) -> Style:
         return self.get_component_rich_style(component, partial=True)
 
     def _slot_label(self, slot: SlotInfo) -> Text:
@@ -224,12 +225,12 @@ class SlotTree(Tree[str]):
         text.append(f"{slot.slot:>2} ")
         text.append(f"{slot.tool or '-':8} ")
         state_style = self._style(STATE_COMPONENTS.get(slot.state, "slot-tree--other"))
-        text.append(f"{slot.state:8}", style=state_style)  # type: ignore[arg-type]
+        text.append(f"{slot.state:8}", style=state_style)
         muted = self._style("slot-tree--muted")
         text.append(
             f" {slot.mode[:5]:5} {format_uptime(slot.uptime_s):>6} {cpu:>4} "
             f"{format_bytes(slot.mem_bytes):>6}",
-            style=muted,  # type: ignore[arg-type]
+            style=muted,
         )
         return text
 

@@ -29,7 +29,7 @@ from coi_tui.terminal.emulator import Emulator
 from coi_tui.terminal.feeder import Feeder
 from coi_tui.terminal.keys import encode_paste, translate_key
 from coi_tui.terminal.render import Renderer
-from coi_tui.terminal.transport import Transport
+from coi_tui.terminal.transport import Transport, close_in_background
 
 LEAVE_KEY = "ctrl+right_square_bracket"
 _gc_frozen = False
@@ -167,7 +167,7 @@ class TerminalView(Widget, can_focus=True):
             self.feeder.stop()
         self.feeder = None
         if self.transport is not None:
-            self.transport.close()
+            close_in_background(self.transport)  # it may wait for the child: never here
         self.transport = None
         self.session_name = ""
         if placeholder is not None:

@@ -21,7 +21,7 @@ from coi_tui.dashboard.threats import PushSource
 from coi_tui.incus import Incus
 from coi_tui.incus.remotes import ensure_client_certificate
 from coi_tui.screens.confirm import ConfirmScreen
-from coi_tui.screens.main import HostSlotsFailed, HostSlotsLoaded
+from coi_tui.screens.messages import HostSlotsFailed, HostSlotsLoaded
 from coi_tui.widgets import SlotTree, TerminalView
 from tests.conftest import CoiRunner
 from tests.integration.test_remote import https_daemon, trust_token  # noqa: F401
@@ -188,12 +188,12 @@ async def test_an_unreachable_remote_does_not_slow_the_local_listing(
         assert name in tree.slots and "RUNNING" in tree.label_text(name)
 
         # Later polls: the local listing keeps its own pace while the remote hangs again.
-        await wait_for(pilot, lambda: not app.main._listing, 10, "listings done")
+        await wait_for(pilot, lambda: not app.main.poller.listing, 10, "listings done")
         before = len(local_loads(seen))
         asked = time.monotonic()
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: len(local_loads(seen)) > before, 10, "a local listing")
         again = local_loads(seen)[before] - asked
-        assert "hole" in app.main._listing  # the remote's listing still hangs
+        assert "hole" in app.main.poller.listing  # the remote's listing still hangs
         print(f"local refresh with the dead remote pending: {again:.3f}s")
         assert again < max(1.0, 3 * baseline)

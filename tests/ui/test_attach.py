@@ -119,7 +119,7 @@ async def test_retries_are_bounded_then_the_pane_says_the_session_ended(
         assert not app.main.terminal.connected
         # It stays ended (no attach loop); t tries again, and now it works.
         backend.failing_attaches[A1] = 0
-        app.main.refresh_slots()
+        app.main.poller.refresh()
         await wait_for(pilot, lambda: len(backend.called("list_slots")) >= 2, what="listing")
         await pilot.pause()
         assert len(backend.called("open_terminal")) == 3
@@ -178,7 +178,7 @@ async def test_a_new_slot_attaches_once_its_tmux_session_exists() -> None:
         await pilot.press("n")
         await wait_for(pilot, lambda: isinstance(app.screen, NewSlotScreen))
         await pilot.click("#start")
-        app.main.refresh_slots()
+        app.main.poller.refresh()
         await wait_for(
             pilot,
             lambda: "Waiting for the agent's session" in screen_text(app),

@@ -199,12 +199,12 @@ async def test_a_slow_host_does_not_delay_the_others() -> None:
             await wait_for(pilot, lambda: len(local.called("list_slots")) >= 3, what="local")
             assert len(gated.called("list_slots")) == 0
             listing_build = [t for t in threading.enumerate() if t.name == "coi-list-build"]
-            assert len(listing_build) == 1 and app.main._again == {"build"}
+            assert len(listing_build) == 1 and app.main.poller.queued == {"build"}
         finally:
             gated.gate.set()
         await wait_for(pilot, lambda: f"build:{BUILD1}" in tree(app).slots, what="build")
         # The hanging listing, then exactly one queued one.
-        await wait_for(pilot, lambda: not app.main._listing, what="listings done")
+        await wait_for(pilot, lambda: not app.main.poller.listing, what="listings done")
         assert len(gated.called("list_slots")) == 2
 
 
