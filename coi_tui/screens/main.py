@@ -185,7 +185,6 @@ class MainScreen(Screen[None]):
         # One daemon: a failed listing keeps the last one on screen. Several: a host that
         # keeps failing collapses to one "offline" row.
         self.board = HostBoard(self.backend.hosts(), offline_after=2 if self.grouped else 1)
-        self.threats = threats
         self.workspace = workspace
         self.read_only = read_only
         # Background work, stopped on unmount: listings, lifecycle events, threat polls.
