@@ -7,13 +7,14 @@ import asyncio
 import io
 import time
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 from textual.app import App
 from textual.pilot import Pilot
 
 
-def screen_text(app: App[object]) -> str:
+def screen_text(app: App[Any]) -> str:
     """What the terminal would show, as text (same path as App.export_screenshot)."""
     width, height = app.size
     console = Console(
@@ -32,7 +33,7 @@ def screen_text(app: App[object]) -> str:
     return console.export_text(styles=False)
 
 
-def screen_styles(app: App[object]) -> str:
+def screen_styles(app: App[Any]) -> str:
     """The screen with ANSI styles (to compare themes)."""
     width, height = app.size
     console = Console(
@@ -52,7 +53,7 @@ def screen_styles(app: App[object]) -> str:
 
 
 async def wait_for(
-    pilot: Pilot[object], condition: Callable[[], object], timeout: float = 5.0, what: str = ""
+    pilot: Pilot[Any], condition: Callable[[], object], timeout: float = 5.0, what: str = ""
 ) -> None:
     """Let the app run until condition() is true; fail after timeout seconds."""
     deadline = time.monotonic() + timeout
@@ -65,7 +66,7 @@ async def wait_for(
 LONG_RUNNING = frozenset({"events", "threats"})
 
 
-async def settle(app: App[object], timeout: float = 10.0) -> None:
+async def settle(app: App[Any], timeout: float = 10.0) -> None:
     """Wait until every worker except the long-running stream watchers has finished."""
     from textual.worker import WorkerState
 
