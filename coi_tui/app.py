@@ -200,8 +200,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.remote and not args.local_only and os.environ.get("COI_REMOTE"):
         args.remote = os.environ["COI_REMOTE"]  # as for coi: $COI_REMOTE picks one remote
-    if args.remote:
-        os.environ["COI_REMOTE"] = args.remote  # the Incus adapter and child processes read it
     args.workspace = os.path.abspath(os.path.expanduser(args.workspace))
     if not os.path.isdir(args.workspace):
         parser.error(f"workspace {args.workspace} is not a directory")

@@ -65,13 +65,13 @@ def say(line: str) -> None:
 
 
 def build_image(args: argparse.Namespace) -> int:
+    from coi_tui.cli.target import incus_for
     from coi_tui.config import load_settings
     from coi_tui.images.agents import parse_agents
     from coi_tui.images.build import VARIANT_ALIASES, ImageBuilder
-    from coi_tui.incus import Incus
 
     settings = load_settings()
-    incus = Incus(settings.socket or None, settings.project)
+    incus = incus_for(settings)
     incus.ping()
     method = "bootstrap" if args.bootstrap else "remote" if args.remote else "auto"
     variant = "lean" if args.lean else "full"
@@ -95,11 +95,11 @@ def build_image(args: argparse.Namespace) -> int:
 
 def build_profiles(args: argparse.Namespace) -> int:
     """`coi build --profile NAME`, or `--all`: every profile with something to build."""
+    from coi_tui.cli.target import incus_for
     from coi_tui.config.build import build_profile_image, builder_for
     from coi_tui.config.profiles import ProfileSet
     from coi_tui.config.settings import load_settings
     from coi_tui.core.errors import CoiError, UsageError
-    from coi_tui.incus import Incus
     from coi_tui.network.isolation import BuildNetwork
 
     every = args.all_profiles
@@ -119,7 +119,7 @@ def build_profiles(args: argparse.Namespace) -> int:
             say(f"No profile has anything to build (looked in {profiles.looked_in()})")
             return 0
     settings = load_settings(profile=names[0])
-    incus = Incus(settings.socket or None, settings.project)
+    incus = incus_for(settings)
     incus.ping()
     failed: list[str] = []
     for name in names:

@@ -17,6 +17,7 @@ from typing import Any
 
 from coi_tui import __version__
 from coi_tui.cli.parser import wants_json
+from coi_tui.cli.target import incus_for, resolve_workspace
 from coi_tui.config import Settings, load_settings
 from coi_tui.core.errors import CoiError, Terminated, UsageError
 from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
@@ -24,7 +25,6 @@ from coi_tui.sessions.manager import (
     LaunchRequest,
     SessionManager,
     is_persistent,
-    resolve_workspace,
     workspace_of,
 )
 from coi_tui.sessions.naming import container_name, parse_container_name, tmux_session
@@ -50,8 +50,8 @@ def context(args: argparse.Namespace | None = None) -> tuple[Settings, Incus, Se
     settings = settings_for(args)
     if getattr(args, "command", None) in ("shell", "run"):
         print_trust_warnings()
-    incus = Incus(settings.socket or None, settings.project)
-    return settings, incus, SessionManager(incus, settings)
+    incus = incus_for(settings)
+    return settings, incus, SessionManager(incus, settings, say=err)
 
 
 def print_trust_warnings() -> None:
@@ -848,7 +848,7 @@ def cmd_setup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.incus.provision import Provisioner
 
     settings = load_settings()
-    incus = Incus(settings.socket or None, settings.project)
+    incus = incus_for(settings)
     print("Setting up Incus for coi:")
     provisioner = Provisioner(incus, lambda step: print(step.line(), flush=True))
     provisioner.run(args.pool, args.bridge or settings.bridge, args.nat, args.subnet)
@@ -895,7 +895,7 @@ def delegate_users(names: list[str]) -> None:
 
 def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     settings = load_settings()
-    incus = Incus(settings.socket or None, settings.project)
+    incus = incus_for(settings)
     if args.action == "exists":
         return 0 if incus.image_exists(args.alias) else 1
     if args.action == "delete":

@@ -46,10 +46,10 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 def cmd_health(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.cli.parser import wants_json
+    from coi_tui.cli.target import incus_for
     from coi_tui.config import Settings, load_settings
     from coi_tui.core.errors import CoiError, UsageError
     from coi_tui.health.checks import EXIT_CODES, HealthChecker, overall
-    from coi_tui.incus import Incus
 
     if args.dry_run and not args.fix:
         raise UsageError("--dry-run only goes with --fix")
@@ -63,9 +63,7 @@ def cmd_health(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         settings = Settings()  # health still runs with defaults; the config check reports it
 
     def check() -> HealthChecker:
-        checker = HealthChecker(
-            settings, Incus(settings.socket or None, settings.project), verbose=args.verbose
-        )
+        checker = HealthChecker(settings, incus_for(settings), verbose=args.verbose)
         checker.run()
         return checker
 
@@ -102,8 +100,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
     """`coi health --drill`: a progress line per probe, then the table (or one JSON object)."""
     from coi_tui.cli.commands import install_signal_handlers
     from coi_tui.cli.parser import wants_json
+    from coi_tui.cli.target import incus_for
     from coi_tui.config import load_settings
-    from coi_tui.incus import Incus
     from coi_tui.health.drill import format_table, run_drill
 
     install_signal_handlers()  # SIGTERM/SIGHUP unwind too: the drill container is deleted
@@ -119,7 +117,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
         )
     drill = run_drill(
         settings,
-        Incus(settings.socket or None, settings.project),
+        incus_for(settings),
         progress=lambda line: print(line, file=out, flush=True),
     )
     if as_json:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from coi_tui.cli import target
 from coi_tui.core import timing as _timing  # noqa: F401  (anchors COI_TIMING_DEBUG offsets at start)
 from coi_tui.core.errors import CoiError, Terminated
 
@@ -13,12 +14,12 @@ EXIT_INTERRUPTED = 130
 LEADING: list[dict[str, str]] = [{}]  # session options given before the command name
 
 
-GLOBAL_OPTIONS = {"--remote": "COI_REMOTE", "--target": "COI_TARGET"}
+GLOBAL_OPTIONS = ("--remote", "--target")
 
 
-def take_global_options(argv: list[str]) -> list[str]:
-    """`--remote NAME` and `--target MEMBER` work before or after any command: they become
-    $COI_REMOTE / $COI_TARGET, which the Incus adapter (and child processes) read."""
+def take_global_options(argv: list[str], options: dict[str, str]) -> list[str]:
+    """`--remote NAME` and `--target MEMBER` work before or after any command: they go into
+    `options` (cli/target.py chooses the daemon from them) and out of argv."""
     out: list[str] = []
     rest = iter(argv)
     for arg in rest:
@@ -32,17 +33,18 @@ def take_global_options(argv: list[str]) -> list[str]:
                 value = next(rest, "")
             if not value or value.startswith("-"):
                 sys.exit(f"Error: {name} needs a value (see 'coi --help')")
-            os.environ[GLOBAL_OPTIONS[name]] = value
+            options[name] = value
             continue
         out.append(arg)
     return out
 
 
-def normalise_argv(argv: list[str]) -> list[str]:
+def normalise_argv(argv: list[str], options: dict[str, str] | None = None) -> list[str]:
     """COI conventions argparse lacks: bare `coi` means `coi shell`; `--resume` takes its value
-    only with `=`, so `coi shell --resume abc` is an error that says so."""
+    only with `=`, so `coi shell --resume abc` is an error that says so. The global options
+    go into `options`."""
     out: list[str] = []
-    for arg in take_global_options(argv):
+    for arg in take_global_options(argv, {} if options is None else options):
         if arg in ("--resume", "--continue"):
             out.append(f"{arg}=auto")
         else:
@@ -125,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         " Global options, before or after the command: --remote NAME (a server added with "
         "'coi remote add'), --target MEMBER (cluster member for new sessions)."
     )
-    args = parse(parser, normalise_argv(args_in))
+    options: dict[str, str] = {}
+    args = parse(parser, normalise_argv(args_in, options))
+    target.choose(options)
     apply_leading_options(args, LEADING[0])
     if args.command is None or (args.command == "help" and not args.topic):
         parser.print_help()

@@ -94,20 +94,21 @@ def err(message: str) -> None:
 
 
 def _context() -> tuple[Any, Any]:
+    from coi_tui.cli.target import incus_for
     from coi_tui.config import load_settings
-    from coi_tui.incus import Incus
     from coi_tui.sessions.manager import SessionManager
 
     settings = load_settings()
-    incus = Incus(settings.socket or None, settings.project)
-    return incus, SessionManager(incus, settings)
+    incus = incus_for(settings)
+    return incus, SessionManager(incus, settings, lambda line: print(line, file=sys.stderr))
 
 
 def resolve(manager: Any, name: str | None, workspace: str) -> str:
     """NAME or alias, then $COI_CONTAINER, then the workspace's only container (by the
     workspace hash in the name, or the workspace recorded on the container)."""
+    from coi_tui.cli.target import resolve_workspace
     from coi_tui.core.errors import CoiError
-    from coi_tui.sessions.manager import resolve_workspace, workspace_of
+    from coi_tui.sessions.manager import workspace_of
     from coi_tui.sessions.naming import parse_container_name, workspace_hash
 
     incus = manager.incus

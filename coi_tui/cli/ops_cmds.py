@@ -124,7 +124,8 @@ def _context() -> tuple[Incus, SessionManager]:
 
 def find_container(manager: SessionManager, name: str | None, workspace: str = ".") -> str:
     """NAME (a container or an alias), then $COI_CONTAINER, then the workspace's only one."""
-    from coi_tui.sessions.manager import resolve_workspace, workspace_of
+    from coi_tui.cli.target import resolve_workspace
+    from coi_tui.sessions.manager import workspace_of
 
     instances = manager.coi_instances()
     if name:

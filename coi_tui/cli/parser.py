@@ -122,8 +122,8 @@ def add_format(
 FORCE_HOME_HELP = "mount the workspace even when it is your home directory or contains it"
 
 
-def session_parent() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+def session_parent() -> CoiParser:
+    parent = CoiParser(add_help=False)
     parent.add_argument(
         "-w",
         "--workspace",

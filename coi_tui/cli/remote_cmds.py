@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -55,6 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
 
 def cmd_add(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from coi_tui.cli.target import CHOSEN
     from coi_tui.core.errors import CoiError, UsageError
     from coi_tui.incus import Incus
     from coi_tui.incus.remotes import (
@@ -81,7 +81,7 @@ def cmd_add(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         address = source
         expected = normalise_fingerprint(args.fingerprint or "")
-    target = args.target or os.environ.get("COI_TARGET", "")  # main.py lifts --target globally
+    target = args.target or CHOSEN.member  # main.py lifts --target (or $COI_TARGET)
     remote = Remote(
         args.name, address, args.cert, args.key, expected, args.ca or "", args.project, target
     )

@@ -75,8 +75,9 @@ def _context(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def resolve_container(manager, args: argparse.Namespace) -> str:  # type: ignore[no-untyped-def]
+    from coi_tui.cli.target import resolve_workspace
     from coi_tui.core.errors import CoiError
-    from coi_tui.sessions.manager import resolve_workspace, workspace_of
+    from coi_tui.sessions.manager import workspace_of
 
     if args.container:
         manager.incus.get_instance(args.container)

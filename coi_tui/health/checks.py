@@ -1052,7 +1052,11 @@ class HealthChecker:
         readable = os.access("/proc/1/environ", os.R_OK)
         connector = self.result("proc_connector")
         events = connector is not None and connector.status == OK
-        details = {"root": root, "proc_readable": readable, "proc_connector": events}
+        details: dict[str, Any] = {
+            "root": root,
+            "proc_readable": readable,
+            "proc_connector": events,
+        }
         if root or LAUNCHER.exists():
             how = "in-process as root" if root else f"through {LAUNCHER}"
             self.add(

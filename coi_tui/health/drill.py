@@ -761,7 +761,7 @@ class Drill:
         devices: dict[str, dict[str, str]] = {
             "eth0": {"type": "nic", "network": self.settings.bridge, "name": "eth0"}
         }
-        pool = SessionManager(self.incus, self.settings).storage_pool()
+        pool = SessionManager(self.incus, self.settings, self.progress).storage_pool()
         if pool:
             devices["root"] = {"type": "disk", "path": "/", "pool": pool}
         config = {

@@ -252,14 +252,14 @@ class Incus:
         socket_path: str | None = None,
         project: str = "default",
         remote: Remote | str | None = None,
+        target: str = "",
     ) -> None:
-        """The local daemon by default; a remote (name or Remote) over HTTPS, or the one named
-        by $COI_REMOTE when neither a socket nor a remote is given."""
-        if remote is None and socket_path is None and os.environ.get("COI_REMOTE"):
-            remote = os.environ["COI_REMOTE"]
+        """The local daemon by default, or a remote (name or Remote) over HTTPS. `target`:
+        the cluster member new instances go to (default: the remote's, else Incus's choice)."""
         if isinstance(remote, str):
             remote = get_remote(remote)
         self.remote: Remote | None = remote
+        self.target = target
         self.socket_path = socket_path or default_socket_path()
         self.project = remote.project if remote is not None and project == "default" else project
         self._client: Any = None
@@ -451,8 +451,9 @@ class Incus:
                 payload = response.json()
             except ValueError:
                 payload = {}
-        message = str(payload.get("error") or response.reason or "unknown error")
-        code = int(payload.get("error_code") or response.status_code)
+        data: Mapping[str, Any] = payload or {}  # a body of JSON null too
+        message = str(data.get("error") or response.reason or "unknown error")
+        code = int(data.get("error_code") or response.status_code)
         if code == 404:
             return NotFound(f"{path.rsplit('/', 1)[-1] or path}: {message}")
         if code == 409:
@@ -597,8 +598,8 @@ class Incus:
         start: bool = False,
         target: str = "",
     ) -> None:
-        """Create an instance; on a cluster, `target` (or the remote's, or $COI_TARGET) picks
-        the member, else Incus places it."""
+        """Create an instance; on a cluster, `target` (or this client's, or the remote's)
+        picks the member, else Incus places it."""
         self.require_image(image_alias)
         body = {
             "name": name,
@@ -610,11 +611,7 @@ class Incus:
             "ephemeral": ephemeral,
             "start": start,
         }
-        member = (
-            target
-            or os.environ.get("COI_TARGET", "")
-            or (self.remote.target if self.remote is not None else "")
-        )
+        member = target or self.target or (self.remote.target if self.remote is not None else "")
         if member:
             self.require_cluster()
         params = {"target": member} if member else None
@@ -1213,9 +1210,6 @@ class Incus:
         return fingerprint
 
     # ------------------------------------------------------------------ networks, pools, profiles
-    def list_networks(self) -> list[dict[str, Any]]:
-        return list(self.request("GET", f"{API}/networks", params={"recursion": 1}) or [])
-
     def get_network(self, name: str) -> dict[str, Any] | None:
         try:
             return dict(self.request("GET", f"{API}/networks/{quote(name)}"))

@@ -181,12 +181,6 @@ def ensure_client_certificate(cert: str, key: str) -> None:
     Path(cert).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
-def certificate_der_b64(cert: str) -> str:
-    """The certificate as Incus wants it in POST /1.0/certificates (base64 of the DER)."""
-    pem = Path(cert).read_text()
-    return base64.b64encode(ssl.PEM_cert_to_DER_cert(pem)).decode()
-
-
 def certificate_fingerprint(cert_pem_path: str) -> str:
     der = ssl.PEM_cert_to_DER_cert(Path(cert_pem_path).read_text())
     return hashlib.sha256(der).hexdigest()

@@ -245,12 +245,14 @@ def run_refresher(
     workspace: str,
     first_delay: float | None,
     say: Callable[[str], None],
+    remote: str | None = None,
     poll: float = 5.0,
 ) -> None:
-    """Loop until the container stops. The session supervisor may call this in a thread instead
-    of spawn_refresher's process; it must not be both."""
+    """Loop until the container (on `remote`, a remote's name, or the local daemon) stops.
+    The session supervisor may call this in a thread instead of spawn_refresher's process; it
+    must not be both."""
     settings = load_settings(Path(workspace))
-    incus = Incus(settings.socket or None, settings.project)
+    incus = Incus(settings.socket or None, settings.project, remote=remote)
     delay = first_delay
     while delay is not None:
         deadline = time.monotonic() + delay
@@ -268,11 +270,19 @@ def run_refresher(
             delay = refresh_seconds(None, settings.refresh_interval_minutes)
 
 
-def spawn_refresher(name: str, workspace: str, first_delay: float) -> None:
+def spawn_refresher(name: str, workspace: str, first_delay: float, remote: str | None) -> None:
     """A detached process per allowlist session that exits when the container stops."""
     log = open(logs_dir() / f"{name}.network.log", "ab")  # noqa: SIM115
     subprocess.Popen(
-        [sys.executable, "-m", "coi_tui.network.refresh", name, workspace, str(first_delay)],
+        [
+            sys.executable,
+            "-m",
+            "coi_tui.network.refresh",
+            name,
+            workspace,
+            str(first_delay),
+            *([remote] if remote else []),
+        ],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,

@@ -1,5 +1,6 @@
-"""`python -m coi_tui.network.refresh NAME WORKSPACE FIRST_DELAY`: keep an allowlist session's
-addresses fresh until its container stops (spawned by the session's network hook)."""
+"""`python -m coi_tui.network.refresh NAME WORKSPACE FIRST_DELAY [REMOTE]`: keep an allowlist
+session's addresses fresh until its container stops (spawned by the session's network hook;
+REMOTE names the remote the container runs on)."""
 
 from __future__ import annotations
 
@@ -13,4 +14,5 @@ def say(message: str) -> None:
 
 
 if __name__ == "__main__":
-    run_refresher(sys.argv[1], sys.argv[2], float(sys.argv[3]), say)
+    remote = sys.argv[4] if len(sys.argv) > 4 else None
+    run_refresher(sys.argv[1], sys.argv[2], float(sys.argv[3]), say, remote)

@@ -49,10 +49,6 @@ SAFE_TERMS = (
 )
 
 
-def stderr_say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def sanitize_term(term: str | None) -> str:
     """A TERM the image has terminfo for (kitty, foot, ... are not)."""
     if term in SAFE_TERMS:
@@ -98,16 +94,16 @@ def pwd_name(uid: int) -> str:
         return str(uid)
 
 
-def resolve_workspace(path: str) -> str:
+def resolve_workspace(path: str, remote: str | None = None, say: Say | None = None) -> str:
+    """The workspace as an absolute path. For a session on `remote` (a remote's name) it is
+    a path on that host, which we cannot look at from here: `say` gets a note when it does
+    not exist on this machine."""
     workspace = os.path.abspath(os.path.expanduser(path))
-    remote = os.environ.get("COI_REMOTE")
     if remote:
-        # The workspace is a path on the remote host; we cannot look there from here.
-        if not os.path.isdir(workspace):
-            print(
+        if not os.path.isdir(workspace) and say is not None:
+            say(
                 f"note: {workspace} does not exist on this machine; remote '{remote}' mounts "
-                "that path from its own disk, so it must exist there",
-                file=sys.stderr,
+                "that path from its own disk, so it must exist there"
             )
         return workspace
     if not os.path.exists(workspace):
@@ -126,7 +122,7 @@ def exposes_home(workspace: str) -> bool:
 
 
 class SessionManager:
-    def __init__(self, incus: Incus, settings: Settings, say: Say = stderr_say) -> None:
+    def __init__(self, incus: Incus, settings: Settings, say: Say) -> None:
         self.incus = incus
         self.settings = settings
         self.say = say
@@ -808,7 +804,3 @@ def workspace_of(instance: Instance) -> str:
 
 def is_persistent(instance: Instance) -> bool:
     return instance.config.get("user.coi.persistent") == "true"
-
-
-def local_path_for_pull(path: str) -> Path:
-    return Path(path).expanduser().absolute()

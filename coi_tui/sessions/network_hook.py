@@ -97,7 +97,8 @@ class NetworkHook(SessionHook):
             return
         delay = refresh_seconds(resolved.min_ttl, ctx.manager.settings.refresh_interval_minutes)
         if delay is not None:
-            spawn_refresher(name, ctx.session.workspace, delay)
+            remote = ctx.manager.incus.remote
+            spawn_refresher(name, ctx.session.workspace, delay, remote.name if remote else None)
 
     def container_ended(self, manager: SessionHost, name: str, removed: bool) -> None:
         with file_lock(f"network-{name}"):

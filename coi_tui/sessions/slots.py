@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from coi_tui.core.errors import CoiError
 from coi_tui.core.fs import file_lock
@@ -10,7 +11,7 @@ from coi_tui.incus import Instance
 from coi_tui.sessions.naming import MAX_SLOTS, parse_container_name
 
 
-def slot_lock(workspace_hash: str, say: Callable[[str], None]) -> Iterator[None]:
+def slot_lock(workspace_hash: str, say: Callable[[str], None]) -> AbstractContextManager[None]:
     def waiting() -> None:
         say("Waiting for another coi launch of this workspace to pick its slot...")
 
