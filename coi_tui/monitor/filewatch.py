@@ -28,7 +28,7 @@ import re
 import stat
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # fanotify(7) and fcntl.h
 FAN_CLOEXEC = 0x1
@@ -1133,8 +1133,6 @@ def _listable(fd: int) -> str:
 
 
 def _replace(spec: Sensitive, **changes: str) -> Sensitive:
-    from dataclasses import replace
-
     return replace(spec, **changes)
 
 

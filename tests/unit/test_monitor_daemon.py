@@ -137,3 +137,20 @@ def test_the_description_reaches_monitor_log_as_one_escaped_line(tmp_path: Path)
     forged = "x\n2026-12-06T00:00:00 monitor stopped\x1b[2J"
     daemon.emit(Watched("coi-x-1", 1, "pid:[1]", "", "", 0, tmp_path), a_record(forged))
     assert len(said) == 1 and "\n" not in said[0] and "\x1b" not in said[0]
+
+
+@pytest.mark.parametrize(("tag", "outcome"), [("", "kept"), (KILLED_BY_MONITOR, "removed")])
+def test_the_supervisor_deletes_a_persistent_container_the_monitor_killed(
+    tag: str, outcome: str
+) -> None:
+    """The daemon only stops; finalize_if_stopped (the supervisor's and the attached shell's,
+    as the user) saves, then keeps a stopped persistent container unless the monitor killed
+    it: that one is deleted, as the old in-daemon kill did."""
+    incus = FakeIncus("uuid-1")
+    incus.instance.status = "Stopped"
+    incus.instance.config["user.coi.persistent"] = "true"
+    if tag:
+        incus.instance.config[KILLED_KEY] = tag
+    manager = SessionManager(incus, None, say=lambda _: None)  # type: ignore[arg-type]
+    assert manager.finalize_if_stopped("coi-x-1") == outcome
+    assert incus.done == (["delete coi-x-1"] if tag else [])
