@@ -19,17 +19,19 @@ from coi_tui import __version__
 from coi_tui.cli.parser import wants_json
 from coi_tui.cli.target import incus_for, resolve_workspace
 from coi_tui.config import Settings, load_settings
+from coi_tui.config.settings import SessionOverrides, session_settings
 from coi_tui.core.errors import CoiError, Terminated, UsageError
 from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.sessions.manager import (
     LaunchRequest,
+    Session,
     SessionManager,
     is_persistent,
     workspace_of,
 )
 from coi_tui.sessions.naming import container_name, parse_container_name, tmux_session
+from coi_tui.sessions.service import SessionService
 from coi_tui.sessions.store import SessionStore, all_saved_sessions, find_session
-from coi_tui.tools import get_tool
 
 Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 # After an attach ends in a shutdown: how long the container may take to stop (a loaded host,
@@ -43,15 +45,39 @@ def err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def context(args: argparse.Namespace | None = None) -> tuple[Settings, Incus, SessionManager]:
-    from coi_tui.cli.config_cmds import settings_for
+SESSION_COMMANDS = ("shell", "run")
 
-    # shell/run: the profile (--profile or [defaults] profile) and the flags join the config.
+
+def session_overrides(args: argparse.Namespace) -> SessionOverrides:
+    """--tool, --image, --persistent/--ephemeral of coi shell/run."""
+    return SessionOverrides(
+        tool=getattr(args, "tool", None) or "",
+        image=getattr(args, "image", None) or "",
+        persistent=getattr(args, "persistent", None),
+    )
+
+
+def settings_for(args: argparse.Namespace | None) -> Settings:
+    """shell/run: files < profile (--profile, else [defaults] profile) < env < flags. Other
+    commands: files < env (no profile: it shapes sessions, not e.g. `coi list`)."""
+    if args is None or getattr(args, "command", None) not in SESSION_COMMANDS:
+        return load_settings(say=err)
+    return session_settings(getattr(args, "profile", "") or "", session_overrides(args), say=err)
+
+
+def context(args: argparse.Namespace | None = None) -> tuple[Settings, Incus, SessionManager]:
     settings = settings_for(args)
-    if getattr(args, "command", None) in ("shell", "run"):
+    if getattr(args, "command", None) in SESSION_COMMANDS:
         print_trust_warnings()
     incus = incus_for(settings)
     return settings, incus, SessionManager(incus, settings, say=err)
+
+
+def service_for(args: argparse.Namespace) -> SessionService:
+    """The session service with the command's settings (shell/run: its profile and flags);
+    its progress lines go to stderr."""
+    settings, incus, _ = context(args)
+    return SessionService(incus, settings, say=err)
 
 
 def print_trust_warnings() -> None:
@@ -94,26 +120,21 @@ def install_signal_handlers() -> None:
         signal.signal(sig, raise_terminated)
 
 
-def launch_request(args: argparse.Namespace, settings: Settings) -> LaunchRequest:
-    workspace = resolve_workspace(args.workspace)
-    # --tool/--image/--persistent/--profile are already part of settings (see context()).
-    tool = get_tool(settings.tool)
-    resume = args.continue_ or args.resume
-    return LaunchRequest(
-        workspace=workspace,
-        tool=tool,
+def launch_request(args: argparse.Namespace, service: SessionService) -> LaunchRequest:
+    # --tool/--image/--persistent/--profile are already part of the settings (see context()).
+    return service.request(
+        args.workspace,
         slot=args.slot,
-        persistent=settings.persistent,
-        image=settings.image,
-        resume=resume,
-        profile=settings.profile,
+        resume=args.continue_ or args.resume,
         allow_home=bool(getattr(args, "force", False)),
+        debug=bool(getattr(args, "debug", False)),
     )
 
 
 # ---------------------------------------------------------------------- shell / run / attach
 def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    settings, _incus, manager = context(args)
+    service = service_for(args)
+    manager = service.manager
     if getattr(args, "tmux", None) == "false":
         raise UsageError("--tmux=false is gone: coi sessions always run in tmux")
     if not args.background and not (sys.stdin.isatty() and sys.stdout.isatty()):
@@ -123,21 +144,9 @@ def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     install_signal_handlers()
     if getattr(args, "container", None):
-        session = enter_container(manager, args.container, args.debug)
+        session = service.enter(args.container, debug=args.debug)
     else:
-        req = launch_request(args, settings)
-        req.debug = args.debug
-        session = manager.launch(req)
-        try:
-            manager.wait_ready(session.container)
-            manager.restore_saved_state(session)
-            manager.start_agent(session, debug=args.debug)
-        except BaseException:
-            # Never kill a live session we only joined (a resume of a running container).
-            if not session.persistent and not getattr(session, "running", False):
-                manager.kill(session.container)
-            raise
-    manager.spawn_supervisor(session.container)
+        session = service.start(launch_request(args, service))
     mode = "Background (tmux)" if args.background else "Interactive (tmux)"
     err("Starting session...")
     err(f"Session ID: {session.session_id}")
@@ -200,11 +209,12 @@ def keep_running_note(name: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    settings, incus, manager = context(args)
+    service = service_for(args)
+    settings, manager = service.settings, service.manager
     command = list(args.cmd)
     if command and command[0] == "--":
         command = command[1:]
-    req = launch_request(args, settings)
+    req = launch_request(args, service)
     prompt = headless_prompt(args, settings, req.tool)
     if prompt is not None and command:
         raise UsageError(
@@ -219,48 +229,12 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             )
         command = ["./coi-run"]
     install_signal_handlers()
-    session = manager.launch(req, interactive=False)
-    code = 1
-    try:
-        manager.prepare_command(session)
-        env = manager.agent_env(session)
-        if prompt is not None:
-            command = stage_prompt(manager, session, prompt)
-        code = incus.exec_stream(
-            session.container, manager.code_command(command), cwd="/workspace", env=env
-        )
-    except Terminated as exc:
-        code = 128 + exc.signum
-    except KeyboardInterrupt:
-        code = 130
-    finally:
-        if session.persistent:
-            manager.stop_and_keep(session.container)
-        else:
-            manager.remove_container(session.container)
-    return code
 
+    def argv(session: Session) -> list[str]:
+        # A headless prompt is staged in the container; its argv reads it from there.
+        return command if prompt is None else stage_prompt(manager, session, prompt)
 
-def enter_container(manager: SessionManager, name: str, debug: bool) -> Any:
-    """`coi shell --container NAME`: the container as it is (no workspace remount); started
-    when stopped, its agent started when its tmux session is gone."""
-    from coi_tui.sessions.snapshots import session_of_container
-
-    incus = manager.incus
-    if not incus.instance_exists(name):
-        raise CoiError(f"container '{name}' not found (see 'coi list')")
-    status = incus.status(name)
-    if status == "Frozen":
-        raise CoiError(
-            f"container '{name}' is frozen (paused by the monitor?): 'coi unfreeze {name}'"
-        )
-    if status != "Running":
-        err(f"Starting {name}...")
-        incus.start(name)
-    manager.wait_ready(name)
-    session = session_of_container(manager, name)
-    manager.start_agent(session, debug=debug)
-    return session
+    return service.run_command(req, argv)
 
 
 def headless_prompt(args: argparse.Namespace, settings: Settings, tool: Any) -> str | None:

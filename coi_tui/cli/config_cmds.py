@@ -1,51 +1,24 @@
-"""`coi config` and `coi profile` commands, `coi build --profile`, and the settings that
-shell/run launch with (profile + flags). Top-level imports stay light: the parser is built
-for every `coi` invocation."""
+"""`coi config` and `coi profile` commands and `coi build --profile`. Top-level imports stay
+light: the parser is built for every `coi` invocation."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coi_tui.core.toml import toml_key, toml_value
+
 if TYPE_CHECKING:
     from coi_tui.config.settings import Settings
 
-SESSION_COMMANDS = ("shell", "run")
 
-
-# ---------------------------------------------------------------------- settings for a command
-def session_flags(args: argparse.Namespace) -> dict[str, tuple[Any, str]]:
-    flags: dict[str, tuple[Any, str]] = {}
-    if getattr(args, "tool", None):
-        flags["tool.name"] = (args.tool, "--tool")
-    if getattr(args, "image", None):
-        flags["container.image"] = (args.image, "--image")
-    persistent = getattr(args, "persistent", None)
-    if persistent is not None:
-        flags["container.persistent"] = (
-            persistent,
-            "--persistent" if persistent else "--ephemeral",
-        )
-    return flags
-
-
-def settings_for(args: argparse.Namespace | None) -> Settings:
-    """shell/run: files < profile (--profile, else [defaults] profile) < env < flags. Other
-    commands: files < env (no profile: it shapes sessions, not e.g. `coi list`)."""
-    from coi_tui.config.settings import load_settings
-
-    if args is None or getattr(args, "command", None) not in SESSION_COMMANDS:
-        return load_settings()
-    return load_settings(
-        profile=getattr(args, "profile", "") or None,
-        apply_profile=True,
-        flags=session_flags(args),
-    )
+def config_note(line: str) -> None:
+    """Where config notes (an old spelling in a file) go: stderr, as every coi message."""
+    print(line, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------- parsers
@@ -109,24 +82,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------- rendering
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict) and not value:
-        return "{}"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(str(value), ensure_ascii=False)
-
-
-def toml_key(name: str) -> str:
-    return name if re.match(r"^[A-Za-z0-9_-]+$", name) else json.dumps(name, ensure_ascii=False)
-
-
 NOT_ENFORCED = "accepted, not yet enforced"
 
 
@@ -246,7 +201,7 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from coi_tui.config.settings import FileParser, labelled_config_files, load_settings
 
     if args.action == "show":
-        settings = load_settings(profile=args.profile or None, apply_profile=True)
+        settings = load_settings(profile=args.profile or None, apply_profile=True, say=config_note)
         if wants_json(args):
             sources = {p: s for p, _v, s in config_values(settings)}
             emit_json(
@@ -273,7 +228,8 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         if args.sources:
             from coi_tui.config.profiles import ProfileSet
 
-            ProfileSet.discover(Path.cwd().absolute())  # reports project profiles it ignores
+            # Discovering reports the project profiles it ignores.
+            ProfileSet.discover(Path.cwd().absolute(), say=config_note)
             lines += untrusted_lines()
         print("\n".join(lines))
         return 0
@@ -291,10 +247,10 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.files:
         for name in args.files:
             path = Path(name)
-            FileParser(path, "file", profile=args.profile).parse()
+            FileParser(path, "file", profile=args.profile, say=config_note).parse()
             print(f"{path}: ok")
         return 0
-    settings = load_settings(apply_profile=True)
+    settings = load_settings(apply_profile=True, say=config_note)
     for _label, path in labelled_config_files(Path.cwd()):
         if path.is_file():
             print(f"{path}: ok")
@@ -311,7 +267,7 @@ def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
     cwd = Path.cwd()
     env = dict(os.environ)
-    profiles = ProfileSet.discover(cwd, env)
+    profiles = ProfileSet.discover(cwd, env, say=config_note)
     if args.action == "list":
         rows = []
         for name, preset in PRESETS.items():  # a disk profile of the same name replaces it
@@ -329,11 +285,11 @@ def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             for profile in profiles.found[name]:
                 row = {"name": name, "image": "", "persistent": "", "source": str(profile.config)}
                 try:
-                    values = profile.layer.values
-                    row["image"] = values.get("container.image", "")
-                    if "container.persistent" in values:
-                        row["persistent"] = "yes" if values["container.persistent"] else "no"
-                    row["inherits"] = values.get("inherits", "")
+                    own = profile.layer.values
+                    row["image"] = own.get("container.image", "")
+                    if "container.persistent" in own:
+                        row["persistent"] = "yes" if own["container.persistent"] else "no"
+                    row["inherits"] = own.get("inherits", "")
                 except CoiError as exc:
                     row["error"] = str(exc)
                 if len(profiles.found[name]) > 1:
@@ -399,7 +355,7 @@ def cmd_profile(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             image=args.image,
         )
         if args.inherits:
-            profiles = ProfileSet.discover(cwd, env)
+            profiles = ProfileSet.discover(cwd, env, say=config_note)
             profiles.resolve(args.name)  # the parent must exist and not make a cycle
         print(f"Created profile {args.name}: {directory / 'config.toml'}")
         return 0
@@ -440,7 +396,8 @@ def edit_profile(profiles: Any, name: str, cwd: Path, env: dict[str, str]) -> in
         raise CoiError(f"cannot run the editor '{editor}': {exc.strerror or exc}") from None
     if code != 0:
         raise CoiError(f"the editor '{editor}' exited with {code}; {path} was not checked")
-    ProfileSet.discover(cwd, env).resolve(name)  # a CoiError names file:line and the key
+    # A CoiError names file:line and the key.
+    ProfileSet.discover(cwd, env, say=config_note).resolve(name)
     print(f"Profile {name} is valid ({path})")
     return 0
 

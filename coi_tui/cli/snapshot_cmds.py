@@ -214,12 +214,11 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_branch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from coi_tui.sessions import snapshots
+    from coi_tui.cli.commands import service_for
 
-    _, manager = _context(args)
-    container = resolve_container(manager, args)
-    session = snapshots.branch(manager, container, args.name, slot=args.slot)
-    manager.spawn_supervisor(session.container)
+    service = service_for(args)
+    container = resolve_container(service.manager, args)
+    session = service.branch(container, args.name, slot=args.slot)
     print(
         f"Branched '{container}' at '{args.name}' into slot {session.slot}: {session.container}",
         file=sys.stderr,

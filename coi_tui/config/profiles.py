@@ -27,10 +27,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coi_tui.config import trust
+from coi_tui.config.layers import FileParser, Layer, Say, home_dir
 from coi_tui.config.schema import BY_PATH, ENVIRONMENT, KEYS, Key
-from coi_tui.config.settings import FileParser, Layer, home_dir
 from coi_tui.core.errors import CoiError, UsageError
 from coi_tui.core.paths import read_regular
+from coi_tui.core.toml import toml_value
 
 MAX_DEPTH = 10
 CONTEXT_LIMIT = 256 * 1024  # a profile's CONTEXT.md
@@ -148,8 +150,6 @@ def key_comment(key: Key) -> str:
 def documented_starter(name: str, inherits: str = "", image: str = "") -> str:
     """Every key of the schema at its default, commented out, one table per section; inherits
     and image (from `coi profile create --inherits/--image`) are set."""
-    from coi_tui.cli.config_cmds import toml_value
-
     out = [
         f'# coi profile "{name}". Every setting is listed at its default, commented out:',
         "# uncomment what this profile should change. A profile accepts every section of",
@@ -213,6 +213,7 @@ class Profile:
     scope: str  # user | project | config
     _layer: Layer | None = None
     env: dict[str, str] | None = None  # for the trust rules of project profiles
+    say: Say | None = None  # deprecation notes (an old profile shape)
 
     @property
     def config(self) -> Path:
@@ -228,7 +229,9 @@ class Profile:
                         f'project profile "{self.name}": its folder {self.directory} leads out '
                         f"of {workspace}; its files were not read"
                     )
-            layer = FileParser(self.config, f"profile {self.name}", profile=True).parse()
+            layer = FileParser(
+                self.config, f"profile {self.name}", profile=True, say=self.say
+            ).parse()
             context = self.directory / "CONTEXT.md"
             if "context" not in layer.values and os.path.lexists(context):
                 layer.values["context"] = str(context.resolve())
@@ -246,8 +249,6 @@ class Profile:
                 ):
                     if layer.values.get(path):
                         self.check_inside(str(layer.values[path]), what)
-                from coi_tui.config import trust
-
                 workspace = self.directory.parent.parent.parent  # <ws>/.coi/profiles/<name>
                 env = dict(os.environ if self.env is None else self.env)
                 report = trust.sanitize(layer.values, workspace, env, "profile")
@@ -337,7 +338,10 @@ def inherit(parent: Layer, child: Layer, name: str) -> Layer:
 
 class ProfileSet:
     def __init__(
-        self, locations: list[tuple[str, Path]], env: dict[str, str] | None = None
+        self,
+        locations: list[tuple[str, Path]],
+        env: dict[str, str] | None = None,
+        say: Say | None = None,
     ) -> None:
         self.locations = locations
         self.found: dict[str, list[Profile]] = {}
@@ -353,15 +357,13 @@ class ProfileSet:
                     self.shadowing(entry)
                     continue
                 self.found.setdefault(entry.name, []).append(
-                    Profile(entry.name, entry, scope, env=env)
+                    Profile(entry.name, entry, scope, env=env, say=say)
                 )
 
     @staticmethod
     def shadowing(entry: Path) -> None:
         """A repository's .coi/profiles/hardened would replace the preset the user asked for
         by name: ignored, with a warning (shown by coi shell/run and config show --sources)."""
-        from coi_tui.config import trust
-
         workspace = entry.parent.parent.parent  # <ws>/.coi/profiles/<name>
         report = trust.TrustReport(
             ignored=[f'profile "{entry.name}" (a project cannot replace the built-in profile)']
@@ -369,7 +371,9 @@ class ProfileSet:
         trust.REPORTS[f"{workspace}#profile:{entry.name}"] = report
 
     @classmethod
-    def discover(cls, cwd: Path, env: dict[str, str] | None = None) -> ProfileSet:
+    def discover(
+        cls, cwd: Path, env: dict[str, str] | None = None, say: Say | None = None
+    ) -> ProfileSet:
         env = dict(os.environ if env is None else env)
         dirs = [("user", home_dir(env) / "profiles"), ("project", cwd / ".coi" / "profiles")]
         if env.get("COI_CONFIG"):
@@ -381,10 +385,15 @@ class ProfileSet:
             if real not in seen:
                 seen.add(real)
                 unique.append((scope, directory))
-        return cls(unique, env)
+        return cls(unique, env, say)
 
     def names(self) -> list[str]:
         return sorted(self.found)
+
+    def available(self) -> list[str]:
+        """Every profile a session can start with, as `coi profile list` shows them: the
+        built-in ones first, then those on disk (one of a built-in's name replaces it)."""
+        return [*PRESETS, *(name for name in self.names() if name not in PRESETS)]
 
     def looked_in(self) -> str:
         return ", ".join(str(d) for _, d in self.locations)

@@ -4,7 +4,6 @@ may block and is only called from worker threads."""
 
 from __future__ import annotations
 
-import os
 import shlex
 import threading
 import time
@@ -13,12 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
+
 from coi_tui.config import Settings, load_settings
+from coi_tui.config.profiles import ProfileSet
+from coi_tui.config.settings import SessionOverrides
 from coi_tui.core.errors import CoiError
+from coi_tui.core.timefmt import format_uptime
 from coi_tui.dashboard.attach import SessionState
 from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
+from coi_tui.sessions import snapshots
+from coi_tui.sessions.manager import CODE_HOME, WORKSPACE, SessionManager
 from coi_tui.sessions.naming import parse_container_name, tmux_session
+from coi_tui.sessions.service import SessionService
 from coi_tui.terminal.transport import PtyTransport, Transport
+from coi_tui.tools import TOOLS
 
 STATES = {"Running": "RUNNING", "Frozen": "FROZEN", "Stopped": "STOPPED"}
 
@@ -91,19 +99,6 @@ def slot_state(status: str) -> str:
     return STATES.get(status, status.upper() or "UNKNOWN")
 
 
-def format_uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
-
-
 def format_bytes(value: int | None) -> str:
     if value is None:
         return "-"
@@ -120,29 +115,15 @@ def process_start(pid: int) -> float | None:
     if pid <= 0:
         return None
     try:
-        import psutil
-
         return float(psutil.Process(pid).create_time())
     except Exception:  # gone, or no permission: uptime is unknown, not an error
         return None
 
 
-def profile_names(cwd: Path | None = None) -> list[str]:
-    """[profiles.<name>] tables of the config files (the profile picker's choices)."""
-    import tomllib
-
-    from coi_tui.config.settings import config_files
-
-    names: set[str] = set()
-    for path in config_files(cwd or Path.cwd()):
-        try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        table = data.get("profiles")
-        if isinstance(table, dict):
-            names.update(k for k, v in table.items() if isinstance(v, dict))
-    return sorted(names)
+def profile_names(cwd: Path | None = None, env: dict[str, str] | None = None) -> list[str]:
+    """The profile picker's choices: every profile `coi shell --profile` accepts here, the
+    built-in default and hardened first (as `coi profile list` shows them)."""
+    return ProfileSet.discover(cwd or Path.cwd(), env).available()
 
 
 class IncusBackend:
@@ -161,18 +142,17 @@ class IncusBackend:
         self.host = self.incus.remote.name if self.incus.remote is not None else ""
         self._cpu: dict[str, tuple[float, int]] = {}  # name -> (monotonic, cpu usage ns)
         self._started: dict[tuple[str, int], float | None] = {}
-        self._manager: Any = None
+        # Sessions as the dashboard's own settings shape them (kill, branch, restore). Their
+        # progress lines would scribble over the dashboard: they are dropped.
+        self.service = SessionService(self.incus, self.settings, say=quiet)
 
     @property
     def prefix(self) -> str:
         return self.settings.container_prefix
 
     @property
-    def manager(self) -> Any:
-        if self._manager is None:
-            # The manager's progress lines would scribble over the dashboard.
-            self._manager = host_session_manager(self.incus, self.settings)
-        return self._manager
+    def manager(self) -> SessionManager:
+        return self.service.manager
 
     # ------------------------------------------------------------------ reading
     def list_slots(self) -> list[SlotInfo]:
@@ -224,8 +204,6 @@ class IncusBackend:
         )
 
     def list_snapshots(self, name: str) -> list[SnapshotInfo]:
-        from coi_tui.sessions import snapshots
-
         return [
             SnapshotInfo(s.container, s.name, s.created_at, s.stateful)
             for s in snapshots.list_snapshots(self.incus, name)
@@ -240,8 +218,6 @@ class IncusBackend:
         return result.stdout
 
     def tools(self) -> list[str]:
-        from coi_tui.tools import TOOLS
-
         return sorted(TOOLS)
 
     def profiles(self) -> list[str]:
@@ -262,61 +238,33 @@ class IncusBackend:
 
     def kill(self, name: str) -> None:
         self._writable()
-        self.manager.kill(name)
+        self.service.kill(name)
 
     def snapshot(self, name: str) -> str:
         self._writable()
-        from coi_tui.sessions import snapshots
-
         return snapshots.create(self.incus, name).name
 
     def restore(self, name: str, snapshot: str) -> None:
         self._writable()
-        from coi_tui.sessions import snapshots
-
         snapshots.restore(self.manager, name, snapshot)
 
     def branch(self, name: str, snapshot: str) -> str:
         self._writable()
-        from coi_tui.sessions import snapshots
-
-        session = snapshots.branch(self.manager, name, snapshot)
-        return session.container
+        return self.service.branch(name, snapshot).container
 
     def new_slot(self, workspace: str, tool: str, profile: str) -> str:
-        """What `coi shell --background` does: launch, wait for boot, agent in tmux,
-        supervisor; the container is removed again if the agent cannot start."""
+        """What `coi shell --background --tool TOOL --profile PROFILE` does: the profile
+        ("" = the configured one) and the tool go into the session's settings, so its
+        limits, environment, network policy and image apply; then the session service starts
+        it (the container is removed again if the agent cannot start)."""
         self._writable()
-        from coi_tui.sessions.manager import LaunchRequest, resolve_workspace
-        from coi_tui.tools import get_tool
-
-        manager = self.manager
-        req = LaunchRequest(
-            # A remote mounts the path from its own disk: it need not exist here.
-            workspace=os.path.abspath(os.path.expanduser(workspace))
-            if self.host
-            else resolve_workspace(workspace),
-            tool=get_tool(tool),
-            persistent=self.settings.persistent,
-            image=self.settings.image,
-            profile=profile,
+        service = SessionService.for_profile(
+            self.incus, profile, SessionOverrides(tool=tool), say=quiet
         )
-        session = manager.launch(req, interactive=False)
-        try:
-            manager.wait_ready(session.container)
-            manager.restore_saved_state(session)
-            manager.start_agent(session)
-        except BaseException:
-            if not session.persistent:
-                manager.kill(session.container)
-            raise
-        manager.spawn_supervisor(session.container)
-        return str(session.container)
+        return service.start(service.request(workspace), interactive=False).container
 
     # ------------------------------------------------------------------ terminals
     def terminal_argv(self, name: str, read_only: bool) -> list[str]:
-        from coi_tui.sessions.manager import CODE_HOME, WORKSPACE
-
         uid = self.settings.code_uid
         # -r: a read-only dashboard must not type into the agent's session.
         attach = ["tmux", "attach", "-t", tmux_session(name)] + (["-r"] if read_only else [])
@@ -367,12 +315,8 @@ class IncusBackend:
         self.incus.watch_events(on_event, types=("lifecycle",), stop=stop)
 
 
-def host_session_manager(incus: Incus, settings: Settings) -> Any:
-    """A quiet SessionManager (its progress lines would scribble over the dashboard); its
-    supervisors talk to the same daemon as `incus` (SessionManager.supervisor_env)."""
-    from coi_tui.sessions.manager import SessionManager
-
-    return SessionManager(incus, settings, say=lambda line: None)
+def quiet(_line: str) -> None:
+    """The say of the dashboard's sessions: their progress lines have no place on its screen."""
 
 
 def describe(slot: SlotInfo) -> list[tuple[str, str]]:

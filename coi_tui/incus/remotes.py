@@ -14,80 +14,26 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import ssl
 import threading
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
+# The [[remotes]] entry and its checks live in the config layer (the config loader validates
+# [[remotes]] tables with them); re-exported here for the connection code and its callers.
+from coi_tui.config.remotes import NAME_RE as NAME_RE
+from coi_tui.config.remotes import Remote
+from coi_tui.config.remotes import normalise_fingerprint as normalise_fingerprint
+from coi_tui.config.remotes import remote_from_table as _from_table
+from coi_tui.config.remotes import validate as validate
 from coi_tui.core.errors import CoiError, UsageError
 from coi_tui.core.paths import coi_home
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
-
-@dataclass
-class Remote:
-    name: str
-    address: str  # https://host:port
-    cert: str = ""  # client certificate (PEM file); default ~/.coi/client.crt
-    key: str = ""  # client key (PEM file); default ~/.coi/client.key
-    fingerprint: str = ""  # SHA-256 of the server certificate (hex, any case, colons allowed)
-    ca: str = ""  # or: a CA file to verify the server against
-    project: str = "default"
-    target: str = ""  # cluster member for new instances ("" = let Incus place them)
-
-    @property
-    def host(self) -> str:
-        return urlparse(self.address).hostname or self.address
-
-    @property
-    def port(self) -> int:
-        return urlparse(self.address).port or 8443
-
-    def client_files(self) -> tuple[str, str]:
-        return (
-            self.cert or str(coi_home() / "client.crt"),
-            self.key or str(coi_home() / "client.key"),
-        )
 
 
 def remotes_file() -> Path:
     return coi_home() / "remotes.toml"
-
-
-def normalise_fingerprint(text: str) -> str:
-    return text.replace(":", "").strip().lower()
-
-
-def validate(remote: Remote) -> Remote:
-    if not NAME_RE.match(remote.name):
-        raise UsageError(f"invalid remote name '{remote.name}': letters, digits, '.', '_', '-'")
-    parsed = urlparse(remote.address)
-    if parsed.scheme != "https" or not parsed.hostname:
-        raise UsageError(
-            f"remote '{remote.name}': address must be https://HOST[:PORT], got '{remote.address}'"
-        )
-    if not remote.fingerprint and not remote.ca:
-        raise UsageError(f"remote '{remote.name}' needs a server fingerprint or a CA file")
-    remote.fingerprint = normalise_fingerprint(remote.fingerprint)
-    return remote
-
-
-def _from_table(table: dict[str, Any], where: str) -> Remote:
-    allowed = set(Remote.__dataclass_fields__)
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise CoiError(
-            f"{where}: unknown key(s) in [[remotes]]: {', '.join(unknown)} "
-            f"(allowed: {', '.join(sorted(allowed))})"
-        )
-    if "name" not in table or "address" not in table:
-        raise CoiError(f"{where}: every [[remotes]] entry needs name and address")
-    return validate(Remote(**{k: str(v) for k, v in table.items()}))
 
 
 def load_remotes(extra_files: list[Path] | None = None) -> dict[str, Remote]:

@@ -55,7 +55,8 @@ class NewSlotScreen(ModalScreen[NewSlotRequest | None]):
             )
             yield Label("Profile")
             yield Select(
-                [("(none)", NO_PROFILE)] + [(p, p) for p in self.profiles],
+                # NO_PROFILE: as `coi shell` without --profile ([defaults] profile, if any).
+                [("(as configured)", NO_PROFILE)] + [(p, p) for p in self.profiles],
                 value=NO_PROFILE,
                 id="profile",
                 allow_blank=False,

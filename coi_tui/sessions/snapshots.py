@@ -1,5 +1,6 @@
-"""Snapshots of a session's container: create, list, restore, delete, and branch (start a new
-slot of the same workspace from a snapshot, to try an experiment in parallel).
+"""Snapshots of a session's container: create, list, restore, delete. Branching (a new slot of
+the same workspace started from a snapshot, to try an experiment in parallel) starts a
+session, so it is the session service's (sessions/service.py).
 
 A snapshot holds the whole container, /home/code and the agent's state included. The workspace
 is a host mount and is not part of it.
@@ -7,18 +8,16 @@ is a host mount and is not part of it.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from coi_tui.core.errors import CoiError
-from coi_tui.incus import Incus, NotFound
-from coi_tui.sessions.hooks import run_hooks
-from coi_tui.sessions.manager import LaunchRequest, Session, SessionManager
-from coi_tui.sessions.naming import container_name, parse_container_name, workspace_hash
-from coi_tui.sessions.slots import choose_slot, occupied_slots, slot_lock
+from coi_tui.incus import Incus
+from coi_tui.sessions.manager import Session, SessionManager
+from coi_tui.sessions.naming import parse_container_name
 from coi_tui.tools import get_tool
 
 
@@ -84,8 +83,6 @@ def create(
 
 def require_stateful(incus: Incus, container: str) -> None:
     """Stateful snapshots need CRIU on the host and migration.stateful on the container."""
-    import shutil
-
     instance = incus.get_instance(container)
     if instance.expanded_config.get("migration.stateful") != "true":
         raise CoiError(
@@ -143,65 +140,3 @@ def restore(manager: SessionManager, container: str, name: str, stateful: bool =
         session = session_of_container(manager, container)
         manager.wait_ready(container)
         manager.start_agent(session)
-
-
-def branch(manager: SessionManager, container: str, snapshot: str, slot: int = 0) -> Session:
-    """A new slot of the same workspace, started from `snapshot`; the original keeps running."""
-    incus = manager.incus
-    get_snapshot(incus, container, snapshot)
-    source = session_of_container(manager, container)
-    if not source.workspace:
-        raise CoiError(f"{container} is not a coi session container (no workspace recorded)")
-    prefix = manager.settings.container_prefix
-    ws_hash = workspace_hash(source.workspace)
-    with slot_lock(ws_hash):
-        occupied = occupied_slots(manager.coi_instances(), prefix, ws_hash)
-        new_slot, note = choose_slot(occupied, slot, persistent=False)
-        if note:
-            manager.say(note)
-        new_name = container_name(prefix, source.workspace, new_slot)
-        if new_slot in occupied:
-            manager.remove_container(new_name)
-        session = Session(
-            new_name, str(uuid.uuid4()), new_slot, source.workspace, source.persistent, source.tool
-        )
-        body = {
-            "name": new_name,
-            "type": "container",
-            "source": {"type": "copy", "source": f"{container}/{snapshot}", "instance_only": True},
-        }
-        incus.request("POST", "/1.0/instances", body=body)
-        incus.update_instance(
-            new_name,
-            config={
-                "user.coi.slot": str(new_slot),
-                "user.coi.session_id": session.session_id,
-                "user.coi.branched_from": f"{container}/{snapshot}",
-            },
-        )
-        req = LaunchRequest(
-            workspace=source.workspace,
-            tool=source.tool,
-            slot=new_slot,
-            persistent=source.persistent,
-        )
-        from coi_tui.sessions.hooks import LaunchContext
-
-        session.context = LaunchContext(manager, req, session)
-        try:
-            run_hooks("before_start", session.context)
-            incus.start(new_name)
-        except BaseException:
-            manager.remove_container(new_name)
-            raise
-    manager.wait_ready(new_name)
-    manager.start_agent(session)
-    return session
-
-
-def snapshot_exists(incus: Incus, container: str, name: str) -> bool:
-    try:
-        incus.request("GET", f"/1.0/instances/{quote(container)}/snapshots/{quote(name)}")
-    except NotFound:
-        return False
-    return True
