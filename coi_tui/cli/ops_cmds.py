@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from coi_tui.core import cgroups
 from coi_tui.core.errors import CoiError, UsageError
+from coi_tui.core.timefmt import format_uptime
 
 if TYPE_CHECKING:
     from coi_tui.incus import Incus, Instance
@@ -343,22 +344,6 @@ def cmd_top(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 # ---------------------------------------------------------------------- overview
-def format_uptime(seconds: float) -> str:
-    if seconds < 1:
-        return "<1s"
-    total = int(seconds)
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes}m"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
-
-
 def left_trim(text: str, width: int) -> str:
     return text if len(text) <= width else "..." + text[-(width - 3) :]
 
