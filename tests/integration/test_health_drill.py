@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from coi_tui.monitor.daemon import DRILL_INFIX, DRILL_KEY
 from coi_tui.health.drill import PROBES
+from coi_tui.monitor.daemon import DRILL_INFIX, DRILL_KEY
 from tests.integration.test_monitor import GATEWAY, Listener, Monitor, running_monitor
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the monitor daemon needs root")
