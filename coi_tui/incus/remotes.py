@@ -28,7 +28,9 @@ from coi_tui.config.remotes import Remote
 from coi_tui.config.remotes import normalise_fingerprint as normalise_fingerprint
 from coi_tui.config.remotes import remote_from_table as _from_table
 from coi_tui.config.remotes import validate as validate
+from coi_tui.config.settings import trusted_config_files
 from coi_tui.core.errors import CoiError, UsageError
+from coi_tui.core.fs import atomic_write
 from coi_tui.core.paths import coi_home
 
 
@@ -55,7 +57,6 @@ def load_remotes(extra_files: list[Path] | None = None) -> dict[str, Remote]:
 def _config_files() -> list[Path]:
     """The user's config files only: a repository's .coi/config.toml must not redirect a
     remote (its sessions, credentials and prompts) to its own server."""
-    from coi_tui.config.settings import trusted_config_files
 
     return trusted_config_files()
 
@@ -76,7 +77,6 @@ def _toml_string(value: str) -> str:
 
 
 def save_remotes(remotes: dict[str, Remote]) -> None:
-    from coi_tui.core.fs import atomic_write
 
     lines = ["# Managed by 'coi remote add|remove'.", ""]
     for remote in remotes.values():
@@ -194,7 +194,6 @@ def incus_client_config(remote: Remote) -> Path:
             temporary.unlink(missing_ok=True)
             temporary.symlink_to(os.path.abspath(source))
             temporary.replace(link)
-    from coi_tui.core.fs import atomic_write
 
     pinned = server_cert_path(remote.name)
     if pinned.exists():

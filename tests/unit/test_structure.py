@@ -11,8 +11,9 @@ from pathlib import Path
 from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[2]
-# Function-local imports of the package outside cli/ (measured when the contracts landed: 1).
-LOCAL_IMPORT_BUDGET = 3
+# Function-local imports of the package outside cli/ (measured when the contracts landed: 1,
+# config/schema.py reading the tool registry).
+LOCAL_IMPORT_BUDGET = 1
 
 
 def import_graph() -> ModuleType:
