@@ -138,7 +138,14 @@ def daemon_settings(home: Path) -> DaemonSettings:
 def hand_over_settings(home: Path) -> None:
     """Write the daemon's settings into `home` (DAEMON_SETTINGS), replacing the file (the
     daemon reads it without following a symlink)."""
-    atomic_write(home / DAEMON_SETTINGS, daemon_settings_text(daemon_settings(home)), 0o644)
+    try:
+        settings = daemon_settings(home)
+    except ValueError as exc:  # the deprecated monitor.toml
+        raise CoiError(f"monitor settings: {exc}") from None
+    try:
+        atomic_write(home / DAEMON_SETTINGS, daemon_settings_text(settings), 0o644)
+    except OSError as exc:
+        raise CoiError(f"cannot write {home / DAEMON_SETTINGS}: {exc.strerror or exc}") from None
 
 
 def open_log(home: Path, owner: tuple[int, int] | None = None) -> int:
