@@ -391,8 +391,8 @@ def session_settings(
     say: Say | None = None,
 ) -> Settings:
     """The settings a session starts with, for every way of starting one (coi shell/run, the
-    dashboard, a branch): config files < the profile (`profile`, else [defaults] profile,
-    else $COI_PROFILE's) < environment < the overrides. The profile's limits, environment,
+    dashboard, a branch): config files < the profile (`profile`, else $COI_PROFILE, else
+    [defaults] profile) < environment < the overrides. The profile's limits, environment,
     network policy, mounts and image all land here, so what starts from these settings
     applies them."""
     return load_settings(

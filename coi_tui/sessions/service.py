@@ -15,7 +15,6 @@ Nothing here prints: progress and notes go to `say` (the CLI: stderr; the dashbo
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -69,16 +68,8 @@ class SessionService:
     ) -> LaunchRequest:
         """A launch of `workspace` as the settings say (tool, image, persistence, profile).
         On a remote the path is on the remote's disk: it need not exist here."""
-        remote = self.incus.remote
-        if remote is None:
-            path = resolve_workspace(workspace)
-        else:
-            path = os.path.abspath(os.path.expanduser(workspace))
-            if not os.path.isdir(path):
-                self.say(
-                    f"note: {path} does not exist on this machine; remote '{remote.name}' "
-                    "mounts that path from its own disk, so it must exist there"
-                )
+        remote = self.incus.remote.name if self.incus.remote is not None else None
+        path = resolve_workspace(workspace, remote, self.say)
         return LaunchRequest(
             workspace=path,
             tool=get_tool(self.settings.tool),
