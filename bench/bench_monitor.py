@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Figure, percentile
+from coi_tui.core.cgroups import PAYLOAD, V2_ROOTS
 from coi_tui.incus import Incus, IncusError, InstanceNotFound
 from coi_tui.monitor.config import SESSION_KEY
-from coi_tui.monitor.daemon import CGROUP_ROOTS, PAYLOAD
 
 IMAGE = "coi-default"
 GATEWAY = "10.199.0.1"
@@ -106,7 +106,7 @@ def launch(incus: Incus, name: str, config: dict[str, str] | None = None) -> Non
 def running(name: str) -> bool:
     """Whether LXC still has the container's cgroup (removed once all its processes are
     gone: the container no longer runs, whatever Incus does next)."""
-    return any(os.path.isdir(f"{root}/{PAYLOAD}{name}") for root in CGROUP_ROOTS)
+    return any(os.path.isdir(f"{root}/{PAYLOAD}{name}") for root in V2_ROOTS)
 
 
 def measure(

@@ -44,6 +44,7 @@ from coi_tui.monitor.daemon import running_pid
 DAEMON_MODULES = (
     "coi_tui",
     "coi_tui.core",
+    "coi_tui.core.cgroups",
     "coi_tui.core.nofollow",
     "coi_tui.core.paths",
     "coi_tui.core.text",

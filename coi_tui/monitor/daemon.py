@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from coi_tui.core import nofollow
+from coi_tui.core.cgroups import PAYLOAD, payload_cgroups
 from coi_tui.core.paths import coi_home, home_tag
 from coi_tui.core.text import clean
 from coi_tui.monitor import behaviour, filewatch, membership, mounts, procfs, rulepacks, rules
@@ -284,25 +285,10 @@ def cgroup_freeze(name: str) -> bool:
     return False
 
 
-# Cgroup folders LXC makes for a running container (hybrid hosts, then pure v2): whether one
+# Cgroup folders LXC makes for a running container (core/cgroups.payload_cgroups): whether one
 # appeared, went or was made again tells refresh() when asking Incus is worth it.
-CGROUP_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
-PAYLOAD = "lxc.payload."
 INCUS_LIST_BACKSTOP_SEC = 10.0  # Incus is still asked this often when no cgroup changed
 FULL_SWEEP_SEC = 5.0  # every check of every container at least this often (the backstop)
-
-
-def payload_cgroups(prefix: str) -> dict[str, int]:
-    """Running containers named `prefix`*: name -> inode of its cgroup folder (a container
-    started again under the same name gets another). One readdir per root, no stat."""
-    found: dict[str, int] = {}
-    head = PAYLOAD + prefix
-    for root in CGROUP_ROOTS:
-        with contextlib.suppress(OSError), os.scandir(root) as entries:
-            for entry in entries:
-                if entry.name.startswith(head):
-                    found.setdefault(entry.name[len(PAYLOAD) :], entry.inode())
-    return found
 
 
 def cgroup_thawed(name: str) -> bool:
