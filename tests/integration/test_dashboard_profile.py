@@ -1,6 +1,6 @@
 """A slot started from the dashboard with a profile is that profile's session: the session
 service applies the profile's limits and environment, as `coi shell --profile` does (the
-dashboard used to record the profile's name only)."""
+dashboard used to record the profile's name only), and so does a branch of it."""
 
 from __future__ import annotations
 
@@ -41,6 +41,19 @@ def test_a_slot_started_from_the_dashboard_gets_its_profiles_limits_and_environm
     assert "small" in backend.profiles()
     name = backend.new_slot(str(workspace), "dummy", "small")
 
+    assert_profile_applied(backend, name)
+
+    # A branch is started like any session, with its source's profile (it used to skip
+    # prepare_instance and start its agent with the dashboard's own settings).
+    snapshot = backend.snapshot(name)
+    branched = backend.branch(name, snapshot)
+    assert branched != name
+    assert_profile_applied(backend, branched)
+    config = backend.incus.get_instance(branched).config
+    assert config.get("user.coi.branched_from") == f"{name}/{snapshot}"
+
+
+def assert_profile_applied(backend: IncusBackend, name: str) -> None:
     config = backend.incus.get_instance(name).config
     assert config.get("user.coi.profile") == "small"
     assert (config.get("limits.cpu"), config.get("limits.memory")) == ("1", "512MiB")
