@@ -2,8 +2,10 @@
 ./.coi/config.toml < $COI_CONFIG < the profile (--profile, or [defaults] profile) < environment
 (COI_*, legacy CLAUDE_ON_INCUS_* / COI_LIMIT_*) < CLI flags.
 
-Every file is validated against `schema.KEYS`; a problem is one CoiError line naming the file,
-line and key path and what is allowed. Each value remembers where it came from (`sources`).
+Each source becomes a validated Layer (config/layers.py; a profile's, config/profiles.py);
+`load_settings` merges them, and each value remembers where it came from (`sources`).
+`session_settings(profile, overrides)` is what every session starts with (coi shell/run, the
+dashboard, a branch). Nothing here prints: notes go to a `say` callback.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ environment, mounts, protected paths...; before_start), waits for it to boot, re
 agent's saved state, starts the agent in tmux and the supervisor. `branch` does the same for
 a copy of a snapshot; `run_command` is the `coi run` lifecycle; `kill`/`shutdown` end one.
 
-Nothing here prints: progress and notes go to `say` (the CLI: stderr; the dashboard: a log).
+Nothing here prints: progress and notes go to `say` (the CLI: stderr; the dashboard drops them).
 """
 
 from __future__ import annotations
