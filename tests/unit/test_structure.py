@@ -6,6 +6,7 @@ themselves are import-linter's contracts (.importlinter, `make lint`)."""
 from __future__ import annotations
 
 import ast
+import configparser
 import importlib.util
 from pathlib import Path
 from types import ModuleType
@@ -80,3 +81,33 @@ def test_the_checks_see_a_local_import(tmp_path: Path) -> None:
     node = tree.body[0].body[0].body[0]  # type: ignore[attr-defined]
     assert isinstance(node, ast.ImportFrom)
     assert child_is_ours(node, [node.module or "", *(a.name for a in node.names)])
+
+
+def forbidden_of(contract: str) -> list[str]:
+    config = configparser.ConfigParser()
+    config.read(REPO / ".importlinter")
+    return config[f"importlinter:contract:{contract}"]["forbidden_modules"].split()
+
+
+def uncovered(allowed: set[str], forbidden: list[str]) -> list[str]:
+    """Modules of the package neither allowed nor under a forbidden entry."""
+    names = import_graph().module_names()
+    return sorted(
+        name
+        for name in names
+        if name not in allowed
+        and not any(name == entry or name.startswith(entry + ".") for entry in forbidden)
+    )
+
+
+def test_the_daemon_contract_forbids_all_but_its_modules() -> None:
+    """.importlinter names what the daemon may not reach; control.DAEMON_MODULES what it may
+    (and what `coi setup` copies). Together they must cover the whole package."""
+    from coi_tui.monitor.control import DAEMON_MODULES
+
+    assert uncovered(set(DAEMON_MODULES), forbidden_of("daemon-stands-alone")) == []
+
+
+def test_the_netctl_contract_forbids_the_whole_package() -> None:
+    allowed = {"coi_tui", "coi_tui.network", "coi_tui.network.netctl"}
+    assert uncovered(allowed, forbidden_of("netctl-stdlib-only")) == []
