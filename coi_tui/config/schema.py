@@ -339,15 +339,16 @@ def table_entries(key: Key, value: Any, fields: dict[str, str]) -> list[dict[str
             )
             if bad:
                 raise Invalid(f"{here}: {name}: wrong type, got {describe(item)}")
-            if kind == "port" and not 0 <= item <= 65535:
+            # `bad` checked the types; the isinstance calls say so to the type checker
+            if kind == "port" and isinstance(item, int) and not 0 <= item <= 65535:
                 raise Invalid(f"{here}: {name}: must be 0-65535, got {item}")
-            if kind == "ports":
+            if kind == "ports" and isinstance(item, list):
                 for port in item:
                     if isinstance(port, bool) or not isinstance(port, int) or port < 1:
                         raise Invalid(f"{here}: {name}: ports must be 1-65535, got {port!r}")
                     if port > 65535:
                         raise Invalid(f"{here}: {name}: ports must be 1-65535, got {port}")
-            if kind == "hostnames":
+            if kind == "hostnames" and isinstance(item, list):
                 for host in item:
                     if not isinstance(host, str) or not HOSTNAME_RE.match(host):
                         raise Invalid(f"{here}: {name}: not a valid hostname: {describe(host)}")
