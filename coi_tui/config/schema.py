@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from coi_tui.tools import TOOLS
+
 DEFAULT_IMAGE = "coi-default"
 DEFAULT_BRIDGE = "coibr0"
 DEFAULT_POOL = "coi"
@@ -151,10 +153,8 @@ def check_enum(key: Key, value: Any) -> str:
 
 
 def check_tool(key: Key, value: Any) -> str:
-    from coi_tui.tools import TOOLS  # the registry is the one list of agents
-
     text = check_str(key, value)
-    if text not in TOOLS:
+    if text not in TOOLS:  # the registry is the one list of agents
         raise Invalid(f"must be one of {', '.join(sorted(TOOLS))}, got {describe(value)}")
     return text
 
