@@ -77,13 +77,18 @@ def daemon_home(tmp_path: Path, run_prefix: str, incus: Any) -> Iterator[tuple[P
 
 def supervise_as_owner(home: Path, prefix: str, name: str) -> subprocess.Popen[bytes]:
     """The session's supervisor, as `coi shell` starts it, run by the user (OWNER, in the
-    Incus admin group), with the system's python3 (the venv's lies under /root)."""
+    Incus admin group), with the system's python3 (the venv's lies under /root) and a copy
+    of the package the user can read (the checkout may lie in a folder only root enters)."""
+    library = home.parent / "lib"
+    shutil.copytree(
+        REPO / "coi_tui", library / "coi_tui", ignore=shutil.ignore_patterns("__pycache__")
+    )
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(home.parent),
         "COI_HOME": str(home),
         "COI_CONTAINER_PREFIX": prefix,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(library),
     }
     return subprocess.Popen(
         ["/usr/bin/python3", "-m", "coi_tui.sessions.supervisor", name],
