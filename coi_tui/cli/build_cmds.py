@@ -9,6 +9,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from coi_tui.cli.output import err
+
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("build", help="build the coi-default image")
@@ -70,7 +72,7 @@ def build_image(args: argparse.Namespace) -> int:
     from coi_tui.images.agents import parse_agents
     from coi_tui.images.build import VARIANT_ALIASES, ImageBuilder
 
-    settings = load_settings()
+    settings = load_settings(say=err)
     incus = incus_for(settings)
     incus.ping()
     method = "bootstrap" if args.bootstrap else "remote" if args.remote else "auto"
@@ -118,13 +120,13 @@ def build_profiles(args: argparse.Namespace) -> int:
         if not names:
             say(f"No profile has anything to build (looked in {profiles.looked_in()})")
             return 0
-    settings = load_settings(profile=names[0])
+    settings = load_settings(profile=names[0], say=err)
     incus = incus_for(settings)
     incus.ping()
     failed: list[str] = []
     for name in names:
         try:
-            settings = load_settings(profile=name)
+            settings = load_settings(profile=name, say=err)
             # Whose recipe this is: a repository's may not publish over images it did not build.
             cwd = Path.cwd().absolute()
             chain = ProfileSet.discover(cwd).resolve(name).profiles

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 from coi_tui import __version__
+from coi_tui.cli.output import err
 from coi_tui.cli.parser import wants_json
 from coi_tui.cli.target import incus_for, resolve_workspace
 from coi_tui.config import Settings, load_settings
@@ -39,10 +40,6 @@ Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 # long to wait before it is taken to run on (COI polls about 5 s).
 STOP_WAIT_S = 90
 UNKNOWN_STOP_WAIT_S = 5
-
-
-def err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 SESSION_COMMANDS = ("shell", "run")
@@ -439,7 +436,7 @@ def tree_size(path: Path) -> int:
 
 
 def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    settings = load_settings()
+    settings = load_settings(say=err)
     if args.session_id:
         found = find_session(args.session_id)
         if found is None:
@@ -821,7 +818,7 @@ def cmd_tmux(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def cmd_setup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.incus.provision import Provisioner
 
-    settings = load_settings()
+    settings = load_settings(say=err)
     incus = incus_for(settings)
     print("Setting up Incus for coi:")
     provisioner = Provisioner(incus, lambda step: print(step.line(), flush=True))
@@ -868,7 +865,7 @@ def delegate_users(names: list[str]) -> None:
 
 
 def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    settings = load_settings()
+    settings = load_settings(say=err)
     incus = incus_for(settings)
     if args.action == "exists":
         return 0 if incus.image_exists(args.alias) else 1

@@ -10,6 +10,8 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from coi_tui.cli.output import err
+
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     from coi_tui.cli.parser import add_format
@@ -58,7 +60,7 @@ def cmd_health(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             raise UsageError("--drill does not go with --fix or --verbose")
         return cmd_drill(args)
     try:
-        settings = load_settings()
+        settings = load_settings(say=err)
     except CoiError:
         settings = Settings()  # health still runs with defaults; the config check reports it
 
@@ -105,7 +107,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from coi_tui.health.drill import format_table, run_drill
 
     install_signal_handlers()  # SIGTERM/SIGHUP unwind too: the drill container is deleted
-    settings = load_settings()
+    settings = load_settings(say=err)
     as_json = wants_json(args)
     out = sys.stderr if as_json else sys.stdout  # JSON stdout stays one document
     print("Fire drill: one harmless probe per threat detector", file=out, flush=True)

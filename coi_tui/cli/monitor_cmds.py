@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from coi_tui.cli.output import err
 from coi_tui.config.schema import MONITOR_C2_PORTS, MONITOR_METADATA_ADDRESSES
 from coi_tui.core import cgroups
 
@@ -89,16 +90,12 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     p.set_defaults(handler=cmd_unfreeze)
 
 
-def err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _context() -> tuple[Any, Any]:
     from coi_tui.cli.target import incus_for
     from coi_tui.config import load_settings
     from coi_tui.sessions.manager import SessionManager
 
-    settings = load_settings()
+    settings = load_settings(say=err)
     incus = incus_for(settings)
     return incus, SessionManager(incus, settings, lambda line: print(line, file=sys.stderr))
 
@@ -739,7 +736,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
     action = args.rules_action or "list"
     if action not in ("list", "update"):
         raise UsageError(f"unknown 'coi monitor rules' action {action!r}: list or update")
-    settings = load_settings(Path("/"))  # what the daemon reads: no project config
+    settings = load_settings(Path("/"), say=err)  # what the daemon reads: no project config
     if action == "update":
         if not args.rules_from:
             raise UsageError("coi monitor rules update needs --from DIR (a downloaded pack)")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coi_tui.cli.output import err
 from coi_tui.core import cgroups
 from coi_tui.core.errors import CoiError, UsageError
 from coi_tui.core.timefmt import format_uptime
@@ -577,7 +578,7 @@ def update_patterns(dry_run: bool) -> int:
     from coi_tui.core.paths import coi_home
     from coi_tui.monitor import rulepacks
 
-    settings = load_settings(Path("/"))  # the user's config only, as the monitor reads it
+    settings = load_settings(Path("/"), say=err)  # the user's config only, as the monitor reads it
     failed = 0
     for kind, source in (
         ("gtfobins", settings.gtfobins_source),

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+from coi_tui.cli.output import err
 from coi_tui.core.errors import CoiError
 
 
@@ -49,7 +50,7 @@ def cmd_trust(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = cwd / ".coi" / "config.toml"
     if not config.is_file():
         raise CoiError(f"no project config here ({config})")
-    load_settings(cwd, {k: v for k, v in os.environ.items() if k != "COI_TRUST_ALL"})
+    load_settings(cwd, {k: v for k, v in os.environ.items() if k != "COI_TRUST_ALL"}, say=err)
     report = trust.REPORTS.get(str(cwd))
     if report is None or not report.gated:
         print(f"{config} asks for nothing beyond the sandbox: nothing to approve")

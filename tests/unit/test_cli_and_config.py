@@ -123,3 +123,17 @@ def test_malformed_toml_names_the_file(tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "config.toml").write_text("[container]\npersistent = 'maybe'\n")
     with pytest.raises(CoiError, match=r"\[container\] persistent: expected true or false"):
         load_settings(tmp_path, {"COI_HOME": str(tmp_path)})
+
+
+def test_every_command_that_loads_settings_shows_the_old_spelling_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the loader never prints (its notes go to `say`): each command must pass stderr as `say`,
+    # not only shell and run (`coi monitor rules list` loads the user's config, no Incus)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text('[defaults]\nimage = "old"\n')
+    monkeypatch.setenv("COI_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(["monitor", "rules", "list"]) == 0
+    assert "[defaults] image is the pre-0.8 layout" in capsys.readouterr().err
