@@ -28,7 +28,7 @@ from coi_tui.incus import Incus, IncusError
 from coi_tui.incus.errors import SocketPermissionDenied
 from coi_tui.incus.provision import Provisioner, low_sysctls, raise_sysctls, subid_allows
 from coi_tui.monitor.control import LAUNCHER
-from coi_tui.monitor.daemon import running_pid
+from coi_tui.monitor.pidfile import running_pid
 from coi_tui.network.firewall import HELPER_PATH, Firewall, install_helper
 from coi_tui.network.isolation import clean_orphans, orphan_interfaces
 from coi_tui.sessions.host_hook import host_timezone, valid_zone

@@ -30,14 +30,14 @@ from coi_tui.core.errors import CoiError
 from coi_tui.core.fs import atomic_write
 from coi_tui.core.paths import coi_home, logs_dir
 from coi_tui.core.privilege import ADMIN_GROUP, SUDOERS_DIR, install_root_file, install_sudo_rule
-from coi_tui.monitor import daemon
 from coi_tui.monitor.config import (
     DAEMON_SETTINGS,
     DaemonSettings,
     daemon_settings_text,
     load_monitor_config,
 )
-from coi_tui.monitor.daemon import running_pid
+from coi_tui.monitor.pidfile import open_log as open_daemon_log
+from coi_tui.monitor.pidfile import running_pid
 
 # What the root daemon is made of: the only modules of the package it imports (checked by
 # tests/unit/test_daemon_stdlib.py), and all `coi setup` copies for it.
@@ -60,6 +60,7 @@ DAEMON_MODULES = (
     "coi_tui.monitor.membership",
     "coi_tui.monitor.mounts",
     "coi_tui.monitor.netlink",
+    "coi_tui.monitor.pidfile",
     "coi_tui.monitor.privilege",
     "coi_tui.monitor.procfs",
     "coi_tui.monitor.rulepacks",
@@ -153,7 +154,7 @@ def open_log(home: Path, owner: tuple[int, int] | None = None) -> int:
     """An O_APPEND fd on <home>/logs/monitor.log: as root through the daemon's no-follow
     open (daemon.open_log: the home is a user's), else the user's own file."""
     if os.geteuid() == 0:
-        return daemon.open_log(home, owner)
+        return open_daemon_log(home, owner)
     return os.open(logs_dir() / "monitor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
 

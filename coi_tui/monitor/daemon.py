@@ -26,7 +26,6 @@ import os
 import select
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -57,6 +56,7 @@ from coi_tui.monitor.config import (
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.incus_socket import IncusFailed, IncusSocket
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
+from coi_tui.monitor.pidfile import open_log
 from coi_tui.monitor.privilege import PrivilegeWatch, id_detail, parse_id_detail
 
 LOG_PREFIX = "coimon"
@@ -1630,45 +1630,6 @@ def fd_link(pid: int, num: int) -> str:
 
 
 # ---------------------------------------------------------------------- single instance
-def lock_path(home: Path) -> Path:
-    return home / "monitor.lock"
-
-
-def pid_path(home: Path) -> Path:
-    return home / "monitor.pid"
-
-
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def running_pid(home: Path) -> int:
-    """The pid of the daemon holding this home's lock, or 0. Neither file is followed if it
-    is a symlink (root runs this too): a symlink or a FIFO at the lock is no daemon."""
-    try:
-        fd = os.open(lock_path(home), READ_FLAGS)
-    except OSError:
-        return 0
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return 0
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return 0  # nobody holds it
-    except BlockingIOError:
-        try:
-            pid_fd = os.open(pid_path(home), READ_FLAGS)
-            try:
-                if not stat.S_ISREG(os.fstat(pid_fd).st_mode):
-                    return -1
-                return int(os.read(pid_fd, 64).decode().strip() or 0)
-            finally:
-                os.close(pid_fd)
-        except (OSError, ValueError):
-            return -1  # held, pid not written yet
-    finally:
-        os.close(fd)
-
-
 def open_lock(home_fd: int, owner: tuple[int, int] | None) -> int:
     """monitor.lock in the home, never through a symlink: one planted there (or a FIFO, a
     hard link, another user's file) is removed and a fresh file made, handed to `owner`."""
@@ -1695,17 +1656,6 @@ def detach() -> None:
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
-
-
-def open_log(home: Path, owner: tuple[int, int] | None = None) -> int:
-    """An O_APPEND fd on <home>/logs/monitor.log. As root the home is the user's: the
-    directory is walked and the file opened without following a symlink (a link planted at
-    monitor.log is replaced, its target never written); `owner` gets what root creates."""
-    logs_fd = nofollow.open_dir(home / "logs", create=True, mode=0o755, owner=owner)
-    try:
-        return nofollow.open_append(logs_fd, "monitor.log", 0o644, owner)
-    finally:
-        os.close(logs_fd)
 
 
 def launch(argv: list[str]) -> int:
