@@ -152,7 +152,7 @@ def hand_over_settings(home: Path) -> None:
 
 def open_log(home: Path, owner: tuple[int, int] | None = None) -> int:
     """An O_APPEND fd on <home>/logs/monitor.log: as root through the daemon's no-follow
-    open (daemon.open_log: the home is a user's), else the user's own file."""
+    open (pidfile.open_log: the home is a user's), else the user's own file."""
     if os.geteuid() == 0:
         return open_daemon_log(home, owner)
     return os.open(logs_dir() / "monitor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

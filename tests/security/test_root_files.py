@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from coi_tui.monitor import control
-from coi_tui.monitor.daemon import running_pid
+from coi_tui.monitor.pidfile import running_pid
 
 pytestmark = [
     pytest.mark.incus,
