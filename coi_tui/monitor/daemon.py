@@ -409,6 +409,8 @@ class Daemon:
         # execs whose command-line rules are still to run (see RULE_BUDGET_SEC)
         self.rule_queue: deque[tuple[Watched, int, int, list[str], str, float]] = deque()
         self.rules_skipped = 0
+        self.events_lost = 0  # process events the capture lost (capture_lost)
+        self.lost_logged_at = -1e9
         self.capture_r = -1
         self.capture_buffer = b""
         self.capture_ctl = -1
@@ -697,7 +699,9 @@ class Daemon:
                 kind, pid, parent, pidns, argv, at, fd0, fd1, *exe = json.loads(line)
             except ValueError:
                 continue
-            if pidns in self.by_ns and kind in ("uid", "gid", "exit"):
+            if kind == "lost":
+                self.capture_lost(int(argv[0]))
+            elif pidns in self.by_ns and kind in ("uid", "gid", "exit"):
                 self.on_privilege(self.by_ns[pidns], kind, pid, parent, argv, at)
             elif pidns in self.by_ns:
                 if kind == "exec" and exe and exe[0]:
@@ -708,6 +712,16 @@ class Daemon:
         self.on_proc_events()
         self.run_rules()
         return True
+
+    def capture_lost(self, total: int) -> None:
+        """The capture process lost process events (the kernel dropped them, or the daemon
+        was too far behind): logged, at most once a minute, with the running total. The
+        periodic /proc pass still sees what lives on."""
+        self.events_lost = total
+        now = time.monotonic()
+        if now - self.lost_logged_at >= 60:
+            self.lost_logged_at = now
+            self.log(f"process events lost so far: {total} (the periodic pass covers them)")
 
     def on_proc_events(self) -> None:
         while self.proc_queue:
@@ -1421,6 +1435,11 @@ class Daemon:
 
 
 # ---------------------------------------------------------------------- exec capture
+# Capture output the daemon has not read yet, held by the capture process (beyond the pipe's
+# 1 MiB): a daemon busy with a boot storm catches up instead of the kernel dropping events.
+CAPTURE_BACKLOG_BYTES = 64 << 20
+
+
 def start_capture() -> tuple[int, int, int]:
     """Fork the exec capture process; returns (read end of its output pipe, its pid, write
     end of its control pipe, where the watched namespaces go). Forked before any thread
@@ -1477,16 +1496,35 @@ def capture_main(out: int, ctl: int = -1) -> None:
     procs = ProcConnector()
     parents: dict[int, int] = {}
     changed_uid: set[int] = set()  # processes whose exit status is forwarded (privilege.py)
-    # (kind, pid, parent, argv, when, (stdin, stdout[, program, its device:inode]))
-    pending: list[tuple[str, int, int, list[str], float, tuple[str, ...]]] = []
+    # (kind, pid, parent, argv, when, (stdin, stdout[, program, its device:inode]), the pid
+    # namespace read at the event: the process's, a fork's parent's, "" for an exit)
+    pending: list[tuple[str, int, int, list[str], float, tuple[str, ...], str]] = []
+    # Output the daemon has not read yet. The capture never blocks on the pipe: while it
+    # waited there, the kernel's events piled up in the socket and were dropped (ENOBUFS),
+    # and short-lived processes exited before their program was read.
+    backlog = bytearray()
+    fork_ns: dict[int, str] = {}  # a parent -> its pid namespace, until it exits
+    lost = 0  # events the kernel dropped (ENOBUFS) or the backlog had no room for
+    lost_told = 0
+    os.set_blocking(out, False)
     while True:
+        if backlog:
+            try:
+                wait = 0 if pending else None  # a batch waits for no pipe
+                readable, _, _ = select.select([procs.sock], [out], [], wait)
+            except InterruptedError:
+                continue
+            backlog = flush_backlog(out, backlog)
+            if backlog and not readable:
+                continue
         # one datagram (one event) at a time, its command line read at once; everything
-        # else (namespaces, output) waits until the socket is empty or the batch is big
+        # else (attribution, output) waits until the socket is empty or the batch is big
         try:
-            data = procs.sock.recv(65536, socket.MSG_DONTWAIT if pending else 0)
+            data = procs.sock.recv(65536, socket.MSG_DONTWAIT if pending or backlog else 0)
         except BlockingIOError:
             data = b""
         except OSError:  # ENOBUFS: events were lost; the periodic /proc pass covers them
+            lost += 1
             continue
         for event in parse_proc_events(data):
             if event.kind == "exec":
@@ -1495,27 +1533,40 @@ def capture_main(out: int, ctl: int = -1) -> None:
                 # is judged by it (monitor/filewatch.py), never by an argv[0] it chose
                 stdio = (fd_link(event.pid, 0), fd_link(event.pid, 1), *exe_link(event.pid))
                 at = time.monotonic()
-                pending.append(("exec", event.pid, parents.get(event.pid, 0), argv, at, stdio))
+                parent = parents.get(event.pid, 0)
+                # gone already (a millisecond's `echo`): its parent's, read at its fork
+                pidns = procfs.pid_ns(event.pid) or fork_ns.get(parent, "")
+                pending.append(("exec", event.pid, parent, argv, at, stdio, pidns))
             elif event.kind == "fork":
                 if len(parents) > 65536:
                     parents.clear()
                 parents[event.pid] = event.parent
-                pending.append(("fork", event.pid, event.parent, [], time.monotonic(), ("", "")))
+                at = time.monotonic()
+                # the parent's namespace, read at its first fork while it surely lives
+                pidns = fork_ns.get(event.parent)
+                if pidns is None:
+                    if len(fork_ns) > 65536:
+                        fork_ns.clear()
+                    pidns = fork_ns[event.parent] = procfs.pid_ns(event.parent)
+                pending.append(("fork", event.pid, event.parent, [], at, ("", ""), pidns))
             elif event.kind in ("uid", "gid"):  # its program read at once, as an exec's argv
                 detail = id_detail(event.pid, event.real, event.effective)
+                parent = parents.get(event.pid, 0)
+                pidns = procfs.pid_ns(event.pid) or fork_ns.get(parent, "")
                 if len(changed_uid) > 65536:
                     changed_uid.clear()
                 if event.kind == "uid":
                     changed_uid.add(event.pid)
                 at = time.monotonic()
-                parent = parents.get(event.pid, 0)
-                pending.append((event.kind, event.pid, parent, detail, at, ("", "")))
+                pending.append((event.kind, event.pid, parent, detail, at, ("", ""), pidns))
             else:
                 parent = parents.pop(event.pid, 0)
+                fork_ns.pop(event.pid, None)  # its pid may be another process's next
                 if event.pid in changed_uid:
                     changed_uid.discard(event.pid)
                     at = time.monotonic()
-                    pending.append(("exit", event.pid, parent, [str(event.status)], at, ("", "")))
+                    status = [str(event.status)]
+                    pending.append(("exit", event.pid, parent, status, at, ("", ""), ""))
         if data and len(pending) < 256:
             continue
         lines = []
@@ -1536,27 +1587,56 @@ def capture_main(out: int, ctl: int = -1) -> None:
         # forks hundreds of times from one make); an exec's is always read
         by_parent: dict[int, str] = {}
         now = time.monotonic()
-        for kind, pid, parent, argv, at, (fd0, fd1, *exe) in pending:
+        for kind, pid, parent, argv, at, (fd0, fd1, *exe), seen_ns in pending:
             if kind != "fork":  # exec, uid, gid, exit: the process's own (else its parent's)
-                pidns = capture_owner(owners, (pid, parent), watched, now)
+                pidns = capture_owner(owners, (pid, parent), watched, now, seen_ns)
             else:
                 pidns = by_parent.get(parent, "")
                 if not pidns:
-                    pidns = by_parent[parent] = capture_owner(owners, (parent, pid), watched, now)
+                    pidns = by_parent[parent] = capture_owner(
+                        owners, (parent, pid), watched, now, seen_ns
+                    )
             if pidns:
                 record = [kind, pid, parent, pidns, argv, at, fd0, fd1, *exe]
                 lines.append(json.dumps(record, separators=(",", ":")))
         pending.clear()
-        out_data = ("\n".join(lines) + "\n").encode() if lines else b""
-        while out_data:
-            out_data = out_data[os.write(out, out_data) :]
+        if lost != lost_told:  # said to the daemon, which logs it (no container's event)
+            lines.append(json.dumps(["lost", 0, 0, "", [str(lost)], now, "", ""]))
+            lost_told = lost
+        if not lines:
+            continue
+        out_data = ("\n".join(lines) + "\n").encode()
+        if len(backlog) + len(out_data) > CAPTURE_BACKLOG_BYTES:
+            lost += len(lines)  # the daemon is far behind: this batch is dropped, and said
+            continue
+        backlog += out_data
+        backlog = flush_backlog(out, backlog)
+
+
+def flush_backlog(out: int, backlog: bytearray) -> bytearray:
+    """Write what the pipe takes now; the rest, to write when it has room."""
+    try:
+        written = os.write(out, backlog)
+    except BlockingIOError:
+        return backlog
+    del backlog[:written]
+    return backlog
 
 
 def capture_owner(
-    owners: membership.PidnsOwners, pids: tuple[int, int], watched: set[str] | None, now: float
+    owners: membership.PidnsOwners,
+    pids: tuple[int, int],
+    watched: set[str] | None,
+    now: float,
+    seen_ns: str = "",
 ) -> str:
     """The watched container's pid namespace of the first of `pids` still there (an exec's
-    process, else its parent), "" when neither is a watched container's."""
+    process, else its parent), "" when neither is a watched container's. `seen_ns`: the
+    first one's namespace as read at its event (it may have exited since)."""
+    if seen_ns:
+        owner = owners.owner(pids[0], seen_ns, watched, now)
+        if owner:
+            return owner
     for pid in pids:
         pidns = procfs.pid_ns(pid) if pid else ""
         if pidns:

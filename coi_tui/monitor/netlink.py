@@ -33,6 +33,19 @@ PROC_EVENT_EXIT = 0x80000000
 NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 CN_MSG = struct.Struct("=IIIIHH")  # idx, val, seq, ack, len, flags
 PROC_HDR = struct.Struct("=IIQ")  # what, cpu, timestamp_ns
+# Room for a boot storm's events (every process of the host is reported) while the reader is
+# busy reading /proc for the ones before: each queued datagram costs about 1 KiB of it.
+PROC_RCVBUF = 16 << 20
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def receive_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for `size` bytes of receive buffer: beyond net.core.rmem_max as root (the
+    daemon), else as much as that cap allows."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ class ProcConnector:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        receive_buffer(self.sock, PROC_RCVBUF)
         self.sock.bind((os.getpid(), CN_IDX_PROC))
         op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
         cn = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
@@ -147,7 +160,7 @@ class NflogReader:
     def __init__(self, group: int, copy_range: int = 512) -> None:
         self.group = group
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        receive_buffer(self.sock, 4 << 20)
         self.sock.bind((0, 0))
         self.seq = 0
         self._config(_nla(NFULA_CFG_CMD, struct.pack("B", NFULNL_CFG_CMD_BIND)))
