@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 import os
 import queue
@@ -285,6 +286,9 @@ def mon(
         yield monitor
 
 
+MONITOR_SERIAL = itertools.count()
+
+
 @contextlib.contextmanager
 def running_monitor(
     prefix: str,
@@ -309,8 +313,9 @@ def running_monitor(
         "PYTHONPATH": str(REPO),
     }
     env.pop("COI_CONFIG", None)
-    ns = f"coimon{os.getpid()}"
-    veth = f"cm{os.getpid() % 100000}"
+    serial = next(MONITOR_SERIAL)  # two monitors of one module may live at once
+    ns = f"coimon{os.getpid()}-{serial}"
+    veth = f"cm{os.getpid() % 100000}-{serial}"
     netns("netns", "add", ns)
     stop = threading.Event()
     try:

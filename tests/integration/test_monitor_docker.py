@@ -25,12 +25,19 @@ from tests.security.test_monitor_evasion import SHELL_TO_FROZEN_SEC, frozen_afte
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the monitor daemon needs root")
 
 # dockerd starts with the container's systemd: wait for it (a condition, bounded), then make
-# a docker image of busybox with all its applets linked in /bin, and a /tmp
+# a docker image of busybox with all its applets linked in /bin, and a /tmp. Once only,
+# under a lock: Incus can report "Failed to retrieve PID" for an exec that did start, and
+# the harness's retry then runs this a second time beside the first (a `cp` over the
+# busybox the first one was running failed with "Text file busy").
 PREPARE = """set -e
+exec 9>/tmp/prepare.lock
+flock 9
+[ -e /tmp/mini/prepared ] && exit 0
 timeout 60 sh -c 'until docker info >/dev/null 2>&1; do sleep 0.1; done'
 mkdir -p /tmp/mini/bin /tmp/mini/tmp && cp /bin/busybox /tmp/mini/bin/busybox
 chroot /tmp/mini /bin/busybox --install -s /bin
 tar -C /tmp/mini -c . | docker import - coi-mini >/dev/null
+touch /tmp/mini/prepared
 """
 HIGH_LEVELS = {"high", "critical"}
 
