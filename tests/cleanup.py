@@ -4,6 +4,8 @@ Also runnable by hand after an interrupted run: `python -m tests.cleanup`."""
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import subprocess
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +27,8 @@ def cleanup_test_leftovers(
     incus: Incus, prefix: str, older_than: timedelta | None = None
 ) -> list[str]:
     removed: list[str] = []
+    if older_than is not None:
+        remove_stale_netns()
     try:
         instances = incus.list_instances(prefix)
     except IncusError:
@@ -45,6 +49,29 @@ def cleanup_test_leftovers(
             from coi_tui.network.isolation import clean_orphans
 
             clean_orphans(incus, dry_run=False)
+    return removed
+
+
+# the monitor harness's network namespace (tests/integration/test_monitor.py running_monitor):
+# coimon<pid of the pytest run>-<serial>
+MONITOR_NETNS = re.compile(r"coimon(\d+)(-\d+)?")
+
+
+def remove_stale_netns() -> list[str]:
+    """The monitor harness's namespaces whose test run is gone (an interrupted run leaves
+    them, and the veth peer on the test bridge with them)."""
+    removed: list[str] = []
+    try:
+        names = os.listdir("/run/netns")
+    except OSError:
+        return removed
+    for name in names:
+        match = MONITOR_NETNS.fullmatch(name)
+        if match is None or os.path.exists(f"/proc/{match.group(1)}"):
+            continue
+        done = subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        if done.returncode == 0:
+            removed.append(name)
     return removed
 
 
