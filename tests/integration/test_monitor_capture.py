@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,21 +28,36 @@ MARK = f"coi-capture-{os.getpid()}-" + "x" * 4000  # 4000 lines of it fill the 1
 
 def test_a_daemon_that_stops_reading_loses_no_exec() -> None:
     read_end, pid, ctl = start_capture()
+    # the burst's shell waits for a line first, so its namespace is watched before it runs
+    script = (
+        f"read go; /bin/sh -c 'sleep 0.2' {MARK}-start; read go; "
+        f"i=0; while [ $i -lt {BURST} ]; do /bin/echo {MARK} >/dev/null; "
+        f"i=$((i+1)); done; /bin/sh -c 'sleep 0.2' {MARK}-end; true"
+    )
+    burst = subprocess.Popen(
+        ["unshare", "-p", "-f", "--mount-proc", "sh", "-c", script], stdin=subprocess.PIPE
+    )
     try:
-        time.sleep(0.2)  # the capture subscribes to the proc connector (no signal for it)
-        # nothing is read from the capture meanwhile; the last command, living 0.2 s,
-        # comes after every other in the capture's output
-        script = (
-            f"i=0; while [ $i -lt {BURST} ]; do /bin/echo {MARK} >/dev/null; i=$((i+1)); done; "
-            f"/bin/sh -c 'sleep 0.2' {MARK}-end"
-        )
-        burst = subprocess.run(
-            ["unshare", "-p", "-f", "--mount-proc", "sh", "-c", script], timeout=300
-        )
-        assert burst.returncode == 0
+        shell = wait_for_child(burst.pid)
+        ours = os.readlink(f"/proc/{shell}/ns/pid")
+        os.write(ctl, json.dumps([ours]).encode() + b"\n")  # as the daemon's tell_capture
+        assert burst.stdin is not None
+        burst.stdin.write(b"go\n")
+        burst.stdin.flush()
+        buffer = b""
+        ended = False
+        deadline = time.monotonic() + 60
+        while not ended and time.monotonic() < deadline:  # the capture is listening
+            ready, _, _ = select.select([read_end], [], [], 1.0)
+            if ready:
+                *lines, buffer = (buffer + os.read(read_end, 1 << 20)).split(b"\n")
+                ended = any(f'"{MARK}-start"'.encode() in line for line in lines)
+        assert ended, "the capture never forwarded the first command"
+        burst.stdin.write(b"go\n")  # nothing is read from the capture meanwhile
+        burst.stdin.close()
+        assert burst.wait(timeout=300) == 0
         execs = named = 0
         lost: list[str] = []
-        buffer = b""
         ended = False
         deadline = time.monotonic() + 60
         while not ended and time.monotonic() < deadline:
@@ -52,24 +68,42 @@ def test_a_daemon_that_stops_reading_loses_no_exec() -> None:
             assert chunk, "the capture process exited"
             *lines, buffer = (buffer + chunk).split(b"\n")
             for line in lines:
-                kind, _pid, _parent, _ns, argv, *_rest = json.loads(line)
+                kind, _pid, _parent, pidns, argv, *_rest = json.loads(line)
                 if kind == "lost":
                     lost.append(argv[0])
-                elif kind == "exec" and argv and argv[-1] == f"{MARK}-end":
+                elif kind != "exec" or pidns != ours:
+                    continue
+                elif argv and argv[-1] == f"{MARK}-end":
                     ended = True
                     break  # what follows is the last command's own
-                elif kind == "exec" and argv[:1] != ["sh"] and "unshare" not in argv[:1]:
+                elif not argv or argv[0] == "/bin/echo":
                     # an echo whose command line was read (or, gone within a millisecond,
-                    # none: attributed by its parent's namespace, counted, not named; the
-                    # share of those depends on the machine)
+                    # none: attributed by the namespace read at its event, counted, not
+                    # named; the share of those depends on the machine)
                     execs += 1
                     named += argv == ["/bin/echo", MARK]
-        assert ended, "the last command never came through"
         assert not lost, f"the capture lost events: {lost}"
+        assert ended, f"the last command never came through ({execs} execs before it)"
         assert execs == BURST, f"{BURST - execs} of {BURST} execs never forwarded"
         assert named, "no command line read at all"
     finally:
+        burst.kill()
+        burst.wait()
         os.kill(pid, signal.SIGTERM)
         os.waitpid(pid, 0)
         os.close(read_end)
         os.close(ctl)
+
+
+def wait_for_child(parent: int, timeout: float = 30) -> int:
+    """The first child of `parent` (unshare's, in the new namespace), once it exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            children = []
+        if children:
+            return int(children[0])
+        time.sleep(0.01)
+    raise AssertionError(f"unshare ({parent}) made no child within {timeout:g}s")
