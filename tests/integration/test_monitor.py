@@ -160,6 +160,7 @@ class Monitor:
     triggers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     supervisors: list[subprocess.Popen[bytes]] = field(default_factory=list)
     config: dict[str, str] = field(default_factory=dict)  # more instance config per launch
+    netns: str = ""  # the network namespace of the bridge's test hosts (running_monitor)
 
     def coi(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -338,6 +339,7 @@ def running_monitor(
         os.kill(pid, 0)
         monitor = Monitor(incus, home, prefix, image, Subscriber(home / "monitor.sock"), env)
         monitor.config.update(config or {})
+        monitor.netns = ns
 
         def launcher() -> None:  # keep two containers booting ahead of the tests
             while not stop.is_set():

@@ -177,7 +177,7 @@ time.sleep(30)
 @pytest.fixture
 def dns_server(mon: Monitor) -> Iterator[str]:
     """A resolver of our own in the test netns on the bridge (no upstream, answers NXDOMAIN)."""
-    ns = f"coimon{os.getpid()}"  # test_monitor.py's fixture names it so
+    ns = mon.netns
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, "-c", DNS_SERVER.format(ip=PRIVATE_HOST)],
         stdout=subprocess.DEVNULL,
