@@ -9,6 +9,9 @@ that lag however fast the child writes.
   set are kept (alternate screen, cursor keys, bracketed paste, scroll region...), and tmux is
   asked to redraw. The next `protect` bytes, where that redraw arrives, are never dropped. tmux
   does the same for its own slow clients (`tty_block_maybe`): discard, then repaint whole.
+  On a busy machine a repaint can arrive after those bytes and be cut by the next drop, so
+  once the output has been quiet for `SETTLE_S` after any drop, one more repaint is asked
+  for: nothing drops it, and the screen ends exact.
 - Any other child: nothing is ever dropped (there would be no way to repair the screen).
   Instead the queue's byte limit follows the parse rate, so the reader thread blocks, the
   pty fills and the child's writes block: backpressure, with about `max_lag_s` in our queue.
@@ -33,6 +36,7 @@ MAX_LAG_S = 0.025  # queued work (at the measured parse rate) before output coun
 CHUNK = 1024  # bytes parsed per lock hold: about 1-2 ms of pyte
 INITIAL_RATE = 500_000.0  # bytes/s until measured
 MIN_QUEUE_BYTES = 4096  # backpressure floor for children that cannot repaint
+SETTLE_S = 0.1  # quiet output after a drop before the repairing repaint
 
 # Sequences in dropped output whose effect outlives the screen contents: DEC private modes
 # (alternate screen, cursor keys, bracketed paste, cursor visibility, autowrap, mouse), ANSI
@@ -81,6 +85,7 @@ class Feeder:
         self._consumed = 0  # bytes taken from the queue: parsed or dropped
         self._protect_until = 0  # queue offset below which nothing is dropped
         self._last_redraw = float("-inf")
+        self._repair_due = False  # output was dropped: repaint once more when it settles
         self.ui_until = 0.0  # time.monotonic() until which the UI thread has the CPU to itself
         self._thread = threading.Thread(target=self._run, name="terminal-feeder", daemon=True)
 
@@ -94,6 +99,11 @@ class Feeder:
         self.queue.close()
 
     @property
+    def repair_pending(self) -> bool:
+        """Output was dropped and the repaint after it settles is still to be asked for."""
+        return self._repair_due
+
+    @property
     def idle(self) -> bool:
         return not len(self.queue)
 
@@ -101,7 +111,8 @@ class Feeder:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                if not self.queue.wait(0.1):
+                if not self.queue.wait(SETTLE_S):
+                    self._repair_if_settled()
                     continue
                 if not len(self.queue):
                     if self.queue.closed:
@@ -186,6 +197,17 @@ class Feeder:
         screen = self.emulator.columns * self.emulator.lines
         self._protect_until = self.queue.total_in + 2 * screen + 4096
         self._last_redraw = now
+        self._repair_due = True
         self.stats.redraws_requested += 1
         if self._redraw is not None:
             self._redraw()
+
+    def _repair_if_settled(self) -> None:
+        """The output has been quiet for SETTLE_S: after a drop, ask for the repaint that
+        nothing will cut (the last one may have been)."""
+        if not self._repair_due or self._redraw is None:
+            return
+        self._repair_due = False
+        self._last_redraw = time.monotonic()
+        self.stats.redraws_requested += 1
+        self._redraw()
