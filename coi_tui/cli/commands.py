@@ -22,7 +22,7 @@ from coi_tui.cli.target import incus_for, resolve_workspace
 from coi_tui.config import Settings, load_settings
 from coi_tui.config.settings import SessionOverrides, session_settings
 from coi_tui.core.errors import CoiError, Terminated, UsageError
-from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
+from coi_tui.incus import ExecResult, Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.sessions.manager import (
     LaunchRequest,
     Session,
@@ -550,8 +550,9 @@ def cmd_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if not present:
         return 0
     names = present
-    question = f"Force stop and delete {', '.join(names)}?"
-    if not confirm(question, args.force):
+    # As COI: a container named on the command line is killed without a question; only
+    # --all asks (unless --force).
+    if args.all and not confirm(f"Force stop and delete {', '.join(names)}?", args.force):
         print("Aborted")
         return 1
     for name in names:
@@ -689,7 +690,7 @@ def container_exec(args: argparse.Namespace, incus: Incus) -> int:
     if not command:
         raise UsageError("coi container exec NAME -- COMMAND ...")
     if args.format and not args.capture:
-        raise UsageError("--format needs --capture")
+        raise UsageError("--format flag requires --capture flag")
     if args.tty and args.capture:
         raise UsageError("--tty and --capture exclude each other")
     env = {}
@@ -699,9 +700,15 @@ def container_exec(args: argparse.Namespace, incus: Incus) -> int:
             raise UsageError(f"--env expects K=V, got '{item}'")
         env[key] = value
     if args.capture:
-        result = incus.exec_capture(
-            args.name, command, user=args.user, group=args.group, cwd=args.cwd, env=env
-        )
+        try:
+            result = incus.exec_capture(
+                args.name, command, user=args.user, group=args.group, cwd=args.cwd, env=env
+            )
+        except IncusError as exc:
+            if not str(exc).endswith("Command not found"):
+                raise
+            # as `incus exec` (and so COI): a command that is not there is exit code 127
+            result = ExecResult(127, "", "Command not found")
         if args.format == "raw":
             sys.stdout.write(result.stdout)
             return result.exit_code

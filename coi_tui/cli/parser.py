@@ -80,8 +80,16 @@ UPSTREAM = "https://github.com/mensfeld/code-on-incus"
 
 
 def version_text() -> str:
-    """COI's two lines; this implementation names itself after the version."""
-    return f"code-on-incus (coi) v{__version__} (coi-tui, a Python implementation)\n{UPSTREAM}"
+    """COI's two lines, exactly (scripts parse the first), then which implementation this is."""
+    return f"code-on-incus (coi) v{__version__}\n{UPSTREAM}\ncoi-tui, a Python implementation"
+
+
+class PrintVersion(argparse.Action):
+    """`--version`: version_text() as it is (argparse's own action rewraps it into one line)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kwargs: object) -> None:
+        print(version_text())
+        parser.exit()
 
 
 class CoiParser(argparse.ArgumentParser):
@@ -179,7 +187,7 @@ def build_parser() -> CoiParser:
         "With no command, 'coi' runs 'coi shell'.",
         epilog="Run 'coi COMMAND --help' for a command's options. The dashboard is 'coi-tui'.",
     )
-    parser.add_argument("--version", action="version", version=version_text())
+    parser.add_argument("--version", action=PrintVersion, nargs=0, help="print the version")
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=CoiParser, title="Available Commands"
     )

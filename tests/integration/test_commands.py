@@ -91,7 +91,15 @@ def test_container_subcommands(coi: CoiRunner, image: str, incus: Incus, tmp_pat
         "echo raw; exit 4",
     )
     assert (raw.returncode, raw.stdout) == (4, "raw\n")
-    assert coi("container", "exec", name, "--format", "raw", "--", "true").returncode == 2
+    # a command that is not there: 127, as `incus exec` and COI say it
+    missing = ("--cwd", "/", "--", "no-such-command-here")
+    gone = coi("container", "exec", name, "--capture", "--format=raw", *missing)
+    assert (gone.returncode, gone.stdout) == (127, "")
+    gone_json = json.loads(coi.ok("container", "exec", name, "--capture", *missing).stdout)
+    assert gone_json["exit_code"] == 127 and gone_json["stdout"] == ""
+    unpaired = coi("container", "exec", name, "--format", "raw", "--", "true")
+    assert unpaired.returncode == 2
+    assert "--format flag requires --capture flag" in unpaired.stderr
     streamed = coi("container", "exec", name, "--user", "1000", "--cwd", "/", "--", "id", "-u")
     assert (streamed.returncode, streamed.stdout.strip()) == (0, "1000")
 
@@ -215,12 +223,14 @@ def test_confirmations_read_a_piped_answer(coi: CoiRunner, workspace: Path) -> N
     coi.ok("snapshot", "delete", "s1", "-c", name, input="yes\n")
     assert "s1" not in coi.ok("snapshot", "list", "-c", name).stdout
 
-    declined = coi("kill", name, input="n\n")
+    # `kill --all` asks; a container named on the command line is killed at once (as COI)
+    declined = coi("kill", "--all", input="n\n")
     assert declined.returncode == 1 and "Aborted" in declined.stdout
     assert coi("container", "running", name).returncode == 0
-    silent = coi("kill", name, input="")
+    silent = coi("kill", "--all", input="")
     assert silent.returncode == 1 and "--force" in silent.stderr
-    assert coi.ok("kill", name, input="y\n").stdout.strip() == f"Killed {name}"
+    assert coi("container", "running", name).returncode == 0
+    assert coi.ok("kill", name, input="").stdout.strip() == f"Killed {name}"
     # An unknown name is already gone: nothing to ask.
     assert "already gone" in coi.ok("kill", "coi-unknown-1", input="").stdout
 

@@ -215,11 +215,17 @@ def test_shutdown_saves_and_deletes_and_kill_is_idempotent(
     assert "already gone" in again.stdout
 
 
-def test_kill_without_force_refuses_when_not_interactive(coi: CoiRunner, workspace: Path) -> None:
+def test_kill_all_without_force_refuses_when_not_interactive_a_named_kill_does_not(
+    coi: CoiRunner, workspace: Path
+) -> None:
+    """COI: `kill NAME` acts on the named container without asking; `kill --all` asks, and
+    with no answer (no terminal, no pipe) it does nothing."""
     name = start_background(coi, workspace)
-    result = coi("kill", name)
+    result = coi("kill", "--all")
     assert result.returncode == 1 and "--force" in result.stderr
     assert coi("container", "running", name).returncode == 0
+    assert coi.ok("kill", name).stdout.strip() == f"Killed {name}"
+    assert coi("container", "running", name).returncode != 0
 
 
 @pytest.mark.parametrize("slot", ["-1", "11", "x"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,11 @@ def test_cobra_conventions() -> None:
         )
 
     assert coi("version", "extra", "--flag").stdout.startswith("code-on-incus (coi) v")
+    # scripts parse the first line: exactly COI's, the implementation named on a later one
+    for argv in (["version"], ["--version"]):
+        lines = coi(*argv).stdout.splitlines()
+        assert re.fullmatch(r"code-on-incus \(coi\) v\d+\.\d+\.\d+", lines[0]), lines
+        assert lines[1] == "https://github.com/mensfeld/code-on-incus" and "coi-tui" in lines[2]
     assert coi("version", "--json").stdout.startswith("{")
     stray = coi("shell", "abc")
     assert stray.returncode == 2 and "did you mean --resume=abc?" in stray.stderr
