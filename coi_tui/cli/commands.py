@@ -22,6 +22,7 @@ from coi_tui.cli.target import incus_for, resolve_workspace
 from coi_tui.config import Settings, load_settings
 from coi_tui.config.settings import SessionOverrides, session_settings
 from coi_tui.core.errors import CoiError, Terminated, UsageError
+from coi_tui.core.fs import atomic_write
 from coi_tui.incus import ExecResult, Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.sessions.manager import (
     LaunchRequest,
@@ -737,17 +738,19 @@ def split_remote(spec: str) -> tuple[str, str]:
 
 
 def cmd_file(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """COI's `file push/pull`: its checks, its exit codes, its lines on stderr."""
     settings, incus, _ = context(args)
     uid = settings.code_uid
     if args.action == "push":
         name, remote = split_remote(args.dest)
         local = Path(args.source)
         if not local.exists():
-            raise CoiError(f"{local}: no such file or directory")
+            raise CoiError(f"source does not exist: {local}")
         if local.is_dir():
             if not args.recursive:
-                raise UsageError(f"{local} is a directory: use -r")
-            count = incus.push_tree(local, name, remote, uid=uid, gid=uid)
+                raise UsageError("source is a directory, use -r flag")
+            incus.push_tree(local, name, remote, uid=uid, gid=uid)
+            print(f"Pushed directory {args.source} -> {name}:{remote}", file=sys.stderr)
         else:
             incus.push_file(
                 name,
@@ -757,20 +760,48 @@ def cmd_file(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 gid=uid,
                 mode=local.stat().st_mode & 0o777,
             )
-            count = 1
-        print(f"Pushed {count} file(s) to {name}:{remote}")
+            print(f"Pushed file {args.source} -> {name}:{remote}", file=sys.stderr)
         return 0
     name, remote = split_remote(args.source)
-    local = Path(args.dest)
+    target = pull_destination(args.dest, remote, args.recursive)
     if args.recursive:
-        count = incus.pull_tree(name, remote, local)
+        incus.pull_tree(name, remote, target, say=lambda line: print(line, file=sys.stderr))
+        print(f"Pulled directory {name}:{remote} -> {target}", file=sys.stderr)
     else:
-        if local.is_dir():
-            local = local / Path(remote).name
-        local.write_bytes(incus.pull_file(name, remote))
-        count = 1
-    print(f"Pulled {count} file(s) to {local}")
+        atomic_write(target, incus.pull_file(name, remote), mode=0o644)
+        print(f"Pulled file {name}:{remote} -> {target}", file=sys.stderr)
     return 0
+
+
+def pull_destination(dest: str, remote: str, recursive: bool) -> Path:
+    """Where `file pull` puts `remote`, checked before anything is copied (COI's policy): a
+    real directory (never a symlink to one) receives it under its own name; a trailing slash
+    needs such a directory; nothing existing is replaced except, by a single file, a file
+    (or a symlink, replaced itself, never written through); a directory never is."""
+    base = os.path.basename(remote.rstrip("/"))
+    if base in ("", ".", ".."):
+        raise UsageError(f"cannot derive a file name from remote path '{remote}'")
+    trimmed = dest.rstrip("/") or dest
+    target = Path(trimmed)
+    if target.is_dir() and not target.is_symlink():
+        target = target / base
+    elif dest.endswith("/"):
+        if os.path.lexists(trimmed):
+            raise UsageError(f"destination '{dest}' is not a directory")
+        raise UsageError(
+            f"destination '{dest}' does not exist: a trailing slash requires an existing "
+            "directory (create it first, or drop the slash to pull to that exact path)"
+        )
+    if not os.path.lexists(target):
+        return target
+    if target.is_dir() and not target.is_symlink():
+        raise UsageError(f"destination '{target}' already exists; remove it or choose another name")
+    if recursive:
+        raise UsageError(
+            f"destination '{target}' already exists and is not a directory; "
+            "remove it or choose another name"
+        )
+    return target
 
 
 def cmd_tmux(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -13,16 +13,18 @@ from coi_tui.core.paths import locks_dir
 
 
 def atomic_write(
-    path: Path, text: str, mode: int = 0o600, owner: tuple[int, int] | None = None
+    path: Path, text: str | bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
 ) -> None:
-    """Write `text` to `path` so a reader sees the old file or the whole new one, never a
-    part: a private temporary name in the same folder, flushed to disk, then renamed over.
+    """Write `text` (str as UTF-8, or bytes) to `path` so a reader sees the old file or the
+    whole new one, never a part: a private temporary name in the same folder, flushed to
+    disk, then renamed over (a symlink at `path` is replaced, never written through).
     `mode` and `owner` (uid, gid) are set on the new file before it takes the name."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode("utf-8") if isinstance(text, str) else text
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
             if owner is not None:

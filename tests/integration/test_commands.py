@@ -128,8 +128,10 @@ def test_file_push_and_pull_recursive(coi: CoiRunner, workspace: Path, tmp_path:
     (tree / "sub").mkdir(parents=True)
     (tree / "a.txt").write_text("A")
     (tree / "sub" / "b.txt").write_text("B")
-    assert coi("file", "push", str(tree), f"{name}:/home/code/tree").returncode == 2  # needs -r
-    coi.ok("file", "push", "-r", str(tree), f"{name}:/home/code/tree")
+    needs_r = coi("file", "push", str(tree), f"{name}:/home/code/tree")
+    assert needs_r.returncode == 2 and "source is a directory, use -r flag" in needs_r.stderr
+    pushed = coi.ok("file", "push", "-r", str(tree), f"{name}:/home/code/tree")
+    assert f"Pushed directory {tree} -> {name}:/home/code/tree" in pushed.stderr
     owner = coi.ok(
         "container",
         "exec",
@@ -144,11 +146,27 @@ def test_file_push_and_pull_recursive(coi: CoiRunner, workspace: Path, tmp_path:
     assert json.loads(owner.stdout)["stdout"].strip() == "1000"
 
     back = tmp_path / "back"
-    coi.ok("file", "pull", "-r", f"{name}:/home/code/tree", str(back))
+    pulled = coi.ok("file", "pull", "-r", f"{name}:/home/code/tree", str(back))
+    assert f"Pulled directory {name}:/home/code/tree -> {back}" in pulled.stderr
     assert (back / "sub" / "b.txt").read_text() == "B"
+    # an existing directory receives it under its own name; a second pull there is refused
+    coi.ok("file", "pull", "-r", f"{name}:/home/code/tree", str(back))
+    assert (back / "tree" / "a.txt").read_text() == "A"
+    again = coi("file", "pull", "-r", f"{name}:/home/code/tree", str(back))
+    assert again.returncode == 2 and "already exists" in again.stderr
     single = tmp_path / "single.txt"
-    coi.ok("file", "pull", f"{name}:/home/code/tree/a.txt", str(single))
+    one = coi.ok("file", "pull", f"{name}:/home/code/tree/a.txt", str(single))
+    assert f"Pulled file {name}:/home/code/tree/a.txt -> {single}" in one.stderr
     assert single.read_text() == "A"
+    # a symlink at the destination is replaced, never written through
+    kept = tmp_path / "kept.txt"
+    kept.write_text("mine")
+    link = tmp_path / "link.txt"
+    link.symlink_to(kept)
+    coi.ok("file", "pull", f"{name}:/home/code/tree/a.txt", str(link))
+    assert kept.read_text() == "mine" and not link.is_symlink() and link.read_text() == "A"
+    slash = coi("file", "pull", f"{name}:/home/code/tree/a.txt", f"{tmp_path}/nowhere/")
+    assert slash.returncode == 2 and "trailing slash" in slash.stderr
     bad = coi("file", "pull", "no-colon-here", str(single))
     assert bad.returncode == 2 and "container:path" in bad.stderr
 
