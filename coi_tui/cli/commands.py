@@ -521,47 +521,62 @@ def cmd_persist(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 def cmd_shutdown(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     settings, incus, manager = context(args)
     names = targets(manager, args.names, args.all, "shutdown")
-    if not names:
-        print("No coi containers to shut down")
+    if args.all and not confirm_all(names, "Shutdown", args.force):
         return 0
     for name in names:
         if not incus.instance_exists(name):
             raise CoiError(f"container '{name}' not found (see 'coi list')")
-    if args.all and not confirm(f"Shut down and delete {len(names)} container(s)?", args.force):
-        print("Aborted")
-        return 1
     timeout = settings.shutdown_timeout if args.timeout is None else args.timeout
-    for name in names:
-        print(f"Shutting down {name}...")
+    for name in names:  # COI's lines (scripts and its tests read them)
+        print(f"Shutting down container {name} (timeout: {timeout}s)...")
         manager.shutdown(name, timeout=timeout)
-        print(f"  ✓ {name} stopped and removed (session saved)")
+        print(f"  ✓ Shutdown {name} (session saved)")
+    print(f"\nShutdown {len(names)} container(s)")
     return 0
 
 
 def cmd_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _, _, manager = context(args)
     names = targets(manager, args.names, args.all, "kill")
-    if not names:
-        print("No coi containers to kill")
-        return 0
-    present = [n for n in names if manager.incus.instance_exists(n)]
-    for name in names:
-        if name not in present:
-            print(f"{name}: already gone")
-    if not present:
-        return 0
-    names = present
     # As COI: a container named on the command line is killed without a question; only
-    # --all asks (unless --force).
-    if args.all and not confirm(f"Force stop and delete {', '.join(names)}?", args.force):
-        print("Aborted")
-        return 1
+    # --all asks (unless --force). A name already gone is not an error (idempotent).
+    if args.all and not confirm_all(names, "Kill", args.force):
+        return 0
+    killed = 0
     for name in names:
-        if manager.kill(name):
-            print(f"Killed {name}")
+        print(f"Killing container {name}...")
+        if manager.incus.instance_exists(name) and manager.kill(name):
+            killed += 1
+            print(f"  ✓ Killed {name}")
         else:
-            print(f"{name}: already gone")
+            print(f"  {name}: already gone")
+    print(f"\nKilled {killed} container(s)" if killed else "\nNo containers were killed")
     return 0
+
+
+def confirm_all(names: list[str], action: str, force: bool) -> bool:
+    """`--all`: COI's listing and question. False when there is nothing to do or the answer
+    is no (said, exit 0 as COI); a missing answer is an error (CoiError, exit 1)."""
+    if not names:
+        print(f"No containers to {action}")
+        return False
+    print(f"Found {len(names)} container(s):")
+    for name in names:
+        print(f"  - {name}")
+    if force:
+        return True
+    print(f"\n{action} all these containers? [y/N]: ", end="", file=sys.stderr, flush=True)
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, ValueError):  # stdin closed
+        answer = ""
+    if not answer:
+        print("", file=sys.stderr)
+        raise CoiError("No answer on stdin: pass --force to skip the question")
+    if answer.strip().lower() not in ("y", "yes"):
+        print("Cancelled.")
+        return False
+    return True
 
 
 def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

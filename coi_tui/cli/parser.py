@@ -283,7 +283,7 @@ def build_parser() -> CoiParser:
                 "session data for --resume and deletes the container, persistent or not."
                 if name == "shutdown"
                 else "Stops NAME at once and deletes it; the session data is saved first. A "
-                "name that is already gone is not an error. Asks first unless --force."
+                "name that is already gone is not an error. --all asks first unless --force."
             ),
             aliases=["close"] if name == "shutdown" else [],
         )

@@ -243,12 +243,16 @@ def test_confirmations_read_a_piped_answer(coi: CoiRunner, workspace: Path) -> N
 
     # `kill --all` asks; a container named on the command line is killed at once (as COI)
     declined = coi("kill", "--all", input="n\n")
-    assert declined.returncode == 1 and "Aborted" in declined.stdout
+    assert declined.returncode == 0 and "Cancelled." in declined.stdout  # as COI
+    assert f"  - {name}" in declined.stdout and "Kill all these containers?" in declined.stderr
     assert coi("container", "running", name).returncode == 0
     silent = coi("kill", "--all", input="")
     assert silent.returncode == 1 and "--force" in silent.stderr
     assert coi("container", "running", name).returncode == 0
-    assert coi.ok("kill", name, input="").stdout.strip() == f"Killed {name}"
+    killed = coi.ok("kill", name, input="").stdout
+    assert f"Killing container {name}..." in killed and f"✓ Killed {name}" in killed
+    assert "Killed 1 container(s)" in killed
+    assert "No containers to Kill" in coi.ok("kill", "--all").stdout
     # An unknown name is already gone: nothing to ask.
     assert "already gone" in coi.ok("kill", "coi-unknown-1", input="").stdout
 

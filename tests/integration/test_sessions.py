@@ -205,12 +205,12 @@ def test_shutdown_saves_and_deletes_and_kill_is_idempotent(
     name = start_background(coi, workspace)
     wait_for(lambda: "dummy>" in capture(coi, name), what="the agent prompt")
     result = coi.ok("shutdown", name, "--timeout", "5")
-    assert "stopped and removed" in result.stdout
+    assert f"✓ Shutdown {name}" in result.stdout and "Shutdown 1 container(s)" in result.stdout
     assert not incus.instance_exists(name)
     assert list((coi.home / "sessions-dummy").glob("*/.claude"))
 
     other = start_background(coi, workspace)
-    assert coi.ok("kill", "--force", other).stdout.strip() == f"Killed {other}"
+    assert f"✓ Killed {other}" in coi.ok("kill", "--force", other).stdout
     again = coi.ok("kill", "--force", other)
     assert "already gone" in again.stdout
 
@@ -224,7 +224,7 @@ def test_kill_all_without_force_refuses_when_not_interactive_a_named_kill_does_n
     result = coi("kill", "--all")
     assert result.returncode == 1 and "--force" in result.stderr
     assert coi("container", "running", name).returncode == 0
-    assert coi.ok("kill", name).stdout.strip() == f"Killed {name}"
+    assert f"✓ Killed {name}" in coi.ok("kill", name).stdout
     assert coi("container", "running", name).returncode != 0
 
 
