@@ -47,11 +47,18 @@ SESSION_COMMANDS = ("shell", "run")
 
 
 def session_overrides(args: argparse.Namespace) -> SessionOverrides:
-    """--tool, --image, --persistent/--ephemeral of coi shell/run."""
+    """--tool, --image, --persistent/--ephemeral and -e VAR=value of coi shell/run."""
+    environment: dict[str, str] = {}
+    for item in getattr(args, "session_env", None) or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"-e expects VAR=value, got '{item}'")
+        environment[name] = value
     return SessionOverrides(
         tool=getattr(args, "tool", None) or "",
         image=getattr(args, "image", None) or "",
         persistent=getattr(args, "persistent", None),
+        environment=environment,
     )
 
 

@@ -145,6 +145,15 @@ def session_parent() -> CoiParser:
         help="slot 1-10 for parallel sessions of one workspace (0 = lowest free)",
     )
     parent.add_argument("--tool", help="agent to run: claude, opencode, aider, dummy")
+    parent.add_argument(
+        "-e",
+        "--env",
+        dest="session_env",
+        action="append",
+        default=[],
+        metavar="VAR=value",
+        help="environment variable for the agent or command (repeatable; over the config's)",
+    )
     persistence = parent.add_mutually_exclusive_group()
     persistence.add_argument(
         "--persistent",

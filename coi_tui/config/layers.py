@@ -394,6 +394,13 @@ def env_layer(env: dict[str, str]) -> Layer:
 def flags_layer(flags: dict[str, tuple[Any, str]]) -> Layer:
     layer = Layer("flag", "")
     for path, (value, flag) in flags.items():
+        if path == ENVIRONMENT:  # `-e VAR=value`: merged over the config's environment
+            for name in value:
+                if not ENV_NAME_RE.match(name):
+                    raise UsageError(f"{flag}: '{name}' is not a valid environment variable name")
+                layer.labels[f"environment.{name}"] = flag
+            layer.values[path] = {name: str(text) for name, text in value.items()}
+            continue
         key = BY_PATH[path]
         try:
             layer.values[path] = CHECKS[key.kind](key, value)

@@ -370,10 +370,13 @@ class SessionOverrides:
     tool: str = ""
     image: str = ""
     persistent: bool | None = None
+    environment: dict[str, str] = field(default_factory=dict)  # `coi run -e VAR=value`
 
     def flags(self) -> dict[str, tuple[Any, str]]:
         """As a flags layer: key path -> (value, the flag that names it in errors/sources)."""
         flags: dict[str, tuple[Any, str]] = {}
+        if self.environment:
+            flags[ENVIRONMENT] = (dict(self.environment), "-e")
         if self.tool:
             flags["tool.name"] = (self.tool, "--tool")
         if self.image:

@@ -216,6 +216,34 @@ def test_timing_debug_breaks_a_run_down(coi: CoiRunner, workspace: Path, tmp_pat
     assert "[timing]" not in coi.ok("run", "-w", str(workspace), "--", "true").stderr
 
 
+def test_run_env_flags_reach_the_command_over_the_config(coi: CoiRunner, workspace: Path) -> None:
+    """`coi run -e VAR=value` (repeatable, COI's flag): the command sees each, over the
+    config's [defaults.environment]; a malformed one is a usage error before anything runs."""
+    config = coi.home / "config.toml"
+    config.write_text(
+        (config.read_text() if config.exists() else "")
+        + '\n[defaults.environment]\nFROM_CONFIG = "config"\nBOTH = "config"\n'
+    )
+    shown = coi.ok(
+        "run",
+        "-w",
+        str(workspace),
+        "-e",
+        "BOTH=flag",
+        "-e",
+        "SPACED=a b=c",
+        "--",
+        "sh",
+        "-c",
+        'echo "$FROM_CONFIG|$BOTH|$SPACED"',
+    )
+    assert shown.stdout.strip() == "config|flag|a b=c"
+    for bad in ("NOEQUALS", "1X=2", "=v"):
+        refused = coi("run", "-w", str(workspace), "-e", bad, "--", "true")
+        assert refused.returncode == 2, (bad, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
 def test_list_shows_the_address_the_container_really_has(
     coi: CoiRunner, workspace: Path, incus: Incus
 ) -> None:
