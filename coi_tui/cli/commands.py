@@ -353,12 +353,13 @@ def instance_record(instance: Instance, prefix: str) -> dict[str, Any]:
     return {
         "name": instance.name,
         "status": instance.status,
-        "created_at": instance.created_at,
+        "created_at": instance.created_at[:19].replace("T", " "),  # COI's "2006-01-02 15:04:05"
         "image": instance.config.get("user.coi.image")
         or instance.config.get("image.description", ""),
         "persistent": is_persistent(instance),
         "mode": "persistent" if is_persistent(instance) else "ephemeral",
-        "ipv4": instance.ipv4,
+        # a stopped container has none (a DHCP lease of its last run may still be listed)
+        "ipv4": "" if instance.status == "Stopped" else (instance.ipv4 or ""),
         "pool": (instance.expanded_devices.get("root") or {}).get("pool", ""),
         "alias": instance.config.get("user.coi.alias", ""),
         "published_ports": [],
@@ -414,17 +415,22 @@ def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print("-" * len(title))
     if not records:
         print("  (none)")
-    for rec in records:
+    for rec in records:  # COI's lines; one with nothing to say is left out, as COI does
         alias = f" ({rec['alias']})" if rec["alias"] else ""
         print(f"  {rec['name']}{alias} ({rec['mode']})")
         print(f"    Status: {rec['status']}")
-        print(f"    IPv4: {rec['ipv4'] or '-'}")
-        print(f"    Created: {rec['created_at'][:19].replace('T', ' ')}")
-        print(f"    Image: {rec['image']}")
-        print(f"    Pool: {rec['pool'] or '-'}")
-        print(f"    Ports: {', '.join(rec['published_ports']) or '-'}")
-        print(f"    Workspace: {rec['workspace'] or '-'}")
-        print(f"    Tool: {rec['tool'] or '-'}")
+        if rec["ipv4"]:
+            print(f"    IPv4: {rec['ipv4']}")
+        print(f"    Created: {rec['created_at']}")
+        for label, value in (
+            ("Image", rec["image"]),
+            ("Pool", rec["pool"]),
+            ("Ports", ", ".join(rec["published_ports"])),
+            ("Workspace", rec["workspace"]),
+            ("Tool", rec["tool"]),
+        ):
+            if value:
+                print(f"    {label}: {value}")
     if args.all:
         print()
         print("Saved Sessions:")

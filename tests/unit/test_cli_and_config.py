@@ -143,3 +143,20 @@ def test_every_command_that_loads_settings_shows_the_old_spelling_note(
     monkeypatch.chdir(tmp_path)
     assert main(["monitor", "rules", "list"]) == 0
     assert "[defaults] image is the pre-0.8 layout" in capsys.readouterr().err
+
+
+def test_list_record_has_coi_shape_and_no_address_for_a_stopped_container() -> None:
+    """`coi list`: created_at as COI prints it, and a stopped container shows no IPv4 even
+    when a lease of its last run is still listed."""
+    from coi_tui.cli.commands import instance_record
+    from coi_tui.incus import Instance
+
+    address = {"family": "inet", "scope": "global", "address": "10.0.0.7"}
+    network = {"eth0": {"addresses": [address]}}
+    running = Instance(
+        "coi-abc-1", "Running", "2026-12-07T10:11:12.123456Z", state={"network": network}
+    )
+    stopped = Instance("coi-abc-2", "Stopped", "2026-12-07T10:11:12Z", state={"network": network})
+    assert instance_record(running, "coi-")["ipv4"] == "10.0.0.7"
+    assert instance_record(running, "coi-")["created_at"] == "2026-12-07 10:11:12"
+    assert instance_record(stopped, "coi-")["ipv4"] == ""
