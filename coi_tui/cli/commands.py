@@ -935,13 +935,10 @@ def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     incus = incus_for(settings)
     if args.action == "exists":
         return 0 if incus.image_exists(args.alias) else 1
-    if args.action == "delete":
+    if args.action == "delete":  # as COI: the named image, no question (--force is accepted)
         incus.get_image(args.alias)
-        if not confirm(f"Delete image {args.alias}?", args.force):
-            print("Aborted")
-            return 1
         incus.delete_image(args.alias)
-        print(f"Deleted image {args.alias}")
+        print(f"Image {args.alias} deleted", file=sys.stderr)
         return 0
     if args.action == "info":
         return image_info(incus, args)
@@ -979,6 +976,9 @@ def cmd_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     ]
     if wants_json(args):
         print(json.dumps(records, indent=2))
+        return 0
+    if args.prefix and not records:
+        print(f"No images found with prefix '{args.prefix}'")  # COI's line
         return 0
     print("All Local Images:" if args.all else "COI Images:")
     if not records:
@@ -1031,21 +1031,27 @@ def image_cleanup(incus: Incus, args: argparse.Namespace) -> int:
     """Keep the newest N images with an alias starting with PREFIX; delete the rest."""
     matching = [i for i in incus.list_images() if any(a.startswith(args.prefix) for a in i.aliases)]
     matching.sort(key=lambda i: i.created_at, reverse=True)
-    doomed = matching[args.keep :]
-    if not doomed:
-        print(
-            f"Nothing to clean: {len(matching)} image(s) match '{args.prefix}', keeping {args.keep}"
-        )
+    doomed, kept = matching[args.keep :], matching[: args.keep]
+    if args.dry_run:
+        for image in doomed:
+            print(f"Would delete {', '.join(image.aliases)} ({image.fingerprint[:12]})")
         return 0
     for image in doomed:
-        label = ", ".join(image.aliases)
-        if args.dry_run:
-            print(f"Would delete {label} ({image.fingerprint[:12]})")
-            continue
         incus.request("DELETE", f"/1.0/images/{image.fingerprint}")
-        print(f"Deleted {label} ({image.fingerprint[:12]})")
-    if not args.dry_run:
-        print(f"Cleaned up {len(doomed)} image(s), kept {min(args.keep, len(matching))}")
+
+    def aliases(images: list[Any]) -> list[str]:
+        return [a for i in images for a in i.aliases if a.startswith(args.prefix)]
+
+    # COI's report, on stderr as COI prints it
+    print("Cleanup complete:", file=sys.stderr)
+    for title, names in (
+        ("Deleted {} old version(s):", aliases(doomed)),
+        ("Kept {} recent version(s):", aliases(kept)),
+    ):
+        if names:
+            print("\n" + title.format(len(names)), file=sys.stderr)
+            for name in names:
+                print(f"  - {name}", file=sys.stderr)
     return 0
 
 

@@ -323,8 +323,14 @@ def test_image_info_and_cleanup_keep_the_newest(
 
         dry = coi.ok("image", "cleanup", prefix, "--keep", "1", "--dry-run").stdout
         assert dry.count("Would delete") == 2 and all(incus.image_exists(a) for a in made)
-        coi.ok("image", "cleanup", prefix, "--keep", "1")
+        cleaned = coi.ok("image", "cleanup", prefix, "--keep", "1").stderr
         assert [incus.image_exists(a) for a in made] == [False, False, True]
+        assert "Cleanup complete:" in cleaned and "Deleted 2 old version(s):" in cleaned
+        assert f"Kept 1 recent version(s):\n  - {prefix}2" in cleaned
+        deleted = coi.ok("image", "delete", f"{prefix}2", input="")  # no question, as COI
+        assert f"Image {prefix}2 deleted" in deleted.stderr and not incus.image_exists(made[2])
+        none = coi.ok("image", "list", "--prefix", prefix).stdout
+        assert none.strip() == f"No images found with prefix '{prefix}'"
         assert coi("image", "cleanup", prefix, "--keep", "0").returncode == 2
     finally:
         for alias in made:
