@@ -293,53 +293,61 @@ def running_sessions(manager: SessionManager) -> list[Instance]:
     return [i for i in manager.coi_instances() if i.running]
 
 
-def resolve_target(manager: SessionManager, name: str | None, slot: int, workspace: str) -> str:
+def resolve_target(manager: SessionManager, name: str, slot: int, workspace: str) -> str:
+    """The running container `coi attach NAME` / `--slot N` means (a name may be an alias);
+    COI's one error otherwise."""
     settings = manager.settings
-    if name:
-        if manager.incus.instance_exists(name):
-            return name
+    if slot:
+        target = container_name(settings.container_prefix, resolve_workspace(workspace), slot)
+    elif manager.incus.instance_exists(name):
+        target = name
+    else:
         aliased = [
             i.name for i in manager.coi_instances() if i.config.get("user.coi.alias") == name
         ]
-        if len(aliased) == 1:
-            return aliased[0]
-        raise CoiError(f"container '{name}' not found (see 'coi list')")
-    if slot:
-        target = container_name(settings.container_prefix, resolve_workspace(workspace), slot)
-        if not manager.incus.instance_exists(target):
-            raise CoiError(f"no container in slot {slot} for this workspace ({target})")
-        return target
-    running = running_sessions(manager)
+        target = aliased[0] if len(aliased) == 1 else name
+    try:
+        running = manager.incus.status(target) == "Running"
+    except CoiError:
+        running = False
     if not running:
-        raise CoiError("No active sessions (start one with 'coi shell')")
-    if len(running) > 1:
-        lines = "\n".join(f"  {n}. {i.name} ({workspace_of(i)})" for n, i in enumerate(running, 1))
-        raise CoiError(
-            f"several sessions are running:\nActive sessions:\n{lines}\n"
-            "Use: coi attach <container-name>"
-        )
-    return running[0].name
+        raise CoiError(f"container {target} not found or not running")
+    return target
 
 
 def cmd_attach(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    _, incus, manager = context(args)
-    name = resolve_target(
-        manager, args.name or os.environ.get("COI_CONTAINER"), args.slot, args.workspace
-    )
+    """COI's `attach`: no name attaches the only running session, lists several (exit 0),
+    or says there are none; a container without the agent's tmux session gets COI's hint
+    to use --bash. Then, unlike COI, no terminal is a clear error (not tmux's escapes)."""
+    _, _, manager = context(args)
+    wanted = args.name or os.environ.get("COI_CONTAINER") or ""
+    if wanted or args.slot:
+        name = resolve_target(manager, wanted, args.slot, args.workspace)
+        if args.slot:
+            print(f"Attaching to {name} (slot {args.slot})...")
+    else:
+        running = running_sessions(manager)
+        if not running:
+            print("No active sessions")
+            return 0
+        if len(running) > 1:
+            print("Active sessions:")
+            for number, instance in enumerate(running, 1):
+                print(f"  {number}. {instance.name}")
+            print("\nUse: coi attach <container-name>")
+            return 0
+        name = running[0].name
+        print(f"Attaching to {name}...")
+    if not args.bash and not manager.tmux_exists(name):
+        err("\nNo tmux session found in container.")
+        err("The container is still running. To get a shell, use:")
+        err(f"  coi attach {name} --bash")
+        return 0
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CoiError(
             f"coi attach needs a terminal; from a script use 'coi tmux capture {name}' and "
             f"'coi tmux send {name} TEXT'"
         )
-    status = incus.status(name)
-    if status != "Running":
-        raise CoiError(f"container '{name}' is not running (status: {status})")
-    if not args.bash and not manager.tmux_exists(name):
-        raise CoiError(
-            f"No tmux session found in container {name}; open a shell with "
-            f"'coi attach {name} --bash'"
-        )
-    err(f"Attaching to {name}...")
     with manager.attached(name):
         code = manager.attach(name, bash=args.bash)
         if args.bash:

@@ -172,21 +172,32 @@ def test_file_push_and_pull_recursive(coi: CoiRunner, workspace: Path, tmp_path:
 
 
 def test_attach_chooses_between_sessions(coi: CoiRunner, workspace: Path) -> None:
-    assert "No active sessions" in coi("attach").stderr
+    """COI's attach: none running says so, several are listed (both exit 0, on stdout); a
+    slot or name that is not running is COI's one error; without the agent's tmux session
+    it points at --bash; without a terminal it says so at once."""
+    none = coi("attach")
+    assert none.returncode == 0 and none.stdout.strip() == "No active sessions"
     first = start_background(coi, workspace)
     second = start_background(coi, workspace)
     assert second == container_name(coi.prefix, str(workspace), 2)
     result = coi("attach")
-    assert result.returncode == 1
-    assert "Active sessions:" in result.stderr and first in result.stderr
-    assert "Use: coi attach <container-name>" in result.stderr
+    assert result.returncode == 0
+    assert "Active sessions:" in result.stdout and f"  1. {first}" in result.stdout
+    assert "Use: coi attach <container-name>" in result.stdout
     missing_slot = coi("attach", "--slot", "5", "-w", str(workspace))
-    assert missing_slot.returncode == 1 and "slot 5" in missing_slot.stderr
+    target = container_name(coi.prefix, str(workspace), 5)
+    assert missing_slot.returncode == 1
+    assert f"container {target} not found or not running" in missing_slot.stderr
     # Without a terminal it says so at once instead of streaming tmux's escapes forever.
     piped = coi("attach", first, timeout=30)
     assert piped.returncode == 1 and "needs a terminal" in piped.stderr
     chosen = coi("attach", timeout=30, env={"COI_CONTAINER": second})
     assert chosen.returncode == 1 and f"coi tmux capture {second}" in chosen.stderr
+    # the agent's tmux session gone: COI's hint to open bash instead
+    coi.ok("container", "exec", first, "--user", "1000", "--", "tmux", "kill-server")
+    bare = coi("attach", first, timeout=30)
+    assert bare.returncode == 0 and "No tmux session found in container." in bare.stderr
+    assert f"coi attach {first} --bash" in bare.stderr
 
 
 def test_timing_debug_breaks_a_run_down(coi: CoiRunner, workspace: Path, tmp_path: Path) -> None:
