@@ -33,7 +33,8 @@ from coi_tui.sessions.manager import (
 )
 from coi_tui.sessions.naming import container_name, parse_container_name, tmux_session
 from coi_tui.sessions.service import SessionService
-from coi_tui.sessions.store import SessionStore, all_saved_sessions, find_session
+from coi_tui.sessions.store import SessionStore, all_saved_sessions
+from coi_tui.tools import TOOLS
 
 Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 # After an attach ends in a shutdown: how long the container may take to stop (a loaded host,
@@ -458,23 +459,21 @@ def tree_size(path: Path) -> int:
 
 
 def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    settings = load_settings(say=err)
+    load_settings(say=err)  # a broken config is said here as everywhere
+    # As COI: a session is there from its start (its metadata is written then), saved or not
+    known = [(t, m) for t in TOOLS.values() for m in SessionStore(t).all()]
+    known.sort(key=lambda pair: pair[1].saved_at or pair[1].created_at, reverse=True)
     if args.session_id:
-        found = find_session(args.session_id)
+        found = next(((t, m) for t, m in known if m.session_id == args.session_id), None)
         if found is None:
             raise CoiError(f"session not found: {args.session_id} (see 'coi list --all')")
     else:
+        # the workspace's latest; else, as COI, the latest of all
         workspace = resolve_workspace(args.workspace)
-        candidates = [
-            (t, m)
-            for t, m in all_saved_sessions()
-            if SessionStore(t).latest_for_workspace(workspace, settings.container_prefix)
-            is not None
-            and m.workspace == workspace
-        ]
-        if not candidates:
-            raise CoiError(f"no sessions found (for workspace {workspace}; see 'coi list --all')")
-        found = candidates[0]
+        ours = [(t, m) for t, m in known if m.workspace == workspace]
+        if not (ours or known):
+            raise CoiError("no sessions found (specify session ID or use 'coi list --all')")
+        found = (ours or known)[0]
     tool, meta = found
     store = SessionStore(tool)
     data_dir = store.config_copy(meta.session_id)
@@ -493,18 +492,21 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if wants_json(args):
         print(json.dumps(info, indent=2))
         return 0
-    print("Session Information")
-    print("===================")
-    print(f"Session ID: {meta.session_id}")
-    print(f"Container: {meta.container_name}")
-    print(f"Tool: {tool.name}")
-    print(f"Workspace: {meta.workspace}")
-    print(f"Saved At: {meta.saved_at}")
+    print("Session Information")  # COI's layout: labels padded to 16 columns
+    print("===================\n")
+    print(f"{'Session ID:':<16}{meta.session_id}")
+    if meta.container_name:
+        print(f"{'Container:':<16}{meta.container_name}")
+    print(f"{'Tool:':<16}{tool.name}")
+    print(f"{'Workspace:':<16}{meta.workspace}")
+    if meta.saved_at:
+        print(f"{'Saved At:':<16}{meta.saved_at}")
     mark = f"✓ Present ({tool.config_dir} directory)" if present else "✗ Missing"
-    print(f"Session Data: {mark}")
-    print(f"Data Size: {info['data_size']} bytes")
-    print(f"Session Path: {info['session_path']}")
-    print(f"Resume: coi shell --resume={meta.session_id}")
+    print(f"{'Session Data:':<16}{mark}")
+    if present:
+        print(f"{'Data Size:':<16}{info['data_size']} bytes")
+    print(f"\n{'Session Path:':<16}{info['session_path']}")
+    print(f"\n{'Resume:':<16}coi shell --resume={meta.session_id}")
     return 0
 
 

@@ -263,8 +263,9 @@ def build_parser() -> CoiParser:
     p = sub.add_parser(
         "info",
         help="describe a saved session",
-        description="Shows a saved session (for --resume): its container, when it was saved and "
-        "whether the agent's data is there. Without an id: the workspace's latest.",
+        description="Shows a session (for --resume), from its start: its container, when it was "
+        "saved and whether the agent's data is there. Without an id: the workspace's latest, "
+        "else the latest of all.",
     )
     p.add_argument("session_id", nargs="?", help="session id (default: latest for the workspace)")
     p.add_argument("-w", "--workspace", default=".", help="workspace")

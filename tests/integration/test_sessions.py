@@ -131,6 +131,10 @@ def test_poweroff_saves_session_and_resume_restores_it(
     name = start_background(coi, workspace)
     wait_for(lambda: "Session: " in capture(coi, name), what="the agent banner")
     session_id = capture(coi, name).split("Session: ", 1)[1].split()[0]
+    # as COI: a session is known from its start, before anything is saved
+    early = coi.ok("info").stdout
+    assert f"Session ID:     {session_id}" in early and f"Container:      {name}" in early
+    assert "✗ Missing" in early
     coi.ok("tmux", "send", name, "remember this")
     wait_for(lambda: "You said: remember this" in capture(coi, name), what="the echo")
 
