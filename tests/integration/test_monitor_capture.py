@@ -28,9 +28,10 @@ MARK = f"coi-capture-{os.getpid()}-" + "x" * 4000  # 4000 lines of it fill the 1
 
 def test_a_daemon_that_stops_reading_loses_no_exec() -> None:
     read_end, pid, ctl = start_capture()
-    # the burst's shell waits for a line first, so its namespace is watched before it runs
+    # the burst's shell runs a marker for each "probe" line until "go": the test probes until
+    # the capture forwards one (it is listening, and the namespace is watched), then lets go
     script = (
-        f"read go; /bin/sh -c 'sleep 0.2' {MARK}-start; read go; "
+        f"while read cmd && [ \"$cmd\" != go ]; do /bin/sh -c 'sleep 0.2' {MARK}-start; done; "
         f"i=0; while [ $i -lt {BURST} ]; do /bin/echo {MARK} >/dev/null; "
         f"i=$((i+1)); done; /bin/sh -c 'sleep 0.2' {MARK}-end; true"
     )
@@ -42,17 +43,19 @@ def test_a_daemon_that_stops_reading_loses_no_exec() -> None:
         ours = os.readlink(f"/proc/{shell}/ns/pid")
         os.write(ctl, json.dumps([ours]).encode() + b"\n")  # as the daemon's tell_capture
         assert burst.stdin is not None
-        burst.stdin.write(b"go\n")
-        burst.stdin.flush()
         buffer = b""
         ended = False
         deadline = time.monotonic() + 60
         while not ended and time.monotonic() < deadline:  # the capture is listening
-            ready, _, _ = select.select([read_end], [], [], 1.0)
-            if ready:
-                *lines, buffer = (buffer + os.read(read_end, 1 << 20)).split(b"\n")
-                ended = any(f'"{MARK}-start"'.encode() in line for line in lines)
-        assert ended, "the capture never forwarded the first command"
+            burst.stdin.write(b"probe\n")
+            burst.stdin.flush()
+            probe_until = time.monotonic() + 2
+            while not ended and time.monotonic() < probe_until:
+                ready, _, _ = select.select([read_end], [], [], 0.5)
+                if ready:
+                    *lines, buffer = (buffer + os.read(read_end, 1 << 20)).split(b"\n")
+                    ended = any(f'"{MARK}-start"'.encode() in line for line in lines)
+        assert ended, "the capture never forwarded a probe"
         burst.stdin.write(b"go\n")  # nothing is read from the capture meanwhile
         burst.stdin.close()
         assert burst.wait(timeout=300) == 0
