@@ -1497,7 +1497,7 @@ def capture_main(out: int, ctl: int = -1) -> None:
     parents: dict[int, int] = {}
     changed_uid: set[int] = set()  # processes whose exit status is forwarded (privilege.py)
     # (kind, pid, parent, argv, when, (stdin, stdout[, program, its device:inode]), the pid
-    # namespace read at the event: the process's, a fork's parent's, "" for an exit)
+    # namespace read at the event: the process's (an exit's too), a fork's parent's)
     pending: list[tuple[str, int, int, list[str], float, tuple[str, ...], str]] = []
     # Output the daemon has not read yet. The capture never blocks on the pipe: while it
     # waited there, the kernel's events piled up in the socket and were dropped (ENOBUFS),
@@ -1561,12 +1561,15 @@ def capture_main(out: int, ctl: int = -1) -> None:
                 pending.append((event.kind, event.pid, parent, detail, at, ("", ""), pidns))
             else:
                 parent = parents.pop(event.pid, 0)
-                fork_ns.pop(event.pid, None)  # its pid may be another process's next
                 if event.pid in changed_uid:
                     changed_uid.discard(event.pid)
+                    # read now, while it is a zombie (its parent may reap it before the
+                    # batch: su run by `incus exec` has a host process for a parent)
+                    pidns = procfs.pid_ns(event.pid) or fork_ns.get(parent, "")
                     at = time.monotonic()
                     status = [str(event.status)]
-                    pending.append(("exit", event.pid, parent, status, at, ("", ""), ""))
+                    pending.append(("exit", event.pid, parent, status, at, ("", ""), pidns))
+                fork_ns.pop(event.pid, None)  # its pid may be another process's next
         if data and len(pending) < 256:
             continue
         lines = []
