@@ -323,25 +323,32 @@ echo done
 
 def test_environment_dump_and_secret_search_are_warned(mon: Monitor) -> None:
     """A python3 environment dump and a keyword search of ~/.config reach the audit log at
-    WARNING (judged from the execs themselves); `printenv HOME`, run before them, does not."""
+    WARNING (judged from the execs themselves, or from the script that ran them); `printenv
+    HOME`, run before them, does not."""
     name = mon.container()
     start = len(mon.events.threats(name))
     assert mon.sh(name, ENV_SCANS).strip().endswith("done")
 
-    def by(rule: str, program: str) -> dict[str, Any]:
+    def by(rule: str, program: str, line: str) -> dict[str, Any]:
+        """The exec's own record, or the one of the shell whose script ran that line: a
+        command living a millisecond (this grep of a small folder) can be gone before its
+        command line is read on a loaded machine, and the script naming it is judged too."""
         return mon.events.wait(
             lambda m: (
                 m.get("type") == "threat"
                 and m.get("container") == name
                 and m.get("rule_id") == rule
-                and str(m["evidence"]["process"]["command"]).startswith(program)
+                and (
+                    str(m["evidence"]["process"]["command"]).startswith(program)
+                    or f"\n{line}" in str(m["evidence"]["process"]["command"])
+                )
             ),
             20,
             f"{rule} by {program}",
         )
 
-    dump = by("cred.env-dump", "python3 -c")
-    search = by("cred.secret-search", "grep -ri token /root/.config")
+    dump = by("cred.env-dump", "python3 -c", "python3 -c 'import os; print(dict(os.environ))'")
+    search = by("cred.secret-search", "grep -ri token /root/.config", "grep -ri token ~/.config")
     audit = [json.loads(x) for x in (mon.home / "audit" / f"{name}.jsonl").read_text().splitlines()]
     for record in (dump, search):
         assert record["level"] == "warning" and record["action"] == "alerted", record

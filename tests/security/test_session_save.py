@@ -136,7 +136,8 @@ def test_shutdown_survives_a_fifo_a_sparse_giant_and_a_deep_tree(
     released = incus.exec_capture(
         name, ["timeout", "10", "sh", "-c", "echo > /home/code/.claude/pipe"], timeout=30
     )
-    assert released.ok, released.stderr
+    # 141 (SIGPIPE): the waiting reader gave up between our open and our write; ended too
+    assert released.exit_code in (0, 141), (released.exit_code, released.stderr)
 
     # A save of the running session (what a signal to `coi shell` does): frozen while read,
     # running again afterwards, the traps left out.
