@@ -33,8 +33,7 @@ from coi_tui.sessions.manager import (
 )
 from coi_tui.sessions.naming import container_name, parse_container_name, tmux_session
 from coi_tui.sessions.service import SessionService
-from coi_tui.sessions.store import SessionStore, all_saved_sessions
-from coi_tui.tools import TOOLS
+from coi_tui.sessions.store import SessionStore, all_saved_sessions, all_sessions
 
 Handler = Callable[[argparse.Namespace, argparse.ArgumentParser], int]
 # After an attach ends in a shutdown: how long the container may take to stop (a loaded host,
@@ -100,19 +99,30 @@ def print_trust_warnings() -> None:
             err(line)
 
 
-def confirm(question: str, force: bool) -> bool:
-    """A [y/N] question on stderr, answered on stdin (a terminal or a pipe: `echo y | coi
-    kill C` works); only y/yes count, and no answer at all (EOF) is a no."""
-    if force:
-        return True
-    print(f"{question} [y/N]: ", end="", file=sys.stderr, flush=True)
+NO_ANSWER = "No answer on stdin: pass --force to skip the question"
+
+
+def read_answer(question: str) -> str | None:
+    """Ask `question` on stderr and read the answer on stdin (a terminal or a pipe: `echo y |
+    coi ...` works); None when there is none at all (EOF, stdin closed)."""
+    print(question, end="", file=sys.stderr, flush=True)
     try:
         answer = sys.stdin.readline()
     except (OSError, ValueError):  # stdin closed
         answer = ""
     if not answer:
         print("", file=sys.stderr)
-        err("No answer on stdin: pass --force to skip the question")
+        return None
+    return answer
+
+
+def confirm(question: str, force: bool) -> bool:
+    """A [y/N] question; only y/yes count, and no answer at all (EOF) is a no."""
+    if force:
+        return True
+    answer = read_answer(f"{question} [y/N]: ")
+    if answer is None:
+        err(NO_ANSWER)
         return False
     return answer.strip().lower() in ("y", "yes")
 
@@ -460,9 +470,7 @@ def tree_size(path: Path) -> int:
 
 def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     load_settings(say=err)  # a broken config is said here as everywhere
-    # As COI: a session is there from its start (its metadata is written then), saved or not
-    known = [(t, m) for t in TOOLS.values() for m in SessionStore(t).all()]
-    known.sort(key=lambda pair: pair[1].saved_at or pair[1].created_at, reverse=True)
+    known = all_sessions()  # as COI: a session is there from its start, saved or not
     if args.session_id:
         found = next(((t, m) for t, m in known if m.session_id == args.session_id), None)
         if found is None:
@@ -568,7 +576,7 @@ def cmd_kill(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     killed = 0
     for name in names:
         print(f"Killing container {name}...")
-        if manager.incus.instance_exists(name) and manager.kill(name):
+        if manager.kill(name):  # False when it was already gone
             killed += 1
             print(f"  ✓ Killed {name}")
         else:
@@ -588,14 +596,9 @@ def confirm_all(names: list[str], action: str, force: bool) -> bool:
         print(f"  - {name}")
     if force:
         return True
-    print(f"\n{action} all these containers? [y/N]: ", end="", file=sys.stderr, flush=True)
-    try:
-        answer = sys.stdin.readline()
-    except (OSError, ValueError):  # stdin closed
-        answer = ""
-    if not answer:
-        print("", file=sys.stderr)
-        raise CoiError("No answer on stdin: pass --force to skip the question")
+    answer = read_answer(f"\n{action} all these containers? [y/N]: ")
+    if answer is None:
+        raise CoiError(NO_ANSWER)
     if answer.strip().lower() not in ("y", "yes"):
         print("Cancelled.")
         return False

@@ -409,8 +409,7 @@ class Daemon:
         # execs whose command-line rules are still to run (see RULE_BUDGET_SEC)
         self.rule_queue: deque[tuple[Watched, int, int, list[str], str, float]] = deque()
         self.rules_skipped = 0
-        self.events_lost = 0  # process events the capture lost (capture_lost)
-        self.lost_logged_at = -1e9
+        self.lost_logged_at = -1e9  # see capture_lost
         self.capture_r = -1
         self.capture_buffer = b""
         self.capture_ctl = -1
@@ -717,7 +716,6 @@ class Daemon:
         """The capture process lost process events (the kernel dropped them, or the daemon
         was too far behind): logged, at most once a minute, with the running total. The
         periodic /proc pass still sees what lives on."""
-        self.events_lost = total
         now = time.monotonic()
         if now - self.lost_logged_at >= 60:
             self.lost_logged_at = now

@@ -177,20 +177,17 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def all_saved_sessions() -> list[tuple[Tool, SessionMeta]]:
+def all_sessions() -> list[tuple[Tool, SessionMeta]]:
+    """Every session of every tool, newest first: from its start (its metadata is written
+    then), whether saved yet or not."""
     found: list[tuple[Tool, SessionMeta]] = []
     home = coi_home()
     for tool in TOOLS.values():
-        if not (home / f"sessions-{tool.sessions_dir_name}").is_dir():
-            continue
-        store = SessionStore(tool)
-        found += [(tool, m) for m in store.all() if m.saved_at]
-    found.sort(key=lambda pair: pair[1].saved_at, reverse=True)
+        if (home / f"sessions-{tool.sessions_dir_name}").is_dir():
+            found += [(tool, m) for m in SessionStore(tool).all()]
+    found.sort(key=lambda pair: pair[1].saved_at or pair[1].created_at, reverse=True)
     return found
 
 
-def find_session(session_id: str) -> tuple[Tool, SessionMeta] | None:
-    for tool, meta in all_saved_sessions():
-        if meta.session_id == session_id:
-            return tool, meta
-    return None
+def all_saved_sessions() -> list[tuple[Tool, SessionMeta]]:
+    return [(tool, meta) for tool, meta in all_sessions() if meta.saved_at]
