@@ -317,11 +317,13 @@ PROBES: tuple[Probe, ...] = (
     ),
     Probe(
         "rule pack (bundled)",
-        "chmod-setuid",
-        "chmod u+s {home}/drill-mode",  # its own empty file
-        frozenset({"bundled.setuid-bit-set"}),
-        "warning",
-        setup="touch {home}/drill-mode",
+        "enumeration-script",
+        # a process that lives: a millisecond's `chmod u+s` can exit before its command line
+        # is read on a loaded host, and the drill would report the rule engine as broken
+        "sh {home}/linpeas.sh",
+        frozenset({"bundled.offensive-enumeration"}),
+        "high",
+        setup="printf 'sleep 2\\n' > {home}/linpeas.sh",
     ),
     Probe(
         "spawn storm",
