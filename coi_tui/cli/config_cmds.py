@@ -82,14 +82,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------- rendering
-NOT_ENFORCED = "accepted, not yet enforced"
+FIXED = "fixed here"
 
 
-def not_enforced() -> set[str]:
-    """Key paths coi accepts and validates (a COI config stays loadable) but does not act on."""
+def fixed_keys() -> dict[str, str]:
+    """Keys of the reference coi that this coi supports at their default only -> why."""
     from coi_tui.config.schema import KEYS
 
-    return {key.path for key in KEYS if not key.enforced}
+    return {key.path: key.refusal for key in KEYS if key.refusal}
 
 
 def effective_tree(settings: Settings) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def render_lines(
 ) -> list[str]:
     """values: (dotted path, value, source). Root keys first, then one table per section (in
     order of first appearance: TOML allows a table header once), then [[mounts]]. `notes`:
-    path -> a remark appended as a comment (e.g. "accepted, not yet enforced")."""
+    path -> a remark appended as a comment (e.g. "fixed here")."""
     notes = notes or {}
     out = list(header)
     width = max((len(f"{p.rpartition('.')[2]} = {toml_value(v)}") for p, v, _ in values), default=0)
@@ -211,7 +211,7 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
                     "config": effective_tree(settings),
                     "sources": sources,
                     "container_prefix": settings.container_prefix,
-                    "not_enforced": sorted(not_enforced()),
+                    "fixed": fixed_keys(),
                 }
             )
             return 0
@@ -221,9 +221,9 @@ def cmd_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         if settings.profile_context:
             header.append(f"# profile context: {settings.profile_context}")
         header.append(
-            f"# keys marked '{NOT_ENFORCED}' are read and checked; coi does not act on them yet"
+            f"# '{FIXED}': this coi refuses any other value ('coi schema profile' says why)"
         )
-        notes = dict.fromkeys(not_enforced(), NOT_ENFORCED)
+        notes = dict.fromkeys(fixed_keys(), FIXED)
         lines = render_lines(config_values(settings), args.sources, header, notes)
         if args.sources:
             from coi_tui.config.profiles import ProfileSet

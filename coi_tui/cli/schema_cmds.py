@@ -103,8 +103,9 @@ def profile_schema() -> dict[str, Any]:
         leaf = dict(KIND_SCHEMAS.get(key.kind, {}))
         if key.choices:
             leaf["enum"] = list(key.choices)
-        if not key.enforced:
-            leaf["description"] = "accepted, not yet enforced by coi"
+        if key.refusal:
+            leaf["const"] = key.default
+            leaf["description"] = f"fixed in this coi: {key.refusal}"
         if key.minimum is not None:
             leaf["minimum"] = key.minimum
         if key.maximum is not None:

@@ -32,6 +32,8 @@ from coi_tui.config.schema import (
     SPECIAL_SPELLINGS,
     Invalid,
     Key,
+    Refused,
+    check_value,
     known_paths,
     sections,
 )
@@ -156,10 +158,18 @@ class FileParser:
     """Validates one TOML file into a Layer. Errors name file:line and the key path."""
 
     def __init__(
-        self, path: Path, label: str, profile: bool = False, say: Say | None = None
+        self,
+        path: Path,
+        label: str,
+        profile: bool = False,
+        say: Say | None = None,
+        project_may_set: Callable[[str, Any], bool] | None = None,
     ) -> None:
         self.path = path
         self.profile = profile
+        # a repository's file: a value it may not set is dropped later (config/trust.py),
+        # so one this coi does not support is no error there
+        self.project_may_set = project_may_set
         self.say = say  # deprecation notes
         self.layer = Layer(label, str(path))
         self.text = ""
@@ -265,7 +275,11 @@ class FileParser:
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise self.fail(dotted, f"expected {TYPE_WORDS.get(types, 'a string')}, got {value!r}")
         try:
-            checked = CHECKS[key.kind](key, value)
+            checked = check_value(key, value)
+        except Refused as exc:
+            if self.project_may_set is None or self.project_may_set(key.path, exc.value):
+                raise self.fail(dotted, str(exc)) from None
+            checked = exc.value
         except Invalid as exc:
             raise self.fail(dotted, str(exc)) from None
         if key.path == "container.build.script" and checked:
@@ -384,7 +398,7 @@ def env_layer(env: dict[str, str]) -> Layer:
             layer.values[path] = raw
         else:
             try:
-                layer.values[path] = CHECKS[BY_PATH[path].kind](BY_PATH[path], raw)
+                layer.values[path] = check_value(BY_PATH[path], raw)
             except Invalid as exc:
                 raise CoiError(f"${var}: {exc}") from None
         layer.labels[path] = f"${var}"
@@ -403,7 +417,7 @@ def flags_layer(flags: dict[str, tuple[Any, str]]) -> Layer:
             continue
         key = BY_PATH[path]
         try:
-            layer.values[path] = CHECKS[key.kind](key, value)
+            layer.values[path] = check_value(key, value)
         except Invalid as exc:
             raise UsageError(f"{flag}: {exc}") from None
         layer.labels[path] = flag

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from coi_tui.config import trust
 from coi_tui.config.layers import FileParser, Layer, Say, home_dir
-from coi_tui.config.schema import BY_PATH, ENVIRONMENT, KEYS, Key
+from coi_tui.config.schema import BY_PATH, ENVIRONMENT, KEYS, Key, check_value
 from coi_tui.core.errors import CoiError, UsageError
 from coi_tui.core.paths import read_regular
 from coi_tui.core.toml import toml_value
@@ -83,7 +83,7 @@ PRESETS: dict[str, dict[str, object]] = {
 def preset_layer(name: str) -> Layer:
     layer = Layer(f"profile {name}", "built-in")
     for path, value in PRESETS[name].items():
-        layer.values[path] = list(value) if isinstance(value, list) else value
+        layer.values[path] = check_value(BY_PATH[path], value)  # a preset obeys the schema too
     return layer
 
 
@@ -142,8 +142,8 @@ def key_comment(key: Key) -> str:
         notes.append(f"{key.minimum:g}-{key.maximum:g}")
     elif key.minimum is not None:
         notes.append(f">= {key.minimum:g}")
-    if not key.enforced:
-        notes.append("accepted, not yet enforced")
+    if key.refusal:
+        notes.append(f"fixed here: {key.refusal}")
     return "; ".join(notes)
 
 
@@ -154,8 +154,8 @@ def documented_starter(name: str, inherits: str = "", image: str = "") -> str:
         f'# coi profile "{name}". Every setting is listed at its default, commented out:',
         "# uncomment what this profile should change. A profile accepts every section of",
         "# config.toml; paths (build script, context, prompt files) are relative to this folder.",
-        '# Keys marked "accepted, not yet enforced" are read and checked, but coi does not act',
-        "# on them yet. 'coi profile show NAME' prints the result, 'coi config show' the rest.",
+        '# Keys marked "fixed here" take no other value in this coi (the note says why).',
+        "# 'coi profile show NAME' prints the result, 'coi config show' the rest.",
         "",
     ]
     if inherits:

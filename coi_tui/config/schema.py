@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from coi_tui.core.toml import toml_value
+from coi_tui.images.agents import AGENTS, DEFAULT_AGENTS
 from coi_tui.tools import TOOLS
 
 DEFAULT_IMAGE = "coi-default"
@@ -55,6 +57,14 @@ class Invalid(ValueError):
     """A value that does not fit its key; the message says what is allowed."""
 
 
+class Refused(Invalid):
+    """A valid value of the reference coi that this coi does not act on (`value`: checked)."""
+
+    def __init__(self, message: str, value: Any) -> None:
+        super().__init__(message)
+        self.value = value
+
+
 @dataclass(frozen=True)
 class Key:
     path: str  # dotted TOML path, e.g. "limits.memory.limit"
@@ -64,9 +74,10 @@ class Key:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
-    # False: the key is accepted and validated (a COI config stays loadable) and shown by
-    # `coi config show`, but coi does not act on it yet.
-    enforced: bool = True
+    # A key of the reference coi that this coi acts on only at these values (its default among
+    # them): any other value is refused with `refusal`, the reason, never accepted and ignored.
+    supported: tuple[Any, ...] = ()
+    refusal: str = ""
     merge: str = "replace"  # between config files: replace | append | by_name | map
 
     @property
@@ -526,10 +537,30 @@ def K(path: str, attr: str, kind: str, default: Any, *choices: str, **limits: An
     )
 
 
-def N(path: str, attr: str, kind: str, default: Any, *choices: str, **limits: Any) -> Key:
-    """A reference key that is accepted and validated but not acted on yet."""
-    return replace(K(path, attr, kind, default, *choices, **limits), enforced=False)
+def R(path: str, attr: str, kind: str, default: Any, *choices: str, why: str, **limits: Any) -> Key:
+    """A reference key this coi acts on only at its default (a COI config that states the
+    default stays loadable); any other value is refused, saying `why`."""
+    return replace(
+        K(path, attr, kind, default, *choices, **limits), supported=(default,), refusal=why
+    )
 
+
+def check_value(key: Key, value: Any) -> Any:
+    """The key's value checked and normalised; Invalid with one line when it is not allowed,
+    or allowed by the reference but not supported here."""
+    checked = CHECKS[key.kind](key, value)
+    if key.refusal and checked not in key.supported:
+        shown = ", ".join(toml_value(v) for v in key.supported)
+        raise Refused(
+            f"{toml_value(checked)} is not supported by this coi (only {shown}): {key.refusal}",
+            checked,
+        )
+    return checked
+
+
+AGENT_NAMES = tuple(sorted(AGENTS))
+NOT_YET = "{} is not implemented in this coi yet"
+UNDER_HOME = "coi keeps sessions, storage and logs under its home (~/.coi, or $COI_HOME)"
 
 # Order is the order of `coi config show`.
 KEYS: tuple[Key, ...] = (
@@ -542,20 +573,32 @@ KEYS: tuple[Key, ...] = (
     K("container.docker", "docker", "bool", True),
     K("container.shutdown_timeout", "shutdown_timeout", "int", 60, min=0, max=3600),
     K("container.ready_timeout", "ready_timeout", "int", 30, min=1, max=3600),
-    N("container.alias", "alias", "str", ""),
-    N("container.session_name", "session_name", "name", ""),
-    N("container.stale_base_check", "stale_base_check", "enum", "warn", "warn", "error", "off"),
+    R("container.alias", "alias", "str", "", why=NOT_YET.format("workspace aliases")),
+    R(
+        "container.session_name",
+        "session_name",
+        "name",
+        "",
+        why="named sessions are not implemented: a session is known by its workspace path",
+    ),
+    K("container.stale_base_check", "stale_base_check", "enum", "warn", "warn", "error", "off"),
     K("container.build.base", "build_base", "str", DEFAULT_IMAGE),
     K("container.build.script", "build_script", "str", ""),
     K("container.build.commands", "build_commands", "list", []),
     K("container.build.compression", "build_compression", "enum", "", "", "none", "gzip", "xz"),
-    N("container.build.agents", "build_agents", "list", ["claude", "opencode", "pi"]),
-    N("container.build.cloud_init", "build_cloud_init", "bool", False),
+    K("container.build.agents", "build_agents", "list", list(DEFAULT_AGENTS), *AGENT_NAMES),
+    R(
+        "container.build.cloud_init",
+        "build_cloud_init",
+        "bool",
+        False,
+        why="the image is built without cloud-init; put its steps in [container.build] commands",
+    ),
     K("tool.name", "tool", "tool", "claude"),
     K("tool.permission_mode", "permission_mode", "permission_mode", "bypass", *PERMISSION_MODES),
     K("tool.auto_context", "auto_context", "bool", True),
     K("tool.binary", "tool_binary", "str", ""),
-    N("tool.pre_launch", "pre_launch", "list", []),
+    K("tool.pre_launch", "pre_launch", "list", []),
     K("tool.context_file", "context_file", "str", ""),
     K("tool.context_json", "context_json", "bool", True),
     K("tool.context_json_file", "context_json_file", "str", ""),
@@ -567,24 +610,49 @@ KEYS: tuple[Key, ...] = (
         "",
         *("", "low", "medium", "high", "xhigh", "max", "auto"),
     ),
-    N("tool.codex.model", "codex_model", "str", ""),
-    N(
+    R("tool.codex.model", "codex_model", "str", "", why=NOT_YET.format("the codex tool")),
+    R(
         "tool.codex.reasoning_effort",
         "codex_reasoning_effort",
         "enum",
         "",
         *("", "minimal", "low", "medium", "high"),
+        why=NOT_YET.format("the codex tool"),
     ),
-    N("shell.use_tmux", "use_tmux", "bool", True),
-    N("paths.sessions_dir", "sessions_dir", "str", "~/.coi/sessions"),
-    N("paths.storage_dir", "storage_dir", "str", "~/.coi/storage"),
-    N("paths.logs_dir", "logs_dir", "str", "~/.coi/logs"),
-    N("paths.preserve_workspace_path", "preserve_workspace_path", "bool", False),
+    R(
+        "shell.use_tmux",
+        "use_tmux",
+        "bool",
+        True,
+        why="the agent always runs in tmux (attach, tmux send/capture and the dashboard use it)",
+    ),
+    R("paths.sessions_dir", "sessions_dir", "str", "~/.coi/sessions", why=UNDER_HOME),
+    R("paths.storage_dir", "storage_dir", "str", "~/.coi/storage", why=UNDER_HOME),
+    R("paths.logs_dir", "logs_dir", "str", "~/.coi/logs", why=UNDER_HOME),
+    R(
+        "paths.preserve_workspace_path",
+        "preserve_workspace_path",
+        "bool",
+        False,
+        why="the workspace is always mounted at /workspace in the container",
+    ),
     K("incus.project", "project", "str", "default"),
-    N("incus.group", "incus_group", "str", "incus-admin"),
+    R(
+        "incus.group",
+        "incus_group",
+        "str",
+        "incus-admin",
+        why="coi setup grants its sudo rules to incus-admin, the group Incus itself uses",
+    ),
     K("incus.code_uid", "code_uid", "int", 1000, min=1, max=65535),
     K("incus.code_user", "code_user", "str", "code"),
-    N("incus.disable_shift", "disable_shift", "bool", False),
+    R(
+        "incus.disable_shift",
+        "disable_shift",
+        "bool",
+        False,
+        why="the workspace is always mounted with Incus's idmapped shift (raw.idmap is not used)",
+    ),
     K("network.mode", "network_mode", "enum", "restricted", "restricted", "open", "allowlist"),
     K("network.bridge", "bridge", "str", DEFAULT_BRIDGE),
     K("network.allowed_domains", "allowed_domains", "domains", list(DEFAULT_ALLOWED_DOMAINS)),
@@ -592,7 +660,7 @@ KEYS: tuple[Key, ...] = (
     K("network.block_private_networks", "block_private_networks", "bool", True),
     K("network.block_metadata_endpoint", "block_metadata_endpoint", "bool", True),
     K("network.refresh_interval_minutes", "refresh_interval_minutes", "int", 30, min=0),
-    N("network.use_sudo", "use_sudo", "bool", True),
+    K("network.use_sudo", "use_sudo", "bool", True),
     K("network.dns_servers", "dns_servers", "ipv4_list", []),
     K("network.allowed_ports", "allowed_ports", "int_list", [], min=1, max=65535),
     K("network.hosts", "network_hosts", "hosts", []),
@@ -603,17 +671,36 @@ KEYS: tuple[Key, ...] = (
     K("security.disable_protection", "disable_protection", "bool", False),
     K("security.writable_paths", "writable_paths", "list", [], merge="union"),
     K("security.secret_paths", "secret_paths", "list", [], merge="union"),
-    N("security.host_immutable", "host_immutable", "bool", True),
-    N("security.reduce_kernel_surface", "reduce_kernel_surface", "bool", False),
-    N("security.reduce_kernel_surface_strict", "reduce_kernel_surface_strict", "bool", False),
+    K("security.host_immutable", "host_immutable", "bool", True),
+    K("security.reduce_kernel_surface", "reduce_kernel_surface", "bool", False),
+    K("security.reduce_kernel_surface_strict", "reduce_kernel_surface_strict", "bool", False),
     K("git.writable_hooks", "git_writable_hooks", "bool", False),
-    N("git.name", "git_name", "str", ""),
-    N("git.email", "git_email", "str", ""),
-    N("git.seed_host_identity", "git_seed_host_identity", "bool", True),
-    N("git.readonly", "git_readonly", "bool", False),
-    N("git.strip_attribution", "git_strip_attribution", "bool", True),
-    N("git.strip_attribution_patterns", "git_strip_attribution_patterns", "list", []),
-    N("git.protected_branches", "git_protected_branches", "list", ["main", "master"]),
+    K("git.name", "git_name", "str", ""),
+    K("git.email", "git_email", "str", ""),
+    K("git.seed_host_identity", "git_seed_host_identity", "bool", True),
+    R("git.readonly", "git_readonly", "bool", False, why=NOT_YET.format("a pinned git identity")),
+    R(
+        "git.strip_attribution",
+        "git_strip_attribution",
+        "bool",
+        False,
+        why=NOT_YET.format("stripping co-author trailers"),
+    ),
+    R(
+        "git.strip_attribution_patterns",
+        "git_strip_attribution_patterns",
+        "list",
+        [],
+        why=NOT_YET.format("stripping co-author trailers"),
+    ),
+    R(
+        "git.protected_branches",
+        "git_protected_branches",
+        "list",
+        [],
+        why=NOT_YET.format("protected branches")
+        + " (the agent's git is its own: a branch per slot keeps your branches apart)",
+    ),
     K("monitoring.enabled", "monitoring_enabled", "bool", False),
     K("monitoring.auto_pause_on_high", "monitoring_auto_pause_on_high", "bool", True),
     K("monitoring.auto_kill_on_critical", "monitoring_auto_kill_on_critical", "bool", True),
@@ -708,18 +795,32 @@ KEYS: tuple[Key, ...] = (
         list(MONITOR_CANARY_KINDS),
         *MONITOR_CANARY_KINDS,
     ),
-    # [monitoring.nft]: the reference's nftables flow logging (our NFLOG path is always on)
-    N("monitoring.nft.enabled", "monitoring_nft_enabled", "bool", False),
-    N("monitoring.nft.rate_limit_per_second", "monitoring_nft_rate_limit", "int", 100, min=0),
-    N(
-        "monitoring.nft.dns_query_threshold",
-        "monitoring_nft_dns_query_threshold",
+    # [monitoring.nft]: the reference's nftables flow logging. Here the monitor always reads
+    # a watched container's flows (NFLOG), so `enabled = true` turns the monitor on; its DNS
+    # threshold is monitoring.dns_rate_per_min (ALIASES)
+    K("monitoring.nft.enabled", "monitoring_nft_enabled", "bool", False),
+    R(
+        "monitoring.nft.rate_limit_per_second",
+        "monitoring_nft_rate_limit",
         "int",
         100,
         min=0,
+        why="the monitor reads every new flow of a watched container (NFLOG), unthrottled",
     ),
-    N("monitoring.nft.log_dns_queries", "monitoring_nft_log_dns_queries", "bool", True),
-    N("monitoring.nft.lima_host", "monitoring_nft_lima_host", "str", ""),
+    R(
+        "monitoring.nft.log_dns_queries",
+        "monitoring_nft_log_dns_queries",
+        "bool",
+        True,
+        why="the monitor always reads a watched container's DNS queries",
+    ),
+    R(
+        "monitoring.nft.lima_host",
+        "monitoring_nft_lima_host",
+        "str",
+        "",
+        why="Lima hosts are macOS; this coi runs its firewall on the Linux host itself",
+    ),
     K("limits.cpu.count", "limit_cpu_count", "cpu_count", ""),
     K("limits.cpu.allowance", "limit_cpu_allowance", "allowance", ""),
     K("limits.cpu.priority", "limit_cpu_priority", "int", 0, min=0, max=10),
@@ -731,7 +832,13 @@ KEYS: tuple[Key, ...] = (
     K("limits.disk.max", "limit_disk_max", "disk_rate", ""),
     K("limits.disk.priority", "limit_disk_priority", "int", 0, min=0, max=10),
     K("limits.disk.size", "limit_disk_size", "size", ""),
-    N("limits.disk.tmpfs_size", "limit_disk_tmpfs_size", "size", ""),
+    R(
+        "limits.disk.tmpfs_size",
+        "limit_disk_tmpfs_size",
+        "size",
+        "",
+        why=NOT_YET.format("a RAM /tmp") + " (/tmp is on the container's root disk)",
+    ),
     K("limits.runtime.max_duration", "max_duration", "duration", ""),
     K("limits.runtime.max_processes", "max_processes", "int", 0, min=0, max=4194304),
     K("limits.runtime.auto_stop", "auto_stop", "bool", True),
@@ -743,7 +850,15 @@ KEYS: tuple[Key, ...] = (
     K("detection.gtfobins_dir", "gtfobins_dir", "str", "~/.coi/gtfobins"),
     K("detection.sigma_source", "sigma_source", "str", SIGMA_SOURCE),
     K("detection.sigma_dir", "sigma_dir", "str", "~/.coi/sigma"),
-    N("ports.pool", "ports_pool", "int", 0, min=0, max=10),
+    R(
+        "ports.pool",
+        "ports_pool",
+        "int",
+        0,
+        min=0,
+        max=10,
+        why=NOT_YET.format("port pools") + "; publish ports with [[ports.map]]",
+    ),
     K("ports.map", "port_maps", "port_maps", [], merge="by_name"),
     # root-level tables and lists
     K("sockets", "sockets", "sockets", [], merge="append"),
@@ -762,6 +877,8 @@ ALIASES: dict[str, str] = {
     "env_command_timeout": "defaults.env_command_timeout",
     # the reference name of our spawn-rate knob
     "monitoring.process_spawn_rate_threshold": "monitoring.spawn_rate_per_sec",
+    # the reference's nft DNS volume threshold: the same count (queries a minute, WARNING)
+    "monitoring.nft.dns_query_threshold": "monitoring.dns_rate_per_min",
 }
 # The 0.7-era profile shape (profile files only): root image and [build], mapped with a note.
 LEGACY_PROFILE: dict[str, str] = {

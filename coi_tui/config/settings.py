@@ -44,6 +44,7 @@ from coi_tui.config.schema import (
     SIGMA_SOURCE,
 )
 from coi_tui.core.errors import CoiError
+from coi_tui.images.agents import DEFAULT_AGENTS
 
 __all__ = ["DEFAULT_BRIDGE", "DEFAULT_IMAGE", "DEFAULT_POOL", "Mount", "Settings", "load_settings"]
 
@@ -146,14 +147,14 @@ class Settings:
     ssh_forward_agent: bool = False
     timezone_mode: str = "host"
     timezone_name: str = ""
-    # Reference keys (schema.KEYS): those with enforced=False are accepted and shown only.
+    # Reference keys (schema.KEYS); those with a `refusal` only ever hold their default.
     env_command_timeout: str = "30s"
     env_commands: dict[str, str] = field(default_factory=dict)
     alias: str = ""
     session_name: str = ""
     stale_base_check: str = "warn"
     build_compression: str = ""  # "" = ours: none (a local image imports faster)
-    build_agents: list[str] = field(default_factory=lambda: ["claude", "opencode", "pi"])
+    build_agents: list[str] = field(default_factory=lambda: list(DEFAULT_AGENTS))
     build_cloud_init: bool = False
     pre_launch: list[str] = field(default_factory=list)
     context_file: str = ""
@@ -183,13 +184,12 @@ class Settings:
     git_email: str = ""
     git_seed_host_identity: bool = True
     git_readonly: bool = False
-    git_strip_attribution: bool = True
+    git_strip_attribution: bool = False
     git_strip_attribution_patterns: list[str] = field(default_factory=list)
-    git_protected_branches: list[str] = field(default_factory=lambda: ["main", "master"])
+    git_protected_branches: list[str] = field(default_factory=list)
     limit_disk_tmpfs_size: str = ""
     monitoring_nft_enabled: bool = False
     monitoring_nft_rate_limit: int = 100
-    monitoring_nft_dns_query_threshold: int = 100
     monitoring_nft_log_dns_queries: bool = True
     monitoring_nft_lima_host: str = ""
     gtfobins_source: str = GTFOBINS_SOURCE
@@ -314,8 +314,10 @@ def load_settings(
             if label == "$COI_CONFIG":
                 raise CoiError(f"COI_CONFIG names {path}, which does not exist")
             continue
-        layer = FileParser(path, label, say=say).parse()
-        if label == "project config":  # comes with the repository: see config/trust.py
+        project = label == "project config"
+        may_set = trust.project_may_set if project else None
+        layer = FileParser(path, label, say=say, project_may_set=may_set).parse()
+        if project:  # comes with the repository: see config/trust.py
             report = trust.sanitize(layer.values, cwd, env, floor=settings)
             report.ignored += [
                 f"[{name}] (only your own config may set it)" for name in layer.user_only

@@ -19,6 +19,7 @@ from coi_tui.config.profiles import ProfileSet, documented_starter
 from coi_tui.config.schema import BY_PATH, KEYS
 from coi_tui.config.settings import Settings, load_settings
 from coi_tui.core.errors import CoiError
+from coi_tui.core.toml import toml_value
 from coi_tui.sessions import protect_hook
 
 # A COI user's config: every key of the reference's full key reference, at its default.
@@ -233,7 +234,6 @@ OURS_ONLY = {"network.bridge"} | {k.path for k in KEYS if k.path.startswith("mon
     "monitoring.forensics_on_kill",
     "monitoring.nft.enabled",
     "monitoring.nft.rate_limit_per_second",
-    "monitoring.nft.dns_query_threshold",
     "monitoring.nft.log_dns_queries",
     "monitoring.nft.lima_host",
 }
@@ -280,10 +280,40 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- every key
-def test_reference_config_with_every_key_loads(dirs: tuple[Path, Path, dict[str, str]]) -> None:
+# The reference's defaults this coi refuses (one line each, see test_a_fixed_key_...): the
+# agents it cannot install, and git guards it does not have yet.
+REFUSED_REFERENCE_LINES = {
+    'agents = ["claude", "opencode", "pi"]': 'agents = ["claude", "opencode"]',
+    "strip_attribution = true": "strip_attribution = false",
+    'protected_branches = ["main", "master"]': "protected_branches = []",
+}
+
+
+def supported_reference() -> str:
+    text = REFERENCE_CONFIG
+    for line, supported in REFUSED_REFERENCE_LINES.items():
+        assert line in text, line
+        text = text.replace(line, supported)
+    return text
+
+
+def test_the_reference_config_as_is_fails_on_its_first_refused_key(
+    dirs: tuple[Path, Path, dict[str, str]],
+) -> None:
     home, project, env = dirs
     write(home / "plan.md", "Plan the work\n")
     write(home / "config.toml", REFERENCE_CONFIG)
+    with pytest.raises(CoiError) as caught:
+        load_settings(project, env)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "[container.build] agents" in message and '"pi"' in message, message
+
+
+def test_reference_config_with_every_key_loads(dirs: tuple[Path, Path, dict[str, str]]) -> None:
+    home, project, env = dirs
+    write(home / "plan.md", "Plan the work\n")
+    write(home / "config.toml", supported_reference())
     settings = load_settings(project, env)
     assert settings.prompts == {"review": "Review the last commit", "plan": "Plan the work\n"}
     assert settings.mounts[0].container == "/data"
@@ -300,18 +330,19 @@ def test_reference_config_with_every_key_loads(dirs: tuple[Path, Path, dict[str,
 
 def test_every_key_of_ours_is_in_the_reference_config_or_our_own() -> None:
     spelled = set(flatten(tomllib.loads(REFERENCE_CONFIG)))
+    spelled.discard("monitoring.nft.dns_query_threshold")  # an alias of dns_rate_per_min
     spelled |= {"monitoring.spawn_rate_per_sec", "sockets", "credentials", "prompts"}
     spelled |= {"defaults.env_commands", "network.hosts", "ports.map"}
     missing = {k.path for k in KEYS} - spelled - OURS_ONLY
     assert not missing
 
 
-def test_config_show_lists_every_key_and_marks_the_unenforced(
+def test_config_show_lists_every_key_and_marks_the_fixed(
     dirs: tuple[Path, Path, dict[str, str]],
 ) -> None:
     home, project, _ = dirs
     write(home / "plan.md", "Plan\n")
-    write(home / "config.toml", REFERENCE_CONFIG)
+    write(home / "config.toml", supported_reference())
     shown = coi(project, home, "config", "show")
     assert shown.returncode == 0, shown.stderr
     data = tomllib.loads(shown.stdout)  # the output is valid TOML
@@ -323,22 +354,28 @@ def test_config_show_lists_every_key_and_marks_the_unenforced(
     lines = shown.stdout.splitlines()
     for key in KEYS:
         line = next(line for line in lines if line.split(" = ")[0] == key.name and "=" in line)
-        assert ("not yet enforced" in line) == (not key.enforced) or key.name in (
+        assert ("fixed here" in line) == bool(key.refusal) or key.name in (
             "enabled",
             "model",
             "priority",
             "name",
         ), key.path
     as_json = json.loads(coi(project, home, "config", "show", "--json").stdout)
-    assert "container.alias" in as_json["not_enforced"]
-    assert "prompts" not in as_json["not_enforced"]
+    assert "not yet enforced" not in shown.stdout
+    assert (
+        "container.alias" in as_json["fixed"]
+        and "workspace aliases" in (as_json["fixed"]["container.alias"])
+    )
+    assert "prompts" not in as_json["fixed"]
     assert as_json["config"]["sockets"][0]["host"] == "/run/user/1000/bus"
 
 
-def test_unenforced_keys_are_flagged_in_the_key_table() -> None:
-    flagged = {k.path for k in KEYS if not k.enforced}
-    assert {"container.alias", "shell.use_tmux", "security.host_immutable"} <= flagged
-    assert {"monitoring.nft.enabled", "paths.sessions_dir", "limits.disk.tmpfs_size"} <= flagged
+def test_fixed_keys_are_flagged_in_the_key_table() -> None:
+    flagged = {k.path for k in KEYS if k.refusal}
+    assert {"container.alias", "shell.use_tmux", "paths.sessions_dir"} <= flagged
+    assert {"monitoring.nft.lima_host", "limits.disk.tmpfs_size"} <= flagged
+    for key in KEYS:  # a fixed key's default is the value it is fixed at
+        assert not key.refusal or key.supported == (key.default,), key.path
     # implemented ones
     assert not {"prompts", "security.writable_paths", "git.writable_hooks"} & flagged
     assert "security.secret_paths" not in flagged
@@ -445,7 +482,6 @@ def test_reference_validation(
         ("[monitoring]\nfile_read_threshold_mb = 5\n", "monitoring_file_read_threshold_mb", 5),
         ("[network]\nrefresh_interval_minutes = 0\n", "refresh_interval_minutes", 0),
         ('[tool]\npermission_mode = ""\n', "permission_mode", "bypass"),
-        ('[container]\nsession_name = "my.session-1"\n', "session_name", "my.session-1"),
         ('[network]\nallowed_domains = ["10.0.0.0/8", "x.org"]\n', "allowed_domains", None),
         ("[monitoring]\nprocess_spawn_rate_threshold = 7\n", "monitoring_spawn_rate_per_sec", 7),
         ('[git]\nname = "Me"\nemail = "me@x"\n', "git_email", "me@x"),
@@ -464,14 +500,15 @@ def test_env_vars_for_paths_and_lenient_env_text(dirs: tuple[Path, Path, dict[st
     _, project, env = dirs
     env = {
         **env,
-        "CLAUDE_ON_INCUS_SESSIONS_DIR": "/srv/sessions",
-        "CLAUDE_ON_INCUS_STORAGE_DIR": "/srv/storage",
+        "CLAUDE_ON_INCUS_SESSIONS_DIR": "~/.coi/sessions",
         "COI_PERSISTENT": "yes",  # environment variables are text: yes/1/true work
     }
     settings = load_settings(project, env)
-    assert settings.sessions_dir == "/srv/sessions" and settings.storage_dir == "/srv/storage"
     assert settings.source("paths.sessions_dir") == "$CLAUDE_ON_INCUS_SESSIONS_DIR"
     assert settings.persistent is True
+    # a directory elsewhere is refused, as in a file, naming the variable
+    with pytest.raises(CoiError, match=r"^\$CLAUDE_ON_INCUS_STORAGE_DIR: .*under its home"):
+        load_settings(project, {**env, "CLAUDE_ON_INCUS_STORAGE_DIR": "/srv/storage"})
 
 
 def test_merge_rules_between_files(dirs: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
@@ -551,14 +588,14 @@ def test_profile_takes_every_section_and_root_keys(
         home / "profiles" / "p" / "config.toml",
         'env_command_timeout = "1m"\n[env_commands]\nTOKEN = "echo t"\n'
         '[prompts]\nx = "y"\n[[sockets]]\nhost = "/s"\ncontainer = "/s"\n'
-        "[shell]\nuse_tmux = false\n[paths]\npreserve_workspace_path = true\n",
+        "[shell]\nuse_tmux = true\n[paths]\npreserve_workspace_path = false\n",
     )
     write(
         home / "profiles" / "child" / "config.toml",
         'inherits = "p"\n[env_commands]\nTOKEN = ""\nOTHER = "echo o"\n',
     )
     settings = load_settings(project, env, profile="child")
-    assert settings.env_command_timeout == "1m" and settings.use_tmux is False
+    assert settings.env_command_timeout == "1m" and settings.use_tmux is True
     assert settings.env_commands == {"OTHER": "echo o"}  # "" deletes the parent's
     assert settings.prompts == {"x": "y"} and settings.sockets[0]["host"] == "/s"
 
@@ -597,7 +634,8 @@ def test_profile_create_default_scaffolds_the_documented_starter(
                     "defaults.env_commands",
                 )
             ), key.path
-    assert "accepted, not yet enforced" in text
+    assert "accepted, not yet enforced" not in text
+    assert '# alias = ""' in text and "fixed here: workspace aliases" in text
     assert coi(project, home, "validate", "profile", "default").returncode == 0
     profiles = ProfileSet.discover(project, env)
     assert profiles.resolve("default").layer.values == {}  # behaves like the built-in
@@ -890,3 +928,31 @@ def test_protect_hook_follows_the_workspace_mount_path(tmp_path: Path) -> None:
     )
     protect_hook.HOOK.prepare_instance(ctx)  # type: ignore[arg-type]
     assert ctx.devices["protect-vscode"]["path"] == f"{ws}/.vscode"
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if k.refusal], ids=lambda k: k.path)
+def test_a_fixed_key_at_another_value_is_refused_in_one_line(
+    key: Any, dirs: tuple[Path, Path, dict[str, str]]
+) -> None:
+    """No key of the reference is accepted and ignored: one this coi does not act on takes
+    its default only, and any other value stops the load with the key and the reason."""
+    home, project, env = dirs
+    if isinstance(key.default, bool):
+        other: Any = not key.default
+    elif isinstance(key.default, int):
+        other = key.default + 1
+    elif isinstance(key.default, list):
+        other = ["other"]
+    elif key.choices:
+        other = next(c for c in key.choices if c != key.default)
+    else:
+        other = "1GiB" if key.kind == "size" else "other"
+    section, _, name = key.path.rpartition(".")
+    write(home / "config.toml", f"[{section}]\n{name} = {toml_value(other)}\n")
+    with pytest.raises(CoiError) as caught:
+        load_settings(project, env)
+    message = str(caught.value)
+    assert "\n" not in message and f"[{section}] {name}" in message, message
+    assert "not supported by this coi" in message and key.refusal in message, message
+    write(home / "config.toml", f"[{section}]\n{name} = {toml_value(key.default)}\n")
+    assert getattr(load_settings(project, env), key.attr) == key.default
