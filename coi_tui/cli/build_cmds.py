@@ -39,8 +39,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         default=None,
         metavar="LIST",
         help="real agent CLIs to install from npm/PyPI: claude,opencode,aider, 'all' or "
-        "'none' (default: $COI_BUILD_AGENTS, else all for the full image and none for "
-        "--lean; an agent whose registry does not answer stays a stand-in)",
+        "'none' (default: $COI_BUILD_AGENTS, else [container.build] agents (all) for the "
+        "full image and none for --lean; an agent whose registry does not answer stays a stand-in)",
     )
     p.add_argument(
         "--profile",
@@ -78,7 +78,10 @@ def build_image(args: argparse.Namespace) -> int:
     method = "bootstrap" if args.bootstrap else "remote" if args.remote else "auto"
     variant = "lean" if args.lean else "full"
     asked = args.agents if args.agents is not None else os.environ.get("COI_BUILD_AGENTS")
-    agents = None if asked is None else parse_agents(asked)  # None: the variant's default
+    if asked is not None:
+        agents: list[str] | None = parse_agents(asked)
+    else:  # the full image: [container.build] agents; the lean one: none
+        agents = sorted(settings.build_agents) if variant == "full" else None
     alias = args.alias or (VARIANT_ALIASES["lean"] if args.lean else settings.image)
     builder = ImageBuilder(incus, progress=say)
     result = builder.build(

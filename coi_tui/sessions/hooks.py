@@ -14,7 +14,7 @@ from coi_tui.core.timing import span
 from coi_tui.sessions import (
     canary_hook,
     config_hook,
-    docker_hook,
+    kernel_hook,
     guard_hook,
     host_hook,
     monitor_hook,
@@ -35,7 +35,7 @@ SESSION_HOOKS: tuple[SessionHook, ...] = (
     network_hook.HOOK,
     monitor_hook.HOOK,
     sudo_log_hook.HOOK,
-    docker_hook.HOOK,
+    kernel_hook.HOOK,
 )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from coi_tui.incus import Incus
-from coi_tui.sessions.docker_hook import DOCKER_KEYS
+from coi_tui.sessions.kernel_hook import DOCKER_KEYS
 from tests.conftest import CoiRunner
 from tests.integration.test_sessions import capture, start_background, wait_for
 

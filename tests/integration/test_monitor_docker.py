@@ -1,6 +1,6 @@
 """Docker inside a session (issue 17): a process of a docker container run inside a watched
 container is the session's, so the same rules judge it. The containers get docker's keys
-(sessions/docker_hook.DOCKER_KEYS, what a session has by default) and run dockerd from the
+(sessions/kernel_hook.DOCKER_KEYS, what a session has by default) and run dockerd from the
 coi-default image; the docker image is made here with `docker import` of the image's static
 busybox (no registry).
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from coi_tui.sessions.docker_hook import DOCKER_KEYS
+from coi_tui.sessions.kernel_hook import DOCKER_KEYS
 from tests.integration.test_monitor import GATEWAY, Listener, Monitor, running_monitor, wait_until
 from tests.security.test_monitor_evasion import SHELL_TO_FROZEN_SEC, frozen_after_connection
 
