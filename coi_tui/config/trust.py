@@ -70,6 +70,8 @@ STRICTER_ONLY: dict[str, tuple[Any, ...]] = {
     "network.block_private_networks": (True,),
     "network.block_metadata_endpoint": (True,),
     "network.allow_local_network_access": (False,),
+    "security.reduce_kernel_surface": (True,),
+    "security.reduce_kernel_surface_strict": (True,),
 }
 # Gated: reaching out of the sandbox (`environment` too: ANTHROPIC_BASE_URL and the like send
 # the agent's credentials wherever a repository points them).

@@ -13,7 +13,12 @@
 - `[[ports.map]]`: each entry publishes a container port on the host through an Incus proxy
   device `coi-port-<name>` (bind=host, userspace, no NAT: isolation is unchanged), listening
   on `listen` (default 127.0.0.1) port `host` (0: a free port, chosen at create time).
-  `[ports] pool` is accepted but not used.
+  `[ports] pool` is refused (config/schema.py).
+- `[git]` identity: `name` + `email` (both or neither), else with `seed_host_identity` the
+  host's global user.name/user.email, set as the code user's global git identity.
+- `[tool] pre_launch`: commands run in the container as the code user in /workspace, in order,
+  just before the agent (or `coi run`'s command) starts, each bounded by PRE_LAUNCH_TIMEOUT; a
+  failure aborts the launch with the command and its last line of output.
 
 Untrusted (project) config never gets here unapproved: config/trust.py strips env_commands and
 gates sockets and credentials at load."""
@@ -30,10 +35,13 @@ from pathlib import Path
 
 from coi_tui.config.schema import parse_duration
 from coi_tui.core.errors import CoiError
+from coi_tui.core.text import clean
+from coi_tui.incus import ExecResult
 from coi_tui.sessions.hookspec import LaunchContext, SessionHook
 
 CODE_HOME = "/home/code"
 DEFAULT_ENV_TIMEOUT = 30
+PRE_LAUNCH_TIMEOUT = 300  # seconds, per command (the reference's five minutes)
 
 
 def socket_device(index: int) -> str:
@@ -60,6 +68,29 @@ def port_devices(entries: list[dict[str, object]]) -> dict[str, dict[str, str]]:
             "bind": "host",
         }
     return devices
+
+
+def host_git_identity() -> tuple[str, str]:
+    """The host user's global git user.name and user.email ("" where unset or no git)."""
+    values = []
+    for key in ("user.name", "user.email"):
+        try:
+            done = subprocess.run(
+                ["git", "config", "--global", "--get", key],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return "", ""
+        values.append(done.stdout.strip() if done.returncode == 0 else "")
+    return values[0], values[1]
+
+
+def last_line(result: ExecResult) -> str:
+    lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    return clean(lines[-1], 200) if lines else "no output"  # container text: escapes removed
 
 
 def run_env_command(name: str, command: str, timeout: float, cwd: str) -> str:
@@ -111,12 +142,41 @@ class ConfigHook(SessionHook):
 
     def before_agent(self, ctx: LaunchContext) -> None:
         settings = ctx.manager.settings
+        self.seed_git_identity(ctx)
+        for command in settings.pre_launch:
+            self.pre_launch(ctx, command)
         credentials = getattr(settings, "credentials", [])
         sockets = getattr(settings, "sockets", [])
         if credentials:
             self.push_credentials(ctx, credentials)
         if sockets:
             self.add_sockets(ctx, sockets)
+
+    def seed_git_identity(self, ctx: LaunchContext) -> None:
+        settings = ctx.manager.settings
+        name, email = settings.git_name, settings.git_email  # both or neither (settings.py)
+        if not name and settings.git_seed_host_identity:
+            name, email = host_git_identity()
+        for key, value in (("user.name", name), ("user.email", email)):
+            if not value:
+                continue
+            done = ctx.manager.exec_as_code(
+                ctx.session.container, ["git", "config", "--global", key, value]
+            )
+            if not done.ok:
+                ctx.manager.say(f"Warning: could not set git {key}: {last_line(done)}")
+
+    def pre_launch(self, ctx: LaunchContext, command: str) -> None:
+        ctx.manager.say(f"pre_launch: {command}")
+        done = ctx.manager.exec_as_code(
+            ctx.session.container, ["timeout", str(PRE_LAUNCH_TIMEOUT), "sh", "-c", command]
+        )
+        if done.exit_code == 124:
+            raise CoiError(f"pre_launch '{command}' took longer than {PRE_LAUNCH_TIMEOUT}s")
+        if not done.ok:
+            raise CoiError(
+                f"pre_launch '{command}' failed (exit {done.exit_code}): {last_line(done)}"
+            )
 
     def push_credentials(self, ctx: LaunchContext, entries: list[dict[str, str]]) -> None:
         manager, name = ctx.manager, ctx.session.container

@@ -14,9 +14,9 @@ from coi_tui.core.timing import span
 from coi_tui.sessions import (
     canary_hook,
     config_hook,
-    kernel_hook,
     guard_hook,
     host_hook,
+    kernel_hook,
     monitor_hook,
     network_hook,
     protect_hook,
