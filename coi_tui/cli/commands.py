@@ -608,10 +608,12 @@ def confirm_all(names: list[str], action: str, force: bool) -> bool:
 def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _, incus, manager = context(args)
     if args.orphans:
+        from coi_tui.network.firewall import Firewall
         from coi_tui.network.isolation import clean_orphans
 
         # Rules left by a crashed coi: no confirmation, they belong to no container.
-        orphans = clean_orphans(incus, dry_run=args.dry_run)
+        firewall = Firewall(use_sudo=manager.settings.use_sudo)
+        orphans = clean_orphans(incus, dry_run=args.dry_run, firewall=firewall)
         for iface in orphans:
             print(f"  network rules for {iface} (container gone)")
         if not orphans:

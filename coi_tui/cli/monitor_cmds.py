@@ -156,8 +156,10 @@ def cmd_monitor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         if args.stop:
             print("monitor stopped" if control.stop() else "monitor was not running")
             return 0
+        from coi_tui.config.settings import load_settings
+
         was = control.is_running()
-        pid = control.start()
+        pid = control.start(use_sudo=load_settings(say=err).use_sudo)
         print(f"monitor {'already running' if was else 'started'} (pid {pid})")
         return 0
     as_json = wants_json(args)

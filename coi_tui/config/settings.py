@@ -356,6 +356,10 @@ def load_settings(
     if bool(settings.git_name) != bool(settings.git_email):
         given = "git.name" if settings.git_name else "git.email"
         raise CoiError(f"{settings.source(given)}: [git] name and email must be set together")
+    if settings.monitoring_nft_enabled and not settings.monitoring_enabled:
+        # the reference's network monitor is part of ours: asking for it turns the monitor on
+        settings.monitoring_enabled = True
+        settings.sources["monitoring.enabled"] = settings.source("monitoring.nft.enabled")
     return settings
 
 

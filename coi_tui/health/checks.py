@@ -589,7 +589,7 @@ class HealthChecker:
             )
             return
         try:
-            Firewall().check()
+            self.firewall().check()
         except CoiError as exc:
             status = OK if mode == "open" else WARN
             self.add(
@@ -949,17 +949,22 @@ class HealthChecker:
             and i.config.get("user.coi.managed") == "true"
         ]
 
+    def firewall(self) -> Firewall:
+        return Firewall(use_sudo=self.settings.use_sudo)
+
     def orphan_rules(self) -> list[str]:
         """Network rule sets whose container is gone; [] when they cannot be listed."""
 
         try:
-            first = orphan_interfaces(self.incus)
+            first = orphan_interfaces(self.incus, self.firewall())
             if not first:
                 return []
             # coi removes a container's rules just after deleting it: look again, and report
             # only rules that outlived that moment.
             time.sleep(ORPHAN_RECHECK_SEC)
-            return [iface for iface in orphan_interfaces(self.incus) if iface in first]
+            return [
+                iface for iface in orphan_interfaces(self.incus, self.firewall()) if iface in first
+            ]
         except CoiError:
             return []
 
@@ -1156,7 +1161,7 @@ class HealthChecker:
             outcome = manager.finalize_if_stopped(name)
             done.append(f"{name} {outcome}")
         try:
-            rules = clean_orphans(self.incus, dry_run=False)
+            rules = clean_orphans(self.incus, dry_run=False, firewall=self.firewall())
         except CoiError as exc:
             done.append(f"network rules not removed: {exc}")
         else:

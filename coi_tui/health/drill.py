@@ -692,7 +692,7 @@ class Drill:
         dns_domain = str(net_config.get("dns.domain") or "incus")
         self.remove_stale()
         self.progress("starting the threat monitor")
-        control.start(self.home)
+        control.start(self.home, use_sudo=self.settings.use_sudo)
         events = MonitorEvents(control.socket_path(self.home))
         listeners: list[Listener] = []
         held: list[socket.socket] = []

@@ -88,10 +88,11 @@ def is_running(home: Path | None = None) -> bool:
     return running_pid(home or coi_home()) != 0
 
 
-def start(home: Path | None = None, wait: float = 10.0) -> int:
+def start(home: Path | None = None, wait: float = 10.0, use_sudo: bool = True) -> int:
     """Start the daemon for this COI home unless it runs; return its pid. The process started
     here exits at once (daemon.detach: the daemon is a grandchild in a session of its own,
-    so it outlives the `coi` process that started it); it is reaped while waiting."""
+    so it outlives the `coi` process that started it); it is reaped while waiting. Not
+    root and not `use_sudo` (`[network] use_sudo = false`): sudo is never called."""
     home = home or coi_home()
     pid = running_pid(home)
     if pid:
@@ -100,6 +101,8 @@ def start(home: Path | None = None, wait: float = 10.0) -> int:
     if os.geteuid() == 0:
         argv = [sys.executable, "-m", "coi_tui.monitor.daemon", "--home", str(home)]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    elif not use_sudo:
+        raise CoiError("the threat monitor needs root, and [network] use_sudo = false forbids sudo")
     elif LAUNCHER.exists():
         argv, env = ["sudo", "-n", str(LAUNCHER)], dict(os.environ)
     else:

@@ -62,10 +62,12 @@ class Policy:
 
 
 class Firewall:
-    """Every call raises CoiError with one line when nftables cannot be used."""
+    """Every call raises CoiError with one line when nftables cannot be used. Not root and
+    `use_sudo` False (`[network] use_sudo = false`): sudo is never called."""
 
-    def __init__(self, helper: Path = HELPER_PATH) -> None:
+    def __init__(self, helper: Path = HELPER_PATH, use_sudo: bool = True) -> None:
         self.helper = helper
+        self.use_sudo = use_sudo
 
     def call(self, argv: list[str]) -> str:
         with span("exec", f"coi-netctl {' '.join(argv[:2])}"):
@@ -77,6 +79,11 @@ class Firewall:
                 return netctl.run(argv)
             except netctl.NetctlError as exc:
                 raise CoiError(f"network isolation: {exc}") from None
+        if not self.use_sudo:
+            raise CoiError(
+                "network isolation needs root for nftables, and [network] use_sudo = false "
+                "forbids sudo: run coi as root or allow sudo"
+            )
         if not self.helper.is_file():
             raise CoiError(f"network isolation needs root for nftables: {SETUP_HINT}")
         sudo = shutil.which("sudo")

@@ -134,7 +134,7 @@ class BuildNetwork:
     ) -> None:
         self.incus, self.settings, self.name, self.say = incus, settings, name, say
         self.mode = check_mode(settings)
-        self.firewall = firewall or Firewall()
+        self.firewall = firewall or Firewall(use_sudo=settings.use_sudo)
         self.resolved: Resolved | None = None
         self.applied = False
         self.has_nic = False
@@ -219,7 +219,9 @@ def refresh_allowlist(incus: Incus, settings: Settings, name: str) -> float | No
         except InstanceNotFound:
             return None
         resolved = resolve_allowlist(name, settings.allowed_domains)
-        Firewall().apply(name, policy_for(incus, settings, resolved, name))
+        Firewall(use_sudo=settings.use_sudo).apply(
+            name, policy_for(incus, settings, resolved, name)
+        )
         write_hosts(incus, name, resolved)
     return refresh_seconds(resolved.min_ttl, settings.refresh_interval_minutes)
 
@@ -235,7 +237,9 @@ def reapply_rules(incus: Incus, settings: Settings, name: str) -> str:
             resolve_allowlist(name, settings.allowed_domains) if mode == "allowlist" else None
         )
         if mode != "open" and "eth0" in instance.expanded_devices:
-            Firewall().apply(name, policy_for(incus, settings, resolved, name))
+            Firewall(use_sudo=settings.use_sudo).apply(
+                name, policy_for(incus, settings, resolved, name)
+            )
         write_extra_hosts(incus, settings, name)
     return mode
 

@@ -35,7 +35,7 @@ class MonitorHook(SessionHook):
         if not ctx.manager.settings.monitoring_enabled:
             return
         try:
-            control.start()
+            control.start(use_sudo=ctx.manager.settings.use_sudo)
         except CoiError as exc:  # the session runs; the user must know it is unwatched
             ctx.manager.say(f"warning: threat monitor not running: {exc}")
 

@@ -28,7 +28,6 @@ from coi_tui.sessions.hookspec import LaunchContext, SessionHook, SessionHost
 
 class NetworkHook(SessionHook):
     def __init__(self) -> None:
-        self.firewall = Firewall()
         self.resolved: dict[str, Resolved] = {}
 
     def prepare_instance(self, ctx: LaunchContext) -> None:
@@ -76,7 +75,8 @@ class NetworkHook(SessionHook):
         try:
             # Rules key on the interface name, so they exist before the veth does: the first
             # packet the container sends already meets them.
-            self.firewall.apply(name, policy_for(incus, settings, resolved, name))
+            firewall = Firewall(use_sudo=settings.use_sudo)
+            firewall.apply(name, policy_for(incus, settings, resolved, name))
         except CoiError as exc:
             if mode == "open":
                 manager.say(f"warning: {exc} (open mode continues without rules)")
@@ -103,7 +103,7 @@ class NetworkHook(SessionHook):
     def container_ended(self, manager: SessionHost, name: str, removed: bool) -> None:
         with file_lock(f"network-{name}"):
             try:
-                self.firewall.remove(name)
+                Firewall(use_sudo=manager.settings.use_sudo).remove(name)
             except CoiError as exc:
                 manager.say(f"warning: {exc}; 'coi clean --orphans' removes leftovers")
         self.resolved.pop(name, None)

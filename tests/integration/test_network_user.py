@@ -114,6 +114,29 @@ def test_normal_user_isolates_through_the_helper_only(
     # The run ended: its rules went away through the same helper.
     assert iface not in netctl.interfaces(netctl.table_state())
 
+    # [network] use_sudo = false: sudo is never called (a shim on PATH counts its calls), and
+    # restricted fails closed in one line that says why.
+    home = Path(net_user.pw_dir)
+    shim = home / "shim"
+    shim.mkdir(exist_ok=True)
+    calls = home / "sudo-calls"
+    (shim / "sudo").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec /usr/bin/sudo "$@"\n')
+    (shim / "sudo").chmod(0o755)
+    shimmed = {**env, "PATH": f"{shim}:/usr/local/bin:/usr/bin:/bin"}
+    config = home / ".coi-test" / "config.toml"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text("[network]\nuse_sudo = false\n")
+    subprocess.run(["chown", "-R", f"{NET_USER}:", str(config.parent)], check=True)
+    refused = user(shimmed, "run", "-w", str(workspace), "--", "true")
+    assert refused.returncode == 1
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "use_sudo = false forbids sudo" in errors[0], refused.stderr
+    assert not calls.exists(), calls.read_text()
+    config.unlink()
+    allowed = user(shimmed, "run", "-w", str(workspace), "--", "true")  # the shim sees it
+    assert allowed.returncode == 0, allowed.stderr
+    assert str(HELPER_PATH) in calls.read_text()
+
     # Without the sudo rule: restricted fails closed in one line, open runs with a warning.
     SUDOERS_PATH.unlink()
     closed = user(env, "run", "-w", str(workspace), "--", "true")

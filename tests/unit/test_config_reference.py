@@ -956,3 +956,15 @@ def test_a_fixed_key_at_another_value_is_refused_in_one_line(
     assert "not supported by this coi" in message and key.refusal in message, message
     write(home / "config.toml", f"[{section}]\n{name} = {toml_value(key.default)}\n")
     assert getattr(load_settings(project, env), key.attr) == key.default
+
+
+def test_asking_for_the_reference_network_monitor_turns_the_monitor_on(
+    dirs: tuple[Path, Path, dict[str, str]],
+) -> None:
+    home, project, env = dirs
+    write(home / "config.toml", "[monitoring.nft]\nenabled = true\n")
+    settings = load_settings(project, env)
+    assert settings.monitoring_enabled is True
+    assert settings.source("monitoring.enabled") == settings.source("monitoring.nft.enabled")
+    write(home / "config.toml", "[monitoring.nft]\nenabled = false\n")
+    assert load_settings(project, env).monitoring_enabled is False
