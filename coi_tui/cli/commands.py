@@ -623,6 +623,14 @@ def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         else:
             print(f"Removed network rules for {len(orphans)} interface(s)")
         return 0
+    from coi_tui.sessions import immutable
+
+    # Immutable flags a crashed coi left (their container is gone): no confirmation either.
+    for name in immutable.stale_records(incus.instance_exists):
+        if args.dry_run:
+            print(f"  immutable flags of {name} (container gone)")
+        elif immutable.release(name, err):
+            print(f"  cleared the immutable flags of {name} (container gone)")
     stopped = [
         i
         for i in manager.coi_instances()

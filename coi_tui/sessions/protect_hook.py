@@ -15,8 +15,9 @@ paths whose real location is outside the workspace, are never mounted.
 The mounts' sources are coi-owned copies (~/.coi/protect/<container>/), read without following
 any link: Incus resolves a source path later than coi checks it, and another slot's agent could
 swap a link in between (a protected `.claude` turned into a link to ~/.ssh would mount the host's
-keys). Container root can unmount these mounts; the host-side guard (workspace_guard.py) is what
-keeps the promise after the session.
+keys). Container root can unmount these mounts: with `[security] host_immutable` (the default)
+the workspace's paths are also immutable on the host while the session runs (immutable.py), and
+the host-side guard (workspace_guard.py) keeps the promise after the session either way.
 
 Secret masking: each match of a `[security] secret_paths` glob (workspace-relative; `**`
 recurses) is covered by an empty read-only file or directory from ~/.coi/masks, so its content
@@ -36,6 +37,7 @@ from pathlib import Path
 from coi_tui.config import Settings
 from coi_tui.core.errors import CoiError
 from coi_tui.core.paths import coi_home
+from coi_tui.sessions import immutable
 from coi_tui.sessions.hookspec import LaunchContext, SessionHook, SessionHost
 from coi_tui.sessions.workspace_guard import list_dir, open_dir, parent_of, read_file, split
 
@@ -268,7 +270,21 @@ class ProtectHook(SessionHook):
                 device["shift"] = shift
             ctx.devices[device_name(path)] = device
 
+    def before_start(self, ctx: LaunchContext) -> None:
+        settings = ctx.manager.settings
+        if not settings.host_immutable:
+            return
+        workspace = ctx.request.workspace
+        secrets = secret_matches(workspace, list(getattr(settings, "secret_paths", [])))
+        paths = [
+            path
+            for path in session_paths(workspace, settings)
+            if not any(path == top or path.startswith(top + "/") for top in secrets)
+        ]
+        immutable.apply(ctx.session.container, workspace, paths, ctx.manager.say)
+
     def container_ended(self, manager: SessionHost, name: str, removed: bool) -> None:
+        immutable.release(name, manager.say)  # the agent is gone: the paths are the user's
         if removed:
             shutil.rmtree(copies_dir(name), ignore_errors=True)
 

@@ -23,6 +23,7 @@ from coi_tui.config import Settings
 from coi_tui.config.settings import SessionOverrides, session_settings
 from coi_tui.core.errors import CoiError, Terminated
 from coi_tui.incus import Incus
+from coi_tui.sessions import immutable
 from coi_tui.sessions.hooks import LaunchContext, run_hooks
 from coi_tui.sessions.manager import LaunchRequest, Session, SessionManager, resolve_workspace
 from coi_tui.sessions.naming import container_name, workspace_hash
@@ -102,7 +103,9 @@ class SessionService:
     def discard_failed(self, session: Session) -> None:
         """Clean up after a start that failed half-way (the guard described in `start`)."""
         if not session.persistent and not session.running:
-            self.manager.kill(session.container)
+            self.manager.kill(session.container)  # its hooks' container_ended clean up
+        elif not session.running:
+            immutable.release(session.container, self.say)  # no agent: the paths are yours
 
     def enter(self, name: str, *, debug: bool = False) -> Session:
         """`coi shell --container NAME`: the container as it is (no workspace remount);

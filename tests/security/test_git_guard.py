@@ -35,6 +35,12 @@ def host_git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def guard_only(coi: CoiRunner) -> None:
+    """Without the host's immutable flag (tests/security/test_host_immutable.py has it): what
+    is left when coi cannot set it, the workspace guard, is what these tests attack."""
+    (coi.home / "config.toml").write_text("[security]\nhost_immutable = false\n")
+
+
 def attack_script(marker: Path) -> str:
     run = f"touch {marker}"  # host git runs these through the shell
     return f"""
@@ -80,6 +86,7 @@ def test_host_git_runs_nothing_the_agent_planted(
     coi: CoiRunner, workspace: Path, tmp_path: Path
 ) -> None:
     marker = tmp_path / "marker"
+    guard_only(coi)
     host_git(workspace, "init", "-q", "-b", "main")
     host_git(workspace, "config", "user.email", "u@example.com")
     host_git(workspace, "config", "user.name", "User")
@@ -123,6 +130,7 @@ def test_what_the_agent_plants_is_repaired_while_the_session_runs(
     """A git-aware prompt on the host runs git in the workspace all the time: the session's
     supervisor repairs within seconds, not only when the session ends."""
     marker = tmp_path / "marker"
+    guard_only(coi)
     host_git(workspace, "init", "-q", "-b", "main")
     coi.ok("shell", "--background", "--tool", "dummy", "-w", str(workspace))
     name = container_name(coi.prefix, str(workspace), 1)
