@@ -110,6 +110,28 @@ def profile_recipe(incus: Incus, settings: Settings, script: bytes | None = None
     return digest.hexdigest()[:16]
 
 
+def stale_image(incus: Incus, settings: Settings, image: str) -> str:
+    """Why `image`, a profile image coi built, is older than its recipe (its base image was
+    rebuilt, or its script or commands changed since), "" when it is not (or is no such
+    image, or its base is gone: `coi build` says so)."""
+    if image != settings.image or not (settings.build_script or settings.build_commands):
+        return ""
+    built = incus.get_image(image).properties.get(RECIPE_PROPERTY, "")
+    if not built or not incus.image_exists(settings.build_base):
+        return ""
+    try:
+        current = profile_recipe(incus, settings)
+    except (CoiError, OSError):
+        return ""
+    if built == current:
+        return ""
+    rebuild = f"coi build --profile {settings.profile}" if settings.profile else "coi build"
+    return (
+        f"image '{image}' is older than its recipe (base '{settings.build_base}' rebuilt, or "
+        f"its build script changed): rebuild it with '{rebuild}'"
+    )
+
+
 class BuildNetwork(Protocol):
     """The build container's network policy (network.isolation.BuildNetwork): the rules are
     applied before it starts and removed once it is gone."""

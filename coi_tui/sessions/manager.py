@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 from coi_tui.config import Settings
+from coi_tui.config.build import stale_image
 from coi_tui.core.errors import CoiError
 from coi_tui.core.fs import file_lock
 from coi_tui.core.paths import logs_dir
@@ -239,6 +240,7 @@ class SessionManager:
             )
         self.incus.ping()
         self.incus.require_image(req.image)
+        self.check_stale_base(req.image)
         self.guard_privileged()
         warn_old_kernel(self.say)
         store = SessionStore(req.tool)
@@ -600,6 +602,16 @@ class SessionManager:
         if session.context is not None:
             run_hooks("before_agent", session.context)
             run_hooks("after_start", session.context)
+
+    def check_stale_base(self, image: str) -> None:
+        """[container] stale_base_check: warn (the default), error or off."""
+        if self.settings.stale_base_check == "off":
+            return
+        reason = stale_image(self.incus, self.settings, image)
+        if reason and self.settings.stale_base_check == "error":
+            raise CoiError(f"{reason} ([container] stale_base_check = \"error\")")
+        if reason:
+            self.say(f"Warning: {reason}")
 
     def code_command(self, argv: list[str]) -> list[str]:
         """argv run as the code user *with its supplementary groups* (docker, sudo): Incus

@@ -38,6 +38,21 @@ def test_build_profile_image_then_run_with_it(
     result = coi("run", "--profile", "tooling", "-w", str(workspace), "--", "cat", "/etc/marker")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "from-build-sh\n"
+    assert "older than its recipe" not in result.stderr
+
+    # [container] stale_base_check: the recipe changed after the build
+    (directory / "build.sh").write_text("#!/bin/sh\nset -e\necho v2 > /etc/marker\n")
+    warned = coi("run", "--profile", "tooling", "-w", str(workspace), "--", "true")
+    assert warned.returncode == 0, warned.stderr  # "warn", the default, still runs
+    assert f"Warning: image '{profile_image}' is older than its recipe" in warned.stderr
+    assert "coi build --profile tooling" in warned.stderr
+    for mode, code in (("error", 1), ("off", 0)):
+        (directory / "config.toml").write_text(
+            f'[container]\nimage = "{profile_image}"\nstale_base_check = "{mode}"\n'
+        )
+        checked = coi("run", "--profile", "tooling", "-w", str(workspace), "--", "true")
+        assert checked.returncode == code, checked.stderr
+        assert ("older than its recipe" in checked.stderr) == (mode == "error"), checked.stderr
     (directory / "build.sh").write_text("#!/bin/sh\nexit 3\n")
     failed = coi("build", "--profile", "tooling")
     assert failed.returncode == 1 and "failed with exit 3" in failed.stderr
