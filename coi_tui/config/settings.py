@@ -184,7 +184,7 @@ class Settings:
     git_email: str = ""
     git_seed_host_identity: bool = True
     git_readonly: bool = False
-    git_strip_attribution: bool = False
+    git_strip_attribution: bool = True
     git_strip_attribution_patterns: list[str] = field(default_factory=list)
     git_protected_branches: list[str] = field(default_factory=list)
     limit_disk_tmpfs_size: str = ""

@@ -14,6 +14,7 @@ from coi_tui.core.timing import span
 from coi_tui.sessions import (
     canary_hook,
     config_hook,
+    git_hook,
     guard_hook,
     host_hook,
     kernel_hook,
@@ -31,6 +32,7 @@ SESSION_HOOKS: tuple[SessionHook, ...] = (
     protect_hook.HOOK,
     guard_hook.HOOK,
     config_hook.HOOK,
+    git_hook.HOOK,  # after config_hook: the identity, then the hooks
     canary_hook.HOOK,  # after config_hook: a pushed real credential wins
     network_hook.HOOK,
     monitor_hook.HOOK,

@@ -609,7 +609,7 @@ class SessionManager:
             return
         reason = stale_image(self.incus, self.settings, image)
         if reason and self.settings.stale_base_check == "error":
-            raise CoiError(f"{reason} ([container] stale_base_check = \"error\")")
+            raise CoiError(f'{reason} ([container] stale_base_check = "error")')
         if reason:
             self.say(f"Warning: {reason}")
 

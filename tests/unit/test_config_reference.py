@@ -280,12 +280,9 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- every key
-# The reference's defaults this coi refuses (one line each, see test_a_fixed_key_...): the
-# agents it cannot install, and git guards it does not have yet.
+# The reference's defaults this coi refuses in one line: the agents it cannot install.
 REFUSED_REFERENCE_LINES = {
     'agents = ["claude", "opencode", "pi"]': 'agents = ["claude", "opencode"]',
-    "strip_attribution = true": "strip_attribution = false",
-    'protected_branches = ["main", "master"]': "protected_branches = []",
 }
 
 
