@@ -678,7 +678,7 @@ KEYS: tuple[Key, ...] = (
     K("git.name", "git_name", "str", ""),
     K("git.email", "git_email", "str", ""),
     K("git.seed_host_identity", "git_seed_host_identity", "bool", True),
-    R("git.readonly", "git_readonly", "bool", False, why=NOT_YET.format("a pinned git identity")),
+    K("git.readonly", "git_readonly", "bool", False),
     K("git.strip_attribution", "git_strip_attribution", "bool", True),
     K("git.strip_attribution_patterns", "git_strip_attribution_patterns", "list", []),
     K("git.protected_branches", "git_protected_branches", "list", []),

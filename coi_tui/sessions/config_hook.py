@@ -14,8 +14,6 @@
   device `coi-port-<name>` (bind=host, userspace, no NAT: isolation is unchanged), listening
   on `listen` (default 127.0.0.1) port `host` (0: a free port, chosen at create time).
   `[ports] pool` is refused (config/schema.py).
-- `[git]` identity: `name` + `email` (both or neither), else with `seed_host_identity` the
-  host's global user.name/user.email, set as the code user's global git identity.
 - `[tool] pre_launch`: commands run in the container as the code user in /workspace, in order,
   just before the agent (or `coi run`'s command) starts, each bounded by PRE_LAUNCH_TIMEOUT; a
   failure aborts the launch with the command and its last line of output.
@@ -68,24 +66,6 @@ def port_devices(entries: list[dict[str, object]]) -> dict[str, dict[str, str]]:
             "bind": "host",
         }
     return devices
-
-
-def host_git_identity() -> tuple[str, str]:
-    """The host user's global git user.name and user.email ("" where unset or no git)."""
-    values = []
-    for key in ("user.name", "user.email"):
-        try:
-            done = subprocess.run(
-                ["git", "config", "--global", "--get", key],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return "", ""
-        values.append(done.stdout.strip() if done.returncode == 0 else "")
-    return values[0], values[1]
 
 
 def last_line(result: ExecResult) -> str:
@@ -142,7 +122,6 @@ class ConfigHook(SessionHook):
 
     def before_agent(self, ctx: LaunchContext) -> None:
         settings = ctx.manager.settings
-        self.seed_git_identity(ctx)
         for command in settings.pre_launch:
             self.pre_launch(ctx, command)
         credentials = getattr(settings, "credentials", [])
@@ -151,20 +130,6 @@ class ConfigHook(SessionHook):
             self.push_credentials(ctx, credentials)
         if sockets:
             self.add_sockets(ctx, sockets)
-
-    def seed_git_identity(self, ctx: LaunchContext) -> None:
-        settings = ctx.manager.settings
-        name, email = settings.git_name, settings.git_email  # both or neither (settings.py)
-        if not name and settings.git_seed_host_identity:
-            name, email = host_git_identity()
-        for key, value in (("user.name", name), ("user.email", email)):
-            if not value:
-                continue
-            done = ctx.manager.exec_as_code(
-                ctx.session.container, ["git", "config", "--global", key, value]
-            )
-            if not done.ok:
-                ctx.manager.say(f"Warning: could not set git {key}: {last_line(done)}")
 
     def pre_launch(self, ctx: LaunchContext, command: str) -> None:
         ctx.manager.say(f"pre_launch: {command}")

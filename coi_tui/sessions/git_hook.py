@@ -1,6 +1,14 @@
-"""`[git] strip_attribution` and `protected_branches`: guardrails for the agent's own git in the
-container, through hooks coi owns (root-owned, `core.hooksPath` in the container's system git
-config), each of which then runs the repository's own hook of the same name, as git would.
+"""The agent's git in the container.
+
+- identity: `[git] name` + `email` (both or neither), else with `seed_host_identity` (the
+  default) the host user's global user.name/user.email, as the code user's git identity.
+- readonly: that identity is pinned instead: written to the system config (root-owned), set
+  in the agent's GIT_AUTHOR_*/GIT_COMMITTER_* environment, and a commit made under another
+  name is re-stamped by the post-commit hook; no identity at all stops the launch.
+
+The rest are guardrails through hooks coi owns (root-owned, `core.hooksPath` in the
+container's system git config), each of which then runs the repository's own hook of the same
+name, as git would.
 
 - strip_attribution (default on): prepare-commit-msg and commit-msg remove the lines that
   credit an agent (a `Co-Authored-By:` trailer naming one, "Generated with <agent>") from the
@@ -18,6 +26,9 @@ beyond them. The security boundary stays the container and the host-side protect
 
 from __future__ import annotations
 
+import subprocess
+
+from coi_tui.config import Settings
 from coi_tui.core.errors import CoiError
 from coi_tui.sessions.hookspec import LaunchContext, SessionHook
 
@@ -25,6 +36,7 @@ HOOKS_DIR = "/usr/local/lib/coi/git-hooks"
 DISPATCHER = "/usr/local/lib/coi/git-hook"
 BRANCHES_FILE = "/etc/coi/git-protected-branches"
 PATTERNS_FILE = "/etc/coi/git-strip-patterns"
+IDENTITY_FILE = "/etc/coi/git-identity"  # readonly: the pinned name and email, one a line
 # Agents' credit lines, matched case-insensitively (grep -Ei).
 DEFAULT_STRIP_PATTERNS = (
     r"^co-authored-by:.*(claude|anthropic|opencode|aider|codex|openai|copilot|gemini|cursor)",
@@ -46,6 +58,7 @@ DISPATCHER_SCRIPT = rf"""#!/bin/sh
 name=${{0##*/}}
 branches={BRANCHES_FILE}
 patterns={PATTERNS_FILE}
+identity={IDENTITY_FILE}
 
 refuse() {{
     echo "coi: '$1' is a protected branch in this session ([git] protected_branches):" \
@@ -80,6 +93,16 @@ reference-transaction)
 $input
 EOF
     fi ;;
+post-commit)
+    if [ -s "$identity" ]; then
+        pinned_name=$(sed -n 1p "$identity"); pinned_email=$(sed -n 2p "$identity")
+        stamp="$pinned_name <$pinned_email>"
+        if [ "$(git log -1 --format='%an <%ae>|%cn <%ce>')" != "$stamp|$stamp" ]; then
+            GIT_AUTHOR_NAME=$pinned_name GIT_AUTHOR_EMAIL=$pinned_email \
+            GIT_COMMITTER_NAME=$pinned_name GIT_COMMITTER_EMAIL=$pinned_email \
+                git commit -q --amend --allow-empty --no-edit --no-verify --reset-author
+        fi
+    fi ;;
 pre-push)
     input=$(cat)
     while read -r local_ref local_sha remote_ref remote_sha; do
@@ -104,15 +127,75 @@ def lines_file(items: list[str]) -> bytes:
     return "".join(f"{item}\n" for item in items).encode()
 
 
+def host_git_identity() -> tuple[str, str]:
+    """The host user's global git user.name and user.email ("" where unset or no git)."""
+    values = []
+    for key in ("user.name", "user.email"):
+        try:
+            done = subprocess.run(
+                ["git", "config", "--global", "--get", key],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return "", ""
+        values.append(done.stdout.strip() if done.returncode == 0 else "")
+    return values[0], values[1]
+
+
+def identity(settings: Settings) -> tuple[str, str]:
+    """(name, email) the agent commits as; ("", "") for git's own default."""
+    if settings.git_name:
+        return settings.git_name, settings.git_email  # both or neither (settings.py)
+    if settings.git_seed_host_identity:
+        name, email = host_git_identity()
+        if name and email:
+            return name, email
+    return "", ""
+
+
 class GitHook(SessionHook):
+    def agent_env(self, ctx: LaunchContext, env: dict[str, str]) -> None:
+        settings = ctx.manager.settings
+        if not settings.git_readonly:
+            return
+        name, email = identity(settings)
+        if not name:
+            raise CoiError(
+                "[git] readonly pins the agent's git identity, and there is none: set [git] "
+                "name and email, or user.name and user.email in your own git config"
+            )
+        for role in ("AUTHOR", "COMMITTER"):
+            env[f"GIT_{role}_NAME"], env[f"GIT_{role}_EMAIL"] = name, email
+
     def before_agent(self, ctx: LaunchContext) -> None:
+        settings = ctx.manager.settings
+        incus, container = ctx.manager.incus, ctx.session.container
+        name, email = identity(settings)
+        scope = "--system" if settings.git_readonly else "--global"
+        for key, value in (("user.name", name), ("user.email", email)):
+            if not value:
+                continue
+            argv = ["git", "config", scope, key, value]
+            done = (
+                incus.exec_capture(container, argv)
+                if settings.git_readonly
+                else ctx.manager.exec_as_code(container, argv)
+            )
+            if not done.ok:
+                raise CoiError(f"could not set the agent's git {key}: {done.stderr.strip()}")
+        self.install_hooks(ctx, (name, email) if settings.git_readonly else None)
+
+    def install_hooks(self, ctx: LaunchContext, pinned: tuple[str, str] | None) -> None:
         settings = ctx.manager.settings
         incus, name = ctx.manager.incus, ctx.session.container
         patterns = list(settings.git_strip_attribution_patterns) or list(DEFAULT_STRIP_PATTERNS)
         if not settings.git_strip_attribution:
             patterns = []
         branches = list(settings.git_protected_branches)
-        if not patterns and not branches:
+        if not patterns and not branches and not pinned:
             # a reused container may still have them from an earlier session
             incus.exec_capture(name, ["git", "config", "--system", "--unset", "core.hooksPath"])
             return
@@ -131,6 +214,7 @@ class GitHook(SessionHook):
         incus.push_file(name, DISPATCHER, DISPATCHER_SCRIPT.encode(), mode=0o755)
         incus.push_file(name, BRANCHES_FILE, lines_file(branches))
         incus.push_file(name, PATTERNS_FILE, lines_file(patterns))
+        incus.push_file(name, IDENTITY_FILE, lines_file(list(pinned) if pinned else []))
         done = incus.exec_capture(name, ["git", "config", "--system", "core.hooksPath", HOOKS_DIR])
         if not done.ok:
             raise CoiError(f"could not install coi's git hooks: {done.stderr.strip()}")

@@ -31,8 +31,8 @@ SESSION_HOOKS: tuple[SessionHook, ...] = (
     host_hook.HOOK,
     protect_hook.HOOK,
     guard_hook.HOOK,
-    config_hook.HOOK,
-    git_hook.HOOK,  # after config_hook: the identity, then the hooks
+    git_hook.HOOK,
+    config_hook.HOOK,  # after git_hook: pre_launch commands may commit
     canary_hook.HOOK,  # after config_hook: a pushed real credential wins
     network_hook.HOOK,
     monitor_hook.HOOK,

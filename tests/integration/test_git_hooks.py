@@ -107,3 +107,30 @@ def test_the_repositorys_own_hook_still_runs(coi: CoiRunner, workspace: Path) ->
     )
     out = in_container(coi, workspace, '[git]\nprotected_branches = ["release"]\n', script)
     assert "repo-hook-ran" in out and "Claude" not in out, out
+
+
+READONLY = """
+cd /tmp && git init -q r && cd r
+git config --global user.name Evil && git config --global user.email evil@example.invalid
+git commit -q --allow-empty -m one
+GIT_AUTHOR_NAME=Other GIT_COMMITTER_NAME=Other git commit -q --allow-empty -m two
+git -c user.name=Third commit -q --allow-empty -m three
+git log --format='%an <%ae> %cn <%ce>'
+git config --system user.name Changed 2> /dev/null || echo system-refused
+"""
+
+
+def test_readonly_pins_the_identity_for_every_commit(coi: CoiRunner, workspace: Path) -> None:
+    pinned = '[git]\nname = "Pinned Bot"\nemail = "bot@example.invalid"\nreadonly = true\n'
+    out = in_container(coi, workspace, pinned, READONLY)
+    lines = out.strip().splitlines()
+    assert lines[:3] == ["Pinned Bot <bot@example.invalid> Pinned Bot <bot@example.invalid>"] * 3
+    assert lines[-1] == "system-refused"  # the pin is root's, not the agent's
+
+
+def test_readonly_without_an_identity_stops_the_launch(coi: CoiRunner, workspace: Path) -> None:
+    (coi.home / "config.toml").write_text("[git]\nreadonly = true\nseed_host_identity = false\n")
+    result = coi("run", "-w", str(workspace), "--", "true")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "[git] readonly pins the agent's git identity" in errors[0]
