@@ -75,4 +75,3 @@ def test_flags_hold_while_a_persistent_session_runs_and_go_when_it_stops(
     coi.ok("shutdown", name)
     assert not flagged(git / "config") and not flagged(git / "hooks")
     assert not record.exists()
-
