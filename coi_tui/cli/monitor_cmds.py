@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from coi_tui.cli.output import err
-from coi_tui.config.schema import MONITOR_C2_PORTS, MONITOR_METADATA_ADDRESSES
+from coi_tui.config.schema import MONITOR_C2_PORTS, MONITOR_METADATA_ADDRESSES, size_bytes
 from coi_tui.core import cgroups
 
 MB = 1 << 20
@@ -461,7 +461,7 @@ def resources(instance: Any, pid: int, rchar: int, wchar: int) -> dict[str, Any]
     state = instance.state or {}
     cpu_ns = int((state.get("cpu") or {}).get("usage") or 0)
     memory = int((state.get("memory") or {}).get("usage") or 0)
-    limit = parse_size(instance.expanded_config.get("limits.memory", ""))
+    limit = size_bytes(instance.expanded_config.get("limits.memory", ""))
     split = cgroups.cpu_seconds(pid) if pid else None
     user, system = split if split else (0.0, 0.0)
     total = cpu_ns / 1e9 if cpu_ns else user + system
@@ -474,30 +474,6 @@ def resources(instance: Any, pid: int, rchar: int, wchar: int) -> dict[str, Any]
         "io_read_mb": round(rchar / MB, 3),
         "io_write_mb": round(wchar / MB, 3),
     }
-
-
-def parse_size(text: str) -> int:
-    """Incus sizes ("512MiB", "2GB", "1073741824"); percentages and junk give 0."""
-    text = text.strip()
-    units = {
-        "": 1,
-        "B": 1,
-        "kB": 1000,
-        "KB": 1000,
-        "MB": 1000**2,
-        "GB": 1000**3,
-        "TB": 1000**4,
-        "KiB": 1 << 10,
-        "MiB": 1 << 20,
-        "GiB": 1 << 30,
-        "TiB": 1 << 40,
-    }
-    number = text.rstrip("BKMGTikb")
-    unit = text[len(number) :]
-    try:
-        return int(float(number) * units[unit])
-    except (ValueError, KeyError):
-        return 0
 
 
 def recent_threats(name: str, count: int = 20) -> list[dict[str, Any]]:

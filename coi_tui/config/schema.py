@@ -97,6 +97,23 @@ ALLOWANCE_RE = re.compile(r"^(\d{1,3}%|\d+ms/\d+ms)$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+SIZE_UNITS = {
+    "": 1, "B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+    "PB": 1000**5, "EB": 1000**6, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30,
+    "TiB": 1 << 40, "PiB": 1 << 50, "EiB": 1 << 60,
+}  # fmt: skip
+
+
+def size_bytes(text: str) -> int:
+    """An Incus size ("512MiB", "2GB", "1073741824") in bytes; percentages and junk give 0."""
+    text = text.strip()
+    number = text.rstrip("BKMGTPEikb")
+    try:
+        return int(float(number) * SIZE_UNITS[text[len(number) :]])
+    except (ValueError, KeyError):
+        return 0
+
+
 def describe(value: Any) -> str:
     return repr(value) if not isinstance(value, str) else f'"{value}"'
 
@@ -813,13 +830,7 @@ KEYS: tuple[Key, ...] = (
     K("limits.disk.max", "limit_disk_max", "disk_rate", ""),
     K("limits.disk.priority", "limit_disk_priority", "int", 0, min=0, max=10),
     K("limits.disk.size", "limit_disk_size", "size", ""),
-    R(
-        "limits.disk.tmpfs_size",
-        "limit_disk_tmpfs_size",
-        "size",
-        "",
-        why=NOT_YET.format("a RAM /tmp") + " (/tmp is on the container's root disk)",
-    ),
+    K("limits.disk.tmpfs_size", "limit_disk_tmpfs_size", "size", ""),
     K("limits.runtime.max_duration", "max_duration", "duration", ""),
     K("limits.runtime.max_processes", "max_processes", "int", 0, min=0, max=4194304),
     K("limits.runtime.auto_stop", "auto_stop", "bool", True),

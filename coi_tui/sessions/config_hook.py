@@ -14,6 +14,9 @@
   device `coi-port-<name>` (bind=host, userspace, no NAT: isolation is unchanged), listening
   on `listen` (default 127.0.0.1) port `host` (0: a free port, chosen at create time).
   `[ports] pool` is refused (config/schema.py).
+- `[limits.disk] tmpfs_size`: /tmp becomes a RAM tmpfs of that size, mounted by container root
+  at each start (a container's own mount, as Incus has no sized tmpfs device here); unset, /tmp
+  stays on the root disk.
 - `[tool] pre_launch`: commands run in the container as the code user in /workspace, in order,
   just before the agent (or `coi run`'s command) starts, each bounded by PRE_LAUNCH_TIMEOUT; a
   failure aborts the launch with the command and its last line of output.
@@ -31,7 +34,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from coi_tui.config.schema import parse_duration
+from coi_tui.config.schema import parse_duration, size_bytes
 from coi_tui.core.errors import CoiError
 from coi_tui.core.text import clean
 from coi_tui.incus import ExecResult
@@ -122,6 +125,8 @@ class ConfigHook(SessionHook):
 
     def before_agent(self, ctx: LaunchContext) -> None:
         settings = ctx.manager.settings
+        if settings.limit_disk_tmpfs_size:
+            self.size_tmp(ctx, size_bytes(settings.limit_disk_tmpfs_size))
         for command in settings.pre_launch:
             self.pre_launch(ctx, command)
         credentials = getattr(settings, "credentials", [])
@@ -130,6 +135,16 @@ class ConfigHook(SessionHook):
             self.push_credentials(ctx, credentials)
         if sockets:
             self.add_sockets(ctx, sockets)
+
+    def size_tmp(self, ctx: LaunchContext, size: int) -> None:
+        script = (
+            'if [ "$(findmnt -n -o FSTYPE /tmp)" = tmpfs ]; then '
+            f"mount -o remount,size={size} /tmp; "
+            f"else mount -t tmpfs -o size={size},mode=1777,nosuid,nodev tmpfs /tmp; fi"
+        )
+        done = ctx.manager.incus.exec_capture(ctx.session.container, ["sh", "-c", script])
+        if not done.ok:
+            raise CoiError(f"[limits.disk] tmpfs_size: could not size /tmp: {last_line(done)}")
 
     def pre_launch(self, ctx: LaunchContext, command: str) -> None:
         ctx.manager.say(f"pre_launch: {command}")

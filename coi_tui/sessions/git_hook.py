@@ -186,6 +186,10 @@ class GitHook(SessionHook):
             )
             if not done.ok:
                 raise CoiError(f"could not set the agent's git {key}: {done.stderr.strip()}")
+        # as COI: no commit under git's guess (code@<container>) when no identity is set
+        ctx.manager.exec_as_code(
+            container, ["git", "config", "--global", "user.useConfigOnly", "true"]
+        )
         self.install_hooks(ctx, (name, email) if settings.git_readonly else None)
 
     def install_hooks(self, ctx: LaunchContext, pinned: tuple[str, str] | None) -> None:

@@ -11,7 +11,10 @@ from tests.conftest import CoiRunner
 
 pytestmark = pytest.mark.incus
 
-IDENTITY = "git config --global user.name; git config --global user.email; true"
+IDENTITY = (
+    "git config --global user.name; git config --global user.email; "
+    "git config --global user.useConfigOnly; true"
+)
 
 
 def host_gitconfig(tmp_path: Path) -> dict[str, str]:
@@ -31,10 +34,12 @@ def test_the_hosts_identity_is_seeded_unless_pinned_or_off(
     coi: CoiRunner, workspace: Path, tmp_path: Path
 ) -> None:
     env = host_gitconfig(tmp_path)
-    assert identity(coi, workspace, "", env) == ["Host Person", "host@example.invalid"]
+    host = ["Host Person", "host@example.invalid", "true"]
+    assert identity(coi, workspace, "", env) == host
     pinned = '[git]\nname = "Pinned Bot"\nemail = "bot@example.invalid"\n'
-    assert identity(coi, workspace, pinned, env) == ["Pinned Bot", "bot@example.invalid"]
-    assert identity(coi, workspace, "[git]\nseed_host_identity = false\n", env) == []
+    assert identity(coi, workspace, pinned, env) == ["Pinned Bot", "bot@example.invalid", "true"]
+    # none: git refuses to guess one (user.useConfigOnly, as COI)
+    assert identity(coi, workspace, "[git]\nseed_host_identity = false\n", env) == ["true"]
 
 
 def test_pre_launch_runs_in_order_as_code_before_the_command(
@@ -58,3 +63,13 @@ def test_a_failing_pre_launch_stops_the_launch_in_one_line(coi: CoiRunner, works
     assert errors == ["Error: pre_launch 'echo nope >&2; exit 3' failed (exit 3): nope"], (
         result.stderr
     )
+
+
+def test_tmpfs_size_makes_tmp_a_sized_ram_disk(coi: CoiRunner, workspace: Path) -> None:
+    (coi.home / "config.toml").write_text('[limits.disk]\ntmpfs_size = "256MiB"\n')
+    result = coi("run", "-w", str(workspace), "--", "findmnt", "-n", "-o", "FSTYPE,SIZE", "/tmp")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["tmpfs", "256M"]
+    (coi.home / "config.toml").write_text("")
+    result = coi("run", "-w", str(workspace), "--", "findmnt", "-n", "-o", "FSTYPE", "/tmp")
+    assert result.stdout.strip() != "tmpfs"  # unset: /tmp stays on the root disk
