@@ -538,11 +538,16 @@ def cmd_persist(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         print(f"Persisting container {name}...")
         instance = incus.get_instance(name)
         incus.set_config(name, "user.coi.persistent", "true")
-        found = manager.session_of(instance)
-        if found:
-            tool, meta = found
-            meta.persistent = True
-            SessionStore(tool).write_meta(meta)
+        # its session's record, and any other naming it (as COI: a container started some
+        # other way still gets its sessions marked)
+        found = [(t, m) for t, m in all_sessions() if m.container_name == name]
+        own = manager.session_of(instance)
+        if own and own[1].session_id not in {m.session_id for _, m in found}:
+            found.append(own)
+        for tool, meta in found:
+            if not meta.persistent:
+                meta.persistent = True
+                SessionStore(tool).write_meta(meta)
         print(f"  ✓ Persisted {name}")
         done += 1
     print(f"Persisted {done} container(s)")

@@ -422,3 +422,30 @@ def test_untrusted_project_config_reaches_nothing_until_trusted(
     second = coi("run", "-w", str(workspace), "--", *probe, cwd=workspace)
     assert second.stdout.strip() == "host file"
     assert "weakens the sandbox" in second.stderr  # the open mode stays ignored
+
+
+def test_persist_marks_every_session_record_naming_the_container(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    """As COI: a container started some other way (`coi container launch`) still gets the
+    session records naming it marked persistent, other fields kept."""
+    name = container_name(coi.prefix, str(workspace), 1)
+    coi.ok("container", "launch", load_settings().image, name)
+    record = coi.home / "sessions-claude" / "0b5e1d2c-aaaa-4bbb-8ccc-000000000001"
+    record.mkdir(parents=True)
+    (record / "metadata.json").write_text(
+        json.dumps(
+            {
+                "session_id": record.name,
+                "container_name": name,
+                "persistent": False,
+                "workspace": str(workspace),
+                "saved_at": "2026-12-07T10:00:00Z",
+            }
+        )
+    )
+    result = coi.ok("persist", name)
+    assert "Persisted 1 container(s)" in result.stdout
+    data = json.loads((record / "metadata.json").read_text())
+    assert data["persistent"] is True and data["saved_at"] == "2026-12-07T10:00:00Z"
+    assert "(persistent)" in coi.ok("list").stdout
