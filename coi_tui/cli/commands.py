@@ -667,10 +667,18 @@ def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 # ---------------------------------------------------------------------- container / file / tmux
 def cmd_container(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    _, incus, _manager = context(args)
+    _, incus, manager = context(args)
     action = args.action
     if action == "launch":
-        incus.create_instance(args.name, args.image, ephemeral=args.ephemeral)
+        from coi_tui.network.isolation import BuildNetwork
+
+        # on the coi bridge with the session's network rules (as a build container): the
+        # Incus default profile may have no network, or an unfiltered one
+        network = BuildNetwork(incus, manager.settings, args.name, say=err)
+        incus.create_instance(
+            args.name, args.image, ephemeral=args.ephemeral, devices=network.devices()
+        )
+        network.before_start()
         incus.start(args.name)
         print(f"Launched {args.name}")
     elif action == "start":
@@ -681,6 +689,10 @@ def cmd_container(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         if incus.status(args.name) in ("Running", "Frozen") and not args.force:
             raise CoiError(f"container '{args.name}' is running: stop it first or pass --force")
         incus.delete_instance(args.name, force=args.force)
+        from coi_tui.network.firewall import Firewall
+
+        with contextlib.suppress(CoiError):  # rules of a `container launch`, if any
+            Firewall(use_sudo=manager.settings.use_sudo).remove(args.name)
     elif action == "exists":
         return 0 if incus.instance_exists(args.name) else 1
     elif action == "running":

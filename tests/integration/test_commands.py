@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from coi_tui.config import load_settings
 from coi_tui.incus import Incus
+from coi_tui.network import netctl
+from coi_tui.network.firewall import iface_for
 from coi_tui.sessions.manager import SessionManager
 from coi_tui.sessions.naming import container_name
 from tests.conftest import CoiRunner
@@ -449,3 +452,27 @@ def test_persist_marks_every_session_record_naming_the_container(
     data = json.loads((record / "metadata.json").read_text())
     assert data["persistent"] is True and data["saved_at"] == "2026-12-07T10:00:00Z"
     assert "(persistent)" in coi.ok("list").stdout
+
+
+def test_a_launched_container_gets_an_address_and_the_session_rules(
+    coi: CoiRunner, workspace: Path
+) -> None:
+    """`coi container launch` (COI's list tests start containers this way): on the coi bridge
+    with the session's network rules, its IPv4 listed while it runs and not once stopped; the
+    rules go with `container delete`."""
+    name = container_name(coi.prefix, str(workspace), 1)
+    coi.ok("container", "launch", load_settings().image, name)
+    assert iface_for(name) in netctl.interfaces(netctl.table_state())
+
+    def listed() -> dict[str, object]:
+        rows = json.loads(coi.ok("list", "--format=json").stdout)["active_containers"]
+        return next(row for row in rows if row["name"] == name)
+
+    deadline = time.monotonic() + 60
+    while not listed()["ipv4"] and time.monotonic() < deadline:
+        time.sleep(0.5)  # DHCP in a booting container
+    assert str(listed()["ipv4"]).startswith(("10.", "172.", "192.168.")), listed()
+    coi.ok("container", "stop", name)
+    assert listed()["ipv4"] == ""
+    coi.ok("container", "delete", name, "--force")
+    assert iface_for(name) not in netctl.interfaces(netctl.table_state())
