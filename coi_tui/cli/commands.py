@@ -875,7 +875,11 @@ def pull_destination(dest: str, remote: str, recursive: bool) -> Path:
 def cmd_tmux(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _, incus, manager = context(args)
     if args.action == "list":
-        sessions = [i.name for i in running_sessions(manager) if manager.tmux_exists(i.name)]
+        sessions = [
+            i.name
+            for i in running_sessions(manager)
+            if manager.tmux_command(i.name, ["tmux", "has-session", "-t", tmux_session(i.name)]).ok
+        ]
         if wants_json(args):
             print(json.dumps([{"container": n, "tmux_session": tmux_session(n)} for n in sessions]))
         elif not sessions:
@@ -891,7 +895,7 @@ def cmd_tmux(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise CoiError(f"container {name} is not running (status: {status})")
     session = tmux_session(name)
     if args.action == "send":
-        result = manager.exec_as_code(
+        result = manager.tmux_command(
             name,
             [
                 "tmux",
@@ -913,7 +917,7 @@ def cmd_tmux(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             )
         print(f"Sent command to session {session}")
         return 0
-    result = manager.exec_as_code(name, ["tmux", "capture-pane", "-t", session, "-p"])
+    result = manager.tmux_command(name, ["tmux", "capture-pane", "-t", session, "-p"])
     if not getattr(result, "ok", False):
         raise CoiError(f"no tmux session {session} in {name}")
     sys.stdout.write(getattr(result, "stdout", ""))

@@ -186,6 +186,7 @@ class SessionManager:
             "user.coi.tool": req.tool.name,
             "user.coi.session_id": session_id,
             "user.coi.image": req.image,
+            "user.coi.uid": str(self.settings.code_uid),  # whose tmux (`coi tmux`, as COI)
             "security.guestapi": "false",
             "security.idmap.isolated": "true",
             **idmap_config,
@@ -627,6 +628,35 @@ class SessionManager:
             cwd=WORKSPACE,
             env={"HOME": CODE_HOME, "USER": self.settings.code_user, "LANG": "C.UTF-8"},
         )
+
+    def tmux_user(self, name: str) -> int:
+        """The uid whose tmux server holds the container's session: the uid recorded on the
+        instance (user.coi.uid), else the code user's there, else [incus] code_uid."""
+        try:
+            recorded = self.incus.get_instance(name).config.get("user.coi.uid", "")
+        except IncusError:
+            recorded = ""
+        if recorded.isdigit():
+            return int(recorded)
+        try:
+            probe = self.incus.exec_capture(name, ["id", "-u", self.settings.code_user])
+        except IncusError:
+            return self.settings.code_uid
+        answer = probe.stdout.strip()
+        return int(answer) if probe.ok and answer.isdigit() else self.settings.code_uid
+
+    def tmux_command(self, name: str, argv: list[str]) -> ExecResult:
+        """tmux in the container as the session's user (never as root, whose tmux client
+        would make /tmp/tmux-0); root's server only when it exists and the user has none."""
+        uid = self.tmux_user(name)
+        env = {"HOME": CODE_HOME, "LANG": "C.UTF-8"}
+        result = self.incus.exec_capture(name, argv, user=uid, group=uid, cwd="/", env=env)
+        if result.ok:
+            return result
+        root_server = self.incus.exec_capture(name, ["test", "-S", "/tmp/tmux-0/default"])
+        if root_server.ok:  # a session made with `coi container exec` (root, its default)
+            return self.incus.exec_capture(name, argv, cwd="/", env={"LANG": "C.UTF-8"})
+        return result
 
     def tmux_exists(self, name: str) -> bool:
         try:

@@ -476,3 +476,39 @@ def test_a_launched_container_gets_an_address_and_the_session_rules(
     assert listed()["ipv4"] == ""
     coi.ok("container", "delete", name, "--force")
     assert iface_for(name) not in netctl.interfaces(netctl.table_state())
+
+
+def wait_for_text(coi: CoiRunner, name: str, text: str) -> str:
+    deadline = time.monotonic() + 30
+    pane = ""
+    while time.monotonic() < deadline:
+        pane = coi.ok("tmux", "capture", name).stdout
+        if text in pane:
+            break
+        time.sleep(0.2)
+    return pane
+
+
+def test_tmux_helpers_reach_a_session_coi_did_not_start(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    """As COI (#588): `coi tmux send/capture/list` run tmux as the code user (its uid read
+    from the container when not recorded), never as root; a session root made with `coi
+    container exec` (root by default) is still reached."""
+    name = container_name(coi.prefix, str(workspace), 1)
+    coi.ok("container", "launch", load_settings().image, name)
+    session = f"coi-{name}"
+    as_code = ["--user", "1000", "--group", "1000"]
+    coi.ok("container", "exec", name, *as_code, "--", "tmux", "new-session", "-d", "-s", session)
+    sent = coi.ok("tmux", "send", name, "echo CODE_USER_MARKER")
+    assert f"Sent command to session {session}" in sent.stdout
+    assert "CODE_USER_MARKER" in wait_for_text(coi, name, "CODE_USER_MARKER")
+    listed = coi.ok("tmux", "list").stdout
+    assert f"  - {name} (tmux session: {session})" in listed
+    no_root = coi("container", "exec", name, "--", "test", "!", "-e", "/tmp/tmux-0")
+    assert no_root.returncode == 0, "a helper ran tmux as root"
+
+    coi.ok("container", "exec", name, *as_code, "--", "tmux", "kill-server")
+    coi.ok("container", "exec", name, "--", "tmux", "new-session", "-d", "-s", session)
+    coi.ok("tmux", "send", name, "echo ROOT_SESSION_MARKER")
+    assert "ROOT_SESSION_MARKER" in wait_for_text(coi, name, "ROOT_SESSION_MARKER")
