@@ -680,6 +680,9 @@ def cmd_container(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         )
         network.before_start()
         incus.start(args.name)
+        # booted before "Launched": a tmux or file made earlier can be lost to /tmp's boot
+        # cleanup (COI's tests start tmux in a container right after this)
+        manager.wait_ready(args.name)
         print(f"Launched {args.name}")
     elif action == "start":
         incus.start(args.name)
