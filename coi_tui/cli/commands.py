@@ -628,6 +628,8 @@ def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         else:
             print(f"Removed network rules for {len(orphans)} interface(s)")
         return 0
+    if args.pools:
+        return clean_pools(args, manager)
     from coi_tui.sessions import immutable
 
     # Immutable flags a crashed coi left (their container is gone): no confirmation either.
@@ -662,6 +664,74 @@ def cmd_clean(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for tool, meta in sessions:
         shutil.rmtree(SessionStore(tool).path(meta.session_id), ignore_errors=True)
     print("Cleanup complete")
+    return 0
+
+
+def referenced_pools(manager: SessionManager) -> set[str]:
+    """Storage pools a loaded config or profile names, and the ones coi and Incus use when
+    none is named (coi's own pool, the Incus default profile's root pool)."""
+    import tomllib
+
+    from coi_tui.config.profiles import ProfileSet
+    from coi_tui.core.paths import read_regular_text
+
+    pools = {manager.storage_pool()}
+    with contextlib.suppress(CoiError, IncusError):
+        root = manager.incus.get_profile("default").get("devices", {}).get("root", {})
+        pools.add(str(root.get("pool", "")))
+    profiles = ProfileSet.discover(Path.cwd().absolute(), say=err)
+    for name in profiles.names():
+        # the file as written: a repository's profile may not set a pool for a session, but
+        # naming one here only keeps containers from being deleted
+        for profile in profiles.found[name]:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                data = tomllib.loads(read_regular_text(profile.config, 1 << 20))
+                pools.add(str(data.get("container", {}).get("storage_pool", "")))
+    return pools - {""}
+
+
+def clean_pools(args: argparse.Namespace, manager: SessionManager) -> int:
+    """`coi clean --pools`, as COI: containers with the coi prefix in a storage pool that no
+    loaded config or profile names; the pools themselves are never deleted."""
+    incus = manager.incus
+    print("\nScanning storage pools for unreferenced COI containers...")
+    referenced = referenced_pools(manager)
+    prefix = manager.settings.container_prefix
+    plans: dict[str, list[str]] = {}
+    for instance in incus.list_instances(prefix):
+        pool = str(instance.expanded_devices.get("root", {}).get("pool", ""))
+        if pool and pool not in referenced:
+            plans.setdefault(pool, []).append(instance.name)
+    if not plans:
+        print("  (no unreferenced pools contain COI containers)")
+        print("\nNothing to clean.")
+        return 0
+    print("\nWARNING: these pools may still be referenced by profiles in other")
+    print("projects on this machine that COI cannot see right now. Cleaning")
+    print("them will affect any project whose profile points here.\n")
+    for pool, names in sorted(plans.items()):
+        print(f'Pool "{pool}" is not referenced by any profile loaded in this directory.')
+        print(f'  COI containers in "{pool}" ({len(names)}):')
+        for name in names:
+            print(f"    - {name}")
+        print()
+    if args.dry_run:
+        print("[Dry run] No changes made.")
+        return 0
+    if not confirm("Delete these containers?", args.force):
+        print("Cancelled.")
+        return 1
+    cleaned = 0
+    for pool, names in sorted(plans.items()):
+        for name in names:
+            print(f"Deleting container {name} (pool {pool})...")
+            try:
+                manager.remove_container(name)
+            except CoiError as exc:
+                err(f"Warning: Failed to delete {name}: {exc}")
+                continue
+            cleaned += 1
+    print(f"\n✓ Cleaned {cleaned} item(s)")
     return 0
 
 

@@ -325,6 +325,11 @@ def build_parser() -> CoiParser:
         action="store_true",
         help="only remove network rules whose container is gone",
     )
+    p.add_argument(
+        "--pools",
+        action="store_true",
+        help="only remove coi containers in storage pools no loaded config or profile names",
+    )
 
     container = sub.add_parser("container", help="low-level container operations")
     csub = container.add_subparsers(
@@ -480,7 +485,22 @@ def build_parser() -> CoiParser:
     p.add_argument("shell", choices=["bash", "zsh", "fish"])
     p = sub.add_parser("help", help="show help for a command")
     p.add_argument("topic", nargs="*")
+    accept_workspace_everywhere(parser)
     return parser
+
+
+def accept_workspace_everywhere(parser: argparse.ArgumentParser) -> None:
+    """COI's `-w/--workspace` is a global flag (any command takes it, scripts pass it to
+    `clean` or `list`): each command without one of its own accepts it, unlisted."""
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for group in groups:
+        for child in {id(c): c for c in group.choices.values()}.values():
+            accept_workspace_everywhere(child)
+    taken = parser._option_string_actions
+    if groups or "--workspace" in taken or any(a.dest == "workspace" for a in parser._actions):
+        return
+    flags = ["--workspace"] if "-w" in taken else ["-w", "--workspace"]
+    parser.add_argument(*flags, dest="workspace", default=".", help=argparse.SUPPRESS)
 
 
 def wants_json(args: argparse.Namespace) -> bool:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -512,3 +514,43 @@ def test_tmux_helpers_reach_a_session_coi_did_not_start(
     coi.ok("container", "exec", name, "--", "tmux", "new-session", "-d", "-s", session)
     coi.ok("tmux", "send", name, "echo ROOT_SESSION_MARKER")
     assert "ROOT_SESSION_MARKER" in wait_for_text(coi, name, "ROOT_SESSION_MARKER")
+
+
+@pytest.fixture
+def spare_pool(incus: Incus, run_prefix: str) -> Iterator[str]:
+    name = f"{run_prefix}pool"
+    subprocess.run(["incus", "storage", "create", name, "dir"], check=True, capture_output=True)
+    yield name
+    for instance in incus.list_instances(run_prefix):
+        if instance.expanded_devices.get("root", {}).get("pool") == name:
+            incus.delete_instance(instance.name, force=True)
+    subprocess.run(["incus", "storage", "delete", name], check=False, capture_output=True)
+
+
+def test_clean_pools_removes_coi_containers_of_unnamed_pools_only(
+    coi: CoiRunner, workspace: Path, incus: Incus, spare_pool: str
+) -> None:
+    """As COI: `clean --pools` lists coi containers in a pool no config or profile names,
+    under a warning; --dry-run changes nothing; a profile naming the pool keeps it out;
+    --force deletes the containers and never the pool."""
+    stray = f"{coi.prefix}stray-in-pool"
+    image = load_settings().image
+    subprocess.run(
+        ["incus", "init", image, stray, "-s", spare_pool], check=True, capture_output=True
+    )
+    dry = coi.ok("clean", "--pools", "--dry-run", "--workspace", str(workspace), cwd=workspace)
+    assert "WARNING" in dry.stdout and "other" in dry.stdout and "projects" in dry.stdout
+    assert f"    - {stray}" in dry.stdout and incus.instance_exists(stray)
+
+    profile = workspace / ".coi" / "profiles" / "elsewhere"
+    profile.mkdir(parents=True)
+    (profile / "config.toml").write_text(f'[container]\nstorage_pool = "{spare_pool}"\n')
+    named = coi.ok("clean", "--pools", "--dry-run", cwd=workspace)
+    assert stray not in named.stdout and "no unreferenced pools" in named.stdout
+    (profile / "config.toml").unlink()
+
+    done = coi.ok("clean", "--pools", "--force", "--workspace", str(workspace), cwd=workspace)
+    assert f"Deleting container {stray} (pool {spare_pool})..." in done.stdout
+    assert not incus.instance_exists(stray)
+    pools = {p["name"] for p in incus.list_storage_pools()}
+    assert spare_pool in pools
