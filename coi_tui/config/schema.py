@@ -702,7 +702,15 @@ KEYS: tuple[Key, ...] = (
     K("monitoring.enabled", "monitoring_enabled", "bool", False),
     K("monitoring.auto_pause_on_high", "monitoring_auto_pause_on_high", "bool", True),
     K("monitoring.auto_kill_on_critical", "monitoring_auto_kill_on_critical", "bool", True),
-    K("monitoring.poll_interval_sec", "monitoring_poll_interval_sec", "int", 2, min=1, max=3600),
+    R(
+        "monitoring.poll_interval_sec",
+        "monitoring_poll_interval_sec",
+        "int",
+        2,
+        min=1,
+        max=3600,
+        why="the monitor is event-driven; its periodic /proc pass is monitoring.scan_interval_sec",
+    ),
     K(
         "monitoring.file_read_threshold_mb",
         "monitoring_file_read_threshold_mb",
@@ -725,7 +733,7 @@ KEYS: tuple[Key, ...] = (
         min=0,
     ),
     K("monitoring.process_count_threshold", "monitoring_process_count_threshold", "int", 0, min=0),
-    K(
+    R(
         "monitoring.reverse_shell_one_liners",
         "monitoring_reverse_shell_one_liners",
         "enum",
@@ -733,8 +741,16 @@ KEYS: tuple[Key, ...] = (
         "critical",
         "warn",
         "off",
+        why="a one-liner wiring a socket to a shell is judged by what it does, always CRITICAL",
     ),
-    K("monitoring.forensics_on_kill", "monitoring_forensics_on_kill", "bool", False),
+    R(
+        "monitoring.forensics_on_kill",
+        "monitoring_forensics_on_kill",
+        "bool",
+        False,
+        why=NOT_YET.format("a forensic copy of a killed container")
+        + " (its session data is saved)",
+    ),
     # the monitor daemon's own knobs (ARCHITECTURE.md "Threat monitor"); these replaced the
     # [monitoring] table of ~/.coi/monitor.toml, still read as a deprecated fallback
     *(

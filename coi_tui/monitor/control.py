@@ -16,6 +16,7 @@ The daemon loads no settings itself: `start` resolves them here, as the user
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -36,6 +37,7 @@ from coi_tui.monitor.config import (
     daemon_settings_text,
     load_monitor_config,
 )
+from coi_tui.monitor.events import audit_dir
 from coi_tui.monitor.pidfile import open_log as open_daemon_log
 from coi_tui.monitor.pidfile import running_pid
 
@@ -86,6 +88,25 @@ def is_socket(path: Path) -> bool:
 
 def is_running(home: Path | None = None) -> bool:
     return running_pid(home or coi_home()) != 0
+
+
+def prune_audit(days: int, home: Path | None = None, now: float | None = None) -> list[str]:
+    """`[monitoring] audit_log_retention_days`: audit files (rotated parts too) last written
+    more than `days` ago are deleted; 0 keeps them all. The names deleted."""
+    if days <= 0:
+        return []
+    cutoff = (time.time() if now is None else now) - days * 86400
+    gone = []
+    folder = audit_dir(home)
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if ".jsonl" not in entry.name or not entry.is_file(follow_symlinks=False):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    gone.append(entry.name)
+    return gone
 
 
 def start(home: Path | None = None, wait: float = 10.0, use_sudo: bool = True) -> int:

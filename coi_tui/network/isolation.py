@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 
 from coi_tui.config import Settings, load_settings
@@ -207,6 +208,27 @@ def clean_orphans(incus: Incus, dry_run: bool, firewall: Firewall | None = None)
 
 
 # ---------------------------------------------------------------------- allowlist refresh
+def network_log(settings: Settings, container: str, event: str) -> None:
+    """`[network.logging]`: one line per change of a container's network policy (rules
+    applied with what they allow, refreshed, removed) in `path`; "~/.coi/..." is in the COI
+    home. Never stops a session: a log that cannot be written is skipped."""
+    if not settings.network_logging_enabled:
+        return
+    text = settings.network_logging_path
+    path = coi_home() / text[len("~/.coi/") :] if text.startswith("~/.coi/") else Path(text)
+    stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    with suppress(OSError):
+        path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+        with path.expanduser().open("a", encoding="utf-8") as log:
+            log.write(f"{stamp} {container} {event}\n")
+
+
+def policy_summary(mode: str, resolved: Resolved | None) -> str:
+    if resolved is None:
+        return f"mode={mode}"
+    return f"mode={mode} allowed={len(resolved.cidrs())} addresses of {len(resolved.addresses)}"
+
+
 def refresh_allowlist(incus: Incus, settings: Settings, name: str) -> float | None:
     """Re-resolve the allowlist of a running container, swap its address set atomically and
     rewrite its /etc/hosts. Returns seconds until the next refresh, None to stop."""
@@ -223,6 +245,7 @@ def refresh_allowlist(incus: Incus, settings: Settings, name: str) -> float | No
             name, policy_for(incus, settings, resolved, name)
         )
         write_hosts(incus, name, resolved)
+    network_log(settings, name, f"refreshed {policy_summary('allowlist', resolved)}")
     return refresh_seconds(resolved.min_ttl, settings.refresh_interval_minutes)
 
 

@@ -34,6 +34,7 @@ class MonitorHook(SessionHook):
     def after_start(self, ctx: LaunchContext) -> None:
         if not ctx.manager.settings.monitoring_enabled:
             return
+        control.prune_audit(ctx.manager.settings.monitoring_audit_log_retention_days)
         try:
             control.start(use_sudo=ctx.manager.settings.use_sudo)
         except CoiError as exc:  # the session runs; the user must know it is unwatched

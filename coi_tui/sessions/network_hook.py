@@ -16,7 +16,9 @@ from coi_tui.network.isolation import (
     NIC_HARDENING,
     cache_path,
     check_mode,
+    network_log,
     policy_for,
+    policy_summary,
     resolve_allowlist,
     spawn_refresher,
     write_extra_hosts,
@@ -77,6 +79,7 @@ class NetworkHook(SessionHook):
             # packet the container sends already meets them.
             firewall = Firewall(use_sudo=settings.use_sudo)
             firewall.apply(name, policy_for(incus, settings, resolved, name))
+            network_log(settings, name, f"rules applied {policy_summary(mode, resolved)}")
         except CoiError as exc:
             if mode == "open":
                 manager.say(f"warning: {exc} (open mode continues without rules)")
@@ -104,6 +107,7 @@ class NetworkHook(SessionHook):
         with file_lock(f"network-{name}"):
             try:
                 Firewall(use_sudo=manager.settings.use_sudo).remove(name)
+                network_log(manager.settings, name, "rules removed")
             except CoiError as exc:
                 manager.say(f"warning: {exc}; 'coi clean --orphans' removes leftovers")
         self.resolved.pop(name, None)

@@ -73,3 +73,24 @@ def test_tmpfs_size_makes_tmp_a_sized_ram_disk(coi: CoiRunner, workspace: Path) 
     (coi.home / "config.toml").write_text("")
     result = coi("run", "-w", str(workspace), "--", "findmnt", "-n", "-o", "FSTYPE", "/tmp")
     assert result.stdout.strip() != "tmpfs"  # unset: /tmp stays on the root disk
+
+
+def test_network_logging_records_each_sessions_rules(
+    coi: CoiRunner, workspace: Path, tmp_path: Path
+) -> None:
+    """[network.logging]: the rules applied (with the mode) and removed, one line each, in
+    the default ~/.coi/logs/network.log (the COI home's) or the configured path; none when
+    disabled."""
+    default_log = coi.home / "logs" / "network.log"
+    assert coi("run", "-w", str(workspace), "--", "true").returncode == 0
+    lines = default_log.read_text().splitlines()
+    assert any(line.endswith("rules applied mode=restricted") for line in lines), lines
+    assert any(line.endswith("rules removed") for line in lines), lines
+    elsewhere = tmp_path / "net log.txt"
+    (coi.home / "config.toml").write_text(f'[network.logging]\npath = "{elsewhere}"\n')
+    assert coi("run", "-w", str(workspace), "--", "true").returncode == 0
+    assert "rules applied mode=restricted" in elsewhere.read_text()
+    (coi.home / "config.toml").write_text("[network.logging]\nenabled = false\n")
+    before = default_log.read_text()
+    assert coi("run", "-w", str(workspace), "--", "true").returncode == 0
+    assert default_log.read_text() == before

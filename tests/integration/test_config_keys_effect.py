@@ -1,0 +1,95 @@
+"""Config keys whose effect only a real container shows, each set in config.toml: the agent
+the session starts, the facts file it finds, whom commands run as, the storage pool, how
+long a shutdown may take and the named prompts of `coi run`. tests/unit/test_schema_walk.py
+lists which test proves each key."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from coi_tui.incus import Incus
+from coi_tui.sessions.naming import container_name
+from tests.conftest import CoiRunner
+from tests.integration.test_sessions import capture, start_background, wait_for
+
+pytestmark = pytest.mark.incus
+
+
+def test_the_configured_tool_starts_without_the_tool_flag(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    """[tool] name is the agent a session starts when no --tool is given."""
+    (coi.home / "config.toml").write_text('[tool]\nname = "dummy"\n')
+    result = coi.ok("shell", "--background", "-w", str(workspace))
+    assert "Tool: dummy" in result.stderr
+    name = container_name(coi.prefix, str(workspace), 1)
+    assert incus.get_instance(name).config["user.coi.tool"] == "dummy"
+    wait_for(lambda: "dummy>" in capture(coi, name), what="the dummy agent's prompt")
+
+
+def test_a_context_json_file_replaces_the_generated_facts(
+    coi: CoiRunner, workspace: Path, incus: Incus, tmp_path: Path
+) -> None:
+    """[tool] context_json_file is what the agent finds in ~/SANDBOX_CONTEXT.json."""
+    facts = tmp_path / "facts.json"
+    facts.write_text('{"team": "platform", "on_call": false}\n')
+    (coi.home / "config.toml").write_text(f'[tool]\ncontext_json_file = "{facts}"\n')
+    name = start_background(coi, workspace)
+    found = incus.exec_capture(name, ["cat", "/home/code/SANDBOX_CONTEXT.json"])
+    assert found.stdout == facts.read_text(), found.stderr
+
+
+def test_commands_run_as_the_configured_code_user_and_uid(coi: CoiRunner, workspace: Path) -> None:
+    """[incus] code_uid and code_user are whom the agent's commands run as (the image's
+    nobody here), and that uid is the one mapped to the workspace's owner."""
+    (coi.home / "config.toml").write_text(
+        '[incus]\ncode_uid = 65534\ncode_user = "nobody"\n[git]\nseed_host_identity = false\n'
+    )
+    script = "id -u; id -un; echo $USER; touch made && stat -c %u made"
+    result = coi("run", "-w", str(workspace), "--", "sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["65534", "nobody", "nobody", "65534"]
+    assert (workspace / "made").stat().st_uid == os.getuid()
+
+
+def test_the_session_is_created_on_the_configured_storage_pool(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    """[container] storage_pool is the pool the container's root disk is asked for: one
+    that does not exist stops the launch (Incus's own error), nothing is left behind."""
+    (coi.home / "config.toml").write_text('[container]\nstorage_pool = "coitest-no-such-pool"\n')
+    result = coi("run", "-w", str(workspace), "--", "true")
+    assert result.returncode == 1
+    assert "Storage pool not found" in result.stderr, result.stderr
+    assert incus.list_instances(coi.prefix) == []
+
+
+def test_shutdown_timeout_bounds_a_shutdown_that_hangs(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    """[container] shutdown_timeout: a service that ignores its stop signal holds the
+    graceful shutdown only that long (the default would wait 60 s), then it is forced."""
+    (coi.home / "config.toml").write_text("[container]\nshutdown_timeout = 2\n")
+    name = start_background(coi, workspace)
+    hang = ["systemd-run", "--unit=coi-hang", "-p", "KillSignal=SIGCONT", "-p"]
+    assert incus.exec_capture(name, [*hang, "TimeoutStopSec=300", "sleep", "infinity"]).ok
+    active = incus.exec_capture(name, ["systemctl", "is-active", "coi-hang"])
+    assert active.stdout.strip() == "active", active.stdout + active.stderr
+    started = time.monotonic()
+    result = coi.ok("shutdown", name)
+    assert f"Shutting down container {name} (timeout: 2s)..." in result.stdout
+    assert time.monotonic() - started < 30
+    assert not incus.instance_exists(name)
+
+
+def test_a_named_prompt_from_the_config_is_what_the_agent_gets(
+    coi: CoiRunner, workspace: Path
+) -> None:
+    """[prompts] NAME is the text `coi run --prompt-name NAME` gives the agent."""
+    (coi.home / "config.toml").write_text('[prompts]\nreview = "look at the diff, then say ok"\n')
+    result = coi.ok("run", "-w", str(workspace), "--tool", "claude", "--prompt-name", "review")
+    assert "You said: look at the diff, then say ok" in result.stdout
