@@ -14,7 +14,9 @@ from coi_tui.cli.output import err
 
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("build", help="build the coi-default image")
-    p.add_argument("--force", action="store_true", help="rebuild even if the recipe is unchanged")
+    p.add_argument(
+        "-f", "--force", action="store_true", help="rebuild even if the recipe is unchanged"
+    )
     how = p.add_mutually_exclusive_group()
     how.add_argument(
         "--bootstrap",

@@ -67,13 +67,25 @@ def settings_for(args: argparse.Namespace | None) -> Settings:
     commands: files < env (no profile: it shapes sessions, not e.g. `coi list`)."""
     if args is None or getattr(args, "command", None) not in SESSION_COMMANDS:
         return load_settings(say=err)
-    return session_settings(getattr(args, "profile", "") or "", session_overrides(args), say=err)
+    return session_settings(
+        getattr(args, "profile", "") or "",
+        session_overrides(args),
+        cwd=project_root(args),
+        say=err,
+    )
+
+
+def project_root(args: argparse.Namespace | None) -> Path:
+    """Where a session's project config (.coi/config.toml) and profiles are read: the
+    workspace (-w) of shell/run, as COI; else the current directory."""
+    workspace = Path(str(getattr(args, "workspace", "") or ".")).expanduser()
+    return workspace.absolute() if workspace.is_dir() else Path.cwd().absolute()
 
 
 def context(args: argparse.Namespace | None = None) -> tuple[Settings, Incus, SessionManager]:
     settings = settings_for(args)
     if getattr(args, "command", None) in SESSION_COMMANDS:
-        print_trust_warnings()
+        print_trust_warnings(args)
     incus = incus_for(settings)
     return settings, incus, SessionManager(incus, settings, say=err)
 
@@ -85,11 +97,11 @@ def service_for(args: argparse.Namespace) -> SessionService:
     return SessionService(incus, settings, say=err)
 
 
-def print_trust_warnings() -> None:
+def print_trust_warnings(args: argparse.Namespace | None = None) -> None:
     """What the workspace's untrusted .coi/config.toml asked for and did not get."""
     from coi_tui.config import trust
 
-    cwd = Path.cwd().absolute()
+    cwd = project_root(args)
     for key, report in trust.REPORTS.items():
         where, _, profile = key.partition("#profile:")
         if where != str(cwd):
@@ -230,18 +242,27 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     command = list(args.cmd)
     if command and command[0] == "--":
         command = command[1:]
+    given = [
+        flag
+        for flag, value in (
+            ("--prompt", args.prompt),
+            ("--prompt-file", args.prompt_file),
+            ("--prompt-name", args.prompt_name),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:  # COI's checks and words, before any container work (exit 2)
+        raise UsageError("--prompt, --prompt-file and --prompt-name are mutually exclusive")
+    if given and command:
+        raise UsageError(f"a positional command cannot be combined with {given[0]}")
     req = launch_request(args, service)
     prompt = headless_prompt(args, settings, req.tool)
-    if prompt is not None and command:
-        raise UsageError(
-            "--prompt, --prompt-file and --prompt-name cannot be combined with a command"
-        )
     if prompt is None and not command:
         script = Path(req.workspace) / "coi-run"
         if not (script.is_file() and os.access(script, os.X_OK)):
             raise UsageError(
-                "coi run needs a command ('coi run -- CMD ...') or an executable "
-                "./coi-run in the workspace"
+                "command required: 'coi run -- CMD ...', or an executable ./coi-run in the "
+                "workspace"
             )
         command = ["./coi-run"]
     install_signal_handlers()
@@ -262,18 +283,19 @@ def headless_prompt(args: argparse.Namespace, settings: Settings, tool: Any) -> 
         path = Path(args.prompt_file).expanduser()
         try:
             text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise CoiError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
-    elif getattr(args, "prompt_name", None):
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise UsageError(f"failed to read --prompt-file {path}: {reason}") from None
+    elif getattr(args, "prompt_name", None) is not None:
         prompts = getattr(settings, "prompts", {}) or {}
         if args.prompt_name not in prompts:
             known = ", ".join(sorted(prompts)) or "none defined"
-            raise CoiError(f"no prompt named '{args.prompt_name}' in [prompts] ({known})")
+            raise UsageError(f'no prompt named "{args.prompt_name}" in [prompts] ({known})')
         text = str(prompts[args.prompt_name])
     if text is None:
         return None
     if not text.strip():
-        raise CoiError("the prompt is empty")
+        raise UsageError("the prompt is empty")
     if tool.name not in ("claude",):
         raise CoiError(f"headless prompt runs support claude only (tool: {tool.name})")
     if settings.permission_mode not in ("bypass", ""):
@@ -792,6 +814,7 @@ def cmd_container(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         if wants_json(args):
             print(json.dumps(data, indent=2))
         else:
+            print(f"{'NAME':<32} STATUS")  # the header of `incus list`'s table, as COI's
             for item in data:
                 print(f"{item['name']:<32} {item['status']}")
     elif action == "info":
@@ -819,10 +842,18 @@ def cmd_container(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                 if key.startswith("user.coi.") or key.startswith("security."):
                     print(f"  {key}: {value}")
     elif action == "exec":
+        check_exec_flags(args)  # a usage error comes first, as Cobra's flag checks do
         if not incus.instance_exists(args.name):
             raise CoiError(f"container '{args.name}' not found (see 'coi list')")
         return container_exec(args, incus)
     return 0
+
+
+def check_exec_flags(args: argparse.Namespace) -> None:
+    if args.tty and args.capture:
+        raise UsageError("--tty and --capture flags are mutually exclusive")
+    if args.format and not args.capture:
+        raise UsageError("--format flag requires --capture flag")
 
 
 def container_exec(args: argparse.Namespace, incus: Incus) -> int:
@@ -831,10 +862,6 @@ def container_exec(args: argparse.Namespace, incus: Incus) -> int:
         command = command[1:]
     if not command:
         raise UsageError("coi container exec NAME -- COMMAND ...")
-    if args.format and not args.capture:
-        raise UsageError("--format flag requires --capture flag")
-    if args.tty and args.capture:
-        raise UsageError("--tty and --capture exclude each other")
     env = {}
     for item in args.env:
         key, sep, value = item.partition("=")

@@ -52,9 +52,20 @@ def normalise_argv(argv: list[str], options: dict[str, str] | None = None) -> li
     out, LEADING[0] = take_leading_options(out)
     if not out or (out[0].startswith("-") and out[0] not in ("-h", "--help", "--version")):
         out.insert(0, "shell")
-    if out[0] == "version":  # COI's `coi version` ignores extra arguments and flags
-        out = ["version", *(a for a in out[1:] if a in ("--json", "--format=json"))]
+    if out[0] == "version":  # COI's `coi version` ignores extra arguments and other flags
+        out = ["version", *version_flags(out[1:])]
     return out
+
+
+def version_flags(args: list[str]) -> list[str]:
+    """What `coi version` heeds of its arguments: help, --json, --format VALUE."""
+    kept: list[str] = []
+    for index, arg in enumerate(args):
+        if arg in ("-h", "--help", "--json") or arg.startswith("--format="):
+            kept.append(arg)
+        elif arg == "--format" and index + 1 < len(args):
+            kept += [arg, args[index + 1]]
+    return kept
 
 
 # COI's persistent flags: accepted before the command too (`coi -w DIR shell`), and by every

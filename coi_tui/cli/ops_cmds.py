@@ -110,7 +110,7 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         help="patterns: clone [detection] gtfobins_source and sigma_source (git) and import "
         "them as the monitor's rule packs (--dry-run: only validate)",
     )
-    p.add_argument("--force", action="store_true")
+    p.add_argument("-f", "--force", action="store_true")
     p.add_argument("--check", action="store_true")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(handler=cmd_update)

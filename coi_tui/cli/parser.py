@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
+from typing import Any
 
 from coi_tui import __version__
 from coi_tui.cli import build_cmds
@@ -79,9 +81,13 @@ keep_count = number_type("--keep", 1)
 UPSTREAM = "https://github.com/mensfeld/code-on-incus"
 
 
+IMPLEMENTATION = "coi-tui, a Python implementation of COI"
+
+
 def version_text() -> str:
-    """COI's two lines, exactly (scripts parse the first), then which implementation this is."""
-    return f"code-on-incus (coi) v{__version__}\n{UPSTREAM}\ncoi-tui, a Python implementation"
+    """COI's two lines, exactly (scripts parse the first; COI's tests count them): which
+    implementation this is goes in `coi version --json` and `coi version --help`."""
+    return f"code-on-incus (coi) v{__version__}\n{UPSTREAM}"
 
 
 class PrintVersion(argparse.Action):
@@ -96,7 +102,13 @@ class CoiParser(argparse.ArgumentParser):
     """argparse with COI's conventions: usage errors exit 2 with one line and a hint."""
 
     def format_help(self) -> str:
-        return super().format_help().replace("usage: ", "Usage: ", 1)
+        # Cobra's headings, which COI's users and tests read
+        text = super().format_help().replace("usage: ", "Usage: ", 1)
+        return text.replace("\noptions:\n", "\nFlags:\n", 1)
+
+    def add_subparsers(self, **kwargs: Any) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+        kwargs.setdefault("title", "Available Commands")
+        return super().add_subparsers(**kwargs)
 
     def format_usage(self) -> str:
         return super().format_usage().replace("usage: ", "Usage: ", 1)
@@ -106,12 +118,20 @@ class CoiParser(argparse.ArgumentParser):
             # A command group on its own (`coi snapshot`) shows its help, as Cobra does.
             self.print_help()
             self.exit(0)
+        if "invalid choice" in message and " " in self.prog:
+            # a command group given an unknown subcommand shows its help, as Cobra does
+            self.print_help()
+            self.exit(0)
         hint = f"see '{self.prog} --help'"
         stray = message.partition("unrecognized arguments: ")[2].split()
         if stray and not stray[0].startswith("-"):
             # COI: `coi shell abc` means `--resume=abc` was meant (a value needs `=`).
             hint = f"did you mean --resume={stray[0]}? or {hint}"
             message = f"unexpected argument '{stray[0]}'"
+        elif stray:
+            message = f"unknown flag: {stray[0]}"  # Cobra's words
+        if message.startswith("the following arguments are required"):
+            self.print_usage(sys.stderr)  # a missing argument shows the usage, as Cobra does
         self.exit(2, f"Error: {message} ({hint})\n")
 
 
@@ -154,18 +174,19 @@ def session_parent() -> CoiParser:
         metavar="VAR=value",
         help="environment variable for the agent or command (repeatable; over the config's)",
     )
-    persistence = parent.add_mutually_exclusive_group()
-    persistence.add_argument(
+    # hidden, still accepted; no mutually exclusive group (argparse cannot lay out the usage
+    # of a group whose members are hidden): the last one given wins
+    parent.add_argument(
         "--persistent",
         action="store_true",
         default=None,
-        help="keep the container (and installed packages) between sessions",
+        help=argparse.SUPPRESS,  # as COI 0.10+: [container] persistent (still accepted)
     )
-    persistence.add_argument(
+    parent.add_argument(
         "--ephemeral",
         dest="persistent",
         action="store_false",
-        help="delete the container when the session ends (default)",
+        help=argparse.SUPPRESS,
     )
     parent.add_argument(
         "--resume",
@@ -185,7 +206,7 @@ def session_parent() -> CoiParser:
         help="alias of --resume",
     )
     parent.add_argument("--profile", default="", help="apply a profile")
-    parent.add_argument("--image", help="image to launch (default coi-default)")
+    parent.add_argument("--image", help=argparse.SUPPRESS)  # [container] image (still accepted)
     return parent
 
 
@@ -206,7 +227,9 @@ def build_parser() -> CoiParser:
         "shell",
         parents=[common],
         help="start an interactive agent session",
-        description="Start the agent in tmux in a container for the workspace and attach to it.",
+        description="Start the agent in tmux in a container for the workspace and attach to "
+        "it. The container is ephemeral by default (deleted when the session ends); "
+        "[container] persistent = true keeps it, and 'coi persist' converts a running one.",
     )
     p.add_argument(
         "--background", action="store_true", help="start detached; attach later with 'coi attach'"
@@ -231,16 +254,20 @@ def build_parser() -> CoiParser:
         "run",
         parents=[common],
         help="run one command in a fresh container",
-        description="Run COMMAND as the code user in /workspace; its exit code is "
-        "coi's exit code. Without a command, runs ./coi-run. --prompt* runs the agent "
-        'headless on a prompt instead (claude, with permission_mode = "bypass").',
+        description="Run a command as the code user in /workspace of an ephemeral container "
+        "(deleted afterwards); its exit code is coi's exit code. Without a command, runs "
+        "./coi-run. --prompt* runs the agent headless on a prompt instead (claude, with "
+        'permission_mode = "bypass").',
+        epilog="Examples:\n  coi run -- npm test\n  coi run -- sh -c 'make && make check'\n"
+        '  coi run --prompt "fix the failing test"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--force", action="store_true", help=FORCE_HOME_HELP)
-    prompt = p.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", metavar="TEXT", help="run the agent headless on TEXT")
-    prompt.add_argument("--prompt-file", metavar="PATH", help="... on the prompt in PATH")
-    prompt.add_argument("--prompt-name", metavar="NAME", help="... on [prompts] NAME")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    # one of the three (cmd_run says so in COI's words, exit 2)
+    p.add_argument("--prompt", metavar="TEXT", help="run the agent headless on TEXT")
+    p.add_argument("--prompt-file", metavar="PATH", help="... on the prompt in PATH")
+    p.add_argument("--prompt-name", metavar="NAME", help="... on [prompts] NAME")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- <command>")
 
     p = sub.add_parser(
         "attach",
@@ -267,35 +294,47 @@ def build_parser() -> CoiParser:
         "saved and whether the agent's data is there. Without an id: the workspace's latest, "
         "else the latest of all.",
     )
-    p.add_argument("session_id", nargs="?", help="session id (default: latest for the workspace)")
+    p.add_argument(
+        "session_id",
+        nargs="?",
+        metavar="session-id",
+        help="session id (default: latest for the workspace)",
+    )
     p.add_argument("-w", "--workspace", default=".", help="workspace")
     add_format(p)
 
     p = sub.add_parser(
         "persist",
         help="make running sessions persistent",
-        description="Marks sessions persistent: when they end, the container is kept (stopped) "
-        "with everything installed in it, and the next session of the workspace reuses it.",
+        description="Converts ephemeral sessions to persistent: when they end, the container "
+        "is kept (stopped) with everything installed in it, and the next session of the "
+        "workspace reuses it.",
+        epilog="Examples:\n  coi persist coi-abc12345-1      # one container\n"
+        "  coi persist --all --force        # every coi container, without asking",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("names", nargs="*", metavar="NAME", help="container names (see 'coi list')")
     p.add_argument("--all", action="store_true", help="every coi container")
     p.add_argument("--force", action="store_true", help="do not ask")
 
     for name, helptext in (
-        ("shutdown", "stop gracefully, save the session and delete"),
+        ("shutdown", "Gracefully stop and delete containers (the session is saved)"),
         ("kill", "force stop and delete (idempotent)"),
     ):
         p = sub.add_parser(
             name,
             help=helptext,
             description=(
-                "Stops NAME gracefully (then by force after the timeout), saves the agent's "
-                "session data for --resume and deletes the container, persistent or not."
+                "Gracefully stop and delete containers: stops NAME (by force after the "
+                "timeout), saves the agent's session data for --resume and deletes the "
+                "container, persistent or not."
                 if name == "shutdown"
                 else "Stops NAME at once and deletes it; the session data is saved first. A "
                 "name that is already gone is not an error. --all asks first unless --force."
             ),
             aliases=["close"] if name == "shutdown" else [],
+            epilog="Aliases:\n  shutdown, close" if name == "shutdown" else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.add_argument("names", nargs="*", metavar="NAME", help="container names (see 'coi list')")
         p.add_argument("--all", action="store_true", help="every coi container")
@@ -404,11 +443,11 @@ def build_parser() -> CoiParser:
     tsub = tmux.add_subparsers(
         dest="action", metavar="ACTION", parser_class=CoiParser, required=True
     )
-    p = tsub.add_parser("send", help="type TEXT + Enter into the session")
-    p.add_argument("name")
-    p.add_argument("text")
+    p = tsub.add_parser("send", help="type a command + Enter into the session")
+    p.add_argument("name", metavar="<session-name>", help="the container")
+    p.add_argument("text", metavar="<command>", help="what to type")
     p = tsub.add_parser("capture", help="print the visible pane")
-    p.add_argument("name")
+    p.add_argument("name", metavar="<session-name>", help="the container")
     p = tsub.add_parser("list", help="sessions with a tmux session")
     add_format(p)
 
@@ -479,7 +518,9 @@ def build_parser() -> CoiParser:
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parsers(sub, common)
 
-    p = sub.add_parser("version", help="print the version")
+    p = sub.add_parser(
+        "version", help="print the version", description=f"Print the version ({IMPLEMENTATION})."
+    )
     add_format(p)
     p = sub.add_parser("completion", help="print a shell completion script")
     p.add_argument("shell", choices=["bash", "zsh", "fish"])

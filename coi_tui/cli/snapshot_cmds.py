@@ -13,8 +13,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
 
     snap = sub.add_parser(
         "snapshot",
-        help="snapshots of a session container",
-        description="Snapshots hold the whole container (home, installed packages, agent "
+        help="Manage container snapshots",
+        description="Manage Incus container snapshots for checkpointing, rollback, and "
+        "branching. Snapshots hold the whole container (home, installed packages, agent "
         "state); the workspace is a host mount and is not part of them. The container is "
         "-c NAME, else $COI_CONTAINER, else the only container of the workspace (-w).",
     )
@@ -26,7 +27,12 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         p.add_argument("-c", "--container", help="container name")
         p.add_argument("-w", "--workspace", default=".", help="workspace (default: current)")
 
-    p = ssub.add_parser("create", help="create a snapshot (default name snap-YYYYMMDD-HHMMSS)")
+    p = ssub.add_parser(
+        "create",
+        help="Create a container snapshot",
+        description="Create a snapshot of the current container state. If no name is "
+        "provided, an auto-generated name will be used (snap-YYYYMMDD-HHMMSS).",
+    )
     p.add_argument("name", nargs="?")
     p.add_argument("--stateful", action="store_true", help="include the running memory state")
     target(p)
@@ -38,7 +44,12 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     add_format(p)
     p.set_defaults(handler=cmd_list)
 
-    p = ssub.add_parser("restore", help="roll the container back to a snapshot")
+    p = ssub.add_parser(
+        "restore",
+        help="Restore container from a snapshot",
+        description="Restore a container to a previous snapshot state. The container must "
+        "be stopped before restore ('coi container stop NAME').",
+    )
     p.add_argument("name")
     p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
     p.add_argument(
@@ -75,23 +86,37 @@ def _context(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def resolve_container(manager, args: argparse.Namespace) -> str:  # type: ignore[no-untyped-def]
+    """COI's order: -c NAME, else $COI_CONTAINER, else the one container of the workspace
+    (known by its user.coi.workspace, or by its name: prefix + the workspace's hash)."""
     from coi_tui.cli.target import resolve_workspace
     from coi_tui.core.errors import CoiError
     from coi_tui.sessions.manager import workspace_of
+    from coi_tui.sessions.naming import parse_container_name, workspace_hash
 
     if args.container:
-        manager.incus.get_instance(args.container)
+        if not manager.incus.instance_exists(args.container):
+            raise CoiError(f"container '{args.container}' not found")
         return str(args.container)
     if os.environ.get("COI_CONTAINER"):
-        return os.environ["COI_CONTAINER"]
+        name = os.environ["COI_CONTAINER"]
+        if not manager.incus.instance_exists(name):
+            raise CoiError(f"container '{name}' from COI_CONTAINER not found")
+        return name
     workspace = resolve_workspace(args.workspace)
-    mine = [i.name for i in manager.coi_instances() if workspace_of(i) == workspace]
+    wanted = workspace_hash(workspace)
+    prefix = manager.settings.container_prefix
+    mine = [
+        i.name
+        for i in manager.coi_instances()
+        if workspace_of(i) == workspace
+        or (parse_container_name(prefix, i.name) or ("",))[0] == wanted
+    ]
     if not mine:
         raise CoiError("no COI containers found for current workspace - use --container to specify")
     if len(mine) > 1:
         raise CoiError(
-            f"multiple COI containers found for current workspace: {', '.join(mine)} "
-            "- use --container to specify"
+            "multiple COI containers found for workspace, use --container to specify: "
+            + ", ".join(mine)
         )
     return mine[0]
 
@@ -120,79 +145,101 @@ def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         data = {
             i.name: _rows(snapshots.list_snapshots(incus, i.name)) for i in manager.coi_instances()
         }
+        if not data:
+            print("No COI containers found", file=sys.stderr)
+            return 0
         if wants_json(args):
             print(json.dumps(data, indent=2))
             return 0
         for container, rows in data.items():
-            _print_table(container, rows)
-        if not data:
-            print("No coi containers")
+            print(f"\nSnapshots for {container}:")
+            if rows:
+                _print_table(rows)
+            else:
+                print("  (none)")
         return 0
     container = resolve_container(manager, args)
     rows = _rows(snapshots.list_snapshots(incus, container))
     if wants_json(args):
         print(json.dumps({"container": container, "snapshots": rows}, indent=2))
+        return 0
+    print(f"Snapshots for {container}:\n")
+    if rows:
+        _print_table(rows)
     else:
-        _print_table(container, rows)
+        print("(none)")
+    print(f"\nTotal: {len(rows)} snapshot{'' if len(rows) == 1 else 's'}")
     return 0
 
 
-def _print_table(container: str, rows: list[dict]) -> None:
-    print(f"Snapshots for {container}:")
-    if not rows:
-        print("  (none)")
-    else:
-        print(f"  {'NAME':<28} {'CREATED':<20} STATEFUL")
-        for row in rows:
-            created = row["created_at"][:19].replace("T", " ")
-            print(f"  {row['name']:<28} {created:<20} {'yes' if row['stateful'] else 'no'}")
-    print(f"Total: {len(rows)} snapshot(s)")
+def _print_table(rows: list[dict]) -> None:
+    print(f"{'NAME':<28} {'CREATED':<20} STATEFUL")
+    for row in rows:
+        created = row["created_at"][:19].replace("T", " ")
+        print(f"{row['name']:<28} {created:<20} {'yes' if row['stateful'] else 'no'}")
 
 
 def cmd_restore(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """As COI: the container must be stopped first (the dashboard's restore stops and
+    restarts it itself)."""
     from coi_tui.cli.commands import confirm
+    from coi_tui.core.errors import CoiError
     from coi_tui.sessions import snapshots
 
     incus, manager = _context(args)
     container = resolve_container(manager, args)
     snapshots.get_snapshot(incus, container, args.name)
-    question = (
-        f"WARNING: This will restore '{container}' to snapshot '{args.name}'. All changes "
-        "since the snapshot will be lost (workspace files are not affected).\nContinue?"
-    )
-    if not confirm(question, args.force):
-        print("Aborted")
-        return 1
-    running = incus.status(container) in ("Running", "Frozen")
-    if running:
-        print(f"Stopping {container} to restore...", file=sys.stderr)
+    if incus.status(container) in ("Running", "Frozen"):
+        raise CoiError(
+            f"container '{container}' must be stopped before restore "
+            f"(use 'coi container stop {container}')"
+        )
+    if not args.force:
+        print(
+            f"WARNING: This will restore container '{container}' to snapshot '{args.name}'.\n"
+            "All changes since the snapshot will be lost.\n",
+            file=sys.stderr,
+        )
+        if not confirm("Continue?", False):
+            print("Aborted", file=sys.stderr)
+            return 0
     snapshots.restore(manager, container, args.name, stateful=args.stateful)
-    restarted = " and restarted it" if running else ""
-    print(f"Restored '{container}' to snapshot '{args.name}'{restarted}", file=sys.stderr)
+    print(f"Restored container '{container}' from snapshot '{args.name}'", file=sys.stderr)
     return 0
 
 
 def cmd_delete(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """As COI: one named snapshot goes without a question; --all asks unless --force."""
     from coi_tui.cli.commands import confirm
     from coi_tui.core.errors import UsageError
     from coi_tui.sessions import snapshots
 
     if not args.name and not args.all:
-        raise UsageError("snapshot name required (or use --all to delete every snapshot)")
+        raise UsageError("snapshot name required (or use --all to delete all snapshots)")
     incus, manager = _context(args)
     container = resolve_container(manager, args)
-    names = (
-        [args.name] if args.name else [s.name for s in snapshots.list_snapshots(incus, container)]
-    )
-    if not names:
-        print(f"No snapshots for {container}")
+    if not args.all:
+        snapshots.get_snapshot(incus, container, args.name)
+        snapshots.delete(incus, container, args.name)
+        print(f"Deleted snapshot '{args.name}' from container '{container}'", file=sys.stderr)
         return 0
-    if not confirm(f"Delete {len(names)} snapshot(s) of {container}?", args.force):
-        print("Aborted")
-        return 1
+    names = [s.name for s in snapshots.list_snapshots(incus, container)]
+    if not names:
+        print(f"No snapshots to delete for container '{container}'", file=sys.stderr)
+        return 0
+    if not args.force:
+        listing = "".join(f"  - {name}\n" for name in names)
+        print(
+            f"WARNING: This will delete ALL {len(names)} snapshot(s) for container "
+            f"'{container}':\n{listing}",
+            file=sys.stderr,
+        )
+        if not confirm("Continue?", False):
+            print("Aborted", file=sys.stderr)
+            return 0
     for name in names:
         snapshots.delete(incus, container, name)
-        print(f"Deleted snapshot '{name}' of '{container}'", file=sys.stderr)
+        print(f"Deleted snapshot '{name}'", file=sys.stderr)
     return 0
 
 
@@ -204,12 +251,12 @@ def cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     container = resolve_container(manager, args)
     snap = snapshots.get_snapshot(incus, container, args.name)
     if wants_json(args):
-        print(json.dumps(snap.as_dict(), indent=2))
+        print(json.dumps({"container": container, "snapshot": snap.as_dict()}, indent=2))
         return 0
     print(f"Snapshot: {snap.name}")
     print(f"Container: {container}")
     print(f"Created: {snap.created_at[:19].replace('T', ' ')}")
-    print(f"Stateful: {'yes' if snap.stateful else 'no'}")
+    print(f"Stateful: {'yes (includes process memory)' if snap.stateful else 'no'}")
     return 0
 
 

@@ -554,3 +554,23 @@ def test_clean_pools_removes_coi_containers_of_unnamed_pools_only(
     assert not incus.instance_exists(stray)
     pools = {p["name"] for p in incus.list_storage_pools()}
     assert spare_pool in pools
+
+
+def test_the_workspaces_project_config_counts_from_anywhere(
+    coi: CoiRunner, workspace: Path, tmp_path: Path
+) -> None:
+    """As COI: `coi run -w DIR` reads DIR/.coi/config.toml (untrusted, as ever) even when run
+    from another directory."""
+    (workspace / ".coi").mkdir()
+    (workspace / ".coi" / "config.toml").write_text('[container]\nimage = "coi-no-such-image"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = coi("run", "--workspace", str(workspace), "echo", "test", cwd=elsewhere)
+    assert result.returncode != 0
+    assert "coi-no-such-image" in result.stderr and "not found" in result.stderr.lower()
+
+
+def test_container_exec_checks_its_flags_first_and_list_has_a_header(coi: CoiRunner) -> None:
+    both = coi("container", "exec", "no-such-container", "--tty", "--capture", "--", "true")
+    assert both.returncode == 2 and "mutually exclusive" in both.stderr
+    assert coi.ok("container", "list").stdout.splitlines()[0].split() == ["NAME", "STATUS"]

@@ -119,10 +119,16 @@ def test_headless_prompt_runs(coi: CoiRunner, workspace: Path, tmp_path: Path) -
     filed = coi.ok("run", "-w", str(workspace), "--tool", "claude", "--prompt-file", str(prompt))
     assert "You said: from a file" in filed.stdout
 
+    # COI's checks and words (run/run_prompt_validation.py), all exit 2
     combined = coi("run", "-w", str(workspace), "--prompt", "x", "--", "true")
-    assert combined.returncode == 2 and "cannot be combined" in combined.stderr
+    assert combined.returncode == 2
+    assert "positional command cannot be combined" in combined.stderr
     both = coi("run", "-w", str(workspace), "--prompt", "x", "--prompt-file", str(prompt))
-    assert both.returncode == 2
+    assert both.returncode == 2 and "mutually exclusive" in both.stderr
+    blank = coi("run", "-w", str(workspace), "--tool", "claude", "--prompt", "   ")
+    assert blank.returncode == 2 and "empty" in blank.stderr
+    unknown = coi("run", "-w", str(workspace), "--tool", "claude", "--prompt-name", "nope")
+    assert unknown.returncode == 2 and 'no prompt named "nope"' in unknown.stderr
     other = coi("run", "-w", str(workspace), "--tool", "dummy", "--prompt", "x")
     assert other.returncode == 1 and "claude only" in other.stderr
     asking = coi(
@@ -137,4 +143,4 @@ def test_headless_prompt_runs(coi: CoiRunner, workspace: Path, tmp_path: Path) -
     )
     assert asking.returncode == 1 and 'permission_mode = "bypass"' in asking.stderr
     missing = coi("run", "-w", str(workspace), "--tool", "claude", "--prompt-file", "/nope")
-    assert missing.returncode == 1 and "cannot read prompt file" in missing.stderr
+    assert missing.returncode == 2 and "failed to read --prompt-file" in missing.stderr

@@ -27,7 +27,7 @@ def in_container(coi: CoiRunner, name: str, script: str, user: str = "1000") -> 
 def test_snapshot_restore_undoes_changes_and_branch_runs_beside(
     coi: CoiRunner, workspace: Path, incus: Incus
 ) -> None:
-    name = start_background(coi, workspace)
+    name = start_background(coi, workspace, "--persistent")  # kept when stopped to restore
     in_container(coi, name, "echo before > /home/code/state.txt")
     created = coi.ok("snapshot", "create", "base", "-c", name)
     assert f"Created snapshot 'base' for container '{name}'" in created.stderr
@@ -39,15 +39,19 @@ def test_snapshot_restore_undoes_changes_and_branch_runs_beside(
     listed = json.loads(coi.ok("snapshot", "list", "-c", name, "--json").stdout)
     assert listed["container"] == name
     assert next(s["name"] for s in listed["snapshots"]) == "base"
-    assert "Total: 2 snapshot(s)" in coi.ok("snapshot", "list", "-c", name).stdout
+    assert "\nTotal: 2 snapshots\n" in coi.ok("snapshot", "list", "-c", name).stdout
 
     in_container(coi, name, "echo after > /home/code/state.txt; touch /home/code/new.txt")
-    refused = coi("snapshot", "restore", "base", "-c", name)  # no terminal, no --force
-    assert refused.returncode == 1 and "--force" in refused.stderr
-    coi.ok("snapshot", "restore", "base", "-c", name, "--force")
+    refused = coi("snapshot", "restore", "base", "-c", name, "--force")  # as COI: running
+    assert refused.returncode == 1 and "must be stopped before restore" in refused.stderr
+    coi.ok("container", "stop", name)
+    unanswered = coi("snapshot", "restore", "base", "-c", name)  # no terminal, no --force
+    assert unanswered.returncode == 0 and "Aborted" in unanswered.stderr
+    restored = coi.ok("snapshot", "restore", "base", "-c", name, "--force")
+    assert f"Restored container '{name}' from snapshot 'base'" in restored.stderr
+    coi.ok("shell", "--background", "--container", name)  # the agent again, in its tmux
     state = in_container(coi, name, "cat /home/code/state.txt; ls /home/code/new.txt")
     assert state["stdout"] == "before\n" and state["exit_code"] != 0
-    # The agent is back in tmux after the restore.
     wait_for(lambda: "dummy>" in capture(coi, name), what="the agent after restore")
 
     branched = coi.ok("snapshot", "branch", "base", "-c", name)
@@ -60,7 +64,8 @@ def test_snapshot_restore_undoes_changes_and_branch_runs_beside(
     assert {c["name"] for c in listed} == {name, new_name}
 
     assert coi("snapshot", "delete", "-c", name).returncode == 2
-    coi.ok("snapshot", "delete", "base", "-c", name, "--force")
+    deleted = coi.ok("snapshot", "delete", "base", "-c", name)  # one name: no question
+    assert f"Deleted snapshot 'base' from container '{name}'" in deleted.stderr
     missing = coi("snapshot", "info", "base", "-c", name)
     assert missing.returncode == 1 and "not found" in missing.stderr
 

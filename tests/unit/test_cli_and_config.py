@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def test_bare_coi_means_shell_and_resume_needs_equals() -> None:
         ["run", "--slot", "-1", "--", "true"],
         ["run", "--slot=11", "--", "true"],
         ["list", "--format", "xml"],
-        ["shell", "--persistent", "--ephemeral"],
+        ["shell", "--slot", "abc"],
         ["nosuchcommand"],
     ],
 )
@@ -74,12 +75,15 @@ def test_cobra_conventions() -> None:
         )
 
     assert coi("version", "extra", "--flag").stdout.startswith("code-on-incus (coi) v")
-    # scripts parse the first line: exactly COI's, the implementation named on a later one
+    # exactly COI's two lines (scripts parse the first, COI's tests count them); which
+    # implementation this is: in --json and --help
     for argv in (["version"], ["--version"]):
         lines = coi(*argv).stdout.splitlines()
         assert re.fullmatch(r"code-on-incus \(coi\) v\d+\.\d+\.\d+", lines[0]), lines
-        assert lines[1] == "https://github.com/mensfeld/code-on-incus" and "coi-tui" in lines[2]
-    assert coi("version", "--json").stdout.startswith("{")
+        assert lines[1:] == ["https://github.com/mensfeld/code-on-incus"], lines
+    for argv in (["version", "--json"], ["version", "--format", "json"]):
+        assert json.loads(coi(*argv).stdout)["implementation"] == "coi-tui"
+    assert "coi-tui" in coi("version", "--help").stdout
     stray = coi("shell", "abc")
     assert stray.returncode == 2 and "did you mean --resume=abc?" in stray.stderr
     bad_slot = coi("--slot", "11", "run", "--", "true")
@@ -160,3 +164,37 @@ def test_list_record_has_coi_shape_and_no_address_for_a_stopped_container() -> N
     assert instance_record(running, "coi-")["ipv4"] == "10.0.0.7"
     assert instance_record(running, "coi-")["created_at"] == "2026-12-07 10:11:12"
     assert instance_record(stopped, "coi-")["ipv4"] == ""
+
+
+def test_cobra_help_and_errors() -> None:
+    """COI's help shape (Cobra's): `Flags:` and `Available Commands:` headings, the removed
+    flags not shown, examples and aliases; a group given an unknown subcommand shows its
+    help (exit 0); a missing argument shows the usage; an unknown flag says so."""
+
+    def coi(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "coi_tui.cli.main", *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+        )
+
+    shell = coi("shell", "--help").stdout
+    assert "Flags:" in shell and "options:" not in shell and "ephemeral" in shell
+    assert "--persistent" not in shell and "--image" not in shell and "--slot" in shell
+    container = coi("container", "--help").stdout
+    assert "Available Commands:" in container and "launch" in container
+    persist = coi("persist", "--help").stdout
+    assert "Examples:" in persist and "ephemeral" in persist and "--force" in persist
+    assert re.search(r"Aliases:\s*\n\s*shutdown,\s*close", coi("close", "--help").stdout)
+    assert "-f, --force" in coi("build", "--help").stdout
+    assert "<session-name> <command>" in coi("tmux", "send", "--help").stdout
+    assert "[session-id]" in coi("info", "--help").stdout
+    unknown = coi("snapshot", "no-such-action")
+    assert unknown.returncode == 0 and "Available Commands:" in unknown.stdout
+    assert coi("no-such-command").returncode == 2  # the root still refuses
+    missing = coi("container", "exists")
+    assert missing.returncode == 2 and "Usage:" in missing.stderr
+    flag = coi("container", "exec", "x", "--json", "--", "true")
+    assert flag.returncode == 2 and "unknown flag: --json" in flag.stderr
