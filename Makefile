@@ -46,7 +46,7 @@ run: setup
 	@$(BIN)/coi-tui -w "$(WORKSPACE)"
 
 test: setup
-	@$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 # Prints the benchmark table and writes bench/results/latest.json (bench/README.md explains it).
 bench: setup

@@ -188,7 +188,9 @@ def cmd_restore(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
     incus, manager = _context(args)
     container = resolve_container(manager, args)
-    snapshots.get_snapshot(incus, container, args.name)
+    snap = snapshots.get_snapshot(incus, container, args.name)
+    if args.stateful and not snap.stateful:
+        raise CoiError(f"snapshot '{args.name}' is not stateful: restore it without --stateful")
     if incus.status(container) in ("Running", "Frozen"):
         raise CoiError(
             f"container '{container}' must be stopped before restore "

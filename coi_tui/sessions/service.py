@@ -137,6 +137,8 @@ class SessionService:
         session = manager.launch(req, interactive=False)
         code = 1
         try:
+            # booted first: the boot's /tmp cleanup would delete what the command made there
+            manager.wait_ready(session.container)
             manager.prepare_command(session)
             env = manager.agent_env(session)
             argv = command(session)

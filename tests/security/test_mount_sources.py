@@ -61,7 +61,7 @@ def test_a_link_swapped_in_after_the_check_mounts_nothing_of_the_host(
         assert "settings.json" in seen.stdout, seen.stdout + seen.stderr
     finally:
         incus.delete_instance(name, force=True)
-        HOOK.container_ended(SimpleNamespace(), name, True)  # type: ignore[arg-type]
+        HOOK.container_ended(SimpleNamespace(say=print), name, True)  # type: ignore[arg-type]
     assert not copies_dir(name).exists()
     assert (secret / "id_ed25519").read_text() == "PRIVATE KEY\n"
 
