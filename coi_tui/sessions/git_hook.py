@@ -203,7 +203,10 @@ class GitHook(SessionHook):
 # The container side of before_agent, run as root. As code (setpriv, as the agent runs):
 # its identity unless pinned, and user.useConfigOnly as COI (no commit under git's guess).
 SETUP_SCRIPT = f"""set -e
-as_code() {{ HOME=/home/code setpriv --reuid="$COI_UID" --regid="$COI_UID" --init-groups "$@"; }}
+home=$(getent passwd "$COI_UID" | cut -d: -f6)
+as_code() {{
+    HOME="${{home:-/home/code}}" setpriv --reuid="$COI_UID" --regid="$COI_UID" --init-groups "$@"
+}}
 if [ -n "$COI_NAME" ]; then
     if [ -n "$COI_PINNED" ]; then
         git config --system user.name "$COI_NAME"; git config --system user.email "$COI_EMAIL"
@@ -212,7 +215,7 @@ if [ -n "$COI_NAME" ]; then
         as_code git config --global user.email "$COI_EMAIL"
     fi
 fi
-as_code git config --global user.useConfigOnly true
+as_code git config --global user.useConfigOnly true || true  # a code user without a home
 if [ -z "$COI_HOOKS" ]; then
     git config --system --unset core.hooksPath || true  # a reused container's earlier ones
     exit 0
