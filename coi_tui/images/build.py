@@ -49,6 +49,9 @@ def recipe_dir() -> Path:
 
 VARIANTS = ("full", "lean")
 VARIANT_ALIASES = {"full": "coi-default", "lean": "coi-lean"}
+# COI 0.6's name of the default image, which COI's older tests still launch: an alias of
+# coi-default (never moved off an image coi did not build)
+LEGACY_ALIAS = "coi"
 
 
 def _package_list(name: str) -> list[str]:
@@ -154,6 +157,7 @@ class ImageBuilder:
             image = self.incus.get_image(alias)
             self.say(f"image '{alias}' is up to date (recipe {recipe}); use --force to rebuild")
             self._note_stand_ins(image.properties.get(AGENTS_PROPERTY, ""))
+            self._legacy_alias(alias, image.fingerprint)
             return BuildResult(
                 alias,
                 image.fingerprint,
@@ -177,7 +181,17 @@ class ImageBuilder:
             f"{image.size / 1e6:.0f} MB ({method})"
         )
         self._note_stand_ins(image.properties.get(AGENTS_PROPERTY, ""))
+        self._legacy_alias(alias, fingerprint)
         return BuildResult(alias, fingerprint, True, seconds, image.size, method)
+
+    def _legacy_alias(self, alias: str, fingerprint: str) -> None:
+        if alias != VARIANT_ALIASES["full"]:
+            return
+        if self.incus.image_exists(LEGACY_ALIAS):
+            current = self.incus.get_image(LEGACY_ALIAS)
+            if current.fingerprint == fingerprint or RECIPE_PROPERTY not in current.properties:
+                return  # already there, or an image of someone else's under that name
+        self.incus.set_alias(LEGACY_ALIAS, fingerprint, f"{alias} (COI 0.6's name)")
 
     def _note_stand_ins(self, installed: str) -> None:
         """One line when asked-for agents are stand-ins in the image, and how to fix it."""
