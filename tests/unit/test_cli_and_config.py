@@ -61,18 +61,20 @@ def test_version_does_not_import_pylxd_or_textual() -> None:
     assert lines[0].startswith("code-on-incus (coi) v0.1.0") and lines[-1] == "[]"
 
 
+def coi(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a process of its own (argv handling, exit codes, stdout/stderr)."""
+    return subprocess.run(
+        [sys.executable, "-m", "coi_tui.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+
+
 def test_cobra_conventions() -> None:
     """COI's argument habits: extra words after `version` are ignored, session options may
     come before the command, and a bare word after `shell` hints at --resume=."""
-
-    def coi(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "coi_tui.cli.main", *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            check=False,
-        )
 
     assert coi("version", "extra", "--flag").stdout.startswith("code-on-incus (coi) v")
     # exactly COI's two lines (scripts parse the first, COI's tests count them); which
@@ -170,15 +172,6 @@ def test_cobra_help_and_errors() -> None:
     """COI's help shape (Cobra's): `Flags:` and `Available Commands:` headings, the removed
     flags not shown, examples and aliases; a group given an unknown subcommand shows its
     help (exit 0); a missing argument shows the usage; an unknown flag says so."""
-
-    def coi(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "coi_tui.cli.main", *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            check=False,
-        )
 
     shell = coi("shell", "--help").stdout
     assert "Flags:" in shell and "options:" not in shell and "ephemeral" in shell
