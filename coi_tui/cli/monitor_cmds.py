@@ -103,13 +103,10 @@ def _context() -> tuple[Any, Any]:
 def resolve(manager: Any, name: str | None, workspace: str) -> str:
     """NAME or alias, then $COI_CONTAINER, then the workspace's only container (by the
     workspace hash in the name, or the workspace recorded on the container)."""
-    from coi_tui.cli.target import resolve_workspace
+    from coi_tui.cli.target import workspace_containers
     from coi_tui.core.errors import CoiError
-    from coi_tui.sessions.manager import workspace_of
-    from coi_tui.sessions.naming import parse_container_name, workspace_hash
 
     incus = manager.incus
-    prefix = manager.settings.container_prefix
     if name:
         if incus.instance_exists(name):
             return name
@@ -122,13 +119,7 @@ def resolve(manager: Any, name: str | None, workspace: str) -> str:
         if not incus.instance_exists(env):
             raise CoiError(f"container '{env}' from COI_CONTAINER not found")
         return env
-    here = resolve_workspace(workspace)
-    digest = workspace_hash(here)
-    mine = sorted(
-        i.name
-        for i in manager.coi_instances()
-        if workspace_of(i) == here or (parse_container_name(prefix, i.name) or ("",))[0] == digest
-    )
+    mine = workspace_containers(manager, workspace)
     if not mine:
         raise CoiError(
             "no COI containers found for current workspace - pass container name as argument"

@@ -88,10 +88,8 @@ def _context(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 def resolve_container(manager, args: argparse.Namespace) -> str:  # type: ignore[no-untyped-def]
     """COI's order: -c NAME, else $COI_CONTAINER, else the one container of the workspace
     (known by its user.coi.workspace, or by its name: prefix + the workspace's hash)."""
-    from coi_tui.cli.target import resolve_workspace
+    from coi_tui.cli.target import workspace_containers
     from coi_tui.core.errors import CoiError
-    from coi_tui.sessions.manager import workspace_of
-    from coi_tui.sessions.naming import parse_container_name, workspace_hash
 
     if args.container:
         if not manager.incus.instance_exists(args.container):
@@ -102,15 +100,7 @@ def resolve_container(manager, args: argparse.Namespace) -> str:  # type: ignore
         if not manager.incus.instance_exists(name):
             raise CoiError(f"container '{name}' from COI_CONTAINER not found")
         return name
-    workspace = resolve_workspace(args.workspace)
-    wanted = workspace_hash(workspace)
-    prefix = manager.settings.container_prefix
-    mine = [
-        i.name
-        for i in manager.coi_instances()
-        if workspace_of(i) == workspace
-        or (parse_container_name(prefix, i.name) or ("",))[0] == wanted
-    ]
+    mine = workspace_containers(manager, args.workspace)
     if not mine:
         raise CoiError("no COI containers found for current workspace - use --container to specify")
     if len(mine) > 1:

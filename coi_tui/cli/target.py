@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from coi_tui.config import Settings
@@ -51,3 +51,19 @@ def resolve_workspace(path: str) -> str:
     from coi_tui.sessions.manager import resolve_workspace as resolve
 
     return resolve(path, CHOSEN.remote, say)
+
+
+def workspace_containers(manager: Any, workspace: str) -> list[str]:
+    """The coi containers of a workspace, sorted: known by the workspace hash in their name
+    (a `coi container launch`ed one has nothing else) or by the workspace recorded on them."""
+    from coi_tui.sessions.manager import workspace_of
+    from coi_tui.sessions.naming import parse_container_name, workspace_hash
+
+    here = resolve_workspace(workspace)
+    digest = workspace_hash(here)
+    prefix = manager.settings.container_prefix
+    return sorted(
+        i.name
+        for i in manager.coi_instances()
+        if workspace_of(i) == here or (parse_container_name(prefix, i.name) or ("",))[0] == digest
+    )
