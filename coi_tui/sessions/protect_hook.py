@@ -227,14 +227,31 @@ def copy_file(root: int, rel: str, dest: Path, budget: list[int]) -> None:
     dest.chmod(mode & 0o555 | 0o444)  # a read-only copy, never setuid
 
 
+def unmasked_paths(workspace: str, settings: Settings) -> tuple[list[str], list[str]]:
+    """(the session's protected paths a secret mask does not cover, the masked secrets)."""
+    secrets = secret_matches(workspace, list(getattr(settings, "secret_paths", [])))
+    paths = [
+        path
+        for path in session_paths(workspace, settings)
+        if not any(path == top or path.startswith(top + "/") for top in secrets)
+    ]
+    return paths, secrets
+
+
 class ProtectHook(SessionHook):
+    def __init__(self) -> None:
+        # container -> its unmasked protected paths, from prepare_instance to before_start (a
+        # new container's: the workspace walked once per start, not twice)
+        self.planned: dict[str, list[str]] = {}
+
     def prepare_instance(self, ctx: LaunchContext) -> None:
         workspace = ctx.request.workspace
         shift = ctx.devices.get("workspace", {}).get("shift")
         # where the workspace is mounted ([paths] preserve_workspace_path may change it)
         mounted = ctx.devices.get("workspace", {}).get("path") or WORKSPACE
         settings = ctx.manager.settings
-        secrets = secret_matches(workspace, list(getattr(settings, "secret_paths", [])))
+        paths, secrets = unmasked_paths(workspace, settings)
+        self.planned[ctx.session.container] = paths
         if secrets:
             empty_file, empty_dir = mask_sources()
             for path in secrets:
@@ -248,9 +265,7 @@ class ProtectHook(SessionHook):
         copies = copies_dir(ctx.session.container)
         shutil.rmtree(copies, ignore_errors=True)
         budget = [MAX_COPY, MAX_COPY_ENTRIES]
-        for index, path in enumerate(session_paths(workspace, settings)):
-            if any(path == top or path.startswith(top + "/") for top in secrets):
-                continue  # the mask covers it
+        for index, path in enumerate(paths):
             source = copies / str(index) / os.path.basename(path)
             try:
                 if not snapshot(workspace, path, source, budget):
@@ -271,17 +286,13 @@ class ProtectHook(SessionHook):
             ctx.devices[device_name(path)] = device
 
     def before_start(self, ctx: LaunchContext) -> None:
-        settings = ctx.manager.settings
+        settings, name = ctx.manager.settings, ctx.session.container
+        planned = self.planned.pop(name, None)  # a reused container had no prepare_instance
         if not settings.host_immutable:
             return
         workspace = ctx.request.workspace
-        secrets = secret_matches(workspace, list(getattr(settings, "secret_paths", [])))
-        paths = [
-            path
-            for path in session_paths(workspace, settings)
-            if not any(path == top or path.startswith(top + "/") for top in secrets)
-        ]
-        immutable.apply(ctx.session.container, workspace, paths, ctx.manager.say)
+        paths = planned if planned is not None else unmasked_paths(workspace, settings)[0]
+        immutable.apply(name, workspace, paths, ctx.manager.say)
 
     def container_ended(self, manager: SessionHost, name: str, removed: bool) -> None:
         immutable.release(name, manager.say)  # the agent is gone: the paths are the user's
