@@ -1,4 +1,4 @@
-"""Shell completion scripts generated from the argparse tree (bash, zsh, fish)."""
+"""Shell completion scripts generated from the argparse tree (bash, zsh, fish, powershell)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,8 @@ complete -o default -F _coi coi
             + render(parser, "bash")
             + f"# top-level commands: {' '.join(top)}\n"
         )
+    if shell == "powershell":
+        return _powershell(commands)
     lines = ["# fish completion for coi", "complete -c coi -f"]
     top, _top_opts = commands[""]
     for name in top:
@@ -77,3 +79,35 @@ complete -o default -F _coi coi
         for opt in opts:
             lines.append(f"complete -c coi -n '{cond}' -l {opt[2:]}")
     return "\n".join(lines) + "\n"
+
+
+def _powershell(commands: dict[str, tuple[list[str], list[str]]]) -> str:
+    """A native argument completer: the command path typed so far (words that are not flags)
+    picks the candidates, falling back to the longest known parent path, as the bash one does."""
+    table = "\n".join(
+        f"    '{path}' = @({', '.join(repr(word) for word in subs + opts)})"
+        for path, (subs, opts) in commands.items()
+    )
+    return f"""# powershell completion for coi; in $PROFILE:
+#   coi completion powershell | Out-String | Invoke-Expression
+$__coiWords = @{{
+{table}
+}}
+Register-ArgumentCompleter -Native -CommandName coi -ScriptBlock {{
+    param($wordToComplete, $commandAst, $cursorPosition)
+    $path = @()
+    foreach ($element in $commandAst.CommandElements | Select-Object -Skip 1) {{
+        $text = $element.ToString()
+        $atCursor = $element.Extent.EndOffset -ge $cursorPosition
+        if ($atCursor -and $text -eq $wordToComplete) {{ break }}
+        if (-not $text.StartsWith('-')) {{ $path += $text }}
+    }}
+    $key = $path -join ' '
+    while ($key -ne '' -and -not $__coiWords.ContainsKey($key)) {{
+        $key = if ($key.Contains(' ')) {{ $key.Substring(0, $key.LastIndexOf(' ')) }} else {{ '' }}
+    }}
+    $__coiWords[$key] | Where-Object {{ $_ -like "$wordToComplete*" }} | ForEach-Object {{
+        [System.Management.Automation.CompletionResult]::new($_, $_, 'ParameterValue', $_)
+    }}
+}}
+"""

@@ -523,7 +523,7 @@ def build_parser() -> CoiParser:
     )
     add_format(p)
     p = sub.add_parser("completion", help="print a shell completion script")
-    p.add_argument("shell", choices=["bash", "zsh", "fish"])
+    p.add_argument("shell", choices=["bash", "zsh", "fish", "powershell"])
     p = sub.add_parser("help", help="show help for a command")
     p.add_argument("topic", nargs="*")
     accept_workspace_everywhere(parser)

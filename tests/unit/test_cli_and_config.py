@@ -99,14 +99,19 @@ def test_cobra_conventions() -> None:
     assert take_leading_options(["-w", "/x"]) == (["-w", "/x"], {})
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish", "powershell"])
 def test_completion_scripts(shell: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["completion", shell]) == 0
     script = capsys.readouterr().out
-    background = "-l background" if shell == "fish" else "--background"
+    background = {"fish": "-l background", "powershell": "'--background'"}.get(
+        shell, "--background"
+    )
     assert "shell" in script and background in script
     if shell == "bash":
         subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    if shell == "powershell":  # no pwsh here: the table's quoting is checked by shape
+        assert "Register-ArgumentCompleter -Native -CommandName coi" in script
+        assert "'snapshot' = @(" in script and "'create'" in script
 
 
 def test_config_files_and_env_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
