@@ -20,6 +20,7 @@ from coi_tui.cli.output import err
 from coi_tui.cli.parser import wants_json
 from coi_tui.cli.target import incus_for, resolve_workspace
 from coi_tui.config import Settings, load_settings
+from coi_tui.config.layers import parse_mount_flag
 from coi_tui.config.settings import SessionOverrides, session_settings
 from coi_tui.core.errors import CoiError, Terminated, UsageError
 from coi_tui.core.fs import atomic_write
@@ -54,11 +55,16 @@ def session_overrides(args: argparse.Namespace) -> SessionOverrides:
         if not sep or not name:
             raise UsageError(f"-e expects VAR=value, got '{item}'")
         environment[name] = value
+    pairs = list(getattr(args, "session_mounts", None) or [])
+    storage = getattr(args, "session_storage", None)
+    if storage:
+        pairs.insert(0, f"{storage}:/storage")
     return SessionOverrides(
         tool=getattr(args, "tool", None) or "",
         image=getattr(args, "image", None) or "",
         persistent=getattr(args, "persistent", None),
         environment=environment,
+        mounts=[parse_mount_flag(pair, Path.cwd()) for pair in pairs],
     )
 
 

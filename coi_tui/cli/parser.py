@@ -174,6 +174,21 @@ def session_parent() -> CoiParser:
         metavar="VAR=value",
         help="environment variable for the agent or command (repeatable; over the config's)",
     )
+    parent.add_argument(
+        "--mount",
+        dest="session_mounts",
+        action="append",
+        default=[],
+        metavar="HOST:CONTAINER",
+        help="also mount a host directory, writable (repeatable; replaces a [[mounts]] entry "
+        "at the same path)",
+    )
+    parent.add_argument(
+        "--storage",
+        dest="session_storage",
+        metavar="DIR",
+        help=argparse.SUPPRESS,  # COI 0.6: --mount DIR:/storage (still accepted)
+    )
     # hidden, still accepted; no mutually exclusive group (argparse cannot lay out the usage
     # of a group whose members are hidden): the last one given wins
     parent.add_argument(

@@ -375,17 +375,47 @@ def check_mount_target(mount: Mount) -> None:
 
 
 def check_mounts(mounts: list[Mount], *, sources_exist: bool) -> None:
-    """No mount inside another, none over /workspace; sources exist (at session start)."""
-    seen: list[str] = []
+    """None over /workspace; two at one path, or one inside another unless the inner one is
+    read-only, conflict (COI's rule and wording); sources exist (at session start)."""
+    seen: list[Mount] = []
     for mount in mounts:
         check_mount_target(mount)
         target = os.path.normpath(mount.container)
         for other in seen:
-            if target == other or target.startswith(other + "/") or other.startswith(target + "/"):
-                raise CoiError(f'mounts may not nest or repeat: "{target}" and "{other}" overlap')
-        seen.append(target)
+            there = os.path.normpath(other.container)
+            if target == there:
+                inner: Mount | None = None  # two at one path: neither can be "the child"
+            elif target.startswith(there + "/"):
+                inner = mount
+            elif there.startswith(target + "/"):
+                inner = other
+            else:
+                continue
+            if inner is None or not inner.readonly:
+                raise CoiError(
+                    f"nested mount paths detected: '{there}' and '{target}' conflict (nested "
+                    "writable mounts are not allowed; set readonly = true on the child mount)"
+                )
+        seen.append(mount)
         if sources_exist and not os.path.exists(mount.host):
             raise CoiError(f'mount source "{mount.host}" does not exist (for {target})')
+
+
+def parse_mount_flag(text: str, cwd: Path) -> Mount:
+    """`--mount HOST:CONTAINER` (COI's legacy flag): a writable mount; HOST may be relative."""
+    parts = text.split(":")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise UsageError(f"invalid mount format '{text}': expected HOST:CONTAINER")
+    host, container = parts
+    if not container.startswith("/"):
+        raise UsageError(f"container path must be absolute: {container}")
+    host_path = Path(host).expanduser()
+    mount = Mount(str((cwd / host_path).resolve()), container)
+    try:
+        check_mount_target(mount)
+    except CoiError as exc:
+        raise UsageError(f"--mount {text}: {exc}") from None
+    return mount
 
 
 def env_layer(env: dict[str, str]) -> Layer:
@@ -408,6 +438,10 @@ def env_layer(env: dict[str, str]) -> Layer:
 def flags_layer(flags: dict[str, tuple[Any, str]]) -> Layer:
     layer = Layer("flag", "")
     for path, (value, flag) in flags.items():
+        if path == MOUNTS:  # --mount / --storage, parsed by parse_mount_flag
+            layer.values[path] = list(value)
+            layer.labels[path] = flag
+            continue
         if path == ENVIRONMENT:  # `-e VAR=value`: merged over the config's environment
             for name in value:
                 if not ENV_NAME_RE.match(name):

@@ -236,6 +236,11 @@ def apply_layer(settings: Settings, layer: Layer) -> None:
                     settings.forward_env.append(name)
                     settings.sources[f"forward_env.{name}"] = where
         elif path == MOUNTS:
+            if layer.label == "flag":  # `--mount` replaces a config mount at the same path
+                taken = {os.path.normpath(m.container) for m in value}
+                settings.mounts = [
+                    m for m in settings.mounts if os.path.normpath(m.container) not in taken
+                ]
             for mount in value:
                 settings.sources[f"mounts.{mount.container}"] = where
             settings.mounts.extend(value)
@@ -377,12 +382,15 @@ class SessionOverrides:
     image: str = ""
     persistent: bool | None = None
     environment: dict[str, str] = field(default_factory=dict)  # `coi run -e VAR=value`
+    mounts: list[Mount] = field(default_factory=list)  # `--mount HOST:CONTAINER`, `--storage`
 
     def flags(self) -> dict[str, tuple[Any, str]]:
         """As a flags layer: key path -> (value, the flag that names it in errors/sources)."""
         flags: dict[str, tuple[Any, str]] = {}
         if self.environment:
             flags[ENVIRONMENT] = (dict(self.environment), "-e")
+        if self.mounts:
+            flags[MOUNTS] = (list(self.mounts), "--mount")
         if self.tool:
             flags["tool.name"] = (self.tool, "--tool")
         if self.image:

@@ -221,6 +221,7 @@ class HostHook(SessionHook):
             return
         # A reused persistent container gets this session's limits and mounts.
         check_mounts(settings.mounts, sources_exist=True)
+        check_mount_sources(settings, ctx.request.workspace)
         incus, name = ctx.manager.incus, ctx.session.container
         instance = incus.get_instance(name)
         wanted = desired_config(settings, self.timezone(ctx))

@@ -93,3 +93,44 @@ def test_a_named_prompt_from_the_config_is_what_the_agent_gets(
     (coi.home / "config.toml").write_text('[prompts]\nreview = "look at the diff, then say ok"\n')
     result = coi.ok("run", "-w", str(workspace), "--tool", "claude", "--prompt-name", "review")
     assert "You said: look at the diff, then say ok" in result.stdout
+
+
+def test_mounts_from_flags_and_config_nest_only_read_only(
+    coi: CoiRunner, workspace: Path, tmp_path: Path
+) -> None:
+    """`--mount HOST:CONTAINER` (repeatable) and `--storage DIR` add writable mounts, and a
+    `--mount` at a [[mounts]] path replaces that entry; a read-only mount may sit inside a
+    writable one (COI's rule), a writable one may not, in COI's words."""
+    dirs = {name: tmp_path / name for name in ("config", "flag", "store", "child", "other")}
+    for name, path in dirs.items():
+        path.mkdir()
+        (path / "f").write_text(f"from-{name}\n")
+    (coi.home / "config.toml").write_text(
+        f'[[mounts]]\nhost = "{dirs["config"]}"\ncontainer = "/data"\n'
+        f'[[mounts]]\nhost = "{dirs["child"]}"\ncontainer = "/data/ro"\nreadonly = true\n'
+        f'[[mounts]]\nhost = "{dirs["other"]}"\ncontainer = "/other"\n'
+    )
+    script = (
+        "cat /data/f /data/ro/f /x/f /storage/f; touch /data/new && echo wrote; "
+        "touch /data/ro/new || echo refused"
+    )
+    result = coi(
+        "run", "-w", str(workspace), "--mount", f"{dirs['flag']}:/x", "--storage",
+        str(dirs["store"]), "--", "sh", "-c", script,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "from-config", "from-child", "from-flag", "from-store", "wrote", "refused",
+    ]  # fmt: skip
+    assert (dirs["config"] / "new").exists() and not (dirs["child"] / "new").exists()
+
+    replaced = coi(
+        "run", "-w", str(workspace), "--mount", f"{dirs['flag']}:/other", "--", "cat", "/other/f"
+    )
+    assert (replaced.returncode, replaced.stdout) == (0, "from-flag\n"), replaced.stderr
+
+    nested = coi(
+        "run", "-w", str(workspace), "--mount", f"{dirs['flag']}:/data/ro/deeper", "--", "true"
+    )
+    assert nested.returncode == 1
+    assert "nested mount paths detected: '/data' and '/data/ro/deeper' conflict" in (nested.stderr)

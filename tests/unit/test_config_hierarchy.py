@@ -271,7 +271,7 @@ def test_duplicate_profile_names_and_missing_context_are_errors(
         (
             '[[mounts]]\nhost = "/tmp"\ncontainer = "/a"\n[[mounts]]\nhost = "/tmp"\n'
             'container = "/a/b"\n',
-            r"may not nest",
+            r"nested mount paths detected",
         ),
         ('[[mounts]]\nhost = "/tmp"\ntarget = "/a"\n', r'unknown field "target"'),
         ('[netwrk]\nmode = "open"\n', r"unknown key \(did you mean \[network\]\?\)"),

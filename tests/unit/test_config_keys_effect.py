@@ -502,3 +502,30 @@ def test_runtime_limit_stops_as_auto_stop_and_stop_graceful_say(
     instance = Instance(limit_config(settings))
     supervisor.enforce_runtime_limit(instance, "c", time.monotonic() - 120)  # type: ignore[arg-type]
     assert instance.stops == stops
+
+
+def test_mount_nesting_follows_coi(tmp_path: Path) -> None:
+    """Only a read-only mount may sit inside another; two at one path always conflict;
+    `--mount` values are HOST:CONTAINER with an absolute CONTAINER."""
+    from coi_tui.config.layers import Mount, check_mounts, parse_mount_flag
+    from coi_tui.core.errors import CoiError, UsageError
+
+    check_mounts([Mount("/a", "/app"), Mount("/b", "/app/sub", readonly=True)], sources_exist=False)
+    check_mounts([Mount("/b", "/app/sub", readonly=True), Mount("/a", "/app")], sources_exist=False)
+    check_mounts([Mount("/a", "/data"), Mount("/b", "/data-backup")], sources_exist=False)
+    for pair in (
+        [Mount("/a", "/app"), Mount("/b", "/app/sub")],
+        [Mount("/a", "/app/sub"), Mount("/b", "/app", readonly=True)],
+        [Mount("/a", "/app", readonly=True), Mount("/b", "/app/", readonly=True)],
+    ):
+        with pytest.raises(CoiError, match=r"nested mount paths detected: .* conflict"):
+            check_mounts(pair, sources_exist=False)
+    assert parse_mount_flag("rel dir:/x", tmp_path) == Mount(str(tmp_path / "rel dir"), "/x")
+    for bad, message in (
+        ("nocolon", "invalid mount format 'nocolon': expected HOST:CONTAINER"),
+        ("a:b:c", "invalid mount format 'a:b:c'"),
+        ("a:rel", "container path must be absolute: rel"),
+        ("a:/workspace", "cannot mount over or inside /workspace"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            parse_mount_flag(bad, tmp_path)
