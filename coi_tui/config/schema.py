@@ -12,6 +12,7 @@ from typing import Any
 from coi_tui.core.toml import toml_value
 from coi_tui.images.agents import AGENTS, DEFAULT_AGENTS
 from coi_tui.tools import TOOLS
+from coi_tui.tools.credentials import BUNDLES
 
 DEFAULT_IMAGE = "coi-default"
 DEFAULT_BRIDGE = "coibr0"
@@ -415,6 +416,9 @@ def check_credentials(key: Key, value: Any) -> list[dict[str, Any]]:
         if entry.get("bundle"):
             if entry.get("host") or entry.get("container"):
                 raise Invalid(f"{here}: give either bundle or host and container, not both")
+            if entry["bundle"] not in BUNDLES:
+                known = ", ".join(sorted(BUNDLES))
+                raise Invalid(f'{here}: unknown bundle "{entry["bundle"]}" (known: {known})')
         else:
             need(entry, here, "host", "container")
             absolute(entry, here)

@@ -27,6 +27,7 @@ gates sockets and credentials at load."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import signal
@@ -36,11 +37,13 @@ from pathlib import Path
 
 from coi_tui.config.schema import parse_duration, size_bytes
 from coi_tui.core.errors import CoiError
+from coi_tui.core.paths import read_regular
 from coi_tui.core.text import clean
-from coi_tui.incus import ExecResult
+from coi_tui.incus import ExecResult, Incus, IncusError
 from coi_tui.sessions.hookspec import LaunchContext, SessionHook
+from coi_tui.tools.base import CODE_HOME
+from coi_tui.tools.credentials import BUNDLES, HOST_FILE_LIMIT
 
-CODE_HOME = "/home/code"
 DEFAULT_ENV_TIMEOUT = 30
 PRE_LAUNCH_TIMEOUT = 300  # seconds, per command (the reference's five minutes)
 
@@ -163,10 +166,7 @@ class ConfigHook(SessionHook):
         uid = manager.settings.code_uid
         for entry in entries:
             if entry.get("bundle"):
-                manager.say(
-                    f'[[credentials]] bundle "{entry["bundle"]}": coi-tui has no credential '
-                    "catalog yet; skipped (give host and container instead)"
-                )
+                self.push_bundle(ctx, entry["bundle"])
                 continue
             source = Path(entry["host"]).expanduser()
             if not source.is_absolute():
@@ -180,6 +180,29 @@ class ConfigHook(SessionHook):
             manager.incus.push_file(
                 name, target, content, uid=uid, gid=uid, mode=int(entry.get("mode", "0600"), 8)
             )
+
+    def push_bundle(self, ctx: LaunchContext, bundle: str) -> None:
+        """An agent's login files from the host user's home (tools/credentials.BUNDLES),
+        mode 0600; a JSON state file is merged over what the image holds, the host's keys
+        winning (claude's ~/.claude.json carries the image's onboarding flags)."""
+        manager, name = ctx.manager, ctx.session.container
+        uid = manager.settings.code_uid
+        manager.say(f"Copying {bundle} credentials from the host")
+        for relative in BUNDLES[bundle]:
+            try:
+                content = read_regular(Path.home() / relative, HOST_FILE_LIMIT)
+            except FileNotFoundError:
+                manager.say(f"  - Skipping {relative} (not found on host)")
+                continue
+            except OSError as exc:
+                raise CoiError(
+                    f"[[credentials]] ~/{relative}: cannot read: {exc.strerror}"
+                ) from None
+            target = f"{CODE_HOME}/{relative}"
+            if relative.endswith(".json") and "/" not in relative:
+                content = merged_state(manager.incus, name, target, content)
+            self.make_parent(ctx, target)
+            manager.incus.push_file(name, target, content, uid=uid, gid=uid, mode=0o600)
 
     def make_parent(self, ctx: LaunchContext, target: str) -> None:
         manager, name = ctx.manager, ctx.session.container
@@ -226,3 +249,15 @@ class ConfigHook(SessionHook):
 
 
 HOOK = ConfigHook()
+
+
+def merged_state(incus: Incus, name: str, target: str, host: bytes) -> bytes:
+    """A home-level JSON state file: the container's keys, then the host's over them."""
+    try:
+        theirs = json.loads(host)
+        ours = json.loads(incus.pull_file(name, target))
+    except (ValueError, IncusError):
+        return host
+    if not isinstance(theirs, dict) or not isinstance(ours, dict):
+        return host
+    return (json.dumps({**ours, **theirs}, indent=2) + "\n").encode()

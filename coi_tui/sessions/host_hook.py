@@ -19,6 +19,7 @@ from coi_tui.config.profiles import read_context
 from coi_tui.config.schema import parse_duration
 from coi_tui.config.settings import Settings, check_mounts
 from coi_tui.core.errors import CoiError
+from coi_tui.core.paths import read_regular_text
 from coi_tui.incus import IncusError, NotFound
 from coi_tui.sessions.hookspec import LaunchContext, SessionHook
 from coi_tui.tools.base import CODE_HOME, SANDBOX_CONTEXT
@@ -29,6 +30,7 @@ from coi_tui.tools.context import (
     render_context,
     with_managed_block,
 )
+from coi_tui.tools.credentials import HOST_FILE_LIMIT, without_secret_env
 
 SANDBOX_CONTEXT_JSON = f"{CODE_HOME}/SANDBOX_CONTEXT.json"
 SSH_DEVICE = "coi-ssh-agent"
@@ -259,6 +261,8 @@ class HostHook(SessionHook):
         if settings.ssh_forward_agent:
             self.forward_ssh_agent(ctx)
         home = HomeWriter(ctx)
+        if not ctx.session.reused and ctx.session.resume_meta is None:
+            self.copy_host_files(ctx, home)  # a resumed session has its own saved copy
         facts = self.facts(ctx)
         # [tool] context_file / context_json_file replace the built-in text (host files).
         custom = str(getattr(settings, "context_file", "") or "")
@@ -294,6 +298,35 @@ class HostHook(SessionHook):
             merged = apply_patch(data, patch)
             if merged != data or current is None:
                 home.write(path, json.dumps(merged, indent=2) + "\n")
+
+    def copy_host_files(self, ctx: LaunchContext, home: HomeWriter) -> None:
+        """The agent's own config from the host user's home (COI copies it too), before the
+        sandbox's settings are merged over it, so the user's keys survive."""
+        say = ctx.manager.say
+        for relative in ctx.session.tool.host_files:
+            source = Path.home() / relative
+            try:
+                text = read_regular_text(source, HOST_FILE_LIMIT)
+            except FileNotFoundError:
+                continue
+            except (OSError, UnicodeDecodeError) as exc:
+                say(f"warning: ~/{relative} not copied: {getattr(exc, 'strerror', '') or exc}")
+                continue
+            if relative.endswith(".json"):
+                try:
+                    data = json.loads(text)
+                except ValueError:
+                    say(f"warning: ~/{relative} is not valid JSON; not copied")
+                    continue
+                if isinstance(data, dict):
+                    data, dropped = without_secret_env(data)
+                    if dropped:
+                        say(
+                            f"~/{relative}: env {', '.join(dropped)} not copied (secrets stay "
+                            "on the host; forward_env passes one in on purpose)"
+                        )
+                    text = json.dumps(data, indent=2) + "\n"
+            home.write(f"{CODE_HOME}/{relative}", text)
 
     def forward_ssh_agent(self, ctx: LaunchContext) -> None:
         """A proxy device from the host agent's socket to /tmp/ssh-agent.sock. Added once the

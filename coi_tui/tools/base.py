@@ -35,6 +35,9 @@ class Tool:
     # Home-relative markdown file the agent reads as instructions; coi keeps the sandbox
     # context there in a managed block. "" when the tool takes context another way.
     context_file: str = ""
+    # Home-relative config files copied from the host user's home into a new container when
+    # they exist there (never login files: those are credential bundles, tools/credentials.py).
+    host_files: tuple[str, ...] = ()
 
     @property
     def sessions_dir_name(self) -> str:

@@ -71,4 +71,5 @@ CLAUDE = ClaudeTool(
     description="Claude Code (Anthropic)",
     config_dir=".claude",
     context_file=".claude/CLAUDE.md",
+    host_files=(SETTINGS, ".claude/CLAUDE.md", ".claude/config.yml"),
 )

@@ -134,3 +134,52 @@ def test_mounts_from_flags_and_config_nest_only_read_only(
     )
     assert nested.returncode == 1
     assert "nested mount paths detected: '/data' and '/data/ro/deeper' conflict" in (nested.stderr)
+
+
+def test_the_users_agent_config_comes_in_and_login_files_only_on_request(
+    coi: CoiRunner, workspace: Path, tmp_path: Path
+) -> None:
+    """The host's ~/.claude settings reach a new container with the user's keys kept (COI's
+    awsAuthRefresh case) and secret-named env left out; the login files come only with
+    `[[credentials]] bundle = "claude"`, mode 0600, ~/.claude.json merged over the image's."""
+    import json
+
+    home = tmp_path / "user-home"
+    (home / ".claude").mkdir(parents=True)
+    settings = {
+        "awsAuthRefresh": "aws sso login --profile bedrock-users",
+        "env": {"AWS_PROFILE": "bedrock-users", "ANTHROPIC_API_KEY": "sk-never-inside"},
+        "userCustomSetting": "should_be_preserved",
+    }
+    (home / ".claude" / "settings.json").write_text(json.dumps(settings))
+    (home / ".claude" / "CLAUDE.md").write_text("my own rules\n")
+    (home / ".claude" / ".credentials.json").write_text('{"token": "oauth-secret"}')
+    (home / ".claude.json").write_text('{"oauthAccount": {"email": "me@example.org"}}')
+    show = (
+        "cat ~/.claude/settings.json; echo @@; cat ~/.claude/CLAUDE.md; echo @@; "
+        "stat -c '%a %U' ~/.claude/.credentials.json ~/.claude.json 2>&1; echo @@; "
+        "cat ~/.claude/.credentials.json ~/.claude.json 2>&1; true"
+    )
+    env = {"HOME": str(home)}
+    plain = coi("run", "-w", str(workspace), "--", "sh", "-c", show, env=env)
+    assert plain.returncode == 0, plain.stderr
+    settings_text, context, modes, logins = plain.stdout.split("@@\n")
+    inside = json.loads(settings_text)
+    assert inside["awsAuthRefresh"] == settings["awsAuthRefresh"]
+    assert inside["env"]["AWS_PROFILE"] == "bedrock-users"
+    assert "ANTHROPIC_API_KEY" not in inside["env"] and "sk-never-inside" not in plain.stdout
+    assert inside["userCustomSetting"] == "should_be_preserved"
+    assert inside["allowDangerouslySkipPermissions"] is True
+    assert "my own rules" in context and "COI Sandbox Context" in context
+    assert "No such file" in modes and "oauth-secret" not in logins and "me@" not in logins
+    assert "env ANTHROPIC_API_KEY not copied" in plain.stderr
+
+    (coi.home / "config.toml").write_text('[[credentials]]\nbundle = "claude"\n')
+    asked = coi("run", "-w", str(workspace), "--", "sh", "-c", show, env=env)
+    assert asked.returncode == 0, asked.stderr
+    modes, logins = asked.stdout.split("@@\n")[2:]
+    assert modes.split() == ["600", "code", "600", "code"]
+    assert logins.startswith('{"token": "oauth-secret"}')
+    assert json.loads(logins[len('{"token": "oauth-secret"}') :])["oauthAccount"] == {
+        "email": "me@example.org"
+    }

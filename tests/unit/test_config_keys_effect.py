@@ -529,3 +529,19 @@ def test_mount_nesting_follows_coi(tmp_path: Path) -> None:
     ):
         with pytest.raises(UsageError, match=message):
             parse_mount_flag(bad, tmp_path)
+
+
+def test_credential_bundles_are_known_names_and_secret_env_stays_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from coi_tui.tools.credentials import without_secret_env
+
+    monkeypatch.setenv("COI_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text('[[credentials]]\nbundle = "claud"\n')
+    with pytest.raises(CoiError, match='unknown bundle "claud" \\(known: claude, codex, ollama'):
+        load_settings(tmp_path, {"COI_HOME": str(tmp_path)})
+    kept, dropped = without_secret_env(
+        {"env": {"AWS_PROFILE": "p", "ANTHROPIC_AUTH_TOKEN": "t", "my_api_key": "k"}, "x": 1}
+    )
+    assert kept == {"env": {"AWS_PROFILE": "p"}, "x": 1}
+    assert dropped == ["ANTHROPIC_AUTH_TOKEN", "my_api_key"]

@@ -448,7 +448,7 @@ def test_reference_defaults() -> None:
         ),
         ('[[sockets]]\nhost = "/a"\ncontainer = "rel"\n', r"container must be an absolute path"),
         ('[[credentials]]\nhost = "/a"\n', r"container is required"),
-        ('[[credentials]]\nbundle = "x"\nmode = "rw"\n', r'octal mode like "0600"'),
+        ('[[credentials]]\nbundle = "claude"\nmode = "rw"\n', r'octal mode like "0600"'),
         ("[prompts]\nx = 3\n", r'prompts: x: expected "text"'),
         ('[prompts]\nx = { path = "a" }\n', r'expected \{ file = "path" \}'),
         ('[prompts]\nx = { file = "missing.md" }\n', r"cannot read .*missing\.md"),
