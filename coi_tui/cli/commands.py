@@ -169,8 +169,13 @@ def launch_request(args: argparse.Namespace, service: SessionService) -> LaunchR
 def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     service = service_for(args)
     manager = service.manager
-    if getattr(args, "tmux", None) == "false":
-        raise UsageError("--tmux=false is gone: coi sessions always run in tmux")
+    if getattr(args, "tmux", None) is not None:
+        raise UsageError(
+            "the --tmux flag was removed: set [shell] use_tmux = true|false in "
+            ".coi/config.toml or ~/.coi/config.toml"
+        )
+    if not service.settings.use_tmux and not getattr(args, "container", None):
+        return shell_direct(args, service)
     if not args.background and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CoiError(
             "coi shell needs a terminal; use 'coi shell --background' and "
@@ -181,16 +186,7 @@ def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         session = service.enter(args.container, debug=args.debug)
     else:
         session = service.start(launch_request(args, service))
-    mode = "Background (tmux)" if args.background else "Interactive (tmux)"
-    err("Starting session...")
-    err(f"Session ID: {session.session_id}")
-    err(f"Container: {session.container}")
-    err(f"Workspace: {session.workspace}")
-    err(f"Tool: {session.tool.name}")
-    err(f"Persistent: {'yes' if session.persistent else 'no'}")
-    err(f"Mode: {mode}")
-    if session.resume_meta is not None:
-        err(f"Resumed session {session.resume_meta.session_id}")
+    announce(session, "Background (tmux)" if args.background else "Interactive (tmux)")
     if args.background:
         err(f"Attach with: coi attach {session.container}")
         return 0
@@ -205,6 +201,29 @@ def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             manager.save_running(session.container)
             raise
         return after_attach(manager, session.container)
+
+
+def shell_direct(args: argparse.Namespace, service: SessionService) -> int:
+    """[shell] use_tmux = false: the agent (bash with --debug) runs attached to this terminal
+    through a plain exec, no tmux; when it exits the session ends as a `coi run` does (saved,
+    then removed, or stopped and kept when persistent). --background needs tmux: refused."""
+    if args.background:
+        raise UsageError("--background needs tmux: [shell] use_tmux = false runs attached")
+    install_signal_handlers()
+    _session, code = service.run_direct(launch_request(args, service), announce=announce)
+    return code
+
+
+def announce(session: Session, mode: str) -> None:
+    err("Starting session...")
+    err(f"Session ID: {session.session_id}")
+    err(f"Container: {session.container}")
+    err(f"Workspace: {session.workspace}")
+    err(f"Tool: {session.tool.name}")
+    err(f"Persistent: {'yes' if session.persistent else 'no'}")
+    err(f"Mode: {mode}")
+    if session.resume_meta is not None:
+        err(f"Resumed session {session.resume_meta.session_id}")
 
 
 def after_attach(manager: SessionManager, name: str) -> int:

@@ -262,7 +262,7 @@ def build_parser() -> CoiParser:
         choices=["true", "false"],
         nargs="?",
         const="true",
-        help=argparse.SUPPRESS,  # COI <= 0.9: sessions always run in tmux here
+        help=argparse.SUPPRESS,  # COI <= 0.9; removed in 0.10 for [shell] use_tmux
     )
 
     p = sub.add_parser(

@@ -35,6 +35,7 @@ UNTRUSTED_LABEL = "project config"
 # and how to build it, resource limits, more protection, a stricter network; never where
 # data goes or what runs on the host.
 PROJECT_KEYS = (
+    "shell.use_tmux",
     "tool.name",
     "tool.auto_context",
     "tool.context_json",

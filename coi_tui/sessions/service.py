@@ -156,6 +156,39 @@ class SessionService:
                 manager.remove_container(session.container)
         return code
 
+    def run_direct(
+        self, req: LaunchRequest, announce: Callable[[Session, str], None]
+    ) -> tuple[Session, int]:
+        """`coi shell` with [shell] use_tmux = false: the agent's argv (bash with --debug)
+        attached to this terminal through a plain exec, no tmux; then the session is saved
+        and the container removed, or stopped and kept when persistent. Returns the session
+        and the agent's exit code."""
+        manager = self.manager
+        session = manager.launch(req, interactive=False)
+        code = 1
+        try:
+            manager.wait_ready(session.container)
+            manager.restore_saved_state(session)
+            manager.write_meta(session)
+            manager.prepare_command(session)
+            argv = manager.agent_command(session, req.debug)
+            env = manager.agent_env(session)
+            announce(session, "Direct (no tmux)")
+            code = self.incus.exec_stream(
+                session.container, manager.code_command(argv), cwd="/workspace", env=env
+            )
+        except Terminated as exc:
+            code = 128 + exc.signum
+        except KeyboardInterrupt:
+            code = 130
+        finally:
+            manager.save_running(session.container)
+            if session.persistent:
+                manager.stop_and_keep(session.container)
+            else:
+                manager.remove_container(session.container)
+        return session, code
+
     def branch(self, container: str, snapshot: str, slot: int = 0) -> Session:
         """A new slot of the same workspace, started from `snapshot` of `container`; the
         original keeps running. The copy is shaped like any new session's container (the

@@ -183,3 +183,23 @@ def test_the_users_agent_config_comes_in_and_login_files_only_on_request(
     assert json.loads(logins[len('{"token": "oauth-secret"}') :])["oauthAccount"] == {
         "email": "me@example.org"
     }
+
+
+def test_use_tmux_false_runs_the_agent_attached_without_tmux(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    """[shell] use_tmux = false (a project may set it): `coi shell` runs the agent (bash with
+    --debug) through a plain exec, no terminal needed, says "Mode: Direct (no tmux)", returns
+    its exit code and ends the session; the --tmux flag is gone, as in COI 0.10."""
+    (workspace / ".coi").mkdir()
+    (workspace / ".coi" / "config.toml").write_text("[shell]\nuse_tmux = false\n")
+    result = coi(
+        "shell", "--debug", "-w", str(workspace), input="echo direct-$(whoami)-$TMUX.; exit 3\n"
+    )
+    assert result.returncode == 3, result.stderr
+    assert "direct-code-." in result.stdout  # as the code user, outside any tmux
+    assert "Mode: Direct (no tmux)" in result.stderr and "(tmux)" not in result.stderr
+    assert not incus.instance_exists(container_name(coi.prefix, str(workspace), 1))
+    removed = coi("shell", "-w", str(workspace), "--tmux=false")
+    assert removed.returncode == 2
+    assert "--tmux flag was removed" in removed.stderr and "[shell] use_tmux" in removed.stderr

@@ -369,7 +369,7 @@ def test_config_show_lists_every_key_and_marks_the_fixed(
 
 def test_fixed_keys_are_flagged_in_the_key_table() -> None:
     flagged = {k.path for k in KEYS if k.refusal}
-    assert {"container.alias", "shell.use_tmux", "paths.sessions_dir"} <= flagged
+    assert {"container.alias", "paths.sessions_dir"} <= flagged
     assert {"monitoring.nft.lima_host", "ports.pool"} <= flagged
     for key in KEYS:  # a fixed key's default is the value it is fixed at
         assert not key.refusal or key.supported == (key.default,), key.path
