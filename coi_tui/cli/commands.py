@@ -18,13 +18,14 @@ from typing import Any
 from coi_tui import __version__
 from coi_tui.cli.output import err
 from coi_tui.cli.parser import wants_json
-from coi_tui.cli.target import incus_for, resolve_workspace
+from coi_tui.cli.target import by_name_or_alias, incus_for, resolve_workspace
 from coi_tui.config import Settings, load_settings
 from coi_tui.config.layers import parse_mount_flag
 from coi_tui.config.settings import SessionOverrides, session_settings
 from coi_tui.core.errors import CoiError, Terminated, UsageError
 from coi_tui.core.fs import atomic_write
 from coi_tui.incus import ExecResult, Incus, IncusError, Instance, InstanceNotFound
+from coi_tui.sessions import aliases
 from coi_tui.sessions.manager import (
     LaunchRequest,
     Session,
@@ -167,6 +168,11 @@ def launch_request(args: argparse.Namespace, service: SessionService) -> LaunchR
 
 # ---------------------------------------------------------------------- shell / run / attach
 def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if getattr(args, "alias", None):
+        entry, slot = aliases.lookup(args.alias)
+        args.workspace = entry.workspace
+        args.slot = args.slot or slot
+        args.profile = getattr(args, "profile", "") or entry.profile
     service = service_for(args)
     manager = service.manager
     if getattr(args, "tmux", None) is not None:
@@ -357,13 +363,8 @@ def resolve_target(manager: SessionManager, name: str, slot: int, workspace: str
     settings = manager.settings
     if slot:
         target = container_name(settings.container_prefix, resolve_workspace(workspace), slot)
-    elif manager.incus.instance_exists(name):
-        target = name
     else:
-        aliased = [
-            i.name for i in manager.coi_instances() if i.config.get("user.coi.alias") == name
-        ]
-        target = aliased[0] if len(aliased) == 1 else name
+        target = by_name_or_alias(manager, name)
     try:
         running = manager.incus.status(target) == "Running"
     except CoiError:
@@ -574,7 +575,7 @@ def targets(manager: SessionManager, names: list[str], all_: bool, verb: str) ->
             f"no container names provided - use 'coi list' to see active containers "
             f"(or 'coi {verb} --all')"
         )
-    return names
+    return [by_name_or_alias(manager, name) for name in names]
 
 
 def cmd_persist(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -103,16 +103,14 @@ def _context() -> tuple[Any, Any]:
 def resolve(manager: Any, name: str | None, workspace: str) -> str:
     """NAME or alias, then $COI_CONTAINER, then the workspace's only container (by the
     workspace hash in the name, or the workspace recorded on the container)."""
-    from coi_tui.cli.target import workspace_containers
+    from coi_tui.cli.target import by_name_or_alias, workspace_containers
     from coi_tui.core.errors import CoiError
 
     incus = manager.incus
     if name:
-        if incus.instance_exists(name):
-            return name
-        for instance in manager.coi_instances():
-            if instance.config.get("user.coi.alias") == name:
-                return str(instance.name)
+        found = by_name_or_alias(manager, name)
+        if incus.instance_exists(found):
+            return found
         raise CoiError(f"container '{name}' not found")
     env = os.environ.get("COI_CONTAINER")
     if env:

@@ -126,16 +126,14 @@ def _context() -> tuple[Incus, SessionManager]:
 
 def find_container(manager: SessionManager, name: str | None, workspace: str = ".") -> str:
     """NAME (a container or an alias), then $COI_CONTAINER, then the workspace's only one."""
-    from coi_tui.cli.target import resolve_workspace
+    from coi_tui.cli.target import by_name_or_alias, resolve_workspace
     from coi_tui.sessions.manager import workspace_of
 
     instances = manager.coi_instances()
     if name:
-        for instance in instances:
-            if name in (instance.name, instance.config.get("user.coi.alias")):
-                return instance.name
-        if manager.incus.instance_exists(name):
-            return name
+        found = by_name_or_alias(manager, name)
+        if manager.incus.instance_exists(found):
+            return found
         raise CoiError(f"container '{name}' not found (see 'coi list')")
     if os.environ.get("COI_CONTAINER"):
         return os.environ["COI_CONTAINER"]

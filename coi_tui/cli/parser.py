@@ -249,6 +249,12 @@ def build_parser() -> CoiParser:
     p.add_argument(
         "--background", action="store_true", help="start detached; attach later with 'coi attach'"
     )
+    p.add_argument(
+        "alias",
+        nargs="?",
+        help="a workspace's [container] alias: start that workspace (with its profile) from "
+        "anywhere; ALIAS-N picks slot N",
+    )
     p.add_argument("--debug", action="store_true", help="start bash instead of the agent")
     p.add_argument("--force", action="store_true", help=FORCE_HOME_HELP)
     p.add_argument(

@@ -86,15 +86,16 @@ def _context(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def resolve_container(manager, args: argparse.Namespace) -> str:  # type: ignore[no-untyped-def]
-    """COI's order: -c NAME, else $COI_CONTAINER, else the one container of the workspace
+    """COI's order: -c NAME (or alias), else $COI_CONTAINER, else the one container of the workspace
     (known by its user.coi.workspace, or by its name: prefix + the workspace's hash)."""
-    from coi_tui.cli.target import workspace_containers
+    from coi_tui.cli.target import by_name_or_alias, workspace_containers
     from coi_tui.core.errors import CoiError
 
     if args.container:
-        if not manager.incus.instance_exists(args.container):
+        found = by_name_or_alias(manager, args.container)
+        if not manager.incus.instance_exists(found):
             raise CoiError(f"container '{args.container}' not found")
-        return str(args.container)
+        return found
     if os.environ.get("COI_CONTAINER"):
         name = os.environ["COI_CONTAINER"]
         if not manager.incus.instance_exists(name):

@@ -67,3 +67,12 @@ def workspace_containers(manager: Any, workspace: str) -> list[str]:
         for i in manager.coi_instances()
         if workspace_of(i) == here or (parse_container_name(prefix, i.name) or ("",))[0] == digest
     )
+
+
+def by_name_or_alias(manager: Any, name: str) -> str:
+    """A container NAME, or the one container whose `user.coi.alias` is NAME (an alias, or
+    ALIAS-N for slot N); NAME itself when neither matches (the caller says "not found")."""
+    if manager.incus.instance_exists(name):
+        return name
+    aliased = [i.name for i in manager.coi_instances() if i.config.get("user.coi.alias") == name]
+    return str(aliased[0]) if len(aliased) == 1 else name

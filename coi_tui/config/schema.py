@@ -340,6 +340,20 @@ def check_name(key: Key, value: Any) -> str:
     return text
 
 
+ALIAS_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,63}$")
+
+
+def check_alias(key: Key, value: Any) -> str:
+    """COI's alias rule: a letter, then up to 63 letters, digits, "_" or "-"."""
+    text = check_str(key, value).strip()
+    if text and not ALIAS_RE.match(text):
+        raise Invalid(
+            f"invalid alias {describe(value)}: it must start with a letter and hold only "
+            'letters, digits, "_" and "-" (at most 64)'
+        )
+    return text
+
+
 def table_entries(key: Key, value: Any, fields: dict[str, str]) -> list[dict[str, Any]]:
     """[[key]] tables: a list of tables whose fields are all known. `fields`: name -> kind
     (str, int, bool, port, ports, hostnames)."""
@@ -495,6 +509,7 @@ CHECKS: dict[str, Callable[[Key, Any], Any]] = {
     "int": check_int,
     "float": check_float,
     "str": check_str,
+    "alias": check_alias,
     "enum": check_enum,
     "tool": check_tool,
     "list": check_list,
@@ -594,7 +609,7 @@ KEYS: tuple[Key, ...] = (
     K("container.docker", "docker", "bool", True),
     K("container.shutdown_timeout", "shutdown_timeout", "int", 60, min=0, max=3600),
     K("container.ready_timeout", "ready_timeout", "int", 30, min=1, max=3600),
-    R("container.alias", "alias", "str", "", why=NOT_YET.format("workspace aliases")),
+    K("container.alias", "alias", "alias", ""),
     R(
         "container.session_name",
         "session_name",

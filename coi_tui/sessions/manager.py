@@ -21,6 +21,7 @@ from coi_tui.core.paths import logs_dir
 from coi_tui.incus import ExecResult, Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.incus.provision import subid_allows
 from coi_tui.monitor.config import KILLED_BY_MONITOR, KILLED_KEY
+from coi_tui.sessions import aliases
 from coi_tui.sessions.hooks import run_hooks
 from coi_tui.sessions.hookspec import LaunchContext, LaunchRequest, Say, Session
 from coi_tui.sessions.naming import (
@@ -193,6 +194,8 @@ class SessionManager:
         }
         if req.profile:
             config["user.coi.profile"] = req.profile
+        if self.settings.alias:
+            config["user.coi.alias"] = aliases.label(self.settings.alias, slot)
         devices: dict[str, dict[str, str]] = {
             "workspace": {"type": "disk", "source": req.workspace, "path": WORKSPACE, **ws_extra},
         }
@@ -256,6 +259,8 @@ class SessionManager:
                 self.say(f"Resuming session: {resume_meta.session_id}")
             req = dataclasses.replace(req, persistent=self.resume_persistence(req, resume_meta))
         session_id = resume_meta.session_id if resume_meta else str(uuid.uuid4())
+        if self.settings.alias:
+            aliases.register(self.settings.alias, req.workspace, req.profile)
         if interactive:
             self.say(f"Setting up session {session_id}...")
         ws_hash = workspace_hash(req.workspace)
@@ -311,9 +316,10 @@ class SessionManager:
             ):
                 self.guard_privileged(existing)
                 self.say(f"Reusing persistent container {name}...")
-                self.incus.update_instance(
-                    name, config={"user.coi.session_id": session_id, "user.coi.tool": req.tool.name}
-                )
+                labels = {"user.coi.session_id": session_id, "user.coi.tool": req.tool.name}
+                if self.settings.alias:
+                    labels["user.coi.alias"] = aliases.label(self.settings.alias, slot)
+                self.incus.update_instance(name, config=labels)
                 session.reused = True
             else:
                 if existing is not None:

@@ -203,3 +203,44 @@ def test_use_tmux_false_runs_the_agent_attached_without_tmux(
     removed = coi("shell", "-w", str(workspace), "--tmux=false")
     assert removed.returncode == 2
     assert "--tmux flag was removed" in removed.stderr and "[shell] use_tmux" in removed.stderr
+
+
+def test_an_alias_names_a_workspace_from_anywhere(
+    coi: CoiRunner, workspace: Path, incus: Incus, tmp_path: Path
+) -> None:
+    """[container] alias (a project may set it): registered in aliases.json, carried by each
+    slot's container (NAME, NAME-2, ...), shown by `coi list`; `coi shell NAME[-N]` starts
+    that workspace from any directory and `coi kill NAME-N` finds its slot; another
+    workspace's claim and a malformed name are refused, in COI's words."""
+    import json
+
+    (workspace / ".coi").mkdir()
+    (workspace / ".coi" / "config.toml").write_text('[container]\nalias = "proj-a"\n')
+    coi.ok("shell", "--background", "--debug", "-w", str(workspace))
+    first = container_name(coi.prefix, str(workspace), 1)
+    assert incus.get_instance(first).config["user.coi.alias"] == "proj-a"
+    registry = json.loads((coi.home / "aliases.json").read_text())
+    assert registry["proj-a"]["workspace"] == str(workspace)
+    listed = json.loads(coi.ok("list", "--format", "json").stdout)["active_containers"]
+    assert [c["alias"] for c in listed if c["name"] == first] == ["proj-a"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    coi.ok("shell", "--background", "--debug", "proj-a", cwd=elsewhere)
+    second = container_name(coi.prefix, str(workspace), 2)
+    assert incus.get_instance(second).config["user.coi.alias"] == "proj-a-2"
+    killed = coi("kill", "proj-a-2")
+    assert killed.returncode == 0, killed.stderr
+    assert not incus.instance_exists(second) and incus.instance_exists(first)
+
+    other = tmp_path / "other"
+    (other / ".coi").mkdir(parents=True)
+    (other / ".coi" / "config.toml").write_text('[container]\nalias = "proj-a"\n')
+    taken = coi("shell", "--background", "-w", str(other))
+    assert taken.returncode == 1 and 'alias "proj-a" is already registered' in taken.stderr
+    assert "alias conflict" in taken.stderr
+    (other / ".coi" / "config.toml").write_text('[container]\nalias = "9lives"\n')
+    bad = coi("shell", "--background", "-w", str(other))
+    assert bad.returncode == 1 and "invalid alias" in bad.stderr
+    unknown = coi("shell", "--background", "nope", cwd=elsewhere)
+    assert unknown.returncode == 1 and 'alias "nope" not found' in unknown.stderr

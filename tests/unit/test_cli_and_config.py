@@ -86,8 +86,10 @@ def test_cobra_conventions() -> None:
     for argv in (["version", "--json"], ["version", "--format", "json"]):
         assert json.loads(coi(*argv).stdout)["implementation"] == "coi-tui"
     assert "coi-tui" in coi("version", "--help").stdout
-    stray = coi("shell", "abc")
-    assert stray.returncode == 2 and "did you mean --resume=abc?" in stray.stderr
+    stray = coi("shell", "abc", "def")
+    assert stray.returncode == 2 and "did you mean --resume=def?" in stray.stderr
+    unknown = coi("shell", "abc")  # an alias nothing registered, in COI's words
+    assert unknown.returncode == 1 and 'alias "abc" not found' in unknown.stderr
     bad_slot = coi("--slot", "11", "run", "--", "true")
     assert bad_slot.returncode == 2 and "slot" in bad_slot.stderr
 

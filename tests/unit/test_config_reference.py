@@ -360,8 +360,8 @@ def test_config_show_lists_every_key_and_marks_the_fixed(
     as_json = json.loads(coi(project, home, "config", "show", "--json").stdout)
     assert "not yet enforced" not in shown.stdout
     assert (
-        "container.alias" in as_json["fixed"]
-        and "workspace aliases" in (as_json["fixed"]["container.alias"])
+        "container.session_name" in as_json["fixed"]
+        and "named sessions" in (as_json["fixed"]["container.session_name"])
     )
     assert "prompts" not in as_json["fixed"]
     assert as_json["config"]["sockets"][0]["host"] == "/run/user/1000/bus"
@@ -369,7 +369,7 @@ def test_config_show_lists_every_key_and_marks_the_fixed(
 
 def test_fixed_keys_are_flagged_in_the_key_table() -> None:
     flagged = {k.path for k in KEYS if k.refusal}
-    assert {"container.alias", "paths.sessions_dir"} <= flagged
+    assert {"container.session_name", "paths.sessions_dir"} <= flagged
     assert {"monitoring.nft.lima_host", "ports.pool"} <= flagged
     for key in KEYS:  # a fixed key's default is the value it is fixed at
         assert not key.refusal or key.supported == (key.default,), key.path
@@ -632,7 +632,7 @@ def test_profile_create_default_scaffolds_the_documented_starter(
                 )
             ), key.path
     assert "accepted, not yet enforced" not in text
-    assert '# alias = ""' in text and "fixed here: workspace aliases" in text
+    assert '# session_name = ""' in text and "fixed here: named sessions" in text
     assert coi(project, home, "validate", "profile", "default").returncode == 0
     profiles = ProfileSet.discover(project, env)
     assert profiles.resolve("default").layer.values == {}  # behaves like the built-in
