@@ -506,6 +506,7 @@ def cmd_sessions(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 def cmd_tool_spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from coi_tui.sessions.manager import Session
     from coi_tui.tools import get_tool
+    from coi_tui.tools.base import tool_options
 
     if not SAFE_SESSION_ID.fullmatch(args.session_id):
         raise UsageError(
@@ -525,7 +526,11 @@ def cmd_tool_spec(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     argv = [
         binary,
         *tool.command(
-            args.session_id, resume=resume, resume_id=resume_id, permission_mode=permission
+            args.session_id,
+            resume=resume,
+            resume_id=resume_id,
+            permission_mode=permission,
+            options=tool_options(settings),
         )[1:],
     ]
     spec: dict[str, Any] = {"command": argv}

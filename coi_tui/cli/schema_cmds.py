@@ -35,6 +35,8 @@ KIND_SCHEMAS: dict[str, dict[str, Any]] = {
     "domains": {"type": "array", "items": {"type": "string", "pattern": "^[^*]+$"}},
     "ipv4_list": {"type": "array", "items": {"type": "string", "format": "ipv4"}},
     "name": {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]*)?$"},
+    "agents": {"type": "array", "items": {"type": "string"}},
+    "token": {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._:/@-]*)?$"},
     "alias": {"type": "string", "pattern": "^([A-Za-z][A-Za-z0-9_-]{0,63})?$"},
     "sockets": {"type": "array", "items": {"type": "object"}},
     "credentials": {"type": "array", "items": {"type": "object"}},

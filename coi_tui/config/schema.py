@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from coi_tui.core.toml import toml_value
-from coi_tui.images.agents import AGENTS, DEFAULT_AGENTS
+from coi_tui.images.agents import AGENTS, DEFAULT_AGENTS, NOT_INSTALLABLE
 from coi_tui.tools import TOOLS
 from coi_tui.tools.credentials import BUNDLES
 
@@ -199,6 +199,16 @@ def check_list(key: Key, value: Any) -> list[str]:
     return list(value)
 
 
+def check_agents(key: Key, value: Any) -> list[str]:
+    """[container.build] agents: a tool the image cannot carry is refused with the reason."""
+    for item in value if isinstance(value, list) else []:
+        if item in NOT_INSTALLABLE:
+            raise Invalid(
+                f"agent {describe(item)} cannot go into the image: {NOT_INSTALLABLE[item]}"
+            )
+    return check_list(key, value)
+
+
 def check_int_list(key: Key, value: Any) -> list[int]:
     if isinstance(value, str):  # environment variables: comma separated
         value = [part.strip() for part in value.split(",") if part.strip()]
@@ -336,6 +346,20 @@ def check_name(key: Key, value: Any) -> str:
         raise Invalid(
             f'expected letters, digits, ".", "_" and "-", starting with a letter or digit, got '
             f"{describe(value)}"
+        )
+    return text
+
+
+TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
+
+
+def check_token(key: Key, value: Any) -> str:
+    """A value that becomes one argument of the agent's argv (COI's rule for [tool.codex])."""
+    text = check_str(key, value).strip()
+    if text and not TOKEN_RE.match(text):
+        raise Invalid(
+            f"{describe(value)} must be a single token (letters, digits and . _ : / @ -, "
+            "starting with a letter or digit)"
         )
     return text
 
@@ -510,6 +534,8 @@ CHECKS: dict[str, Callable[[Key, Any], Any]] = {
     "float": check_float,
     "str": check_str,
     "alias": check_alias,
+    "token": check_token,
+    "agents": check_agents,
     "enum": check_enum,
     "tool": check_tool,
     "list": check_list,
@@ -543,6 +569,7 @@ FILE_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
     "float": (int, float),
     "list": (list,),
+    "agents": (list,),
     "int_list": (list,),
     "env_names": (list,),
     "domains": (list,),
@@ -622,7 +649,7 @@ KEYS: tuple[Key, ...] = (
     K("container.build.script", "build_script", "str", ""),
     K("container.build.commands", "build_commands", "list", []),
     K("container.build.compression", "build_compression", "enum", "", "", "none", "gzip", "xz"),
-    K("container.build.agents", "build_agents", "list", list(DEFAULT_AGENTS), *AGENT_NAMES),
+    K("container.build.agents", "build_agents", "agents", list(DEFAULT_AGENTS), *AGENT_NAMES),
     R(
         "container.build.cloud_init",
         "build_cloud_init",
@@ -646,15 +673,8 @@ KEYS: tuple[Key, ...] = (
         "",
         *("", "low", "medium", "high", "xhigh", "max", "auto"),
     ),
-    R("tool.codex.model", "codex_model", "str", "", why=NOT_YET.format("the codex tool")),
-    R(
-        "tool.codex.reasoning_effort",
-        "codex_reasoning_effort",
-        "enum",
-        "",
-        *("", "minimal", "low", "medium", "high"),
-        why=NOT_YET.format("the codex tool"),
-    ),
+    K("tool.codex.model", "codex_model", "token", ""),
+    K("tool.codex.reasoning_effort", "codex_reasoning_effort", "token", ""),
     K("shell.use_tmux", "use_tmux", "bool", True),
     R("paths.sessions_dir", "sessions_dir", "str", "~/.coi/sessions", why=UNDER_HOME),
     R("paths.storage_dir", "storage_dir", "str", "~/.coi/storage", why=UNDER_HOME),

@@ -56,13 +56,33 @@ class PypiAgent:
     registry_name = "PyPI"
 
 
-AGENTS: dict[str, NpmAgent | PypiAgent] = {
+@dataclass(frozen=True)
+class NpmTreeAgent:
+    """A JavaScript CLI: its whole node_modules tree in /opt/<binary>, run by the image's
+    Node.js through a launcher in /usr/local/bin."""
+
+    package: str
+    binary: str
+
+    registry_name = "npm"
+
+
+Agent = NpmAgent | NpmTreeAgent | PypiAgent
+AGENTS: dict[str, Agent] = {
     "claude": NpmAgent("@anthropic-ai/claude-code", "claude"),
     "opencode": NpmAgent("opencode-ai", "opencode"),
     "aider": PypiAgent("aider-chat", "aider"),
+    "codex": NpmTreeAgent("@openai/codex", "codex"),  # a JS launcher for its native binary
 }
-# What the full image gets when nothing else is asked for (the lean image gets none).
-DEFAULT_AGENTS = sorted(AGENTS)
+# Tools coi runs that the image cannot carry: why (a session still runs them when the image
+# has them, e.g. from [container.build] commands; the image has a stand-in of each name).
+NOT_INSTALLABLE = {
+    "pi": "pi needs Node.js 20.6 or newer and the image's is 18 (Debian bookworm)",
+    "omp": "omp needs the Bun runtime, which the image does not have",
+}
+# What the full image gets when nothing else is asked for (the lean image gets none); codex
+# is opt-in, as in COI.
+DEFAULT_AGENTS = ["aider", "claude", "opencode"]
 
 
 def default_agents(variant: str) -> list[str]:
@@ -75,6 +95,9 @@ def parse_agents(text: str) -> list[str]:
     if text in ("", "none"):
         return []
     names = sorted(AGENTS) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if name in NOT_INSTALLABLE:
+            raise UsageError(f"agent '{name}' cannot go into the image: {NOT_INSTALLABLE[name]}")
     unknown = [n for n in names if n not in AGENTS]
     if unknown:
         raise UsageError(
@@ -113,13 +136,13 @@ def pypi_index() -> str:
     return (os.environ.get("PIP_INDEX_URL") or PYPI_INDEX).rstrip("/") + "/"
 
 
-def probe_url(spec: NpmAgent | PypiAgent) -> str:
-    if isinstance(spec, NpmAgent):
+def probe_url(spec: Agent) -> str:
+    if isinstance(spec, (NpmAgent, NpmTreeAgent)):
         return npm_registry() + urllib.parse.quote(spec.package, safe="@")
     return pypi_index() + spec.package + "/"
 
 
-def registry_answers(spec: NpmAgent | PypiAgent, timeout: float = PROBE_TIMEOUT) -> bool:
+def registry_answers(spec: Agent, timeout: float = PROBE_TIMEOUT) -> bool:
     """One quick request for the package's page, so an unreachable registry costs seconds
     (npm and pip retry for minutes)."""
     request = urllib.request.Request(probe_url(spec), method="HEAD")
@@ -178,6 +201,8 @@ class AgentStager:
             try:
                 if isinstance(spec, NpmAgent):
                     version = _stage_npm(self.stage, spec, self.timeout)
+                elif isinstance(spec, NpmTreeAgent):
+                    version = _stage_npm_tree(self.stage, spec, self.timeout)
                 else:
                     version = _stage_pypi(self.stage, spec, self.timeout)
             except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
@@ -239,6 +264,33 @@ def _stage_npm(stage: Path, spec: NpmAgent, timeout: float) -> str:
         shutil.copy2(binary.resolve(), target)
         target.chmod(0o755)
     said = _run([str(target), "--version"], 60)
+    found = VERSION.search(said)
+    return found.group(0) if found else "unknown"
+
+
+NPM_TREE_LAUNCHER = """#!/bin/sh
+# {package} from npm, installed by coi build into /opt/{binary}
+exec /opt/{binary}/node_modules/.bin/{binary} "$@"
+"""
+
+
+def _stage_npm_tree(stage: Path, spec: NpmTreeAgent, timeout: float) -> str:
+    npm = shutil.which("npm")
+    if not npm:
+        raise RuntimeError("npm is not installed on the build host (apt-get install npm)")
+    prefix = stage / "opt" / spec.binary
+    prefix.mkdir(parents=True)
+    command = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--omit=dev"]
+    _run([*command, spec.package], timeout)
+    entry = prefix / "node_modules" / ".bin" / spec.binary
+    if not entry.exists():
+        raise RuntimeError(f"{spec.package} has no '{spec.binary}' executable")
+    launcher = stage / "usr" / "local" / "bin" / spec.binary
+    launcher.parent.mkdir(parents=True, exist_ok=True)
+    text = NPM_TREE_LAUNCHER.replace("{package}", spec.package)
+    launcher.write_text(text.replace("{binary}", spec.binary))
+    launcher.chmod(0o755)
+    said = _run([str(entry), "--version"], 60)
     found = VERSION.search(said)
     return found.group(0) if found else "unknown"
 

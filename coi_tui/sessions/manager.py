@@ -33,7 +33,7 @@ from coi_tui.sessions.naming import (
 from coi_tui.sessions.slots import choose_slot, occupied_slots, slot_lock
 from coi_tui.sessions.store import SessionMeta, SessionStore, now_rfc3339
 from coi_tui.tools import Tool, get_tool
-from coi_tui.tools.base import SANDBOX_CONTEXT
+from coi_tui.tools.base import SANDBOX_CONTEXT, tool_options
 
 CODE_HOME = "/home/code"
 WORKSPACE = "/workspace"
@@ -556,6 +556,7 @@ class SessionManager:
             resume_id=resume_id,
             permission_mode=permission,
             context_path=SANDBOX_CONTEXT if self.settings.auto_context else None,
+            options=tool_options(self.settings),
         )
         if use_dummy():
             # COI's test hook: the same tool (sessions, settings, argv), run by the stub.

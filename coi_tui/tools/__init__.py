@@ -4,10 +4,14 @@ from coi_tui.core.errors import UsageError
 from coi_tui.tools.aider import AIDER
 from coi_tui.tools.base import Tool
 from coi_tui.tools.claude import CLAUDE
+from coi_tui.tools.codex import CODEX
 from coi_tui.tools.dummy import DUMMY
 from coi_tui.tools.opencode import OPENCODE
+from coi_tui.tools.pi import OMP, PI
 
-TOOLS: dict[str, Tool] = {tool.name: tool for tool in (CLAUDE, OPENCODE, AIDER, DUMMY)}
+TOOLS: dict[str, Tool] = {
+    tool.name: tool for tool in (CLAUDE, OPENCODE, AIDER, CODEX, PI, OMP, DUMMY)
+}
 
 
 def get_tool(name: str) -> Tool:

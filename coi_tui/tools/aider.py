@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from coi_tui.tools.base import Tool
 
 
@@ -15,6 +17,7 @@ class AiderTool(Tool):
         resume_id: str | None,
         permission_mode: str,
         context_path: str | None = None,
+        options: Mapping[str, str] | None = None,
     ) -> list[str]:
         argv = [self.binary]
         if permission_mode != "interactive":

@@ -3,6 +3,7 @@ that module plus a line in TOOLS (tools/__init__.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,11 @@ class Tool:
         resume_id: str | None,
         permission_mode: str,
         context_path: str | None = None,
+        options: Mapping[str, str] | None = None,
     ) -> list[str]:
         """argv that starts the agent in /workspace. `context_path` is the in-container
-        sandbox context file when auto_context is on (for tools that take it as a flag)."""
+        sandbox context file when auto_context is on (for tools that take it as a flag);
+        `options` are the tool's own config keys (tool_options)."""
         return [self.binary]
 
     def settings_patches(
@@ -74,3 +77,13 @@ def newest_jsonl_stem(directory: Path) -> str | None:
         return None
     logs = sorted(directory.glob("*.jsonl"), key=lambda p: p.stat().st_mtime, reverse=True)
     return logs[0].stem if logs else None
+
+
+def tool_options(settings: Any) -> dict[str, str]:
+    """The per-tool config keys a tool's argv takes ([tool.codex] model, reasoning_effort),
+    non-empty ones only; read by every caller of Tool.command."""
+    found = {
+        "codex.model": settings.codex_model,
+        "codex.reasoning_effort": settings.codex_reasoning_effort,
+    }
+    return {key: str(value) for key, value in found.items() if value}

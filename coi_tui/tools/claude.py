@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class ClaudeTool(Tool):
         resume_id: str | None,
         permission_mode: str,
         context_path: str | None = None,
+        options: Mapping[str, str] | None = None,
     ) -> list[str]:
         """`claude --verbose [--permission-mode bypassPermissions] (--session-id ID |
         --resume [ID])`, as COI starts it."""

@@ -176,7 +176,7 @@ def render_context(facts: ContextFacts) -> str:
     if facts.profile:
         rows.append(("Profile", facts.profile))
     lines = [
-        "# Sandbox Context",
+        "# COI Sandbox Environment",
         "",
         "You are running inside an isolated Incus container created by coi (Code on Incus).",
         "",

@@ -17,6 +17,7 @@ BUNDLES: dict[str, tuple[str, ...]] = {
     "codex": (".codex/auth.json",),
     "opencode": (".local/share/opencode/auth.json",),
     "pi": (".pi/agent/auth.json",),
+    "omp": (".omp/auth.json",),
     "ollama": (".ollama/id_ed25519", ".ollama/id_ed25519.pub"),  # ollama.com's key pair
 }
 HOST_FILE_LIMIT = 1 << 20  # bytes; an agent's config or login file is far smaller

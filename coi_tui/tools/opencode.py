@@ -3,6 +3,8 @@ config in ~/.config/opencode/opencode.json, where coi sets `permission` and `ins
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from coi_tui.tools.base import SANDBOX_CONTEXT, SettingsPatch, Tool
 
 CONFIG = ".config/opencode/opencode.json"
@@ -18,6 +20,7 @@ class OpencodeTool(Tool):
         resume_id: str | None,
         permission_mode: str,
         context_path: str | None = None,
+        options: Mapping[str, str] | None = None,
     ) -> list[str]:
         # COI: plain `opencode`, and `--continue` on resume (its sessions live in its own
         # database, restored with the config dir; `--session ID` is only for `coi tool spec`).

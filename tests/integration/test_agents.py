@@ -1,7 +1,8 @@
 """Each agent starts in tmux with its own flags for both permission modes, its settings files
 are merged (never overwritten), and its native context holds the sandbox context exactly once
 after two sessions. The image carries fakes of claude/opencode/aider with the real argv
-contract; they record each invocation in ~/.cache/coi-fake-agents/<name>.jsonl."""
+contract; they record each invocation in ~/.cache/coi-fake-agents/<name>.jsonl. codex, pi and
+omp: their argv, environment, context file and the host config they are seeded with."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def read(incus: Any, name: str, path: str) -> str:
 
 
 def start(coi: CoiRunner, workspace: Path, tool: str, **env: str) -> str:
+    # An empty host home: what a developer's own ~/.claude holds must not reach these checks.
+    host_home = coi.home.parent / "host-home"
+    host_home.mkdir(exist_ok=True)
+    env = {"HOME": str(host_home), **env}
     result = coi.ok(
         "shell", "--background", "--persistent", "--tool", tool, "-w", str(workspace), env=env
     )
@@ -111,7 +116,7 @@ def test_agent_flags_settings_and_context_over_two_sessions(
     for flag in EXPECTED[tool]:
         assert flag not in second
     context = read(incus, name, CONTEXT)
-    assert context.count("# Sandbox Context") == 1 and name in context
+    assert context.count("# COI Sandbox Environment") == 1 and name in context
     rows = {
         line.split("|")[1].strip(): line.split("|")[2].strip()
         for line in context.splitlines()
@@ -131,7 +136,7 @@ def test_agent_flags_settings_and_context_over_two_sessions(
     if tool == "claude":
         wait_for(lambda: "Permission mode: default" in pane(coi, name), 10, "banner")
         claude_md = read(incus, name, "/home/code/.claude/CLAUDE.md")
-        assert claude_md.count(BEGIN) == 1 and claude_md.count("# Sandbox Context") == 1
+        assert claude_md.count(BEGIN) == 1 and claude_md.count("# COI Sandbox Environment") == 1
         assert second[:2] == ["--verbose", "--session-id"] and len(second) == 3
         settings = json.loads(read(incus, name, "/home/code/.claude/settings.json"))
         # merged, not overwritten: the user's env stays next to the effort level
@@ -148,3 +153,41 @@ def test_agent_flags_settings_and_context_over_two_sessions(
         assert "permission" not in config
     if tool == "aider":
         assert second.count("--read") == 1 and second[second.index("--read") + 1] == CONTEXT
+
+
+def test_codex_pi_and_omp_start_with_their_argv_context_and_host_config(
+    coi: CoiRunner, workspace: Path, incus: Any, tmp_path: Path
+) -> None:
+    """COI's codex seeding case: the host's ~/.codex/config.toml arrives byte for byte, its
+    AGENTS.md keeps the user's text once with the sandbox context once, auth.json stays out
+    (a login file: only [[credentials]] bundle = "codex" brings it); pi and omp get their
+    session directories in the workspace and the context in APPEND_SYSTEM.md."""
+    host_home = coi.home.parent / "host-home"
+    (host_home / ".codex").mkdir(parents=True)
+    config = b'model = "gpt-5.1-codex"\n[features]\nweb_search = true\n'
+    (host_home / ".codex" / "config.toml").write_bytes(config)
+    (host_home / ".codex" / "AGENTS.md").write_text("Use tabs, never spaces.\n")
+    (host_home / ".codex" / "auth.json").write_text('{"OPENAI_API_KEY": "sk-codex-secret"}')
+    (coi.home / "config.toml").write_text('[tool.codex]\nreasoning_effort = "high"\n')
+    name = start(coi, workspace, "codex")
+    wait_for(lambda: len(invocations(incus, name, "codex")) == 1, 20, "codex to start")
+    assert invocations(incus, name, "codex") == [
+        ["--dangerously-bypass-approvals-and-sandbox", "-c", "model_reasoning_effort=high"]
+    ]
+    assert read(incus, name, "/home/code/.codex/config.toml").encode() == config
+    agents_md = read(incus, name, "/home/code/.codex/AGENTS.md")
+    assert agents_md.count("Use tabs, never spaces.") == 1
+    assert agents_md.count("# COI Sandbox Environment") == 1
+    assert read(incus, name, "/home/code/.codex/auth.json") == ""
+    coi.ok("kill", name)
+
+    for tool, variable, context in (
+        ("pi", "PI_CODING_AGENT_SESSION_DIR=/workspace/.pi-sessions", ".pi/agent/APPEND_SYSTEM.md"),
+        ("omp", "OMP_SESSION_DIR=/workspace/.omp-sessions", ".omp/APPEND_SYSTEM.md"),
+    ):
+        name = start(coi, workspace, tool)
+        key, _, value = variable.partition("=")
+        shown = (f"{tool} (coi fake agent) argv: []", f"{key}: {value}")
+        wait_for(lambda n=name, s=shown: all(x in pane(coi, n) for x in s), 20, f"{tool} banner")
+        assert "# COI Sandbox Environment" in read(incus, name, f"/home/code/{context}")
+        coi.ok("kill", name)

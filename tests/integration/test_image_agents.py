@@ -26,11 +26,13 @@ from tests.conftest import CoiRunner
 
 def test_parse_agents_and_recipe_hash() -> None:
     assert parse_agents("aider, claude") == ["aider", "claude"]
-    assert parse_agents("all") == ["aider", "claude", "opencode"]
+    assert parse_agents("all") == ["aider", "claude", "codex", "opencode"]
     assert parse_agents("") == parse_agents("none") == []
     with pytest.raises(UsageError, match="unknown agent"):
         parse_agents("claude,cursor")
-    # the full image's default is every agent; asking for fewer is another recipe
+    with pytest.raises(UsageError, match=r"'pi' cannot go into the image: pi needs Node\.js 20\.6"):
+        parse_agents("claude,pi")
+    # the full image's default is every agent but the opt-in codex, as in COI
     assert recipe_hash() == recipe_hash(["aider", "claude", "opencode"])
     assert recipe_hash(["claude"]) != recipe_hash() != recipe_hash([])
 

@@ -224,7 +224,7 @@ def test_custom_context_file_replaces_the_template_and_context_json_can_be_off(
     context = sh(incus, name, "cat /home/code/SANDBOX_CONTEXT.md").stdout
     assert context == custom.read_text()
     claude_md = sh(incus, name, "cat /home/code/.claude/CLAUDE.md").stdout
-    assert "Always run the linters." in claude_md and "# Sandbox Context" not in claude_md
+    assert "Always run the linters." in claude_md and "# COI Sandbox Environment" not in claude_md
     assert not sh(incus, name, "test -e /home/code/SANDBOX_CONTEXT.json").ok
 
 

@@ -263,7 +263,10 @@ def test_duplicate_profile_names_and_missing_context_are_errors(
         ("[limits.cpu]\n\npriority = 11\n", r":3: \[limits.cpu\] priority: must be 0-10, got 11"),
         ('[limits.disk]\nread = "10MiB/s"\n', r'without "/s"'),
         ('[limits.runtime]\nmax_duration = "soon"\n', r'duration like "20s"'),
-        ('[tool]\nname = "cursor"\n', r"must be one of aider, claude, dummy, opencode"),
+        (
+            '[tool]\nname = "cursor"\n',
+            r"must be one of aider, claude, codex, dummy, omp, opencode, pi",
+        ),
         ('[network]\nmode = "closed"\n', r"must be one of restricted, open, allowlist"),
         ('[timezone]\nmode = "mars"\n', r"\[timezone\] mode: must be one of host, fixed, utc"),
         ('forward_env = ["NOT-A-NAME"]\n', r"forward_env: expected environment variable names"),

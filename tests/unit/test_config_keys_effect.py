@@ -203,6 +203,49 @@ def test_the_agent_argv_follows_binary_and_auto_context(monkeypatch: pytest.Monk
     assert argv(Settings(auto_context=False)) == ["aider", "--yes-always"]
 
 
+def test_codex_pi_and_omp_start_as_in_coi(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """codex: bypass or workspace-write/on-request, [tool.codex] model and reasoning_effort
+    as -m and -c (single tokens only), resume by the newest rollout's id, else --last; pi and
+    omp: --continue on resume, sessions in the workspace, permission mode without effect."""
+    monkeypatch.delenv("COI_USE_DUMMY", raising=False)
+
+    def argv(tool: str, settings: Settings, resume: Any = None) -> list[str]:
+        session = Session("coi-0badcafe-1", "S", 1, "/w", False, get_tool(tool), resume_meta=resume)
+        return SessionManager(None, settings, print).agent_command(session, debug=False)  # type: ignore[arg-type]
+
+    assert argv("codex", Settings()) == ["codex", "--dangerously-bypass-approvals-and-sandbox"]
+    tuned = configured(
+        home,
+        '[tool]\npermission_mode = "interactive"\n'
+        '[tool.codex]\nmodel = "gpt-5.1-codex"\nreasoning_effort = "high"\n',
+    )
+    assert argv("codex", tuned) == [
+        "codex", "-s", "workspace-write", "-a", "on-request", "-m", "gpt-5.1-codex",
+        "-c", "model_reasoning_effort=high",
+    ]  # fmt: skip
+    with pytest.raises(CoiError, match="must be a single token"):
+        configured(home, '[tool.codex]\nmodel = "gpt; rm -rf /"\n')
+    for name, variable in (("pi", "PI_CODING_AGENT_SESSION_DIR"), ("omp", "OMP_SESSION_DIR")):
+        assert argv(name, tuned) == argv(name, Settings()) == [name]
+        assert get_tool(name).env[variable].startswith("/workspace/")
+
+    saved = tmp_path / "saved"
+    rollouts = saved / "sessions" / "2026" / "12"
+    rollouts.mkdir(parents=True)
+    older, newer = "0b1e2d3c-0000-4000-8000-00000000000a", "0b1e2d3c-0000-4000-8000-00000000000b"
+    (rollouts / f"rollout-2026-12-01T10-00-00-{older}.jsonl").write_text("{}")
+    (rollouts / f"rollout-2026-12-07T09-00-00-{newer}.jsonl").write_text("{}")
+    codex = get_tool("codex")
+    assert codex.discover_resume_id(saved) == newer
+    assert codex.discover_resume_id(tmp_path / "none") is None
+    common = {"session_id": "S", "permission_mode": "bypass"}
+    assert codex.command(resume=True, resume_id=newer, **common)[:3] == ["codex", "resume", newer]
+    assert codex.command(resume=True, resume_id=None, **common)[:3] == ["codex", "resume", "--last"]
+    assert get_tool("pi").command(resume=True, resume_id=None, **common) == ["pi", "--continue"]
+
+
 def test_claude_model_reaches_the_agents_environment(home: Path) -> None:
     """[tool.claude] model is ANTHROPIC_MODEL for claude (and its test double), not for the
     other agents; unset, the variable is not set."""

@@ -305,6 +305,7 @@ def test_the_reference_config_as_is_fails_on_its_first_refused_key(
     message = str(caught.value)
     assert "\n" not in message
     assert "[container.build] agents" in message and '"pi"' in message, message
+    assert "cannot go into the image: pi needs Node.js 20.6" in message
 
 
 def test_reference_config_with_every_key_loads(dirs: tuple[Path, Path, dict[str, str]]) -> None:
@@ -436,7 +437,7 @@ def test_reference_defaults() -> None:
         ('[container]\nstale_base_check = "maybe"\n', r"must be one of warn, error, off"),
         ('[container.build]\ncompression = "zstd"\n', r"must be one of , none, gzip, xz"),
         ('[tool.claude]\neffort_level = "huge"\n', r"effort_level: must be one of"),
-        ('[tool.codex]\nreasoning_effort = "max"\n', r"reasoning_effort: must be one of"),
+        ('[tool.codex]\nreasoning_effort = "very high"\n', r"must be a single token"),
         ('[tool]\npermission_mode = "yolo"\n', r"must be one of bypass, interactive"),
         ("[ports]\npool = 11\n", r"\[ports\] pool: must be 0-10"),
         ("[[ports.map]]\ncontainer = 80\n", r"name is required"),

@@ -101,6 +101,8 @@ ENFORCED_BY: dict[str, str] = {
     "container.build.agents": t(KEYS_UNIT, "test_coi_build_fetches_the_configured_agents"),
     "tool.name": t(KEYS_RUN, "test_the_configured_tool_starts_without_the_tool_flag"),
     "container.alias": t(KEYS_RUN, "test_an_alias_names_a_workspace_from_anywhere"),
+    "tool.codex.model": t(KEYS_UNIT, "test_codex_pi_and_omp_start_as_in_coi"),
+    "tool.codex.reasoning_effort": t(KEYS_UNIT, "test_codex_pi_and_omp_start_as_in_coi"),
     "shell.use_tmux": t(KEYS_RUN, "test_use_tmux_false_runs_the_agent_attached_without_tmux"),
     "tool.permission_mode": t(
         "integration/test_agents", "test_agent_flags_settings_and_context_over_two_sessions"

@@ -40,11 +40,11 @@ done
 
 # The fake agent the tests use (claude-compatible for our purposes).
 install -m 0755 "$RECIPE_DIR/dummy" "$ROOT/usr/local/bin/dummy"
-# Stand-ins with the argv contract of claude, opencode and aider, kept in their own directory
+# Stand-ins with the argv contract of claude, opencode, aider, codex, pi and omp, kept in their own directory
 # (tests put it first on PATH), and linked under the agent's name until `coi build` copies the
 # real CLI over the link.
 mkdir -p "$ROOT/usr/local/lib/coi/stand-ins"
-for agent in claude opencode aider; do
+for agent in claude opencode aider codex pi omp; do
     install -m 0755 "$RECIPE_DIR/fake-agent" "$ROOT/usr/local/lib/coi/stand-ins/$agent"
     if ! chroot "$ROOT" sh -c "command -v $agent" >/dev/null 2>&1; then
         ln -s "/usr/local/lib/coi/stand-ins/$agent" "$ROOT/usr/local/bin/$agent"
