@@ -15,6 +15,7 @@ import pytest
 from coi_tui.core.errors import UsageError
 from coi_tui.images.agents import (
     AGENTS,
+    DEFAULT_AGENTS,
     AgentStager,
     parse_agents,
     parse_installed,
@@ -103,7 +104,7 @@ def test_a_session_container_of_the_default_image_runs_the_real_agents(
     installed = parse_installed(incus.get_image(image).properties.get(AGENTS_PROPERTY, ""))
     plain = tmp_path / "no-stand-ins.toml"  # the user's PATH, not the tests' stand-ins
     plain.write_text("")
-    script = 'for a in claude opencode aider; do echo "== $a"; $a --version 2>&1; done'
+    script = 'for a in claude opencode aider codex; do echo "== $a"; $a --version 2>&1; done'
     result = coi.ok(
         "run", "-w", str(workspace), "--", "sh", "-c", script, env={"COI_CONFIG": str(plain)}
     )
@@ -111,7 +112,7 @@ def test_a_session_container_of_the_default_image_runs_the_real_agents(
     for block in result.stdout.split("== ")[1:]:
         name, _, output = block.partition("\n")
         said[name] = output
-    for name in AGENTS:
+    for name in DEFAULT_AGENTS:  # codex is opt-in (a stand-in by default)
         output = said[name]
         if name in installed:
             assert installed[name] in output and "coi fake agent" not in output, output
@@ -123,3 +124,4 @@ def test_a_session_container_of_the_default_image_runs_the_real_agents(
     if registry_answers(AGENTS["claude"]):
         assert "(Claude Code)" in said["claude"]
         assert "coi fake agent" not in said["opencode"]
+    assert "coi fake agent" in said["codex"]
