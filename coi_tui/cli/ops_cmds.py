@@ -126,10 +126,8 @@ def _context() -> tuple[Incus, SessionManager]:
 
 def find_container(manager: SessionManager, name: str | None, workspace: str = ".") -> str:
     """NAME (a container or an alias), then $COI_CONTAINER, then the workspace's only one."""
-    from coi_tui.cli.target import by_name_or_alias, resolve_workspace
-    from coi_tui.sessions.manager import workspace_of
+    from coi_tui.cli.target import by_name_or_alias, workspace_containers
 
-    instances = manager.coi_instances()
     if name:
         found = by_name_or_alias(manager, name)
         if manager.incus.instance_exists(found):
@@ -137,8 +135,7 @@ def find_container(manager: SessionManager, name: str | None, workspace: str = "
         raise CoiError(f"container '{name}' not found (see 'coi list')")
     if os.environ.get("COI_CONTAINER"):
         return os.environ["COI_CONTAINER"]
-    here = resolve_workspace(workspace)
-    mine = [i.name for i in instances if workspace_of(i) == here]
+    mine = workspace_containers(manager, workspace)
     if not mine:
         raise CoiError("no COI containers found for current workspace - name one (see 'coi list')")
     if len(mine) > 1:

@@ -496,7 +496,8 @@ def build_parser() -> CoiParser:
 
     build_cmds.add_parsers(sub, common)  # here, so `coi --help` keeps its order
 
-    p = sub.add_parser("images", help="list images (legacy name of 'coi image list')")
+    # legacy name of `coi image list`, kept working but out of the help (COI removed it)
+    p = sub.add_parser("images")
     p.add_argument("-a", "--all", action="store_true", help="all local images, not only coi's")
     p.add_argument("--prefix", default="", help="only aliases starting with PREFIX")
     add_format(p, ("text", "json", "table"))

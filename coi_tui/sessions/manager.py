@@ -596,6 +596,24 @@ class SessionManager:
         # prefix among them is typed into the agent instead of detaching: what a script
         # driving `coi shell` through a terminal sends (seen as "^Bd" in the agent).
         cmd += [";", "set-option", "-t", session.tmux, "assume-paste-time", "0"]
+        # The tmux server is a fork of the client that starts it and keeps that client's
+        # command line, which `ps` shows to every process in the container: started by a
+        # client with no values in it, the `-e NAME=value` (forwarded secrets) of the client
+        # that makes the session live only as long as that short-lived client.
+        # (exit-empty off keeps that server up until the session exists, on restores tmux's
+        # own lifecycle once it does.)
+        cmd = [
+            "sh",
+            "-c",
+            START_TMUX_SERVER,
+            "sh",
+            *cmd,
+            ";",
+            "set-option",
+            "-g",
+            "exit-empty",
+            "on",
+        ]
         result = self.exec_as_code(session.container, cmd)
         # "duplicate session": `tmux new-session -d` returns at once, and under load Incus can
         # lose track of it ("Failed to retrieve PID") although it ran; the adapter's retry
@@ -840,6 +858,9 @@ class SessionManager:
             self.save_session(self.incus.get_instance(name))
         except (IncusError, OSError) as exc:
             self.say(f"warning: could not save session data: {exc}")
+
+
+START_TMUX_SERVER = 'tmux start-server \\; set-option -g exit-empty off 2>/dev/null; exec "$@"'
 
 
 def use_dummy() -> bool:

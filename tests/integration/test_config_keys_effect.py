@@ -244,3 +244,31 @@ def test_an_alias_names_a_workspace_from_anywhere(
     assert bad.returncode == 1 and "invalid alias" in bad.stderr
     unknown = coi("shell", "--background", "nope", cwd=elsewhere)
     assert unknown.returncode == 1 and 'alias "nope" not found' in unknown.stderr
+
+
+def test_forwarded_values_stay_out_of_the_process_table(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    """COI's ps-leak case: a forward_env value reaches the agent's tmux session (new windows
+    too) but no process's command line, where `ps auxww` would show it to every process in
+    the container (the tmux server keeps the command line of the client that started it)."""
+    secret = "SUPER_SECRET_TOKEN_ps_leak_7x9k2m"
+    (coi.home / "config.toml").write_text('[defaults]\nforward_env = ["COI_SECRET_TOKEN"]\n')
+    name = start_background(coi, workspace, "--debug", env={"COI_SECRET_TOKEN": secret})
+    table = incus.exec_capture(name, ["ps", "auxww"])
+    assert table.ok and "tmux" in table.stdout and secret not in table.stdout, table.stdout
+    session = f"coi-{name}"
+    coi.ok("tmux", "send", name, "echo ENV_CHECK_${COI_SECRET_TOKEN}_END")
+    wait_for(lambda: f"ENV_CHECK_{secret}_END" in capture(coi, name), what="the value in tmux")
+    window = incus.exec_capture(
+        name,
+        ["tmux", "new-window", "-t", session, "-P", "sh", "-c", "echo $COI_SECRET_TOKEN; sleep 30"],
+        user=1000,
+        env={"HOME": "/home/code"},
+    )
+    assert window.ok, window.stderr
+    pane = ["tmux", "capture-pane", "-p", "-t", window.stdout.strip()]
+    wait_for(
+        lambda: secret in incus.exec_capture(name, pane, user=1000).stdout,
+        what="the value in a new window",
+    )

@@ -48,10 +48,14 @@ docker run --rm coi-mini /busybox echo hello-from-docker
 
 def test_workbench_tools_and_docker_run_as_code(coi: CoiRunner, workspace: Path) -> None:
     script = "; ".join(f"{cmd} >/dev/null 2>&1 || echo MISSING: {cmd}" for cmd in TOOLS)
-    tools = coi("run", "-w", str(workspace), "--", "sh", "-c", script + "; id -nG")
+    # and tmux as COI's image sets it up: a long scrollback, Escape without delay
+    tmux = "tmux new -d -s t; tmux show -gv history-limit; tmux show -sv escape-time"
+    tools = coi("run", "-w", str(workspace), "--", "sh", "-c", f"{script}; id -nG; {tmux}")
     assert tools.returncode == 0, tools.stderr
     assert "MISSING" not in tools.stdout, tools.stdout
-    assert "docker" in tools.stdout.split()  # code may use docker without sudo
+    *_, groups, history, escape = tools.stdout.splitlines()
+    assert "docker" in groups.split()  # code may use docker without sudo
+    assert (history, escape) == ("50000", "10")
 
     docker = coi("run", "-w", str(workspace), "--", "sh", "-c", DOCKER_RUN, timeout=300)
     assert docker.returncode == 0, docker.stderr

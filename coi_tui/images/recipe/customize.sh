@@ -26,6 +26,10 @@ done
 
 # UTF-8 everywhere, so tmux and the agents draw correctly.
 printf 'LANG=C.UTF-8\n' > "$ROOT/etc/default/locale"
+# tmux, as COI's image: a long scrollback (the stock 2000 lines cut the start of a long build's
+# output) and Escape delivered at once (500 ms per level of nested tmux made it feel broken).
+printf '%s\n' '# coi: the agent session tmux' 'set -g history-limit 50000' \
+    'set -g escape-time 10' > "$ROOT/etc/tmux.conf"
 
 # Power wrappers: `poweroff` & co work for `code` (and end the coi session); `close` and `stop`
 # are coi-only spellings of poweroff.
