@@ -169,10 +169,15 @@ def launch_request(args: argparse.Namespace, service: SessionService) -> LaunchR
 # ---------------------------------------------------------------------- shell / run / attach
 def cmd_shell(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if getattr(args, "alias", None):
-        if getattr(args, "resume", None) == "auto" and args.alias not in aliases.load():
-            # `--resume ID`: a value needs `=` (as in COI), so ID arrived as an alias
-            raise UsageError(f"no alias '{args.alias}': did you mean --resume={args.alias}?")
-        entry, slot = aliases.lookup(args.alias)
+        try:
+            entry, slot = aliases.lookup(args.alias)
+        except CoiError:
+            if getattr(args, "resume", None) == "auto":
+                # `--resume ID`: a value needs `=` (as in COI), so ID arrived as an alias
+                raise UsageError(
+                    f"no alias '{args.alias}': did you mean --resume={args.alias}?"
+                ) from None
+            raise
         args.workspace = entry.workspace
         args.slot = args.slot or slot
         args.profile = getattr(args, "profile", "") or entry.profile

@@ -71,8 +71,17 @@ def workspace_containers(manager: Any, workspace: str) -> list[str]:
 
 def by_name_or_alias(manager: Any, name: str) -> str:
     """A container NAME, or the one container whose `user.coi.alias` is NAME (an alias, or
-    ALIAS-N for slot N); NAME itself when neither matches (the caller says "not found")."""
+    ALIAS-N for slot N) and whose workspace holds that alias in the registry; NAME itself
+    when neither matches (the caller says "not found")."""
+    from coi_tui.sessions import aliases
+    from coi_tui.sessions.manager import workspace_of
+
     if manager.incus.instance_exists(name):
         return name
-    aliased = [i.name for i in manager.coi_instances() if i.config.get("user.coi.alias") == name]
-    return str(aliased[0]) if len(aliased) == 1 else name
+    aliased = [i for i in manager.coi_instances() if i.config.get("user.coi.alias") == name]
+    # a label counts only on a container of the workspace the registry gives that name to
+    # (a container can carry any label; the registry says whose it is)
+    registered = aliases.owner(name)
+    if registered is not None:
+        aliased = [i for i in aliased if workspace_of(i) == registered]
+    return str(aliased[0].name) if len(aliased) == 1 else name

@@ -48,19 +48,42 @@ def register(alias: str, workspace: str, profile: str = "") -> None:
     """Record that `alias` names `workspace`; CoiError when another workspace holds it."""
     with file_lock("aliases"):
         entries = load()
-        held = entries.get(alias)
-        if held is not None and held.workspace != workspace:
-            raise CoiError(
-                f'alias conflict: alias "{alias}" is already registered to workspace '
-                f"{held.workspace} (pick another [container] alias here)"
-            )
-        if held == AliasEntry(workspace, profile):
+        for name, other in entries.items():
+            if other.workspace != workspace and overlaps(alias, name):
+                raise CoiError(
+                    f'alias conflict: alias "{alias}" is already registered to workspace '
+                    f"{other.workspace}"
+                    + (f', as "{name}"' if name != alias else "")
+                    + "; pick another [container] alias here"
+                )
+        if entries.get(alias) == AliasEntry(workspace, profile):
             return
         entries[alias] = AliasEntry(workspace, profile)
         data = {
             name: {"workspace": e.workspace, "profile": e.profile} for name, e in entries.items()
         }
         atomic_write(registry_path(), json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def overlaps(alias: str, other: str) -> bool:
+    """Whether two aliases name the same containers: equal, or one is the other's NAME-N
+    (a workspace aliased "web-2" would take the label of slot 2 of "web")."""
+    if alias == other:
+        return True
+    for one, two in ((alias, other), (other, alias)):
+        match = SLOT_SUFFIX_RE.match(one)
+        if match and match["alias"] == two:
+            return True
+    return False
+
+
+def owner(label: str) -> str | None:
+    """The workspace a container label (NAME or NAME-N) belongs to, by the registry."""
+    try:
+        entry, _slot = lookup(label)
+    except CoiError:
+        return None
+    return entry.workspace
 
 
 def label(alias: str, slot: int) -> str:

@@ -22,6 +22,7 @@ from coi_tui.core.errors import CoiError
 from coi_tui.core.paths import read_regular_text
 from coi_tui.incus import IncusError, NotFound
 from coi_tui.sessions.hookspec import LaunchContext, SessionHook
+from coi_tui.sessions.store import all_sessions
 from coi_tui.tools.base import CODE_HOME, SANDBOX_CONTEXT
 from coi_tui.tools.context import (
     ContextFacts,
@@ -30,7 +31,7 @@ from coi_tui.tools.context import (
     render_context,
     with_managed_block,
 )
-from coi_tui.tools.credentials import HOST_FILE_LIMIT, without_secret_env
+from coi_tui.tools.credentials import HOST_FILE_LIMIT, host_file_copy
 
 SANDBOX_CONTEXT_JSON = f"{CODE_HOME}/SANDBOX_CONTEXT.json"
 SSH_DEVICE = "coi-ssh-agent"
@@ -138,6 +139,16 @@ def check_mount_sources(settings: Settings, workspace: str) -> None:
                     "mount, where an agent could swap it for a link to any host directory "
                     "before it is mounted; mount a path outside them"
                 )
+
+
+def agent_writable_roots(ctx: LaunchContext) -> list[str]:
+    """Host directories some agent could write: this session's workspace and writable
+    mounts, and the workspace of every coi container there is or session there was."""
+    settings = ctx.manager.settings
+    roots = {ctx.request.workspace, *(m.host for m in settings.mounts if not m.readonly)}
+    roots.update(i.config.get("user.coi.workspace", "") for i in ctx.manager.coi_instances())
+    roots.update(meta.workspace for _tool, meta in all_sessions())
+    return sorted(os.path.realpath(root) for root in roots if root)
 
 
 def host_timezone() -> str | None:
@@ -301,32 +312,33 @@ class HostHook(SessionHook):
 
     def copy_host_files(self, ctx: LaunchContext, home: HomeWriter) -> None:
         """The agent's own config from the host user's home (COI copies it too), before the
-        sandbox's settings are merged over it, so the user's keys survive."""
+        sandbox's settings are merged over it, so the user's keys survive; what looks secret
+        stays out (tools/credentials.host_file_copy), and so does a file whose real location
+        an agent could write (a dotfiles link into a workspace: it could point it anywhere)."""
         say = ctx.manager.say
+        writable = agent_writable_roots(ctx)
         for relative in ctx.session.tool.host_files:
             source = Path.home() / relative
-            try:
-                text = read_regular_text(source, HOST_FILE_LIMIT)
-            except FileNotFoundError:
+            if not os.path.lexists(source):
                 continue
-            except (OSError, UnicodeDecodeError) as exc:
+            real = os.path.realpath(source)
+            if any(real == top or real.startswith(top.rstrip("/") + "/") for top in writable):
+                say(f"~/{relative} not copied: it lies in a directory an agent can write")
+                continue
+            try:
+                text = read_regular_text(Path(real), HOST_FILE_LIMIT)
+                copy, dropped = host_file_copy(relative, text)
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
                 say(f"warning: ~/{relative} not copied: {getattr(exc, 'strerror', '') or exc}")
                 continue
-            if relative.endswith(".json"):
-                try:
-                    data = json.loads(text)
-                except ValueError:
-                    say(f"warning: ~/{relative} is not valid JSON; not copied")
-                    continue
-                if isinstance(data, dict):
-                    data, dropped = without_secret_env(data)
-                    if dropped:
-                        say(
-                            f"~/{relative}: env {', '.join(dropped)} not copied (secrets stay "
-                            "on the host; forward_env passes one in on purpose)"
-                        )
-                    text = json.dumps(data, indent=2) + "\n"
-            home.write(f"{CODE_HOME}/{relative}", text)
+            if dropped:
+                what = "without" if copy is not None else "not copied, for"
+                say(
+                    f"~/{relative}: {what} {', '.join(dropped)} (secrets stay on the host; "
+                    "forward_env or [[credentials]] pass one in on purpose)"
+                )
+            if copy is not None:
+                home.write(f"{CODE_HOME}/{relative}", copy)
 
     def forward_ssh_agent(self, ctx: LaunchContext) -> None:
         """A proxy device from the host agent's socket to /tmp/ssh-agent.sock. Added once the

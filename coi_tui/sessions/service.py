@@ -22,7 +22,7 @@ from pathlib import Path
 from coi_tui.config import Settings
 from coi_tui.config.settings import SessionOverrides, session_settings
 from coi_tui.core.errors import CoiError, Terminated
-from coi_tui.incus import Incus
+from coi_tui.incus import Incus, InstanceNotFound
 from coi_tui.sessions import immutable
 from coi_tui.sessions.hooks import LaunchContext, run_hooks
 from coi_tui.sessions.manager import LaunchRequest, Session, SessionManager, resolve_workspace
@@ -150,11 +150,28 @@ class SessionService:
         except KeyboardInterrupt:
             code = 130
         finally:
-            if session.persistent:
-                manager.stop_and_keep(session.container)
-            else:
-                manager.remove_container(session.container)
+            self.end_attached(session, save=False)
         return code
+
+    def end_attached(self, session: Session, *, save: bool) -> None:
+        """The end of a session whose command ran attached (`coi run`, `coi shell` without
+        tmux): one that stopped under it (a poweroff, the threat monitor's kill) is finalized
+        as the supervisor would (a monitor-killed persistent one is deleted, never reused);
+        else saved when `save`, then removed, or stopped and kept when persistent."""
+        manager, name = self.manager, session.container
+        try:
+            stopped = self.incus.status(name) == "Stopped"
+        except InstanceNotFound:
+            return
+        if stopped:
+            manager.finalize_if_stopped(name)
+            return
+        if save:
+            manager.save_running(name)
+        if session.persistent:
+            manager.stop_and_keep(name)
+        else:
+            manager.remove_container(name)
 
     def run_direct(
         self, req: LaunchRequest, announce: Callable[[Session, str], None]
@@ -173,20 +190,20 @@ class SessionService:
             manager.prepare_command(session)
             argv = manager.agent_command(session, req.debug)
             env = manager.agent_env(session)
+            # as in tmux mode: the supervisor's workspace patrol and max_duration, and its
+            # clean-up should this process die; it waits for the attached lock to end
+            manager.spawn_supervisor(session.container)
             announce(session, "Direct (no tmux)")
-            code = self.incus.exec_stream(
-                session.container, manager.code_command(argv), cwd="/workspace", env=env
-            )
+            with manager.attached(session.container):
+                code = self.incus.exec_stream(
+                    session.container, manager.code_command(argv), cwd="/workspace", env=env
+                )
         except Terminated as exc:
             code = 128 + exc.signum
         except KeyboardInterrupt:
             code = 130
         finally:
-            manager.save_running(session.container)
-            if session.persistent:
-                manager.stop_and_keep(session.container)
-            else:
-                manager.remove_container(session.container)
+            self.end_attached(session, save=True)
         return session, code
 
     def branch(self, container: str, snapshot: str, slot: int = 0) -> Session:

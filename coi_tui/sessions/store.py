@@ -22,6 +22,7 @@ from coi_tui.core.paths import coi_home, sessions_dir
 from coi_tui.incus.client import PullLimits
 from coi_tui.sessions.naming import parse_container_name, workspace_hash
 from coi_tui.tools import TOOLS, Tool
+from coi_tui.tools.credentials import BUNDLES
 
 # What a session save copies out of the container's tool config directory (~/.claude...):
 # the agent fills it, so every dimension is bounded. Real transcripts stay far below these.
@@ -145,6 +146,8 @@ class SessionStore:
             pull(f"/home/code/{self.tool.config_dir}", copy, limits=SAVE_LIMITS, say=say)
             if not copy.is_dir() or copy.is_symlink():
                 return False
+            for login in login_files(self.tool.config_dir):
+                _remove(copy / login)  # pushed fresh at each start, or not at all
             old = target.with_name(target.name + ".old")
             if target.exists() or target.is_symlink():
                 _remove(old)
@@ -166,6 +169,18 @@ class SessionStore:
         finally:
             if staging is not None:
                 _remove(staging)
+
+
+def login_files(config_dir: str) -> list[str]:
+    """The credential bundles' files inside a tool's config dir, relative to it: never kept
+    in a saved session (a removed `[[credentials]] bundle` must not live on in resumes)."""
+    prefix = config_dir.rstrip("/") + "/"
+    return [
+        path[len(prefix) :]
+        for paths in BUNDLES.values()
+        for path in paths
+        if path.startswith(prefix)
+    ]
 
 
 def _remove(path: Path) -> None:

@@ -172,7 +172,7 @@ def test_the_users_agent_config_comes_in_and_login_files_only_on_request(
     assert inside["allowDangerouslySkipPermissions"] is True
     assert "my own rules" in context and "COI Sandbox Context" in context
     assert "No such file" in modes and "oauth-secret" not in logins and "me@" not in logins
-    assert "env ANTHROPIC_API_KEY not copied" in plain.stderr
+    assert "settings.json: without env.ANTHROPIC_API_KEY" in plain.stderr
 
     (coi.home / "config.toml").write_text('[[credentials]]\nbundle = "claude"\n')
     asked = coi("run", "-w", str(workspace), "--", "sh", "-c", show, env=env)

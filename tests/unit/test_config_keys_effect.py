@@ -577,14 +577,56 @@ def test_mount_nesting_follows_coi(tmp_path: Path) -> None:
 def test_credential_bundles_are_known_names_and_secret_env_stays_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from coi_tui.tools.credentials import without_secret_env
+    import json
+
+    from coi_tui.tools.credentials import host_file_copy
 
     monkeypatch.setenv("COI_HOME", str(tmp_path))
     (tmp_path / "config.toml").write_text('[[credentials]]\nbundle = "claud"\n')
-    with pytest.raises(CoiError, match='unknown bundle "claud" \\(known: claude, codex, ollama'):
+    with pytest.raises(CoiError, match='unknown bundle "claud" \\(known: claude, codex'):
         load_settings(tmp_path, {"COI_HOME": str(tmp_path)})
-    kept, dropped = without_secret_env(
-        {"env": {"AWS_PROFILE": "p", "ANTHROPIC_AUTH_TOKEN": "t", "my_api_key": "k"}, "x": 1}
-    )
-    assert kept == {"env": {"AWS_PROFILE": "p"}, "x": 1}
-    assert dropped == ["ANTHROPIC_AUTH_TOKEN", "my_api_key"]
+    settings = {
+        "awsAuthRefresh": "aws sso login",
+        "env": {
+            "AWS_PROFILE": "p",
+            "ANTHROPIC_AUTH_TOKEN": "t",
+            "my_api_key": "k",
+            "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer x",
+            "GITHUB_PAT": "g",
+            "HTTPS_PROXY": "http://me:pw@proxy:3128",
+            "NO_PROXY": "localhost",
+        },
+        "providers": [{"name": "x", "apiKey": "k2", "headers": {"X-Key": "h"}}],
+    }
+    copy, dropped = host_file_copy(".claude/settings.json", json.dumps(settings))
+    assert copy is not None and json.loads(copy) == {
+        "awsAuthRefresh": "aws sso login",
+        "env": {"AWS_PROFILE": "p", "NO_PROXY": "localhost"},
+        "providers": [{"name": "x"}],
+    }
+    assert len(dropped) == 7 and "providers[0].apiKey" in dropped
+    clean = 'model = "gpt-5"\n# mine\n[features]\nweb_search = true\n'
+    assert host_file_copy(".codex/config.toml", clean) == (clean, [])
+    leaky = clean + '[mcp_servers.gh.env]\nGITHUB_TOKEN = "ghp_x"\n'
+    assert host_file_copy(".codex/config.toml", leaky) == (
+        None, ["mcp_servers.gh.env.GITHUB_TOKEN"]
+    )  # fmt: skip
+    assert host_file_copy(".claude/config.yml", "theme: dark\napi_key: s\n") == (None, ["api_key"])
+    assert host_file_copy(".claude/CLAUDE.md", "token: talk") == ("token: talk", [])
+
+
+def test_an_alias_cannot_take_another_workspaces_slot_labels(home: Path) -> None:
+    """A repository aliased "web-2" would label its containers like slot 2 of the user's
+    "web": refused both ways; the registry gives each NAME and NAME-N one workspace."""
+    from coi_tui.sessions import aliases
+
+    aliases.register("web", "/home/u/web")
+    aliases.register("web", "/home/u/web", "dev")  # the same workspace again: fine
+    for squatter in ("web-2", "web"):
+        with pytest.raises(CoiError, match="alias conflict"):
+            aliases.register(squatter, "/tmp/evil")
+    aliases.register("webx-2", "/tmp/other")
+    with pytest.raises(CoiError, match='as "webx-2"'):
+        aliases.register("webx", "/tmp/third")
+    assert aliases.owner("web-3") == "/home/u/web" and aliases.owner("nope") is None
+    assert aliases.lookup("web-3")[1] == 3 and aliases.lookup("web")[0].profile == "dev"

@@ -63,3 +63,18 @@ def test_latest_for_workspace_and_resume_errors(store: SessionStore) -> None:
         store.resolve_resume("auto", "/elsewhere", "coi-")
     with pytest.raises(CoiError, match="session 'nope' not found"):
         store.resolve_resume("nope", "/ws", "coi-")
+
+
+def test_a_saved_session_keeps_no_login_file(store: SessionStore) -> None:
+    """claude's .credentials.json (a `[[credentials]] bundle` file) is pushed fresh at each
+    start, never kept in ~/.coi/sessions for a resume to bring back."""
+
+    def pull(remote: str, local: Path, **_: object) -> int:
+        local.mkdir(parents=True)
+        (local / ".credentials.json").write_text('{"token": "t"}')
+        (local / "settings.json").write_text("{}")
+        return 2
+
+    meta = SessionMeta("sid-3", "coi-aaaaaaaa-1", False, "/ws")
+    assert store.save_from(pull, "c", meta)
+    assert sorted(p.name for p in store.config_copy("sid-3").iterdir()) == ["settings.json"]
