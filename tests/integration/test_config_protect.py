@@ -118,14 +118,19 @@ def test_env_commands_credentials_and_sockets(
         'python3 -c "import socket; s=socket.socket(socket.AF_UNIX); '
         "s.connect('/run/coi-test/host.sock'); print('sock=' + s.recv(100).decode().strip())\""
     )
-    result = coi("run", "-w", str(workspace), "--", "sh", "-c", script)
+    host_home = tmp_path / "host-home"  # no ollama key there: the bundle skips both files
+    host_home.mkdir()
+    result = coi(
+        "run", "-w", str(workspace), "--", "sh", "-c", script, env={"HOME": str(host_home)}
+    )
     server.close()
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "env=host-2" in lines and "sockenv=/run/coi-test/host.sock" in lines
     assert "token=s3cret 640:code" in lines
     assert "sock=hello from the host" in lines
-    assert 'bundle "ollama"' in result.stderr and "skipped" in result.stderr
+    assert "Copying ollama credentials from the host" in result.stderr
+    assert "Skipping .ollama/id_ed25519 (not found on host)" in result.stderr
     (coi.home / "config.toml").write_text('[defaults.env_commands]\nX = "exit 3"\n')
     failed = coi("run", "-w", str(workspace), "--", "true")
     assert failed.returncode == 1 and 'env_commands X: "exit 3" failed with exit 3' in failed.stderr
