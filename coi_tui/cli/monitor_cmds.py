@@ -237,6 +237,9 @@ class Collector:
             from coi_tui.core.errors import CoiError
 
             raise CoiError(f"container '{self.name}' not found") from None
+        from coi_tui.sessions.manager import mounted_path
+
+        mounted = mounted_path(instance)
         pid = instance.pid if live else 0
         if not live:
             errors.append(f"container is not running (status: {status})")
@@ -275,7 +278,7 @@ class Collector:
                 wchar += counters.get("wchar", 0)
                 read_bytes += counters.get("read_bytes", 0)
                 write_bytes += counters.get("write_bytes", 0)
-                files |= workspace_files(p)
+                files |= workspace_files(p, mounted)
             for conn in procfs.inet_sockets(pid).values():
                 if conn.state == "LISTEN":
                     continue
@@ -318,7 +321,7 @@ class Collector:
         }
         snap["filesystem"] = {
             "available": bool(pid and procs),
-            "workspace_path": "/workspace",
+            "workspace_path": mounted,
             "total_read_mb": round(read_mb, 3),
             "read_rate_mb_per_sec": round(read_rate, 3),
             "total_write_mb": round(write_mb, 3),
@@ -431,8 +434,8 @@ def io_fields(pid: int) -> dict[str, int]:
     return out
 
 
-def workspace_files(pid: int) -> set[str]:
-    return {t for t in fd_targets(pid) if t == "/workspace" or t.startswith("/workspace/")}
+def workspace_files(pid: int, mounted: str) -> set[str]:
+    return {t for t in fd_targets(pid) if t == mounted or t.startswith(mounted.rstrip("/") + "/")}
 
 
 def tmp_usage(pid: int) -> tuple[float, float, float]:

@@ -39,8 +39,8 @@ from coi_tui.config.schema import (
 )
 from coi_tui.core.errors import CoiError, UsageError
 from coi_tui.core.paths import coi_home, read_regular_text
+from coi_tui.tools.base import WORKSPACE
 
-WORKSPACE = "/workspace"
 PROMPT_FILE_LIMIT = 1024 * 1024  # [prompts] { file = ... }: a prompt, not a data set
 
 

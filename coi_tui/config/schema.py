@@ -679,13 +679,7 @@ KEYS: tuple[Key, ...] = (
     R("paths.sessions_dir", "sessions_dir", "str", "~/.coi/sessions", why=UNDER_HOME),
     R("paths.storage_dir", "storage_dir", "str", "~/.coi/storage", why=UNDER_HOME),
     R("paths.logs_dir", "logs_dir", "str", "~/.coi/logs", why=UNDER_HOME),
-    R(
-        "paths.preserve_workspace_path",
-        "preserve_workspace_path",
-        "bool",
-        False,
-        why="the workspace is always mounted at /workspace in the container",
-    ),
+    K("paths.preserve_workspace_path", "preserve_workspace_path", "bool", False),
     K("incus.project", "project", "str", "default"),
     R(
         "incus.group",

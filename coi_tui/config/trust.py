@@ -36,6 +36,7 @@ UNTRUSTED_LABEL = "project config"
 # data goes or what runs on the host.
 PROJECT_KEYS = (
     "shell.use_tmux",
+    "paths.preserve_workspace_path",
     "container.alias",
     "tool.name",
     "tool.auto_context",

@@ -22,7 +22,7 @@ from coi_tui.core.timefmt import format_uptime
 from coi_tui.dashboard.attach import SessionState
 from coi_tui.incus import Incus, IncusError, Instance, InstanceNotFound
 from coi_tui.sessions import snapshots
-from coi_tui.sessions.manager import CODE_HOME, WORKSPACE, SessionManager
+from coi_tui.sessions.manager import CODE_HOME, SessionManager
 from coi_tui.sessions.naming import parse_container_name, tmux_session
 from coi_tui.sessions.service import SessionService
 from coi_tui.terminal.transport import PtyTransport, Transport
@@ -275,7 +275,7 @@ class IncusBackend:
             "TERM": "xterm-256color",
         }
         return self.incus.exec_argv(
-            name, attach, user=uid, group=uid, cwd=WORKSPACE, env=env, tty=True
+            name, attach, user=uid, group=uid, cwd=self.manager.mounted(name), env=env, tty=True
         )
 
     def session_state(self, name: str) -> SessionState:

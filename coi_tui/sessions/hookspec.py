@@ -16,6 +16,7 @@ from coi_tui.incus import ExecResult, Incus
 from coi_tui.sessions.naming import tmux_session
 from coi_tui.sessions.store import SessionMeta
 from coi_tui.tools import Tool
+from coi_tui.tools.base import WORKSPACE
 
 Say = Callable[[str], None]
 
@@ -69,6 +70,7 @@ class Session:
     resume_meta: SessionMeta | None = None
     notes: list[str] = field(default_factory=list)
     context: LaunchContext | None = None
+    mounted: str = WORKSPACE  # the workspace's path in the container
 
     @property
     def tmux(self) -> str:

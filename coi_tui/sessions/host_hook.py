@@ -213,6 +213,11 @@ class HostHook(SessionHook):
     def prepare_instance(self, ctx: LaunchContext) -> None:
         settings = ctx.manager.settings
         check_mounts(settings.mounts, sources_exist=True)
+        inside = ctx.session.mounted.rstrip("/") + "/"
+        for mount in settings.mounts:  # /workspace itself is refused when the config loads
+            target = os.path.normpath(mount.container)
+            if target == ctx.session.mounted or target.startswith(inside):
+                raise CoiError(f'cannot mount over or inside the workspace (got "{target}")')
         check_mount_sources(settings, ctx.request.workspace)
         ctx.config.update(desired_config(settings, self.timezone(ctx)))
         ctx.devices.update(mount_devices(settings, ctx.devices.get("workspace", {})))
@@ -377,6 +382,7 @@ class HostHook(SessionHook):
             container=session.container,
             tool=session.tool.name,
             workspace_host=session.workspace,
+            workspace=session.mounted,
             persistent=session.persistent,
             network_mode=settings.network_mode,
             ssh_agent=settings.ssh_forward_agent,

@@ -33,10 +33,9 @@ from coi_tui.sessions.naming import (
 from coi_tui.sessions.slots import choose_slot, occupied_slots, slot_lock
 from coi_tui.sessions.store import SessionMeta, SessionStore, now_rfc3339
 from coi_tui.tools import Tool, get_tool
-from coi_tui.tools.base import SANDBOX_CONTEXT, tool_options
+from coi_tui.tools.base import SANDBOX_CONTEXT, WORKSPACE, tool_options
 
 CODE_HOME = "/home/code"
-WORKSPACE = "/workspace"
 SAFE_TERMS = (
     "xterm-256color",
     "xterm",
@@ -128,6 +127,7 @@ class SessionManager:
         self.incus = incus
         self.settings = settings
         self.say = say
+        self.mount_points: dict[str, str] = {}  # container -> its workspace's path inside
 
     # ------------------------------------------------------------------ container shape
     def idmap(self, workspace: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -197,7 +197,12 @@ class SessionManager:
         if self.settings.alias:
             config["user.coi.alias"] = aliases.label(self.settings.alias, slot)
         devices: dict[str, dict[str, str]] = {
-            "workspace": {"type": "disk", "source": req.workspace, "path": WORKSPACE, **ws_extra},
+            "workspace": {
+                "type": "disk",
+                "source": req.workspace,
+                "path": self.mount_point(req.workspace),
+                **ws_extra,
+            },
         }
         if self.incus.get_network(self.settings.bridge) is not None:
             devices["eth0"] = {"type": "nic", "network": self.settings.bridge, "name": "eth0"}
@@ -300,9 +305,11 @@ class SessionManager:
                 req.persistent,
                 req.tool,
                 resume_meta=resume_meta,
+                mounted=mounted_path(existing) if existing is not None else WORKSPACE,
             )
             ctx = LaunchContext(self, req, session, interactive=interactive)
             session.context = ctx
+            self.mount_points[name] = session.mounted
             if existing is not None and existing.status != "Stopped":
                 if resume_meta is None or not self.holds_session(existing, session_id):
                     raise CoiError(
@@ -325,6 +332,7 @@ class SessionManager:
                 if existing is not None:
                     self.say(f"Removing stopped leftover container {name}...")
                     self.remove_container(name)
+                session.mounted = self.mount_points[name] = self.mount_point(req.workspace)
                 ctx.config, ctx.devices = self.instance_spec(req, slot, session_id)
                 run_hooks("prepare_instance", ctx)
                 self.incus.create_instance(name, req.image, config=ctx.config, devices=ctx.devices)
@@ -533,7 +541,7 @@ class SessionManager:
             "IS_SANDBOX": "1",
             "COI_CONTAINER": session.container,
             "COI_SESSION_ID": session.session_id,
-            **session.tool.env,
+            **{k: in_workspace(v, session.mounted) for k, v in session.tool.env.items()},
         }
         if session.context is not None:
             run_hooks("agent_env", session.context, env)
@@ -587,7 +595,7 @@ class SessionManager:
             "-y",
             "50",
             "-c",
-            WORKSPACE,
+            session.mounted,
         ]
         for key, value in env.items():
             cmd += ["-e", f"{key}={value}"]
@@ -646,11 +654,45 @@ class SessionManager:
         uid = self.settings.code_uid
         return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--init-groups", "--", *argv]
 
+    def mount_point(self, workspace: str) -> str:
+        """Where a new container gets the workspace: /workspace, or the host path itself with
+        [paths] preserve_workspace_path (COI), unless that would cover the container's system
+        or lie under a /tmp that [limits.disk] tmpfs_size mounts over."""
+        if not self.settings.preserve_workspace_path:
+            return WORKSPACE
+        path = os.path.normpath(workspace)
+        for top in SYSTEM_DIRS:
+            if (
+                path == "/"
+                or path == top
+                or path.startswith(top + "/")
+                or top.startswith(path + "/")
+            ):
+                raise CoiError(
+                    f"preserve_workspace_path: '{path}' would be mounted over the container's "
+                    f"{top}; use this workspace at /workspace (preserve_workspace_path = false)"
+                )
+        if self.settings.limit_disk_tmpfs_size and (path == "/tmp" or path.startswith("/tmp/")):
+            raise CoiError(
+                f"preserve_workspace_path: '{path}' is under /tmp, which [limits.disk] "
+                "tmpfs_size covers with a tmpfs in the container; turn one of them off"
+            )
+        return path
+
+    def mounted(self, name: str) -> str:
+        """The workspace's path in container `name` (known from its launch, else asked)."""
+        if name not in self.mount_points:
+            try:
+                self.mount_points[name] = mounted_path(self.incus.get_instance(name))
+            except IncusError:
+                return WORKSPACE
+        return self.mount_points[name]
+
     def exec_as_code(self, name: str, argv: list[str]) -> ExecResult:
         return self.incus.exec_capture(
             name,
             self.code_command(argv),
-            cwd=WORKSPACE,
+            cwd=self.mounted(name),
             env={"HOME": CODE_HOME, "USER": self.settings.code_user, "LANG": "C.UTF-8"},
         )
 
@@ -716,7 +758,7 @@ class SessionManager:
         }
         argv = ["bash", "-l"] if bash else ["tmux", "attach", "-t", tmux_session(name)]
         return self.incus.exec_stream(
-            name, self.code_command(argv), cwd=WORKSPACE, env=env, tty=True
+            name, self.code_command(argv), cwd=self.mounted(name), env=env, tty=True
         )
 
     def supervisor_env(self) -> dict[str, str]:
@@ -858,6 +900,38 @@ class SessionManager:
             self.save_session(self.incus.get_instance(name))
         except (IncusError, OSError) as exc:
             self.say(f"warning: could not save session data: {exc}")
+
+
+# Where preserve_workspace_path may not put the workspace: the container's own system (a
+# mount there would hide it) and what its kernel and init own.
+SYSTEM_DIRS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var",
+    "/home/code",
+    "/root",
+)
+
+
+def mounted_path(instance: Instance) -> str:
+    """Where a container has its workspace (its `workspace` disk device)."""
+    return instance.devices.get("workspace", {}).get("path") or WORKSPACE
+
+
+def in_workspace(value: str, mounted: str) -> str:
+    """A tool's path under /workspace, moved to where this session has its workspace."""
+    if value == WORKSPACE or value.startswith(WORKSPACE + "/"):
+        return mounted + value[len(WORKSPACE) :]
+    return value
 
 
 START_TMUX_SERVER = 'tmux start-server \\; set-option -g exit-empty off 2>/dev/null; exec "$@"'

@@ -40,8 +40,8 @@ from coi_tui.core.paths import coi_home
 from coi_tui.sessions import immutable
 from coi_tui.sessions.hookspec import LaunchContext, SessionHook, SessionHost
 from coi_tui.sessions.workspace_guard import list_dir, open_dir, parent_of, read_file, split
+from coi_tui.tools.base import WORKSPACE
 
-WORKSPACE = "/workspace"
 GIT_HOOKS = ".git/hooks"
 # Missing git paths created empty (True: a directory) so they can be protected.
 GIT_PLACEHOLDERS = {GIT_HOOKS: True, ".git/config.worktree": False, ".git/info/attributes": False}

@@ -143,7 +143,7 @@ class SessionService:
             env = manager.agent_env(session)
             argv = command(session)
             code = self.incus.exec_stream(
-                session.container, manager.code_command(argv), cwd="/workspace", env=env
+                session.container, manager.code_command(argv), cwd=session.mounted, env=env
             )
         except Terminated as exc:
             code = 128 + exc.signum
@@ -196,7 +196,7 @@ class SessionService:
             announce(session, "Direct (no tmux)")
             with manager.attached(session.container):
                 code = self.incus.exec_stream(
-                    session.container, manager.code_command(argv), cwd="/workspace", env=env
+                    session.container, manager.code_command(argv), cwd=session.mounted, env=env
                 )
         except Terminated as exc:
             code = 128 + exc.signum

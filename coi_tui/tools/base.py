@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 CODE_HOME = "/home/code"
+WORKSPACE = "/workspace"  # where the workspace is mounted, unless preserve_workspace_path
 SANDBOX_CONTEXT = f"{CODE_HOME}/SANDBOX_CONTEXT.md"  # written every session
 
 

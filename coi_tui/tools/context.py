@@ -8,7 +8,7 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
-from coi_tui.tools.base import SettingsPatch
+from coi_tui.tools.base import WORKSPACE, SettingsPatch
 
 BEGIN = "# BEGIN COI Sandbox Context (managed by coi - do not edit this block)"
 END = "# END COI Sandbox Context (managed by coi)"
@@ -118,7 +118,7 @@ class ContextFacts:
     cpu_limit: str = ""
     memory_limit: str = ""
     allowed_domains: list[str] = field(default_factory=list)
-    workspace: str = "/workspace"
+    workspace: str = WORKSPACE
     home: str = "/home/code"
     os_name: str = "Debian GNU/Linux 12 (bookworm)"
 

@@ -272,3 +272,34 @@ def test_forwarded_values_stay_out_of_the_process_table(
         lambda: secret in incus.exec_capture(name, pane, user=1000).stdout,
         what="the value in a new window",
     )
+
+
+def test_preserve_workspace_path_mounts_the_workspace_at_its_host_path(
+    coi: CoiRunner, workspace: Path, incus: Incus
+) -> None:
+    """[paths] preserve_workspace_path (a project may set it, as in COI's test): commands and
+    the agent start in the workspace at its host path (spaces and all), its protected paths
+    are read-only there, and the context says where it is."""
+    import json
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(workspace)], check=True)
+    (workspace / ".coi").mkdir()
+    (workspace / ".coi" / "config.toml").write_text("[paths]\npreserve_workspace_path = true\n")
+    script = (
+        "pwd; mountpoint -q /workspace && echo mounted || echo not-mounted; "
+        "touch .git/hooks/planted 2>&1; cat ~/SANDBOX_CONTEXT.json"
+    )
+    result = coi("run", "-w", str(workspace), "--", "sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(workspace)
+    assert lines[1] == "not-mounted" and "Read-only file system" in lines[2], result.stdout
+    facts = json.loads("\n".join(lines[3:]))
+    assert facts["workspace_path"] == str(workspace)
+    assert not (workspace / ".git" / "hooks" / "planted").exists()
+
+    name = start_background(coi, workspace, "--debug")
+    assert incus.get_instance(name).devices["workspace"]["path"] == str(workspace)
+    coi.ok("tmux", "send", name, "echo at:$(pwd):")
+    wait_for(lambda: f"at:{workspace}:" in capture(coi, name), what="the shell's directory")

@@ -630,3 +630,21 @@ def test_an_alias_cannot_take_another_workspaces_slot_labels(home: Path) -> None
         aliases.register("webx", "/tmp/third")
     assert aliases.owner("web-3") == "/home/u/web" and aliases.owner("nope") is None
     assert aliases.lookup("web-3")[1] == 3 and aliases.lookup("web")[0].profile == "dev"
+
+
+def test_preserve_workspace_path_never_covers_the_containers_system() -> None:
+    """The host path is the mount point only where it hides nothing the container runs on,
+    and not under a /tmp that tmpfs_size mounts over."""
+
+    def point(path: str, **settings: Any) -> str:
+        manager = SessionManager(None, Settings(preserve_workspace_path=True, **settings), print)  # type: ignore[arg-type]
+        return manager.mount_point(path)
+
+    assert SessionManager(None, Settings(), print).mount_point("/srv/p") == "/workspace"  # type: ignore[arg-type]
+    assert point("/srv/my project/") == "/srv/my project"
+    assert point("/tmp/pytest-of-root/ws") == "/tmp/pytest-of-root/ws"
+    for path in ("/", "/usr", "/usr/src/app", "/home/code", "/home/code/p", "/etc/x", "/home"):
+        with pytest.raises(CoiError, match="would be mounted over the container's"):
+            point(path)
+    with pytest.raises(CoiError, match="under /tmp"):
+        point("/tmp/ws", limit_disk_tmpfs_size="1GiB")

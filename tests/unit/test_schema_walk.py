@@ -103,6 +103,9 @@ ENFORCED_BY: dict[str, str] = {
     "container.alias": t(KEYS_RUN, "test_an_alias_names_a_workspace_from_anywhere"),
     "tool.codex.model": t(KEYS_UNIT, "test_codex_pi_and_omp_start_as_in_coi"),
     "tool.codex.reasoning_effort": t(KEYS_UNIT, "test_codex_pi_and_omp_start_as_in_coi"),
+    "paths.preserve_workspace_path": t(
+        KEYS_RUN, "test_preserve_workspace_path_mounts_the_workspace_at_its_host_path"
+    ),
     "shell.use_tmux": t(KEYS_RUN, "test_use_tmux_false_runs_the_agent_attached_without_tmux"),
     "tool.permission_mode": t(
         "integration/test_agents", "test_agent_flags_settings_and_context_over_two_sessions"
