@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from coi_tui.config import Settings
-from coi_tui.incus import ExecResult, Incus
+from coi_tui.incus import ExecResult, Incus, Instance
 from coi_tui.sessions.naming import tmux_session
 from coi_tui.sessions.store import SessionMeta
 from coi_tui.tools import Tool
@@ -31,6 +31,9 @@ class SessionHost(Protocol):
     def wait_ready(self, name: str) -> None: ...
     def storage_pool(self) -> str: ...
     def exec_as_code(self, name: str, argv: list[str]) -> ExecResult: ...
+    def coi_instances(
+        self, with_state: bool = False, addresses: bool = False
+    ) -> list[Instance]: ...
 
 
 @dataclass

@@ -321,11 +321,13 @@ class HostHook(SessionHook):
         stays out (tools/credentials.host_file_copy), and so does a file whose real location
         an agent could write (a dotfiles link into a workspace: it could point it anywhere)."""
         say = ctx.manager.say
-        writable = agent_writable_roots(ctx)
+        writable: list[str] | None = None  # asked only when a host file exists
         for relative in ctx.session.tool.host_files:
             source = Path.home() / relative
             if not os.path.lexists(source):
                 continue
+            if writable is None:
+                writable = agent_writable_roots(ctx)
             real = os.path.realpath(source)
             if any(real == top or real.startswith(top.rstrip("/") + "/") for top in writable):
                 say(f"~/{relative} not copied: it lies in a directory an agent can write")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -688,6 +689,23 @@ class SessionManager:
                 return WORKSPACE
         return self.mount_points[name]
 
+    def exec_attached(self, session: Session, argv: list[str], env: dict[str, str]) -> int:
+        """argv as the code user in the workspace, attached to this terminal; its exit code.
+        The environment goes in as a root-only file the command's shell reads and deletes,
+        not as `incus exec --env NAME=value`, whose values every host user sees in `ps`."""
+        path = f"/run/coi-env-{uuid.uuid4().hex}"
+        bad = [name for name in env if not SHELL_NAME_RE.match(name)]
+        if bad:  # checked where each comes from; a shell line must never run one
+            raise CoiError(f"not an environment variable name: {bad[0]!r}")
+        lines = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+        self.incus.push_file(session.container, path, lines.encode(), mode=0o600)
+        read = 'set -a; . "$0"; rm -f "$0"; set +a; exec "$@"'
+        return self.incus.exec_stream(
+            session.container,
+            ["sh", "-c", read, path, *self.code_command(argv)],
+            cwd=session.mounted,
+        )
+
     def exec_as_code(self, name: str, argv: list[str]) -> ExecResult:
         return self.incus.exec_capture(
             name,
@@ -920,6 +938,9 @@ SYSTEM_DIRS = (
     "/home/code",
     "/root",
 )
+
+
+SHELL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def mounted_path(instance: Instance) -> str:

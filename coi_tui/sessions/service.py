@@ -142,9 +142,7 @@ class SessionService:
             manager.prepare_command(session)
             env = manager.agent_env(session)
             argv = command(session)
-            code = self.incus.exec_stream(
-                session.container, manager.code_command(argv), cwd=session.mounted, env=env
-            )
+            code = manager.exec_attached(session, argv, env)
         except Terminated as exc:
             code = 128 + exc.signum
         except KeyboardInterrupt:
@@ -195,9 +193,7 @@ class SessionService:
             manager.spawn_supervisor(session.container)
             announce(session, "Direct (no tmux)")
             with manager.attached(session.container):
-                code = self.incus.exec_stream(
-                    session.container, manager.code_command(argv), cwd=session.mounted, env=env
-                )
+                code = manager.exec_attached(session, argv, env)
         except Terminated as exc:
             code = 128 + exc.signum
         except KeyboardInterrupt:

@@ -303,3 +303,40 @@ def test_preserve_workspace_path_mounts_the_workspace_at_its_host_path(
     assert incus.get_instance(name).devices["workspace"]["path"] == str(workspace)
     coi.ok("tmux", "send", name, "echo at:$(pwd):")
     wait_for(lambda: f"at:{workspace}:" in capture(coi, name), what="the shell's directory")
+
+
+def host_command_lines() -> str:
+    """Every host process's command line, as another user of the host sees them in ps."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+    return "\n".join(found)
+
+
+def test_forwarded_values_stay_off_the_hosts_command_lines(coi: CoiRunner, workspace: Path) -> None:
+    """`coi run` (and a use_tmux = false session) hands the command its environment without
+    putting a forwarded value on any host process's command line, while the command runs."""
+    import subprocess
+    import sys
+
+    secret = "HOST_PS_SECRET_q8w7e6"
+    (coi.home / "config.toml").write_text('[defaults]\nforward_env = ["COI_SECRET_TOKEN"]\n')
+    argv = ["run", "-w", str(workspace), "--", "sh", "-c", 'echo "got:$COI_SECRET_TOKEN"; sleep 5']
+    running = subprocess.Popen(
+        [sys.executable, "-m", "coi_tui.cli.main", *argv],
+        env={**coi.env, "COI_SECRET_TOKEN": secret},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert running.stdout is not None
+        assert running.stdout.readline() == f"got:{secret}\n"  # the command has it now
+        assert secret not in host_command_lines()
+    finally:
+        running.wait(timeout=60)
+    assert running.returncode == 0
