@@ -4,9 +4,7 @@ secret masking, coi build --all, [defaults.env_commands], [[credentials]] and [[
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -49,39 +47,6 @@ def test_protected_files_placeholders_and_secret_masks(coi: CoiRunner, workspace
     assert (workspace / ".git" / "hooks").is_dir()  # placeholders created on the host
     assert not (workspace / ".git" / "hooks" / "pre-commit").exists()
     assert (workspace / ".git" / "info" / "attributes").read_text() == ""
-
-
-@pytest.fixture
-def two_images(incus: Any, run_prefix: str) -> Iterator[tuple[str, str]]:
-    aliases = (f"{run_prefix}all-a", f"{run_prefix}all-b")
-    yield aliases
-    for alias in aliases:
-        if incus.image_exists(alias):
-            incus.delete_image(alias)
-
-
-def test_build_all_builds_every_profile_with_a_recipe(
-    coi: CoiRunner, two_images: tuple[str, str], incus: Any
-) -> None:
-    first, second = two_images
-    profiles = coi.home / "profiles"
-    (profiles / "a").mkdir(parents=True)
-    (profiles / "a" / "config.toml").write_text(
-        f'[container]\nimage = "{first}"\n[container.build]\ncommands = ["touch /etc/a"]\n'
-        'compression = "none"\n'
-    )
-    (profiles / "b").mkdir()
-    (profiles / "b" / "config.toml").write_text(f'[container]\nimage = "{second}"\n')
-    (profiles / "b" / "build.sh").write_text("#!/bin/sh\ntouch /etc/b\n")
-    (profiles / "plain").mkdir()
-    (profiles / "plain" / "config.toml").write_text("[container]\npersistent = true\n")
-    built = coi("build", "--all", timeout=900)  # two images from the full workbench base
-    assert built.returncode == 0, built.stderr
-    assert f"Image {first} ready" in built.stdout and f"Image {second} ready" in built.stdout
-    assert "plain" not in built.stdout
-    assert incus.image_exists(first) and incus.image_exists(second)
-    again = coi.ok("build", "--all", timeout=300)
-    assert again.stdout.count("is up to date") == 2
 
 
 def test_env_commands_credentials_and_sockets(

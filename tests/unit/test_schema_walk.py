@@ -37,7 +37,7 @@ NETWORK_LOG = t(
     "integration/test_session_config_keys", "test_network_logging_records_each_sessions_rules"
 )
 ENV_TZ_PROFILE_LIMITS = t(HOST, "test_env_isolation_forwarding_timezone_profile_and_memory_limit")
-PROFILE_BUILD = t("integration/test_config_build", "test_build_profile_image_then_run_with_it")
+PROFILE_BUILD = t("integration/test_config_build", "test_build_all_then_run_a_profile_image")
 BUILD_STEPS = t(
     KEYS_UNIT, "test_a_profile_build_runs_its_commands_on_its_base_and_compresses_as_asked"
 )
