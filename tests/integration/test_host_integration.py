@@ -169,23 +169,22 @@ def test_ssh_agent_forwarding_lists_the_host_key(
 def test_max_duration_stops_the_session_and_saves_it(
     coi: CoiRunner, workspace: Path, incus: object
 ) -> None:
-    (coi.home / "config.toml").write_text('[limits.runtime]\nmax_duration = "20s"\n')
+    (coi.home / "config.toml").write_text('[limits.runtime]\nmax_duration = "10s"\n')
     started = time.monotonic()
     result = coi.ok("shell", "--background", "--tool", "dummy", "-w", str(workspace))
     name = next(x for x in result.stderr.splitlines() if x.startswith("Container: ")).split()[1]
     session_id = next(
         x for x in result.stderr.splitlines() if x.startswith("Session ID: ")
     ).split()[2]
-    assert incus.status(name) == "Running"  # type: ignore[attr-defined]
     saved = coi.home / "sessions-dummy" / session_id / ".claude"
     wait_for(
         lambda: not incus.instance_exists(name) and saved.is_dir(),  # type: ignore[attr-defined]
         timeout=60,
         what="the runtime limit to stop and save the session",
     )
-    assert time.monotonic() - started >= 19
+    assert time.monotonic() - started >= 9  # it ran until the limit, not less
     logs = (coi.home / "logs" / f"{name}.stdout.log").read_text()
-    assert "[limits] Runtime limit reached (20s)" in logs
+    assert "[limits] Runtime limit reached (10s)" in logs
     # The agent's state was saved for --resume.
     assert list((saved / "projects" / "-workspace").glob("*.jsonl"))
     meta = json.loads((coi.home / "sessions-dummy" / session_id / "metadata.json").read_text())
