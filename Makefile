@@ -45,8 +45,14 @@ image: incus-setup
 run: setup
 	@$(BIN)/coi-tui -w "$(WORKSPACE)"
 
+# Every test; the UI tests run beside the others at low priority (scripts/run_tests.sh).
+# PYTEST_ARGS picks tests instead (one pytest, as given).
 test: setup
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@scripts/run_tests.sh $(BIN)
+else
 	@$(BIN)/python -m pytest -q --durations=25 $(PYTEST_ARGS)
+endif
 
 # Prints the benchmark table and writes bench/results/latest.json (bench/README.md explains it).
 bench: setup

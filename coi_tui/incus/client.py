@@ -868,6 +868,10 @@ class Incus:
         }
         self._files("POST", name, path, data=content, headers=headers)
 
+    def delete_file(self, name: str, path: str) -> None:
+        """Remove one file from the instance (NotFound when it is not there)."""
+        self._files("DELETE", name, path)
+
     def make_dir(
         self, name: str, path: str, *, uid: int = 0, gid: int = 0, mode: int = 0o755
     ) -> None:

@@ -3,6 +3,7 @@ save/clean up on every way a session ends. Plain Python over the Incus adapter (
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -691,20 +692,26 @@ class SessionManager:
 
     def exec_attached(self, session: Session, argv: list[str], env: dict[str, str]) -> int:
         """argv as the code user in the workspace, attached to this terminal; its exit code.
-        The environment goes in as a root-only file the command's shell reads and deletes,
-        not as `incus exec --env NAME=value`, whose values every host user sees in `ps`."""
+        The environment goes in as a root-only file the command's shell reads, not as `incus
+        exec --env NAME=value`, whose values every host user sees in `ps`. coi deletes the
+        file afterwards, not the shell: under load Incus may start the command twice (its
+        "Failed to retrieve PID" retry), and the second must find it too."""
         path = f"/run/coi-env-{uuid.uuid4().hex}"
         bad = [name for name in env if not SHELL_NAME_RE.match(name)]
         if bad:  # checked where each comes from; a shell line must never run one
             raise CoiError(f"not an environment variable name: {bad[0]!r}")
         lines = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
         self.incus.push_file(session.container, path, lines.encode(), mode=0o600)
-        read = 'set -a; . "$0"; rm -f "$0"; set +a; exec "$@"'
-        return self.incus.exec_stream(
-            session.container,
-            ["sh", "-c", read, path, *self.code_command(argv)],
-            cwd=session.mounted,
-        )
+        read = 'set -a; . "$0"; set +a; exec "$@"'
+        try:
+            return self.incus.exec_stream(
+                session.container,
+                ["sh", "-c", read, path, *self.code_command(argv)],
+                cwd=session.mounted,
+            )
+        finally:
+            with contextlib.suppress(IncusError):  # stopped or gone with its /run: fine
+                self.incus.delete_file(session.container, path)
 
     def exec_as_code(self, name: str, argv: list[str]) -> ExecResult:
         return self.incus.exec_capture(

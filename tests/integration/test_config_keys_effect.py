@@ -325,7 +325,7 @@ def test_forwarded_values_stay_off_the_hosts_command_lines(coi: CoiRunner, works
 
     secret = "HOST_PS_SECRET_q8w7e6"
     (coi.home / "config.toml").write_text('[defaults]\nforward_env = ["COI_SECRET_TOKEN"]\n')
-    argv = ["run", "-w", str(workspace), "--", "sh", "-c", 'echo "got:$COI_SECRET_TOKEN"; sleep 5']
+    argv = ["run", "-w", str(workspace), "--", "sh", "-c", 'echo "got:$COI_SECRET_TOKEN"; sleep 1']
     running = subprocess.Popen(
         [sys.executable, "-m", "coi_tui.cli.main", *argv],
         env={**coi.env, "COI_SECRET_TOKEN": secret},
