@@ -340,14 +340,21 @@ def check_ipv4_list(key: Key, value: Any) -> list[str]:
     return [item.strip() for item in items]
 
 
-def check_name(key: Key, value: Any) -> str:
+def check_pattern(key: Key, value: Any, pattern: re.Pattern[str], message: str) -> str:
+    """A string key that must match `pattern` when set; `message` says why, {got} the value."""
     text = check_str(key, value).strip()
-    if text and not NAME_RE.match(text):
-        raise Invalid(
-            f'expected letters, digits, ".", "_" and "-", starting with a letter or digit, got '
-            f"{describe(value)}"
-        )
+    if text and not pattern.match(text):
+        raise Invalid(message.format(got=describe(value)))
     return text
+
+
+def check_name(key: Key, value: Any) -> str:
+    return check_pattern(
+        key,
+        value,
+        NAME_RE,
+        'expected letters, digits, ".", "_" and "-", starting with a letter or digit, got {got}',
+    )
 
 
 TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
@@ -355,13 +362,13 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$")
 
 def check_token(key: Key, value: Any) -> str:
     """A value that becomes one argument of the agent's argv (COI's rule for [tool.codex])."""
-    text = check_str(key, value).strip()
-    if text and not TOKEN_RE.match(text):
-        raise Invalid(
-            f"{describe(value)} must be a single token (letters, digits and . _ : / @ -, "
-            "starting with a letter or digit)"
-        )
-    return text
+    return check_pattern(
+        key,
+        value,
+        TOKEN_RE,
+        "{got} must be a single token (letters, digits and . _ : / @ -, starting with a "
+        "letter or digit)",
+    )
 
 
 ALIAS_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,63}$")
@@ -369,13 +376,13 @@ ALIAS_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,63}$")
 
 def check_alias(key: Key, value: Any) -> str:
     """COI's alias rule: a letter, then up to 63 letters, digits, "_" or "-"."""
-    text = check_str(key, value).strip()
-    if text and not ALIAS_RE.match(text):
-        raise Invalid(
-            f"invalid alias {describe(value)}: it must start with a letter and hold only "
-            'letters, digits, "_" and "-" (at most 64)'
-        )
-    return text
+    return check_pattern(
+        key,
+        value,
+        ALIAS_RE,
+        'invalid alias {got}: it must start with a letter and hold only letters, digits, "_" '
+        'and "-" (at most 64)',
+    )
 
 
 def table_entries(key: Key, value: Any, fields: dict[str, str]) -> list[dict[str, Any]]:
