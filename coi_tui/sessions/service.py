@@ -135,21 +135,27 @@ class SessionService:
         stopped and kept when persistent."""
         manager = self.manager
         session = manager.launch(req, interactive=False)
-        code = 1
-        try:
+
+        def run() -> int:
             # booted first: the boot's /tmp cleanup would delete what the command made there
             manager.wait_ready(session.container)
             manager.prepare_command(session)
             env = manager.agent_env(session)
-            argv = command(session)
-            code = manager.exec_attached(session, argv, env)
+            return manager.exec_attached(session, command(session), env)
+
+        return self.attached_run(session, run, save=False)
+
+    def attached_run(self, session: Session, run: Callable[[], int], *, save: bool) -> int:
+        """The exit code of a command run attached (`run`), 128+N for signal N and 130 for
+        ^C; then the session ends (end_attached), whatever happened."""
+        try:
+            return run()
         except Terminated as exc:
-            code = 128 + exc.signum
+            return 128 + exc.signum
         except KeyboardInterrupt:
-            code = 130
+            return 130
         finally:
-            self.end_attached(session, save=False)
-        return code
+            self.end_attached(session, save=save)
 
     def end_attached(self, session: Session, *, save: bool) -> None:
         """The end of a session whose command ran attached (`coi run`, `coi shell` without
@@ -180,8 +186,8 @@ class SessionService:
         and the agent's exit code."""
         manager = self.manager
         session = manager.launch(req, interactive=False)
-        code = 1
-        try:
+
+        def run() -> int:
             manager.wait_ready(session.container)
             manager.restore_saved_state(session)
             manager.write_meta(session)
@@ -193,14 +199,9 @@ class SessionService:
             manager.spawn_supervisor(session.container)
             announce(session, "Direct (no tmux)")
             with manager.attached(session.container):
-                code = manager.exec_attached(session, argv, env)
-        except Terminated as exc:
-            code = 128 + exc.signum
-        except KeyboardInterrupt:
-            code = 130
-        finally:
-            self.end_attached(session, save=True)
-        return session, code
+                return manager.exec_attached(session, argv, env)
+
+        return session, self.attached_run(session, run, save=True)
 
     def branch(self, container: str, snapshot: str, slot: int = 0) -> Session:
         """A new slot of the same workspace, started from `snapshot` of `container`; the
