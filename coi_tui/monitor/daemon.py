@@ -1548,8 +1548,8 @@ def capture_main(out: int, ctl: int = -1) -> None:
                     pidns = fork_ns[event.parent] = procfs.pid_ns(event.parent)
                 pending.append(("fork", event.pid, event.parent, [], at, ("", ""), pidns))
             elif event.kind in ("uid", "gid"):  # its program read at once, as an exec's argv
-                detail = id_detail(event.pid, event.real, event.effective)
                 parent = parents.get(event.pid, 0)
+                detail = id_detail(event.pid, parent, event.real, event.effective)
                 pidns = procfs.pid_ns(event.pid) or fork_ns.get(parent, "")
                 if len(changed_uid) > 65536:
                     changed_uid.clear()

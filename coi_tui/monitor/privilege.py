@@ -111,34 +111,46 @@ class IdChange:
     effective: int
     exe: str  # the executable's path as the kernel names it ("" when gone)
     identity: tuple[int, int, int, int] | None  # (dev, ino, size, mtime_ns) of the exe
+    # (real, effective) uid of the process and of its parent, read with the program: the
+    # daemon judges later, when a quick program and the shell that ran it may be gone
+    uids: tuple[int, int] | None = None
+    parent_uids: tuple[int, int] | None = None
 
 
-def id_detail(pid: int, real: int, effective: int) -> list[str]:
+def id_detail(pid: int, parent: int, real: int, effective: int) -> list[str]:
     """What the capture process forwards of a uid or gid event (the new real and effective
     id), read at once: the process's executable, by the file it runs (a path can be
-    swapped, the inode cannot)."""
+    swapped, the inode cannot), and its uids and its parent's ("-1" when gone)."""
     try:
         info = os.stat(f"/proc/{pid}/exe")
         exe = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return [str(real), str(effective)]
+    own = proc_uids(pid) or (-1, -1)
+    above = (proc_uids(parent) if parent else None) or (-1, -1)
     return [
         str(real),
         str(effective),
         exe,
         *(str(v) for v in (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)),
+        *(str(v) for v in (*own, *above)),
     ]
 
 
 def parse_id_detail(detail: list[str]) -> IdChange | None:
+    def pair(values: list[str]) -> tuple[int, int] | None:
+        ids = [int(v) for v in values]
+        return (ids[0], ids[1]) if len(ids) == 2 and min(ids) >= 0 else None
+
     try:
         real, effective = int(detail[0]), int(detail[1])
         if len(detail) < 7:
             return IdChange(real, effective, "", None)
         dev, ino, size, mtime = (int(v) for v in detail[3:7])
+        own, above = pair(detail[7:9]), pair(detail[9:11])
     except (ValueError, IndexError, TypeError):
         return None
-    return IdChange(real, effective, str(detail[2]), (dev, ino, size, mtime))
+    return IdChange(real, effective, str(detail[2]), (dev, ino, size, mtime), own, above)
 
 
 @functools.cache
@@ -447,7 +459,7 @@ class PrivilegeWatch:
         if root < 0 or change.effective != root:
             return []
         if before is None:
-            before = proc_uids(parent) if parent else None
+            before = change.parent_uids or (proc_uids(parent) if parent else None)
         if before is not None and min(before) <= root:
             # it was root already (a root process taking its euid back), or a host process
             # entering the container (`incus exec` starts as host root: uid 0)
@@ -517,12 +529,17 @@ class PrivilegeWatch:
         """One gid event: a non-root process whose effective gid became other than its
         real one (a setgid exec) through a program that is not one of the image's setgid
         programs (a planted `chgrp shadow; chmod g+s` copy of cat) is HIGH. Its uids are
-        the ones its uid events left (in the kernel's order), else its parent's."""
+        the ones read with the event, else the ones its uid events left, else its parent's."""
         if change.effective == change.real:
             return []  # a full switch or a drop back to its own group: nothing taken
         if change.identity is not None and change.identity[:2] in host_helpers():
             return []
-        uids = self.creds.get(pid) or proc_uids(parent or proc_parent(pid))
+        uids = (
+            change.uids
+            or self.creds.get(pid)
+            or change.parent_uids
+            or proc_uids(parent or proc_parent(pid))
+        )
         if uids is None or min(uids) <= self.root_uid or self.expected(change):
             return []  # root (or the host) may take any group
         group = change.effective - self.root_gid if change.effective >= self.root_gid else -1

@@ -51,13 +51,18 @@ def test_uid_event_parsing_and_exit_status() -> None:
 
 
 def test_id_detail_round_trip_reads_the_program_by_inode() -> None:
-    detail = privilege.id_detail(os.getpid(), CODE, ROOT)
+    detail = privilege.id_detail(os.getpid(), os.getppid(), CODE, ROOT)
     change = privilege.parse_id_detail(detail)
     info = os.stat(sys.executable)
     assert change is not None and change.identity is not None
     assert change.identity[:2] == (info.st_dev, info.st_ino)
     assert (change.real, change.effective) == (CODE, ROOT)
-    gone = privilege.parse_id_detail(privilege.id_detail(2**22 + 12345, CODE, ROOT))
+    # the uids of the process and of its parent, read with it (they may be gone when judged)
+    assert change.uids == (os.getuid(), os.geteuid())
+    assert change.parent_uids == privilege.proc_uids(os.getppid())
+    orphan = privilege.parse_id_detail(privilege.id_detail(os.getpid(), 2**22 + 1, CODE, ROOT))
+    assert orphan is not None and orphan.uids is not None and orphan.parent_uids is None
+    gone = privilege.parse_id_detail(privilege.id_detail(2**22 + 12345, 1, CODE, ROOT))
     assert gone == IdChange(CODE, ROOT, "", None)
     assert privilege.parse_id_detail(["x"]) is None
 
@@ -75,6 +80,10 @@ def test_setuid_exec_of_a_planted_program_is_high_and_the_images_sudo_is_quiet()
     assert state.on_uid(11, 1, IdChange(CODE, ROOT, "/usr/bin/sudo", SUDO), no_command) == []
     # sudo's own later switches (it is root by then) are not escalations
     assert state.on_uid(11, 1, IdChange(ROOT, ROOT, "/usr/bin/sudo", SUDO), no_command) == []
+    # a fresh child whose shell is gone when judged: its parent's uids read with the event
+    orphan = IdChange(CODE, ROOT, "/tmp/.x", (64, 99, 1000, 5), None, (CODE, CODE))
+    found = state.on_uid(12, 2**22 + 1, orphan, no_command)
+    assert [(t.rule_id, t.level) for t in found] == [("priv.setuid-root", "high")]
 
 
 def test_setgid_exec_of_a_planted_program_is_high() -> None:
@@ -94,6 +103,13 @@ def test_setgid_exec_of_a_planted_program_is_high() -> None:
     assert state.on_gid(15, os.getpid(), shadow_cat) == []  # parent: host root
     gone = state.on_gid(13, 1, IdChange(CODE, ROOT + 42, "", None))
     assert [(t.rule_id, t.level) for t in gone] == [("priv.setgid-unverified", "warning")]
+    # judged after the program and the shell that forked it exited (a busy daemon): the
+    # uids read with the event decide, not the /proc of a parent that is gone by then
+    quick = IdChange(CODE, ROOT + 42, "/tmp/c", (64, 70, 10, 1), (CODE, CODE), (CODE, CODE))
+    found = state.on_gid(16, 2**22 + 1, quick)
+    assert [(t.rule_id, t.level) for t in found] == [("priv.setgid", "high")]
+    by_root = IdChange(CODE, ROOT + 42, "/tmp/c", (64, 70, 10, 1), (ROOT, ROOT), None)
+    assert state.on_gid(17, 2**22 + 1, by_root) == []
 
 
 def test_a_replaced_setuid_program_does_not_match_its_baseline() -> None:
