@@ -313,13 +313,23 @@ def check_cpu_count(key: Key, value: Any) -> str:
     return pattern_check(CPUSET_RE, 'a CPU count ("2") or set ("0-3", "0,1,3")')(key, value)
 
 
+# a name, "*.name" and an optional ":PORT[,PORT]" (wildcards and ports need egress = "proxy")
+DOMAIN_PATTERN = re.compile(
+    r"^(\*\.)?[A-Za-z0-9_\u0080-\uffff]([A-Za-z0-9_.\u0080-\uffff-]*[A-Za-z0-9_\u0080-\uffff])?\.?"
+    r"(/[0-9]{1,2})?(:[0-9]{1,5}(,[0-9]{1,5})*)?$"
+)
+
+
 def check_domains(key: Key, value: Any) -> list[str]:
     domains = check_list(key, value)
     for domain in domains:
-        if "*" in domain:
-            raise Invalid(f"wildcards are not supported (list each domain), got {describe(domain)}")
         if not domain.strip():
             raise Invalid("empty domain")
+        if not DOMAIN_PATTERN.match(domain.strip()):
+            raise Invalid(
+                f'want a name (example.com), an address, or with egress = "proxy" a '
+                f"wildcard (*.example.com) and :PORT, got {describe(domain)}"
+            )
     return domains
 
 
@@ -707,6 +717,8 @@ KEYS: tuple[Key, ...] = (
     K("network.mode", "network_mode", "enum", "restricted", "restricted", "open", "allowlist"),
     K("network.bridge", "bridge", "str", DEFAULT_BRIDGE),
     K("network.allowed_domains", "allowed_domains", "domains", list(DEFAULT_ALLOWED_DOMAINS)),
+    K("network.egress", "egress", "enum", "addresses", "addresses", "proxy"),
+    K("network.denied_domains", "denied_domains", "domains", []),
     K("network.allow_local_network_access", "allow_local_network_access", "bool", False),
     K("network.block_private_networks", "block_private_networks", "bool", True),
     K("network.block_metadata_endpoint", "block_metadata_endpoint", "bool", True),

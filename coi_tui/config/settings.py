@@ -173,6 +173,8 @@ class Settings:
     use_sudo: bool = True
     dns_servers: list[str] = field(default_factory=list)
     allowed_ports: list[int] = field(default_factory=list)
+    egress: str = "addresses"  # or "proxy": web traffic filtered by name (network/egress)
+    denied_domains: list[str] = field(default_factory=list)
     network_hosts: list[dict[str, Any]] = field(default_factory=list)
     writable_paths: list[str] = field(default_factory=list)
     secret_paths: list[str] = field(default_factory=list)
@@ -361,6 +363,19 @@ def load_settings(
     if bool(settings.git_name) != bool(settings.git_email):
         given = "git.name" if settings.git_name else "git.email"
         raise CoiError(f"{settings.source(given)}: [git] name and email must be set together")
+    if settings.egress != "proxy":
+        by_name = [e for e in settings.allowed_domains if "*" in e or ":" in e]
+        if by_name:
+            raise CoiError(
+                f"{settings.source('network.allowed_domains')}: [network] allowed_domains: "
+                f'wildcards and ports ({by_name[0]}) are matched by name, which needs '
+                '[network] egress = "proxy"'
+            )
+        if settings.denied_domains:
+            raise CoiError(
+                f"{settings.source('network.denied_domains')}: [network] denied_domains "
+                'needs [network] egress = "proxy"'
+            )
     if settings.monitoring_nft_enabled and not settings.monitoring_enabled:
         # the reference's network monitor is part of ours: asking for it turns the monitor on
         settings.monitoring_enabled = True

@@ -49,6 +49,7 @@ PROJECT_KEYS = (
     "container.ready_timeout",
     "container.stale_base_check",
     "network.allowed_domains",
+    "network.denied_domains",  # a repository may only add refusals
     "network.refresh_interval_minutes",
     "security.protected_paths",
     "security.additional_protected_paths",
@@ -63,6 +64,7 @@ PROJECT_KEYS = (
 STRICTER_ONLY: dict[str, tuple[Any, ...]] = {
     "tool.permission_mode": ("interactive",),
     "network.mode": ("restricted", "allowlist"),
+    "network.egress": ("proxy",),
     "container.docker": (False,),
     "container.persistent": (False,),
     "monitoring.enabled": (True,),

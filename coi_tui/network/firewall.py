@@ -37,6 +37,8 @@ class Policy:
     hosts: list[tuple[str, list[str]]] = field(default_factory=list)
     dns_servers: list[str] = field(default_factory=list)  # restricted mode only
     allowed_ports: list[str] = field(default_factory=list)  # "443", "8000-8100"
+    # the egress proxy's port and the destination ports sent to it (network/egress)
+    proxy: tuple[int, list[str]] | None = None
 
     def argv(self, iface: str) -> list[str]:
         argv = ["apply", iface, self.mode, self.gateway]
@@ -58,6 +60,8 @@ class Policy:
                 argv += ["--dns", server]
         if self.allowed_ports:
             argv += ["--ports", ",".join(self.allowed_ports)]
+        if self.proxy is not None:
+            argv += ["--proxy", f"{self.proxy[0]}:{','.join(self.proxy[1])}"]
         return argv
 
 

@@ -22,11 +22,14 @@ from coi_tui.core.fs import file_lock
 from coi_tui.core.paths import coi_home, logs_dir
 from coi_tui.incus import Incus, IncusError, InstanceNotFound
 from coi_tui.network import netctl
+from coi_tui.network.egress.policy import EgressPolicy, parse_pattern
+from coi_tui.network.egress.service import ensure_proxy, remove_policy, write_policy
 from coi_tui.network.firewall import Firewall, Policy, iface_for
 from coi_tui.network.hosts import all_hosts, check_ports, firewall_hosts, merge_hosts_file
 from coi_tui.network.resolve import (
     Resolved,
     hosts_block,
+    is_address,
     merge_hosts,
     public_host,
     refresh_seconds,
@@ -77,6 +80,54 @@ def resolve_allowlist(name: str, domains: list[str]) -> Resolved:
     return resolved
 
 
+def proxied(settings: Settings) -> bool:
+    """Whether web traffic goes through the egress proxy (loading the config refused
+    wildcards, ports and denied_domains without it)."""
+    return settings.egress == "proxy" and check_mode(settings) != "open"
+
+
+def allowlist_entries(settings: Settings) -> list[str]:
+    """What the host resolves for the container's /etc/hosts (and, without the proxy, its
+    address set): through the proxy, the plain names and addresses (a wildcard has no
+    address of its own; the proxy resolves each name it is asked for)."""
+    if not proxied(settings):
+        return list(settings.allowed_domains)
+    found: list[str] = []
+    for entry in settings.allowed_domains:
+        host = entry.strip().split(":")[0]
+        if "*" not in host and host not in found:
+            found.append(host)
+    return found
+
+
+def egress_for(
+    settings: Settings, container: str, gateway: str, ports_cap: list[str]
+) -> tuple[int, list[str]]:
+    """The container's policy written for the egress proxy, the proxy running: its port and
+    the destination ports to send it."""
+    mode = check_mode(settings)
+    allow = (
+        [parse_pattern(e) for e in settings.allowed_domains if not is_address(e)]
+        if mode == "allowlist"
+        else []
+    )
+    deny = [parse_pattern(e) for e in settings.denied_domains]
+    policy = EgressPolicy(mode, allow, deny, settings.allow_local_network_access)
+    if container:
+        write_policy(container, settings.bridge, settings.project, policy)
+    port = ensure_proxy(settings.bridge, gateway)
+    ports = [p for p in policy.ports() if not ports_cap or within(p, ports_cap)]
+    return port, [str(p) for p in ports] or ["443"]
+
+
+def within(port: int, ranges: list[str]) -> bool:
+    for text in ranges:
+        low, _, high = text.partition("-")
+        if int(low) <= port <= int(high or low):
+            return True
+    return False
+
+
 def policy_for(
     incus: Incus, settings: Settings, resolved: Resolved | None, container: str = ""
 ) -> Policy:
@@ -86,16 +137,31 @@ def policy_for(
             "[network] dns_servers cannot be used in allowlist mode (it blocks DNS: names "
             "come from /etc/hosts); remove it or use restricted mode"
         )
+    gateway = gateway_of(incus, settings.bridge)
+    ports_cap = check_ports(list(getattr(settings, "allowed_ports", None) or []))
+    allowed = resolved.cidrs() if resolved else []
+    proxy = None
+    if proxied(settings):
+        if incus.remote is not None:
+            raise CoiError(
+                '[network] egress = "proxy" needs the local Incus (the proxy listens on the '
+                "bridge's address on this host)"
+            )
+        proxy = egress_for(settings, container, gateway, ports_cap)
+        # by address only what was listed as an address; names go through the proxy
+        allowed = sorted({a for e, addrs in (resolved.addresses if resolved else {}).items()
+                          if is_address(e) for a in addrs})  # fmt: skip
     return Policy(
         mode=check_mode(settings),
-        gateway=gateway_of(incus, settings.bridge),
+        gateway=gateway,
         allow_local=settings.allow_local_network_access,
         block_private=settings.block_private_networks,
         block_metadata=settings.block_metadata_endpoint,
-        allowed=resolved.cidrs() if resolved else [],
+        allowed=allowed,
         hosts=firewall_hosts(all_hosts(settings, container)),
         dns_servers=dns,
-        allowed_ports=check_ports(list(getattr(settings, "allowed_ports", None) or [])),
+        allowed_ports=ports_cap,
+        proxy=proxy,
     )
 
 
@@ -160,7 +226,7 @@ class BuildNetwork:
         if not self.has_nic:
             return
         if self.mode == "allowlist":
-            self.resolved = resolve_allowlist(self.name, self.settings.allowed_domains)
+            self.resolved = resolve_allowlist(self.name, allowlist_entries(self.settings))
         try:
             self.firewall.apply(
                 self.name, policy_for(self.incus, self.settings, self.resolved, self.name)
@@ -184,6 +250,7 @@ class BuildNetwork:
         if self.resolved is not None:
             with suppress(OSError):
                 cache_path(self.name).unlink()
+        remove_policy(self.name)
 
 
 # ---------------------------------------------------------------------- orphans (`coi clean`)
@@ -240,7 +307,7 @@ def refresh_allowlist(incus: Incus, settings: Settings, name: str) -> float | No
                 return None
         except InstanceNotFound:
             return None
-        resolved = resolve_allowlist(name, settings.allowed_domains)
+        resolved = resolve_allowlist(name, allowlist_entries(settings))
         Firewall(use_sudo=settings.use_sudo).apply(
             name, policy_for(incus, settings, resolved, name)
         )
@@ -257,7 +324,7 @@ def reapply_rules(incus: Incus, settings: Settings, name: str) -> str:
     settings = dataclasses.replace(settings, network_mode=mode)
     with file_lock(f"network-{name}"):
         resolved = (
-            resolve_allowlist(name, settings.allowed_domains) if mode == "allowlist" else None
+            resolve_allowlist(name, allowlist_entries(settings)) if mode == "allowlist" else None
         )
         if mode != "open" and "eth0" in instance.expanded_devices:
             Firewall(use_sudo=settings.use_sudo).apply(

@@ -7,7 +7,7 @@ it builds every rule itself from strictly validated arguments: callers never pas
 it only ever touches coi's own table `bridge coi`.
 
     coi-netctl apply IFACE MODE GATEWAY [--allow-local] [--no-block-private]
-                     [--no-block-metadata] [--allow CIDR]...
+                     [--no-block-metadata] [--allow CIDR]... [--proxy PORT:PORTS]
     coi-netctl remove IFACE
     coi-netctl list        # one host-side interface per line
     coi-netctl check       # exit 0 when nftables can hold coi's table
@@ -17,10 +17,18 @@ veth (`iifname`) to its own chain `c-IFACE` through the verdict map `ports`; fra
 `coiv*` port without rules are dropped, so a container is blocked until its rules exist. The
 bridge family is used because only there `iifname` is the container's port (in the ip family it
 is the bridge), which is what makes rules immune to address reuse and spoofing.
+
+With `--proxy PORT:PORTS` (the user's egress proxy listens on the gateway's PORT) TCP to the
+destination PORTS is marked MARK_BASE|PORT instead of judged by address, and QUIC is dropped
+(browsers fall back to TCP). The bridge family has no NAT, so a second table `ip coi` does the
+rest: its `divert` chain redirects marked connections to the port the mark names (map
+`proxy`), and its `fence` chain drops any marked packet that would be forwarded instead: a
+proxy that is down, or a mark with no port in the map, fails closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import json
@@ -37,6 +45,9 @@ IFACE_PREFIX = "coiv"
 IFACE_RE = re.compile(r"^coiv[0-9a-f]{10}$")
 MODES = ("restricted", "allowlist", "open")
 MAX_ALLOW = 4096
+IP_TABLE = "ip coi"
+MARK_BASE = 0x0C010000  # | the proxy's port: a proxied connection
+MARK_MASK = 0xFFFF0000
 LOCK_PATH = "/run/coi-netctl.lock"
 # Private and other local ranges (RFC1918, CGNAT, benchmark).
 PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "198.18.0.0/15")
@@ -155,11 +166,14 @@ def container_rules(
     hosts: Sequence[tuple[str, Sequence[str]]] = (),
     dns_servers: Sequence[str] = (),
     allowed_ports: Sequence[str] = (),
+    proxy: tuple[int, Sequence[str]] | None = None,
 ) -> list[str]:
     """The body of one container's chain, first match wins. `hosts` are (ip, ports) opened
     on purpose ([[network.hosts]], `coi hosts`), even private ones in restricted mode;
     `dns_servers` are the only off-box resolvers (restricted); `allowed_ports` caps the
-    destination ports of everything else that is allowed (ICMP echo stays allowed)."""
+    destination ports of everything else that is allowed (ICMP echo stays allowed); `proxy`
+    (port, destination ports): TCP to those ports goes to the egress proxy, after every
+    drop of a local address and before anything is allowed by address."""
     if mode == "open":
         return ["accept"]
     rules = [
@@ -190,10 +204,18 @@ def container_rules(
         others = [a for a in host_addrs if a != gateway]
         if others:
             rules.append(f"ip daddr {elements(others)} drop")
+    diverted = []
+    if proxy is not None:
+        port, ports = proxy
+        diverted = [
+            f"tcp dport {port_match(ports)} meta mark set {MARK_BASE | port:#010x} accept",
+            "udp dport 443 drop",  # QUIC: no name can be read from it; clients fall back
+        ]
     if mode == "allowlist":
         # Before the allowed set: whatever it holds, it never opens the LAN or metadata.
         if not allow_local:
             rules.append(f"ip daddr {elements([*local, METADATA, *SPECIAL])} drop")
+        rules += diverted
         if allowed_ports:
             rules += capped(f"ip daddr @{set_name}", allowed_ports)
         else:
@@ -206,6 +228,7 @@ def container_rules(
     if block_metadata:
         rules.append(f"ip daddr {METADATA} drop")
     rules.append(f"ip daddr {elements(SPECIAL)} drop")
+    rules += diverted
     if allowed_ports:
         rules += ["icmp type echo-request accept", *capped("", allowed_ports), "drop"]
     else:
@@ -225,10 +248,28 @@ def base_script() -> list[str]:
     ]
 
 
-def apply_script(iface: str, rules: list[str], allowed: Sequence[str]) -> str:
+def divert_script(port: int) -> list[str]:
+    """The `ip coi` table (see the module docstring) with the map entry for `port`."""
+    marked = f"meta mark & {MARK_MASK:#010x} == {MARK_BASE:#010x}"
+    return [
+        f"add table {IP_TABLE}",
+        f"add map {IP_TABLE} proxy {{ type mark : inet_service ; }}",
+        f"add chain {IP_TABLE} divert "
+        "{ type nat hook prerouting priority dstnat - 5 ; policy accept ; }",
+        f"flush chain {IP_TABLE} divert",
+        f"add rule {IP_TABLE} divert meta l4proto tcp {marked} redirect to :meta mark map @proxy",
+        f"add chain {IP_TABLE} fence {{ type filter hook forward priority -5 ; policy accept ; }}",
+        f"flush chain {IP_TABLE} fence",
+        f"add rule {IP_TABLE} fence {marked} drop",
+        f"add element {IP_TABLE} proxy {{ {MARK_BASE | port:#010x} : {port} }}",
+    ]
+
+
+def apply_script(iface: str, rules: list[str], allowed: Sequence[str], proxy_port: int = 0) -> str:
     chain, aset = f"c-{iface}", f"a-{iface}"
     lines = [
         *base_script(),
+        *(divert_script(proxy_port) if proxy_port else []),
         f"add chain {TABLE} {chain}",
         f"flush chain {TABLE} {chain}",
         f"add set {TABLE} {aset} {{ type ipv4_addr ; flags interval ; auto-merge ; }}",
@@ -243,7 +284,10 @@ def apply_script(iface: str, rules: list[str], allowed: Sequence[str]) -> str:
 
 def table_state() -> dict[str, set[str]]:
     """{'chains': ..., 'sets': ..., 'ports': ...} of coi's table; empty when it is absent."""
-    state: dict[str, set[str]] = {"chains": set(), "sets": set(), "ports": set()}
+    state: dict[str, set[str]] = {"chains": set(), "sets": set(), "ports": set(), "ip": set()}
+    with contextlib.suppress(NetctlError):
+        nft(None, "list", "table", *IP_TABLE.split())
+        state["ip"].add(IP_TABLE)
     try:
         data = json.loads(nft(None, "-j", "list", "table", *TABLE.split()))
     except NetctlError:
@@ -273,6 +317,8 @@ def remove_script(iface: str, state: dict[str, set[str]]) -> str:
     left = {c for c in state["chains"] if c.startswith("c-")} - {chain}
     if not left and state["chains"]:
         lines = [f"delete table {TABLE}"]  # the last container: leave nothing behind
+    if not left and state["ip"]:
+        lines.append(f"delete table {IP_TABLE}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -308,6 +354,15 @@ class RuleFlags(TypedDict):
     hosts: list[tuple[str, list[str]]]
     dns_servers: list[str]
     allowed_ports: list[str]
+    proxy: tuple[int, list[str]] | None
+
+
+def parse_proxy(text: str) -> tuple[int, list[str]]:
+    """ "PORT:PORTS": the proxy's listening port and the destination ports sent to it."""
+    port_text, colon, ports = text.partition(":")
+    if not colon or not port_text.isdigit() or not 1024 <= int(port_text) <= 65535:
+        raise NetctlError(f"bad --proxy {text!r} (want PORT:PORTS, PORT 1024-65535)")
+    return int(port_text), check_ports(ports)
 
 
 def parse_apply(argv: list[str]) -> tuple[str, str, str, RuleFlags, list[str]]:
@@ -321,6 +376,7 @@ def parse_apply(argv: list[str]) -> tuple[str, str, str, RuleFlags, list[str]]:
     hosts: list[tuple[str, list[str]]] = []
     dns: list[str] = []
     ports: list[str] = []
+    proxy: tuple[int, list[str]] | None = None
     rest = argv[3:]
     while rest:
         word = rest.pop(0)
@@ -339,10 +395,14 @@ def parse_apply(argv: list[str]) -> tuple[str, str, str, RuleFlags, list[str]]:
             dns.append(check_ipv4(rest.pop(0)))
         elif word == "--ports" and rest:
             ports += check_ports(rest.pop(0))
+        elif word == "--proxy" and rest and proxy is None:
+            proxy = parse_proxy(rest.pop(0))
         else:
             raise NetctlError(f"unknown option {word!r}")
     if len(allowed) + len(hosts) + len(dns) > MAX_ALLOW:
         raise NetctlError(f"too many --allow/--host/--dns entries (at most {MAX_ALLOW})")
+    if proxy is not None and mode == "open":
+        raise NetctlError("--proxy is for restricted and allowlist mode")
     if dns and mode != "restricted":
         raise NetctlError("--dns is for restricted mode (allowlist blocks DNS entirely)")
     if mode == "allowlist":
@@ -359,6 +419,7 @@ def parse_apply(argv: list[str]) -> tuple[str, str, str, RuleFlags, list[str]]:
         hosts=hosts,
         dns_servers=sorted(set(dns)),
         allowed_ports=sorted(set(ports)),
+        proxy=proxy,
     )
     return iface, mode, gateway, flags, sorted(set(allowed))
 
@@ -383,7 +444,8 @@ def run(argv: list[str]) -> str:
             rules = container_rules(
                 mode, gateway, host_addrs=host_addresses(), set_name=f"a-{iface}", **flags
             )
-            nft(apply_script(iface, rules, allowed if mode == "allowlist" else []))
+            proxy_port = flags["proxy"][0] if flags["proxy"] else 0
+            nft(apply_script(iface, rules, allowed if mode == "allowlist" else [], proxy_port))
             return ""
         if command == "remove":
             if len(args) != 1:

@@ -9,11 +9,13 @@ from contextlib import suppress
 from coi_tui.core.errors import CoiError
 from coi_tui.core.fs import file_lock
 from coi_tui.incus import Incus
+from coi_tui.network.egress.service import remove_policy
 from coi_tui.network.firewall import Firewall, iface_for
 from coi_tui.network.hosts import save_runtime_hosts
 from coi_tui.network.isolation import (
     MODE_KEY,
     NIC_HARDENING,
+    allowlist_entries,
     cache_path,
     check_mode,
     network_log,
@@ -64,7 +66,7 @@ class NetworkHook(SessionHook):
             return  # no network at all
         resolved = None
         if mode == "allowlist":
-            resolved = resolve_allowlist(name, settings.allowed_domains)
+            resolved = resolve_allowlist(name, allowlist_entries(settings))
             for entry in resolved.private:
                 manager.say(
                     f"warning: allowlist: {entry} resolves to a private address, which stays "
@@ -111,6 +113,7 @@ class NetworkHook(SessionHook):
             except CoiError as exc:
                 manager.say(f"warning: {exc}; 'coi clean --orphans' removes leftovers")
         self.resolved.pop(name, None)
+        remove_policy(name)  # the proxy forgets the container's address
         save_runtime_hosts(name, [])  # `coi hosts add` entries end with the session
         if removed:
             with suppress(OSError):

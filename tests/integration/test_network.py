@@ -139,7 +139,7 @@ class Topology:
     metadata: str
     outside_dev: str
     dns_port: int
-    dns_restart: Callable[[str], None]
+    dns_restart: Callable[..., None]  # (address of allowed.test, *"name,address" records)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def assert_routes(self) -> None:
@@ -256,7 +256,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory, incus: Incus) -> Iterator
         for host, port in ((neighbor, 8080), (out_hosts[1], 8080), (gateway, 8081)):
             wait_for(f"test server {host}:{port}", lambda h=host, p=port: can_connect(h, p))
 
-        def dns_restart(address: str) -> None:
+        def dns_restart(address: str, *records: str) -> None:
             for proc in dns_proc:
                 proc.terminate()
                 proc.wait(timeout=10)
@@ -265,7 +265,8 @@ def topology(tmp_path_factory: pytest.TempPathFactory, incus: Incus) -> Iterator
                 subprocess.Popen(
                     ["dnsmasq", "-k", "-C", "/dev/null", "--no-resolv", "--no-hosts",
                      "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={topo.dns_port}",
-                     "--pid-file=", f"--host-record=allowed.test,{address},30"],
+                     "--pid-file=", f"--host-record=allowed.test,{address},30",
+                     *(f"--host-record={r},30" for r in records)],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

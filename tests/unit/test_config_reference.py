@@ -220,7 +220,8 @@ plan = { file = "plan.md" }
 """
 
 # Key paths of our table that the reference config above does not spell out (our own knobs).
-OURS_ONLY = {"network.bridge"} | {k.path for k in KEYS if k.path.startswith("monitoring.")} - {
+OURS_ONLY = {"network.bridge", "network.egress", "network.denied_domains"}
+OURS_ONLY |= {k.path for k in KEYS if k.path.startswith("monitoring.")} - {
     "monitoring.enabled",
     "monitoring.auto_pause_on_high",
     "monitoring.auto_kill_on_critical",
@@ -415,7 +416,12 @@ def test_reference_defaults() -> None:
         ('[container]\nshutdown_timeout = "60"\n', r"shutdown_timeout: expected a whole number"),
         ("[limits.cpu]\ncount = true\n", r"count: expected a number or a string"),
         ("[limits.cpu]\ncount = 2.5\n", r"count: expected a number or a string"),
-        ('[network]\nallowed_domains = ["*.example.com"]\n', r"allowed_domains: wildcards"),
+        (
+            '[network]\nallowed_domains = ["*.example.com"]\n',
+            r"allowed_domains: wildcards and ports \(\*\.example\.com\) .* egress = \"proxy\"",
+        ),
+        ('[network]\ndenied_domains = ["x.com"]\n', r'denied_domains needs .* egress = "proxy"'),
+        ('[network]\negress = "socks"\n', r"egress: must be one of addresses, proxy"),
         ("[network]\nrefresh_interval_minutes = -1\n", r"must be at least 0"),
         ('[network]\ndns_servers = ["8.8.8.8", "dns.google"]\n', r"expected IPv4 addresses"),
         ("[network]\nallowed_ports = [0]\n", r"allowed_ports: must be 1-65535"),

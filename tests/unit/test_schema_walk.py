@@ -33,6 +33,7 @@ GIT_HOOKS = "integration/test_git_hooks"
 RESUME = "integration/test_resume_compat"
 REFERENCE = "unit/test_config_reference"
 
+EGRESS = t("integration/test_egress", "test_names_decide_egress_through_the_proxy")
 NETWORK_LOG = t(
     "integration/test_session_config_keys", "test_network_logging_records_each_sessions_rules"
 )
@@ -132,6 +133,8 @@ ENFORCED_BY: dict[str, str] = {
     "network.mode": NETWORK_MATRIX,
     "network.bridge": NETWORK_MATRIX,  # $COI_BRIDGE: the test bridge, its routes asserted
     "network.allowed_domains": NETWORK_MATRIX,
+    "network.egress": EGRESS,
+    "network.denied_domains": EGRESS,
     "network.allow_local_network_access": NETWORK_SWITCHES,
     "network.block_private_networks": NETWORK_SWITCHES,
     "network.block_metadata_endpoint": NETWORK_SWITCHES,

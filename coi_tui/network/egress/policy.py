@@ -1,0 +1,147 @@
+"""A container's egress policy by name: the patterns `allowed_domains` and `denied_domains`
+hold, and the one decision the proxy makes for a name and a port.
+
+A pattern is a name (`api.anthropic.com`: that name only), a wildcard (`*.github.com`: any
+name below github.com, not github.com itself), either with a port or port list
+(`example.com:8443`, `*.example.com:80,443`); without one it covers the proxied web ports.
+Names are compared lower-case, without a trailing dot, as IDNA (punycode) labels.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from coi_tui.core.errors import CoiError
+
+WEB_PORTS = (80, 443)  # what a pattern without a port covers, and what is always proxied
+LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+MODES = ("allowlist", "restricted")
+
+
+def clean_name(text: str) -> str:
+    """A host name as the proxy compares it: lower-case IDNA, no trailing dot; "" when it is
+    not a valid DNS name (an address, a port, spaces, empty labels)."""
+    name = text.strip().rstrip(".").lower()
+    try:
+        name = name.encode("idna").decode("ascii")
+    except (UnicodeError, ValueError):
+        return ""
+    if not name or len(name) > 253 or is_address(name):
+        return ""
+    return name if all(LABEL.match(label) for label in name.split(".")) else ""
+
+
+def is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Pattern:
+    name: str  # the name, or the parent domain of a wildcard
+    wildcard: bool
+    ports: tuple[int, ...]  # empty: WEB_PORTS
+
+    def matches(self, name: str, port: int) -> bool:
+        if port not in (self.ports or WEB_PORTS):
+            return False
+        if self.wildcard:
+            return name.endswith("." + self.name)
+        return name == self.name
+
+    def __str__(self) -> str:
+        text = ("*." if self.wildcard else "") + self.name
+        return text + (":" + ",".join(map(str, self.ports)) if self.ports else "")
+
+
+def parse_ports(text: str, entry: str) -> tuple[int, ...]:
+    ports = []
+    for part in text.split(","):
+        if not part.strip().isdigit() or not 1 <= int(part) <= 65535:
+            raise CoiError(f"egress pattern {entry!r}: ports are 1-65535, separated by commas")
+        ports.append(int(part))
+    return tuple(sorted(set(ports)))
+
+
+def parse_pattern(entry: str) -> Pattern:
+    """One pattern, or CoiError with one line."""
+    text = entry.strip()
+    host, colon, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    ports = parse_ports(port_text, entry) if colon else ()
+    wildcard = host.startswith("*.")
+    name = clean_name(host[2:] if wildcard else host)
+    if not name or "*" in host[2 if wildcard else 0 :]:
+        raise CoiError(
+            f"egress pattern {entry!r}: want a name (example.com), a wildcard (*.example.com), "
+            "optionally with :PORT[,PORT]"
+        )
+    if wildcard and "." not in name:
+        raise CoiError(f"egress pattern {entry!r}: a wildcard needs a domain (*.example.com)")
+    return Pattern(name, wildcard, ports)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str  # the pattern that decided, or why nothing did
+
+
+@dataclass
+class EgressPolicy:
+    """What one container may reach by name. `allowlist`: only what `allow` matches;
+    `restricted`: every public name but what `deny` matches. `deny` wins in both."""
+
+    mode: str
+    allow: list[Pattern] = field(default_factory=list)
+    deny: list[Pattern] = field(default_factory=list)
+    allow_local: bool = False  # names may resolve into the LAN
+    generation: int = 0
+
+    def decide(self, name: str, port: int) -> Decision:
+        cleaned = clean_name(name)
+        if not cleaned:
+            return Decision(False, "no valid name (a raw address, or none was sent)")
+        for pattern in self.deny:
+            if pattern.matches(cleaned, port):
+                return Decision(False, f"denied by {pattern}")
+        if self.mode == "restricted":
+            return Decision(True, "restricted mode: public names are open")
+        for pattern in self.allow:
+            if pattern.matches(cleaned, port):
+                return Decision(True, f"allowed by {pattern}")
+        return Decision(False, "not in the allowlist")
+
+    def ports(self) -> list[int]:
+        """The destination ports the proxy must see: the web ports and any a pattern names."""
+        found: set[int] = set(WEB_PORTS)
+        for pattern in (*self.allow, *self.deny):
+            found.update(pattern.ports)
+        return sorted(found)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "allow": [str(p) for p in self.allow],
+            "deny": [str(p) for p in self.deny],
+            "allow_local": self.allow_local,
+            "generation": self.generation,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EgressPolicy:
+        mode = str(data.get("mode", ""))
+        if mode not in MODES:
+            raise CoiError(f"egress policy: unknown mode {mode!r}")
+        return cls(
+            mode,
+            [parse_pattern(str(p)) for p in data.get("allow", [])],
+            [parse_pattern(str(p)) for p in data.get("deny", [])],
+            bool(data.get("allow_local", False)),
+            int(data.get("generation", 0)),
+        )

@@ -1,0 +1,273 @@
+"""The egress proxy as a process, and the files it shares with coi (all under ~/.coi/egress):
+
+- `policies/<container>.json`: each proxied container's policy (written by the network hook
+  before the container starts, removed when it ends); the proxy reads it when it changes;
+- `logs/<container>.jsonl`: one record per connection (proxy.Flow.record);
+- `proxy-<bridge>.json`: the running proxy's pid, address and port.
+
+One proxy per user and bridge, started by the first session that needs it (`ensure_proxy`);
+it exits a minute after its last policy file is gone. A connection's container is known by
+its source address, which Incus pins to the container's NIC (security.ipv4_filtering): the
+address is looked up through Incus's leases of the bridge by the MAC that Incus gave that
+container (never by a name a DHCP client sends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from coi_tui.core.errors import CoiError
+from coi_tui.core.fs import atomic_write, file_lock
+from coi_tui.core.paths import coi_home, logs_dir
+from coi_tui.incus import Incus, IncusError
+from coi_tui.network.egress.policy import EgressPolicy
+from coi_tui.network.egress.proxy import EgressProxy
+from coi_tui.network.resolve import query_a
+
+IDLE_EXIT_SEC = 60.0  # no policy file for this long: the proxy exits
+VERIFY_SEC = 5.0  # a cached address -> container mapping is checked again after this
+START_TIMEOUT = 10.0
+
+
+def egress_dir() -> Path:
+    path = coi_home() / "egress"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def policy_path(container: str) -> Path:
+    return egress_dir() / "policies" / f"{container}.json"
+
+
+def log_path(container: str) -> Path:
+    return egress_dir() / "logs" / f"{container}.jsonl"
+
+
+def state_path(bridge: str) -> Path:
+    return egress_dir() / f"proxy-{bridge}.json"
+
+
+# ---------------------------------------------------------------------- coi's side
+def write_policy(container: str, bridge: str, project: str, policy: EgressPolicy) -> None:
+    """The container's policy for the proxy (its generation one above the last)."""
+    path = policy_path(container)
+    with contextlib.suppress(OSError, ValueError):
+        policy.generation = int(json.loads(path.read_text()).get("generation", 0)) + 1
+    data = {"container": container, "bridge": bridge, "project": project, **policy.to_json()}
+    atomic_write(path, json.dumps(data, indent=1) + "\n")
+
+
+def remove_policy(container: str) -> None:
+    with contextlib.suppress(OSError):
+        policy_path(container).unlink()
+
+
+def running_proxy(bridge: str) -> dict[str, Any] | None:
+    """The state of this user's proxy for `bridge` when it is alive and listening."""
+    try:
+        state = json.loads(state_path(bridge).read_text())
+        pid, address, port = int(state["pid"]), str(state["address"]), int(state["port"])
+        os.kill(pid, 0)
+        with socket.create_connection((address, port), timeout=1):
+            pass
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
+
+
+def ensure_proxy(bridge: str, gateway: str) -> int:
+    """The port of this user's proxy for `bridge` listening on `gateway`, started if needed."""
+    with file_lock(f"egress-{bridge}"):
+        state = running_proxy(bridge)
+        if state is not None and state.get("address") == gateway:
+            return int(state["port"])
+        if state is not None:  # the bridge's address changed: a new proxy
+            with contextlib.suppress(OSError):
+                os.kill(int(state["pid"]), signal.SIGTERM)
+        previous = 0
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            previous = int(json.loads(state_path(bridge).read_text())["port"])
+        with contextlib.suppress(OSError):
+            state_path(bridge).unlink()
+        log = open(logs_dir() / f"egress-{bridge}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coi_tui.network.egress", bridge, gateway, str(previous)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            state = running_proxy(bridge)
+            if state is not None and int(state["pid"]) == proc.pid:
+                return int(state["port"])
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            proc.kill()
+        tail = ""
+        with contextlib.suppress(OSError):
+            lines = (logs_dir() / f"egress-{bridge}.log").read_text().strip().splitlines()
+            tail = f": {lines[-1]}" if lines else ""
+        raise CoiError(f"egress proxy for {bridge} did not start{tail}")
+
+
+def stop_proxy(bridge: str) -> bool:
+    state = running_proxy(bridge)
+    if state is None:
+        return False
+    with contextlib.suppress(OSError):
+        os.kill(int(state["pid"]), signal.SIGTERM)
+    return True
+
+
+# ---------------------------------------------------------------------- the proxy's side
+class PolicyFiles:
+    """The proxy's view of the policies: source address -> (container, policy)."""
+
+    def __init__(self, bridge: str) -> None:
+        self.bridge = bridge
+        self.lock = threading.Lock()
+        self.by_address: dict[str, tuple[str, float]] = {}  # -> (container, verified at)
+        self.loaded: dict[str, tuple[float, EgressPolicy]] = {}  # container -> (mtime, ...)
+        self.refreshed = 0.0
+
+    def policy(self, container: str) -> EgressPolicy | None:
+        path = policy_path(container)
+        try:
+            mtime = path.stat().st_mtime
+            cached = self.loaded.get(container)
+            if cached is not None and cached[0] == mtime:
+                return cached[1]
+            data = json.loads(path.read_text())
+            if data.get("bridge") != self.bridge:
+                return None
+            policy = EgressPolicy.from_json(data)
+        except (OSError, ValueError, CoiError):
+            self.loaded.pop(container, None)
+            return None
+        self.loaded[container] = (mtime, policy)
+        return policy
+
+    def containers(self) -> dict[str, str]:
+        """Policy files of this bridge: container -> its Incus project."""
+        found = {}
+        with contextlib.suppress(OSError):
+            for path in (egress_dir() / "policies").glob("*.json"):
+                with contextlib.suppress(OSError, ValueError):
+                    data = json.loads(path.read_text())
+                    if data.get("bridge") == self.bridge:
+                        found[path.stem] = str(data.get("project") or "default")
+        return found
+
+    def lookup(self, address: str) -> tuple[str, EgressPolicy] | None:
+        with self.lock:
+            now = time.monotonic()
+            hit = self.by_address.get(address)
+            if hit is None or now - hit[1] > VERIFY_SEC:
+                if now - self.refreshed < 0.2 and hit is None:
+                    return None  # unknown addresses do not make us ask Incus in a loop
+                self.refresh()
+                hit = self.by_address.get(address)
+            if hit is None:
+                return None
+            policy = self.policy(hit[0])
+            return (hit[0], policy) if policy is not None else None
+
+    def refresh(self) -> None:
+        self.refreshed = now = time.monotonic()
+        mapping: dict[str, tuple[str, float]] = {}
+        wanted = self.containers()
+        by_project: dict[str, list[str]] = {}
+        for name, project in wanted.items():
+            by_project.setdefault(project, []).append(name)
+        for project, names in by_project.items():
+            incus = Incus(project=project)
+            try:
+                leases = incus.request("GET", f"/1.0/networks/{self.bridge}/leases") or []
+            except IncusError:
+                continue
+            for name in names:
+                try:
+                    config = incus.get_instance(name).config
+                except IncusError:
+                    continue
+                mac = str(config.get("volatile.eth0.hwaddr", "")).lower()
+                for lease in leases:
+                    if mac and str(lease.get("hwaddr", "")).lower() == mac:
+                        mapping[str(lease.get("address", ""))] = (name, now)
+        self.by_address = mapping
+
+
+def append_record(record: dict[str, Any]) -> None:
+    path = log_path(str(record.get("container", "unknown")))
+    line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def say(text: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    sys.stderr.write(f"{stamp} {text}\n")
+    sys.stderr.flush()
+
+
+async def serve(bridge: str, gateway: str, preferred: int) -> None:
+    policies = PolicyFiles(bridge)
+    proxy = EgressProxy(policies, query_a, append_record, (gateway, preferred))
+    try:
+        port = await proxy.start()
+    except OSError:
+        proxy.listen = (gateway, 0)
+        port = await proxy.start()
+    atomic_write(
+        state_path(bridge),
+        json.dumps({"pid": os.getpid(), "address": gateway, "port": port, "bridge": bridge}),
+    )
+    say(f"egress proxy for {bridge} listening on {gateway}:{port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    idle_since = time.monotonic()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+        if policies.containers():
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > IDLE_EXIT_SEC:
+            say("no proxied container left; exiting")
+            break
+    assert proxy.server is not None
+    proxy.server.close()
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(state_path(bridge).read_text()).get("pid") == os.getpid():
+            state_path(bridge).unlink()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        say("usage: python -m coi_tui.network.egress BRIDGE GATEWAY PREFERRED_PORT")
+        return 2
+    asyncio.run(serve(argv[0], argv[1], int(argv[2] or 0)))
+    return 0

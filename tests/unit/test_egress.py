@@ -1,0 +1,217 @@
+"""The egress proxy's parts without containers: the name readers (a real ClientHello made by
+Python's ssl), the policy patterns, and the proxy itself on loopback, its original
+destination given by the test (the real one comes from the redirect, tests/integration/
+test_egress.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from coi_tui.core.errors import CoiError
+from coi_tui.network.egress import wire
+from coi_tui.network.egress.policy import EgressPolicy, clean_name, parse_pattern
+from coi_tui.network.egress.proxy import TLS_ACCESS_DENIED, EgressProxy
+
+
+def client_hello(server_name: str | None) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+# ---------------------------------------------------------------------- wire
+def test_sni_is_read_from_a_real_client_hello_in_any_split() -> None:
+    hello = client_hello("api.example.com")
+    assert wire.tls_server_name(hello) == "api.example.com"
+    for cut in (1, 4, 5, 40, len(hello) - 1):
+        assert wire.tls_server_name(hello[:cut]) == wire.NEED_MORE
+    assert wire.tls_server_name(client_hello(None)) == wire.NONE  # no SNI: refused
+
+
+def test_broken_hellos_are_refused_never_guessed() -> None:
+    hello = bytearray(client_hello("api.example.com"))
+    assert wire.tls_server_name(b"\x16\x03\x01\xff\xff" + bytes(10)) == wire.NONE  # too long
+    assert wire.tls_server_name(b"\x17\x03\x03\x00\x10" + bytes(16)) == wire.NONE  # not hello
+    hello[5] = 2  # a ServerHello
+    assert wire.tls_server_name(bytes(hello)) == wire.NONE
+    # every truncation of the inner lengths: an answer or a refusal, never an exception
+    good = client_hello("x.example.com")
+    for i in range(5, len(good)):
+        broken = bytearray(good)
+        broken[i] ^= 0xFF
+        assert wire.tls_server_name(bytes(broken)) in ("x.example.com", wire.NONE, wire.NEED_MORE)
+
+
+def test_http_host_is_one_header_without_its_port() -> None:
+    assert wire.http_host(b"GET / HTTP/1.1\r\nHost: a.example.com:8080\r\n\r\n") == "a.example.com"
+    assert wire.http_host(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n") == wire.NEED_MORE
+    two = b"GET / HTTP/1.1\r\nHost: a.example.com\r\nHost: b.example.com\r\n\r\n"
+    assert wire.http_host(two) == wire.NONE
+    assert wire.http_host(b"GET / HTTP/1.1\r\n\r\n") == wire.NONE
+    assert wire.http_host(b"SSH-2.0-OpenSSH_9.2\r\n") == wire.NONE
+    assert wire.http_host(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n") == wire.NONE
+    later = b"x\r\nGET / HTTP/1.1\r\nhost: b.example.com\r\n\r\n"
+    assert wire.other_hosts(later, "a.example.com") == ["b.example.com"]
+    assert wire.other_hosts(later, "b.example.com") == []
+
+
+# ---------------------------------------------------------------------- policy
+def test_patterns_names_wildcards_and_ports() -> None:
+    policy = EgressPolicy(
+        "allowlist",
+        [parse_pattern(p) for p in ("api.example.com", "*.github.com", "ssh.example.com:22")],
+        [parse_pattern("evil.github.com")],
+    )
+    assert policy.decide("API.Example.com.", 443).allowed
+    assert not policy.decide("www.example.com", 443).allowed
+    assert policy.decide("raw.github.com", 80).allowed
+    assert not policy.decide("github.com", 443).allowed  # a wildcard is below its domain
+    assert not policy.decide("evil.github.com", 443).allowed  # deny wins
+    assert not policy.decide("api.example.com", 8443).allowed  # no port: the web ports
+    assert policy.decide("ssh.example.com", 22).allowed
+    assert not policy.decide("203.0.113.5", 443).allowed  # a raw address is never a name
+    assert policy.ports() == [22, 80, 443]
+    open_policy = EgressPolicy("restricted", [], [parse_pattern("*.paste.example")])
+    assert open_policy.decide("anything.example", 443).allowed
+    assert not open_policy.decide("x.paste.example", 443).allowed
+    assert clean_name("bücher.example") == "xn--bcher-kva.example"
+    assert EgressPolicy.from_json(policy.to_json()).decide("raw.github.com", 443).allowed
+
+
+@pytest.mark.parametrize("bad", ["*", "*.com", "a*.example.com", "x.com:0", "x.com:http", ""])
+def test_bad_patterns_are_one_line_errors(bad: str) -> None:
+    with pytest.raises(CoiError, match="egress pattern"):
+        parse_pattern(bad)
+
+
+# ---------------------------------------------------------------------- the proxy on loopback
+class Upstream:
+    """A TCP server standing for the internet: it records what arrives and answers."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    up = Upstream()
+    yield up
+    up.listener.close()
+
+
+async def run_proxy(
+    upstream: Upstream,
+    policy: EgressPolicy,
+    names: dict[str, list[str]],
+    sends: list[bytes],
+) -> tuple[list[bytes], list[dict[str, Any]]]:
+    records: list[dict[str, Any]] = []
+
+    class One:
+        def lookup(self, address: str) -> tuple[str, EgressPolicy] | None:
+            return ("c1", policy) if address == "127.0.0.1" else None
+
+    proxy = EgressProxy(
+        One(),
+        lambda name: (names.get(name, []), 30),
+        records.append,
+        ("127.0.0.1", 0),
+        destination=lambda sock: ("203.0.113.9", upstream.port),
+    )
+    await proxy.start()
+    loop = asyncio.get_running_loop()
+    upstream.listener.setblocking(False)
+
+    async def serve_upstream() -> None:
+        while True:
+            conn, _ = await loop.sock_accept(upstream.listener)
+            data = await loop.sock_recv(conn, 65536)
+            upstream.received.append(data)
+            await loop.sock_sendall(conn, b"HTTP/1.0 200 OK\r\n\r\nfrom upstream" + bytes(5000))
+            conn.close()
+
+    server = asyncio.create_task(serve_upstream())
+    answers = []
+    for payload in sends:
+        reader, writer = await asyncio.open_connection(*proxy.listen)
+        writer.write(payload)
+        await writer.drain()
+        answers.append(await asyncio.wait_for(reader.read(), 10))
+        writer.close()
+    await asyncio.sleep(0.05)  # the last record is written as its connection closes
+    server.cancel()
+    assert proxy.server is not None
+    proxy.server.close()
+    return answers, records
+
+
+def test_the_proxy_dials_the_allowed_name_and_refuses_the_rest(upstream: Upstream) -> None:
+    port = upstream.port  # the stand-in internet's port: named in each pattern
+    policy = EgressPolicy(
+        "allowlist",
+        [parse_pattern(f"allowed.test:{port}"), parse_pattern(f"*.wild.test:{port}")],
+        allow_local=True,  # the stand-in internet is loopback
+    )
+    names = {"allowed.test": ["127.0.0.1"], "a.wild.test": ["127.0.0.1"], "denied.test": []}
+    sends = [
+        client_hello("allowed.test"),
+        client_hello("denied.test"),
+        client_hello(None),  # a raw address: no name
+        client_hello("a.wild.test"),
+        b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: denied.test\r\n\r\n",
+    ]
+    answers, records = asyncio.run(run_proxy(upstream, policy, names, sends))
+    assert answers[0].startswith(b"HTTP/1.0 200 OK") and len(answers[0]) > 5000, records
+    assert answers[1] == answers[2] == TLS_ACCESS_DENIED
+    assert answers[3].startswith(b"HTTP/1.0 200 OK")
+    assert answers[4].startswith(b"HTTP/1.0 200 OK")
+    assert answers[5].startswith(b"HTTP/1.1 403 Forbidden") and b"denied.test" in answers[5]
+    # upstream saw exactly the allowed first bytes, untouched
+    assert upstream.received == [sends[0], sends[3], sends[4]]
+    by_domain = {(r["domain"], r["protocol"]): r for r in records}
+    allowed = by_domain[("allowed.test", "tls")]
+    assert allowed["decision"] == "allowed" and allowed["address"] == "127.0.0.1"
+    assert allowed["bytes_out"] == len(sends[0]) and allowed["bytes_in"] == len(answers[0])
+    assert by_domain[("denied.test", "tls")]["decision"] == "denied"
+    assert by_domain[("", "tls")]["reason"].startswith("TLS without a server name")
+    assert by_domain[("a.wild.test", "tls")]["reason"] == f"allowed by *.wild.test:{port}"
+    assert by_domain[("denied.test", "http")]["decision"] == "denied"
+
+
+def test_an_allowed_name_that_resolves_into_the_lan_is_refused(upstream: Upstream) -> None:
+    allowed = parse_pattern(f"allowed.test:{upstream.port}")
+    policy = EgressPolicy("allowlist", [allowed])  # allow_local off
+    answers, records = asyncio.run(
+        run_proxy(upstream, policy, {"allowed.test": ["127.0.0.1"]}, [client_hello("allowed.test")])
+    )
+    assert answers == [TLS_ACCESS_DENIED] and upstream.received == []
+    assert records[0]["reason"] == "resolves only to local addresses"
+
+
+def test_a_kept_alive_http_connection_cannot_switch_host(upstream: Upstream) -> None:
+    allowed = parse_pattern(f"allowed.test:{upstream.port}")
+    policy = EgressPolicy("allowlist", [allowed], allow_local=True)
+    smuggled = (
+        b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\nGET /x HTTP/1.1\r\nHost: other.test\r\n\r\n"
+    )
+    answers, records = asyncio.run(
+        run_proxy(upstream, policy, {"allowed.test": ["127.0.0.1"]}, [smuggled])
+    )
+    assert answers[0].startswith(b"HTTP/1.1 403 Forbidden") and b"other.test" in answers[0]
+    # the first read carries both requests: refused before anything is sent upstream
+    assert upstream.received == []
+    assert records[0]["decision"] == "denied" and "other.test" in records[0]["reason"]
