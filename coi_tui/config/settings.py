@@ -368,7 +368,7 @@ def load_settings(
         if by_name:
             raise CoiError(
                 f"{settings.source('network.allowed_domains')}: [network] allowed_domains: "
-                f'wildcards and ports ({by_name[0]}) are matched by name, which needs '
+                f"wildcards and ports ({by_name[0]}) are matched by name, which needs "
                 '[network] egress = "proxy"'
             )
         if settings.denied_domains:

@@ -103,7 +103,7 @@ def web(
          "-subj", "/CN=allowed.test", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    namespace = f"coito{topology.outside_dev[len('coitov'):]}"
+    namespace = f"coito{topology.outside_dev[len('coitov') :]}"
     server = subprocess.Popen(
         ["ip", "netns", "exec", namespace, "python3", "-c", SERVER, str(cert), str(key)],
         stdout=subprocess.DEVNULL,
@@ -205,8 +205,9 @@ def test_names_decide_egress_through_the_proxy(
         assert open_got["same_ip_other_name"] == f"served other.test at {topo.internet}"
         assert open_got["denied_below_wildcard"].startswith("refused"), open_got
         assert open_got["raw_ip"].startswith("refused"), open_got  # a name is still needed
-        assert open_got["not_proxied_port"].startswith("HTTP/1.0 200") or "ok" in (
-            open_got["not_proxied_port"]
+        assert (
+            open_got["not_proxied_port"].startswith("HTTP/1.0 200")
+            or "ok" in (open_got["not_proxied_port"])
         ), open_got
 
         def logged() -> bool:
