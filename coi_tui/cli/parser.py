@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "coi_tui.cli.schema_cmds",
     "coi_tui.cli.network_cmds",
     "coi_tui.cli.trust_cmds",
+    "coi_tui.cli.egress_cmds",
 )
 
 

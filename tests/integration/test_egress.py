@@ -56,6 +56,13 @@ def serve(port, handler):
     while True:
         conn, _ = lst.accept()
         threading.Thread(target=handler, args=(conn,), daemon=True).start()
+def udp_echo():  # QUIC's port: what answers here was not dropped
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 443))
+    while True:
+        data, peer = u.recvfrom(2048)
+        u.sendto(b"echo " + data, peer)
+threading.Thread(target=udp_echo, daemon=True).start()
 threading.Thread(target=serve, args=(80, http_conn), daemon=True).start()
 serve(443, tls_conn)
 """
@@ -118,6 +125,7 @@ def web(
             f"sub.wild.test,{topology.internet}",
             f"denied.wild.test,{topology.internet}",
             f"inside.test,{topology.lan}",  # a listed name that leads into the LAN
+            "loop.test,127.0.0.1",  # ... or to the host the proxy runs on
         )
         yield topology
     finally:
@@ -227,6 +235,24 @@ def test_names_decide_egress_through_the_proxy(
         first = next(r for r in records if r["domain"] == "allowed.test")
         assert first["address"] == topo.internet and first["container"] == allowlist
         assert int(first["bytes_in"]) > 0 and int(first["bytes_out"]) > 0  # type: ignore[call-overload]
+        # live policy: open a name and close another for the running container; the very
+        # next connection obeys (no restart, no retry)
+        coi.ok("egress", "allow", allowlist, "other.test")
+        coi.ok("egress", "deny", allowlist, "allowed.test")
+        live = probe(incus, allowlist, topo, [spec[0], spec[1]])
+        assert live["same_ip_other_name"] == f"served other.test at {topo.internet}", live
+        assert live["allowed"].startswith("refused"), live
+        shown = json.loads(coi.ok("egress", "policy", allowlist, "--json").stdout)
+        assert "other.test" in shown["allow"] and shown["deny"] == [
+            "denied.wild.test",
+            "allowed.test",
+        ], shown
+        assert coi("egress", "allow", allowlist, "other.test:22").returncode == 1  # not proxied
+        lines = coi.ok("egress", "log", allowlist, "--json").stdout.splitlines()
+        kinds = [json.loads(line)["type"] for line in lines]
+        assert kinds.count("policy") == 2 and kinds.count("connection") >= 11, kinds
+        summary = json.loads(coi.ok("egress", "log", allowlist, "--summary", "--json").stdout)
+        assert summary["other.test"]["allowed"] >= 1 and summary["other.test"]["denied"] >= 2
         policies = coi.home / "egress" / "policies"
         assert (policies / f"{allowlist}.json").exists()
         coi.ok("kill", "--force", allowlist, restricted)

@@ -117,6 +117,18 @@ class EgressPolicy:
                 return Decision(True, f"allowed by {pattern}")
         return Decision(False, "not in the allowlist")
 
+    def change(self, action: str, pattern: Pattern) -> None:
+        """`allow` or `deny` one more pattern (the same pattern leaves the other list)."""
+        self.allow = [p for p in self.allow if p != pattern]
+        self.deny = [p for p in self.deny if p != pattern]
+        if action == "allow":
+            if self.mode == "allowlist":
+                self.allow.append(pattern)
+        elif action == "deny":
+            self.deny.append(pattern)
+        else:
+            raise CoiError(f"egress: unknown change {action!r}")
+
     def ports(self) -> list[int]:
         """The destination ports the proxy must see: the web ports and any a pattern names."""
         found: set[int] = set(WEB_PORTS)

@@ -31,7 +31,7 @@ from coi_tui.core.errors import CoiError
 from coi_tui.core.fs import atomic_write, file_lock
 from coi_tui.core.paths import coi_home, logs_dir
 from coi_tui.incus import Incus, IncusError
-from coi_tui.network.egress.policy import EgressPolicy
+from coi_tui.network.egress.policy import EgressPolicy, parse_pattern
 from coi_tui.network.egress.proxy import EgressProxy
 from coi_tui.network.resolve import query_a
 
@@ -58,19 +58,86 @@ def state_path(bridge: str) -> Path:
     return egress_dir() / f"proxy-{bridge}.json"
 
 
+def changes_path(container: str) -> Path:
+    """`coi egress allow|deny` of a running session: kept apart from the config's policy so
+    that a rewrite of it (the allowlist's refresh) keeps them."""
+    return egress_dir() / "session" / f"{container}.json"
+
+
 # ---------------------------------------------------------------------- coi's side
-def write_policy(container: str, bridge: str, project: str, policy: EgressPolicy) -> None:
-    """The container's policy for the proxy (its generation one above the last)."""
+def write_policy(container: str, bridge: str, project: str, policy: EgressPolicy) -> int:
+    """The container's policy for the proxy, with the session's own changes on top; its
+    generation one above the last. Returns that generation."""
     path = policy_path(container)
     with contextlib.suppress(OSError, ValueError):
         policy.generation = int(json.loads(path.read_text()).get("generation", 0)) + 1
+    for action, pattern in session_changes(container):
+        policy.change(action, parse_pattern(pattern))
     data = {"container": container, "bridge": bridge, "project": project, **policy.to_json()}
     atomic_write(path, json.dumps(data, indent=1) + "\n")
+    return policy.generation
+
+
+def read_policy(container: str) -> tuple[dict[str, Any], EgressPolicy]:
+    """The policy file of a proxied container, or CoiError with one line."""
+    try:
+        data = json.loads(policy_path(container).read_text())
+        return data, EgressPolicy.from_json(data)
+    except FileNotFoundError:
+        raise CoiError(
+            f"{container} has no egress policy: it is not running, or not with "
+            '[network] egress = "proxy"'
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CoiError(f"{container}: unreadable egress policy ({exc})") from None
+
+
+def session_changes(container: str) -> list[tuple[str, str]]:
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return [(str(a), str(p)) for a, p in json.loads(changes_path(container).read_text())]
+    return []
+
+
+def change_policy(container: str, action: str, entry: str) -> tuple[int, str]:
+    """`coi egress allow|deny`: the running container's policy changed at once (the proxy
+    reads it at the next connection) and the change kept for the rest of the session.
+    Returns the new generation and the pattern as it was understood."""
+    pattern = parse_pattern(entry)
+    with file_lock(f"egress-policy-{container}"):
+        data, policy = read_policy(container)
+        proxied_ports = policy.ports()
+        if pattern.ports and not set(pattern.ports) <= set(proxied_ports):
+            raise CoiError(
+                f"port {', '.join(map(str, pattern.ports))} is not sent to the proxy in this "
+                f"session (only {', '.join(map(str, proxied_ports))}); add the pattern to "
+                "[network] allowed_domains and start a new session"
+            )
+        changes = [c for c in session_changes(container) if c[1] != str(pattern)]
+        changes.append((action, str(pattern)))
+        atomic_write(changes_path(container), json.dumps(changes) + "\n")
+        policy.change(action, pattern)
+        policy.generation += 1
+        atomic_write(
+            policy_path(container), json.dumps({**data, **policy.to_json()}, indent=1) + "\n"
+        )
+    append_record(
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "container": container,
+            "type": "policy",
+            "action": action,
+            "pattern": str(pattern),
+            "generation": policy.generation,
+            "by": f"uid {os.getuid()}",
+        }
+    )
+    return policy.generation, str(pattern)
 
 
 def remove_policy(container: str) -> None:
-    with contextlib.suppress(OSError):
-        policy_path(container).unlink()
+    for path in (policy_path(container), changes_path(container)):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def running_proxy(bridge: str) -> dict[str, Any] | None:
@@ -150,7 +217,8 @@ class PolicyFiles:
     def policy(self, container: str) -> EgressPolicy | None:
         path = policy_path(container)
         try:
-            mtime = path.stat().st_mtime
+            info = path.stat()
+            mtime = float(info.st_mtime_ns + info.st_ino)  # a rename gives a new inode
             cached = self.loaded.get(container)
             if cached is not None and cached[0] == mtime:
                 return cached[1]

@@ -1,0 +1,139 @@
+"""Attacks on egress by name ([network] egress = "proxy"), done from inside a container the
+way an agent would, on the private test topology of tests/integration/test_network.py
+(NETWORK SAFETY: every target is the test's own outside netns, loopback of the host, or the
+test bridge's gateway):
+
+- reach the proxy's port on the gateway directly (to skip the redirect's original destination);
+- an allowed name that resolves to the host's own loopback (the proxy runs on the host: an
+  SSRF into the host's services);
+- a kept-alive HTTP connection that asks for a second host after an allowed first request;
+- QUIC (UDP 443), which carries no readable name;
+- the proxy killed while the container runs: proxied traffic must go nowhere, never around it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from coi_tui.incus import Incus
+from tests.conftest import CoiRunner
+from tests.integration.test_egress import probe, proxy_stopped_after, web  # noqa: F401
+from tests.integration.test_network import Topology, start, topology, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.incus
+
+ATTACK = r"""
+import json, socket, sys, time
+spec = json.loads(sys.argv[1])
+res = {}
+def read_all(s):
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data.decode(errors="replace")
+# 1. the proxy's own port on the gateway
+try:
+    s = socket.create_connection((spec["gateway"], spec["proxy_port"]), timeout=3)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+    res["direct_to_proxy"] = read_all(s) or "closed"
+except OSError as exc:
+    res["direct_to_proxy"] = "refused: " + type(exc).__name__
+# 2. a second Host on a kept-alive connection
+try:
+    s = socket.create_connection((spec["internet"], 80), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+    time.sleep(0.5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+    res["host_switch"] = read_all(s)
+except OSError as exc:
+    res["host_switch"] = "refused: " + type(exc).__name__
+# 3. QUIC
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(2)
+try:
+    u.sendto(b"quic initial", (spec["internet"], 443))
+    res["quic"] = u.recv(2048).decode()
+except OSError as exc:
+    res["quic"] = "dropped: " + type(exc).__name__
+print(json.dumps(res))
+"""
+
+
+def attack(incus: Incus, name: str, topo: Topology, proxy_port: int) -> dict[str, str]:
+    topo.assert_routes()
+    spec = {"gateway": topo.gateway, "proxy_port": proxy_port, "internet": topo.internet}
+    result = incus.exec_capture(name, ["python3", "-c", ATTACK, json.dumps(spec)], timeout=90)
+    assert result.ok, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_proxy_cannot_be_skipped_tricked_or_turned_on_the_host(
+    coi: CoiRunner, web: Topology, incus: Incus, workspace: Path
+) -> None:
+    topo = web
+    (coi.home / "config.toml").write_text(
+        '[network]\negress = "proxy"\nallowed_domains = ["allowed.test", "loop.test"]\n'
+    )
+    with proxy_stopped_after(coi, topo.bridge):
+        name = start(coi, topo, "allowlist", workspace)
+        state = json.loads((coi.home / "egress" / f"proxy-{topo.bridge}.json").read_text())
+        got = attack(incus, name, topo, int(state["port"]))
+        assert got["direct_to_proxy"].startswith("refused"), got  # the gateway is closed
+        # the allowed first request is served; the second host never is
+        assert f"served allowed.test at {topo.internet}" in got["host_switch"], got
+        assert "served other.test" not in got["host_switch"], got
+        assert got["quic"].startswith("dropped"), got
+        loop = probe(incus, name, topo, [["loop", "tls", topo.internet, "loop.test", 443]])
+        assert loop["loop"].startswith("refused"), loop
+        records = [
+            json.loads(line)
+            for line in (coi.home / "egress" / "logs" / f"{name}.jsonl").read_text().splitlines()
+        ]
+        assert any(
+            r["domain"] == "loop.test" and r["reason"] == "resolves only to local addresses"
+            for r in records
+        ), records
+        assert any("a later request asked for other.test" in r["reason"] for r in records)
+        # fail closed: the proxy killed, the allowed name is reachable no more, by any path
+        os.kill(int(state["pid"]), signal.SIGKILL)
+        wait_for("the proxy to die", lambda: not Path(f"/proc/{state['pid']}").exists(), 10)
+        after = probe(
+            incus,
+            name,
+            topo,
+            [
+                ["allowed", "tls", topo.internet, "allowed.test", 443],
+                ["http", "http", topo.internet, "allowed.test", 80],
+            ],
+        )
+        assert after["allowed"].startswith("refused"), after
+        assert after["http"].startswith("refused"), after
+        coi.ok("kill", "--force", name)
+
+
+def test_restricted_mode_drops_quic_and_keeps_the_denied_names_closed(
+    coi: CoiRunner, web: Topology, incus: Incus, workspace: Path
+) -> None:
+    topo = web
+    (coi.home / "config.toml").write_text(
+        '[network]\negress = "proxy"\ndenied_domains = ["other.test"]\n'
+    )
+    with proxy_stopped_after(coi, topo.bridge):
+        name = start(coi, topo, "restricted", workspace)
+        state = json.loads((coi.home / "egress" / f"proxy-{topo.bridge}.json").read_text())
+        got = attack(incus, name, topo, int(state["port"]))
+        assert got["quic"].startswith("dropped"), got  # UDP is otherwise open here
+        assert "served other.test" not in got["host_switch"], got
+        assert got["direct_to_proxy"].startswith("refused"), got
+        coi.ok("kill", "--force", name)
