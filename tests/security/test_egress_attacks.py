@@ -79,7 +79,10 @@ def attack(incus: Incus, name: str, topo: Topology, proxy_port: int) -> dict[str
 
 
 def test_the_proxy_cannot_be_skipped_tricked_or_turned_on_the_host(
-    coi: CoiRunner, web: Topology, incus: Incus, workspace: Path
+    coi: CoiRunner,
+    web: Topology,  # noqa: F811 (the fixture imported from test_egress)
+    incus: Incus,
+    workspace: Path,
 ) -> None:
     topo = web
     (coi.home / "config.toml").write_text(
@@ -123,7 +126,10 @@ def test_the_proxy_cannot_be_skipped_tricked_or_turned_on_the_host(
 
 
 def test_restricted_mode_drops_quic_and_keeps_the_denied_names_closed(
-    coi: CoiRunner, web: Topology, incus: Incus, workspace: Path
+    coi: CoiRunner,
+    web: Topology,  # noqa: F811 (the fixture imported from test_egress)
+    incus: Incus,
+    workspace: Path,
 ) -> None:
     topo = web
     (coi.home / "config.toml").write_text(
