@@ -153,8 +153,7 @@ async def run_proxy(
         writer.close()
     await asyncio.sleep(0.05)  # the last record is written as its connection closes
     server.cancel()
-    assert proxy.server is not None
-    proxy.server.close()
+    proxy.close()
     return answers, records
 
 

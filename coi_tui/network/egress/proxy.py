@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +32,7 @@ from coi_tui.network.netctl import public_host
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; the socket module lacks it
 FIRST_BYTES_TIMEOUT = 10.0  # for the ClientHello or request head
 CONNECT_TIMEOUT = 10.0
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 TLS_ACCESS_DENIED = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x31])  # fatal alert 49
 HOST_TAIL = 512  # bytes of a kept-alive HTTP stream kept to find a Host split over reads
 
@@ -107,6 +110,10 @@ class NameCache:
 
 
 class EgressProxy:
+    """Asyncio accepts, reads the first bytes, decides and dials; then two threads per
+    connection move the bytes with splice(2) (socket -> pipe -> socket, no copy through
+    Python), except a plain HTTP connection's requests, which are read to check each Host."""
+
     def __init__(
         self,
         policies: Policies,
@@ -120,46 +127,58 @@ class EgressProxy:
         self.names = NameCache(lookup)
         self.record = record
         self.listen = listen
-        self.server: asyncio.Server | None = None
+        self.listener: socket.socket | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         """Listen; returns the port (the one asked for, or any free one when it is 0)."""
-        self.server = await asyncio.start_server(
-            self.handle, self.listen[0], self.listen[1], reuse_address=True, limit=CHUNK
-        )
-        port = int(self.server.sockets[0].getsockname()[1])
-        self.listen = (self.listen[0], port)
-        return port
+        listener = socket.create_server(self.listen, backlog=1024)
+        listener.setblocking(False)
+        self.listener = listener
+        self.listen = (self.listen[0], int(listener.getsockname()[1]))
+        self.tasks.add(asyncio.get_running_loop().create_task(self.accept_loop(listener)))
+        return self.listen[1]
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        peer = writer.get_extra_info("peername") or ("", 0)
+    def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.listener is not None:
+            self.listener.close()
+
+    async def accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(listener)
+            except OSError:
+                await asyncio.sleep(0.05)  # EMFILE and the like: never spin
+                continue
+            conn.setblocking(False)
+            task = loop.create_task(self.handle(conn, peer))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        upstream: socket.socket | None = None
         try:
-            await self.serve(reader, writer, sock, f"{peer[0]}:{peer[1]}", str(peer[0]))
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, OSError):
+            upstream = await self.serve(conn, f"{peer[0]}:{peer[1]}", str(peer[0]))
+        except (ConnectionError, TimeoutError, OSError):
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            if upstream is None:
+                conn.close()
 
-    async def serve(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        sock: socket.socket,
-        source: str,
-        address: str,
-    ) -> None:
-        target = self.destination(sock)
+    async def serve(self, conn: socket.socket, source: str, address: str) -> socket.socket | None:
+        """Returns the upstream socket when the relay took over both sockets."""
         loop = asyncio.get_running_loop()
+        target = self.destination(conn)
         known = await loop.run_in_executor(None, self.policies.lookup, address)
         if known is None or target is None or target == self.listen:
             # not one of our containers, or a direct connection to the proxy's own port
-            return
+            return None
         container, policy = known
         flow = Flow(container, source, target[1])
-        first = await self.first_bytes(reader, flow)
+        first = await self.first_bytes(conn, flow)
         if flow.name:
             decision = policy.decide(flow.name, flow.port)
             flow.decision = "allowed" if decision.allowed else "denied"
@@ -168,37 +187,41 @@ class EgressProxy:
         if flow.decision == "allowed" and others:  # a second request in the first bytes
             flow.decision, flow.reason = "denied", f"a later request asked for {others[0]}"
         if flow.decision != "allowed":
-            await self.refuse(writer, flow)
-            return
+            await self.refuse(conn, flow)
+            return None
         upstream = await self.dial(flow, policy)
         if upstream is None:
-            await self.refuse(writer, flow)
-            return
-        up_reader, up_writer = upstream
-        try:
-            up_writer.write(first)
-            flow.bytes_out += len(first)
-            await asyncio.gather(
-                self.pump(reader, up_writer, flow, outbound=True, tail=first[-HOST_TAIL:]),
-                self.pump(up_reader, writer, flow, outbound=False),
-            )
-        finally:
-            up_writer.close()
-            self.record(flow.record())
+            await self.refuse(conn, flow)
+            return None
+        done = loop.create_future()
 
-    async def first_bytes(self, reader: asyncio.StreamReader, flow: Flow) -> bytes:
+        def finish() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def finished() -> None:  # in the relay's last thread
+            loop.call_soon_threadsafe(finish)
+
+        relay = Relay(conn, upstream, flow, first, finished)
+        relay.start()
+        try:
+            await done
+        finally:
+            self.record(flow.record())
+        return upstream
+
+    async def first_bytes(self, conn: socket.socket, flow: Flow) -> bytes:
         """The ClientHello or request head (whatever arrived when it is complete)."""
+        loop = asyncio.get_running_loop()
         data = b""
         deadline = time.monotonic() + FIRST_BYTES_TIMEOUT
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
-                flow.reason = "no TLS ClientHello or HTTP request in time"
-                return data
             try:
-                chunk = await asyncio.wait_for(reader.read(wire.MAX_HELLO), left)
+                if left <= 0:
+                    raise TimeoutError
+                chunk = await asyncio.wait_for(loop.sock_recv(conn, wire.MAX_HELLO), left)
             except TimeoutError:
-                chunk = b""
                 flow.reason = "no TLS ClientHello or HTTP request in time"
                 return data
             if not chunk:
@@ -219,9 +242,8 @@ class EgressProxy:
             flow.name = clean_name(name) or name[:253]
             return data
 
-    async def dial(
-        self, flow: Flow, policy: EgressPolicy
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def dial(self, flow: Flow, policy: EgressPolicy) -> socket.socket | None:
+        loop = asyncio.get_running_loop()
         found = await self.names.addresses(flow.name)
         usable = [a for a in found if policy.allow_local or public_host(a)]
         if not usable:
@@ -231,68 +253,123 @@ class EgressProxy:
             )
             return None
         for address in usable:
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            upstream.setblocking(False)
             try:
-                opened = await asyncio.wait_for(
-                    asyncio.open_connection(address, flow.port, limit=CHUNK), CONNECT_TIMEOUT
+                await asyncio.wait_for(
+                    loop.sock_connect(upstream, (address, flow.port)), CONNECT_TIMEOUT
                 )
             except (OSError, TimeoutError):
+                upstream.close()
                 continue
             flow.address = address
-            with contextlib.suppress(OSError):
-                opened[1].get_extra_info("socket").setsockopt(
-                    socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
-                )
-            return opened
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return upstream
         flow.decision = "failed"
         flow.reason = f"could not connect to {', '.join(usable[:3])} port {flow.port}"
         return None
 
-    async def refuse(self, writer: asyncio.StreamWriter, flow: Flow) -> None:
+    async def refuse(self, conn: socket.socket, flow: Flow) -> None:
         if flow.decision == "allowed":
             flow.decision = "denied"
+        answer = b""
         if flow.kind == "tls":
-            writer.write(TLS_ACCESS_DENIED)
+            answer = TLS_ACCESS_DENIED
         elif flow.kind == "http":
             body = f"coi egress: {flow.name or 'this request'} is {flow.decision}: {flow.reason}\n"
-            writer.write(
-                (
-                    f"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
-                ).encode()
-            )
-        with contextlib.suppress(OSError, ConnectionError):
-            await writer.drain()
+            answer = (
+                f"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+            ).encode()
+        if answer:
+            with contextlib.suppress(OSError):
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().sock_sendall(conn, answer), CONNECT_TIMEOUT
+                )
         self.record(flow.record())
 
-    async def pump(
+
+class Relay:
+    """Both directions of one allowed connection, a thread each, blocking sockets. A
+    direction that ends shuts the other side's writing (a half-close passes through); an
+    error shuts both sockets, which ends the other thread too. `done` runs once, after both."""
+
+    def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        client: socket.socket,
+        upstream: socket.socket,
         flow: Flow,
-        outbound: bool,
-        tail: bytes = b"",
+        first: bytes,
+        done: Callable[[], None],
     ) -> None:
+        self.client, self.upstream, self.flow, self.first = client, upstream, flow, first
+        self.done = done
+        self.left = 2
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self.client.setblocking(True)
+        self.upstream.setblocking(True)
+        threading.Thread(target=self.run, args=(True,), daemon=True).start()
+        threading.Thread(target=self.run, args=(False,), daemon=True).start()
+
+    def run(self, outbound: bool) -> None:
+        src, dst = (self.client, self.upstream) if outbound else (self.upstream, self.client)
+        try:
+            if outbound:
+                dst.sendall(self.first)
+                self.flow.bytes_out += len(self.first)
+            if outbound and self.flow.kind == "http":
+                self.copy_requests(src, dst)
+            else:
+                self.splice(src, dst, outbound)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for sock in (self.client, self.upstream):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            with self.lock:
+                self.left -= 1
+                last = self.left == 0
+            if last:
+                self.client.close()
+                self.upstream.close()
+                self.done()
+
+    def splice(self, src: socket.socket, dst: socket.socket, outbound: bool) -> None:
+        read_end, write_end = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, CHUNK)
         try:
             while True:
-                chunk = await reader.read(CHUNK)
-                if not chunk:
-                    break
-                if outbound and flow.kind == "http":
-                    # a kept-alive connection may ask for another host in a later request
-                    others = wire.other_hosts(tail + chunk, flow.name)
-                    if others:
-                        flow.decision = "denied"
-                        flow.reason = f"a later request asked for {others[0]}"
-                        writer.close()
-                        return
-                    tail = (tail + chunk)[-HOST_TAIL:]
-                writer.write(chunk)
+                moved = os.splice(src.fileno(), write_end, CHUNK)
+                if moved == 0:
+                    return
+                left = moved
+                while left:
+                    left -= os.splice(read_end, dst.fileno(), left)
                 if outbound:
-                    flow.bytes_out += len(chunk)
+                    self.flow.bytes_out += moved
                 else:
-                    flow.bytes_in += len(chunk)
-                await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
-        except (ConnectionError, OSError):
-            writer.close()
+                    self.flow.bytes_in += moved
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+
+    def copy_requests(self, src: socket.socket, dst: socket.socket) -> None:
+        """A kept-alive HTTP connection may ask for another host in a later request."""
+        tail = self.first[-HOST_TAIL:]
+        while True:
+            chunk = src.recv(CHUNK)
+            if not chunk:
+                return
+            others = wire.other_hosts(tail + chunk, self.flow.name)
+            if others:
+                self.flow.decision = "denied"
+                self.flow.reason = f"a later request asked for {others[0]}"
+                raise ConnectionAbortedError
+            tail = (tail + chunk)[-HOST_TAIL:]
+            dst.sendall(chunk)
+            self.flow.bytes_out += len(chunk)

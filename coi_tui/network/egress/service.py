@@ -326,8 +326,7 @@ async def serve(bridge: str, gateway: str, preferred: int) -> None:
         elif time.monotonic() - idle_since > IDLE_EXIT_SEC:
             say("no proxied container left; exiting")
             break
-    assert proxy.server is not None
-    proxy.server.close()
+    proxy.close()
     with contextlib.suppress(OSError, ValueError):
         if json.loads(state_path(bridge).read_text()).get("pid") == os.getpid():
             state_path(bridge).unlink()
