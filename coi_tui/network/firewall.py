@@ -39,6 +39,7 @@ class Policy:
     allowed_ports: list[str] = field(default_factory=list)  # "443", "8000-8100"
     # the egress proxy's port and the destination ports sent to it (network/egress)
     proxy: tuple[int, list[str]] | None = None
+    resolver: int = 0  # its resolver's port: every DNS query goes there
 
     def argv(self, iface: str) -> list[str]:
         argv = ["apply", iface, self.mode, self.gateway]
@@ -62,6 +63,8 @@ class Policy:
             argv += ["--ports", ",".join(self.allowed_ports)]
         if self.proxy is not None:
             argv += ["--proxy", f"{self.proxy[0]}:{','.join(self.proxy[1])}"]
+        if self.resolver:
+            argv += ["--resolver", str(self.resolver)]
         return argv
 
 

@@ -87,25 +87,24 @@ def proxied(settings: Settings) -> bool:
 
 
 def allowlist_entries(settings: Settings) -> list[str]:
-    """What the host resolves for the container's /etc/hosts (and, without the proxy, its
-    address set): through the proxy, the plain names and addresses (a wildcard has no
-    address of its own; the proxy resolves each name it is asked for)."""
+    """What the host resolves for the container's /etc/hosts and its address set: through
+    the proxy only the entries that are addresses (names go to coi's resolver and proxy)."""
     if not proxied(settings):
         return list(settings.allowed_domains)
-    found: list[str] = []
-    for entry in settings.allowed_domains:
-        host = entry.strip().split(":")[0]
-        if "*" not in host and host not in found:
-            found.append(host)
-    return found
+    return [e for e in settings.allowed_domains if is_address(e)]
 
 
 def egress_for(
     settings: Settings, container: str, gateway: str, ports_cap: list[str]
-) -> tuple[int, list[str]]:
-    """The container's policy written for the egress proxy, the proxy running: its port and
-    the destination ports to send it."""
+) -> tuple[tuple[int, list[str]], int]:
+    """The container's policy written for the egress proxy, the proxy running: (its port,
+    the destination ports to send it) and its resolver's port."""
     mode = check_mode(settings)
+    if settings.dns_servers:
+        raise CoiError(
+            '[network] dns_servers cannot be used with egress = "proxy": coi\'s resolver '
+            "answers every query of the container"
+        )
     allow = (
         [parse_pattern(e) for e in settings.allowed_domains if not is_address(e)]
         if mode == "allowlist"
@@ -115,9 +114,9 @@ def egress_for(
     policy = EgressPolicy(mode, allow, deny, settings.allow_local_network_access)
     if container:
         write_policy(container, settings.bridge, settings.project, policy)
-    port = ensure_proxy(settings.bridge, gateway)
+    port, dns_port = ensure_proxy(settings.bridge, gateway)
     ports = [p for p in policy.ports() if not ports_cap or within(p, ports_cap)]
-    return port, [str(p) for p in ports] or ["443"]
+    return (port, [str(p) for p in ports] or ["443"]), dns_port
 
 
 def within(port: int, ranges: list[str]) -> bool:
@@ -140,14 +139,14 @@ def policy_for(
     gateway = gateway_of(incus, settings.bridge)
     ports_cap = check_ports(list(getattr(settings, "allowed_ports", None) or []))
     allowed = resolved.cidrs() if resolved else []
-    proxy = None
+    proxy, resolver = None, 0
     if proxied(settings):
         if incus.remote is not None:
             raise CoiError(
                 '[network] egress = "proxy" needs the local Incus (the proxy listens on the '
                 "bridge's address on this host)"
             )
-        proxy = egress_for(settings, container, gateway, ports_cap)
+        proxy, resolver = egress_for(settings, container, gateway, ports_cap)
         # by address only what was listed as an address; names go through the proxy
         allowed = sorted({a for e, addrs in (resolved.addresses if resolved else {}).items()
                           if is_address(e) for a in addrs})  # fmt: skip
@@ -162,6 +161,7 @@ def policy_for(
         dns_servers=dns,
         allowed_ports=ports_cap,
         proxy=proxy,
+        resolver=resolver,
     )
 
 
@@ -299,7 +299,7 @@ def policy_summary(mode: str, resolved: Resolved | None) -> str:
 def refresh_allowlist(incus: Incus, settings: Settings, name: str) -> float | None:
     """Re-resolve the allowlist of a running container, swap its address set atomically and
     rewrite its /etc/hosts. Returns seconds until the next refresh, None to stop."""
-    if check_mode(settings) != "allowlist":
+    if check_mode(settings) != "allowlist" or proxied(settings):
         return None
     with file_lock(f"network-{name}"):
         try:

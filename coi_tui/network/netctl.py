@@ -8,6 +8,7 @@ it only ever touches coi's own table `bridge coi`.
 
     coi-netctl apply IFACE MODE GATEWAY [--allow-local] [--no-block-private]
                      [--no-block-metadata] [--allow CIDR]... [--proxy PORT:PORTS]
+                     [--resolver PORT]
     coi-netctl remove IFACE
     coi-netctl list        # one host-side interface per line
     coi-netctl check       # exit 0 when nftables can hold coi's table
@@ -20,10 +21,12 @@ is the bridge), which is what makes rules immune to address reuse and spoofing.
 
 With `--proxy PORT:PORTS` (the user's egress proxy listens on the gateway's PORT) TCP to the
 destination PORTS is marked MARK_BASE|PORT instead of judged by address, and QUIC is dropped
-(browsers fall back to TCP). The bridge family has no NAT, so a second table `ip coi` does the
-rest: its `divert` chain redirects marked connections to the port the mark names (map
-`proxy`), and its `fence` chain drops any marked packet that would be forwarded instead: a
-proxy that is down, or a mark with no port in the map, fails closed.
+(browsers fall back to TCP); with `--resolver PORT` every DNS query (UDP and TCP port 53, to
+any address) is marked for the user's resolver on the gateway. The bridge family has no NAT,
+so a second table `ip coi` does the rest: its `divert` chain redirects marked connections to
+the port the mark names (map `proxy`), and its `fence` chain drops any marked packet that
+would be forwarded instead: a proxy that is down, or a mark with no port in the map, fails
+closed.
 """
 
 from __future__ import annotations
@@ -167,13 +170,15 @@ def container_rules(
     dns_servers: Sequence[str] = (),
     allowed_ports: Sequence[str] = (),
     proxy: tuple[int, Sequence[str]] | None = None,
+    resolver: int = 0,
 ) -> list[str]:
     """The body of one container's chain, first match wins. `hosts` are (ip, ports) opened
     on purpose ([[network.hosts]], `coi hosts`), even private ones in restricted mode;
     `dns_servers` are the only off-box resolvers (restricted); `allowed_ports` caps the
     destination ports of everything else that is allowed (ICMP echo stays allowed); `proxy`
     (port, destination ports): TCP to those ports goes to the egress proxy, after every
-    drop of a local address and before anything is allowed by address."""
+    drop of a local address and before anything is allowed by address; `resolver`: every
+    DNS query goes to coi's resolver on that port, before any other DNS rule."""
     if mode == "open":
         return ["accept"]
     rules = [
@@ -182,7 +187,10 @@ def container_rules(
         # DHCP (discover is a broadcast from 0.0.0.0) keeps the lease alive.
         f"ip daddr {{ {gateway}, 255.255.255.255 }} udp sport 68 udp dport 67 accept",
     ]
-    if mode == "restricted":
+    if resolver:
+        rules += [f"{proto} dport 53 meta mark set {MARK_BASE | resolver:#010x} accept"
+                  for proto in ("udp", "tcp")]  # fmt: skip
+    elif mode == "restricted":
         rules += [
             f"ip daddr {gateway} udp dport 53 accept",
             f"ip daddr {gateway} tcp dport 53 accept",
@@ -248,8 +256,8 @@ def base_script() -> list[str]:
     ]
 
 
-def divert_script(port: int) -> list[str]:
-    """The `ip coi` table (see the module docstring) with the map entry for `port`."""
+def divert_script(ports: Sequence[int]) -> list[str]:
+    """The `ip coi` table (see the module docstring) with the map entries for `ports`."""
     marked = f"meta mark & {MARK_MASK:#010x} == {MARK_BASE:#010x}"
     return [
         f"add table {IP_TABLE}",
@@ -257,19 +265,22 @@ def divert_script(port: int) -> list[str]:
         f"add chain {IP_TABLE} divert "
         "{ type nat hook prerouting priority dstnat - 5 ; policy accept ; }",
         f"flush chain {IP_TABLE} divert",
-        f"add rule {IP_TABLE} divert meta l4proto tcp {marked} redirect to :meta mark map @proxy",
+        f"add rule {IP_TABLE} divert meta l4proto {{ tcp, udp }} {marked} "
+        "redirect to :meta mark map @proxy",
         f"add chain {IP_TABLE} fence {{ type filter hook forward priority -5 ; policy accept ; }}",
         f"flush chain {IP_TABLE} fence",
         f"add rule {IP_TABLE} fence {marked} drop",
-        f"add element {IP_TABLE} proxy {{ {MARK_BASE | port:#010x} : {port} }}",
+        *(f"add element {IP_TABLE} proxy {{ {MARK_BASE | p:#010x} : {p} }}" for p in ports),
     ]
 
 
-def apply_script(iface: str, rules: list[str], allowed: Sequence[str], proxy_port: int = 0) -> str:
+def apply_script(
+    iface: str, rules: list[str], allowed: Sequence[str], diverted: Sequence[int] = ()
+) -> str:
     chain, aset = f"c-{iface}", f"a-{iface}"
     lines = [
         *base_script(),
-        *(divert_script(proxy_port) if proxy_port else []),
+        *(divert_script(diverted) if diverted else []),
         f"add chain {TABLE} {chain}",
         f"flush chain {TABLE} {chain}",
         f"add set {TABLE} {aset} {{ type ipv4_addr ; flags interval ; auto-merge ; }}",
@@ -355,14 +366,21 @@ class RuleFlags(TypedDict):
     dns_servers: list[str]
     allowed_ports: list[str]
     proxy: tuple[int, list[str]] | None
+    resolver: int
+
+
+def check_listen_port(text: str, option: str) -> int:
+    if not text.isdigit() or not 1024 <= int(text) <= 65535:
+        raise NetctlError(f"bad {option} {text!r} (a port 1024-65535)")
+    return int(text)
 
 
 def parse_proxy(text: str) -> tuple[int, list[str]]:
     """ "PORT:PORTS": the proxy's listening port and the destination ports sent to it."""
     port_text, colon, ports = text.partition(":")
-    if not colon or not port_text.isdigit() or not 1024 <= int(port_text) <= 65535:
-        raise NetctlError(f"bad --proxy {text!r} (want PORT:PORTS, PORT 1024-65535)")
-    return int(port_text), check_ports(ports)
+    if not colon:
+        raise NetctlError(f"bad --proxy {text!r} (want PORT:PORTS)")
+    return check_listen_port(port_text, "--proxy"), check_ports(ports)
 
 
 def parse_apply(argv: list[str]) -> tuple[str, str, str, RuleFlags, list[str]]:
@@ -377,6 +395,7 @@ def parse_apply(argv: list[str]) -> tuple[str, str, str, RuleFlags, list[str]]:
     dns: list[str] = []
     ports: list[str] = []
     proxy: tuple[int, list[str]] | None = None
+    resolver = 0
     rest = argv[3:]
     while rest:
         word = rest.pop(0)
@@ -397,12 +416,16 @@ def parse_apply(argv: list[str]) -> tuple[str, str, str, RuleFlags, list[str]]:
             ports += check_ports(rest.pop(0))
         elif word == "--proxy" and rest and proxy is None:
             proxy = parse_proxy(rest.pop(0))
+        elif word == "--resolver" and rest and not resolver:
+            resolver = check_listen_port(rest.pop(0), "--resolver")
         else:
             raise NetctlError(f"unknown option {word!r}")
     if len(allowed) + len(hosts) + len(dns) > MAX_ALLOW:
         raise NetctlError(f"too many --allow/--host/--dns entries (at most {MAX_ALLOW})")
-    if proxy is not None and mode == "open":
-        raise NetctlError("--proxy is for restricted and allowlist mode")
+    if (proxy is not None or resolver) and mode == "open":
+        raise NetctlError("--proxy and --resolver are for restricted and allowlist mode")
+    if resolver and dns:
+        raise NetctlError("--dns and --resolver exclude each other")
     if dns and mode != "restricted":
         raise NetctlError("--dns is for restricted mode (allowlist blocks DNS entirely)")
     if mode == "allowlist":
@@ -420,6 +443,7 @@ def parse_apply(argv: list[str]) -> tuple[str, str, str, RuleFlags, list[str]]:
         dns_servers=sorted(set(dns)),
         allowed_ports=sorted(set(ports)),
         proxy=proxy,
+        resolver=resolver,
     )
     return iface, mode, gateway, flags, sorted(set(allowed))
 
@@ -444,8 +468,9 @@ def run(argv: list[str]) -> str:
             rules = container_rules(
                 mode, gateway, host_addrs=host_addresses(), set_name=f"a-{iface}", **flags
             )
-            proxy_port = flags["proxy"][0] if flags["proxy"] else 0
-            nft(apply_script(iface, rules, allowed if mode == "allowlist" else [], proxy_port))
+            diverted = [flags["proxy"][0]] if flags["proxy"] else []
+            diverted += [flags["resolver"]] if flags["resolver"] else []
+            nft(apply_script(iface, rules, allowed if mode == "allowlist" else [], diverted))
             return ""
         if command == "remove":
             if len(args) != 1:

@@ -16,6 +16,7 @@ from coi_tui.network.isolation import (
     MODE_KEY,
     NIC_HARDENING,
     allowlist_entries,
+    proxied,
     cache_path,
     check_mode,
     network_log,
@@ -98,8 +99,8 @@ class NetworkHook(SessionHook):
     def after_start(self, ctx: LaunchContext) -> None:
         name = ctx.session.container
         resolved = self.resolved.get(name)
-        if resolved is None:
-            return
+        if resolved is None or proxied(ctx.manager.settings):
+            return  # through the proxy names are resolved at each query: nothing to refresh
         delay = refresh_seconds(resolved.min_ttl, ctx.manager.settings.refresh_interval_minutes)
         if delay is not None:
             remote = ctx.manager.incus.remote

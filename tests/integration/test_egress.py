@@ -69,13 +69,32 @@ serve(443, tls_conn)
 
 # Runs in the container: each probe connects to an address with a name of its choosing.
 PROBE = r"""
-import json, socket, ssl, sys
+import json, socket, ssl, struct, sys
 spec = json.loads(sys.argv[1])
 res = {}
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
+def dns(server, name, qtype):
+    q = struct.pack("!HHHHHH", 7, 0x100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    q += struct.pack("!HH", qtype, 1)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.sendto(q, (server, 53))
+    data = u.recv(4096)
+    rcode, count = data[3] & 0xF, struct.unpack("!H", data[6:8])[0]
+    found = [socket.inet_ntoa(data[-4 - 16 * i : len(data) - 16 * i]) for i in range(count)]
+    return ("NXDOMAIN" if rcode == 3 else f"rcode {rcode}") if rcode else "NOERROR:" + ",".join(
+        sorted(found)
+    )
 for label, kind, address, name, port in spec:
+    if kind == "dns":
+        try:
+            res[label] = dns(address, name, port)
+        except OSError as exc:
+            res[label] = "refused: " + type(exc).__name__
+        continue
     try:
         raw = socket.create_connection((address, port), timeout=5)
         if kind == "tls":
@@ -196,6 +215,13 @@ def test_names_decide_egress_through_the_proxy(
             ["http_allowed", "http", topo.internet, "allowed.test", 80],
             ["http_other", "http", topo.internet, "other.test", 80],
             ["not_proxied_port", "http", topo.internet, "allowed.test", 8080],
+            # DNS, to the bridge's gateway and to an address of the container's choosing:
+            # both reach coi's resolver (port: the query type)
+            ["dns_allowed", "dns", topo.gateway, "allowed.test", 1],
+            ["dns_wildcard", "dns", topo.internet2, "sub.wild.test", 1],
+            ["dns_other", "dns", topo.gateway, "other.test", 1],
+            ["dns_txt", "dns", topo.gateway, "allowed.test", 16],
+            ["dns_lan", "dns", topo.gateway, "inside.test", 1],
         ]
         got = probe(incus, allowlist, topo, spec)
         served = f"served allowed.test at {topo.internet}"
@@ -208,6 +234,11 @@ def test_names_decide_egress_through_the_proxy(
             assert got[refused].startswith("refused"), (refused, got)
         assert "coi egress: other.test is denied" in got["http_other"], got
         assert got["not_proxied_port"].startswith("refused"), got  # by address: nothing
+        assert got["dns_allowed"] == f"NOERROR:{topo.internet}", got
+        assert got["dns_wildcard"] == f"NOERROR:{topo.internet}", got
+        assert got["dns_other"] == "NXDOMAIN", got
+        assert got["dns_txt"] == "NOERROR:", got  # no TXT: the wide channel of DNS tunnels
+        assert got["dns_lan"] == "NXDOMAIN", got
         # restricted: every public name but the denied ones, other ports by address as before
         open_got = probe(incus, restricted, topo, spec)
         assert open_got["same_ip_other_name"] == f"served other.test at {topo.internet}"
@@ -219,20 +250,25 @@ def test_names_decide_egress_through_the_proxy(
         ), open_got
 
         def logged() -> bool:
-            return len(egress_log(coi, allowlist)) >= 9
+            return len(egress_log(coi, allowlist)) >= 14
 
         wait_for("the egress log", logged, 10)
         records = egress_log(coi, allowlist)
-        by = {(r["protocol"], r["domain"], r["decision"]) for r in records}
+        connections = [r for r in records if r["type"] == "connection"]
+        by = {(r["protocol"], r["domain"], r["decision"]) for r in connections}
         assert ("tls", "allowed.test", "allowed") in by
         assert ("tls", "other.test", "denied") in by
         assert ("tls", "sub.wild.test", "allowed") in by
         assert ("tls", "denied.wild.test", "denied") in by
         assert ("tls", "", "denied") in by
         assert ("http", "other.test", "denied") in by
-        lan = next(r for r in records if r["domain"] == "inside.test")
+        queries = {(r["domain"], r["qtype"], r["decision"]) for r in records if r["type"] == "dns"}
+        assert ("other.test", "A", "denied") in queries, queries
+        assert ("sub.wild.test", "A", "allowed") in queries, queries
+        assert ("allowed.test", "TXT", "allowed") in queries, queries
+        lan = next(r for r in connections if r["domain"] == "inside.test")
         assert lan["reason"] == "resolves only to local addresses", lan
-        first = next(r for r in records if r["domain"] == "allowed.test")
+        first = next(r for r in connections if r["domain"] == "allowed.test")
         assert first["address"] == topo.internet and first["container"] == allowlist
         assert int(first["bytes_in"]) > 0 and int(first["bytes_out"]) > 0  # type: ignore[call-overload]
         # live policy: open a name and close another for the running container; the very
@@ -251,6 +287,7 @@ def test_names_decide_egress_through_the_proxy(
         lines = coi.ok("egress", "log", allowlist, "--json").stdout.splitlines()
         kinds = [json.loads(line)["type"] for line in lines]
         assert kinds.count("policy") == 2 and kinds.count("connection") >= 11, kinds
+        assert kinds.count("dns") >= 5, kinds
         summary = json.loads(coi.ok("egress", "log", allowlist, "--summary", "--json").stdout)
         assert summary["other.test"]["allowed"] >= 1 and summary["other.test"]["denied"] >= 2
         policies = coi.home / "egress" / "policies"

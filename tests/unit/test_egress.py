@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from coi_tui.core.errors import CoiError
-from coi_tui.network.egress import wire
+from coi_tui.network.egress import dns, wire
 from coi_tui.network.egress.policy import EgressPolicy, clean_name, parse_pattern
 from coi_tui.network.egress.proxy import TLS_ACCESS_DENIED, EgressProxy
 
@@ -214,3 +215,68 @@ def test_a_kept_alive_http_connection_cannot_switch_host(upstream: Upstream) -> 
     # the first read carries both requests: refused before anything is sent upstream
     assert upstream.received == []
     assert records[0]["decision"] == "denied" and "other.test" in records[0]["reason"]
+
+
+# ---------------------------------------------------------------------- the resolver
+def dns_query(name: str, qtype: int = 1, ident: int = 7) -> bytes:
+    head = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0)
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
+    return head + labels + b"\0" + struct.pack("!HH", qtype, 1)
+
+
+def test_queries_are_parsed_strictly() -> None:
+    query = dns.parse_query(dns_query("Sub.Example.COM", 28))
+    assert query is not None and (query.name, query.qtype, query.ident) == (
+        "sub.example.com",
+        28,
+        7,
+    )
+    assert dns.parse_query(b"\0" * 11) is None
+    response = bytearray(dns_query("a.example"))
+    response[2] |= 0x80  # a response, not a query
+    assert dns.parse_query(bytes(response)) is None
+    pointer = struct.pack("!HHHHHH", 1, 0x100, 1, 0, 0, 0) + b"\xc0\x0c\0\1\0\1"
+    assert dns.parse_query(pointer) is None  # no compression in a question
+    assert dns.parse_query(dns_query("a\x01b.example")) is None  # control bytes in a label
+    answer = dns.reply(query, dns.NOERROR, ["203.0.113.7", "203.0.113.8"])
+    assert answer[:2] == b"\0\7" and struct.unpack("!H", answer[6:8])[0] == 2
+    assert answer.endswith(socket.inet_aton("203.0.113.8"))
+
+
+def test_the_resolver_answers_only_what_the_policy_lets_through() -> None:
+    policy = EgressPolicy(
+        "allowlist",
+        [parse_pattern("api.example.com"), parse_pattern("*.cdn.example:8443")],
+        [parse_pattern("bad.cdn.example"), parse_pattern("api.example.com:80")],
+    )
+    names = {"api.example.com": ["203.0.113.7", "10.1.2.3"], "x.cdn.example": ["127.0.0.1"]}
+    records: list[dict[str, Any]] = []
+
+    class One:
+        def lookup(self, address: str) -> tuple[str, EgressPolicy] | None:
+            return ("c1", policy) if address == "10.9.9.9" else None
+
+    async def addresses(name: str) -> list[str]:
+        return names.get(name, [])
+
+    resolver = dns.Resolver(One(), addresses, records.append)
+
+    def ask(name: str, qtype: int = 1, source: str = "10.9.9.9") -> tuple[int, int] | None:
+        answer = asyncio.run(resolver.answer(dns_query(name, qtype), source))
+        return None if answer is None else (answer[3] & 0xF, struct.unpack("!H", answer[6:8])[0])
+
+    assert ask("api.example.com") == (dns.NOERROR, 1)  # the private address is left out
+    assert ask("api.example.com", 16) == (dns.NOERROR, 0)  # TXT: never
+    assert ask("other.example.com") == (dns.NXDOMAIN, 0)
+    assert ask("bad.cdn.example") == (dns.NXDOMAIN, 0)  # denied for every port
+    assert ask("x.cdn.example") == (dns.NXDOMAIN, 0)  # resolves only into the host
+    assert ask("api.example.com", source="10.9.9.10") == (dns.REFUSED, 0)  # not ours
+    assert asyncio.run(resolver.answer(b"junk", "10.9.9.9")) is None
+    assert [(r["domain"], r["qtype"], r["decision"]) for r in records] == [
+        ("api.example.com", "A", "allowed"),
+        ("api.example.com", "TXT", "allowed"),
+        ("other.example.com", "A", "denied"),
+        ("bad.cdn.example", "A", "denied"),
+        ("x.cdn.example", "A", "denied"),
+    ]
+    assert records[0]["answers"] == ["203.0.113.7"]

@@ -201,3 +201,42 @@ def test_an_allowlist_never_opens_a_network_or_a_private_host() -> None:
     drop = next(i for i, r in enumerate(rules) if r.startswith("ip daddr { 10.0.0.0/8,"))
     assert "169.254.0.0/16" in rules[drop]
     assert drop < min(i for i, r in enumerate(rules) if "@allow_veth1" in r)
+
+
+def test_proxy_and_resolver_rules_come_after_the_local_drops_and_fail_closed() -> None:
+    policy = Policy("allowlist", "10.1.2.1", proxy=(40000, ["80", "443"]), resolver=40001)
+    argv = policy.argv("coiv0000000000")
+    assert argv[-4:] == ["--proxy", "40000:80,443", "--resolver", "40001"]
+    iface, mode, gateway, flags, allowed = netctl.parse_apply(argv[1:])
+    rules = netctl.container_rules(mode, gateway, set_name="a-x", **flags)
+    mark, dns_mark = f"{netctl.MARK_BASE | 40000:#010x}", f"{netctl.MARK_BASE | 40001:#010x}"
+    web = rules.index(f"tcp dport {{ 80, 443 }} meta mark set {mark} accept")
+    local = next(i for i, r in enumerate(rules) if r.startswith("ip daddr { 10.0.0.0/8"))
+    assert local < web  # a private address on 443 is dropped, never proxied
+    assert rules[web + 1] == "udp dport 443 drop"  # QUIC
+    # every DNS query, to any address, goes to the resolver, before any other DNS rule
+    assert rules[3:5] == [f"udp dport 53 meta mark set {dns_mark} accept",
+                          f"tcp dport 53 meta mark set {dns_mark} accept"]  # fmt: skip
+    script = netctl.apply_script(iface, rules, allowed, [40000, 40001])
+    assert "add rule ip coi fence meta mark & 0xffff0000 == 0x0c010000 drop" in script
+    assert f"add element ip coi proxy {{ {mark} : 40000 }}" in script
+    assert f"add element ip coi proxy {{ {dns_mark} : 40001 }}" in script
+    restricted = netctl.container_rules("restricted", "10.1.2.1", **{**flags, "resolver": 0})
+    assert not any("meta mark" in r and "dport 53" in r for r in restricted)
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--proxy", "80:443"], "1024-65535"),
+        (["--proxy", "40000"], "PORT:PORTS"),
+        (["--proxy", "40000:443;drop"], "bad port"),
+        (["--resolver", "53"], "1024-65535"),
+        (["--resolver", "40001", "--dns", "9.9.9.9"], "exclude each other"),
+    ],
+)
+def test_helper_checks_the_proxy_options(argv: list[str], why: str) -> None:
+    with pytest.raises(netctl.NetctlError, match=why):
+        netctl.parse_apply(["coiv0000000000", "restricted", "10.0.0.1", *argv])
+    with pytest.raises(netctl.NetctlError, match="restricted and allowlist"):
+        netctl.parse_apply(["coiv0000000000", "open", "10.0.0.1", "--resolver", "40001"])

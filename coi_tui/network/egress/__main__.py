@@ -1,5 +1,5 @@
-"""`python -m coi_tui.network.egress BRIDGE GATEWAY PREFERRED_PORT`: the egress proxy process
-(started by service.ensure_proxy)."""
+"""`python -m coi_tui.network.egress BRIDGE GATEWAY PROXY_PORT RESOLVER_PORT`: the egress proxy
+and resolver process (started by service.ensure_proxy)."""
 
 import sys
 

@@ -49,8 +49,10 @@ class Pattern:
     ports: tuple[int, ...]  # empty: WEB_PORTS
 
     def matches(self, name: str, port: int) -> bool:
-        if port not in (self.ports or WEB_PORTS):
-            return False
+        return port in (self.ports or WEB_PORTS) and self.covers(name)
+
+    def covers(self, name: str) -> bool:
+        """The name matches, whatever the port."""
         if self.wildcard:
             return name.endswith("." + self.name)
         return name == self.name
@@ -114,6 +116,22 @@ class EgressPolicy:
             return Decision(True, "restricted mode: public names are open")
         for pattern in self.allow:
             if pattern.matches(cleaned, port):
+                return Decision(True, f"allowed by {pattern}")
+        return Decision(False, "not in the allowlist")
+
+    def resolvable(self, name: str) -> Decision:
+        """Whether the resolver answers for `name`: a port the policy allows for it exists
+        (a deny with ports closes only those ports, so the name still resolves)."""
+        cleaned = clean_name(name)
+        if not cleaned:
+            return Decision(False, "not a valid name")
+        for pattern in self.deny:
+            if not pattern.ports and pattern.covers(cleaned):
+                return Decision(False, f"denied by {pattern}")
+        if self.mode == "restricted":
+            return Decision(True, "restricted mode: public names are open")
+        for pattern in self.allow:
+            if pattern.covers(cleaned):
                 return Decision(True, f"allowed by {pattern}")
         return Decision(False, "not in the allowlist")
 

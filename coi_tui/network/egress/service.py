@@ -31,6 +31,7 @@ from coi_tui.core.errors import CoiError
 from coi_tui.core.fs import atomic_write, file_lock
 from coi_tui.core.paths import coi_home, logs_dir
 from coi_tui.incus import Incus, IncusError
+from coi_tui.network.egress.dns import Resolver, start_resolver
 from coi_tui.network.egress.policy import EgressPolicy, parse_pattern
 from coi_tui.network.egress.proxy import EgressProxy
 from coi_tui.network.resolve import query_a
@@ -145,6 +146,7 @@ def running_proxy(bridge: str) -> dict[str, Any] | None:
     try:
         state = json.loads(state_path(bridge).read_text())
         pid, address, port = int(state["pid"]), str(state["address"]), int(state["port"])
+        int(state["dns_port"])
         os.kill(pid, 0)
         with socket.create_connection((address, port), timeout=1):
             pass
@@ -153,23 +155,33 @@ def running_proxy(bridge: str) -> dict[str, Any] | None:
     return state
 
 
-def ensure_proxy(bridge: str, gateway: str) -> int:
-    """The port of this user's proxy for `bridge` listening on `gateway`, started if needed."""
+def ensure_proxy(bridge: str, gateway: str) -> tuple[int, int]:
+    """The ports (proxy, resolver) of this user's proxy for `bridge` listening on `gateway`,
+    started if needed."""
     with file_lock(f"egress-{bridge}"):
         state = running_proxy(bridge)
         if state is not None and state.get("address") == gateway:
-            return int(state["port"])
+            return int(state["port"]), int(state["dns_port"])
         if state is not None:  # the bridge's address changed: a new proxy
             with contextlib.suppress(OSError):
                 os.kill(int(state["pid"]), signal.SIGTERM)
-        previous = 0
+        previous, previous_dns = 0, 0
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            previous = int(json.loads(state_path(bridge).read_text())["port"])
+            old = json.loads(state_path(bridge).read_text())
+            previous, previous_dns = int(old["port"]), int(old["dns_port"])
         with contextlib.suppress(OSError):
             state_path(bridge).unlink()
         log = open(logs_dir() / f"egress-{bridge}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "coi_tui.network.egress", bridge, gateway, str(previous)],
+            [
+                sys.executable,
+                "-m",
+                "coi_tui.network.egress",
+                bridge,
+                gateway,
+                str(previous),
+                str(previous_dns),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -181,7 +193,7 @@ def ensure_proxy(bridge: str, gateway: str) -> int:
         while time.monotonic() < deadline:
             state = running_proxy(bridge)
             if state is not None and int(state["pid"]) == proc.pid:
-                return int(state["port"])
+                return int(state["port"]), int(state["dns_port"])
             if proc.poll() is not None:
                 break
             time.sleep(0.05)
@@ -300,19 +312,22 @@ def say(text: str) -> None:
     sys.stderr.flush()
 
 
-async def serve(bridge: str, gateway: str, preferred: int) -> None:
+async def serve(bridge: str, gateway: str, preferred: int, preferred_dns: int) -> None:
     policies = PolicyFiles(bridge)
     proxy = EgressProxy(policies, query_a, append_record, (gateway, preferred))
     try:
         port = await proxy.start()
-    except OSError:
+    except OSError:  # the last proxy's port is taken meanwhile: any free one
         proxy.listen = (gateway, 0)
         port = await proxy.start()
-    atomic_write(
-        state_path(bridge),
-        json.dumps({"pid": os.getpid(), "address": gateway, "port": port, "bridge": bridge}),
-    )
-    say(f"egress proxy for {bridge} listening on {gateway}:{port}")
+    resolver = Resolver(policies, proxy.names.addresses, append_record)
+    try:
+        dns_port, servers = await start_resolver(resolver, gateway, preferred_dns)
+    except OSError:
+        dns_port, servers = await start_resolver(resolver, gateway, 0)
+    state = {"pid": os.getpid(), "address": gateway, "port": port, "dns_port": dns_port}
+    atomic_write(state_path(bridge), json.dumps({**state, "bridge": bridge}))
+    say(f"egress proxy for {bridge} listening on {gateway}:{port}, resolver on :{dns_port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -327,14 +342,16 @@ async def serve(bridge: str, gateway: str, preferred: int) -> None:
             say("no proxied container left; exiting")
             break
     proxy.close()
+    for server in servers:
+        server.close()
     with contextlib.suppress(OSError, ValueError):
         if json.loads(state_path(bridge).read_text()).get("pid") == os.getpid():
             state_path(bridge).unlink()
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        say("usage: python -m coi_tui.network.egress BRIDGE GATEWAY PREFERRED_PORT")
+    if len(argv) != 4:
+        say("usage: python -m coi_tui.network.egress BRIDGE GATEWAY PROXY_PORT RESOLVER_PORT")
         return 2
-    asyncio.run(serve(argv[0], argv[1], int(argv[2] or 0)))
+    asyncio.run(serve(argv[0], argv[1], int(argv[2] or 0), int(argv[3] or 0)))
     return 0
