@@ -29,6 +29,7 @@ from coi_tui.incus.errors import SocketPermissionDenied
 from coi_tui.incus.provision import Provisioner, low_sysctls, raise_sysctls, subid_allows
 from coi_tui.monitor.control import LAUNCHER
 from coi_tui.monitor.pidfile import running_pid
+from coi_tui.network.egress.service import running_proxy
 from coi_tui.network.firewall import HELPER_PATH, Firewall, install_helper
 from coi_tui.network.isolation import clean_orphans, orphan_interfaces
 from coi_tui.sessions.host_hook import host_timezone, valid_zone
@@ -61,6 +62,7 @@ CHECKS: dict[str, tuple[str, str]] = {
     "network_bridge": ("NETWORKING", "Network bridge"),
     "ip_forwarding": ("NETWORKING", "IP forwarding"),
     "firewall": ("NETWORKING", "Firewall"),
+    "egress": ("NETWORKING", "Egress filter"),
     "nftables": ("MONITORING", "nftables"),
     "proc_connector": ("MONITORING", "Process events"),
     "kernel_log": ("MONITORING", "Kernel log"),
@@ -179,6 +181,7 @@ class HealthChecker:
             self.check_disk_space,
             self.check_config,
             self.check_network_mode,
+            self.check_egress,
             self.check_tool,
             self.check_saved_sessions,
         ]
@@ -909,6 +912,50 @@ class HealthChecker:
                 f"{mode} (private networks and cloud metadata blocked)",
                 mode=mode,
             )
+
+    def check_egress(self) -> None:
+        settings = self.settings
+        if settings.network_mode == "open":
+            self.add("egress", OK, "open mode: nothing is filtered", egress="none")
+            return
+        if settings.egress != "proxy":
+            self.add(
+                "egress",
+                OK,
+                "by address: names are resolved on the host at the start (a shared or CDN "
+                "address opens every site on it; nothing is logged by name)",
+                '[network] egress = "proxy" filters and logs by name',
+                egress="addresses",
+            )
+            return
+        if self.incus.remote is not None:
+            self.add(
+                "egress",
+                FAIL,
+                "by name needs the local Incus: the proxy listens on this host's bridge",
+                '[network] egress = "addresses" for a remote',
+                egress="proxy",
+            )
+            return
+        state = running_proxy(settings.bridge)
+        if state is None:
+            self.add(
+                "egress",
+                OK,
+                "by name: the proxy starts with the first session",
+                egress="proxy",
+                running=False,
+            )
+            return
+        self.add(
+            "egress",
+            OK,
+            f"by name: proxy on {state['address']}:{state['port']}, resolver on port "
+            f"{state['dns_port']} (pid {state['pid']})",
+            egress="proxy",
+            running=True,
+            **{k: state[k] for k in ("address", "port", "dns_port", "pid")},
+        )
 
     def check_tool(self) -> None:
 

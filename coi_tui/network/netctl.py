@@ -485,7 +485,7 @@ def run(argv: list[str]) -> str:
             # A dry run of the real base table proves the kernel accepts what we need.
             proc = subprocess.run(
                 [nft_binary(), "-c", "-f", "-"],
-                input="\n".join(base_script()[:3]) + "\n",
+                input="\n".join([*base_script()[:3], *divert_script([1024])[:7]]) + "\n",
                 capture_output=True,
                 text=True,
                 check=False,

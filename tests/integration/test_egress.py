@@ -271,6 +271,10 @@ def test_names_decide_egress_through_the_proxy(
         first = next(r for r in connections if r["domain"] == "allowed.test")
         assert first["address"] == topo.internet and first["container"] == allowlist
         assert int(first["bytes_in"]) > 0 and int(first["bytes_out"]) > 0  # type: ignore[call-overload]
+        health = coi("health", "--format", "json", env={"COI_BRIDGE": topo.bridge})
+        checks = json.loads(health.stdout)["checks"]
+        egress = checks["egress"] if isinstance(checks, dict) else None
+        assert egress is not None and egress["details"]["running"] is True, egress
         # live policy: open a name and close another for the running container; the very
         # next connection obeys (no restart, no retry)
         coi.ok("egress", "allow", allowlist, "other.test")
