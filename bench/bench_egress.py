@@ -75,6 +75,9 @@ def serve_proxy(upstream_port: int) -> None:
         def lookup(self, address: str) -> tuple[str, EgressPolicy] | None:
             return ("bench", policy)
 
+        def policy(self, container: str) -> EgressPolicy | None:
+            return policy
+
     async def main() -> None:
         proxy = EgressProxy(
             One(),

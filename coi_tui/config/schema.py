@@ -719,6 +719,7 @@ KEYS: tuple[Key, ...] = (
     K("network.allowed_domains", "allowed_domains", "domains", list(DEFAULT_ALLOWED_DOMAINS)),
     K("network.egress", "egress", "enum", "addresses", "addresses", "proxy"),
     K("network.denied_domains", "denied_domains", "domains", []),
+    K("network.egress_hold_sec", "egress_hold_sec", "int", 0, min=0, max=300),
     K("network.allow_local_network_access", "allow_local_network_access", "bool", False),
     K("network.block_private_networks", "block_private_networks", "bool", True),
     K("network.block_metadata_endpoint", "block_metadata_endpoint", "bool", True),

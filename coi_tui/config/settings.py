@@ -175,6 +175,7 @@ class Settings:
     allowed_ports: list[int] = field(default_factory=list)
     egress: str = "addresses"  # or "proxy": web traffic filtered by name (network/egress)
     denied_domains: list[str] = field(default_factory=list)
+    egress_hold_sec: int = 0  # a name outside the allowlist waits for the operator
     network_hosts: list[dict[str, Any]] = field(default_factory=list)
     writable_paths: list[str] = field(default_factory=list)
     secret_paths: list[str] = field(default_factory=list)

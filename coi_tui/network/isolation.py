@@ -112,6 +112,7 @@ def egress_for(
     )
     deny = [parse_pattern(e) for e in settings.denied_domains]
     policy = EgressPolicy(mode, allow, deny, settings.allow_local_network_access)
+    policy.hold_sec = float(settings.egress_hold_sec)
     if container:
         write_policy(container, settings.bridge, settings.project, policy)
     port, dns_port = ensure_proxy(settings.bridge, gateway)

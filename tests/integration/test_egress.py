@@ -302,3 +302,54 @@ def test_names_decide_egress_through_the_proxy(
     # fail closed: with the proxy gone, a proxied connection goes nowhere
     state = coi.home / "egress" / f"proxy-{topo.bridge}.json"
     wait_for("the proxy to exit", lambda: not state.exists(), 10)
+
+
+def test_a_held_request_goes_through_once_approved(
+    coi: CoiRunner, web: Topology, incus: Incus, workspace: Path
+) -> None:
+    """egress_hold_sec: a name outside the allowlist waits for the operator, announced by a
+    "pending" record; `coi egress allow` lets that very request through (its DNS query and
+    its connection), and a hold nobody answers ends in a refusal."""
+    topo = web
+    (coi.home / "config.toml").write_text(
+        '[network]\negress = "proxy"\negress_hold_sec = 60\nallowed_domains = ["allowed.test"]\n'
+    )
+    with proxy_stopped_after(coi, topo.bridge):
+        name = start(coi, topo, "allowlist", workspace)
+        topo.assert_routes()
+        fetch = (
+            "import socket, ssl; ip = socket.gethostbyname('other.test'); "
+            "c = ssl.create_default_context(); c.check_hostname = False; "
+            "c.verify_mode = ssl.CERT_NONE; "
+            "s = c.wrap_socket(socket.create_connection((ip, 443), timeout=90), "
+            "server_hostname='other.test'); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); "
+            "print(s.recv(4096).split(b'\\r\\n\\r\\n')[-1].decode())"
+        )
+        # glibc gives up on a DNS answer after 5 s and asks again: the hold spans both
+        waiting = subprocess.Popen(
+            ["incus", "exec", name, "--", "python3", "-c", fetch],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+
+            def pending() -> list[dict[str, object]]:
+                return [r for r in egress_log(coi, name) if r["type"] == "pending"]
+
+            wait_for("a pending approval", lambda: bool(pending()), 30)
+            hold = pending()[0]
+            assert hold["domain"] == "other.test" and hold["protocol"] == "dns", hold
+            coi.ok("egress", "allow", name, "other.test")
+            out, err = waiting.communicate(timeout=60)
+        finally:
+            waiting.kill()
+        assert out.strip() == f"served other.test at {topo.internet}", (out, err)
+        records = egress_log(coi, name)
+        decided = [r for r in records if r.get("hold_id") == hold["hold_id"] and "decision" in r]
+        assert decided and decided[0]["decision"] == "allowed", records
+        assert any(
+            r["type"] == "connection" and r["domain"] == "other.test" and r["decision"] == "allowed"
+            for r in records
+        ), records
+        coi.ok("kill", "--force", name)

@@ -221,6 +221,7 @@ plan = { file = "plan.md" }
 
 # Key paths of our table that the reference config above does not spell out (our own knobs).
 OURS_ONLY = {"network.bridge", "network.egress", "network.denied_domains"}
+OURS_ONLY |= {"network.egress_hold_sec"}
 OURS_ONLY |= {k.path for k in KEYS if k.path.startswith("monitoring.")} - {
     "monitoring.enabled",
     "monitoring.auto_pause_on_high",

@@ -125,6 +125,9 @@ async def run_proxy(
         def lookup(self, address: str) -> tuple[str, EgressPolicy] | None:
             return ("c1", policy) if address == "127.0.0.1" else None
 
+        def policy(self, container: str) -> EgressPolicy | None:
+            return policy
+
     proxy = EgressProxy(
         One(),
         lambda name: (names.get(name, []), 30),
@@ -255,6 +258,9 @@ def test_the_resolver_answers_only_what_the_policy_lets_through() -> None:
     class One:
         def lookup(self, address: str) -> tuple[str, EgressPolicy] | None:
             return ("c1", policy) if address == "10.9.9.9" else None
+
+        def policy(self, container: str) -> EgressPolicy | None:
+            return policy
 
     async def addresses(name: str) -> list[str]:
         return names.get(name, [])

@@ -135,6 +135,9 @@ ENFORCED_BY: dict[str, str] = {
     "network.allowed_domains": NETWORK_MATRIX,
     "network.egress": EGRESS,
     "network.denied_domains": EGRESS,
+    "network.egress_hold_sec": t(
+        "integration/test_egress", "test_a_held_request_goes_through_once_approved"
+    ),
     "network.allow_local_network_access": NETWORK_SWITCHES,
     "network.block_private_networks": NETWORK_SWITCHES,
     "network.block_metadata_endpoint": NETWORK_SWITCHES,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from coi_tui.network.egress.holds import Holds, not_approved
 from coi_tui.network.egress.policy import EgressPolicy
 from coi_tui.network.netctl import public_host
 
@@ -86,10 +87,12 @@ class Resolver:
         policies: Any,
         addresses: Callable[[str], Any],
         record: Callable[[dict[str, Any]], None],
+        holds: Holds | None = None,  # the proxy's: one hold per name for both
     ) -> None:
         self.policies = policies
         self.addresses = addresses
         self.record = record
+        self.holds = holds or Holds(policies.policy, record)
 
     async def answer(self, data: bytes, source: str) -> bytes | None:
         query = parse_query(data)
@@ -108,15 +111,24 @@ class Resolver:
             "qtype": TYPES.get(query.qtype, str(query.qtype)),
             "source": source,
         }
-        answer, entry["decision"], entry["reason"] = await self.decide(query, policy)
+        answer, entry["decision"], entry["reason"] = await self.decide(
+            query, policy, container, entry
+        )
         entry["answers"] = answer[1]
         self.record(entry)
         return reply(query, answer[0], answer[1])
 
     async def decide(
-        self, query: Query, policy: EgressPolicy
+        self, query: Query, policy: EgressPolicy, container: str, entry: dict[str, Any]
     ) -> tuple[tuple[int, list[str]], str, str]:
         decision = policy.resolvable(query.name)
+        if Holds.applies(policy, decision):
+            hold_sec = policy.hold_sec
+            later, entry["hold_id"] = await self.holds.wait(
+                container, query.name, 53, hold_sec, "dns"
+            )
+            policy = later or policy
+            decision = later.resolvable(query.name) if later else not_approved(hold_sec)
         if not decision.allowed:
             return (NXDOMAIN, []), "denied", decision.reason
         if query.qtype != A:

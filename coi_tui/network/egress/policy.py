@@ -19,6 +19,7 @@ from coi_tui.core.errors import CoiError
 WEB_PORTS = (80, 443)  # what a pattern without a port covers, and what is always proxied
 LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 MODES = ("allowlist", "restricted")
+NOT_LISTED = "not in the allowlist"  # the one refusal an operator may turn around (holds.py)
 
 
 def clean_name(text: str) -> str:
@@ -104,6 +105,7 @@ class EgressPolicy:
     deny: list[Pattern] = field(default_factory=list)
     allow_local: bool = False  # names may resolve into the LAN
     generation: int = 0
+    hold_sec: float = 0  # a name outside the allowlist waits this long for approval
 
     def decide(self, name: str, port: int) -> Decision:
         cleaned = clean_name(name)
@@ -117,7 +119,7 @@ class EgressPolicy:
         for pattern in self.allow:
             if pattern.matches(cleaned, port):
                 return Decision(True, f"allowed by {pattern}")
-        return Decision(False, "not in the allowlist")
+        return Decision(False, NOT_LISTED)
 
     def resolvable(self, name: str) -> Decision:
         """Whether the resolver answers for `name`: a port the policy allows for it exists
@@ -133,7 +135,7 @@ class EgressPolicy:
         for pattern in self.allow:
             if pattern.covers(cleaned):
                 return Decision(True, f"allowed by {pattern}")
-        return Decision(False, "not in the allowlist")
+        return Decision(False, NOT_LISTED)
 
     def change(self, action: str, pattern: Pattern) -> None:
         """`allow` or `deny` one more pattern (the same pattern leaves the other list)."""
@@ -161,6 +163,7 @@ class EgressPolicy:
             "deny": [str(p) for p in self.deny],
             "allow_local": self.allow_local,
             "generation": self.generation,
+            "hold_sec": self.hold_sec,
         }
 
     @classmethod
@@ -174,4 +177,5 @@ class EgressPolicy:
             [parse_pattern(str(p)) for p in data.get("deny", [])],
             bool(data.get("allow_local", False)),
             int(data.get("generation", 0)),
+            max(0.0, min(300.0, float(data.get("hold_sec", 0)))),
         )

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from coi_tui.network.egress import wire
+from coi_tui.network.egress.holds import Holds, not_approved
 from coi_tui.network.egress.policy import EgressPolicy, clean_name
 from coi_tui.network.netctl import public_host
 
@@ -52,6 +53,10 @@ class Policies(Protocol):
         """The container that has this source address and its policy, None when unknown."""
         ...
 
+    def policy(self, container: str) -> EgressPolicy | None:
+        """The container's policy as it is now (None when it has none any more)."""
+        ...
+
 
 @dataclass
 class Flow:
@@ -65,6 +70,7 @@ class Flow:
     reason: str = ""
     bytes_out: int = 0  # container -> internet
     bytes_in: int = 0
+    hold_id: str = ""  # it waited for the operator (holds.py)
     started: float = field(default_factory=time.monotonic)
 
     def record(self) -> dict[str, Any]:
@@ -82,6 +88,7 @@ class Flow:
             "bytes_out": self.bytes_out,
             "bytes_in": self.bytes_in,
             "duration_ms": round((time.monotonic() - self.started) * 1000, 1),
+            **({"hold_id": self.hold_id} if self.hold_id else {}),
         }
 
 
@@ -126,6 +133,7 @@ class EgressProxy:
         self.destination = destination
         self.names = NameCache(lookup)
         self.record = record
+        self.holds = Holds(policies.policy, record)
         self.listen = listen
         self.listener: socket.socket | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -181,6 +189,13 @@ class EgressProxy:
         first = await self.first_bytes(conn, flow)
         if flow.name:
             decision = policy.decide(flow.name, flow.port)
+            if Holds.applies(policy, decision):
+                hold_sec = policy.hold_sec
+                later, flow.hold_id = await self.holds.wait(
+                    container, flow.name, flow.port, hold_sec, flow.kind
+                )
+                policy = later or policy
+                decision = later.decide(flow.name, flow.port) if later else not_approved(hold_sec)
             flow.decision = "allowed" if decision.allowed else "denied"
             flow.reason = decision.reason
         others = wire.other_hosts(first, flow.name) if flow.kind == "http" else []

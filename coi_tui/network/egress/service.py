@@ -320,7 +320,7 @@ async def serve(bridge: str, gateway: str, preferred: int, preferred_dns: int) -
     except OSError:  # the last proxy's port is taken meanwhile: any free one
         proxy.listen = (gateway, 0)
         port = await proxy.start()
-    resolver = Resolver(policies, proxy.names.addresses, append_record)
+    resolver = Resolver(policies, proxy.names.addresses, append_record, proxy.holds)
     try:
         dns_port, servers = await start_resolver(resolver, gateway, preferred_dns)
     except OSError:
