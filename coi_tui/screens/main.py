@@ -51,6 +51,7 @@ from coi_tui.dashboard.backend import (
     SnapshotInfo,
     describe,
 )
+from coi_tui.dashboard.egress import EgressView, answer, pending_counts, read_view
 from coi_tui.dashboard.hosts import LOCAL, HostBoard, MultiHostBackend
 from coi_tui.dashboard.poller import (
     HostListing,
@@ -63,6 +64,7 @@ from coi_tui.dashboard.threats import ThreatEvent, ThreatSource
 from coi_tui.screens.confirm import ConfirmScreen
 from coi_tui.screens.drill import DrillScreen
 from coi_tui.screens.messages import (
+    EgressLoaded,
     HostSlotsFailed,
     HostSlotsLoaded,
     OpFinished,
@@ -81,11 +83,22 @@ from coi_tui.widgets.threat_feed import ThreatFeed
 
 # Actions that change something: greyed out with --read-only.
 MUTATING = frozenset(
-    {"toggle_pause", "kill", "snapshot", "restore", "branch", "new_slot", "attach", "fire_drill"}
+    {
+        "toggle_pause",
+        "kill",
+        "snapshot",
+        "restore",
+        "branch",
+        "new_slot",
+        "attach",
+        "fire_drill",
+        "answer_hold",
+    }
 )
 SLOT_ACTIONS = frozenset({"toggle_pause", "kill", "snapshot", "attach", "focus_terminal"})
 SNAPSHOT_ACTIONS = frozenset({"restore", "branch"})
-TABS = ("tab-terminal", "tab-info", "tab-processes", "tab-audit")
+TABS = ("tab-terminal", "tab-info", "tab-processes", "tab-audit", "tab-egress")
+EGRESS_POLL_S = 1.0  # the Egress tab and the slots' approval badges
 TERMINAL_RETRY_S = 3.0  # a terminal that failed to open is tried again after this long
 
 
@@ -99,6 +112,15 @@ class HostNewSlotScreen(NewSlotScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one(".title", Label).update(f"New slot on {self.host_label}")
+
+
+class PendingTable(DataTable[Text]):
+    """Requests waiting for approval (the Egress tab): y lets one through, n refuses it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "screen.answer_hold(True)", "Approve", tooltip="Allow this name"),
+        Binding("n", "screen.answer_hold(False)", "Deny", tooltip="Refuse this name"),
+    ]
 
 
 class MainScreen(Screen[None]):
@@ -132,6 +154,13 @@ class MainScreen(Screen[None]):
             tooltip="Start a new slot from the snapshot",
         ),
         Binding("n", "new_slot", "New", id="slot.new", tooltip="Start a new slot"),
+        Binding(
+            "y",
+            "answer_hold(True)",
+            "Approve",
+            id="egress.approve",
+            tooltip="Let the selected slot's waiting request through (Egress tab)",
+        ),
         Binding(
             "a",
             "attach",
@@ -209,6 +238,7 @@ class MainScreen(Screen[None]):
         self._gave_up: set[str] = set()  # sessions that really ended: t reconnects
         self._refocus = ""  # the slot whose pane had the keys when its attach ended
         self._filter_target: Widget | None = None
+        self.egress: EgressView | None = None  # the selected slot's, as last read
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -229,6 +259,10 @@ class MainScreen(Screen[None]):
                     yield Static("Select a running slot", id="processes", markup=False)
                 with TabPane("Audit", id="tab-audit"), VerticalScroll():
                     yield Static("No threat events", id="audit", markup=False)
+                with TabPane("Egress", id="tab-egress"), Vertical():
+                    yield PendingTable(id="pending", cursor_type="row")
+                    with VerticalScroll():
+                        yield Static("Select a slot", id="egress", markup=False)
         yield ThreatFeed(id="threats")
         yield Footer()
 
@@ -239,6 +273,10 @@ class MainScreen(Screen[None]):
         self.query_one("#threats").border_title = "4 Threats"
         table = self.query_one("#snapshots", DataTable)
         table.add_columns("Snapshot", "Created")
+        pending = self.query_one("#pending", PendingTable)
+        pending.add_columns("Waiting for approval", "Port", "Via", "Left")
+        pending.display = False
+        self.set_interval(EGRESS_POLL_S, self._poll_egress)
         self.query_one("#filter", Input).display = False
         self.query_one(SlotTree).focus()
         self._show_info()
@@ -313,6 +351,12 @@ class MainScreen(Screen[None]):
         if action == "filter":
             return area in ("workspaces", "threats", "")
         if action == "fire_drill":
+            return None if self.read_only else True
+        if action == "answer_hold":
+            if area in ("threats", "filter"):
+                return False
+            if self.egress is None or not self.egress.pending:
+                return False
             return None if self.read_only else True
         return True
 
@@ -429,7 +473,10 @@ class MainScreen(Screen[None]):
         self._show_snapshots()
         self._show_info()
         self._show_audit()
+        self.egress = None
+        self._show_egress()
         if name:
+            self._load_egress(name, list(self.slots))
             self._load_snapshots(name)
             if self.query_one(TabbedContent).active == "tab-processes":
                 self._load_processes(name)
@@ -516,6 +563,80 @@ class MainScreen(Screen[None]):
             for e in events[-200:]
         ]
         audit.update("\n".join(lines))
+
+    # ------------------------------------------------------------------ egress
+    def _poll_egress(self) -> None:
+        if self.slots:
+            self._load_egress(self.selected, list(self.slots))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="egress")
+    def _load_egress(self, name: str, names: list[str]) -> None:
+        view = read_view(name) if name else None
+        counts = pending_counts(names)
+        if not get_current_worker().is_cancelled:
+            self.post_message(EgressLoaded(name, view, counts))
+
+    @on(EgressLoaded)
+    def _egress_loaded(self, message: EgressLoaded) -> None:
+        self.slot_tree.set_pending(message.counts)
+        if message.name != self.selected:
+            return
+        before = [p.hold_id for p in self.egress.pending] if self.egress else []
+        after = [p.hold_id for p in message.view.pending] if message.view else []
+        self.egress = message.view
+        self._show_egress()
+        if before != after:
+            self.refresh_bindings()
+
+    def _show_egress(self) -> None:
+        view = self.egress
+        table = self.query_one("#pending", PendingTable)
+        text = self.query_one("#egress", Static)
+        if view is None or not self.selected:
+            table.display = False
+            text.update("Select a slot")
+            return
+        if not view.proxied:
+            table.display = False
+            text.update(
+                f"No egress log for {self.selected}: its web traffic is not proxied "
+                '([network] egress = "proxy")'
+            )
+            return
+        now = time.time()
+        keep = table.cursor_row
+        table.clear()
+        for hold in view.pending:
+            table.add_row(
+                Text(hold.domain),
+                Text(str(hold.port)),
+                Text(hold.protocol),
+                Text(f"{hold.left(now)} s"),
+                key=hold.hold_id,
+            )
+        table.display = bool(view.pending)
+        if view.pending:
+            table.move_cursor(row=min(keep, len(view.pending) - 1))
+        lines = []
+        if view.pending:
+            lines.append("y approves, n (in the list) denies; both last for the session")
+            lines.append("")
+        if view.totals:
+            lines.append(f"{'DOMAIN':<40} {'OK':>5} {'NO':>5} {'OUT':>10} {'IN':>10}")
+            lines += [f"{d:<40} {a:>5} {n:>5} {o:>10} {i:>10}" for d, a, n, o, i in view.totals]
+            lines.append("")
+        lines += view.lines or ["No egress records yet"]
+        text.update("\n".join(lines))
+
+    def action_answer_hold(self, approve: bool) -> None:
+        view = self.egress
+        if view is None or not view.pending:
+            self.notify("No request is waiting for approval", severity="warning")
+            return
+        table = self.query_one("#pending", PendingTable)
+        hold = view.pending[min(max(table.cursor_row, 0), len(view.pending) - 1)]
+        op = "approve" if approve else "deny"
+        self._run_op(op, hold.container, lambda: answer(hold, approve))
 
     # ------------------------------------------------------------------ threats
     @work(thread=True, exit_on_error=False, group="threats")
@@ -781,6 +902,8 @@ class MainScreen(Screen[None]):
                 "restore": f"{message.name} restored",
                 "branch": f"{message.result} started from {message.name}",
                 "new": f"{message.result} started",
+                "approve": message.result,
+                "deny": message.result,
             }.get(message.op, f"{message.op} done")
             self.notify(done, title=message.op.capitalize())
         if message.name == self.selected:

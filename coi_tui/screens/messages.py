@@ -7,6 +7,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from coi_tui.dashboard.backend import SlotInfo, SnapshotInfo
+from coi_tui.dashboard.egress import EgressView
 from coi_tui.dashboard.threats import ThreatEvent
 from coi_tui.health.drill import DrillReport
 from coi_tui.terminal.transport import Transport
@@ -105,3 +106,13 @@ class DrillDone(Message):
         super().__init__()
         self.report = report
         self.error = error
+
+
+class EgressLoaded(Message):
+    """The selected slot's egress view (None: no slot) and the open approvals per slot."""
+
+    def __init__(self, name: str, view: EgressView | None, counts: dict[str, int]) -> None:
+        super().__init__()
+        self.name = name
+        self.view = view
+        self.counts = counts

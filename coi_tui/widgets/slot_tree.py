@@ -103,6 +103,7 @@ class SlotTree(Tree[str]):
         self._slot_nodes: dict[str, TreeNode[str]] = {}
         self._host_nodes: dict[str, TreeNode[str]] = {}
         self._selected_name = ""
+        self.pending: dict[str, int] = {}  # slot -> egress requests waiting for approval
         super().__init__("Workspaces", data="", id=id)
         self.show_root = False
         self.guide_depth = 2
@@ -129,6 +130,12 @@ class SlotTree(Tree[str]):
         self._all_slots = list(slots)
         self._hosts = list(hosts) if hosts is not None else None
         self._apply()
+
+    def set_pending(self, counts: dict[str, int]) -> None:
+        """The egress approvals badge of each slot (only a change relabels)."""
+        if counts != self.pending:
+            self.pending = dict(counts)
+            self._apply()
 
     def set_filter(self, query: str) -> None:
         self.filter_text = query
@@ -226,6 +233,9 @@ class SlotTree(Tree[str]):
         text.append(f"{slot.tool or '-':8} ")
         state_style = self._style(STATE_COMPONENTS.get(slot.state, "slot-tree--other"))
         text.append(f"{slot.state:8}", style=state_style)
+        waiting = self.pending.get(slot.name, 0)
+        if waiting:  # requests waiting for approval (the Egress tab): before the figures
+            text.append(f"?{waiting} ", style=self._style("slot-tree--frozen"))
         muted = self._style("slot-tree--muted")
         text.append(
             f" {slot.mode[:5]:5} {format_uptime(slot.uptime_s):>6} {cpu:>4} "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +22,13 @@ import pytest
 
 from coi_tui.incus import Incus
 from tests.conftest import CoiRunner
-from tests.integration.test_network import Topology, start, topology, wait_for  # noqa: F401
+from tests.integration.test_network import (  # noqa: F401
+    Topology,
+    net_env,
+    start,
+    topology,
+    wait_for,
+)
 
 pytestmark = pytest.mark.incus
 
@@ -114,6 +121,17 @@ for label, kind, address, name, port in spec:
         res[label] = "refused: " + type(exc).__name__
 print(json.dumps(res))
 """
+
+
+# Runs in the container: other.test by name (a DNS query, then a TLS connection), as a tool would.
+FETCH_OTHER = (
+    "import socket, ssl; ip = socket.gethostbyname('other.test'); "
+    "c = ssl.create_default_context(); c.check_hostname = False; "
+    "c.verify_mode = ssl.CERT_NONE; "
+    "s = c.wrap_socket(socket.create_connection((ip, 443), timeout=90), "
+    "server_hostname='other.test'); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); "
+    "print(s.recv(4096).split(b'\\r\\n\\r\\n')[-1].decode())"
+)
 
 
 @pytest.fixture(scope="module")
@@ -317,17 +335,9 @@ def test_a_held_request_goes_through_once_approved(
     with proxy_stopped_after(coi, topo.bridge):
         name = start(coi, topo, "allowlist", workspace)
         topo.assert_routes()
-        fetch = (
-            "import socket, ssl; ip = socket.gethostbyname('other.test'); "
-            "c = ssl.create_default_context(); c.check_hostname = False; "
-            "c.verify_mode = ssl.CERT_NONE; "
-            "s = c.wrap_socket(socket.create_connection((ip, 443), timeout=90), "
-            "server_hostname='other.test'); s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); "
-            "print(s.recv(4096).split(b'\\r\\n\\r\\n')[-1].decode())"
-        )
         # glibc gives up on a DNS answer after 5 s and asks again: the hold spans both
         waiting = subprocess.Popen(
-            ["incus", "exec", name, "--", "python3", "-c", fetch],
+            ["incus", "exec", name, "--", "python3", "-c", FETCH_OTHER],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -352,4 +362,60 @@ def test_a_held_request_goes_through_once_approved(
             r["type"] == "connection" and r["domain"] == "other.test" and r["decision"] == "allowed"
             for r in records
         ), records
+        coi.ok("kill", "--force", name)
+
+
+def test_the_dashboard_shows_a_held_request_and_y_lets_it_through(
+    coi: CoiRunner, web: Topology, incus: Incus, workspace: Path
+) -> None:
+    """The operator's side of a hold: coi-tui in tmux, a request from inside the slot for an
+    unlisted name; the slot gets a badge, the Egress tab lists the request, `y` lets it
+    through (the fetch inside the container completes)."""
+    from tests.integration.test_dashboard_tmux import COI_TUI, TmuxScreen
+
+    topo = web
+    (coi.home / "config.toml").write_text(
+        '[network]\negress = "proxy"\negress_hold_sec = 90\nallowed_domains = ["allowed.test"]\n'
+    )
+    with proxy_stopped_after(coi, topo.bridge):
+        name = start(coi, topo, "allowlist", workspace)
+        env = {**coi.env, **net_env(topo, "allowlist"), "LANG": "C.UTF-8", "TERM": "xterm-256color"}
+        env.pop("TMUX", None)
+        command = [
+            "env",
+            f"COI_HOME={coi.home}",
+            f"COI_CONTAINER_PREFIX={coi.prefix}",
+            f"PYTHONPATH={env.get('PYTHONPATH', '')}",
+            "LANG=C.UTF-8",
+            str(COI_TUI),
+            "-w",
+            str(workspace),
+            "--refresh",
+            "1",
+            "--local-only",
+        ]
+        screen = TmuxScreen(command, env)
+        waiting = None
+        try:
+            screen.wait(r"\b1 dummy +RUNNING\b", 30, "the slot")
+            topo.assert_routes()
+            waiting = subprocess.Popen(
+                ["incus", "exec", name, "--", "python3", "-c", FETCH_OTHER],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            screen.wait(r"RUNNING +\?1 ", 30, "the slot's approval badge")
+            screen.keys("]", "]", "]", "]")
+            screen.wait(r"Waiting for approval(.|\n)*other\.test", 10, "the held request")
+            screen.keys("y")
+            out, err = waiting.communicate(timeout=60)
+            assert out.strip() == f"served other.test at {topo.internet}", (out, err)
+            screen.wait(lambda s: not re.search(r"RUNNING +\?1 ", s), 10, "the badge gone")
+        finally:
+            screen.kill()
+            if waiting is not None:
+                waiting.kill()
+        shown = json.loads(coi.ok("egress", "policy", name, "--json").stdout)
+        assert "other.test" in shown["allow"], shown
         coi.ok("kill", "--force", name)

@@ -6,6 +6,7 @@ test_egress.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import ssl
 import struct
@@ -286,3 +287,32 @@ def test_the_resolver_answers_only_what_the_policy_lets_through() -> None:
         ("x.cdn.example", "A", "denied"),
     ]
     assert records[0]["answers"] == ["203.0.113.7"]
+
+
+def test_the_dashboard_reads_open_holds_totals_and_lines(tmp_path: Any, monkeypatch: Any) -> None:
+    from coi_tui.dashboard import egress as view_of
+
+    monkeypatch.setenv("COI_HOME", str(tmp_path))
+    now = 1_000_000.0
+    records = [
+        {"type": "pending", "hold_id": "a", "container": "c1", "domain": "x.test", "port": 53,
+         "protocol": "dns", "until": now + 30, "time": "2026-12-07T20:00:00.000Z"},
+        {"type": "pending", "hold_id": "b", "container": "c1", "domain": "y.test", "port": 443,
+         "protocol": "tls", "until": now + 30, "time": "2026-12-07T20:00:01.000Z"},
+        {"type": "pending", "hold_id": "c", "container": "c1", "domain": "old.test", "port": 443,
+         "protocol": "tls", "until": now - 1, "time": "2026-12-07T20:00:01.000Z"},
+        {"type": "connection", "hold_id": "b", "container": "c1", "domain": "y.test",
+         "port": 443, "protocol": "tls", "decision": "allowed", "bytes_out": 10, "bytes_in": 90,
+         "reason": "allowed by y.test", "time": "2026-12-07T20:00:02.000Z"},
+        {"type": "connection", "container": "c1", "domain": "\x1b[31mevil", "port": 443,
+         "protocol": "tls", "decision": "denied", "time": "2026-12-07T20:00:03.000Z"},
+    ]  # fmt: skip
+    path = tmp_path / "egress" / "logs" / "c1.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"broken')
+    view = view_of.read_view("c1", now)
+    assert view.proxied and [p.domain for p in view.pending] == ["x.test"]  # b decided, c late
+    assert view.totals[0][0] == "y.test" and view.totals[0][1:] == (1, 0, 10, 90)
+    assert "\x1b" not in "".join(view.lines)  # a container's bytes never reach the screen raw
+    assert view_of.pending_counts(["c1", "c2"], now) == {"c1": 1}
+    assert not view_of.read_view("c2", now).proxied
