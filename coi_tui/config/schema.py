@@ -313,10 +313,11 @@ def check_cpu_count(key: Key, value: Any) -> str:
     return pattern_check(CPUSET_RE, 'a CPU count ("2") or set ("0-3", "0,1,3")')(key, value)
 
 
-# a name, "*.name" and an optional ":PORT[,PORT]" (wildcards and ports need egress = "proxy")
+# a name or address and an optional ":PORTS" (443, 80,443, 8000-8100), or with egress = "proxy"
+# a wildcard "*.name"
 DOMAIN_PATTERN = re.compile(
     r"^(\*\.)?[A-Za-z0-9_\u0080-\uffff]([A-Za-z0-9_.\u0080-\uffff-]*[A-Za-z0-9_\u0080-\uffff])?\.?"
-    r"(/[0-9]{1,2})?(:[0-9]{1,5}(,[0-9]{1,5})*)?$"
+    r"(/[0-9]{1,2})?(:[0-9]{1,5}(-[0-9]{1,5})?(,[0-9]{1,5}(-[0-9]{1,5})?)*)?$"
 )
 
 

@@ -365,11 +365,11 @@ def load_settings(
         given = "git.name" if settings.git_name else "git.email"
         raise CoiError(f"{settings.source(given)}: [git] name and email must be set together")
     if settings.egress != "proxy":
-        by_name = [e for e in settings.allowed_domains if "*" in e or ":" in e]
+        by_name = [e for e in settings.allowed_domains if "*" in e]
         if by_name:
             raise CoiError(
                 f"{settings.source('network.allowed_domains')}: [network] allowed_domains: "
-                f"wildcards and ports ({by_name[0]}) are matched by name, which needs "
+                f"wildcards ({by_name[0]}) are matched by name, which needs "
                 '[network] egress = "proxy"'
             )
         if settings.denied_domains:

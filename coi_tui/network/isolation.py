@@ -34,6 +34,7 @@ from coi_tui.network.resolve import (
     public_host,
     refresh_seconds,
     resolve,
+    split_ports,
 )
 
 MODE_KEY = "user.coi.network.mode"
@@ -91,7 +92,7 @@ def allowlist_entries(settings: Settings) -> list[str]:
     the proxy only the entries that are addresses (names go to coi's resolver and proxy)."""
     if not proxied(settings):
         return list(settings.allowed_domains)
-    return [e for e in settings.allowed_domains if is_address(e)]
+    return [e for e in settings.allowed_domains if is_address(split_ports(e)[0])]
 
 
 def egress_for(
@@ -106,7 +107,7 @@ def egress_for(
             "answers every query of the container"
         )
     allow = (
-        [parse_pattern(e) for e in settings.allowed_domains if not is_address(e)]
+        [parse_pattern(e) for e in settings.allowed_domains if not is_address(split_ports(e)[0])]
         if mode == "allowlist"
         else []
     )
@@ -117,13 +118,15 @@ def egress_for(
         write_policy(container, settings.bridge, settings.project, policy)
     port, dns_port = ensure_proxy(settings.bridge, gateway)
     ports = [p for p in policy.ports() if not ports_cap or within(p, ports_cap)]
-    return (port, [str(p) for p in ports] or ["443"]), dns_port
+    return (port, ports or ["443"]), dns_port
 
 
-def within(port: int, ranges: list[str]) -> bool:
+def within(span: str, ranges: list[str]) -> bool:
+    """Whether the port span ("443", "8000-8100") lies inside one of `ranges`."""
+    low, _, high = span.partition("-")
     for text in ranges:
-        low, _, high = text.partition("-")
-        if int(low) <= port <= int(high or low):
+        cap_low, _, cap_high = text.partition("-")
+        if int(cap_low) <= int(low) and int(high or low) <= int(cap_high or cap_low):
             return True
     return False
 
@@ -148,9 +151,7 @@ def policy_for(
                 "bridge's address on this host)"
             )
         proxy, resolver = egress_for(settings, container, gateway, ports_cap)
-        # by address only what was listed as an address; names go through the proxy
-        allowed = sorted({a for e, addrs in (resolved.addresses if resolved else {}).items()
-                          if is_address(e) for a in addrs})  # fmt: skip
+        # (the allowlist resolved only its addresses: names go through the proxy)
     return Policy(
         mode=check_mode(settings),
         gateway=gateway,
@@ -158,7 +159,9 @@ def policy_for(
         block_private=settings.block_private_networks,
         block_metadata=settings.block_metadata_endpoint,
         allowed=allowed,
-        hosts=firewall_hosts(all_hosts(settings, container)),
+        # entries with :ports open their addresses on those ports only (as in COI)
+        hosts=firewall_hosts(all_hosts(settings, container))
+        + (resolved.port_hosts() if resolved else []),
         dns_servers=dns,
         allowed_ports=ports_cap,
         proxy=proxy,

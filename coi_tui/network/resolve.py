@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coi_tui.core.errors import CoiError
-from coi_tui.network.netctl import public_host  # what an allowlist may open: one list
+from coi_tui.network.netctl import (
+    NetctlError,
+    check_ports,
+    public_host,  # what an allowlist may open: one list
+)
 
 MIN_REFRESH = 60  # seconds: never re-resolve more often, whatever the TTLs say
 
@@ -29,7 +33,19 @@ class Resolved:
     private: list[str] = field(default_factory=list)  # names that resolved into the LAN
 
     def cidrs(self) -> list[str]:
-        return sorted({a for addrs in self.addresses.values() for a in addrs})
+        """Addresses open on every port: those of entries without `:ports`."""
+        return sorted({a for e, addrs in self.addresses.items() if ":" not in e for a in addrs})
+
+    def port_hosts(self) -> list[tuple[str, list[str]]]:
+        """(address, ports) of entries with `:ports` (COI: they apply per destination)."""
+        found: dict[str, list[str]] = {}
+        for entry, addrs in self.addresses.items():
+            if ":" in entry:
+                ports = split_ports(entry)[1]
+                for address in addrs:
+                    found.setdefault(address, [])
+                    found[address] += [p for p in ports if p not in found[address]]
+        return sorted(found.items())
 
 
 def nameservers() -> list[tuple[str, int]]:
@@ -52,8 +68,24 @@ def nameservers() -> list[tuple[str, int]]:
     return found
 
 
+def split_ports(entry: str) -> tuple[str, list[str]]:
+    """ "name:443,8000-8100" -> ("name", ["443", "8000-8100"]); no suffix: all ports ([])."""
+    host, colon, ports = entry.partition(":")
+    if not colon:
+        return entry, []
+    try:
+        return host, [p for part in ports.split(",") for p in check_ports(part)]
+    except NetctlError:
+        raise CoiError(
+            f"[network] allowed_domains: bad ports in {entry!r} (1-65535, as 443, 80,443 or "
+            "8000-8100)"
+        ) from None
+
+
 def check_entry(entry: str) -> str:
-    entry = entry.strip().lower().rstrip(".")
+    entry = entry.strip().lower()
+    host, ports = split_ports(entry)
+    entry = host.rstrip(".") + (":" + ",".join(ports) if ports else "")
     if "*" in entry:
         raise CoiError(f"[network] allowed_domains: wildcards are not supported: {entry!r}")
     if not entry:
@@ -153,12 +185,13 @@ def resolve(entries: list[str]) -> Resolved:
     result = Resolved({}, None, [])
     for raw in entries:
         entry = check_entry(raw)
-        fixed = literal(entry)
+        host = split_ports(entry)[0]
+        fixed = literal(host)
         if fixed is not None:
             result.addresses[entry] = [fixed]
             continue
         try:
-            addresses, ttl = query_a(entry)
+            addresses, ttl = query_a(host)
         except OSError:
             result.failed.append(entry)
             continue
@@ -187,9 +220,14 @@ def refresh_seconds(min_ttl: int | None, interval_minutes: int) -> float | None:
 
 def hosts_block(resolved: Resolved) -> str:
     lines = ["# coi allowlist begin (managed by coi: names resolved on the host)"]
-    for entry, addresses in sorted(resolved.addresses.items()):
-        if not is_address(entry):
-            lines += [f"{address}\t{entry}" for address in addresses]
+    named: dict[str, list[str]] = {}
+    for entry, addresses in resolved.addresses.items():
+        host = split_ports(entry)[0]
+        if not is_address(host):
+            named.setdefault(host, [])
+            named[host] += [a for a in addresses if a not in named[host]]
+    for host, addresses in sorted(named.items()):
+        lines += [f"{address}\t{host}" for address in addresses]
     lines.append("# coi allowlist end")
     return "\n".join(lines) + "\n"
 

@@ -83,7 +83,10 @@ def test_patterns_names_wildcards_and_ports() -> None:
     assert not policy.decide("api.example.com", 8443).allowed  # no port: the web ports
     assert policy.decide("ssh.example.com", 22).allowed
     assert not policy.decide("203.0.113.5", 443).allowed  # a raw address is never a name
-    assert policy.ports() == [22, 80, 443]
+    assert policy.ports() == ["22", "80", "443"]
+    ranged = EgressPolicy("allowlist", [parse_pattern("x.example:8000-8100,9000")])
+    assert ranged.decide("x.example", 8050).allowed and not ranged.decide("x.example", 443).allowed
+    assert ranged.ports() == ["80", "443", "8000-8100", "9000"]
     open_policy = EgressPolicy("restricted", [], [parse_pattern("*.paste.example")])
     assert open_policy.decide("anything.example", 443).allowed
     assert not open_policy.decide("x.paste.example", 443).allowed

@@ -240,3 +240,28 @@ def test_helper_checks_the_proxy_options(argv: list[str], why: str) -> None:
         netctl.parse_apply(["coiv0000000000", "restricted", "10.0.0.1", *argv])
     with pytest.raises(netctl.NetctlError, match="restricted and allowlist"):
         netctl.parse_apply(["coiv0000000000", "open", "10.0.0.1", "--resolver", "40001"])
+
+
+def test_allowlist_ports_apply_per_destination_as_in_coi() -> None:
+    from coi_tui.network.resolve import Resolved, check_entry, hosts_block, resolve
+
+    resolved = Resolved(
+        {
+            "a.test:443": ["203.0.113.5"],
+            "b.test": ["203.0.113.6"],
+            "203.0.113.7:80,8000-8100": ["203.0.113.7"],
+        },
+        None,
+        [],
+    )
+    assert resolved.cidrs() == ["203.0.113.6"]  # every port: only entries without :ports
+    assert resolved.port_hosts() == [
+        ("203.0.113.5", ["443"]),
+        ("203.0.113.7", ["80", "8000-8100"]),
+    ]
+    block = hosts_block(resolved)
+    assert "203.0.113.5\ta.test\n" in block and ":443" not in block
+    assert check_entry("A.Test.:443") == "a.test:443"
+    with pytest.raises(CoiError, match="bad ports"):
+        check_entry("a.test:0")
+    assert resolve(["203.0.113.9:443"]).port_hosts() == [("203.0.113.9", ["443"])]

@@ -3,7 +3,8 @@ hold, and the one decision the proxy makes for a name and a port.
 
 A pattern is a name (`api.anthropic.com`: that name only), a wildcard (`*.github.com`: any
 name below github.com, not github.com itself), either with a port or port list
-(`example.com:8443`, `*.example.com:80,443`); without one it covers the proxied web ports.
+(`example.com:8443`, `*.example.com:80,443`, `x.example:8000-8100`); without one it covers the
+proxied web ports.
 Names are compared lower-case, without a trailing dot, as IDNA (punycode) labels.
 """
 
@@ -47,10 +48,15 @@ def is_address(text: str) -> bool:
 class Pattern:
     name: str  # the name, or the parent domain of a wildcard
     wildcard: bool
-    ports: tuple[int, ...]  # empty: WEB_PORTS
+    ports: tuple[tuple[int, int], ...]  # ranges (low, high); empty: WEB_PORTS
 
     def matches(self, name: str, port: int) -> bool:
-        return port in (self.ports or WEB_PORTS) and self.covers(name)
+        if self.ports:
+            if not any(low <= port <= high for low, high in self.ports):
+                return False
+        elif port not in WEB_PORTS:
+            return False
+        return self.covers(name)
 
     def covers(self, name: str) -> bool:
         """The name matches, whatever the port."""
@@ -60,16 +66,26 @@ class Pattern:
 
     def __str__(self) -> str:
         text = ("*." if self.wildcard else "") + self.name
-        return text + (":" + ",".join(map(str, self.ports)) if self.ports else "")
+        return text + (":" + ",".join(port_text(r) for r in self.ports) if self.ports else "")
 
 
-def parse_ports(text: str, entry: str) -> tuple[int, ...]:
-    ports = []
+def port_text(span: tuple[int, int]) -> str:
+    return str(span[0]) if span[0] == span[1] else f"{span[0]}-{span[1]}"
+
+
+def parse_ports(text: str, entry: str) -> tuple[tuple[int, int], ...]:
+    spans = []
     for part in text.split(","):
-        if not part.strip().isdigit() or not 1 <= int(part) <= 65535:
-            raise CoiError(f"egress pattern {entry!r}: ports are 1-65535, separated by commas")
-        ports.append(int(part))
-    return tuple(sorted(set(ports)))
+        low, dash, high = part.strip().partition("-")
+        numbers = [low, high] if dash else [low]
+        if not all(n.isdigit() and 1 <= int(n) <= 65535 for n in numbers) or (
+            dash and int(low) > int(high)
+        ):
+            raise CoiError(
+                f"egress pattern {entry!r}: ports are 1-65535, as 443, 80,443 or 8000-8100"
+            )
+        spans.append((int(low), int(high or low)))
+    return tuple(sorted(set(spans)))
 
 
 def parse_pattern(entry: str) -> Pattern:
@@ -149,12 +165,13 @@ class EgressPolicy:
         else:
             raise CoiError(f"egress: unknown change {action!r}")
 
-    def ports(self) -> list[int]:
-        """The destination ports the proxy must see: the web ports and any a pattern names."""
-        found: set[int] = set(WEB_PORTS)
+    def ports(self) -> list[str]:
+        """The destination ports the proxy must see: the web ports and any a pattern names
+        (nft's port expressions: "443", "8000-8100")."""
+        found: set[tuple[int, int]] = {(p, p) for p in WEB_PORTS}
         for pattern in (*self.allow, *self.deny):
             found.update(pattern.ports)
-        return sorted(found)
+        return [port_text(span) for span in sorted(found)]
 
     def to_json(self) -> dict[str, Any]:
         return {

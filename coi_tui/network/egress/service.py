@@ -32,7 +32,7 @@ from coi_tui.core.fs import atomic_write, file_lock
 from coi_tui.core.paths import coi_home, logs_dir
 from coi_tui.incus import Incus, IncusError
 from coi_tui.network.egress.dns import Resolver, start_resolver
-from coi_tui.network.egress.policy import EgressPolicy, parse_pattern
+from coi_tui.network.egress.policy import EgressPolicy, parse_pattern, port_text
 from coi_tui.network.egress.proxy import EgressProxy
 from coi_tui.network.resolve import query_a
 
@@ -106,12 +106,13 @@ def change_policy(container: str, action: str, entry: str) -> tuple[int, str]:
     pattern = parse_pattern(entry)
     with file_lock(f"egress-policy-{container}"):
         data, policy = read_policy(container)
-        proxied_ports = policy.ports()
-        if pattern.ports and not set(pattern.ports) <= set(proxied_ports):
+        proxied = policy.ports()
+        missing = [port_text(s) for s in pattern.ports if port_text(s) not in proxied]
+        if missing:
             raise CoiError(
-                f"port {', '.join(map(str, pattern.ports))} is not sent to the proxy in this "
-                f"session (only {', '.join(map(str, proxied_ports))}); add the pattern to "
-                "[network] allowed_domains and start a new session"
+                f"port {', '.join(missing)} is not sent to the proxy in this session (only "
+                f"{', '.join(proxied)}); add the pattern to [network] allowed_domains and "
+                "start a new session"
             )
         changes = [c for c in session_changes(container) if c[1] != str(pattern)]
         changes.append((action, str(pattern)))
