@@ -23,6 +23,42 @@ DEFAULT_ALLOWED_DOMAINS = (
     "api.anthropic.com",
     "platform.claude.com",
 )
+# `allowed_domains = ["@claude", "@github"]`: the names each agent or service needs, expanded
+# when the config loads (exact names only, so they work with either egress filter).
+EGRESS_PRESETS: dict[str, tuple[str, ...]] = {
+    "claude": (
+        "api.anthropic.com",
+        "platform.claude.com",
+        "console.anthropic.com",
+        "claude.ai",
+        "statsig.anthropic.com",
+    ),
+    "codex": ("api.openai.com", "chatgpt.com", "auth.openai.com"),
+    "opencode": ("opencode.ai", "models.dev", "api.anthropic.com", "api.openai.com"),
+    "aider": ("api.anthropic.com", "api.openai.com", "openrouter.ai", "pypi.org"),
+    "npm": ("registry.npmjs.org", "registry.yarnpkg.com", "npm.pkg.github.com"),
+    "pypi": ("pypi.org", "files.pythonhosted.org"),
+    "github": (
+        "github.com",
+        "api.github.com",
+        "codeload.github.com",
+        "objects.githubusercontent.com",
+        "raw.githubusercontent.com",
+        "uploads.github.com",
+    ),
+}
+
+
+def expand_presets(entries: list[str]) -> list[str]:
+    """`@name` entries replaced by their names (EGRESS_PRESETS), in order, each once."""
+    out: list[str] = []
+    for entry in entries:
+        for name in EGRESS_PRESETS.get(entry[1:], ()) if entry.startswith("@") else (entry,):
+            if name not in out:
+                out.append(name)
+    return out
+
+
 DEFAULT_PROTECTED_PATHS = (
     ".git/hooks",
     ".git/config",
@@ -326,6 +362,13 @@ def check_domains(key: Key, value: Any) -> list[str]:
     for domain in domains:
         if not domain.strip():
             raise Invalid("empty domain")
+        if domain.startswith("@"):
+            if domain[1:] not in EGRESS_PRESETS:
+                raise Invalid(
+                    f"unknown preset {describe(domain)} (presets: "
+                    f"{', '.join('@' + n for n in EGRESS_PRESETS)})"
+                )
+            continue
         if not DOMAIN_PATTERN.match(domain.strip()):
             raise Invalid(
                 f'want a name (example.com), an address, or with egress = "proxy" a '

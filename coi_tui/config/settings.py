@@ -42,6 +42,7 @@ from coi_tui.config.schema import (
     MONITOR_METADATA_ADDRESSES,
     MOUNTS,
     SIGMA_SOURCE,
+    expand_presets,
 )
 from coi_tui.core.errors import CoiError
 from coi_tui.images.agents import DEFAULT_AGENTS
@@ -364,6 +365,7 @@ def load_settings(
     if bool(settings.git_name) != bool(settings.git_email):
         given = "git.name" if settings.git_name else "git.email"
         raise CoiError(f"{settings.source(given)}: [git] name and email must be set together")
+    settings.allowed_domains = expand_presets(settings.allowed_domains)
     if settings.egress != "proxy":
         by_name = [e for e in settings.allowed_domains if "*" in e]
         if by_name:

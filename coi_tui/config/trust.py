@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from coi_tui.config.schema import DEFAULT_PROTECTED_PATHS
+from coi_tui.config.schema import DEFAULT_PROTECTED_PATHS, expand_presets
 from coi_tui.core.fs import atomic_write
 from coi_tui.core.paths import coi_home
 
@@ -205,7 +205,10 @@ def sanitize(
             del values[path]
     gated: list[tuple[str, Any]] = []
     domains = values.get("network.allowed_domains")
-    if floor is not None and domains is not None and set(domains) - set(floor.allowed_domains):
+    wider = domains is not None and set(expand_presets(domains)) - set(
+        expand_presets(floor.allowed_domains) if floor is not None else []
+    )
+    if floor is not None and wider:
         # names beyond the user's own list open the network: the user approves them
         gated.append(("network.allowed_domains", values.pop("network.allowed_domains")))
     mounts = values.get("mounts") or []

@@ -319,3 +319,21 @@ def test_the_dashboard_reads_open_holds_totals_and_lines(tmp_path: Any, monkeypa
     assert "\x1b" not in "".join(view.lines)  # a container's bytes never reach the screen raw
     assert view_of.pending_counts(["c1", "c2"], now) == {"c1": 1}
     assert not view_of.read_view("c2", now).proxied
+
+
+def test_presets_expand_by_name_when_the_config_loads(tmp_path: Any, monkeypatch: Any) -> None:
+    from coi_tui.config import load_settings
+
+    home, project = tmp_path / "home", tmp_path / "ws"
+    home.mkdir()
+    project.mkdir()
+    monkeypatch.setenv("COI_HOME", str(home))
+    (home / "config.toml").write_text(
+        '[network]\nallowed_domains = ["@github", "@pypi", "example.org", "pypi.org"]\n'
+    )
+    domains = load_settings(project).allowed_domains
+    assert domains[:2] == ["github.com", "api.github.com"] and "files.pythonhosted.org" in domains
+    assert domains.count("pypi.org") == 1 and "example.org" in domains
+    (home / "config.toml").write_text('[network]\nallowed_domains = ["@nope"]\n')
+    with pytest.raises(CoiError, match="unknown preset"):
+        load_settings(project)
