@@ -37,6 +37,15 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         p.add_argument("container")
         p.add_argument("pattern")
         p.set_defaults(handler=cmd_egress)
+    p = esub.add_parser(
+        "promote",
+        help="coi egress promote CONTAINER PROFILE: an allowlist profile of what it reached",
+        description="Writes a user profile (allowlist mode through the proxy) whose "
+        "allowed_domains are the names the container reached, from its egress log.",
+    )
+    p.add_argument("container")
+    p.add_argument("profile")
+    p.set_defaults(handler=cmd_egress)
     p = esub.add_parser("policy", help="coi egress policy CONTAINER [--json]: the live policy")
     p.add_argument("container")
     p.add_argument("--json", action="store_true", help="JSON output")
@@ -50,6 +59,14 @@ def cmd_egress(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         generation, pattern = service.change_policy(args.container, args.action, args.pattern)
         word = "allowed" if args.action == "allow" else "denied"
         print(f"{pattern} {word} for {args.container} (policy generation {generation})")
+        return 0
+    if args.action == "promote":
+        import os
+
+        path, names = service.promote(args.container, args.profile, dict(os.environ))
+        print(f"profile {args.profile}: {len(names)} name(s) in {path}")
+        for name in names:
+            print(f"  {name}")
         return 0
     if args.action == "policy":
         data, policy = service.read_policy(args.container)

@@ -27,12 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from coi_tui.config.layers import home_dir
+from coi_tui.config.profiles import ProfileSet, check_name
 from coi_tui.core.errors import CoiError
 from coi_tui.core.fs import atomic_write, file_lock
 from coi_tui.core.paths import coi_home, logs_dir
 from coi_tui.incus import Incus, IncusError
 from coi_tui.network.egress.dns import Resolver, start_resolver
-from coi_tui.network.egress.policy import EgressPolicy, parse_pattern, port_text
+from coi_tui.network.egress.policy import EgressPolicy, clean_name, parse_pattern, port_text
 from coi_tui.network.egress.proxy import EgressProxy
 from coi_tui.network.resolve import query_a
 
@@ -134,6 +136,54 @@ def change_policy(container: str, action: str, entry: str) -> tuple[int, str]:
         }
     )
     return policy.generation, str(pattern)
+
+
+def read_log(container: str) -> list[dict[str, Any]]:
+    records = []
+    with contextlib.suppress(OSError):
+        for line in log_path(container).read_bytes().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    records.append(record)
+    return records
+
+
+def observed_names(container: str) -> list[str]:
+    """The names a container reached: allowed connections, and allowed DNS answers."""
+    names = set()
+    for record in read_log(container):
+        reached = record.get("type") == "connection" or (
+            record.get("type") == "dns" and record.get("answers")
+        )
+        if reached and record.get("decision") == "allowed":
+            name = clean_name(str(record.get("domain") or ""))
+            if name:
+                names.add(name)
+    return sorted(names)
+
+
+def promote(container: str, profile: str, env: dict[str, str]) -> tuple[Path, list[str]]:
+    """A user profile whose allowlist is what the container reached (`coi egress promote`)."""
+    names = observed_names(container)
+    if not names:
+        raise CoiError(f"{container} reached no name yet (see 'coi egress log {container}')")
+    check_name(profile)
+    if profile in ProfileSet.discover(Path.cwd(), env).found:
+        raise CoiError(f'profile "{profile}" already exists; pick another name')
+    directory = home_dir(env) / "profiles" / profile
+    directory.mkdir(parents=True)
+    listed = "".join(f"  {json.dumps(n)},\n" for n in names)
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime())
+    atomic_write(
+        directory / "config.toml",
+        f"# Written by `coi egress promote` on {stamp}: the names {container} reached.\n"
+        f"# Use it with `coi shell --profile {profile}`.\n\n"
+        '[network]\nmode = "allowlist"\negress = "proxy"\n'
+        f"allowed_domains = [\n{listed}]\n",
+        mode=0o644,
+    )
+    return directory / "config.toml", names
 
 
 def remove_policy(container: str) -> None:
