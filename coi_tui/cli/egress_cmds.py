@@ -36,6 +36,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
         )
         p.add_argument("container")
         p.add_argument("pattern")
+        p.add_argument(
+            "--always",
+            action="store_true",
+            help=f"also {action} it in your own config (~/.coi/config.toml) for later sessions",
+        )
         p.set_defaults(handler=cmd_egress)
     p = esub.add_parser(
         "promote",
@@ -59,6 +64,13 @@ def cmd_egress(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         generation, pattern = service.change_policy(args.container, args.action, args.pattern)
         word = "allowed" if args.action == "allow" else "denied"
         print(f"{pattern} {word} for {args.container} (policy generation {generation})")
+        if args.always:
+            import os
+
+            from coi_tui.config.edit import remember_network_entry
+
+            path = remember_network_entry(dict(os.environ), args.action, pattern)
+            print(f"{pattern} {word} in {path} for every session")
         return 0
     if args.action == "promote":
         import os

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -295,8 +296,11 @@ def test_names_decide_egress_through_the_proxy(
         assert egress is not None and egress["details"]["running"] is True, egress
         # live policy: open a name and close another for the running container; the very
         # next connection obeys (no restart, no retry)
-        coi.ok("egress", "allow", allowlist, "other.test")
+        coi.ok("egress", "allow", allowlist, "other.test", "--always")
         coi.ok("egress", "deny", allowlist, "allowed.test")
+        remembered = tomllib.loads((coi.home / "config.toml").read_text())["network"]
+        assert remembered["allowed_domains"][-1] == "other.test", remembered
+        assert remembered["egress"] == "proxy"  # the rest of the file as it was
         live = probe(incus, allowlist, topo, [spec[0], spec[1]])
         assert live["same_ip_other_name"] == f"served other.test at {topo.internet}", live
         assert live["allowed"].startswith("refused"), live

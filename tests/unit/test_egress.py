@@ -337,3 +337,42 @@ def test_presets_expand_by_name_when_the_config_loads(tmp_path: Any, monkeypatch
     (home / "config.toml").write_text('[network]\nallowed_domains = ["@nope"]\n')
     with pytest.raises(CoiError, match="unknown preset"):
         load_settings(project)
+
+
+def test_always_edits_only_the_network_list_of_the_users_config(tmp_path: Any) -> None:
+    import tomllib
+
+    from coi_tui.config.edit import remember_network_entry
+
+    env = {"COI_HOME": str(tmp_path), "HOME": str(tmp_path)}
+    config = tmp_path / "config.toml"
+    original = (
+        "# my config\n[container]\npersistent = true # keep\n\n[network]\n"
+        'mode = "allowlist"\nallowed_domains = [\n  "a.example", # why a\n  "b.example",\n]\n'
+        '\n[tool]\nname = "claude"\n'
+    )
+    config.write_text(original)
+    remember_network_entry(env, "allow", "c.example")
+    text = config.read_text()
+    assert text.startswith("# my config\n[container]\npersistent = true # keep\n")
+    assert tomllib.loads(text)["network"]["allowed_domains"] == [
+        "a.example",
+        "b.example",
+        "c.example",
+    ]
+    assert text.endswith('\n[tool]\nname = "claude"\n')
+    remember_network_entry(env, "deny", "b.example")
+    data = tomllib.loads(config.read_text())["network"]
+    assert data["allowed_domains"] == ["a.example", "c.example"]
+    assert data["denied_domains"] == ["b.example"]
+    # no [network] yet: the defaults stay in the list it starts
+    config.write_text("[tool]\nname = 'claude'\n")
+    remember_network_entry(env, "allow", "x.example")
+    domains = tomllib.loads(config.read_text())["network"]["allowed_domains"]
+    assert domains[-1] == "x.example" and "api.anthropic.com" in domains
+    # a layout it cannot edit in place is refused, the file untouched
+    dotted = 'network.allowed_domains = ["a.example"]\n'
+    config.write_text(dotted)
+    with pytest.raises(CoiError, match=r"add 'z.example' to \[network\] allowed_domains"):
+        remember_network_entry(env, "allow", "z.example")
+    assert config.read_text() == dotted
