@@ -376,3 +376,17 @@ def test_always_edits_only_the_network_list_of_the_users_config(tmp_path: Any) -
     with pytest.raises(CoiError, match=r"add 'z.example' to \[network\] allowed_domains"):
         remember_network_entry(env, "allow", "z.example")
     assert config.read_text() == dotted
+
+
+def test_a_full_egress_log_is_rotated(tmp_path: Any, monkeypatch: Any) -> None:
+    from coi_tui.network.egress import service
+
+    monkeypatch.setenv("COI_HOME", str(tmp_path))
+    monkeypatch.setattr(service, "LOG_MAX_BYTES", 1000)
+    for index in range(30):
+        service.append_record({"container": "c1", "type": "dns", "n": index, "pad": "x" * 50})
+    logs = tmp_path / "egress" / "logs"
+    kept = (logs / "c1.jsonl.1").read_text().splitlines()
+    assert 1000 < sum(len(line) + 1 for line in kept) < 1200
+    current = (logs / "c1.jsonl").read_text().splitlines()
+    assert json.loads(current[-1])["n"] == 29 and len(kept) + len(current) < 30

@@ -41,6 +41,7 @@ from coi_tui.network.resolve import query_a
 IDLE_EXIT_SEC = 60.0  # no policy file for this long: the proxy exits
 VERIFY_SEC = 5.0  # a cached address -> container mapping is checked again after this
 START_TIMEOUT = 10.0
+LOG_MAX_BYTES = 64 * 1024 * 1024  # per container; then one older file is kept
 
 
 def egress_dir() -> Path:
@@ -346,6 +347,8 @@ class PolicyFiles:
 
 
 def append_record(record: dict[str, Any]) -> None:
+    """One JSONL line; a log past LOG_MAX_BYTES becomes `<name>.jsonl.1` (the one before it
+    goes): a container that makes millions of requests cannot fill the disk."""
     path = log_path(str(record.get("container", "unknown")))
     line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
     with contextlib.suppress(OSError):
@@ -353,8 +356,11 @@ def append_record(record: dict[str, Any]) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, line)
+            full = os.fstat(fd).st_size > LOG_MAX_BYTES
         finally:
             os.close(fd)
+        if full:
+            os.replace(path, path.with_name(path.name + ".1"))
 
 
 def say(text: str) -> None:
