@@ -93,27 +93,40 @@ class Flow:
 
 
 class NameCache:
-    """Host-side A lookups, kept for their TTL (at most `longest` seconds)."""
+    """Host-side A lookups, kept for their TTL (at most `longest` seconds); a failure is kept
+    too, and concurrent asks for one name share one lookup."""
 
     def __init__(self, lookup: Callable[[str], tuple[list[str], int | None]], longest: float = 60):
         self.lookup = lookup
         self.longest = longest
         self.entries: dict[str, tuple[float, list[str]]] = {}
+        self.asking: dict[str, asyncio.Future[list[str]]] = {}
 
     async def addresses(self, name: str) -> list[str]:
-        now = time.monotonic()
         hit = self.entries.get(name)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        asking = self.asking.get(name)
+        if asking is not None:
+            return await asyncio.shield(asking)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[str]] = loop.create_future()
+        self.asking[name] = future
         try:
-            found, ttl = await asyncio.get_running_loop().run_in_executor(None, self.lookup, name)
-        except (OSError, ValueError):
-            found, ttl = [], None
-        keep = min(self.longest, float(ttl if ttl is not None else self.longest))
-        if len(self.entries) > 4096:
-            self.entries.clear()
-        self.entries[name] = (now + max(keep, 1.0), found)
-        return found
+            try:
+                found, ttl = await loop.run_in_executor(None, self.lookup, name)
+            except (OSError, ValueError):
+                found, ttl = [], None
+            keep = min(self.longest, float(ttl if ttl is not None else self.longest))
+            if len(self.entries) > 4096:
+                self.entries.clear()
+            self.entries[name] = (time.monotonic() + max(keep, 1.0), found)
+            future.set_result(found)
+            return found
+        finally:
+            del self.asking[name]
+            if not future.done():
+                future.set_result([])
 
 
 class EgressProxy:

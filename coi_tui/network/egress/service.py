@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +371,11 @@ def say(text: str) -> None:
 
 
 async def serve(bridge: str, gateway: str, preferred: int, preferred_dns: int) -> None:
+    # policy and name lookups block (files, Incus, DNS): enough threads that a slow upstream
+    # resolver does not hold up every other container's connections
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=64, thread_name_prefix="egress")
+    )
     policies = PolicyFiles(bridge)
     proxy = EgressProxy(policies, query_a, append_record, (gateway, preferred))
     try:
