@@ -13,7 +13,7 @@ from typing import Any
 from coi_tui.config.layers import home_dir
 from coi_tui.config.schema import DEFAULT_ALLOWED_DOMAINS
 from coi_tui.core.errors import CoiError
-from coi_tui.core.fs import atomic_write
+from coi_tui.core.fs import atomic_write, file_lock
 from coi_tui.core.toml import toml_value
 
 SECTION = re.compile(r"^\[network\][ \t]*(#.*)?$", re.MULTILINE)
@@ -68,13 +68,23 @@ def set_network_list(text: str, key: str, values: list[str]) -> str:
 def remember_network_entry(env: dict[str, str], action: str, entry: str) -> Path:
     """`allow`: `entry` into the user's allowed_domains (and out of denied_domains); `deny`:
     the other way round. Returns the file changed."""
-    path = home_dir(env) / "config.toml"
+    path = (home_dir(env) / "config.toml").resolve()  # a linked config: its real file
+    with file_lock("user-config"):
+        return remember_in(path, action, entry)
+
+
+def remember_in(path: Path, action: str, entry: str) -> Path:
     try:
         text = path.read_text(encoding="utf-8") if path.exists() else ""
         before = tomllib.loads(text)
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise CoiError(f"{path}: cannot read it to remember {entry} ({exc})") from None
     network: dict[str, Any] = dict(before.get("network") or {})
+    if network.get("egress") != "proxy" and ("*" in entry or action == "deny"):
+        raise CoiError(
+            f'{path}: {entry} is matched by name, which needs egress = "proxy" in [network] '
+            "of this file (without it every later session would refuse the config)"
+        )
     allowed = list(network.get("allowed_domains", DEFAULT_ALLOWED_DOMAINS))
     denied = list(network.get("denied_domains", []))
     add, drop = (allowed, denied) if action == "allow" else (denied, allowed)

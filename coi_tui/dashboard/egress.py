@@ -145,5 +145,7 @@ def pending_counts(containers: list[str], now: float | None = None) -> dict[str,
 def answer(hold: Pending, approve: bool) -> str:
     """Approve or deny a held request's name for the rest of the session (one line)."""
     action = "allow" if approve else "deny"
-    generation, pattern = change_policy(hold.container, action, hold.domain)
+    # a held connection on another port than the web's is approved for that port
+    entry = hold.domain if hold.port in (53, 80, 443) else f"{hold.domain}:{hold.port}"
+    generation, pattern = change_policy(hold.container, action, entry)
     return f"{pattern} {'allowed' if approve else 'denied'} (policy generation {generation})"

@@ -97,9 +97,10 @@ def allowlist_entries(settings: Settings) -> list[str]:
 
 def egress_for(
     settings: Settings, container: str, gateway: str, ports_cap: list[str]
-) -> tuple[tuple[int, list[str]], int]:
+) -> tuple[tuple[int, list[str]] | None, int]:
     """The container's policy written for the egress proxy, the proxy running: (its port,
-    the destination ports to send it) and its resolver's port."""
+    the destination ports to send it; None when allowed_ports leaves none of them) and its
+    resolver's port."""
     mode = check_mode(settings)
     if settings.dns_servers:
         raise CoiError(
@@ -118,7 +119,7 @@ def egress_for(
         write_policy(container, settings.bridge, settings.project, policy)
     port, dns_port = ensure_proxy(settings.bridge, gateway)
     ports = [p for p in policy.ports() if not ports_cap or within(p, ports_cap)]
-    return (port, ports or ["443"]), dns_port
+    return ((port, ports) if ports else None), dns_port
 
 
 def within(span: str, ranges: list[str]) -> bool:

@@ -274,13 +274,24 @@ def divert_script(ports: Sequence[int]) -> list[str]:
     ]
 
 
+def bridge_fence_script() -> list[str]:
+    """A marked frame the bridge would pass to another port (a bridge with an uplink) never
+    leaves: only delivery to the host, where `ip coi` redirects it, is allowed."""
+    marked = f"meta mark & {MARK_MASK:#010x} == {MARK_BASE:#010x}"
+    return [
+        f"add chain {TABLE} fence {{ type filter hook forward priority 0 ; policy accept ; }}",
+        f"flush chain {TABLE} fence",
+        f"add rule {TABLE} fence {marked} drop",
+    ]
+
+
 def apply_script(
     iface: str, rules: list[str], allowed: Sequence[str], diverted: Sequence[int] = ()
 ) -> str:
     chain, aset = f"c-{iface}", f"a-{iface}"
     lines = [
         *base_script(),
-        *(divert_script(diverted) if diverted else []),
+        *([*divert_script(diverted), *bridge_fence_script()] if diverted else []),
         f"add chain {TABLE} {chain}",
         f"flush chain {TABLE} {chain}",
         f"add set {TABLE} {aset} {{ type ipv4_addr ; flags interval ; auto-merge ; }}",

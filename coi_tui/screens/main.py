@@ -20,6 +20,7 @@ from textual import on, work
 from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.coordinate import Coordinate
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
@@ -604,7 +605,7 @@ class MainScreen(Screen[None]):
             )
             return
         now = time.time()
-        keep = table.cursor_row
+        keep = self._hold_under_cursor()
         table.clear()
         for hold in view.pending:
             table.add_row(
@@ -615,8 +616,9 @@ class MainScreen(Screen[None]):
                 key=hold.hold_id,
             )
         table.display = bool(view.pending)
-        if view.pending:
-            table.move_cursor(row=min(keep, len(view.pending) - 1))
+        ids = [p.hold_id for p in view.pending]
+        if keep in ids:  # the cursor stays on its request, wherever the list moved it
+            table.move_cursor(row=ids.index(keep))
         lines = []
         if view.pending:
             lines.append("y approves, n (in the list) denies; both last for the session")
@@ -628,13 +630,24 @@ class MainScreen(Screen[None]):
         lines += view.lines or ["No egress records yet"]
         text.update("\n".join(lines))
 
+    def _hold_under_cursor(self) -> str:
+        table = self.query_one("#pending", PendingTable)
+        if not table.row_count:
+            return ""
+        row = min(max(table.cursor_row, 0), table.row_count - 1)
+        return str(table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value or "")
+
     def action_answer_hold(self, approve: bool) -> None:
         view = self.egress
         if view is None or not view.pending:
             self.notify("No request is waiting for approval", severity="warning")
             return
-        table = self.query_one("#pending", PendingTable)
-        hold = view.pending[min(max(table.cursor_row, 0), len(view.pending) - 1)]
+        # the request the operator sees under the cursor, by its id (never a row number)
+        wanted = self._hold_under_cursor()
+        hold = next((p for p in view.pending if p.hold_id == wanted), None)
+        if hold is None:
+            self.notify("That request is no longer waiting", severity="warning")
+            return
         op = "approve" if approve else "deny"
         self._run_op(op, hold.container, lambda: answer(hold, approve))
 

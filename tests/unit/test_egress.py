@@ -18,7 +18,7 @@ import pytest
 from coi_tui.core.errors import CoiError
 from coi_tui.network.egress import dns, wire
 from coi_tui.network.egress.policy import EgressPolicy, clean_name, parse_pattern
-from coi_tui.network.egress.proxy import TLS_ACCESS_DENIED, EgressProxy
+from coi_tui.network.egress.proxy import TLS_ACCESS_DENIED, EgressProxy, dialable
 
 
 def client_hello(server_name: str | None) -> bytes:
@@ -63,6 +63,18 @@ def test_http_host_is_one_header_without_its_port() -> None:
     assert wire.http_host(b"GET / HTTP/1.1\r\n\r\n") == wire.NONE
     assert wire.http_host(b"SSH-2.0-OpenSSH_9.2\r\n") == wire.NONE
     assert wire.http_host(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n") == wire.NONE
+    # a tunnel, or an absolute-form target naming another host than Host, is no request for it
+    assert (
+        wire.http_host(b"CONNECT b.example.com:443 HTTP/1.1\r\nHost: a.example.com\r\n\r\n")
+        == wire.NONE
+    )
+    fronted = b"GET http://b.example.com/ HTTP/1.1\r\nHost: a.example.com\r\n\r\n"
+    assert wire.http_host(fronted) == wire.NONE
+    same = b"GET http://a.example.com:80/x HTTP/1.1\r\nHost: a.example.com\r\n\r\n"
+    assert wire.http_host(same) == "a.example.com"
+    assert wire.other_hosts(b"\r\nGET http://b.example.com/ HTTP/1.1\r\n", "a.example.com") == [
+        "b.example.com"
+    ]
     later = b"x\r\nGET / HTTP/1.1\r\nhost: b.example.com\r\n\r\n"
     assert wire.other_hosts(later, "a.example.com") == ["b.example.com"]
     assert wire.other_hosts(later, "b.example.com") == []
@@ -122,6 +134,7 @@ async def run_proxy(
     policy: EgressPolicy,
     names: dict[str, list[str]],
     sends: list[bytes],
+    loopback_is_internet: bool = True,
 ) -> tuple[list[bytes], list[dict[str, Any]]]:
     records: list[dict[str, Any]] = []
 
@@ -138,6 +151,7 @@ async def run_proxy(
         records.append,
         ("127.0.0.1", 0),
         destination=lambda sock: ("203.0.113.9", upstream.port),
+        **({"may_dial": lambda address, policy, own: True} if loopback_is_internet else {}),
     )
     await proxy.start()
     loop = asyncio.get_running_loop()
@@ -202,11 +216,19 @@ def test_the_proxy_dials_the_allowed_name_and_refuses_the_rest(upstream: Upstrea
 def test_an_allowed_name_that_resolves_into_the_lan_is_refused(upstream: Upstream) -> None:
     allowed = parse_pattern(f"allowed.test:{upstream.port}")
     policy = EgressPolicy("allowlist", [allowed])  # allow_local off
-    answers, records = asyncio.run(
-        run_proxy(upstream, policy, {"allowed.test": ["127.0.0.1"]}, [client_hello("allowed.test")])
-    )
-    assert answers == [TLS_ACCESS_DENIED] and upstream.received == []
-    assert records[0]["reason"] == "resolves only to local addresses"
+    hello = [client_hello("allowed.test")]
+    for local in ("127.0.0.1", "169.254.169.254", "10.1.2.3"):
+        answers, records = asyncio.run(
+            run_proxy(upstream, policy, {"allowed.test": [local]}, hello, False)
+        )
+        assert answers == [TLS_ACCESS_DENIED] and upstream.received == []
+        assert records[0]["reason"] == "resolves only to local addresses"
+    # allow_local opens the private ranges, never this host or the metadata service
+    policy.allow_local = True
+    own = frozenset({"192.168.7.1"})
+    assert dialable("10.1.2.3", policy, own) and not dialable("192.168.7.1", policy, own)
+    assert not dialable("127.0.0.1", policy, own) and not dialable("169.254.169.254", policy, own)
+    assert dialable("203.0.113.5", policy, own) and not dialable("0.0.0.0", policy, own)
 
 
 def test_a_kept_alive_http_connection_cannot_switch_host(upstream: Upstream) -> None:
@@ -348,7 +370,8 @@ def test_always_edits_only_the_network_list_of_the_users_config(tmp_path: Any) -
     config = tmp_path / "config.toml"
     original = (
         "# my config\n[container]\npersistent = true # keep\n\n[network]\n"
-        'mode = "allowlist"\nallowed_domains = [\n  "a.example", # why a\n  "b.example",\n]\n'
+        'mode = "allowlist"\negress = "proxy"\n'
+        'allowed_domains = [\n  "a.example", # why a\n  "b.example",\n]\n'
         '\n[tool]\nname = "claude"\n'
     )
     config.write_text(original)
@@ -370,6 +393,10 @@ def test_always_edits_only_the_network_list_of_the_users_config(tmp_path: Any) -
     remember_network_entry(env, "allow", "x.example")
     domains = tomllib.loads(config.read_text())["network"]["allowed_domains"]
     assert domains[-1] == "x.example" and "api.anthropic.com" in domains
+    # what only the proxy understands is not written where the proxy is not on
+    for action, entry in (("allow", "*.x.example"), ("deny", "y.example")):
+        with pytest.raises(CoiError, match='needs egress = "proxy"'):
+            remember_network_entry(env, action, entry)
     # a layout it cannot edit in place is refused, the file untouched
     dotted = 'network.allowed_domains = ["a.example"]\n'
     config.write_text(dotted)

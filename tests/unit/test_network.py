@@ -219,6 +219,8 @@ def test_proxy_and_resolver_rules_come_after_the_local_drops_and_fail_closed() -
                           f"tcp dport 53 meta mark set {dns_mark} accept"]  # fmt: skip
     script = netctl.apply_script(iface, rules, allowed, [40000, 40001])
     assert "add rule ip coi fence meta mark & 0xffff0000 == 0x0c010000 drop" in script
+    # and a marked frame is never bridged out of another port (a bridge with an uplink)
+    assert "add rule bridge coi fence meta mark & 0xffff0000 == 0x0c010000 drop" in script
     assert f"add element ip coi proxy {{ {mark} : 40000 }}" in script
     assert f"add element ip coi proxy {{ {dns_mark} : 40001 }}" in script
     restricted = netctl.container_rules("restricted", "10.1.2.1", **{**flags, "resolver": 0})
@@ -265,3 +267,10 @@ def test_allowlist_ports_apply_per_destination_as_in_coi() -> None:
     with pytest.raises(CoiError, match="bad ports"):
         check_entry("a.test:0")
     assert resolve(["203.0.113.9:443"]).port_hosts() == [("203.0.113.9", ["443"])]
+
+
+def test_the_port_cap_keeps_proxied_ports_inside_it() -> None:
+    from coi_tui.network.isolation import within
+
+    assert within("443", ["443"]) and within("8000-8100", ["1-65535"])
+    assert not within("443", ["22"]) and not within("8000-8100", ["8000-8050"])

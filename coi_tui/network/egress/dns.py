@@ -19,7 +19,7 @@ from typing import Any
 
 from coi_tui.network.egress.holds import Holds, not_approved
 from coi_tui.network.egress.policy import EgressPolicy
-from coi_tui.network.netctl import public_host
+from coi_tui.network.egress.proxy import dialable
 
 A, AAAA = 1, 28
 TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 10: "NULL", 12: "PTR", 15: "MX", 16: "TXT"}
@@ -27,6 +27,7 @@ TYPES |= {28: "AAAA", 33: "SRV", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
 NOERROR, SERVFAIL, NXDOMAIN, REFUSED = 0, 2, 3, 5
 ANSWER_TTL = 30
 MAX_QUERY = 512
+IN_FLIGHT = 64  # queries (and TCP connections) of one container being answered at once
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,14 @@ class Resolver:
         addresses: Callable[[str], Any],
         record: Callable[[dict[str, Any]], None],
         holds: Holds | None = None,  # the proxy's: one hold per name for both
+        own: Callable[[], frozenset[str]] = frozenset,  # this host's addresses, never answered
     ) -> None:
         self.policies = policies
         self.addresses = addresses
         self.record = record
         self.holds = holds or Holds(policies.policy, record)
+        self.own = own
+        self.in_flight: dict[str, int] = {}  # per source: queries being answered
 
     async def answer(self, data: bytes, source: str) -> bytes | None:
         query = parse_query(data)
@@ -128,13 +132,16 @@ class Resolver:
                 container, query.name, 53, hold_sec, "dns"
             )
             policy = later or policy
-            decision = later.resolvable(query.name) if later else not_approved(hold_sec)
+            decision = (
+                later.resolvable(query.name) if later else not_approved(hold_sec, entry["hold_id"])
+            )
         if not decision.allowed:
             return (NXDOMAIN, []), "denied", decision.reason
         if query.qtype != A:
             return (NOERROR, []), "allowed", "only A records are answered"
         found = await self.addresses(query.name)
-        usable = [a for a in found if policy.allow_local or public_host(a)]
+        own = self.own()
+        usable = [a for a in found if dialable(a, policy, own)]
         if not usable:
             reason = "resolves only to local addresses" if found else "the name does not resolve"
             return (NXDOMAIN, []), "denied", reason
@@ -151,12 +158,22 @@ class UdpServer(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        flight = self.resolver.in_flight
+        if flight.get(addr[0], 0) >= IN_FLIGHT:
+            return  # a flood from one container: dropped, as a busy server would
+        flight[addr[0]] = flight.get(addr[0], 0) + 1
         task = asyncio.get_running_loop().create_task(self.respond(data, addr))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     async def respond(self, data: bytes, addr: tuple[str, int]) -> None:
-        answer = await self.resolver.answer(data, addr[0])
+        try:
+            answer = await self.resolver.answer(data, addr[0])
+        finally:
+            flight = self.resolver.in_flight
+            flight[addr[0]] = flight.get(addr[0], 1) - 1
+            if flight[addr[0]] <= 0:
+                del flight[addr[0]]
         if answer is not None and self.transport is not None:
             with contextlib.suppress(OSError):
                 self.transport.sendto(answer, addr)
@@ -164,10 +181,17 @@ class UdpServer(asyncio.DatagramProtocol):
 
 async def serve_tcp(resolver: Resolver, reader: asyncio.StreamReader, writer: Any) -> None:
     peer = writer.get_extra_info("peername") or ("", 0)
+    source = str(peer[0])
+    flight = resolver.in_flight
+    if flight.get(source, 0) >= IN_FLIGHT:
+        writer.close()
+        return
+    flight[source] = flight.get(source, 0) + 1
     try:
         while True:
             size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 10))[0]
-            answer = await resolver.answer(await reader.readexactly(size), str(peer[0]))
+            query = await asyncio.wait_for(reader.readexactly(size), 10)
+            answer = await resolver.answer(query, source)
             if answer is None:
                 break
             writer.write(struct.pack("!H", len(answer)) + answer)
@@ -175,6 +199,9 @@ async def serve_tcp(resolver: Resolver, reader: asyncio.StreamReader, writer: An
     except (OSError, TimeoutError, asyncio.IncompleteReadError, struct.error):
         pass
     finally:
+        flight[source] = flight.get(source, 1) - 1
+        if flight[source] <= 0:
+            del flight[source]
         writer.close()
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from coi_tui.network.egress.policy import NOT_LISTED, Decision, EgressPolicy
 
 POLL_SEC = 0.1
+MAX_HOLDS = 16  # open holds of one container: beyond, a request is refused at once
 
 
 class Holds:
@@ -33,12 +34,20 @@ class Holds:
     def applies(policy: EgressPolicy, decision: Decision) -> bool:
         return not decision.allowed and decision.reason == NOT_LISTED and policy.hold_sec > 0
 
+    def full(self, container: str, name: str) -> bool:
+        """A container that asks for many unlisted names gets no more waiting rooms."""
+        if (container, name) in self.waiting:
+            return False
+        return sum(1 for c, _ in self.waiting if c == container) >= MAX_HOLDS
+
     async def wait(
         self, container: str, name: str, port: int, hold_sec: float, kind: str
     ) -> tuple[EgressPolicy | None, str]:
         """The container's policy once it names `name` (None: not in time, or the container
         is gone), and the hold's id."""
         key = (container, name)
+        if self.full(container, name):
+            return None, ""
         task = self.waiting.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(
@@ -76,5 +85,7 @@ class Holds:
         return None, hold_id
 
 
-def not_approved(hold_sec: float) -> Decision:
+def not_approved(hold_sec: float, hold_id: str) -> Decision:
+    if not hold_id:
+        return Decision(False, f"{MAX_HOLDS} other requests already wait for approval")
     return Decision(False, f"not approved within {hold_sec:g} s")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import os
 import socket
 import struct
@@ -28,14 +29,50 @@ from typing import Any, Protocol
 from coi_tui.network.egress import wire
 from coi_tui.network.egress.holds import Holds, not_approved
 from coi_tui.network.egress.policy import EgressPolicy, clean_name
-from coi_tui.network.netctl import public_host
+from coi_tui.network.netctl import METADATA, PRIVATE, SPECIAL, host_addresses, public_host
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; the socket module lacks it
+LOCAL_ONLY = tuple(ipaddress.IPv4Network(n) for n in (METADATA, *SPECIAL))
+PRIVATE_NETS = tuple(ipaddress.IPv4Network(n) for n in PRIVATE)
+PER_SOURCE = 256  # connections of one container at a time (a flood cannot starve the rest)
+DIAL_TRIES = 3  # addresses of a name tried, at most
+KEEPALIVE = ((socket.TCP_KEEPIDLE, 60), (socket.TCP_KEEPINTVL, 10), (socket.TCP_KEEPCNT, 6))
 FIRST_BYTES_TIMEOUT = 10.0  # for the ClientHello or request head
 CONNECT_TIMEOUT = 10.0
 CHUNK = 1024 * 1024
 TLS_ACCESS_DENIED = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x31])  # fatal alert 49
 HOST_TAIL = 512  # bytes of a kept-alive HTTP stream kept to find a Host split over reads
+
+
+class HostAddresses:
+    """This host's own IPv4 addresses (read again once a minute): never dialed for a
+    container, whatever a name resolves to."""
+
+    def __init__(self, read: Callable[[], list[str]]) -> None:
+        self.read = read
+        self.known: frozenset[str] = frozenset()
+        self.read_at = -1e9
+
+    def get(self) -> frozenset[str]:
+        if time.monotonic() - self.read_at > 60:
+            self.known = frozenset(self.read())
+            self.read_at = time.monotonic()
+        return self.known
+
+
+def dialable(address: str, policy: EgressPolicy, own: frozenset[str]) -> bool:
+    """Where the proxy may connect for a container: public addresses, and with
+    allow_local the private ranges; never this host (loopback, its own addresses, the
+    bridge's gateway), the cloud metadata range or anything special."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    if address in own or any(ip in net for net in LOCAL_ONLY):
+        return False
+    if public_host(address):
+        return True
+    return policy.allow_local and any(ip in net for net in PRIVATE_NETS)
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int] | None:
@@ -116,7 +153,8 @@ class NameCache:
             try:
                 found, ttl = await loop.run_in_executor(None, self.lookup, name)
             except (OSError, ValueError):
-                found, ttl = [], None
+                future.set_result([])
+                return []  # not kept: a resolver that failed may answer next time
             keep = min(self.longest, float(ttl if ttl is not None else self.longest))
             if len(self.entries) > 4096:
                 self.entries.clear()
@@ -141,9 +179,14 @@ class EgressProxy:
         record: Callable[[dict[str, Any]], None],
         listen: tuple[str, int],
         destination: Callable[[socket.socket], tuple[str, int] | None] = original_destination,
+        own_addresses: Callable[[], list[str]] = host_addresses,
+        may_dial: Callable[[str, EgressPolicy, frozenset[str]], bool] = dialable,
     ) -> None:
         self.policies = policies
         self.destination = destination
+        self.may_dial = may_dial  # (tests and the benchmark stand the internet on loopback)
+        self.own = HostAddresses(own_addresses)
+        self.open_by_source: dict[str, int] = {}
         self.names = NameCache(lookup)
         self.record = record
         self.holds = Holds(policies.policy, record)
@@ -180,23 +223,34 @@ class EgressProxy:
             task.add_done_callback(self.tasks.discard)
 
     async def handle(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        upstream: socket.socket | None = None
+        source = str(peer[0])
+        count = self.open_by_source.get(source, 0)
+        if count >= PER_SOURCE:
+            conn.close()  # one container's flood is its own problem
+            return
+        self.open_by_source[source] = count + 1
+        relayed = False
         try:
-            upstream = await self.serve(conn, f"{peer[0]}:{peer[1]}", str(peer[0]))
+            relayed = await self.serve(conn, f"{peer[0]}:{peer[1]}", source)
         except (ConnectionError, TimeoutError, OSError):
             pass
         finally:
-            if upstream is None:
+            left = self.open_by_source.get(source, 1) - 1
+            if left > 0:
+                self.open_by_source[source] = left
+            else:
+                self.open_by_source.pop(source, None)
+            if not relayed:
                 conn.close()
 
-    async def serve(self, conn: socket.socket, source: str, address: str) -> socket.socket | None:
-        """Returns the upstream socket when the relay took over both sockets."""
+    async def serve(self, conn: socket.socket, source: str, address: str) -> bool:
+        """True when the relay ran (it closed both sockets)."""
         loop = asyncio.get_running_loop()
         target = self.destination(conn)
         known = await loop.run_in_executor(None, self.policies.lookup, address)
         if known is None or target is None or target == self.listen:
             # not one of our containers, or a direct connection to the proxy's own port
-            return None
+            return False
         container, policy = known
         flow = Flow(container, source, target[1])
         first = await self.first_bytes(conn, flow)
@@ -208,7 +262,11 @@ class EgressProxy:
                     container, flow.name, flow.port, hold_sec, flow.kind
                 )
                 policy = later or policy
-                decision = later.decide(flow.name, flow.port) if later else not_approved(hold_sec)
+                decision = (
+                    later.decide(flow.name, flow.port)
+                    if later
+                    else not_approved(hold_sec, flow.hold_id)
+                )
             flow.decision = "allowed" if decision.allowed else "denied"
             flow.reason = decision.reason
         others = wire.other_hosts(first, flow.name) if flow.kind == "http" else []
@@ -216,11 +274,11 @@ class EgressProxy:
             flow.decision, flow.reason = "denied", f"a later request asked for {others[0]}"
         if flow.decision != "allowed":
             await self.refuse(conn, flow)
-            return None
+            return False
         upstream = await self.dial(flow, policy)
         if upstream is None:
             await self.refuse(conn, flow)
-            return None
+            return False
         done = loop.create_future()
 
         def finish() -> None:
@@ -231,12 +289,18 @@ class EgressProxy:
             loop.call_soon_threadsafe(finish)
 
         relay = Relay(conn, upstream, flow, first, finished)
-        relay.start()
+        try:
+            relay.start()
+        except RuntimeError:  # no thread to be had: refused, nothing leaks
+            upstream.close()
+            flow.decision, flow.reason = "failed", "the proxy is out of threads"
+            self.record(flow.record())
+            return False
         try:
             await done
         finally:
             self.record(flow.record())
-        return upstream
+        return True
 
     async def first_bytes(self, conn: socket.socket, flow: Flow) -> bytes:
         """The ClientHello or request head (whatever arrived when it is complete)."""
@@ -273,7 +337,8 @@ class EgressProxy:
     async def dial(self, flow: Flow, policy: EgressPolicy) -> socket.socket | None:
         loop = asyncio.get_running_loop()
         found = await self.names.addresses(flow.name)
-        usable = [a for a in found if policy.allow_local or public_host(a)]
+        own = self.own.get()
+        usable = [a for a in found if self.may_dial(a, policy, own)][:DIAL_TRIES]
         if not usable:
             flow.decision = "denied"
             flow.reason = (
@@ -292,6 +357,7 @@ class EgressProxy:
                 continue
             flow.address = address
             upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            keepalive(upstream)
             return upstream
         flow.decision = "failed"
         flow.reason = f"could not connect to {', '.join(usable[:3])} port {flow.port}"
@@ -317,6 +383,14 @@ class EgressProxy:
         self.record(flow.record())
 
 
+def keepalive(sock: socket.socket) -> None:
+    """A peer that vanished is noticed in about two minutes (a relay holds two threads)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in KEEPALIVE:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 class Relay:
     """Both directions of one allowed connection, a thread each, blocking sockets. A
     direction that ends shuts the other side's writing (a half-close passes through); an
@@ -336,10 +410,20 @@ class Relay:
         self.lock = threading.Lock()
 
     def start(self) -> None:
+        """Both threads, or RuntimeError with neither left running."""
         self.client.setblocking(True)
         self.upstream.setblocking(True)
-        threading.Thread(target=self.run, args=(True,), daemon=True).start()
-        threading.Thread(target=self.run, args=(False,), daemon=True).start()
+        keepalive(self.client)
+        first = threading.Thread(target=self.run, args=(True,), daemon=True)
+        second = threading.Thread(target=self.run, args=(False,), daemon=True)
+        first.start()
+        try:
+            second.start()
+        except RuntimeError:
+            for sock in (self.client, self.upstream):  # ends the first thread
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            raise  # the caller closes both sockets
 
     def run(self, outbound: bool) -> None:
         src, dst = (self.client, self.upstream) if outbound else (self.upstream, self.client)

@@ -74,12 +74,13 @@ def write_policy(container: str, bridge: str, project: str, policy: EgressPolicy
     """The container's policy for the proxy, with the session's own changes on top; its
     generation one above the last. Returns that generation."""
     path = policy_path(container)
-    with contextlib.suppress(OSError, ValueError):
-        policy.generation = int(json.loads(path.read_text()).get("generation", 0)) + 1
-    for action, pattern in session_changes(container):
-        policy.change(action, parse_pattern(pattern))
-    data = {"container": container, "bridge": bridge, "project": project, **policy.to_json()}
-    atomic_write(path, json.dumps(data, indent=1) + "\n")
+    with file_lock(f"egress-policy-{container}"):  # never between a change's read and write
+        with contextlib.suppress(OSError, ValueError):
+            policy.generation = int(json.loads(path.read_text()).get("generation", 0)) + 1
+        for action, pattern in session_changes(container):
+            policy.change(action, parse_pattern(pattern))
+        data = {"container": container, "bridge": bridge, "project": project}
+        atomic_write(path, json.dumps({**data, **policy.to_json()}, indent=1) + "\n")
     return policy.generation
 
 
@@ -276,14 +277,15 @@ class PolicyFiles:
         self.bridge = bridge
         self.lock = threading.Lock()
         self.by_address: dict[str, tuple[str, float]] = {}  # -> (container, verified at)
-        self.loaded: dict[str, tuple[float, EgressPolicy]] = {}  # container -> (mtime, ...)
+        # container -> (what identifies the file's version, its policy)
+        self.loaded: dict[str, tuple[tuple[int, ...], EgressPolicy]] = {}
         self.refreshed = 0.0
 
     def policy(self, container: str) -> EgressPolicy | None:
         path = policy_path(container)
         try:
             info = path.stat()
-            mtime = float(info.st_mtime_ns + info.st_ino)  # a rename gives a new inode
+            mtime = (info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_size)
             cached = self.loaded.get(container)
             if cached is not None and cached[0] == mtime:
                 return cached[1]
@@ -383,7 +385,7 @@ async def serve(bridge: str, gateway: str, preferred: int, preferred_dns: int) -
     except OSError:  # the last proxy's port is taken meanwhile: any free one
         proxy.listen = (gateway, 0)
         port = await proxy.start()
-    resolver = Resolver(policies, proxy.names.addresses, append_record, proxy.holds)
+    resolver = Resolver(policies, proxy.names.addresses, append_record, proxy.holds, proxy.own.get)
     try:
         dns_port, servers = await start_resolver(resolver, gateway, preferred_dns)
     except OSError:

@@ -16,7 +16,11 @@ MAX_HELLO = 16384 + 5  # one TLS record: a ClientHello larger than that is refus
 MAX_HEAD = 16384  # the request line and headers of an HTTP request
 
 HTTP_METHOD = re.compile(
-    rb"^(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|TRACE|CONNECT) \S+ HTTP/1\.[01]\r?\n"
+    rb"^(GET|HEAD|POST|PUT|DELETE|OPTIONS|PATCH|TRACE) (\S+) HTTP/1\.[01]\r?\n"
+)
+# a later request's line with an absolute-form target names its host itself
+ABSOLUTE_TARGET = re.compile(
+    rb"(?:^|\n)[A-Z]+ [A-Za-z][A-Za-z0-9+.-]*://([^/\s?#]+)", re.IGNORECASE
 )
 HOST_LINE = re.compile(rb"\r?\nhost:[ \t]*([^\r\n]*)", re.IGNORECASE)
 
@@ -89,10 +93,12 @@ def host_name_from_list(ext: bytes) -> str:
     return ascii_name(names[0])
 
 
-def ascii_name(raw: bytes) -> str:
+def ascii_name(raw: bytes | str) -> str:
     try:
-        text = raw.decode("ascii")
+        text = raw if isinstance(raw, str) else raw.decode("ascii")
     except UnicodeDecodeError:
+        return NONE
+    if not text.isascii():
         return NONE
     if not text or any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7E for c in text):
         return NONE
@@ -111,12 +117,17 @@ def http_host(data: bytes) -> str:
             return NONE  # a complete first line that is no request line
         return NEED_MORE
     head = data[:head_end]
-    if not HTTP_METHOD.match(head + b"\r\n"):
-        return NONE
+    request = HTTP_METHOD.match(head + b"\r\n")
+    if not request:
+        return NONE  # CONNECT too: a tunnel to anywhere is not a request for one host
     hosts = HOST_LINE.findall(head)
     if len(hosts) != 1:
         return NONE  # none, or two (which one the server reads is its choice)
-    return host_without_port(ascii_name(hosts[0].strip()))
+    host = host_without_port(ascii_name(hosts[0].strip()))
+    target = ABSOLUTE_TARGET.match(request.group(0))
+    if target and host_without_port(ascii_name(target.group(1).decode("latin-1"))) != host:
+        return NONE  # servers route an absolute-form target by its own authority
+    return host
 
 
 def host_without_port(host: str) -> str:
@@ -132,8 +143,9 @@ def other_hosts(data: bytes, allowed: str) -> list[str]:
     """Host headers in later requests on a kept-alive HTTP connection that differ from the
     first request's (case and port ignored)."""
     found = []
-    for raw in HOST_LINE.findall(data):
-        host = host_without_port(ascii_name(raw.strip())).lower().rstrip(".")
+    named = HOST_LINE.findall(data) + ABSOLUTE_TARGET.findall(data)
+    for raw in named:
+        host = host_without_port(ascii_name(raw.strip().decode("latin-1"))).lower().rstrip(".")
         if host != allowed:
             found.append(host or "?")
     return found
