@@ -56,6 +56,7 @@ DAEMON_MODULES = (
     "coi_tui.monitor.config",
     "coi_tui.monitor.daemon",
     "coi_tui.monitor.defaults",
+    "coi_tui.monitor.egress",
     "coi_tui.monitor.events",
     "coi_tui.monitor.filewatch",
     "coi_tui.monitor.incus_socket",

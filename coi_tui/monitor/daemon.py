@@ -53,11 +53,12 @@ from coi_tui.monitor.config import (
     for_session,
     parse_daemon_settings,
 )
+from coi_tui.monitor.egress import EgressWatch
 from coi_tui.monitor.events import LEVEL_RANK, AuditLog, Broadcaster, Threat
 from coi_tui.monitor.incus_socket import IncusFailed, IncusSocket
 from coi_tui.monitor.netlink import NflogReader, ProcConnector, ProcEvent, parse_proc_events
 from coi_tui.monitor.pidfile import open_log
-from coi_tui.monitor.privilege import PrivilegeWatch, id_detail, parse_id_detail
+from coi_tui.monitor.privilege import STARTED, PrivilegeWatch, id_detail, parse_id_detail
 
 LOG_PREFIX = "coimon"
 # Spawn storms: live processes are counted (one /proc walk) at most this often during a fork
@@ -246,6 +247,7 @@ class Watched:
     pids: set[int] = field(default_factory=set)
     local_sockets: set[int] = field(default_factory=set)  # inodes the kernel named unix
     files: filewatch.ContainerFiles | None = None  # its sensitive-file marks
+    egress: EgressWatch | None = None  # its egress proxy log (monitor/egress.py)
     mount_table: mounts.MountWatch | None = None  # its init's mounts, compared each pass
     files_lost: int = 0  # file events the kernel dropped (queue overflow), reported
     # pid -> its program (path, and device:inode) as read at its exec
@@ -345,6 +347,8 @@ class Responder:
         if len(self.seen) > 1000:  # forget old keys
             self.seen = {k: t for k, t in self.seen.items() if now - t < config.dedup_window_sec}
         threat.container = watched.name
+        if threat.category == "credential_access" and watched.egress is not None:
+            watched.egress.secret_at = time.time()  # a new destination soon after: HIGH
         wanted = watched.config.actions.get(threat.level, "log")
         if wanted in ("pause", "kill") and self.is_drill(watched):
             wanted = "log"  # the drill's probes must be seen, not stopped
@@ -586,6 +590,7 @@ class Daemon:
         watched.dns = rules.DnsWatch(watched.config)
         watched.privilege = PrivilegeWatch.start(pid)  # its setuid programs, as they are now
         watched.mount_table = mounts.MountWatch.start(pid)  # a mount over a watched path: CRITICAL
+        watched.egress = EgressWatch(name, STARTED)
         self.watched[name] = watched
         self.by_ns[pidns] = watched
         self.tell_capture()
@@ -1229,6 +1234,8 @@ class Daemon:
         if full:
             if watched.privilege is not None:
                 found += watched.privilege.read_logs()  # auth logs, from where they were left
+            if watched.egress is not None:
+                found += watched.egress.read(self.home, now)  # what its proxy logged
             if behave and watched.mount_table is not None:
                 found += watched.mount_table.check()
             found += self.volumes(watched, pids, now)
