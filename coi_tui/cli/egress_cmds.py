@@ -111,16 +111,10 @@ def read_new(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
             data = handle.read()
     except OSError:
         return [], offset
+    from coi_tui.network.egress.service import parse_records
+
     end = data.rfind(b"\n") + 1
-    records = []
-    for line in data[:end].splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records, offset + end
+    return parse_records(data[:end]), offset + end
 
 
 def show_log(folder: Path, args: argparse.Namespace) -> int:
@@ -173,18 +167,9 @@ def print_record(record: dict[str, Any], as_json: bool, clean: Any) -> None:
 
 
 def print_summary(records: list[dict[str, Any]], as_json: bool) -> None:
-    totals: dict[str, dict[str, int]] = {}
-    for record in records:
-        if record.get("type") != "connection":
-            continue
-        row = totals.setdefault(
-            str(record.get("domain") or "(no name)"),
-            {"connections": 0, "allowed": 0, "denied": 0, "bytes_out": 0, "bytes_in": 0},
-        )
-        row["connections"] += 1
-        row["allowed" if record.get("decision") == "allowed" else "denied"] += 1
-        row["bytes_out"] += int(record.get("bytes_out") or 0)
-        row["bytes_in"] += int(record.get("bytes_in") or 0)
+    from coi_tui.network.egress.service import domain_totals
+
+    totals = domain_totals(records)
     if as_json:
         print(json.dumps(totals, indent=2))
         return
@@ -194,7 +179,7 @@ def print_summary(records: list[dict[str, Any]], as_json: bool) -> None:
     from coi_tui.core.text import clean
 
     print(f"{'DOMAIN':<40} {'CONN':>5} {'ALLOWED':>7} {'DENIED':>6} {'OUT':>10} {'IN':>10}")
-    for domain, row in sorted(totals.items(), key=lambda kv: -kv[1]["connections"]):
+    for domain, row in totals.items():
         print(
             f"{clean(domain, 40):<40} {row['connections']:>5} {row['allowed']:>7} "
             f"{row['denied']:>6} {row['bytes_out']:>10} {row['bytes_in']:>10}"

@@ -4,14 +4,13 @@ and totals per domain. Plain Python, run in a worker."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from coi_tui.core.text import clean
-from coi_tui.network.egress.service import change_policy, log_path
+from coi_tui.network.egress.service import change_policy, domain_totals, log_path, parse_records
 
 TAIL_BYTES = 256 * 1024  # the end of a log is what the tab shows
 SHOWN = 40  # latest records
@@ -51,15 +50,7 @@ def tail_records(container: str, limit: int = TAIL_BYTES) -> list[dict[str, Any]
         return None
     if len(data) == limit:
         data = data[data.find(b"\n") + 1 :]  # a cut first line
-    records = []
-    for line in data.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+    return parse_records(data)
 
 
 def open_holds(records: list[dict[str, Any]], now: float) -> list[Pending]:
@@ -116,16 +107,10 @@ def read_view(container: str, now: float | None = None) -> EgressView:
     now = time.time() if now is None else now
     view.pending = open_holds(records, now)
     view.lines = [describe(r) for r in records[-SHOWN:]]
-    totals: dict[str, list[int]] = {}
-    for record in records:
-        if record.get("type") != "connection":
-            continue
-        row = totals.setdefault(str(record.get("domain") or "(no name)"), [0, 0, 0, 0])
-        row[0 if record.get("decision") == "allowed" else 1] += 1
-        row[2] += int(record.get("bytes_out") or 0)
-        row[3] += int(record.get("bytes_in") or 0)
-    ordered = sorted(totals.items(), key=lambda item: -(item[1][0] + item[1][1]))
-    view.totals = [(clean(d, 60), r[0], r[1], r[2], r[3]) for d, r in ordered]
+    view.totals = [
+        (clean(d, 60), r["allowed"], r["denied"], r["bytes_out"], r["bytes_in"])
+        for d, r in domain_totals(records).items()
+    ]
     return view
 
 

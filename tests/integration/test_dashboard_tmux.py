@@ -95,6 +95,31 @@ class TmuxScreen:
         Path(tmpdir, f"tmux-{os.getuid()}", self.socket).unlink(missing_ok=True)
 
 
+def tui_command(
+    coi: CoiRunner, workspace: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """coi-tui on `workspace` with the test's COI home and prefix, refreshing every second
+    (`args`: more flags; `env`: more variables, given to coi-tui too), and tmux's environment."""
+    extra = env or {}
+    tmux_env = {**coi.env, **extra, "LANG": "C.UTF-8", "TERM": "xterm-256color"}
+    tmux_env.pop("TMUX", None)
+    command = [
+        "env",
+        f"COI_HOME={coi.home}",
+        f"COI_CONTAINER_PREFIX={coi.prefix}",
+        f"PYTHONPATH={tmux_env.get('PYTHONPATH', '')}",
+        *(f"{k}={v}" for k, v in extra.items()),
+        "LANG=C.UTF-8",
+        str(COI_TUI),
+        "-w",
+        str(workspace),
+        "--refresh",
+        "1",
+        *args,
+    ]
+    return command, tmux_env
+
+
 @pytest.fixture
 def monitored(coi: CoiRunner) -> Iterator[CoiRunner]:
     """The test's COI_HOME with the monitor on (sessions start it); stopped afterwards."""
@@ -125,20 +150,7 @@ def test_coi_tui_in_tmux_drives_real_sessions(monitored: CoiRunner, tmp_path: Pa
     first, second = (container_name(coi.prefix, str(workspace), n) for n in (1, 2))
     assert (coi.home / "monitor.pid").exists(), "the session hook started the monitor"
 
-    env = {**coi.env, "LANG": "C.UTF-8", "TERM": "xterm-256color"}
-    env.pop("TMUX", None)
-    command = [
-        "env",
-        f"COI_HOME={coi.home}",
-        f"COI_CONTAINER_PREFIX={coi.prefix}",
-        f"PYTHONPATH={env.get('PYTHONPATH', '')}",
-        "LANG=C.UTF-8",
-        str(COI_TUI),
-        "-w",
-        str(workspace),
-        "--refresh",
-        "1",
-    ]
+    command, env = tui_command(coi, workspace)
     screen = TmuxScreen(command, env)
     try:
         # Both slots, running.
@@ -231,22 +243,8 @@ def test_new_slot_shows_the_agent_without_a_second_key(coi: CoiRunner, tmp_path:
     agent's tmux session existed, and only a later key press or poll brought it back)."""
     workspace = tmp_path / "ws"
     workspace.mkdir()
-    env = {**coi.env, "LANG": "C.UTF-8", "TERM": "xterm-256color"}
-    env.pop("TMUX", None)
-    command = [
-        "env",
-        f"COI_HOME={coi.home}",
-        f"COI_CONTAINER_PREFIX={coi.prefix}",
-        f"PYTHONPATH={env.get('PYTHONPATH', '')}",
-        "COI_USE_DUMMY=1",  # the default tool's session, run by the offline stand-in
-        "LANG=C.UTF-8",
-        str(COI_TUI),
-        "-w",
-        str(workspace),
-        "--refresh",
-        "1",
-        "--local-only",
-    ]
+    # COI_USE_DUMMY: the default tool's session, run by the offline stand-in
+    command, env = tui_command(coi, workspace, "--local-only", env={"COI_USE_DUMMY": "1"})
     name = container_name(coi.prefix, str(workspace), 1)
     screen = TmuxScreen(command, env)
     try:

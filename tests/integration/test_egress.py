@@ -25,6 +25,7 @@ from coi_tui.incus import Incus
 from tests.conftest import CoiRunner
 from tests.integration.test_network import (  # noqa: F401
     Topology,
+    can_connect,
     net_env,
     start,
     topology,
@@ -180,16 +181,6 @@ def web(
         server.terminate()
         server.wait(timeout=10)
         topology.dns_restart(topology.internet)
-
-
-def can_connect(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection((host, port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def probe(incus: Incus, name: str, topo: Topology, spec: list[list[object]]) -> dict[str, str]:
@@ -384,7 +375,7 @@ def test_the_dashboard_shows_a_held_request_and_y_lets_it_through(
     """The operator's side of a hold: coi-tui in tmux, a request from inside the slot for an
     unlisted name; the slot gets a badge, the Egress tab lists the request, `y` lets it
     through (the fetch inside the container completes)."""
-    from tests.integration.test_dashboard_tmux import COI_TUI, TmuxScreen
+    from tests.integration.test_dashboard_tmux import TmuxScreen, tui_command
 
     topo = web
     (coi.home / "config.toml").write_text(
@@ -392,21 +383,7 @@ def test_the_dashboard_shows_a_held_request_and_y_lets_it_through(
     )
     with proxy_stopped_after(coi, topo.bridge):
         name = start(coi, topo, "allowlist", workspace)
-        env = {**coi.env, **net_env(topo, "allowlist"), "LANG": "C.UTF-8", "TERM": "xterm-256color"}
-        env.pop("TMUX", None)
-        command = [
-            "env",
-            f"COI_HOME={coi.home}",
-            f"COI_CONTAINER_PREFIX={coi.prefix}",
-            f"PYTHONPATH={env.get('PYTHONPATH', '')}",
-            "LANG=C.UTF-8",
-            str(COI_TUI),
-            "-w",
-            str(workspace),
-            "--refresh",
-            "1",
-            "--local-only",
-        ]
+        command, env = tui_command(coi, workspace, "--local-only", env=net_env(topo, "allowlist"))
         screen = TmuxScreen(command, env)
         waiting = None
         try:

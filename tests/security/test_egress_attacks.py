@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,6 +82,16 @@ def attack(incus: Incus, name: str, topo: Topology, proxy_port: int) -> dict[str
     return json.loads(result.stdout)
 
 
+def start_proxied(
+    coi: CoiRunner, topo: Topology, mode: str, workspace: Path, network: str
+) -> tuple[str, dict[str, Any]]:
+    """A session through the proxy with `network` (more [network] keys); its name and the
+    proxy's state (pid, port)."""
+    (coi.home / "config.toml").write_text(f'[network]\negress = "proxy"\n{network}')
+    name = start(coi, topo, mode, workspace)
+    return name, json.loads((coi.home / "egress" / f"proxy-{topo.bridge}.json").read_text())
+
+
 def test_the_proxy_cannot_be_skipped_tricked_or_turned_on_the_host(
     coi: CoiRunner,
     web: Topology,  # noqa: F811 (the fixture imported from test_egress)
@@ -88,12 +99,10 @@ def test_the_proxy_cannot_be_skipped_tricked_or_turned_on_the_host(
     workspace: Path,
 ) -> None:
     topo = web
-    (coi.home / "config.toml").write_text(
-        '[network]\negress = "proxy"\nallowed_domains = ["allowed.test", "loop.test"]\n'
-    )
     with proxy_stopped_after(coi, topo.bridge):
-        name = start(coi, topo, "allowlist", workspace)
-        state = json.loads((coi.home / "egress" / f"proxy-{topo.bridge}.json").read_text())
+        name, state = start_proxied(
+            coi, topo, "allowlist", workspace, 'allowed_domains = ["allowed.test", "loop.test"]\n'
+        )
         got = attack(incus, name, topo, int(state["port"]))
         assert got["direct_to_proxy"].startswith("refused"), got  # the gateway is closed
         # the allowed first request is served; the second host never is
@@ -148,12 +157,10 @@ def test_restricted_mode_drops_quic_and_keeps_the_denied_names_closed(
     workspace: Path,
 ) -> None:
     topo = web
-    (coi.home / "config.toml").write_text(
-        '[network]\negress = "proxy"\ndenied_domains = ["other.test"]\n'
-    )
     with proxy_stopped_after(coi, topo.bridge):
-        name = start(coi, topo, "restricted", workspace)
-        state = json.loads((coi.home / "egress" / f"proxy-{topo.bridge}.json").read_text())
+        name, state = start_proxied(
+            coi, topo, "restricted", workspace, 'denied_domains = ["other.test"]\n'
+        )
         got = attack(incus, name, topo, int(state["port"]))
         assert got["quic"].startswith("dropped"), got  # UDP is otherwise open here
         assert "served other.test" not in got["host_switch"], got

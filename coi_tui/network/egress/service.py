@@ -141,15 +141,39 @@ def change_policy(container: str, action: str, entry: str) -> tuple[int, str]:
     return policy.generation, str(pattern)
 
 
-def read_log(container: str) -> list[dict[str, Any]]:
+def parse_records(data: bytes) -> list[dict[str, Any]]:
+    """The records of JSONL bytes (a line that is not a JSON object is skipped)."""
     records = []
-    with contextlib.suppress(OSError):
-        for line in log_path(container).read_bytes().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    records.append(record)
+    for line in data.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
     return records
+
+
+def read_log(container: str) -> list[dict[str, Any]]:
+    try:
+        return parse_records(log_path(container).read_bytes())
+    except OSError:
+        return []
+
+
+def domain_totals(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Connections per domain (allowed, denied, bytes each way), the busiest first."""
+    totals: dict[str, dict[str, int]] = {}
+    for record in records:
+        if record.get("type") != "connection":
+            continue
+        row = totals.setdefault(
+            str(record.get("domain") or "(no name)"),
+            {"connections": 0, "allowed": 0, "denied": 0, "bytes_out": 0, "bytes_in": 0},
+        )
+        row["connections"] += 1
+        row["allowed" if record.get("decision") == "allowed" else "denied"] += 1
+        row["bytes_out"] += int(record.get("bytes_out") or 0)
+        row["bytes_in"] += int(record.get("bytes_in") or 0)
+    return dict(sorted(totals.items(), key=lambda item: -item[1]["connections"]))
 
 
 def observed_names(container: str) -> list[str]:
